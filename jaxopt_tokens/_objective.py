@@ -1,0 +1,80 @@
+"""The objective of the queueing paper, eqs. (1)-(7), as pure JAX functions.
+
+Every function takes `(tokens, workload)` with `tokens` of shape `(..., N)` and is safe to
+`jit`, `vmap`, `grad` and `hessian`. Outside the stability region (utilization >= 1) the
+mean wait is `+inf` and J is `-inf`; gradients there are zero, never NaN ("double where").
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._workload import Workload
+
+__all__ = [
+    "service_times",
+    "service_moments",
+    "utilization",
+    "mean_wait",
+    "mean_system_time",
+    "task_accuracy",
+    "mean_accuracy",
+    "objective",
+]
+
+
+def service_times(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
+    """Per-type service time $t_k = t_{0k} + c_k l_k$, eq. (1)."""
+    return w.t0 + w.c * tokens
+
+
+def service_moments(
+    tokens: Float[Array, "*b n"], w: Workload
+) -> tuple[Float[Array, "*b"], Float[Array, "*b"]]:
+    """$(E[S], E[S^2])$ of the service-time mixture, eq. (3)."""
+    t = service_times(tokens, w)
+    return jnp.sum(w.share * t, axis=-1), jnp.sum(w.share * t * t, axis=-1)
+
+
+def utilization(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
+    """Server utilization $\\rho = \\lambda E[S]$; the queue is stable iff $\\rho < 1$, eq. (4)."""
+    return w.arrival_rate * service_moments(tokens, w)[0]
+
+
+def _pk_wait(lam, m1, m2):
+    rho = lam * m1
+    stable = rho < 1
+    gap = jnp.where(stable, 1 - rho, 1)  # double where: the untaken branch stays finite
+    return jnp.where(stable, lam * m2 / (2 * gap), jnp.inf)
+
+
+def mean_wait(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
+    """Pollaczek-Khinchine mean wait $E[W] = \\lambda E[S^2] / (2(1-\\rho))$, eq. (5); `+inf` if unstable."""
+    m1, m2 = service_moments(tokens, w)
+    return _pk_wait(w.arrival_rate, m1, m2)
+
+
+def mean_system_time(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
+    """Mean time in system $E[T] = E[W] + E[S]$, eq. (6)."""
+    m1, m2 = service_moments(tokens, w)
+    return _pk_wait(w.arrival_rate, m1, m2) + m1
+
+
+def task_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
+    """Per-type accuracy $p_k = A_k (1 - e^{-b_k l_k}) + D_k$, eq. (2)."""
+    return -w.A * jnp.expm1(-w.b * tokens) + w.D
+
+
+def mean_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
+    """Share-weighted mean accuracy $\\sum_k \\pi_k p_k(l_k)$."""
+    return jnp.sum(w.share * task_accuracy(tokens, w), axis=-1)
+
+
+def objective(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
+    """$J(l) = \\alpha \\sum_k \\pi_k p_k(l_k) - E[W] - E[S]$, eq. (7); `-inf` when unstable.
+
+    Strictly concave on the stability region (Lemma 1): `jax.grad` gives eq. (10)/(15) and
+    `jax.hessian` eq. (11)/(33).
+    """
+    return w.alpha * mean_accuracy(tokens, w) - mean_system_time(tokens, w)
