@@ -3,6 +3,7 @@
 Public API; implementation lives in private `_`-prefixed modules.
 """
 
+from ._errors import InputError
 from ._io import default_workload, dump_workload, load_workload, workload_from_dict, workload_to_dict
 from ._objective import (
     mean_accuracy,

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._errors import InputError
+
 __all__ = ["Workload", "WorkloadError"]
 
 PER_TASK_FIELDS = ("A", "b", "D", "t0", "c", "share")
@@ -21,7 +23,7 @@ SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
 SHARE_TOLERANCE = 1e-6
 
 
-class WorkloadError(ValueError):
+class WorkloadError(InputError):
     """A workload value that the model cannot accept; the message names field and task."""
 
 

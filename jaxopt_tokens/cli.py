@@ -1,0 +1,48 @@
+"""The `jaxopt-tokens` command line.
+
+Each subcommand lives in a private module `_cli_<name>.py` exposing
+`register(subparsers)`, which adds its parser and sets `func=run(args) -> int`.
+Bad input (`InputError`) becomes a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ._errors import InputError
+
+# Modules providing subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = ("_cli_solve",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxopt-tokens",
+        description="Queueing-aware reasoning-token budgets for LLM servers (JAX).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"jaxopt_tokens.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"jaxopt-tokens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
