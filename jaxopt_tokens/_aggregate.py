@@ -1,0 +1,267 @@
+"""The default solver: a damped Newton method on the two aggregate prices.
+
+The KKT conditions (17) couple the tasks only through $(E[S], E[S^2])$. Write
+$d = 1 - \\lambda E[S]$ and $y = \\lambda E[S^2] / (2 d^2)$; the marginal latency cost of
+task k is then $c_k (v + u t_k)$ with $u = \\lambda/d$ and $v = 1 + \\lambda y$ (eq. (10)).
+Given $(d, y)$ every budget is closed-form, eqs. (19)-(23):
+
+$$l_k(d, y) = \\mathrm{clip}\\big(\\log(q_k/\\omega(x_k)) / b_k,\\ 0,\\ l_{\\max}\\big),\\quad
+q_k = \\frac{\\alpha A_k b_k^2}{u c_k^2},\\quad x_k = \\log q_k + \\frac{b_k (v + u t_{0k})}{u c_k},$$
+
+with $\\omega$ the Wright omega function. This is eq. (22) rewritten with
+$W(e^x) = \\omega(x)$ and the identity $\\omega + \\log\\omega = x$, which removes the
+cancellation between $W/b_k$ and $K_k$ (MATH.md) and the overflow of $e^{-b_k K_k}$.
+
+What is left is a system of two equations in $(d, y)$,
+$e_1 = 1 - \\lambda E[S](l) - d = 0$ and $e_2 = \\lambda E[S^2](l)/(2d^2) - y = 0$.
+It is the gradient of the Lagrangian dual of (9) after introducing $d$ as a variable: convex
+in $y$, concave in $d$, so its Jacobian is never singular. Newton's method on it, damped by
+a backtracking search on $\\|e\\|^2$ and kept inside $d > 0$, $y \\ge 0$, converges from
+the zero-token prices in a handful of iterations whatever N is. Each iteration costs N
+evaluations of $\\omega$ and O(N) arithmetic; the stopping test is the projected KKT
+residual of the budgets themselves (`kkt_residual`).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._kkt import kkt_residual
+from ._lambertw import wright_omega
+from ._objective import objective, service_moments
+from ._solution import Solution, Status, input_status
+from ._workload import Workload
+
+__all__ = ["AggregateNewton", "budgets_at_prices"]
+
+
+def budgets_at_prices(d, y, w: Workload):
+    """Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
+
+    `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\\partial l_k/\\partial v = -g_k$,
+    $\\partial l_k/\\partial u = -t_k g_k$ for a free budget.
+    """
+    lam = w.arrival_rate
+    u = (lam / d)[..., None]
+    v = (1 + lam * y)[..., None]
+    has_gain = w.A > 0
+    gain = jnp.where(has_gain, w.alpha[..., None] * w.A, 1)
+    log_q = jnp.log(gain * w.b**2 / (u * w.c**2))
+    x = log_q + w.b * (v + u * w.t0) / (u * w.c)
+    omega = wright_omega(x)
+    raw = (log_q - jnp.log(omega)) / w.b
+    lmax = w.max_tokens[..., None]
+    tokens = jnp.where(has_gain, jnp.clip(raw, 0, lmax), 0)
+    free = has_gain & (raw > 0) & (raw < lmax)
+    t = w.t0 + w.c * tokens
+    g = jnp.where(free, 1 / (w.b * (v + u * t) + u * w.c), 0)
+    return tokens, t, g
+
+
+def _equations(d, y, w):
+    lam = w.arrival_rate
+    tokens, t, g = budgets_at_prices(d, y, w)
+    m1, m2 = service_moments(tokens, w)
+    e1 = 1 - lam * m1 - d
+    e2 = lam * m2 / (2 * d * d) - y
+    return tokens, t, g, e1, e2
+
+
+def _jacobian(d, w, t, g, m2):
+    lam = w.arrival_rate
+    u = lam / d
+    pc = w.share * w.c
+    s_c = jnp.sum(pc * g, -1)
+    s_ct = jnp.sum(pc * g * t, -1)
+    s_ctt = jnp.sum(pc * g * t * t, -1)
+    # dl/dd = u t g / d,  dl/dy = -lam g
+    j11 = -lam * u / d * s_ct - 1
+    j12 = lam * lam * s_c
+    j21 = lam * u / d**3 * s_ctt - lam * m2 / d**3
+    j22 = -(lam * lam / (d * d)) * s_ct - 1
+    return j11, j12, j21, j22
+
+
+def _safeguarded(x, x_new, lo, hi, last_step):
+    """Newton proposal `x_new` from `x`, or a bisection of the bracket `[lo, hi]` (in logs).
+
+    The proposal is taken only inside the open bracket and when its step (in log units) is at
+    most half the previous one, the rule that keeps safeguarded Newton from cycling at kinks
+    (budgets meeting a bound make the equations piecewise smooth). A bracket still open
+    above grows by 4x. Returns the new point and its step length.
+    """
+    step = jnp.abs(jnp.log(x_new) - jnp.log(x))
+    ok = (x_new > lo) & (x_new < hi) & jnp.isfinite(x_new) & (step <= 0.5 * last_step)
+    finite_hi = jnp.isfinite(hi)
+    mid = jnp.where(lo > 0, jnp.sqrt(lo * jnp.where(finite_hi, hi, lo)), 0.5 * (lo + hi))
+    fallback = jnp.where(finite_hi, mid, 4 * jnp.maximum(jnp.maximum(lo, x), jnp.finfo(x.dtype).tiny))
+    out = jnp.where(ok, x_new, fallback)
+    return out, jnp.abs(jnp.log(out) - jnp.log(x))
+
+
+class _State(eqx.Module):
+    y: Array
+    y_lo: Array
+    y_hi: Array
+    d: Array
+    d_lo: Array
+    d_hi: Array
+    y_step: Array
+    d_step: Array
+    residual: Array
+    iterations: Array
+    outer: Array
+
+
+class AggregateNewton(eqx.Module):
+    """Bracketed Newton on the aggregate prices $(d, y)$ (the default solver).
+
+    For fixed $y$, $e_1(d)$ is strictly decreasing on $(0, 1-\\rho_0]$ with $e_1(0^+) > 0 \\ge
+    e_1(1-\\rho_0)$, so its root $d(y)$ is bracketed and every iterate is a *stable* allocation.
+    The reduced equation $\\phi(y) = e_2(d(y), y) = 0$ is strictly decreasing in $y$ (its
+    derivative is the Schur complement $j_{22} - j_{21}j_{12}/j_{11} < 0$ of the 2x2 Jacobian),
+    with $\\phi(0) \\ge 0$. Both 1-D equations are solved by Newton's method safeguarded by
+    bisection of a bracket that only shrinks, so the method converges on every instance that is
+    stable at zero tokens, and quadratically near the solution.
+
+    The two levels share one loop (one Newton step on $d$ per iteration, or, once $e_1$ is
+    solved, one step on $y$ together with the first-order prediction of $d(y)$), so under
+    `vmap` the batch runs for the largest *total* number of steps rather than the product of
+    the two loops' worst cases.
+
+    **Arguments:** `rtol` (target projected KKT residual; default 1e-10 in float64,
+    1e-5 in float32), `max_steps`.
+    """
+
+    rtol: float | None = None
+    max_steps: int = 200
+    joint_threshold: float = 1e-2
+
+    def __call__(self, w: Workload) -> Solution:
+        dtype = w.dtype
+        rtol = self.rtol if self.rtol is not None else (1e-10 if dtype == jnp.float64 else 1e-5)
+        eps = jnp.finfo(dtype).eps
+        tiny = jnp.finfo(dtype).tiny
+        status_in = input_status(w)
+        ok_in = status_in == Status.CONVERGED
+        # Members the model rejects are swapped for a harmless workload so that the loop stays
+        # finite; their status says why and their outputs are NaN.
+        safe = _sanitise(w, ok_in)
+        lam = safe.arrival_rate
+        m1_0, m2_0 = service_moments(jnp.zeros_like(safe.A), safe)
+        d_top = 1 - lam * m1_0
+
+        def collapsed(lo, hi):
+            return jnp.isfinite(hi) & (hi - lo <= 4 * eps * hi)
+
+        def evaluate(d, y):
+            tokens, t, g, e1, e2 = _equations(d, y, safe)
+            m2 = jnp.sum(safe.share * t * t, -1)
+            jac = _jacobian(d, safe, t, g, m2)
+            return tokens, e1, e2, jac
+
+        # A lower bound on the optimal d from J(l*) >= J(0): with Gamma = alpha sum pi A + E[T](0),
+        # lam E[S]^2 / (2d) <= E[W] <= Gamma and E[S] = (1 - d)/lam give (1-d)^2 <= 2 lam Gamma d.
+        gamma = safe.alpha * jnp.sum(safe.share * safe.A, -1) + lam * m2_0 / (2 * d_top) + m1_0
+        lg = lam * gamma
+        d_floor = 1 / ((1 + lg) + jnp.sqrt((1 + lg) ** 2 - 1))  # the smaller root, stably
+        d0 = jnp.sqrt(d_floor * d_top)
+        y0 = lam * m2_0 / (2 * d0 * d0)
+        zero = jnp.zeros_like(y0)
+        state = _State(
+            y=y0, y_lo=zero, y_hi=jnp.full_like(y0, jnp.inf),
+            d=d0, d_lo=0.5 * d_floor, d_hi=d_top,
+            y_step=jnp.full_like(y0, jnp.inf), d_step=jnp.full_like(y0, jnp.inf),
+            residual=jnp.full_like(y0, jnp.inf), iterations=jnp.zeros((), jnp.int32),
+            outer=jnp.zeros((), jnp.int32),
+        )
+
+        def cond(s):
+            done = (s.residual <= rtol) | collapsed(s.d_lo, s.d_hi)
+            return ~done & (s.iterations < self.max_steps)
+
+        def body(s):
+            tokens, e1, e2, (j11, j12, j21, j22) = evaluate(s.d, s.y)
+            residual = kkt_residual(tokens, safe)
+            # Log forms: chi = log G - log d, psi = log F - log y with G = 1 - lam E[S] and
+            # F = lam E[S^2] / (2 d^2): same roots and monotonicity, nearly linear in logs.
+            G = e1 + s.d
+            F = jnp.maximum(e2 + s.y, tiny)
+            ys = jnp.maximum(s.y, tiny)
+            stable = G > 0
+            chi = jnp.log(jnp.where(stable, G, 1)) - jnp.log(s.d)
+            psi = jnp.log(F) - jnp.log(ys)
+            a11 = s.d * (j11 + 1) / jnp.where(stable, G, 1) - 1
+            a12 = ys * j12 / jnp.where(stable, G, 1)
+            a21 = s.d * j21 / F
+            a22 = ys * (j22 + 1) / F - 1  # <= -1
+            # inner step: y(d) for the current d (Newton on psi in log y), bracketed by sign(e2)
+            y_lo = jnp.where(e2 > 0, s.y, s.y_lo)
+            y_hi = jnp.where(e2 > 0, s.y_hi, s.y)
+            y_in, y_step = _safeguarded(ys, ys * jnp.exp(jnp.clip(-psi / a22, -30, 30)), y_lo, y_hi, s.y_step)
+            # outer step, once y ~ y(d): Newton on the reduced chi in log d (Schur slope), d
+            # bracketed by the sign of the reduced e1; then the matching correction of log y
+            joint = jnp.abs(psi) <= self.joint_threshold
+            e1_r = e1 - j12 * e2 / j22
+            d_lo = jnp.where(e1_r > 0, s.d, s.d_lo)
+            d_hi = jnp.where(e1_r > 0, s.d_hi, s.d)
+            chi_r = chi - a12 * psi / a22
+            ds = -chi_r / (a11 - a12 * a21 / a22)
+            d_newton = jnp.where(stable, s.d * jnp.exp(jnp.clip(ds, -30, 30)), jnp.nan)
+            d_out, d_step = _safeguarded(s.d, d_newton, d_lo, d_hi, s.d_step)
+            dz = -(psi + a21 * (jnp.log(d_out) - jnp.log(s.d))) / a22
+            y_out = ys * jnp.exp(jnp.clip(dz, -30, 30))
+            stop = residual <= rtol
+            move_d = joint & ~stop
+            return _State(
+                y=jnp.where(stop, s.y, jnp.where(move_d, y_out, y_in)),
+                y_lo=jnp.where(move_d, zero, jnp.where(stop, s.y_lo, y_lo)),
+                y_hi=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_hi, y_hi)),
+                d=jnp.where(move_d, d_out, s.d),
+                d_lo=jnp.where(move_d, d_lo, s.d_lo),
+                d_hi=jnp.where(move_d, d_hi, s.d_hi),
+                y_step=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_step, y_step)),
+                d_step=jnp.where(move_d, d_step, s.d_step),
+                residual=residual,
+                iterations=s.iterations + (~stop).astype(jnp.int32),
+                outer=s.outer + move_d.astype(jnp.int32),
+            )
+
+        state = jax.lax.while_loop(cond, body, state)
+        tokens, _, _ = budgets_at_prices(state.d, state.y, safe)
+        residual = kkt_residual(tokens, safe)
+        converged = residual <= rtol
+        status = jnp.where(ok_in, jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS), status_in)
+        nan = jnp.array(jnp.nan, dtype)
+        return Solution(
+            tokens=jnp.where(ok_in[..., None], tokens, nan),
+            objective=jnp.where(ok_in, objective(tokens, safe), nan),
+            status=status.astype(jnp.int32),
+            residual=jnp.where(ok_in, residual, nan),
+            iterations=state.iterations,
+            stats={"outer_iterations": state.outer},
+        )
+
+
+def _sanitise(w: Workload, ok) -> Workload:
+    """Replace a rejected member by a small stable workload (its result is masked out)."""
+    one = jnp.ones_like(w.A)
+    n = w.num_tasks
+
+    def pick(x, good):
+        return jnp.where(ok if x.ndim == ok.ndim else ok[..., None], x, good)
+
+    return w.replace(
+        A=pick(w.A, 0.5 * one),
+        b=pick(w.b, 1e-3 * one),
+        D=pick(w.D, 0 * one),
+        t0=pick(w.t0, 0.1 * one),
+        c=pick(w.c, 0.01 * one),
+        share=pick(w.share, one / n),
+        arrival_rate=pick(w.arrival_rate, jnp.ones_like(w.arrival_rate) * 0.1),
+        alpha=pick(w.alpha, jnp.ones_like(w.alpha)),
+        max_tokens=pick(w.max_tokens, jnp.ones_like(w.max_tokens) * 1000),
+    )
