@@ -15,7 +15,22 @@ from ._objective import (
     task_accuracy,
     utilization,
 )
+from ._aggregate import AggregateNewton
+from ._fixed_point import FixedPoint
+from ._integer import (
+    best_floor_ceil,
+    integer_budgets,
+    integer_lower_bound,
+    local_search_budgets,
+    paper_integer_lower_bound,
+    round_budgets,
+)
+from ._kkt import contraction_constant, gradient_lipschitz, kkt_residual, objective_gradient, provable_box
+from ._lambertw import lambertw, wright_omega
+from ._pga import ProjectedGradient
+from ._random import random_workloads
 from ._solution import Solution, Status
+from ._solve import METHODS, solve
 from ._workload import Workload, WorkloadError, make_workload
 
 __version__ = "0.1.0"

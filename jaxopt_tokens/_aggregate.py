@@ -11,6 +11,8 @@ q_k = \\frac{\\alpha A_k b_k^2}{u c_k^2},\\quad x_k = \\log q_k + \\frac{b_k (v 
 with $\\omega$ the Wright omega function. This is eq. (22) rewritten with
 $W(e^x) = \\omega(x)$ and the identity $\\omega + \\log\\omega = x$, which removes the
 cancellation between $W/b_k$ and $K_k$ (MATH.md) and the overflow of $e^{-b_k K_k}$.
+The same identity gives $l_k = (\\omega(x_k) - \\beta_k)/b_k$ with $x_k = \\log q_k + \\beta_k$;
+each budget is taken from whichever form has the smaller operands.
 
 What is left is a system of two equations in $(d, y)$,
 $e_1 = 1 - \\lambda E[S](l) - d = 0$ and $e_2 = \\lambda E[S^2](l)/(2d^2) - y = 0$.
@@ -50,9 +52,14 @@ def budgets_at_prices(d, y, w: Workload):
     has_gain = w.A > 0
     gain = jnp.where(has_gain, w.alpha[..., None] * w.A, 1)
     log_q = jnp.log(gain * w.b**2 / (u * w.c**2))
-    x = log_q + w.b * (v + u * w.t0) / (u * w.c)
-    omega = wright_omega(x)
-    raw = (log_q - jnp.log(omega)) / w.b
+    beta = w.b * (v + u * w.t0) / (u * w.c)
+    omega = wright_omega(log_q + beta)
+    log_omega = jnp.log(omega)
+    # Two exact forms of the same budget (omega + log omega = x): (log q - log omega)/b and
+    # (omega - beta)/b. Each cancels differently; take the one with the smaller operands, so
+    # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
+    use_linear = jnp.maximum(omega, beta) < jnp.maximum(jnp.abs(log_q), jnp.abs(log_omega))
+    raw = jnp.where(use_linear, omega - beta, log_q - log_omega) / w.b
     lmax = w.max_tokens[..., None]
     tokens = jnp.where(has_gain, jnp.clip(raw, 0, lmax), 0)
     free = has_gain & (raw > 0) & (raw < lmax)
@@ -112,6 +119,10 @@ class _State(eqx.Module):
     y_step: Array
     d_step: Array
     residual: Array
+    best: Array
+    best_d: Array
+    best_y: Array
+    stall: Array
     iterations: Array
     outer: Array
 
@@ -133,16 +144,18 @@ class AggregateNewton(eqx.Module):
     the two loops' worst cases.
 
     **Arguments:** `rtol` (target projected KKT residual; default 1e-9 in float64,
-    3e-5 in float32), `max_steps`.
+    1e-4 in float32), `max_steps`, `stall_steps` (in the endgame, stop after this many steps that
+    fail to halve the best residual: the rounding floor of the dtype has been reached).
     """
 
     rtol: float | None = None
     max_steps: int = 200
     joint_threshold: float = 1e-2
+    stall_steps: int = 12
 
     def __call__(self, w: Workload) -> Solution:
         dtype = w.dtype
-        rtol = self.rtol if self.rtol is not None else (1e-9 if dtype == jnp.float64 else 3e-5)
+        rtol = self.rtol if self.rtol is not None else (1e-9 if dtype == jnp.float64 else 1e-4)
         eps = jnp.finfo(dtype).eps
         tiny = jnp.finfo(dtype).tiny
         status_in = input_status(w)
@@ -175,12 +188,14 @@ class AggregateNewton(eqx.Module):
             y=y0, y_lo=zero, y_hi=jnp.full_like(y0, jnp.inf),
             d=d0, d_lo=0.5 * d_floor, d_hi=d_top,
             y_step=jnp.full_like(y0, jnp.inf), d_step=jnp.full_like(y0, jnp.inf),
-            residual=jnp.full_like(y0, jnp.inf), iterations=jnp.zeros((), jnp.int32),
+            residual=jnp.full_like(y0, jnp.inf), best=jnp.full_like(y0, jnp.inf), best_d=d0,
+            best_y=y0, stall=jnp.zeros((), jnp.int32), iterations=jnp.zeros((), jnp.int32),
             outer=jnp.zeros((), jnp.int32),
         )
 
         def cond(s):
             done = (s.residual <= rtol) | (collapsed(s.d_lo, s.d_hi) & collapsed(s.y_lo, s.y_hi))
+            done |= s.stall >= self.stall_steps  # no progress: rounding is all that is left
             return ~done & (s.iterations < self.max_steps)
 
         def body(s):
@@ -220,6 +235,7 @@ class AggregateNewton(eqx.Module):
             y_out = ys * jnp.exp(jnp.clip(dz, -30, 30))
             stop = residual <= rtol
             move_d = joint & ~stop
+            improved = residual < 0.5 * s.best
             return _State(
                 y=jnp.where(stop, s.y, jnp.where(move_d, y_out, y_in)),
                 y_lo=jnp.where(move_d, zero, jnp.where(stop, s.y_lo, y_lo)),
@@ -230,12 +246,16 @@ class AggregateNewton(eqx.Module):
                 y_step=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_step, y_step)),
                 d_step=jnp.where(move_d, d_step, s.d_step),
                 residual=residual,
+                best=jnp.minimum(residual, s.best),
+                best_d=jnp.where(residual < s.best, s.d, s.best_d),
+                best_y=jnp.where(residual < s.best, s.y, s.best_y),
+                stall=jnp.where(improved | (s.best > 1e3 * rtol), 0, s.stall + 1),
                 iterations=s.iterations + (~stop).astype(jnp.int32),
                 outer=s.outer + move_d.astype(jnp.int32),
             )
 
         state = jax.lax.while_loop(cond, body, state)
-        tokens, _, _ = budgets_at_prices(state.d, state.y, safe)
+        tokens, _, _ = budgets_at_prices(state.best_d, state.best_y, safe)
         residual = kkt_residual(tokens, safe)
         converged = residual <= rtol
         status = jnp.where(ok_in, jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS), status_in)

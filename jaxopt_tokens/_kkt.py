@@ -44,7 +44,7 @@ def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array
     """
     u, v, stable = _prices(tokens, w)
     t = service_times(tokens, w)
-    g = w.share * (w.alpha * w.A * w.b * jnp.exp(-w.b * tokens) - w.c * (v[..., None] + u[..., None] * t))
+    g = w.share * (w.alpha[..., None] * w.A * w.b * jnp.exp(-w.b * tokens) - w.c * (v[..., None] + u[..., None] * t))
     return jnp.where(stable[..., None], g, jnp.nan)
 
 
@@ -57,7 +57,7 @@ def marginal_ratio(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*
     u, v, stable = _prices(tokens, w)
     t = service_times(tokens, w)
     cost = w.c * (v[..., None] + u[..., None] * t)
-    r = w.alpha * w.A * w.b * jnp.exp(-w.b * tokens) / cost - 1
+    r = w.alpha[..., None] * w.A * w.b * jnp.exp(-w.b * tokens) / cost - 1
     return jnp.where(stable[..., None], r, jnp.inf)
 
 

@@ -1,0 +1,67 @@
+"""`solve`: one entry point for every solver of the token-allocation problem (9)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+
+from ._aggregate import AggregateNewton
+from ._fixed_point import FixedPoint
+from ._pga import ProjectedGradient
+from ._solution import Solution
+from ._workload import Workload
+
+__all__ = ["solve", "METHODS"]
+
+METHODS = ("default", "fixed-point", "pga", "pga-safeguarded")
+
+
+def _solver(method: str, rtol, max_steps):
+    kw = {}
+    if rtol is not None:
+        kw["rtol"] = rtol
+    if max_steps is not None:
+        kw["max_steps"] = max_steps
+    if method == "default":
+        return AggregateNewton(**kw)
+    if method == "fixed-point":
+        return FixedPoint(**kw)
+    if method == "pga":
+        return ProjectedGradient(safeguarded=False, **kw)
+    if method == "pga-safeguarded":
+        return ProjectedGradient(safeguarded=True, **kw)
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+@eqx.filter_jit
+def _run(solver, w):
+    fn = solver
+    for _ in w.batch_shape:
+        fn = jax.vmap(fn)
+    return fn(w)
+
+
+def solve(
+    workload: Workload,
+    method: str = "default",
+    *,
+    rtol: float | None = None,
+    max_steps: int | None = None,
+) -> Solution:
+    """Optimal continuous token budgets $l^*$ of problem (9), with a certificate.
+
+    **Arguments:**
+
+    - `workload`: a `Workload`; leading batch axes are solved member by member (vmapped).
+    - `method`: `"default"` (bracketed Newton on the aggregate prices, converges on every
+      instance stable at zero tokens), `"fixed-point"` (the paper's (24)), `"pga"` (the
+      paper's (29) with step $1/L_J$), or `"pga-safeguarded"` (backtracking).
+    - `rtol`: target projected KKT residual (see `kkt_residual`); `max_steps`.
+
+    **Returns:** a `Solution` (tokens, objective, status, residual, iterations, stats). Never
+    raises for bad values: members the model rejects get a status and NaN outputs. Works
+    under `jit` and `vmap`; compiled once per workload shape, dtype and method.
+    """
+    if not isinstance(workload, Workload):
+        raise TypeError(f"solve expects a Workload, got {type(workload).__name__}")
+    return _run(_solver(method, rtol, max_steps), workload)

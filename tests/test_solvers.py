@@ -1,0 +1,171 @@
+"""Solvers against the paper's Table I and independent references (scipy, cvxpy)."""
+
+import warnings
+
+import cvxpy as cp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+import jaxopt_tokens as jt
+from conftest import TABLE1_J, TABLE1_TOKENS
+from jaxopt_tokens import Status
+
+
+@pytest.mark.parametrize("method", ["default", "fixed-point", "pga", "pga-safeguarded"])
+def test_table1_all_methods(table1, method):
+    sol = jt.solve(table1, method=method)
+    assert int(sol.status) == Status.CONVERGED, Status(int(sol.status)).message
+    np.testing.assert_allclose(sol.tokens, TABLE1_TOKENS, atol=1e-2)
+    assert abs(float(sol.objective) - TABLE1_J) < 1e-6
+    assert float(sol.residual) <= 1e-9
+
+
+def test_table1_constants(table1):
+    box = jt.provable_box(table1)
+    np.testing.assert_allclose(box, [0, 498.07, 0, 0, 618.96, 30.74], atol=1e-2)
+    assert float(jt.contraction_constant(table1)) == np.inf  # rho_max = 41 on [0, l_max]
+    assert float(jt.gradient_lipschitz(table1)) == np.inf
+    assert 1 < float(jt.contraction_constant(table1, box)) < np.inf  # exists, but > 1
+    assert 0 < float(jt.gradient_lipschitz(table1, box)) < np.inf
+    stats = jt.solve(table1, method="fixed-point").stats
+    assert not bool(stats["contraction_guaranteed"])
+
+
+def _scipy_reference(w):
+    """L-BFGS-B on -J with the analytic gradient, over the box (unstable points -> +inf)."""
+    n = w.num_tasks
+    f = jax.jit(lambda l: -jt.objective(l, w))
+    g = jax.jit(lambda l: -jt.objective_gradient(l, w))
+
+    def fun(x):
+        v = float(f(jnp.asarray(x)))
+        if not np.isfinite(v):
+            return 1e300, np.zeros(n)
+        return v, np.asarray(g(jnp.asarray(x)))
+
+    bounds = [(0.0, float(w.max_tokens))] * n
+    res = scipy.optimize.minimize(fun, np.zeros(n), jac=True, method="L-BFGS-B", bounds=bounds,
+                                  options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+    return res.x, -res.fun
+
+
+def _cvxpy_reference(w):
+    """The DCP form: E[W] = sum_k quad_over_lin(sqrt(lam pi_k / 2) t_k, 1 - lam m1)."""
+    n = w.num_tasks
+    A, b, D, t0, c, pi = (np.asarray(getattr(w, f)) for f in ("A", "b", "D", "t0", "c", "share"))
+    lam, alpha, lmax = float(w.arrival_rate), float(w.alpha), float(w.max_tokens)
+    l = cp.Variable(n)
+    t = t0 + cp.multiply(c, l)
+    m1 = pi @ t
+    acc = pi @ (cp.multiply(A, 1 - cp.exp(-cp.multiply(b, l))) + D)
+    wait = sum(cp.quad_over_lin(np.sqrt(lam * pi[k] / 2) * t[k], 1 - lam * m1) for k in range(n))
+    prob = cp.Problem(cp.Maximize(alpha * acc - wait - m1), [l >= 0, l <= lmax])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prob.solve(solver=cp.CLARABEL)
+    except cp.error.SolverError:
+        return None, -np.inf
+    if l.value is None:
+        return None, -np.inf
+    x = np.clip(l.value, 0, lmax)
+    return x, float(jt.objective(jnp.asarray(x), w))
+
+
+def _members(w, idx):
+    return jax.tree.map(lambda x: x[idx], w)
+
+
+def test_random_instances_against_scipy_and_cvxpy():
+    key = jax.random.key(2026)
+    batches = []
+    for i, n in enumerate([1, 2, 3, 6, 12, 24, 64]):
+        k = jax.random.fold_in(key, i)
+        batches.append((n, jt.random_workloads(k, 30, n, dtype=jnp.float64, alpha=(1e-2, 1e4))))
+    total = 0
+    for n, wb in batches:
+        sol = jt.solve(wb)
+        assert np.all(np.asarray(sol.status) == Status.CONVERGED)
+        assert np.all(np.asarray(sol.residual) <= 1e-8)
+        assert not np.any(np.isnan(np.asarray(sol.tokens)))
+        for i in range(wb.batch_shape[0]):
+            w = _members(wb, i)
+            ours = float(sol.objective[i])
+            refs = [_scipy_reference(w)[1]]
+            if n <= 24:
+                refs.append(_cvxpy_reference(w)[1])
+            best = max(refs)
+            # never below the best reference by more than 1e-9 relative
+            assert ours >= best - 1e-9 * max(1.0, abs(best)), (n, i, ours, refs)
+            total += 1
+    assert total >= 200
+
+
+def test_vmap_equals_loop():
+    wb = jt.random_workloads(jax.random.key(5), 12, 5, dtype=jnp.float64)
+    batched = jt.solve(wb)
+    for i in range(12):
+        single = jt.solve(_members(wb, i))
+        np.testing.assert_allclose(batched.tokens[i], single.tokens, rtol=1e-12, atol=1e-9)
+        assert int(batched.status[i]) == int(single.status)
+    # and under an explicit user vmap + jit
+    explicit = jax.jit(jax.vmap(jt.solve))(wb)
+    np.testing.assert_allclose(explicit.tokens, batched.tokens, rtol=1e-12, atol=1e-9)
+
+
+def test_float32(table1):
+    sol = jt.solve(table1.astype(jnp.float32))
+    assert sol.tokens.dtype == jnp.float32
+    assert int(sol.status) == Status.CONVERGED
+    assert float(sol.residual) <= 1e-4
+    np.testing.assert_allclose(sol.tokens, TABLE1_TOKENS, atol=0.1)
+    wb = jt.random_workloads(jax.random.key(9), 2000, 6, dtype=jnp.float32)
+    sb = jt.solve(wb)
+    assert np.all(np.isfinite(np.asarray(sb.tokens)))
+    assert np.mean(np.asarray(sb.status) == Status.CONVERGED) >= 0.999
+    assert np.all(np.asarray(sb.residual)[np.asarray(sb.status) == 0] <= 1e-4)
+
+
+def test_bad_members_get_status_not_nan_for_others():
+    wb = jt.random_workloads(jax.random.key(11), 5, 3, dtype=jnp.float64)
+    wb = wb.replace(
+        b=wb.b.at[1, 0].set(jnp.nan),
+        arrival_rate=wb.arrival_rate.at[2].set(1e6),
+        c=wb.c.at[3, 2].set(-1.0),
+    )
+    sol = jt.solve(wb)
+    status = [Status(int(s)) for s in sol.status]
+    assert status == [Status.CONVERGED, Status.NONFINITE_INPUT, Status.UNSTABLE_INPUT,
+                      Status.INVALID_INPUT, Status.CONVERGED]
+    assert np.all(np.isnan(np.asarray(sol.tokens[1:4])))
+    assert np.all(np.isfinite(np.asarray(sol.tokens[[0, 4]])))
+
+
+def test_heavy_load_and_extreme_alpha_converge():
+    for kw in [dict(load=(0.95, 0.98)), dict(alpha=(1e3, 1e4)), dict(alpha=(1e-2, 1e-1)), dict(b=(1e-5, 1e-4))]:
+        wb = jt.random_workloads(jax.random.key(17), 500, 6, dtype=jnp.float64, **kw)
+        sol = jt.solve(wb)
+        assert np.all(np.asarray(sol.status) == Status.CONVERGED), kw
+        assert np.all(np.asarray(sol.residual) <= 1e-9), kw
+
+
+def test_fixed_point_reports_leaving_stability():
+    # a heavy-load instance where iterating (24) from l = 0 leaves the stability region
+    wb = jt.random_workloads(jax.random.key(0), 400, 6, dtype=jnp.float64, load=(0.5, 0.98), alpha=(10, 1e4))
+    fp = jt.solve(wb, method="fixed-point")
+    codes = np.asarray(fp.status)
+    assert np.any(codes == Status.NOT_CONTRACTIVE)
+    assert not np.any(np.isnan(np.asarray(fp.objective)[codes != Status.NOT_CONTRACTIVE]))
+    ref = jt.solve(wb)
+    ok = codes == Status.CONVERGED
+    np.testing.assert_allclose(np.asarray(fp.objective)[ok], np.asarray(ref.objective)[ok], rtol=1e-9)
+
+
+def test_solve_rejects_non_workload():
+    with pytest.raises(TypeError):
+        jt.solve({"A": 1})
+    with pytest.raises(ValueError, match="unknown method"):
+        jt.solve(jt.default_workload(), method="newton")
