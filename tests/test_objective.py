@@ -38,6 +38,12 @@ def _closed_forms(l, w):
     return dW, H, dp, (m1, m2, D, t)
 
 
+_grad_wait = jax.jit(jax.grad(jt.mean_wait))
+_hess_wait = jax.jit(jax.hessian(jt.mean_wait))
+_grad_J = jax.jit(jax.grad(jt.objective))
+_hess_J = jax.jit(jax.hessian(jt.objective))
+
+
 def _random_stable_point(seed, n):
     w = jt.random_workloads(jax.random.key(seed), 1, n, dtype=jnp.float64)
     w = jax.tree.map(lambda x: x[0], w)
@@ -51,14 +57,14 @@ def _random_stable_point(seed, n):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12))
+@given(seed=st.integers(0, 2**31 - 1), n=st.sampled_from([1, 2, 5, 12]))
 def test_autodiff_matches_closed_forms(seed, n):
     w, l = _random_stable_point(seed, n)
     assert float(jt.utilization(l, w)) < 0.96
     dW, H, dp, (m1, m2, D, t) = _closed_forms(l, w)
-    np.testing.assert_allclose(jax.grad(jt.mean_wait)(l, w), dW, rtol=1e-9)
-    np.testing.assert_allclose(jax.hessian(jt.mean_wait)(l, w), H, rtol=1e-8, atol=1e-300)
-    grad_J = jax.grad(jt.objective)(l, w)
+    np.testing.assert_allclose(_grad_wait(l, w), dW, rtol=1e-9)
+    np.testing.assert_allclose(_hess_wait(l, w), H, rtol=1e-8, atol=1e-300)
+    grad_J = _grad_J(l, w)
     np.testing.assert_allclose(grad_J, w.alpha * w.share * dp - dW - w.share * w.c, rtol=1e-8, atol=1e-14)
     np.testing.assert_allclose(grad_J, jt.objective_gradient(l, w), rtol=1e-8, atol=1e-14)
     # (12): z^T H z = lam^3 m2 B^2 / D^3 + 2 lam^2 A B / D^2 + lam sum pi c^2 z^2 / D
@@ -66,15 +72,15 @@ def test_autodiff_matches_closed_forms(seed, n):
     Az, Bz = jnp.sum(w.share * w.c * z * t), jnp.sum(w.share * w.c * z)
     lam = w.arrival_rate
     q = lam**3 * m2 * Bz**2 / D**3 + 2 * lam**2 * Az * Bz / D**2 + lam / D * jnp.sum(w.share * w.c**2 * z**2)
-    np.testing.assert_allclose(z @ jax.hessian(jt.mean_wait)(l, w) @ z, q, rtol=1e-8)
+    np.testing.assert_allclose(z @ _hess_wait(l, w) @ z, q, rtol=1e-8)
     assert float(q) > 0
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12))
+@given(seed=st.integers(0, 2**31 - 1), n=st.sampled_from([1, 2, 5, 12]))
 def test_hessian_negative_definite(seed, n):
     w, l = _random_stable_point(seed, n)
-    eig = np.linalg.eigvalsh(np.asarray(jax.hessian(jt.objective)(l, w)))
+    eig = np.linalg.eigvalsh(np.asarray(_hess_J(l, w)))
     assert np.all(eig < 0)
 
 
