@@ -29,12 +29,12 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
 from ._kkt import kkt_residual
 from ._lambertw import wright_omega
 from ._objective import objective, service_moments
-from ._solution import Solution, Status, input_status
+from ._solution import Solution, Status, default_rtol, finish, prepare
 from ._workload import Workload
 
 __all__ = ["AggregateNewton", "budgets_at_prices"]
@@ -158,14 +158,10 @@ class AggregateNewton(eqx.Module):
 
     def __call__(self, w: Workload) -> Solution:
         dtype = w.dtype
-        rtol = self.rtol if self.rtol is not None else (1e-9 if dtype == jnp.float64 else 1e-4)
+        rtol = default_rtol(dtype, self.rtol)
         eps = jnp.finfo(dtype).eps
         tiny = jnp.finfo(dtype).tiny
-        status_in = input_status(w)
-        ok_in = status_in == Status.CONVERGED
-        # Members the model rejects are swapped for a harmless workload so that the loop stays
-        # finite; their status says why and their outputs are NaN.
-        safe = _sanitise(w, ok_in)
+        status_in, ok_in, safe = prepare(w)
         lam = safe.arrival_rate
         m1_0, m2_0 = service_moments(jnp.zeros_like(safe.A), safe)
         d_top = 1 - lam * m1_0
@@ -280,35 +276,6 @@ class AggregateNewton(eqx.Module):
         state = jax.lax.while_loop(cond, body, state)
         tokens, _, _ = budgets_at_prices(state.best_d, state.best_y, safe)
         residual = kkt_residual(tokens, safe)
-        converged = residual <= rtol
-        status = jnp.where(ok_in, jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS), status_in)
-        nan = jnp.array(jnp.nan, dtype)
-        return Solution(
-            tokens=jnp.where(ok_in[..., None], tokens, nan),
-            objective=jnp.where(ok_in, objective(tokens, safe), nan),
-            status=status.astype(jnp.int32),
-            residual=jnp.where(ok_in, residual, nan),
-            iterations=state.iterations,
-            stats={"outer_iterations": state.outer},
-        )
-
-
-def _sanitise(w: Workload, ok) -> Workload:
-    """Replace a rejected member by a small stable workload (its result is masked out)."""
-    one = jnp.ones_like(w.A)
-    n = w.num_tasks
-
-    def pick(x, good):
-        return jnp.where(ok if x.ndim == ok.ndim else ok[..., None], x, good)
-
-    return w.replace(
-        A=pick(w.A, 0.5 * one),
-        b=pick(w.b, 1e-3 * one),
-        D=pick(w.D, 0 * one),
-        t0=pick(w.t0, 0.1 * one),
-        c=pick(w.c, 0.01 * one),
-        share=pick(w.share, one / n),
-        arrival_rate=pick(w.arrival_rate, jnp.ones_like(w.arrival_rate) * 0.1),
-        alpha=pick(w.alpha, jnp.ones_like(w.alpha)),
-        max_tokens=pick(w.max_tokens, jnp.ones_like(w.max_tokens) * 1000),
-    )
+        status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS)
+        return finish(ok_in, status_in, status, tokens, objective(tokens, safe), residual, state.iterations,
+                      {"outer_iterations": state.outer})

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._aggregate import _sanitise, budgets_at_prices
+from ._aggregate import budgets_at_prices
 from ._kkt import contraction_constant, kkt_residual, provable_box
 from ._objective import objective, service_moments
-from ._solution import Solution, Status, input_status
+from ._solution import Solution, Status, default_rtol, finish, prepare
 from ._workload import Workload
 
 __all__ = ["FixedPoint"]
@@ -45,10 +45,8 @@ class FixedPoint(eqx.Module):
 
     def __call__(self, w: Workload) -> Solution:
         dtype = w.dtype
-        rtol = self.rtol if self.rtol is not None else (1e-9 if dtype == jnp.float64 else 1e-4)
-        status_in = input_status(w)
-        ok_in = status_in == Status.CONVERGED
-        safe = _sanitise(w, ok_in)
+        rtol = default_rtol(dtype, self.rtol)
+        status_in, ok_in, safe = prepare(w)
         lam = safe.arrival_rate
 
         def step(tokens):
@@ -76,18 +74,11 @@ class FixedPoint(eqx.Module):
             Status.CONVERGED,
             jnp.where(state.stable & jnp.isfinite(state.residual), Status.MAX_ITERATIONS, Status.NOT_CONTRACTIVE),
         )
-        status = jnp.where(ok_in, status, status_in).astype(jnp.int32)
-        nan = jnp.array(jnp.nan, dtype)
         L_box = contraction_constant(safe, provable_box(safe))
-        return Solution(
-            tokens=jnp.where(ok_in[..., None], state.tokens, nan),
-            objective=jnp.where(ok_in, objective(state.tokens, safe), nan),
-            status=status,
-            residual=jnp.where(ok_in, state.residual, nan),
-            iterations=state.iterations,
-            stats={
-                "contraction_constant": jnp.where(ok_in, contraction_constant(safe), nan),
-                "contraction_constant_box": jnp.where(ok_in, L_box, nan),
-                "contraction_guaranteed": ok_in & (L_box < 1),
-            },
-        )
+        stats = {
+            "contraction_constant": contraction_constant(safe),
+            "contraction_constant_box": L_box,
+            "contraction_guaranteed": ok_in & (L_box < 1),
+        }
+        return finish(ok_in, status_in, status, state.tokens, objective(state.tokens, safe), state.residual,
+                      state.iterations, stats)

@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array
 
-from ._aggregate import _sanitise
 from ._kkt import gradient_lipschitz, kkt_residual, objective_gradient, provable_box
 from ._objective import objective
-from ._solution import Solution, Status, input_status
+from ._solution import Solution, Status, default_rtol, finish, prepare
 from ._workload import Workload
 
 __all__ = ["ProjectedGradient"]
@@ -57,10 +56,8 @@ class ProjectedGradient(eqx.Module):
 
     def __call__(self, w: Workload) -> Solution:
         dtype = w.dtype
-        rtol = self.rtol if self.rtol is not None else (1e-9 if dtype == jnp.float64 else 1e-4)
-        status_in = input_status(w)
-        ok_in = status_in == Status.CONVERGED
-        safe = _sanitise(w, ok_in)
+        rtol = default_rtol(dtype, self.rtol)
+        status_in, ok_in, safe = prepare(w)
         upper = provable_box(safe)
         L_J = gradient_lipschitz(safe, upper)
         has_L = jnp.isfinite(L_J) & (L_J > 0)
@@ -121,17 +118,9 @@ class ProjectedGradient(eqx.Module):
         status = jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS)
         if not self.safeguarded:
             status = jnp.where(has_L | converged, status, Status.NOT_CONTRACTIVE)
-        status = jnp.where(ok_in, status, status_in).astype(jnp.int32)
-        nan = jnp.array(jnp.nan, dtype)
-        return Solution(
-            tokens=jnp.where(ok_in[..., None], state.tokens, nan),
-            objective=jnp.where(ok_in, state.value, nan),
-            status=status,
-            residual=jnp.where(ok_in, state.residual, nan),
-            iterations=state.iterations,
-            stats={
-                "lipschitz_box": jnp.where(ok_in, L_J, nan),
-                "lipschitz": jnp.where(ok_in, gradient_lipschitz(safe), nan),
-                "step_size": jnp.where(ok_in, state.step if self.safeguarded else eta0, nan),
-            },
-        )
+        stats = {
+            "lipschitz_box": L_J,
+            "lipschitz": gradient_lipschitz(safe),
+            "step_size": state.step if self.safeguarded else eta0,
+        }
+        return finish(ok_in, status_in, status, state.tokens, state.value, state.residual, state.iterations, stats)

@@ -85,3 +85,52 @@ def input_status(w) -> Int[Array, "*b"]:
     status = jnp.where(rho0 < 1, Status.CONVERGED, Status.UNSTABLE_INPUT)
     status = jnp.where(valid, status, Status.INVALID_INPUT)
     return jnp.where(finite, status, Status.NONFINITE_INPUT).astype(jnp.int32)
+
+
+def default_rtol(dtype, rtol: float | None) -> float:
+    """The solvers' default target residual: 1e-9 in float64, 1e-4 in float32."""
+    if rtol is not None:
+        return rtol
+    return 1e-9 if dtype == jnp.float64 else 1e-4
+
+
+def prepare(w):
+    """`(status_in, ok_in, safe)`: the input status per member, whether it may be solved, and the
+    workload with rejected members swapped for a harmless one so the loops stay finite."""
+    status_in = input_status(w)
+    ok_in = status_in == Status.CONVERGED
+    return status_in, ok_in, sanitise(w, ok_in)
+
+
+def finish(ok_in, status_in, status, tokens, objective, residual, iterations, stats) -> "Solution":
+    """A `Solution` whose rejected members carry their input status and NaN outputs."""
+    nan = jnp.array(jnp.nan, tokens.dtype)
+    return Solution(
+        tokens=jnp.where(ok_in[..., None], tokens, nan),
+        objective=jnp.where(ok_in, objective, nan),
+        status=jnp.where(ok_in, status, status_in).astype(jnp.int32),
+        residual=jnp.where(ok_in, residual, nan),
+        iterations=iterations,
+        stats={k: (jnp.where(ok_in, v, nan) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in stats.items()},
+    )
+
+
+def sanitise(w: Workload, ok) -> Workload:
+    """Replace a rejected member by a small stable workload (its result is masked out)."""
+    one = jnp.ones_like(w.A)
+    n = w.num_tasks
+
+    def pick(x, good):
+        return jnp.where(ok if x.ndim == ok.ndim else ok[..., None], x, good)
+
+    return w.replace(
+        A=pick(w.A, 0.5 * one),
+        b=pick(w.b, 1e-3 * one),
+        D=pick(w.D, 0 * one),
+        t0=pick(w.t0, 0.1 * one),
+        c=pick(w.c, 0.01 * one),
+        share=pick(w.share, one / n),
+        arrival_rate=pick(w.arrival_rate, jnp.ones_like(w.arrival_rate) * 0.1),
+        alpha=pick(w.alpha, jnp.ones_like(w.alpha)),
+        max_tokens=pick(w.max_tokens, jnp.ones_like(w.max_tokens) * 1000),
+    )

@@ -1,6 +1,5 @@
 """Every notebook in notebooks/ executes top to bottom (at small sizes)."""
 
-import os
 from pathlib import Path
 
 import nbformat
