@@ -45,7 +45,7 @@ _hess_J = jax.jit(jax.hessian(jt.objective))
 
 
 def _random_stable_point(seed, n):
-    w = jt.random_workloads(jax.random.key(seed), 1, n, dtype=jnp.float64)
+    w = jt.random_workloads(jax.random.key(seed), 1, n, dtype=jnp.float64, load=(0.01, 0.9))
     w = jax.tree.map(lambda x: x[0], w)
     rng = np.random.default_rng(seed)
     # a random point with utilization below 0.95
