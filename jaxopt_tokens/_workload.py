@@ -145,12 +145,12 @@ def _validate(w: Workload) -> None:
         k = idx[-1]
         raise WorkloadError(
             f"field '{field}', task '{names[k]}'{_member(idx[:-1])}: {what} "
-            f"(got {values[idx]!r})"
+            f"(got {float(values[idx]):g})"
         )
 
     def fail_scalar(field: str, bad: np.ndarray, what: str, values: np.ndarray) -> None:
         idx = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
-        raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {values[idx]!r})")
+        raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {float(values[idx]):g})")
 
     for f, a in arrays.items():
         bad = ~np.isfinite(a)
