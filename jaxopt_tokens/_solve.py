@@ -5,10 +5,14 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 
+import jax.numpy as jnp
+
 from ._aggregate import AggregateNewton
 from ._fixed_point import FixedPoint
+from ._implicit import attach_implicit_gradient
+from ._objective import objective
 from ._pga import ProjectedGradient
-from ._solution import Solution
+from ._solution import Solution, Status, sanitise
 from ._workload import Workload
 
 __all__ = ["solve", "METHODS"]
@@ -33,9 +37,25 @@ def _solver(method: str, rtol, max_steps):
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
+def _differentiable(solver, w: Workload) -> Solution:
+    """Solve without differentiating the iterations, then attach the implicit derivative."""
+    sol = solver(jax.lax.stop_gradient(w))
+    ok = sol.status == Status.CONVERGED
+    safe = sanitise(w, ok)  # finite stand-ins so that masked members give zero, not NaN, gradients
+    tokens = attach_implicit_gradient(safe, jnp.where(ok, sol.tokens, 0), ok)
+    return Solution(
+        tokens=jnp.where(ok, tokens, sol.tokens),
+        objective=jnp.where(ok, objective(tokens, safe), sol.objective),
+        status=sol.status,
+        residual=sol.residual,
+        iterations=sol.iterations,
+        stats=sol.stats,
+    )
+
+
 @eqx.filter_jit
 def _run(solver, w):
-    fn = solver
+    fn = lambda member: _differentiable(solver, member)  # noqa: E731
     for _ in w.batch_shape:
         fn = jax.vmap(fn)
     return fn(w)
@@ -61,6 +81,12 @@ def solve(
     **Returns:** a `Solution` (tokens, objective, status, residual, iterations, stats). Never
     raises for bad values: members the model rejects get a status and NaN outputs. Works
     under `jit` and `vmap`; compiled once per workload shape, dtype and method.
+
+    Differentiable with respect to every workload field: derivatives of `tokens` (and of
+    anything computed from them, such as `objective`) come from the KKT conditions at the
+    solution (implicit differentiation, see `_implicit.py`), not from the iterations; budgets
+    held at a bound have zero derivative (at `max_tokens`, they follow `max_tokens`). Members
+    that did not converge get zero derivatives.
     """
     if not isinstance(workload, Workload):
         raise TypeError(f"solve expects a Workload, got {type(workload).__name__}")
