@@ -31,6 +31,7 @@ from ._pga import ProjectedGradient
 from ._random import random_workloads
 from ._solution import Solution, Status
 from ._solve import METHODS, solve
+from ._tune import AlphaTuning, TuneStatus, tune, tune_alpha
 from ._workload import Workload, WorkloadError, make_workload
 
 __version__ = "0.1.0"
