@@ -40,11 +40,10 @@ from ._workload import Workload
 __all__ = ["AggregateNewton", "budgets_at_prices"]
 
 
-def budgets_at_prices(d, y, w: Workload):
-    """Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
+def unclipped_budgets(d, y, w: Workload):
+    """The budgets of eq. (22) at prices $(d, y)$ before the box projection (23).
 
-    `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\\partial l_k/\\partial v = -g_k$,
-    $\\partial l_k/\\partial u = -t_k g_k$ for a free budget.
+    `-inf` for a task with $A_k = 0$ (no accuracy to gain).
     """
     lam = w.arrival_rate
     has_gain = w.A > 0
@@ -62,6 +61,19 @@ def budgets_at_prices(d, y, w: Workload):
     # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
     use_linear = jnp.maximum(omega, beta) < jnp.maximum(jnp.abs(log_q), jnp.abs(log_omega))
     raw = jnp.where(use_linear, omega - beta, log_q - log_omega) / w.b
+    return jnp.where(has_gain, raw, -jnp.inf)
+
+
+def budgets_at_prices(d, y, w: Workload):
+    """Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
+
+    `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\\partial l_k/\\partial v = -g_k$,
+    $\\partial l_k/\\partial u = -t_k g_k$ for a free budget.
+    """
+    raw = unclipped_budgets(d, y, w)
+    has_gain = w.A > 0
+    u = w.arrival_rate / d
+    v = 1 + w.arrival_rate * y
     lmax = w.max_tokens[..., None]
     tokens = jnp.where(has_gain, jnp.clip(raw, 0, lmax), 0)
     free = has_gain & (raw > 0) & (raw < lmax)
