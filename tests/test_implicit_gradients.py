@@ -119,3 +119,22 @@ def test_float32_gradients_finite(table1):
     assert g.alpha.dtype == jnp.float32
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(g))
     assert float(g.alpha) == pytest.approx(0.39775, rel=1e-4)
+
+
+def test_implicit_equals_unrolled_fixed_point(table1):
+    """Where the paper's fixed point (24) converges (Table I), differentiating through its
+    iterations gives the same derivatives as the implicit ones."""
+    from jaxopt_tokens._aggregate import unclipped_budgets
+
+    def unrolled(w):
+        l = jnp.zeros_like(w.A)
+        for _ in range(80):
+            m1, m2 = jt.service_moments(l, w)
+            d = 1 - w.arrival_rate * m1
+            l = jnp.clip(unclipped_budgets(d, w.arrival_rate * m2 / (2 * d * d), w), 0, w.max_tokens)
+        return l
+
+    np.testing.assert_allclose(unrolled(table1), tokens_star(table1), atol=1e-8)
+    implicit, through_loop = jax.jacfwd(tokens_star)(table1), jax.jacfwd(unrolled)(table1)
+    for field in FIELDS:
+        np.testing.assert_allclose(getattr(through_loop, field), getattr(implicit, field), rtol=1e-6, atol=1e-8)

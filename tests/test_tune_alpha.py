@@ -86,3 +86,14 @@ def test_cli_tune(capsys):
     w = jt.default_workload().astype(jnp.float64)
     assert out["accuracy"] == pytest.approx(max_accuracy_under_latency(w, 2.0), abs=1e-6)
     assert main(["tune", "--target-latency", "0.01"]) == 1
+
+
+def test_general_tune_vmaps_over_targets(table1):
+    taus = jnp.array([1.0, 2.0, 4.0, 6.0])
+
+    def tuned_latency(tau):
+        loss = lambda sol, w: (jt.mean_system_time(sol.tokens, w) / tau - 1) ** 2  # noqa: E731
+        w, _ = jt.tune(table1, loss, ["alpha"], optimizer=optax.adam(0.1), steps=200)
+        return jt.mean_system_time(jt.solve(w).tokens, w)
+
+    np.testing.assert_allclose(jax.jit(jax.vmap(tuned_latency))(taus), taus, rtol=1e-3)
