@@ -32,6 +32,9 @@ from ._random import random_workloads
 from ._solution import Solution, Status
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
 from ._solve import METHODS, solve
+from ._sweep import read_sweep_metadata, sweep, write_sweep
+from ._frontier import frontier_by_alpha, frontier_by_arrival_rate, uniform_curve
+from ._figures import all_figures
 from ._tune import AlphaTuning, TuneStatus, tune, tune_alpha
 from ._workload import Workload, WorkloadError, make_workload
 

@@ -11,10 +11,11 @@ from ._workload import Workload
 __all__ = ["add_workload_options", "workload_from_args", "positive_float"]
 
 
-def add_workload_options(p: argparse.ArgumentParser) -> None:
+def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> None:
     p.add_argument("--workload", metavar="FILE", help="workload TOML/JSON (default: the paper's Table I)")
-    p.add_argument("--arrival-rate", type=float, metavar="X", help="override the arrival rate (queries/s)")
-    p.add_argument("--alpha", type=float, metavar="Y", help="override alpha, the weight of accuracy (s)")
+    if overrides:
+        p.add_argument("--arrival-rate", type=float, metavar="X", help="override the arrival rate (queries/s)")
+        p.add_argument("--alpha", type=float, metavar="Y", help="override alpha, the weight of accuracy (s)")
     p.add_argument("--max-tokens", type=float, metavar="M", help="override the token cap l_max")
 
 
