@@ -1,0 +1,122 @@
+"""Sweeps: same answers as solving point by point, no recompilation, metadata, devices, figures."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens._sweep import TRACE_COUNT
+
+
+def test_sweep_matches_pointwise_solves(table1):
+    rates, alphas = np.linspace(0.02, 0.4, 5), np.geomspace(2, 80, 4)
+    df = jt.sweep(table1, arrival_rate=rates, alpha=alphas, b__GSM8K=[1e-3, 3.2e-3], quiet=True, chunk_size=16)
+    assert len(df) == 40 and list(df.columns[:3]) == ["arrival_rate", "alpha", "b__GSM8K"]
+    for _, row in df.sample(8, random_state=0).iterrows():
+        w = table1.replace(arrival_rate=row.arrival_rate, alpha=row.alpha, b=table1.b.at[1].set(row.b__GSM8K))
+        sol = jt.solve(w)
+        np.testing.assert_allclose(row[[f"l_{n}" for n in w.task_names]].to_numpy(float), sol.tokens, rtol=1e-10, atol=1e-8)
+        assert row.objective == pytest.approx(float(sol.objective), rel=1e-12)
+        assert row.mean_system_time == pytest.approx(float(jt.mean_system_time(sol.tokens, w)), rel=1e-12)
+        np.testing.assert_array_equal(row[[f"l_int_{n}" for n in w.task_names]].to_numpy(float),
+                                      jt.integer_budgets(sol.tokens, w))
+    assert set(df["status"]) == {"converged"}
+
+
+def test_no_recompilation_between_chunks_and_failures_kept(table1):
+    before = TRACE_COUNT["sweep_chunk"]
+    # 7 chunks of 8 with a padded last one; arrival rates past the zero-token limit fail
+    df = jt.sweep(table1, arrival_rate=np.linspace(0.05, 12.0, 50), chunk_size=8, quiet=True)
+    assert TRACE_COUNT["sweep_chunk"] == before + 1
+    assert len(df) == 50
+    unstable = df["arrival_rate"] >= 1 / float(jnp.sum(table1.share * table1.t0))
+    assert (df.loc[unstable, "status"] == "unstable_input").all() and unstable.any()
+    assert df.loc[unstable, "objective"].isna().all()
+    assert (df.loc[~unstable, "status"] == "converged").all()
+
+
+def test_write_and_metadata(table1, tmp_path):
+    df = jt.sweep(table1, alpha=[10.0, 30.0], quiet=True)
+    paths = jt.write_sweep(df, tmp_path / "s")
+    assert {p.suffix for p in paths} == {".csv", ".parquet"}
+    for p in paths:
+        meta = jt.read_sweep_metadata(p)
+        assert meta["jaxopt_tokens_version"] == jt.__version__
+        assert meta["workload"]["tasks"][1]["name"] == "GSM8K"
+    back = pd.read_csv(tmp_path / "s.csv", comment="#")
+    np.testing.assert_allclose(back["objective"], df["objective"])
+    assert pd.read_parquet(tmp_path / "s.parquet")["status"].tolist() == df["status"].tolist()
+
+
+def test_bad_grid_names(table1):
+    with pytest.raises(ValueError, match="not a sweepable field"):
+        jt.sweep(table1, gamma=[1.0])
+    with pytest.raises(ValueError, match="no task named"):
+        jt.sweep(table1, b__MMLU=[1.0])
+
+
+def test_eight_devices_match_one(tmp_path):
+    script = textwrap.dedent("""
+        import json, sys
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        import numpy as np
+        import jaxopt_tokens as jt
+        assert jax.device_count() == 8, jax.devices()
+        w = jt.default_workload()
+        df = jt.sweep(w, arrival_rate=np.linspace(0.01, 0.5, 13), alpha=np.geomspace(1, 100, 7), chunk_size=32, quiet=True)
+        print(json.dumps(df["objective"].tolist()))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    eight = np.asarray(json.loads(out.stdout.strip().splitlines()[-1]))
+    one = jt.sweep(jt.default_workload().astype(np.float64), arrival_rate=np.linspace(0.01, 0.5, 13),
+                   alpha=np.geomspace(1, 100, 7), quiet=True)["objective"].to_numpy()
+    np.testing.assert_allclose(eight, one, rtol=1e-12)
+
+
+def test_frontier_dominates_uniform(table1):
+    df = jt.frontier_by_alpha(table1, num=200)
+    _, et_u, acc_u = jt.uniform_curve(table1)
+    ok = df["status"] == "converged"
+    et, acc = df.loc[ok, "mean_system_time"].to_numpy(), df.loc[ok, "accuracy"].to_numpy()
+    order = np.argsort(et)
+    # at every uniform point's latency, the optimal frontier is at least as accurate
+    inside = (et_u >= et.min()) & (et_u <= et.max())
+    assert np.all(np.interp(et_u[inside], et[order], acc[order]) >= acc_u[inside] - 1e-9)
+
+
+def test_figures_written_and_shapes(table1, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = jt.all_figures(table1, tmp_path)
+    names = {p.name for p in paths}
+    for stem in ("fig3_uniform_vs_optimal", "fig4_gsm8k_sensitivity", "heatmaps", "frontier"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
+    # Fig. 4 is unimodal with its peak at the GSM8K optimum; Fig. 3: uniform 500 is worst
+    sol = jt.solve(table1)
+    grid = jnp.linspace(0.0, 1000.0, 1001)
+    J = jax.vmap(lambda g: jt.objective(sol.tokens.at[1].set(g), table1))(grid)
+    peak = int(jnp.argmax(J))
+    assert abs(float(grid[peak]) - float(sol.tokens[1])) <= 1.0
+    d = np.diff(np.asarray(J))
+    assert np.all(d[:peak - 1] > 0) and np.all(d[peak + 1:] < 0)
+    uniform = [float(jt.objective(jnp.full(6, float(u)), table1)) for u in (0, 100, 500)]
+    assert min(uniform) == uniform[2] and max(uniform) < float(sol.objective)
+
+
+def test_cli_sweep_and_figures(tmp_path):
+    from jaxopt_tokens.cli import main
+
+    assert main(["sweep", "--arrival-rate", "0.01:0.5:4", "--alpha", "1:100:3", "--out", str(tmp_path), "--quiet"]) == 0
+    assert len(pd.read_csv(tmp_path / "sweep.csv", comment="#")) == 12
