@@ -120,3 +120,10 @@ def test_cli_sweep_and_figures(tmp_path):
 
     assert main(["sweep", "--arrival-rate", "0.01:0.5:4", "--alpha", "1:100:3", "--out", str(tmp_path), "--quiet"]) == 0
     assert len(pd.read_csv(tmp_path / "sweep.csv", comment="#")) == 12
+
+
+def test_progress_bar_does_not_change_results(table1):
+    kw = dict(arrival_rate=np.linspace(0.05, 0.3, 6), alpha=[5.0, 50.0], chunk_size=4)
+    quiet = jt.sweep(table1, quiet=True, **kw)
+    shown = jt.sweep(table1, quiet=False, **kw)
+    pd.testing.assert_frame_equal(quiet, shown)
