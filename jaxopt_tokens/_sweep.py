@@ -12,6 +12,7 @@ lists that host's devices, and giving each host its own slice of the grid (for e
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,14 @@ def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
     return name, None
 
 
-def _chunk_fn(w: Workload, specs):
-    def point(values):
+@functools.partial(jax.jit, static_argnums=0)
+def _solve_chunk(specs: tuple, w: Workload, values):
+    """Solve one chunk of grid points; compiled once per (grid spec, workload shape, chunk size)."""
+    TRACE_COUNT["sweep_chunk"] += 1
+
+    def point(row):
         changes: dict[str, Any] = {}
-        for (field, k), v in zip(specs, values):
+        for (field, k), v in zip(specs, row):
             base = changes.get(field, getattr(w, field))
             changes[field] = v if k is None else base.at[k].set(v)
         wp = w.replace(**changes)
@@ -70,11 +75,7 @@ def _chunk_fn(w: Workload, specs):
             "residual": sol.residual,
         }
 
-    def chunk(values):
-        TRACE_COUNT["sweep_chunk"] += 1
-        return jax.vmap(point)(values)
-
-    return jax.jit(chunk)
+    return jax.vmap(point)(values)
 
 
 def sweep(
@@ -111,7 +112,7 @@ def sweep(
     dtype = workload.dtype
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    fn = _chunk_fn(workload, specs)
+    specs = tuple(specs)
     outputs = []
     starts = list(range(0, total, chunk_size))
     progress = None
@@ -128,7 +129,7 @@ def sweep(
             if pad:
                 block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
             values = jax.device_put(jnp.asarray(block, dtype), sharding)
-            out = jax.device_get(fn(values))
+            out = jax.device_get(_solve_chunk(specs, workload, values))
             outputs.append({k: v[: chunk_size - pad] for k, v in out.items()})
             if progress is not None:
                 progress.advance(task)

@@ -127,3 +127,11 @@ def test_progress_bar_does_not_change_results(table1):
     quiet = jt.sweep(table1, quiet=True, **kw)
     shown = jt.sweep(table1, quiet=False, **kw)
     pd.testing.assert_frame_equal(quiet, shown)
+
+
+def test_repeated_sweeps_reuse_the_compilation(table1):
+    kw = dict(alpha=np.geomspace(1, 100, 10), chunk_size=8, quiet=True)
+    jt.sweep(table1, **kw)
+    before = TRACE_COUNT["sweep_chunk"]
+    jt.sweep(table1.replace(arrival_rate=2 * table1.arrival_rate), **kw)  # same dtype and weak type
+    assert TRACE_COUNT["sweep_chunk"] == before
