@@ -30,6 +30,7 @@ from ._lambertw import lambertw, wright_omega
 from ._pga import ProjectedGradient
 from ._random import random_workloads
 from ._solution import Solution, Status
+from ._simulate import SimulationResult, simulate
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
 from ._solve import METHODS, solve
 from ._sweep import read_sweep_metadata, sweep, write_sweep
