@@ -30,6 +30,16 @@ from ._lambertw import lambertw, wright_omega
 from ._pga import ProjectedGradient
 from ._random import random_workloads
 from ._solution import Solution, Status
+from ._export import (
+    DEFAULT_ANSWER_RESERVE,
+    DEFAULT_EFFORT_BOUNDS,
+    EXPORT_FORMATS,
+    export_policy,
+    load_tokens,
+    openai_client_kwargs,
+    tokens_from_data,
+    write_policy,
+)
 from ._simulate import SimulationResult, simulate
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
 from ._solve import METHODS, solve

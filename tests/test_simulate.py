@@ -193,3 +193,37 @@ def test_student_t_quantile_matches_scipy():
 def test_bad_input_names_the_field(table1, kwargs, field):
     with pytest.raises(jt.InputError, match=field):
         jt.simulate(table1, **kwargs)
+
+
+def test_cli_simulate_json_compares_policies(tmp_path, capsys):
+    import json
+
+    from jaxopt_tokens.cli import main
+
+    budgets = tmp_path / "budgets.json"
+    budgets.write_text(json.dumps({"AIME": 0, "GSM8K": 341, "GPQA": 0, "CRUXEval": 0, "BBH": 346,
+                                   "ARC-Challenge": 30}))
+    code = main(["simulate", "--tokens", "optimal", "--tokens", "uniform:500", "--tokens", str(budgets),
+                 "--num-queries", "4000", "--replications", "5", "--format", "json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["policies"] == ["optimal", "uniform:500", str(budgets)]
+    st = report["statistics"]["system_time"]
+    assert len(st["mean"]) == 3 and all(lo <= m <= hi for lo, m, hi in zip(st["lower"], st["mean"], st["upper"]))
+    np.testing.assert_allclose(report["tokens"][0], report["tokens"][2], atol=1.0)
+    assert st["predicted"][1] > st["predicted"][0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--tokens", "uniform:-5"], "tokens"),
+    (["--tokens", "uniform:abc"], "uniform:TOKENS"),
+    (["--tokens", "no_such_file.json"], "no_such_file.json"),
+    (["--level", "1.5"], "--level"),
+    (["--service-cv", "-1"], "service_cv"),
+])
+def test_cli_simulate_bad_input_is_one_line(capsys, argv, needle):
+    from jaxopt_tokens.cli import main
+
+    assert main(["simulate", "--num-queries", "100", "--replications", "2", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err

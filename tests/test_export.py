@@ -1,0 +1,314 @@
+"""Policy export for serving engines: field names, clamps, zero budgets, JSON, CLI."""
+
+import argparse
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens import _cli_export
+from jaxopt_tokens._export import (
+    DEFAULT_ANSWER_RESERVE,
+    export_policy,
+    load_tokens,
+    openai_client_kwargs,
+    write_policy,
+)
+from jaxopt_tokens._errors import InputError
+
+NAMES = ("AIME", "GSM8K", "GPQA", "CRUXEval", "BBH", "ARC-Challenge")
+BUDGETS = [0.0, 340.89, 0.0, 0.0, 346.24, 30.14]
+
+
+@pytest.fixture
+def w(table1):
+    return table1
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="jaxopt-tokens")
+    sub = parser.add_subparsers(dest="command")
+    _cli_export.register(sub)
+    return parser
+
+
+def _run_cli(argv, capsys):
+    args = _parser().parse_args(argv)
+    rc = args.func(args)
+    return rc, capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_vllm_fields(w):
+    p = export_policy(w, BUDGETS, format="vllm", rounding="round")
+    assert p["format"] == "vllm"
+    assert list(p["tasks"]) == list(NAMES)
+    gsm = p["tasks"]["GSM8K"]
+    assert gsm["budget"] == 341
+    assert gsm["request"] == {"max_tokens": 341 + DEFAULT_ANSWER_RESERVE, "thinking_token_budget": 341}
+    # zero -> thinking disabled through the chat template, no budget field
+    aime = p["tasks"]["AIME"]["request"]
+    assert aime == {"max_tokens": DEFAULT_ANSWER_RESERVE, "chat_template_kwargs": {"enable_thinking": False}}
+
+
+def test_sglang_fields(w):
+    p = export_policy(w, BUDGETS, format="sglang", answer_reserve=100, rounding="round")
+    assert p["tasks"]["BBH"]["request"] == {"max_tokens": 446, "custom_params": {"thinking_budget": 346}}
+    assert p["tasks"]["GPQA"]["request"] == {"max_tokens": 100, "chat_template_kwargs": {"enable_thinking": False}}
+
+
+def test_openai_fields_and_effort_thresholds(w):
+    tokens = [0, 500, 1024, 1025, 8192, 20000]
+    p = export_policy(w, tokens, format="openai", answer_reserve=0)
+    req = {n: t["request"] for n, t in p["tasks"].items()}
+    assert set(req["GSM8K"]) == {"max_completion_tokens", "reasoning_effort"}
+    assert [r["reasoning_effort"] for r in req.values()] == ["minimal", "low", "low", "medium", "medium", "high"]
+    assert req["GSM8K"]["max_completion_tokens"] == 500
+    assert p["settings"]["effort_bounds"] == {"minimal": 0, "low": 1024, "medium": 8192}
+
+
+def test_openai_custom_effort_bounds(w):
+    p = export_policy(w, [0, 10, 100, 1000, 5000, 9000], format="openai",
+                      effort_bounds={"low": 50, "medium": 2000})
+    assert [t["request"]["reasoning_effort"] for t in p["tasks"].values()] == [
+        "low", "low", "medium", "medium", "high", "high"]
+
+
+def test_json_format_neutral_fields(w):
+    p = export_policy(w, BUDGETS, format="json", answer_reserve=10, rounding="round")
+    assert p["tasks"]["ARC-Challenge"]["request"] == {"max_tokens": 40, "thinking_budget": 30}
+    assert p["tasks"]["AIME"]["request"] == {"max_tokens": 10, "thinking_budget": 0}
+
+
+def test_zero_budget_sends_field(w):
+    p = export_policy(w, BUDGETS, format="vllm", zero_budget="budget")
+    assert p["tasks"]["AIME"]["request"] == {"max_tokens": DEFAULT_ANSWER_RESERVE, "thinking_token_budget": 0}
+    p = export_policy(w, BUDGETS, format="sglang", zero_budget="budget")
+    assert p["tasks"]["AIME"]["request"]["custom_params"] == {"thinking_budget": 0}
+
+
+def test_requests_are_independent_objects(w):
+    p = export_policy(w, BUDGETS, format="vllm")
+    p["tasks"]["AIME"]["request"]["chat_template_kwargs"]["enable_thinking"] = True
+    assert p["tasks"]["GPQA"]["request"]["chat_template_kwargs"]["enable_thinking"] is False
+
+
+# ----------------------------------------------------------------------------- clamps
+
+
+def test_reserve_caps_budget_below_max_tokens(w):
+    w = w.replace(max_tokens=1000.0)
+    p = export_policy(w, [0, 900, 0, 0, 700, 5000], format="vllm", answer_reserve=200)
+    t = p["tasks"]
+    assert t["GSM8K"]["budget"] == 800 and t["GSM8K"]["clamped"] == ["answer_reserve"]
+    assert t["GSM8K"]["request"]["max_tokens"] == 1000
+    assert t["BBH"]["budget"] == 700 and t["BBH"]["clamped"] == []
+    assert t["ARC-Challenge"]["budget"] == 800
+    assert t["ARC-Challenge"]["clamped"] == ["max_tokens", "answer_reserve"]
+    for entry in t.values():
+        assert entry["request"]["max_tokens"] <= 1000
+        assert entry["budget"] <= 1000 - 200
+
+
+def test_min_budget_raises_small_positive_only(w):
+    p = export_policy(w, [0, 3, 0, 0, 346, 30], format="json", min_budget=64)
+    t = p["tasks"]
+    assert t["GSM8K"]["budget"] == 64 and t["GSM8K"]["clamped"] == ["min_budget"]
+    assert t["ARC-Challenge"]["budget"] == 64
+    assert t["BBH"]["budget"] == 346
+    assert t["AIME"]["budget"] == 0  # zero stays zero (thinking off)
+
+
+def test_reserve_wins_over_min_budget(w):
+    w = w.replace(max_tokens=100.0)
+    p = export_policy(w, [0, 5, 0, 0, 0, 0], format="json", min_budget=64, answer_reserve=80)
+    assert p["tasks"]["GSM8K"]["budget"] == 20
+    assert p["tasks"]["GSM8K"]["clamped"] == ["min_budget", "answer_reserve"]
+
+
+def test_rounding_modes(w):
+    x = [0.0, 340.2, 0.0, 0.0, 346.0000001, 30.5]
+    ceil = export_policy(w, x, format="json", rounding="ceil")["tasks"]
+    assert [ceil[n]["budget"] for n in NAMES] == [0, 341, 0, 0, 346, 31]
+    rnd = export_policy(w, x, format="json", rounding="round")["tasks"]
+    assert [rnd[n]["budget"] for n in NAMES] == [0, 340, 0, 0, 346, 30]  # numpy rounds half to even
+
+
+def test_integer_rounding_matches_integer_budgets(w):
+    sol = jt.solve(w)
+    p = export_policy(w, sol, format="json")
+    expected = np.asarray(jt.integer_budgets(sol.tokens, w)).astype(int).tolist()
+    assert [p["tasks"][n]["budget"] for n in NAMES] == expected == [0, 341, 0, 0, 346, 30]
+    assert p["source"]["status"] == "converged"
+    assert abs(p["source"]["objective_continuous"] - float(sol.objective)) < 1e-12
+    assert abs(p["source"]["objective"] - 9.7542) < 1e-3
+
+
+def test_mapping_tokens(w):
+    p = export_policy(w, dict(zip(reversed(NAMES), reversed(BUDGETS))), format="json", rounding="round")
+    assert p["tasks"]["GSM8K"]["budget"] == 341
+
+
+# ----------------------------------------------------------------------------- metadata, JSON
+
+
+def test_metadata(w):
+    p = export_policy(w, BUDGETS, format="vllm", source="table1.toml")
+    assert p["generated_by"] == f"jaxopt_tokens {jt.__version__}"
+    src = p["source"]
+    assert src["workload"] == "table1.toml"
+    assert src["tasks"] == list(NAMES)
+    assert src["max_tokens"] == 32768.0 and src["alpha"] == 30.0 and src["arrival_rate"] == 0.1
+    assert isinstance(src["objective"], float)
+    assert p["settings"]["answer_reserve"] == DEFAULT_ANSWER_RESERVE
+
+
+@pytest.mark.parametrize("fmt", ["vllm", "sglang", "openai", "json"])
+def test_json_roundtrip(w, tmp_path, fmt):
+    p = export_policy(w, jt.solve(w), format=fmt)
+    path = tmp_path / "policy.json"
+    text = write_policy(p, path)
+    assert json.loads(path.read_text()) == p == json.loads(text)
+
+
+def test_openai_client_kwargs(w):
+    p = export_policy(w, BUDGETS, format="vllm", rounding="round")
+    assert openai_client_kwargs(p, "GSM8K") == {
+        "max_tokens": 341 + DEFAULT_ANSWER_RESERVE, "extra_body": {"thinking_token_budget": 341}}
+    assert openai_client_kwargs(p, "AIME") == {
+        "max_tokens": DEFAULT_ANSWER_RESERVE, "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
+    o = export_policy(w, BUDGETS, format="openai")
+    assert "extra_body" not in openai_client_kwargs(o, "BBH")
+    with pytest.raises(InputError, match="NOPE"):
+        openai_client_kwargs(p, "NOPE")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_format(w):
+    with pytest.raises(InputError, match="format"):
+        export_policy(w, BUDGETS, format="tgi")
+
+
+def test_negative_tokens_name_task(w):
+    bad = list(BUDGETS)
+    bad[1] = -5
+    with pytest.raises(InputError, match=r"tokens\[GSM8K\]"):
+        export_policy(w, bad)
+
+
+def test_nonfinite_and_non_number_tokens(w):
+    with pytest.raises(InputError, match=r"tokens\[BBH\].*finite"):
+        export_policy(w, [0, 1, 0, 0, float("nan"), 0])
+    with pytest.raises(InputError, match=r"tokens\[AIME\]"):
+        export_policy(w, ["x", 1, 0, 0, 0, 0])
+
+
+def test_wrong_length(w):
+    with pytest.raises(InputError, match="tokens has 3 values"):
+        export_policy(w, [1, 2, 3])
+    with pytest.raises(InputError, match="tokens"):
+        export_policy(w, [[1, 2, 3, 4, 5, 6]])
+
+
+def test_mapping_unknown_and_missing(w):
+    with pytest.raises(InputError, match="unknown task"):
+        export_policy(w, {**dict(zip(NAMES, BUDGETS)), "MMLU": 3})
+    with pytest.raises(InputError, match=r"missing task.*AIME"):
+        export_policy(w, dict(zip(NAMES[1:], BUDGETS[1:])))
+
+
+@pytest.mark.parametrize("field,kw", [
+    ("answer_reserve", {"answer_reserve": -1}),
+    ("min_budget", {"min_budget": -3}),
+    ("min_budget", {"min_budget": 2.5}),
+    ("rounding", {"rounding": "stochastic"}),
+    ("zero_budget", {"zero_budget": "maybe"}),
+    ("effort_bounds", {"effort_bounds": {"low": 100, "medium": 50}}),
+    ("effort_bounds", {"effort_bounds": {"low": 100, "high": 500}}),
+])
+def test_bad_options_name_field(w, field, kw):
+    with pytest.raises(InputError, match=field):
+        export_policy(w, BUDGETS, **kw)
+
+
+def test_reserve_above_max_tokens(w):
+    with pytest.raises(InputError, match="answer_reserve"):
+        export_policy(w.replace(max_tokens=100.0), BUDGETS, answer_reserve=101)
+
+
+def test_batched_workload_rejected():
+    w = jt.make_workload(A=[0.5, 0.5], b=[0.01, 0.01], D=[0.1, 0.1], t0=[0.1, 0.1], c=[0.01, 0.01],
+                         arrival_rate=0.1, alpha=10.0, max_tokens=1000.0)
+    batched = jax.tree_util.tree_map(lambda x: np.stack([x, x]), w)
+    with pytest.raises(InputError, match="unbatched"):
+        export_policy(batched, [1, 2])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_solves_and_prints(capsys):
+    rc, out = _run_cli(["export", "--format", "vllm"], capsys)
+    assert rc == 0
+    p = json.loads(out.out)
+    assert p["tasks"]["GSM8K"]["request"] == {"max_tokens": 597, "thinking_token_budget": 341}
+    assert p["source"]["workload"] == "default (Table I)"
+    assert p["source"]["status"] == "converged"
+
+
+def test_cli_writes_file_openai(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    rc, printed = _run_cli(["export", "--format", "openai", "-o", str(out), "--answer-reserve", "64"], capsys)
+    assert rc == 0 and printed.out == ""
+    p = json.loads(out.read_text())
+    assert p["tasks"]["BBH"]["request"] == {"max_completion_tokens": 410, "reasoning_effort": "low"}
+
+
+@pytest.mark.parametrize("content", [
+    json.dumps([0, 100, 0, 0, 200.4, 7]),
+    json.dumps(dict(zip(NAMES, [0, 100, 0, 0, 200.4, 7]))),
+    json.dumps({"tokens": [0, 100, 0, 0, 200.4, 7], "tasks": list(NAMES)}),
+])
+def test_cli_tokens_file(tmp_path, capsys, content):
+    f = tmp_path / "t.json"
+    f.write_text(content)
+    rc, out = _run_cli(["export", "--format", "sglang", "--tokens", str(f), "--rounding", "round"], capsys)
+    assert rc == 0
+    p = json.loads(out.out)
+    assert [p["tasks"][n]["budget"] for n in NAMES] == [0, 100, 0, 0, 200, 7]
+    assert "status" not in p["source"]
+
+
+def test_cli_max_tokens_override_caps_budget(capsys):
+    rc, out = _run_cli(["export", "--format", "json", "--max-tokens", "300", "--answer-reserve", "100"], capsys)
+    assert rc == 0
+    p = json.loads(out.out)
+    for entry in p["tasks"].values():
+        assert entry["budget"] <= 200 and entry["request"]["max_tokens"] <= 300
+
+
+def test_cli_bad_tokens_file(tmp_path, capsys):
+    f = tmp_path / "t.json"
+    f.write_text("[1, 2]")
+    args = _parser().parse_args(["export", "--tokens", str(f)])
+    with pytest.raises(InputError, match="tokens has 2 values"):
+        args.func(args)
+    f.write_text("{not json")
+    with pytest.raises(InputError, match="--tokens"):
+        args.func(args)
+    args = _parser().parse_args(["export", "--tokens", str(tmp_path / "missing.json")])
+    with pytest.raises(InputError, match="cannot read"):
+        args.func(args)
+
+
+def test_cli_rejects_unknown_format(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["export", "--format", "tgi"])
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["export", "--answer-reserve", "-4"])
