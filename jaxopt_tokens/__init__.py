@@ -40,6 +40,14 @@ from ._export import (
     tokens_from_data,
     write_policy,
 )
+from ._fit import FitResult, FitWarning, TaskFit, budget_uncertainty, fit, plot_fit
+from ._measurements import (
+    Measurements,
+    parse_measurements,
+    read_measurements,
+    read_request_log,
+    synthetic_measurements,
+)
 from ._simulate import SimulationResult, simulate
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
 from ._solve import METHODS, solve

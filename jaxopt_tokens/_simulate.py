@@ -184,6 +184,7 @@ class SimulationResult(eqx.Module):
         return out
 
 
+@jax.jit
 def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
     """Quantile of Student's t distribution with `df` degrees of freedom (for `0.5 <= p < 1`).
 

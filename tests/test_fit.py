@@ -1,0 +1,209 @@
+"""Fitting accuracy and latency curves: recovery of Table I, scipy cross-checks, warnings, bad files."""
+
+import json
+import warnings
+from importlib import resources
+
+import jax
+import numpy as np
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens._fit import _loglik
+
+SHIPPED = str(resources.files("jaxopt_tokens").joinpath("data", "synthetic_measurements_table1.csv"))
+FIELDS = ("A", "b", "D", "t0", "c")
+
+
+def _fit_quietly(m, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jt.FitWarning)
+        return jt.fit(m, **kw)
+
+
+@pytest.fixture(scope="module")
+def shipped_fit():
+    w = jt.default_workload()
+    return jt.fit(jt.read_measurements(SHIPPED), shares=np.asarray(w.share))
+
+
+def test_shipped_file_is_labelled_synthetic():
+    assert "SYNTHETIC" in open(SHIPPED).readline()
+
+
+def test_shipped_measurements_recover_table1_within_intervals(table1, shipped_fit):
+    for k, t in enumerate(shipped_fit.tasks):
+        assert t.name == table1.task_names[k]
+        for f in FIELDS:
+            truth = float(getattr(table1, f)[k])
+            lo, hi = t.interval(f, level=0.99)
+            if t.se[f] == 0:  # held at a bound: the truth must sit on the same bound
+                assert t.params[f] == pytest.approx(truth, abs=1e-6), (t.name, f)
+            else:
+                assert lo <= truth <= hi, (t.name, f, t.params[f], t.se[f], truth)
+        assert t.p_value > 1e-3 and t.monotone and not t.warnings
+
+
+def test_fitted_workload_solves_to_table1_budgets_within_propagated_uncertainty(table1, shipped_fit):
+    tokens, se = jt.budget_uncertainty(shipped_fit)
+    truth = np.asarray(jt.solve(table1).tokens)
+    positive = truth > 0
+    assert np.all(tokens[~positive] == 0)
+    assert np.all(np.abs(tokens - truth)[positive] <= 3 * se[positive]), (tokens, se, truth)
+    assert np.all(se[positive] > 0)
+
+
+def test_intervals_cover_the_truth_at_their_level(table1):
+    """Over independent synthetic data sets, 95% intervals cover the generating values."""
+    covered = total = 0
+    for seed in range(8):
+        m = jt.parse_measurements(jt.synthetic_measurements(table1, jax.random.PRNGKey(seed)))
+        r = _fit_quietly(m, shares=np.asarray(table1.share))
+        for k, t in enumerate(r.tasks):
+            for f in FIELDS:
+                if t.se[f] > 0:
+                    lo, hi = t.interval(f, 0.95)
+                    covered += lo <= float(getattr(table1, f)[k]) <= hi
+                    total += 1
+    assert 0.88 <= covered / total <= 1.0, covered / total
+
+
+def test_mle_matches_scipy_constrained_optimum():
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(4)
+    budgets = np.array([0, 50, 100, 200, 400, 800, 1600, 3200.0])
+    for _ in range(5):
+        A, D = rng.uniform(0.2, 0.6), rng.uniform(0, 0.3)
+        b = 10 ** rng.uniform(-3.5, -1.5)
+        n = np.full(budgets.shape, 300.0)
+        y = rng.binomial(300, A * -np.expm1(-b * budgets) + D).astype(float)
+        text = "task,budget,n_correct,n_total,latency\n" + "".join(
+            f"t,{l:g},{int(c)},300,{1 + 0.01 * l}\n" for l, c in zip(budgets, y))
+        ours = _fit_quietly(jt.parse_measurements(text)).tasks[0].params
+
+        def nll(q):
+            p = np.clip(q[0] * -np.expm1(-np.exp(q[1]) * budgets) + q[2], 1e-12, 1 - 1e-12)
+            return -np.sum(y * np.log(p) + (n - y) * np.log1p(-p))
+
+        best = min(
+            (optimize.minimize(nll, x0, method="SLSQP", bounds=[(0, 1), (-14, 2), (0, 1)],
+                               constraints=[{"type": "ineq", "fun": lambda q: 1 - q[0] - q[2]}],
+                               options={"ftol": 1e-12, "maxiter": 500})
+             for x0 in ([0.5, np.log(1e-3), 0.1], [0.3, np.log(1e-2), 0.2], [0.8, np.log(1e-4), 0.0])),
+            key=lambda r: r.fun,
+        )
+        mine = nll([ours["A"], np.log(ours["b"]), ours["D"]])
+        assert mine <= best.fun + 1e-6, (mine, best.fun)
+
+
+def test_latency_fit_is_exact_on_noiseless_lines():
+    text = "task,budget,accuracy,n_total,latency\n" + "".join(
+        f"t,{l},{0.2 + 0.5 * (1 - np.exp(-0.01 * l)):.6f},100,{0.3 + 0.02 * l}\n" for l in (0, 10, 50, 200, 800))
+    t = _fit_quietly(jt.parse_measurements(text)).tasks[0]
+    assert t.params["t0"] == pytest.approx(0.3, rel=1e-9)
+    assert t.params["c"] == pytest.approx(0.02, rel=1e-9)
+    assert t.params["b"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_warns_on_non_monotone_and_poor_fits():
+    rows = [(0, 100), (100, 500), (200, 700), (400, 650), (800, 300), (1600, 200)]  # rises then collapses
+    text = "task,budget,n_correct,n_total,latency\n" + "".join(f"odd,{l},{c},1000,{1 + l / 100}\n" for l, c in rows)
+    with pytest.warns(jt.FitWarning) as record:
+        r = jt.fit(jt.parse_measurements(text))
+    messages = " ".join(str(w.message) for w in record)
+    assert "not monotone" in messages and "fits poorly" in messages and "'odd'" in messages
+    assert not r.tasks[0].monotone and r.tasks[0].p_value < 1e-3
+
+
+def test_flat_curve_sits_at_a_bound_with_a_warning():
+    text = "task,budget,n_correct,n_total,latency\n" + "".join(
+        f"flat,{l},{c},500,{0.1 + 0.01 * l}\n" for l, c in [(0, 200), (100, 196), (400, 193), (1600, 190)])
+    with pytest.warns(jt.FitWarning, match="A = 0"):
+        r = jt.fit(jt.parse_measurements(text))
+    t = r.tasks[0]
+    assert "A = 0" in t.at_bound and t.params["A"] == 0 and t.se["A"] == 0 and t.se["b"] == np.inf
+    assert t.params["D"] == pytest.approx(779 / 2000, abs=1e-4)  # the pooled rate
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("task,n_correct,n_total\nx,1,2\n", "line 1: missing column 'budget'"),
+    ("task,budget\nx,1\n", "missing accuracy"),
+    ("task,budget,n_correct\nx,1,1\n", "'n_total'"),
+    ("# a comment\ntask,budget,n_correct,n_total\nx,10,1,2\nx,-5,1,2\n", "line 4: column 'budget' must be >= 0"),
+    ("task,budget,accuracy\nx,10,0.5\nx,20,1.5\n", "line 3: column 'accuracy' must be in [0, 1]"),
+    ("task,budget,n_correct,n_total\nx,10,7,5\n", "line 2: n_correct (7) > n_total (5)"),
+    ("task,budget,n_correct,n_total\nx,ten,1,5\n", "line 2: column 'budget': 'ten' is not a number"),
+    ("task,budget,n_correct,n_total\nx,10,1\n", "line 2: expected 4 fields"),
+    ("task,budget,n_correct,n_total,latency\nx,10,1,5,-2\n", "line 2: column 'latency' must be > 0"),
+    ("task,budget,n_correct,n_total\n,10,1,5\n", "line 2: column 'task' is empty"),
+    ("", "empty"),
+])
+def test_bad_measurement_files_name_the_line(text, needle):
+    with pytest.raises(jt.InputError) as e:
+        jt.parse_measurements(text, "m.csv")
+    assert needle in str(e.value) and "m.csv" in str(e.value)
+
+
+def test_too_few_budgets_or_no_latency_names_the_task():
+    few = "task,budget,n_correct,n_total,latency\nx,0,1,5,1\nx,10,2,5,2\n"
+    with pytest.raises(jt.InputError, match="task 'x'.*3 distinct budgets"):
+        jt.fit(jt.parse_measurements(few))
+    nolat = "task,budget,n_correct,n_total\nx,0,1,5\nx,10,2,5\nx,20,3,5\n"
+    with pytest.raises(jt.InputError, match="task 'x'.*latency"):
+        jt.fit(jt.parse_measurements(nolat))
+
+
+def test_request_log_gives_shares_and_arrival_rate(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("task,arrival_time\na,0\nb,1\na,2\na,4\n")
+    shares, rate = jt.read_request_log(log, ("a", "b"))
+    np.testing.assert_allclose(shares, [0.75, 0.25])
+    assert rate == pytest.approx(3 / 4)
+    counts = tmp_path / "counts.csv"
+    counts.write_text("task,count\na,30\nb,10\n")
+    np.testing.assert_allclose(jt.read_request_log(counts, ("a", "b"))[0], [0.75, 0.25])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("task,count\na,3\nzzz,1\n")
+    with pytest.raises(jt.InputError, match="line 3: task 'zzz'"):
+        jt.read_request_log(bad, ("a", "b"))
+    missing = tmp_path / "missing.csv"
+    missing.write_text("task\na\na\n")
+    with pytest.raises(jt.InputError, match=r"no requests for task\(s\) \['b'\]"):
+        jt.read_request_log(missing, ("a", "b"))
+
+
+def test_cli_fit_writes_a_workload_that_solves(tmp_path, capsys, table1):
+    from jaxopt_tokens.cli import main
+
+    shares = tmp_path / "shares.csv"
+    shares.write_text("task,share\n" + "".join(f"{n},1\n" for n in table1.task_names))
+    out, fig = tmp_path / "fitted.toml", tmp_path / "fig2.png"
+    assert main(["fit", SHIPPED, "--shares", str(shares), "-o", str(out), "--plot", str(fig),
+                 "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert fig.stat().st_size > 10_000 and report["warnings"] == []
+    w = jt.load_workload(out)
+    assert w.task_names == table1.task_names
+    np.testing.assert_allclose(np.asarray(w.share), np.full(6, 1 / 6))
+    fitted = np.asarray(jt.solve(w.astype(np.float64)).tokens)
+    reported = np.array([t["optimal_tokens"] for t in report["tasks"]])
+    np.testing.assert_allclose(fitted, reported, rtol=1e-6, atol=1e-6)
+
+
+def test_cli_fit_bad_file_is_one_line(tmp_path, capsys):
+    from jaxopt_tokens.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("task,budget,n_correct,n_total\nx,10,9,5\n")
+    assert main(["fit", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "line 2" in err and "n_correct" in err and "\n" not in err
+
+
+def test_loglik_is_finite_at_the_boundary():
+    import jax.numpy as jnp
+
+    with jax.enable_x64(True):
+        l = jnp.asarray([0.0, 10.0])
+        assert np.isfinite(float(_loglik(jnp.asarray([0.5, -3.0, 0.0]), l, jnp.asarray([0.0, 3.0]),
+                                         jnp.asarray([10.0, 10.0]))))
