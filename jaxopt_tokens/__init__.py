@@ -41,6 +41,7 @@ from ._export import (
     write_policy,
 )
 from ._fit import FitResult, FitWarning, TaskFit, budget_uncertainty, fit, plot_fit
+from ._latency import FIFO, LatencyModel, Priority, ProcessorSharing, latency_objective, solve_latency
 from ._measurements import (
     Measurements,
     parse_measurements,

@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from ._disciplines import priority_waits, ps_sojourns
 from ._errors import InputError
+from ._latency import FIFO, LatencyModel, Priority, ProcessorSharing, check_service_cv
 from ._objective import task_accuracy
 from ._workload import Workload
 
@@ -43,6 +45,7 @@ __all__ = [
 
 NoiseKind = Literal["lognormal", "gamma"]
 QUANTILES = (0.5, 0.95, 0.99)
+DISCIPLINES = ("fifo", "priority", "ps")
 _STREAM_ARRIVALS, _STREAM_TYPES, _STREAM_NOISE, _STREAM_CORRECT = range(4)
 
 
@@ -128,8 +131,10 @@ class SimulationResult(eqx.Module):
     service), their quantiles `wait_p50/p95/p99` and `system_time_p50/p95/p99`, the busy
     fraction `utilization`, the fraction of queries answered correctly `accuracy` and the
     realised objective `objective` $= \\alpha \\cdot$ accuracy $-$ mean system time (eq. (7)).
-    `predicted_*` (shape `(*policies,)`) are the model's values, eqs. (4)-(7), including the
-    service-time variance the noise adds.
+    `system_time_by_task` (shape `(*policies, replications, N)`) is the mean system time of
+    each task type. `predicted_*` (shape `(*policies,)`, by task `(*policies, N)`) are the
+    latency model's values, eqs. (4)-(7) for FIFO, including the service-time variance the
+    noise adds.
 
     `summary()` turns the replications into means with confidence intervals.
     """
@@ -145,13 +150,16 @@ class SimulationResult(eqx.Module):
     utilization: Float[Array, "*p r"]
     accuracy: Float[Array, "*p r"]
     objective: Float[Array, "*p r"]
+    system_time_by_task: Float[Array, "*p r n"]
     predicted_system_time: Float[Array, "*p"]
     predicted_wait: Float[Array, "*p"]
     predicted_utilization: Float[Array, "*p"]
     predicted_accuracy: Float[Array, "*p"]
     predicted_objective: Float[Array, "*p"]
+    predicted_system_time_by_task: Float[Array, "*p n"]
     num_queries: int = eqx.field(static=True)
     warmup: int = eqx.field(static=True)
+    discipline: str = eqx.field(static=True, default="fifo")
 
     STATISTICS = (
         "wait", "system_time", "wait_p50", "wait_p95", "wait_p99", "system_time_p50",
@@ -165,6 +173,8 @@ class SimulationResult(eqx.Module):
     def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
         x = np.asarray(getattr(self, name), dtype=np.float64)
+        if name == "system_time_by_task":
+            x = np.moveaxis(x, -1, -2)  # replications last
         r = x.shape[-1]
         mean = x.mean(axis=-1)
         if r < 2:
@@ -179,7 +189,9 @@ class SimulationResult(eqx.Module):
         for name in self.STATISTICS:
             mean, lo, hi = self.interval(name, level)
             out[name] = {"mean": mean, "lower": lo, "upper": hi}
-        for name in ("system_time", "wait", "utilization", "accuracy", "objective"):
+        mean, lo, hi = self.interval("system_time_by_task", level)
+        out["system_time_by_task"] = {"mean": mean, "lower": lo, "upper": hi}
+        for name in ("system_time", "wait", "utilization", "accuracy", "objective", "system_time_by_task"):
             out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
         return out
 
@@ -223,16 +235,30 @@ def _quantiles(x: Float[Array, " q"]) -> Float[Array, " 3"]:
     return ordered[below] + frac * (ordered[above] - ordered[below])
 
 
-def _replication(w: Workload, tokens, stream: Stream, warmup: int):
+def _delays(discipline: str, stream: Stream, service, rank, capacity: int):
+    """Per-query delay (time in system minus own service time) and an overflow flag."""
+    if discipline == "fifo":
+        return lindley_waits(stream.gaps, service), jnp.asarray(False)
+    arrivals = jnp.cumsum(stream.gaps)
+    if discipline == "priority":
+        return priority_waits(arrivals, stream.task, service, rank), jnp.asarray(False)
+    sojourn, overflow = ps_sojourns(arrivals, service, capacity)
+    return sojourn - service, overflow
+
+
+def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: str, rank, capacity: int):
     """Statistics of every policy in `tokens` (shape (P, N)) on one stream."""
     dtype = w.dtype
+    measured_task = stream.task[warmup:]
+    onehot = jax.nn.one_hot(measured_task, w.num_tasks, dtype=dtype)  # (q', N)
+    per_type = jnp.sum(onehot, 0)
 
     def one_policy(l):
         t = w.t0 + w.c * l
         service = t[stream.task] * stream.noise
-        waits = lindley_waits(stream.gaps, service)
+        waits, overflow = _delays(discipline, stream, service, rank, capacity)
         correct = stream.uniform < task_accuracy(l, w)[stream.task]
-        W = waits[warmup:]
+        W = jnp.maximum(waits[warmup:], 0)
         T = W + service[warmup:]
         S = service[warmup:]
         arrivals = jnp.cumsum(stream.gaps)
@@ -241,23 +267,31 @@ def _replication(w: Workload, tokens, stream: Stream, warmup: int):
         busy = jnp.sum(S[:-1]) / jnp.where(span > 0, span, 1)
         acc = jnp.mean(correct[warmup:].astype(dtype))
         mean_T = jnp.mean(T)
+        by_task = (T @ onehot) / jnp.where(per_type > 0, per_type, jnp.nan)
         return (
             jnp.mean(W), mean_T, _quantiles(W), _quantiles(T), busy, acc, w.alpha * acc - mean_T,
+            by_task, overflow,
         )
 
     return jax.vmap(one_policy)(tokens)
 
 
-def _predictions(w: Workload, tokens, service_cv):
-    cv = jnp.broadcast_to(jnp.asarray(service_cv, w.dtype), (w.num_tasks,))
-    t = w.t0 + w.c * tokens
-    m1 = jnp.sum(w.share * t, -1)
-    m2 = jnp.sum(w.share * t * t * (1 + cv * cv), -1)
-    rho = w.arrival_rate * m1
-    stable = rho < 1
-    wait = jnp.where(stable, w.arrival_rate * m2 / (2 * jnp.where(stable, 1 - rho, 1)), jnp.inf)
+def _model(discipline: str, order, service_cv) -> LatencyModel:
+    if discipline == "fifo":
+        return FIFO(service_cv)
+    if discipline == "priority":
+        return Priority(tuple(order), service_cv)
+    return ProcessorSharing()
+
+
+def _predictions(w: Workload, tokens, model: LatencyModel):
+    by_task = model.system_times(tokens, w)
+    service = w.t0 + w.c * tokens
+    T = jnp.sum(w.share * by_task, -1)
+    wait = T - jnp.sum(w.share * service, -1)
+    rho = w.arrival_rate * jnp.sum(w.share * service, -1)
     acc = jnp.sum(w.share * task_accuracy(tokens, w), -1)
-    return wait + m1, wait, rho, acc, w.alpha * acc - (wait + m1)
+    return T, wait, rho, acc, w.alpha * acc - T, by_task
 
 
 def _check(w: Workload, tokens: np.ndarray, num_queries: int, num_replications: int,
@@ -282,11 +316,7 @@ def _check(w: Workload, tokens: np.ndarray, num_queries: int, num_replications: 
         raise InputError(f"num_replications: need at least 1, got {num_replications}")
     if not 0 <= warmup < num_queries - 1:
         raise InputError(f"warmup: must be in [0, num_queries - 1), got {warmup}")
-    cv = np.asarray(service_cv, dtype=float)
-    if cv.ndim > 1 or (cv.ndim == 1 and cv.shape[0] != w.num_tasks):
-        raise InputError(f"service_cv: a scalar or one value per task ({w.num_tasks}), got shape {cv.shape}")
-    if not np.all(np.isfinite(cv)) or np.any(cv < 0):
-        raise InputError(f"service_cv: must be finite and >= 0, got {service_cv!r}")
+    check_service_cv(service_cv, w.num_tasks)
 
 
 def simulate(
@@ -299,8 +329,11 @@ def simulate(
     warmup: int | None = None,
     service_cv: ArrayLike = 0.0,
     noise: NoiseKind = "lognormal",
+    discipline: str = "fifo",
+    priority=None,
+    capacity: int = 512,
 ) -> SimulationResult:
-    """Simulate the FIFO M/G/1 server under one or many token policies.
+    """Simulate the M/G/1 server under one or many token policies.
 
     **Arguments:**
 
@@ -312,6 +345,11 @@ def simulate(
     - `warmup`: queries dropped at the start of each replication (default 10%).
     - `service_cv`, `noise`: coefficient of variation (scalar or per task) and family
       (`"lognormal"` or `"gamma"`) of a mean-one service-time factor; 0 is the paper's model.
+    - `discipline`: `"fifo"` (the paper; parallel Lindley form), `"priority"` (non-preemptive
+      by task type; `priority` is the task order, highest first) or `"ps"` (processor
+      sharing; at most `capacity` queries in the system at once, else `InputError`).
+      The predictions come from the matching latency model (`FIFO`, `Priority`,
+      `ProcessorSharing` in `_latency.py`).
 
     **Returns:** a `SimulationResult` (fields of shape `(*P, num_replications)`). Validates
     its inputs eagerly and raises `InputError` naming the field; the simulation itself is
@@ -323,17 +361,34 @@ def simulate(
     _check(w, tok, num_queries, num_replications, warmup, service_cv)
     if noise not in ("lognormal", "gamma"):
         raise InputError(f"noise: unknown kind {noise!r}; choose 'lognormal' or 'gamma'")
+    if discipline not in DISCIPLINES:
+        raise InputError(f"discipline: unknown {discipline!r}; choose one of {DISCIPLINES}")
+    if discipline == "priority":
+        if priority is None or sorted(int(k) for k in priority) != list(range(w.num_tasks)):
+            raise InputError(f"priority: give the order of the {w.num_tasks} task indices, highest first "
+                             f"(a permutation of 0..{w.num_tasks - 1}), got {priority!r}")
+        order = tuple(int(k) for k in priority)
+    else:
+        order = tuple(range(w.num_tasks))
+    if capacity < 2:
+        raise InputError(f"capacity: must be >= 2, got {capacity}")
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = w.dtype
     policies = tok.shape[:-1]
     flat = jnp.asarray(tok.reshape(-1, w.num_tasks), dtype)
-    stats = _simulate_flat(w, flat, key, num_queries, num_replications, warmup,
-                           jnp.asarray(service_cv, dtype), noise)
-    preds = _predictions(w, flat, jnp.asarray(service_cv, dtype))
-    (mw, mt, qw, qt, busy, acc, obj) = stats
+    rank = jnp.zeros(w.num_tasks, jnp.int32).at[jnp.asarray(order)].set(jnp.arange(w.num_tasks, dtype=jnp.int32))
+    cv = jnp.asarray(service_cv, dtype)
+    stats = _simulate_flat(w, flat, key, num_queries, num_replications, warmup, cv, noise, discipline, rank,
+                           capacity)
+    (mw, mt, qw, qt, busy, acc, obj, by_task, overflow) = stats
+    if bool(jnp.any(overflow)):
+        raise InputError(f"capacity: more than {capacity} queries were in the processor-sharing system at "
+                         "once; raise capacity (the load is close to 1)")
+    preds = _predictions(w, flat, _model(discipline, order, cv))
 
-    def shape(x):  # (R, P) -> (*policies, R)
-        return jnp.moveaxis(x, 0, -1).reshape(*policies, num_replications)
+    def shape(x):  # (R, P, ...) -> (*policies, R, ...)
+        x = jnp.moveaxis(x, 0, 1)
+        return x.reshape(*policies, *x.shape[1:])
 
     return SimulationResult(
         wait=shape(mw), system_time=shape(mt),
@@ -341,20 +396,22 @@ def simulate(
         system_time_p50=shape(qt[..., 0]), system_time_p95=shape(qt[..., 1]),
         system_time_p99=shape(qt[..., 2]),
         utilization=shape(busy), accuracy=shape(acc), objective=shape(obj),
+        system_time_by_task=shape(by_task),
         predicted_system_time=preds[0].reshape(policies), predicted_wait=preds[1].reshape(policies),
         predicted_utilization=preds[2].reshape(policies), predicted_accuracy=preds[3].reshape(policies),
         predicted_objective=preds[4].reshape(policies),
-        num_queries=num_queries, warmup=warmup,
+        predicted_system_time_by_task=preds[5].reshape(*policies, w.num_tasks),
+        num_queries=num_queries, warmup=warmup, discipline=discipline,
     )
 
 
 @eqx.filter_jit
 def _simulate_flat(w, tokens, key, num_queries: int, num_replications: int, warmup: int,
-                   service_cv, noise: str):
+                   service_cv, noise: str, discipline: str, rank, capacity: int):
     def replication(r):
         stream = sample_stream(jax.random.fold_in(key, r), w, num_queries,
                                service_cv=service_cv, noise=noise)
-        return _replication(w, tokens, stream, warmup)
+        return _replication(w, tokens, stream, warmup, discipline, rank, capacity)
 
     # replications one after another (lax.map) keeps memory at one stream x all policies
     return jax.lax.map(replication, jnp.arange(num_replications))
