@@ -4,6 +4,38 @@ Public API; implementation lives in private `_`-prefixed modules.
 """
 
 from ._errors import InputError
+from ._clear import (
+    ClearAllocation,
+    ClearStatus,
+    adaptive_inverse_decay,
+    check_clear_inputs,
+    clear_allocate,
+    integer_tokens,
+    surge_utility,
+)
+from ._clear_baselines import (
+    BASELINES,
+    auction_allocation,
+    exact_allocation,
+    heuristic_allocation,
+    oracle_allocation,
+    predictor_allocation,
+    uniform_allocation,
+)
+from ._clear_eval import (
+    POLICIES,
+    STREAMS,
+    TABLE6_DATASETS,
+    TIERS,
+    ClearPool,
+    default_pool,
+    evaluate_streams,
+    load_pool,
+    noise_robustness,
+    stream_accuracy,
+    synthetic_pool,
+    write_pool,
+)
 from ._io import default_workload, dump_workload, load_workload, workload_from_dict, workload_to_dict
 from ._objective import (
     mean_accuracy,
@@ -48,6 +80,30 @@ from ._measurements import (
     read_measurements,
     read_request_log,
     synthetic_measurements,
+)
+from ._probe import AccuracyProbe, probe_log_loss, soft_log_loss, train_probe
+from ._strategy import (
+    METHOD_NAMES,
+    QueueStrategyChoice,
+    SoftSelection,
+    StrategyTable,
+    default_strategy_table,
+    queueing_strategy_objective,
+    select_strategies_queueing,
+    select_strategy,
+    soft_select,
+    strategy_utility,
+)
+from ._strategy_bench import (
+    StrategyFrontier,
+    SyntheticQueries,
+    frontier_dominance_gaps,
+    queueing_arrival_sweep,
+    queueing_strategy_instance,
+    run_strategy_benchmark,
+    strategy_frontier,
+    synthetic_queries,
+    true_strategy_accuracy,
 )
 from ._simulate import SimulationResult, simulate
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router

@@ -186,7 +186,7 @@ def solve_latency(
     """Budgets maximising J under a latency `model`, with a certificate.
 
     Spectral (Barzilai-Borwein) projected gradient ascent with Armijo backtracking on
-    $[0, l_{\\max}]$, started from the FIFO optimum (`solve`); the residual is the relative
+    $[0, l_{\\max}]$, started from the FIFO optimum (`solve`); the residual is the scale-free
     projected-gradient step. Under `FIFO` and `ProcessorSharing` J is concave on the stable
     region (a convex-in-l latency), so the point is the optimum; under `Priority` it is a
     KKT point. `jit`/`vmap`-safe: batch members get a status each, never an exception.

@@ -14,7 +14,7 @@ import sys
 from ._errors import InputError
 
 # Modules providing subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("_cli_solve", "_cli_tune", "_cli_sweep", "_cli_fit", "_cli_simulate", "_cli_export")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("_cli_solve", "_cli_tune", "_cli_sweep", "_cli_fit", "_cli_simulate", "_cli_export", "_cli_budget")
 
 
 def build_parser() -> argparse.ArgumentParser:

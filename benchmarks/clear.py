@@ -1,0 +1,58 @@
+"""Throughput of `clear_allocate` (MATH.md section 2): one batch of 1e6 queries, after compile.
+
+Run: python benchmarks/clear.py [--n 1000000] [--repeats 5]. Target: < 1 s per clearing on CPU.
+Reports float32 and float64, without and with a per-query cap, plus a (1000, 1000) batch of
+independent budgets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+from jaxopt_tokens._clear import clear_allocate  # noqa: E402
+
+
+def _time(fn, *args, repeats=5):
+    jax.block_until_ready(fn(*args))  # compile
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times), float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    tau = rng.lognormal(6.5, 0.8, args.n)
+    print(f"clear_allocate on {args.n:,} queries (devices: {jax.devices()})")
+    for dtype in (np.float32, np.float64):
+        t = tau.astype(dtype)
+        budget = dtype(256.0 * args.n)
+        for cap in (None, 8192.0):
+            fn = jax.jit(lambda t, b, cap=cap: clear_allocate(t, b, max_tokens=cap).tokens)
+            best, median = _time(fn, t, budget, repeats=args.repeats)
+            a = clear_allocate(t, budget, max_tokens=cap)
+            print(f"  {np.dtype(dtype).name:8s} cap={str(cap):7s} best {best:.3f} s  median {median:.3f} s  "
+                  f"status {int(a.status)}  admitted {int(a.admitted.sum()):,}  "
+                  f"unused {float(a.residual):.3g} of {float(budget):.3g} tokens")
+    side = int(round(np.sqrt(args.n)))
+    tb = tau[: side * side].reshape(side, side)
+    bb = rng.uniform(128, 2048, side) * side
+    fn = jax.jit(lambda t, b: clear_allocate(t, b).tokens)
+    best, median = _time(fn, tb, bb, repeats=args.repeats)
+    print(f"  float64  batch {side}x{side} (independent budgets)  best {best:.3f} s  median {median:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
