@@ -109,7 +109,7 @@ from ._simulate import SimulationResult, simulate
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
 from ._solve import METHODS, solve
 from ._sweep import read_sweep_metadata, sweep, write_sweep
-from ._frontier import frontier_by_alpha, frontier_by_arrival_rate, uniform_curve
+from ._frontier import frontier_by_alpha, frontier_by_arrival_rate, uniform_curve, with_simulated_tail
 from ._figures import all_figures
 from ._tune import AlphaTuning, TuneStatus, tune, tune_alpha
 from ._workload import Workload, WorkloadError, make_workload

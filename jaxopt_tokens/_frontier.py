@@ -16,7 +16,7 @@ from ._objective import mean_accuracy, mean_system_time
 from ._sweep import sweep
 from ._workload import Workload
 
-__all__ = ["frontier_by_alpha", "frontier_by_arrival_rate", "uniform_curve"]
+__all__ = ["frontier_by_alpha", "frontier_by_arrival_rate", "uniform_curve", "with_simulated_tail"]
 
 
 def frontier_by_alpha(w: Workload, num: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True):
@@ -41,3 +41,34 @@ def uniform_curve(w: Workload, budgets=None):
     acc = jax.vmap(mean_accuracy, in_axes=(0, None))(tokens, w)
     et = jax.vmap(mean_system_time, in_axes=(0, None))(tokens, w)
     return np.asarray(b), np.asarray(et), np.asarray(acc)
+
+
+def with_simulated_tail(frontier, w: Workload, num_queries: int = 10_000, num_replications: int = 10,
+                        key=None, level: float = 0.95, **simulate_kwargs):
+    """The frontier with simulated tail latency: every row's budgets through `simulate`.
+
+    Adds `sim_mean_system_time`, `sim_p95_system_time`, `sim_p99_system_time` and the
+    confidence bounds of the p95 (`sim_p95_lower`, `sim_p95_upper`), all policies on common
+    random numbers. Rows that did not converge get NaN. The PK model gives only the mean; the
+    tail is what a latency SLO is usually written against.
+    """
+    from ._simulate import simulate
+
+    names = [f"l_{n}" for n in w.task_names]
+    tokens = frontier[names].to_numpy(dtype=np.float64)
+    ok = np.all(np.isfinite(tokens), axis=1) & (frontier["status"].to_numpy() == "converged")
+    out = frontier.copy()
+    for col in ("sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time", "sim_p95_lower",
+                "sim_p95_upper"):
+        out[col] = np.nan
+    if ok.any():
+        r = simulate(w, tokens[ok], num_queries, num_replications, key, **simulate_kwargs)
+        mean_t = r.interval("system_time", level)[0]
+        p95, lo, hi = r.interval("system_time_p95", level)
+        p99 = r.interval("system_time_p99", level)[0]
+        out.loc[ok, "sim_mean_system_time"] = mean_t
+        out.loc[ok, "sim_p95_system_time"] = p95
+        out.loc[ok, "sim_p99_system_time"] = p99
+        out.loc[ok, "sim_p95_lower"] = lo
+        out.loc[ok, "sim_p95_upper"] = hi
+    return out

@@ -51,7 +51,7 @@ PRM_QUALITY = 0.9
 
 
 def _majority_vote(p: Float[Array, "*q"], n: Float[Array, ""]) -> Float[Array, "*q"]:
-    """$P(\mathrm{Bin}(n, p) > n/2) + \tfrac12 P(\mathrm{Bin}(n, p) = n/2)$ via the regularised
+    r"""$P(\mathrm{Bin}(n, p) > n/2) + \tfrac12 P(\mathrm{Bin}(n, p) = n/2)$ via the regularised
     incomplete beta function (traceable in n)."""
     half = jnp.floor(n / 2)
     above = jax.scipy.special.betainc(half + 1, n - half, p)  # P(X >= half + 1)

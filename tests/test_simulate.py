@@ -227,3 +227,14 @@ def test_cli_simulate_bad_input_is_one_line(capsys, argv, needle):
     assert main(["simulate", "--num-queries", "100", "--replications", "2", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
+
+
+def test_frontier_with_simulated_tail(table1):
+    df = jt.with_simulated_tail(jt.frontier_by_alpha(table1, num=6, alpha_range=(1.0, 300.0)), table1,
+                                num_queries=4000, num_replications=4)
+    assert np.all(np.isfinite(df["sim_p95_system_time"]))
+    # the simulated mean agrees with the model's and the tail sits above the mean
+    np.testing.assert_allclose(df["sim_mean_system_time"], df["mean_system_time"], rtol=0.1)
+    assert np.all(df["sim_p95_system_time"] > df["sim_mean_system_time"])
+    assert np.all(np.diff(df["sim_p95_system_time"]) >= -0.05 * df["sim_p95_system_time"][1:])
+    assert np.all((df["sim_p95_lower"] <= df["sim_p95_system_time"]) & (df["sim_p95_system_time"] <= df["sim_p95_upper"]))
