@@ -386,3 +386,37 @@ def test_cli_evaluate_budget(tmp_path, capsys):
     assert _run(["evaluate-budget", "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert "Mostly-Easy" in text and "Uniform" in text and "Oracle" in text
+
+
+# --- property-based: the invariants on arbitrary inputs, float64 and float32 ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tau=arrays(np.float64, st.integers(1, 30), elements=st.floats(1.0, 5000.0), unique=True),  # ties break by index
+    per_query=st.floats(1.0, 6000.0),
+    grow=st.floats(1.0, 3.0),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_clearing_invariants_hold_on_arbitrary_batches(tau, per_query, grow, dtype, seed):
+    budget = per_query * len(tau)
+    rtol = 1e-9 if dtype == np.float64 else 2e-5
+    tau_d = tau.astype(dtype)
+    a = clear_jit(tau_d, dtype(budget), decay=0.004)
+    total = float(np.sum(np.asarray(a.tokens, np.float64)))
+    assert np.all(np.asarray(a.tokens) >= 0)
+    assert total <= budget * (1 + rtol) + 1e-6
+    if int(a.status) == ClearStatus.CLEARED:
+        assert total == pytest.approx(budget, rel=rtol, abs=1.0)
+    # more budget never means fewer tokens handed out in total
+    b = clear_jit(tau_d, dtype(budget * grow), decay=0.004)
+    assert float(np.sum(np.asarray(b.tokens, np.float64))) >= total * (1 - rtol) - 1e-3
+    # relabelling the queries relabels the allocation
+    perm = np.random.default_rng(seed).permutation(len(tau))
+    c = clear_jit(tau_d[perm], dtype(budget), decay=0.004)
+    np.testing.assert_allclose(np.asarray(c.tokens), np.asarray(a.tokens)[perm], rtol=rtol * 10, atol=1e-3)
