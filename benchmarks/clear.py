@@ -15,7 +15,26 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from jaxopt_tokens._clear import clear_allocate  # noqa: E402
+from jaxopt_tokens._clear import adaptive_inverse_decay, clear_allocate  # noqa: E402
+
+
+def numpy_peer(tau, budget, inv_beta, iterations=60):
+    """The first clearing stage in numpy + scipy.special.lambertw (same bisection, vectorised).
+
+    The peer a user would write without JAX; returns (seconds, admitted count at the price)."""
+    from scipy.special import lambertw
+
+    t0 = time.perf_counter()
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mu = (lo + hi) / 2
+        w = lambertw(np.e * mu).real
+        admit = tau * w < inv_beta * (1 - w) ** 2
+        demand = np.sum(np.where(admit, tau + (1 - w) * inv_beta, 0.0))
+        lo, hi = (mu, hi) if demand > budget else (lo, mu)
+    w = lambertw(np.e * hi).real
+    admitted = int(np.sum(tau * w < inv_beta * (1 - w) ** 2))
+    return time.perf_counter() - t0, admitted
 
 
 def _time(fn, *args, repeats=5):
@@ -46,6 +65,15 @@ def main() -> None:
             print(f"  {np.dtype(dtype).name:8s} cap={str(cap):7s} best {best:.3f} s  median {median:.3f} s  "
                   f"status {int(a.status)}  admitted {int(a.admitted.sum()):,}  "
                   f"unused {float(a.residual):.3g} of {float(budget):.3g} tokens")
+    budget = 256.0 * args.n
+    inv_beta = float(adaptive_inverse_decay(tau, budget))
+    peer_s, peer_admitted = numpy_peer(tau, budget, inv_beta)
+    fn = jax.jit(lambda t, b: clear_allocate(t, b).tokens)
+    best, _ = _time(fn, tau, budget, repeats=args.repeats)
+    ours_admitted = int(clear_allocate(tau, budget).admitted.sum())
+    print(f"  peer: numpy + scipy lambertw, first stage only (60 bisection steps), float64: {peer_s:.3f} s "
+          f"(admitted {peer_admitted:,}; ours {ours_admitted:,}); ours, both stages: {best:.3f} s, "
+          f"{peer_s / best:.1f}x faster")
     side = int(round(np.sqrt(args.n)))
     tb = tau[: side * side].reshape(side, side)
     bb = rng.uniform(128, 2048, side) * side
