@@ -18,16 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
+from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 from jaxopt_tokens._simulate import lindley_waits, sample_stream
-
-
-def best_of(fn, repeats=3):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def simpy_seconds(arrivals, service):

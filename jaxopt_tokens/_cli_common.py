@@ -8,7 +8,7 @@ from ._errors import InputError
 from ._io import default_workload, load_workload
 from ._workload import Workload
 
-__all__ = ["add_workload_options", "workload_from_args", "positive_float"]
+__all__ = ["add_workload_options", "workload_from_args", "positive_float", "int_at_least"]
 
 
 def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> None:
@@ -44,3 +44,19 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
+
+
+def int_at_least(minimum: int):
+    """An argparse `type` accepting whole numbers >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

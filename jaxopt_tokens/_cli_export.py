@@ -7,20 +7,10 @@ import sys
 
 import jax
 
-from ._cli_common import add_workload_options, workload_from_args
+from ._cli_common import add_workload_options, int_at_least, workload_from_args
 from ._export import DEFAULT_ANSWER_RESERVE, EXPORT_FORMATS, ROUNDINGS, export_policy, load_tokens, write_policy
 from ._solution import Status
 from ._solve import METHODS, solve
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="JSON budgets to export instead of solving: a list in task order or a mapping task -> tokens")
     add_workload_options(p)
     p.add_argument("--method", choices=METHODS, default="default", help="solver (default: %(default)s)")
-    p.add_argument("--answer-reserve", type=_non_negative_int, default=DEFAULT_ANSWER_RESERVE, metavar="N",
+    p.add_argument("--answer-reserve", type=int_at_least(0), default=DEFAULT_ANSWER_RESERVE, metavar="N",
                    help="tokens kept for the answer; request limit = budget + N (default: %(default)s)")
-    p.add_argument("--min-budget", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--min-budget", type=int_at_least(0), default=0, metavar="N",
                    help="raise positive budgets below N to N (default: %(default)s)")
     p.add_argument("--rounding", choices=ROUNDINGS, default="integer",
                    help="integer budgets: best floor/ceil (integer), ceil or round (default: %(default)s)")

@@ -9,11 +9,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._cli_common import add_workload_options, positive_float, workload_from_args
+from ._cli_common import add_workload_options, int_at_least, positive_float, workload_from_args
 from ._errors import InputError
 from ._export import load_tokens
 from ._simulate import simulate
 from ._solution import Status
+from ._latency import FIFO, LatencyModel, Priority, ProcessorSharing, solve_latency
+from ._simulate import DISCIPLINES
 from ._solve import solve
 from ._workload import Workload
 
@@ -29,16 +31,6 @@ ROWS = (
 )
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
@@ -48,25 +40,53 @@ def register(sub: argparse._SubParsersAction) -> None:
         "replications, next to the Pollaczek-Khinchine prediction.",
     )
     p.add_argument("--tokens", action="append", metavar="POLICY",
-                   help="'optimal' (default), 'uniform:L', or a JSON file of budgets (a list in task "
+                   help="'optimal' (default; optimal for the chosen discipline and service noise), 'uniform:L', or a JSON file of budgets (a list in task "
                    "order, a mapping task -> tokens, or `solve --format json` output); repeat to compare")
     add_workload_options(p)
-    p.add_argument("--num-queries", type=_count, default=10_000, metavar="Q", help="queries per replication")
-    p.add_argument("--replications", type=_count, default=20, metavar="R")
+    p.add_argument("--num-queries", type=int_at_least(1), default=10_000, metavar="Q", help="queries per replication")
+    p.add_argument("--replications", type=int_at_least(1), default=20, metavar="R")
     p.add_argument("--warmup", type=int, default=None, metavar="K",
                    help="queries dropped at the start of each replication (default: 10%%)")
     p.add_argument("--service-cv", type=float, default=0.0, metavar="CV",
                    help="coefficient of variation of service times (0: deterministic, as in the paper)")
     p.add_argument("--noise", choices=("lognormal", "gamma"), default="lognormal")
+    p.add_argument("--discipline", choices=DISCIPLINES, default="fifo",
+                   help="fifo (the paper), priority (non-preemptive, by task type) or ps (processor sharing)")
+    p.add_argument("--priority", metavar="TASKS",
+                   help="with --discipline priority: comma-separated task names, highest priority first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--level", type=positive_float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
 
-def _policy(spec: str, w: Workload) -> np.ndarray:
+def _latency_model(args, w: Workload, order) -> LatencyModel | None:
+    """The latency model 'optimal' is optimal for; None for the paper's (deterministic FIFO)."""
+    if args.discipline == "priority":
+        return Priority(order, args.service_cv)
+    if args.discipline == "ps":
+        return ProcessorSharing()
+    return FIFO(args.service_cv) if args.service_cv > 0 else None
+
+
+def _priority_order(args, w: Workload):
+    if args.discipline != "priority":
+        if args.priority:
+            raise InputError("--priority: only meaningful with --discipline priority")
+        return None
+    if not args.priority:
+        raise InputError("--priority: --discipline priority needs the task order, e.g. "
+                         f"--priority {','.join(w.task_names)}")
+    names = [n.strip() for n in args.priority.split(",")]
+    unknown = [n for n in names if n not in w.task_names]
+    if unknown or sorted(names) != sorted(w.task_names):
+        raise InputError(f"--priority: give every task exactly once ({', '.join(w.task_names)}); got {args.priority}")
+    return tuple(w.task_names.index(n) for n in names)
+
+
+def _policy(spec: str, w: Workload, model: LatencyModel | None = None) -> np.ndarray:
     if spec == "optimal":
-        sol = solve(w)
+        sol = solve(w) if model is None else solve_latency(w, model)
         if int(sol.status) != Status.CONVERGED:
             raise InputError(f"--tokens optimal: the solver did not converge ({Status(int(sol.status)).message})")
         return np.asarray(sol.tokens)
@@ -87,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
     specs = args.tokens or ["optimal"]
     with jax.enable_x64(True):
         w = workload_from_args(args, dtype="float64")
-        policies = np.stack([_policy(s, w) for s in specs])
+        order = _priority_order(args, w)
+        model = _latency_model(args, w, order)
+        policies = np.stack([_policy(s, w, model) for s in specs])
         result = simulate(w, policies, args.num_queries, args.replications, jax.random.PRNGKey(args.seed),
-                          warmup=args.warmup, service_cv=args.service_cv, noise=args.noise)
+                          warmup=args.warmup, service_cv=args.service_cv, noise=args.noise,
+                          discipline=args.discipline, priority=order)
         summary = result.summary(args.level)
     report = {
         "policies": specs,
@@ -98,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         "num_queries": args.num_queries,
         "replications": args.replications,
         "warmup": result.warmup,
+        "discipline": args.discipline,
         "confidence_level": args.level,
         "statistics": {
             name: {k: np.asarray(v).tolist() for k, v in summary[name].items()} for name, _ in ROWS
@@ -116,7 +140,7 @@ def _print_table(r: dict) -> None:
 
     console = Console()
     pct = round(100 * r["confidence_level"])
-    t = Table(title=f"Simulated M/G/1 server: {r['replications']} x {r['num_queries']} queries "
+    t = Table(title=f"Simulated M/G/1 server ({r['discipline']}): {r['replications']} x {r['num_queries']} queries "
               f"(warm-up {r['warmup']}), mean [{pct}% CI] | model")
     t.add_column("statistic")
     for spec in r["policies"]:

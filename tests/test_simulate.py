@@ -238,3 +238,20 @@ def test_frontier_with_simulated_tail(table1):
     assert np.all(df["sim_p95_system_time"] > df["sim_mean_system_time"])
     assert np.all(np.diff(df["sim_p95_system_time"]) >= -0.05 * df["sim_p95_system_time"][1:])
     assert np.all((df["sim_p95_lower"] <= df["sim_p95_system_time"]) & (df["sim_p95_system_time"] <= df["sim_p95_upper"]))
+
+
+def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
+    import json
+
+    from jaxopt_tokens.cli import main
+
+    order = "CRUXEval,AIME,ARC-Challenge,GPQA,GSM8K,BBH"
+    assert main(["simulate", "--discipline", "priority", "--priority", order, "--arrival-rate", "0.15",
+                 "--num-queries", "3000", "--replications", "3", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["discipline"] == "priority"
+    w = table1.replace(arrival_rate=0.15)
+    expected = jt.solve_latency(w, jt.Priority(order=tuple(w.task_names.index(n) for n in order.split(","))))
+    np.testing.assert_allclose(report["tokens"][0], np.asarray(expected.tokens), rtol=1e-6, atol=1e-6)
+    assert main(["simulate", "--discipline", "priority", "--priority", "AIME,GSM8K"]) == 2
+    assert "every task exactly once" in capsys.readouterr().err
