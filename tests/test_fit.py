@@ -7,6 +7,8 @@ from importlib import resources
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
 from jaxopt_tokens._fit import _loglik
@@ -207,3 +209,41 @@ def test_loglik_is_finite_at_the_boundary():
         l = jnp.asarray([0.0, 10.0])
         assert np.isfinite(float(_loglik(jnp.asarray([0.5, -3.0, 0.0]), l, jnp.asarray([0.0, 3.0]),
                                          jnp.asarray([10.0, 10.0]))))
+
+
+@settings(max_examples=20, deadline=None)
+@given(A=st.floats(0.1, 0.8), frac_D=st.floats(0.0, 1.0), log_b=st.floats(-4.0, -1.0),
+       t0=st.floats(0.0, 0.5), c=st.floats(1e-3, 5e-2))
+def test_noise_free_curves_are_recovered_exactly(A, frac_D, log_b, t0, c):
+    """Exact expected rates (fractional counts) make the truth the maximum of the likelihood."""
+    D = frac_D * (1 - A)
+    b = 10.0**log_b
+    budgets = np.unique(np.round(np.geomspace(0.05, 20.0, 10) / b))
+    budgets = np.concatenate([[0.0], budgets])
+    p = A * -np.expm1(-b * budgets) + D
+    text = "task,budget,accuracy,n_total,latency\n" + "".join(
+        f"t,{l:.17g},{q:.17g},1000,{t0 + c * l + 1e-3:.17g}\n" for l, q in zip(budgets, p))
+    fitted = _fit_quietly(jt.parse_measurements(text)).tasks[0].params
+    assert fitted["A"] == pytest.approx(A, abs=2e-4)
+    assert fitted["D"] == pytest.approx(D, abs=2e-4)
+    assert fitted["b"] == pytest.approx(b, rel=2e-3)
+    assert fitted["t0"] == pytest.approx(t0 + 1e-3, rel=1e-6, abs=1e-9)
+    assert fitted["c"] == pytest.approx(c, rel=1e-6)
+
+
+def test_per_request_rows_give_the_same_estimates_as_aggregated_rows():
+    rng = np.random.default_rng(8)
+    budgets = [0, 64, 256, 1024, 4096]
+    per_request, aggregated = ["task,budget,n_correct,n_total,latency"], ["task,budget,n_correct,n_total,latency"]
+    for l in budgets:
+        p = 0.6 * -np.expm1(-1e-3 * l) + 0.2
+        correct = rng.random(300) < p
+        latency = (0.2 + 0.01 * l) * rng.lognormal(-0.02, 0.2, 300)
+        per_request += [f"x,{l},{int(ok)},1,{t:.12g}" for ok, t in zip(correct, latency)]
+        aggregated.append(f"x,{l},{int(correct.sum())},300,{latency.mean():.12g}")
+    a = _fit_quietly(jt.parse_measurements("\n".join(per_request))).tasks[0]
+    b = _fit_quietly(jt.parse_measurements("\n".join(aggregated))).tasks[0]
+    for f in FIELDS:
+        assert a.params[f] == pytest.approx(b.params[f], rel=1e-6), f
+    for f in ("A", "b", "D"):  # the binomial information is the same either way
+        assert a.se[f] == pytest.approx(b.se[f], rel=1e-6), f
