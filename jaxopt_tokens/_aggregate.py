@@ -169,6 +169,16 @@ class AggregateNewton(eqx.Module):
     stall_steps: int = 12
 
     def __call__(self, w: Workload) -> Solution:
+        init, cond, body, finish_ = self.parts(w)
+        return finish_(jax.lax.while_loop(cond, body, init))
+
+    def parts(self, w: Workload):
+        """`(initial state, cond, body, finish)` of the solve of one (unbatched) workload.
+
+        `__call__` runs `finish(while_loop(cond, body, init))`; `staged_solve` runs the same
+        loop in stages so that a large batch does not iterate every member as long as its
+        slowest one. The state's `iterations` counts the steps taken.
+        """
         dtype = w.dtype
         rtol = default_rtol(dtype, self.rtol)
         eps = jnp.finfo(dtype).eps
@@ -285,9 +295,11 @@ class AggregateNewton(eqx.Module):
                 outer=s.outer + move_d.astype(jnp.int32),
             )
 
-        state = jax.lax.while_loop(cond, body, state)
-        tokens, _, _ = budgets_at_prices(state.best_d, state.best_y, safe)
-        residual = kkt_residual(tokens, safe)
-        status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS)
-        return finish(ok_in, status_in, status, tokens, objective(tokens, safe), residual, state.iterations,
-                      {"outer_iterations": state.outer})
+        def finish_(state):
+            tokens, _, _ = budgets_at_prices(state.best_d, state.best_y, safe)
+            residual = kkt_residual(tokens, safe)
+            status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS)
+            return finish(ok_in, status_in, status, tokens, objective(tokens, safe), residual, state.iterations,
+                          {"outer_iterations": state.outer})
+
+        return state, cond, body, finish_

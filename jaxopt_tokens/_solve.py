@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 
@@ -13,6 +15,7 @@ from ._implicit import attach_implicit_gradient
 from ._objective import objective
 from ._pga import ProjectedGradient
 from ._solution import Solution, Status, sanitise
+from ._staged import MIN_STAGED_BATCH, staged_solve
 from ._workload import Workload
 
 __all__ = ["solve", "METHODS"]
@@ -39,7 +42,11 @@ def _solver(method: str, rtol, max_steps):
 
 def _differentiable(solver, w: Workload) -> Solution:
     """Solve without differentiating the iterations, then attach the implicit derivative."""
-    sol = solver(jax.lax.stop_gradient(w))
+    return _with_gradient(solver(jax.lax.stop_gradient(w)), w)
+
+
+def _with_gradient(sol: Solution, w: Workload) -> Solution:
+    """`sol` (computed without gradients) with the implicit derivative of its budgets attached."""
     ok = sol.status == Status.CONVERGED
     safe = sanitise(w, ok)  # finite stand-ins so that masked members give zero, not NaN, gradients
     tokens = attach_implicit_gradient(safe, jnp.where(ok, sol.tokens, 0), ok)
@@ -55,6 +62,13 @@ def _differentiable(solver, w: Workload) -> Solution:
 
 @eqx.filter_jit
 def _run(solver, w):
+    size = math.prod(w.batch_shape)
+    if isinstance(solver, AggregateNewton) and size >= MIN_STAGED_BATCH:
+        # large batches: iterate each member only as long as it needs (see _staged.py)
+        shape = w.batch_shape
+        flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape):]), w)
+        sol = jax.vmap(_with_gradient)(staged_solve(solver, jax.lax.stop_gradient(flat)), flat)
+        return jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
     fn = lambda member: _differentiable(solver, member)  # noqa: E731
     for _ in w.batch_shape:
         fn = jax.vmap(fn)

@@ -54,13 +54,14 @@ def _solve_chunk(specs: tuple, w: Workload, values):
     """Solve one chunk of grid points; compiled once per (grid spec, workload shape, chunk size)."""
     TRACE_COUNT["sweep_chunk"] += 1
 
-    def point(row):
+    def member(row):
         changes: dict[str, Any] = {}
         for (field, k), v in zip(specs, row):
             base = changes.get(field, getattr(w, field))
             changes[field] = v if k is None else base.at[k].set(v)
-        wp = w.replace(**changes)
-        sol = solve(wp)
+        return w.replace(**changes)
+
+    def point(sol, wp):
         ok = sol.status == Status.CONVERGED
         tokens = jnp.where(ok, sol.tokens, 0)
         return {
@@ -75,7 +76,9 @@ def _solve_chunk(specs: tuple, w: Workload, values):
             "residual": sol.residual,
         }
 
-    return jax.vmap(point)(values)
+    batch = jax.vmap(member)(values)
+    # one batched solve (large chunks are solved in stages, see _staged.py), then per point
+    return jax.vmap(point)(solve(batch), batch)
 
 
 def sweep(
