@@ -13,6 +13,9 @@ import sys
 
 from ._errors import InputError
 
+# Optional packages some subcommands import, and the extra that installs them.
+OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
+
 # Modules providing subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("_cli_solve", "_cli_tune", "_cli_sweep", "_cli_fit", "_cli_simulate", "_cli_export", "_cli_budget")
 
@@ -39,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"jaxopt-tokens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"jaxopt-tokens {args.command}: error: this needs the optional package '{e.name}': "
+              f"python -m pip install 'jaxopt_tokens[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

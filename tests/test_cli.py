@@ -47,3 +47,24 @@ def test_bad_input_exit_2_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jaxopt_tokens.cli", "solve", "--workload", str(bad)],
                        capture_output=True, text=True)
     assert "'b'" in r.stderr and "task 'x'" in r.stderr and "line 4" in r.stderr
+
+
+def test_missing_optional_package_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    import builtins
+
+    from jaxopt_tokens.cli import main
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    csv = tmp_path / "m.csv"
+    csv.write_text("task,budget,n_correct,n_total,latency\n" + "".join(
+        f"x,{l},{c},100,{0.1 + 0.01 * l}\n" for l, c in [(0, 10), (100, 40), (400, 60), (1600, 70)]))
+    assert main(["fit", str(csv), "-o", str(tmp_path / "w.toml"), "--plot", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "jaxopt_tokens[plots]" in err and "\n" not in err
