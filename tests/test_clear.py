@@ -397,7 +397,8 @@ from hypothesis.extra.numpy import arrays  # noqa: E402
 
 @settings(max_examples=40, deadline=None)
 @given(
-    tau=arrays(np.float64, st.integers(1, 30), elements=st.floats(1.0, 5000.0), unique=True),  # ties break by index
+    # a few batch sizes only: each size compiles once; ties break by index, so thresholds are distinct
+    tau=arrays(np.float64, st.sampled_from([1, 7, 30]), elements=st.floats(1.0, 5000.0), unique=True),
     per_query=st.floats(1.0, 6000.0),
     grow=st.floats(1.0, 3.0),
     dtype=st.sampled_from([np.float64, np.float32]),

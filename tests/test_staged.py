@@ -23,6 +23,7 @@ def plain(w):
     return jax.jit(jax.vmap(lambda m: _differentiable(_solver("default", None, None), m)))(w)
 
 
+@pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_staged_batch_takes_the_same_steps_as_plain_vmap(batch):
     staged, ref = jt.solve(batch), plain(batch)
     np.testing.assert_array_equal(staged.status, ref.status)
@@ -35,6 +36,7 @@ def test_staged_batch_takes_the_same_steps_as_plain_vmap(batch):
         jt.Status.NONFINITE_INPUT, jt.Status.INVALID_INPUT, jt.Status.UNSTABLE_INPUT]
 
 
+@pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_staged_batch_keeps_batch_shape_and_gradients(batch):
     grid = jax.tree_util.tree_map(lambda x: x.reshape(64, -1, *x.shape[1:]), batch)
     sol = jt.solve(grid)
@@ -47,6 +49,7 @@ def test_staged_batch_keeps_batch_shape_and_gradients(batch):
     np.testing.assert_allclose(g_staged(batch.alpha), g_plain(batch.alpha), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_staged_float32(batch):
     """In float32 a different fusion can tip a member at the rounding floor either way."""
     w32 = batch.astype(jnp.float32)

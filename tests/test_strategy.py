@@ -153,6 +153,7 @@ def strategy_benchmark():
     return run_strategy_benchmark(jax.random.key(0), num_train=1500, num_test=2000, probe_steps=600, batch_size=256)
 
 
+@pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_probe_learns_strategy_accuracy_and_beats_constant_baseline(strategy_benchmark):
     _, probe, test = strategy_benchmark
     table = default_strategy_table()
@@ -201,6 +202,7 @@ def test_true_accuracy_closed_forms():
     np.testing.assert_allclose(acc[2, mv4], 0.5)  # symmetric at p = 1/2
 
 
+@pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_adaptive_frontier_dominates_every_static_strategy(strategy_benchmark):
     frontier, _, _ = strategy_benchmark
     gaps = frontier_dominance_gaps(frontier)
@@ -210,6 +212,7 @@ def test_adaptive_frontier_dominates_every_static_strategy(strategy_benchmark):
     assert np.sum(gaps["interpolated"] > 0.01) >= 5
 
 
+@pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_oracle_is_at_least_as_good_as_adaptive(strategy_benchmark):
     frontier, probe, test = strategy_benchmark
     mu = frontier.mu
@@ -224,6 +227,7 @@ def test_oracle_is_at_least_as_good_as_adaptive(strategy_benchmark):
     assert float(frontier.oracle_accuracy[0]) >= float(jnp.max(frontier.static_accuracy))
 
 
+@pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_frontier_moves_to_cheaper_strategies_as_prices_rise(strategy_benchmark):
     frontier, _, _ = strategy_benchmark
     cost = np.asarray(frontier.oracle_cost)
