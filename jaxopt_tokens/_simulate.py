@@ -46,6 +46,7 @@ __all__ = [
 NoiseKind = Literal["lognormal", "gamma"]
 QUANTILES = (0.5, 0.95, 0.99)
 DISCIPLINES = ("fifo", "priority", "ps")
+MAX_BATCH_ELEMENTS = 1 << 26  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)
 _STREAM_ARRIVALS, _STREAM_TYPES, _STREAM_NOISE, _STREAM_CORRECT = range(4)
 
 
@@ -246,7 +247,8 @@ def _delays(discipline: str, stream: Stream, service, rank, capacity: int):
     return sojourn - service, overflow
 
 
-def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: str, rank, capacity: int):
+def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: str, rank, capacity: int,
+                 policy_batch: int):
     """Statistics of every policy in `tokens` (shape (P, N)) on one stream."""
     dtype = w.dtype
     measured_task = stream.task[warmup:]
@@ -273,7 +275,10 @@ def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: s
             by_task, overflow,
         )
 
-    return jax.vmap(one_policy)(tokens)
+    # policies in vmapped batches of `policy_batch` (bounds the memory of the per-query arrays)
+    if policy_batch >= tokens.shape[0]:
+        return jax.vmap(one_policy)(tokens)
+    return jax.lax.map(one_policy, tokens, batch_size=policy_batch)
 
 
 def _model(discipline: str, order, service_cv) -> LatencyModel:
@@ -351,6 +356,10 @@ def simulate(
       The predictions come from the matching latency model (`FIFO`, `Priority`,
       `ProcessorSharing` in `_latency.py`).
 
+    Memory: one replication at a time; within it, policies are vmapped in batches of at most
+    `MAX_BATCH_ELEMENTS / num_queries` (about 64M queries x policies per batch), so large
+    policy grids stay within memory.
+
     **Returns:** a `SimulationResult` (fields of shape `(*P, num_replications)`). Validates
     its inputs eagerly and raises `InputError` naming the field; the simulation itself is
     one jitted, vmapped computation.
@@ -378,8 +387,9 @@ def simulate(
     flat = jnp.asarray(tok.reshape(-1, w.num_tasks), dtype)
     rank = jnp.zeros(w.num_tasks, jnp.int32).at[jnp.asarray(order)].set(jnp.arange(w.num_tasks, dtype=jnp.int32))
     cv = jnp.asarray(service_cv, dtype)
+    policy_batch = max(1, min(flat.shape[0], MAX_BATCH_ELEMENTS // num_queries))
     stats = _simulate_flat(w, flat, key, num_queries, num_replications, warmup, cv, noise, discipline, rank,
-                           capacity)
+                           capacity, policy_batch)
     (mw, mt, qw, qt, busy, acc, obj, by_task, overflow) = stats
     if bool(jnp.any(overflow)):
         raise InputError(f"capacity: more than {capacity} queries were in the processor-sharing system at "
@@ -407,11 +417,11 @@ def simulate(
 
 @eqx.filter_jit
 def _simulate_flat(w, tokens, key, num_queries: int, num_replications: int, warmup: int,
-                   service_cv, noise: str, discipline: str, rank, capacity: int):
+                   service_cv, noise: str, discipline: str, rank, capacity: int, policy_batch: int):
     def replication(r):
         stream = sample_stream(jax.random.fold_in(key, r), w, num_queries,
                                service_cv=service_cv, noise=noise)
-        return _replication(w, tokens, stream, warmup, discipline, rank, capacity)
+        return _replication(w, tokens, stream, warmup, discipline, rank, capacity, policy_batch)
 
     # replications one after another (lax.map) keeps memory at one stream x all policies
     return jax.lax.map(replication, jnp.arange(num_replications))

@@ -255,3 +255,14 @@ def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
     np.testing.assert_allclose(report["tokens"][0], np.asarray(expected.tokens), rtol=1e-6, atol=1e-6)
     assert main(["simulate", "--discipline", "priority", "--priority", "AIME,GSM8K"]) == 2
     assert "every task exactly once" in capsys.readouterr().err
+
+
+def test_policies_in_memory_bounded_batches_give_the_same_result(table1, monkeypatch):
+    import jaxopt_tokens._simulate as sim
+
+    policies = np.random.default_rng(2).uniform(0, 400, (7, 6))
+    whole = jt.simulate(table1, policies, 3000, 2)
+    monkeypatch.setattr(sim, "MAX_BATCH_ELEMENTS", 2 * 3000)  # two policies per batch
+    batched = jt.simulate(table1, policies, 3000, 2)
+    for name in ("system_time", "system_time_p95", "accuracy", "utilization"):
+        np.testing.assert_allclose(getattr(batched, name), getattr(whole, name), rtol=1e-12)
