@@ -105,7 +105,7 @@ from ._strategy_bench import (
     synthetic_queries,
     true_strategy_accuracy,
 )
-from ._simulate import SimulationResult, simulate
+from ._simulate import SimulationResult, UnstableQueueWarning, simulate
 from ._router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
 from ._solve import METHODS, solve
 from ._sweep import read_sweep_metadata, sweep, write_sweep

@@ -20,6 +20,7 @@ confidence intervals come from the independent replications (Student t).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import equinox as eqx
@@ -35,6 +36,7 @@ from ._objective import task_accuracy
 from ._workload import Workload
 
 __all__ = [
+    "UnstableQueueWarning",
     "Stream",
     "SimulationResult",
     "sample_stream",
@@ -48,6 +50,10 @@ QUANTILES = (0.5, 0.95, 0.99)
 DISCIPLINES = ("fifo", "priority", "ps")
 MAX_BATCH_ELEMENTS = 1 << 26  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)
 _STREAM_ARRIVALS, _STREAM_TYPES, _STREAM_NOISE, _STREAM_CORRECT = range(4)
+
+
+class UnstableQueueWarning(UserWarning):
+    """A simulated policy loads the server to utilization >= 1 (no steady state exists)."""
 
 
 class Stream(eqx.Module):
@@ -395,6 +401,13 @@ def simulate(
         raise InputError(f"capacity: more than {capacity} queries were in the processor-sharing system at "
                          "once; raise capacity (the load is close to 1)")
     preds = _predictions(w, flat, _model(discipline, order, cv))
+    unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
+    if unstable.size:
+        warnings.warn(
+            f"{unstable.size} of {flat.shape[0]} policies load the server to utilization >= 1 (first: "
+            f"policy {int(unstable[0])}, rho = {float(preds[2][unstable[0]]):.3g}): that queue is unstable, "
+            "its simulated waits grow with num_queries and its intervals do not estimate a steady state",
+            UnstableQueueWarning, stacklevel=2)
 
     def shape(x):  # (R, P, ...) -> (*policies, R, ...)
         x = jnp.moveaxis(x, 0, 1)

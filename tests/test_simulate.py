@@ -266,3 +266,11 @@ def test_policies_in_memory_bounded_batches_give_the_same_result(table1, monkeyp
     batched = jt.simulate(table1, policies, 3000, 2)
     for name in ("system_time", "system_time_p95", "accuracy", "utilization"):
         np.testing.assert_allclose(getattr(batched, name), getattr(whole, name), rtol=1e-12)
+
+
+def test_unstable_policy_warns_and_reports_infinite_prediction(table1):
+    heavy = np.full(6, 3000.0)  # E[S] ~ 36 s at 0.1 queries/s: rho ~ 3.6
+    with pytest.warns(jt.UnstableQueueWarning, match="utilization >= 1"):
+        r = jt.simulate(table1, np.stack([np.zeros(6), heavy]), 2000, 2)
+    assert np.isinf(float(r.predicted_system_time[1])) and np.isfinite(float(r.predicted_system_time[0]))
+    assert np.all(np.isfinite(np.asarray(r.system_time)))  # finite simulated waits, never NaN
