@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_workload_options(f)
     f.add_argument("--points", type=int, default=1000)
     f.add_argument("--out", required=True, type=Path, metavar="DIR")
+    f.add_argument("--simulate-tail", type=int, default=0, metavar="Q",
+                   help="also simulate every frontier point with Q queries x 10 replications and add the "
+                   "simulated mean, p95 and p99 system time (the PK model gives only the mean)")
     f.set_defaults(func=run_frontier)
 
     g = sub.add_parser("figures", help="all figures for a workload (Fig. 3, Fig. 4, heatmaps, frontier)")
@@ -87,12 +90,16 @@ def run_frontier(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from ._figures import _save, figure_frontier
-    from ._frontier import frontier_by_alpha, uniform_curve
+    from ._frontier import frontier_by_alpha, uniform_curve, with_simulated_tail
     from ._sweep import write_sweep
 
     with jax.enable_x64(True):
         w = workload_from_args(args, dtype="float64")
         df = frontier_by_alpha(w, args.points)
+        if args.simulate_tail:
+            if args.simulate_tail < 2:
+                raise InputError(f"--simulate-tail: need at least 2 queries, got {args.simulate_tail}")
+            df = with_simulated_tail(df, w, num_queries=args.simulate_tail)
         budgets, et, acc = uniform_curve(w)
         fig = figure_frontier(w, args.points)
     args.out.mkdir(parents=True, exist_ok=True)

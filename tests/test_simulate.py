@@ -274,3 +274,15 @@ def test_unstable_policy_warns_and_reports_infinite_prediction(table1):
         r = jt.simulate(table1, np.stack([np.zeros(6), heavy]), 2000, 2)
     assert np.isinf(float(r.predicted_system_time[1])) and np.isfinite(float(r.predicted_system_time[0]))
     assert np.all(np.isfinite(np.asarray(r.system_time)))  # finite simulated waits, never NaN
+
+
+def test_cli_frontier_with_simulated_tail(tmp_path, capsys):
+    import pandas as pd
+
+    from jaxopt_tokens.cli import main
+
+    assert main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "2000"]) == 0
+    df = pd.read_csv(tmp_path / "frontier_optimal.csv", comment="#")
+    assert {"sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time"} <= set(df.columns)
+    assert np.all(df["sim_p99_system_time"] >= df["sim_p95_system_time"])
+    assert main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "1"]) == 2
