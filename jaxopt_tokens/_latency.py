@@ -195,8 +195,8 @@ def solve_latency(
 
     if not isinstance(model, LatencyModel):
         raise TypeError(f"model must be a LatencyModel (FIFO, Priority, ProcessorSharing), got {type(model).__name__}")
-    if isinstance(model, Priority):
-        model.system_times(jnp.zeros(workload.A.shape[-1:], workload.dtype), workload.replace())  # checks order
+    if isinstance(model, Priority) and sorted(model.order) != list(range(workload.num_tasks)):
+        raise InputError(f"order: must be a permutation of the {workload.num_tasks} task indices, got {model.order}")
     rtol = default_rtol(workload.dtype, rtol)
     start = jnp.nan_to_num(jax.lax.stop_gradient(solve(workload).tokens))
     fn = lambda w, l0: _solve_one(w, model, l0, rtol, max_steps, 60)  # noqa: E731
