@@ -217,6 +217,8 @@ POLICIES: dict[str, Callable] = {
     "CLEAR": _clear_policy,
 }
 
+_JITTED = {name: jax.jit(fn, static_argnames="max_tokens") for name, fn in POLICIES.items()}
+
 
 @jax.jit
 def _correct(x, length, solvable):
@@ -230,8 +232,7 @@ def stream_accuracy(stream: ClearPool, per_query_budget: float, policy: str,
     if policy == "Oracle":
         x = oracle_allocation(stream.true_length, budget, solvable=stream.solvable, max_tokens=max_tokens)
     elif policy in POLICIES:
-        x = jax.jit(POLICIES[policy], static_argnames="max_tokens")(
-            jnp.asarray(stream.threshold), budget, max_tokens=max_tokens)
+        x = _JITTED[policy](jnp.asarray(stream.threshold), budget, max_tokens=max_tokens)
     else:
         raise InputError(f"policy: must be one of {', '.join([*POLICIES, 'Oracle'])}, got {policy!r}")
     return 100.0 * float(_correct(x, jnp.asarray(stream.true_length), jnp.asarray(stream.solvable)))
