@@ -19,7 +19,7 @@ from rich.table import Table
 
 import jaxopt_tokens as jt
 from _timing import best_of  # benchmarks/ is on sys.path when run as a script
-from jaxopt_tokens._simulate import lindley_waits, sample_stream
+from jaxopt_tokens._queue.simulate import lindley_waits, sample_stream
 
 
 def simpy_seconds(arrivals, service):

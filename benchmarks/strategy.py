@@ -21,13 +21,6 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from jaxopt_tokens._probe import probe_log_loss  # noqa: E402
-from jaxopt_tokens._strategy import default_strategy_table  # noqa: E402
-from jaxopt_tokens._strategy_bench import (  # noqa: E402
-    frontier_dominance_gaps,
-    queueing_arrival_sweep,
-    run_strategy_benchmark,
-)
 
 
 def main():
@@ -38,18 +31,18 @@ def main():
     parser.add_argument("--alpha", type=float, default=300.0, help="alpha for the queue-aware sweep")
     args = parser.parse_args()
     console = Console()
-    table = default_strategy_table()
+    table = strategy.default_table()
 
     t = time.perf_counter()
-    frontier, probe, test = run_strategy_benchmark(jax.random.key(0), table=table, num_train=args.train,
+    frontier, probe, test = strategy.run_benchmark(jax.random.key(0), table=table, num_train=args.train,
                                                    num_test=args.test, probe_steps=args.steps)
     elapsed = time.perf_counter() - t
     mae = float(jnp.mean(jnp.abs(probe(test.features) - test.true_accuracy)))
     console.print(f"probe + frontier: {elapsed:.1f} s; held-out log loss "
-                  f"{float(probe_log_loss(probe, test.features, test.soft_labels)):.4f}, mean |a_hat - a| {mae:.4f}, "
+                  f"{float(strategy.probe_log_loss(probe, test.features, test.soft_labels)):.4f}, mean |a_hat - a| {mae:.4f}, "
                   f"Platt (a, b) = ({float(probe.platt_a):.3f}, {float(probe.platt_b):.3f})")
 
-    gaps, oracle_gaps = frontier_dominance_gaps(frontier), frontier_dominance_gaps(frontier, "oracle")
+    gaps, oracle_gaps = strategy.frontier_dominance_gaps(frontier), strategy.frontier_dominance_gaps(frontier, "oracle")
     st = Table(title="Static strategies (synthetic costs) and the adaptive frontier's margin over them")
     for col in ("strategy", "accuracy", "tokens", "latency (s)", "cost units", "adaptive gap", "oracle gap"):
         st.add_column(col, justify="right")
@@ -72,7 +65,7 @@ def main():
     console.print(ft)
 
     rates = [0.0, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.15]
-    choices, mean_service, J = queueing_arrival_sweep(rates, table=table, alpha=args.alpha)
+    choices, mean_service, J = strategy.queueing_arrival_sweep(rates, table=table, alpha=args.alpha)
     qt = Table(title=f"Queue-aware strategy per Table I task type (alpha = {args.alpha:g})")
     for col in ("arrival rate", "E[S] (s)", "J", "choice per type"):
         qt.add_column(col, justify="right")

@@ -1,6 +1,6 @@
 """Errors raised for bad user input (files, fields, arguments)."""
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "WorkloadError"]
 
 
 class InputError(ValueError):
@@ -8,3 +8,7 @@ class InputError(ValueError):
 
     The CLI turns it into a one-line message and exit code 2.
     """
+
+
+class WorkloadError(InputError):
+    """A workload value that the model cannot accept; the message names field and task."""

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._objective import _pk_wait, mean_system_time, objective, task_accuracy
+from ._objective import pk_wait, mean_system_time, objective, task_accuracy
 from ._workload import Workload
 
 __all__ = [
@@ -59,7 +59,7 @@ def best_floor_ceil(
     acc = jnp.sum(pi * p_lo) + bits @ (pi * (p_hi - p_lo))
     m1 = jnp.sum(pi * t_lo) + bits @ (pi * (t_hi - t_lo))
     m2 = jnp.sum(pi * t_lo * t_lo) + bits @ (pi * (t_hi * t_hi - t_lo * t_lo))
-    values = w.alpha * acc - (_pk_wait(w.arrival_rate, m1, m2) + m1)
+    values = w.alpha * acc - (pk_wait(w.arrival_rate, m1, m2) + m1)
     return jnp.where(bits[jnp.argmax(values)] == 1, hi, lo)
 
 

@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ._workload import PER_TASK_FIELDS, SCALAR_FIELDS, Workload, WorkloadError
+from ._errors import WorkloadError
+from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS
+from ._workload import Workload
 
 __all__ = ["default_workload", "load_workload", "workload_from_dict", "workload_to_dict", "dump_workload"]
 

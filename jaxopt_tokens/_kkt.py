@@ -2,7 +2,7 @@
 
 - `objective_gradient`: the closed-form gradient of J, eqs. (10) and (15).
 - `kkt_residual`: the scale-free projected KKT residual every solver reports.
-- `provable_box`: an upper bound `ubar` on every optimal budget (MATH.md), so the constants
+- `provable_box`: an upper bound `ubar` on every optimal budget (docs: *Model*), so the constants
   of Lemmas 2 and 3 can be evaluated on `[0, min(l_max, ubar)]` instead of `[0, l_max]`.
 - `contraction_constant` (26) and `gradient_lipschitz` (31)-(32) on a box.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._objective import service_moments, service_times
+from ._objective import service_times
+from ._prices import latency_prices
 from ._workload import Workload
 
 __all__ = [
@@ -25,24 +26,12 @@ __all__ = [
 ]
 
 
-def _prices(tokens, w):
-    """Marginal latency prices `(u, v)`: dE[T]/dl_k = pi_k c_k (v + u t_k), from eq. (10)."""
-    m1, m2 = service_moments(tokens, w)
-    lam = w.arrival_rate
-    rho = lam * m1
-    stable = rho < 1
-    d = jnp.where(stable, 1 - rho, 1)
-    u = lam / d
-    v = 1 + 0.5 * u * u * m2
-    return u, v, stable
-
-
 def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
     """$\\partial J/\\partial l_k = \\pi_k[\\alpha A_k b_k e^{-b_k l_k} - c_k(1 + \\lambda t_k/d + \\lambda^2 E[S^2]/(2d^2))]$.
 
     Eqs. (10) and (15) with $d = 1 - \\lambda E[S]$; NaN outside the stability region.
     """
-    u, v, stable = _prices(tokens, w)
+    u, v, stable = latency_prices(tokens, w)
     t = service_times(tokens, w)
     g = w.share * (w.alpha[..., None] * w.A * w.b * jnp.exp(-w.b * tokens) - w.c * (v[..., None] + u[..., None] * t))
     return jnp.where(stable[..., None], g, jnp.nan)
@@ -54,7 +43,7 @@ def marginal_ratio(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*
     $r_k = \\alpha A_k b_k e^{-b_k l_k} / (c_k (v + u t_k)) - 1$: zero at an interior optimum,
     dimensionless (invariant to the units of time and tokens), independent of the shares.
     """
-    u, v, stable = _prices(tokens, w)
+    u, v, stable = latency_prices(tokens, w)
     t = service_times(tokens, w)
     cost = w.c * (v[..., None] + u[..., None] * t)
     r = w.alpha[..., None] * w.A * w.b * jnp.exp(-w.b * tokens) / cost - 1
@@ -83,7 +72,7 @@ def provable_box(w: Workload) -> Float[Array, "*b n"]:
     """Upper bounds on the optimal budgets: $l_k^* \\le \\min(l_{\\max}, \\bar u_k)$.
 
     At an interior optimum $\\alpha A_k b_k e^{-b_k l_k} \\ge c_k$ (the latency price is at least
-    $c_k$), so $l_k^* \\le \\bar u_k = \\max(0, \\log(\\alpha A_k b_k / c_k)/b_k)$ (MATH.md).
+    $c_k$), so $l_k^* \\le \\bar u_k = \\max(0, \\log(\\alpha A_k b_k / c_k)/b_k)$ (docs: *Model*).
     """
     ratio = w.alpha[..., None] * w.A * w.b / w.c
     ubar = jnp.where(ratio > 1, jnp.log(jnp.where(ratio > 1, ratio, 1)) / w.b, 0)

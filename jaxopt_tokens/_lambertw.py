@@ -18,13 +18,15 @@ method to an absolute error of order $\\sqrt{\\epsilon}$.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 __all__ = ["lambertw", "wright_omega"]
 
-_E = 2.718281828459045
+E = math.e  # Euler's number; W's branch point is -1/E
 
 
 def _float(x: ArrayLike) -> Array:
@@ -89,7 +91,7 @@ def _wright_omega_jvp(primals, tangents):
 
 def _halley_w(z):
     """Principal W for -1/e <= z <= e by Halley's method on w e^w - z."""
-    ez1 = 2 * (_E * z + 1)  # 0 at the branch point
+    ez1 = 2 * (E * z + 1)  # 0 at the branch point
     p = jnp.sqrt(jnp.maximum(ez1, 0))
     branch = -1 + p * (1 + p * (-1 / 3 + p * (11 / 72 + p * (-43 / 540 + p * 769 / 17280))))
     l1 = jnp.log1p(jnp.maximum(z, -0.25))
@@ -107,11 +109,11 @@ def _halley_w(z):
 
 def _lambertw(z):
     eps = jnp.finfo(z.dtype).eps
-    small = z <= _E
+    small = z <= E
     w_small = _halley_w(jnp.where(small, z, 0.0))
-    w_large = _omega(jnp.log(jnp.where(small, _E, z)))
+    w_large = _omega(jnp.log(jnp.where(small, E, z)))
     w = jnp.where(small, w_small, w_large)
-    below = 2 * (_E * z + 1) < -8 * eps  # outside the domain (beyond rounding of -1/e)
+    below = 2 * (E * z + 1) < -8 * eps  # outside the domain (beyond rounding of -1/e)
     w = jnp.where(below | jnp.isnan(z), jnp.nan, w)
     return jnp.where(jnp.isposinf(z), jnp.inf, w)
 

@@ -21,6 +21,7 @@ __all__ = [
     "task_accuracy",
     "mean_accuracy",
     "objective",
+    "pk_wait",
 ]
 
 
@@ -42,7 +43,8 @@ def utilization(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]
     return w.arrival_rate * service_moments(tokens, w)[0]
 
 
-def _pk_wait(lam, m1, m2):
+def pk_wait(lam, m1, m2):
+    """The Pollaczek-Khinchine mean wait from the arrival rate and the service moments, eq. (5)."""
     rho = lam * m1
     stable = rho < 1
     gap = jnp.where(stable, 1 - rho, 1)  # double where: the untaken branch stays finite
@@ -52,13 +54,13 @@ def _pk_wait(lam, m1, m2):
 def mean_wait(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
     """Pollaczek-Khinchine mean wait $E[W] = \\lambda E[S^2] / (2(1-\\rho))$, eq. (5); `+inf` if unstable."""
     m1, m2 = service_moments(tokens, w)
-    return _pk_wait(w.arrival_rate, m1, m2)
+    return pk_wait(w.arrival_rate, m1, m2)
 
 
 def mean_system_time(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
     """Mean time in system $E[T] = E[W] + E[S]$, eq. (6)."""
     m1, m2 = service_moments(tokens, w)
-    return _pk_wait(w.arrival_rate, m1, m2) + m1
+    return pk_wait(w.arrival_rate, m1, m2) + m1
 
 
 def task_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:

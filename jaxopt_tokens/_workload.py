@@ -11,27 +11,33 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
-from ._errors import InputError
+from ._errors import InputError, WorkloadError
+from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS, check_values
 
-__all__ = ["Workload", "WorkloadError"]
-
-PER_TASK_FIELDS = ("A", "b", "D", "t0", "c", "share")
-SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
-SHARE_TOLERANCE = 1e-6
+__all__ = ["Workload", "WorkloadError", "make_workload"]
 
 
-class WorkloadError(InputError):
-    """A workload value that the model cannot accept; the message names field and task."""
+def _float_field(name: str):
+    """The converter of field `name`: a floating JAX array (integers are promoted); complex or
+    non-numeric values are refused with a `WorkloadError` naming the field."""
 
+    def convert(x: Any) -> Array:
+        try:
+            arr = jnp.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise WorkloadError(f"field '{name}': not a number or array of numbers ({e})") from None
+        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+            raise WorkloadError(f"field '{name}': complex values are not allowed (dtype {arr.dtype})")
+        if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
+                or arr.dtype == jnp.bool_):
+            raise WorkloadError(f"field '{name}': expected numbers, got dtype {arr.dtype}")
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            arr = arr.astype(jnp.result_type(float))
+        return arr
 
-def _as_float_array(x: Any) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
+    return convert
 
 
 class Workload(eqx.Module):
@@ -54,16 +60,31 @@ class Workload(eqx.Module):
     call `validate()` on concrete inputs, as the loaders and the CLI do.
     """
 
-    A: Float[Array, "*batch n"] = eqx.field(converter=_as_float_array)
-    b: Float[Array, "*batch n"] = eqx.field(converter=_as_float_array)
-    D: Float[Array, "*batch n"] = eqx.field(converter=_as_float_array)
-    t0: Float[Array, "*batch n"] = eqx.field(converter=_as_float_array)
-    c: Float[Array, "*batch n"] = eqx.field(converter=_as_float_array)
-    share: Float[Array, "*batch n"] = eqx.field(converter=_as_float_array)
-    arrival_rate: Float[Array, "*batch"] = eqx.field(converter=_as_float_array)
-    alpha: Float[Array, "*batch"] = eqx.field(converter=_as_float_array)
-    max_tokens: Float[Array, "*batch"] = eqx.field(converter=_as_float_array)
+    A: Float[Array, "*batch n"] = eqx.field(converter=_float_field("A"))
+    b: Float[Array, "*batch n"] = eqx.field(converter=_float_field("b"))
+    D: Float[Array, "*batch n"] = eqx.field(converter=_float_field("D"))
+    t0: Float[Array, "*batch n"] = eqx.field(converter=_float_field("t0"))
+    c: Float[Array, "*batch n"] = eqx.field(converter=_float_field("c"))
+    share: Float[Array, "*batch n"] = eqx.field(converter=_float_field("share"))
+    arrival_rate: Float[Array, "*batch"] = eqx.field(converter=_float_field("arrival_rate"))
+    alpha: Float[Array, "*batch"] = eqx.field(converter=_float_field("alpha"))
+    max_tokens: Float[Array, "*batch"] = eqx.field(converter=_float_field("max_tokens"))
     names: tuple[str, ...] = eqx.field(static=True, default=())
+
+    def __check_init__(self):
+        # Shapes are static: a mismatch is refused here, at construction or trace time.
+        shape = self.A.shape
+        if not shape:
+            raise WorkloadError("field 'A' must hold one value per task, got a scalar")
+        for f in PER_TASK_FIELDS:
+            s = getattr(self, f).shape
+            if not s:
+                raise WorkloadError(f"field '{f}' must hold one value per task, got a scalar")
+            if s[-1] != shape[-1]:
+                raise WorkloadError(f"field '{f}' has {s[-1]} values but 'A' has {shape[-1]}: every "
+                                    "per-task field needs one value per task")
+        if self.names and len(self.names) != shape[-1]:
+            raise WorkloadError(f"'names' has {len(self.names)} entries for {shape[-1]} tasks")
 
     @property
     def num_tasks(self) -> int:
@@ -88,7 +109,7 @@ class Workload(eqx.Module):
         """A copy with some fields replaced (values are converted like the constructor's)."""
         unknown = set(changes) - set(PER_TASK_FIELDS + SCALAR_FIELDS + ("names",))
         if unknown:
-            raise TypeError(f"Workload has no field(s) {sorted(unknown)}")
+            raise InputError(f"Workload has no field(s) {sorted(unknown)}")
         kwargs = {f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS + ("names",)}
         kwargs.update(changes)
         return Workload(**kwargs)
@@ -105,100 +126,8 @@ class Workload(eqx.Module):
         Accepts a single workload or a batch (leading axes); for a batch the message names
         the first offending member. Returns `self` so that calls can be chained.
         """
-        _validate(self)
+        check_values({f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS}, self.names, self.dtype)
         return self
-
-
-def _member(index: tuple[int, ...]) -> str:
-    return f" (batch member {index})" if index else ""
-
-
-def _validate(w: Workload) -> None:
-    try:
-        arrays = {f: np.asarray(getattr(w, f), dtype=np.float64) for f in PER_TASK_FIELDS}
-        scalars = {f: np.asarray(getattr(w, f), dtype=np.float64) for f in SCALAR_FIELDS}
-    except Exception as e:  # tracers or objects that are not numbers
-        raise WorkloadError(f"validate() needs concrete numeric values: {e}") from None
-    n = arrays["A"].shape[-1] if arrays["A"].ndim else 0
-    batch = arrays["A"].shape[:-1]
-    for f, a in arrays.items():
-        if a.ndim == 0:
-            raise WorkloadError(f"field '{f}' must hold one value per task, got a scalar")
-        if a.shape != arrays["A"].shape:
-            raise WorkloadError(
-                f"field '{f}' has {a.shape[-1]} values but 'A' has {n}: every per-task field "
-                "needs one value per task"
-                if a.shape[:-1] == batch
-                else f"field '{f}' has shape {a.shape}, expected {arrays['A'].shape}"
-            )
-    if n == 0:
-        raise WorkloadError("the workload has no tasks")
-    for f, s in scalars.items():
-        if s.shape != batch:
-            raise WorkloadError(f"field '{f}' has shape {s.shape}, expected {batch}")
-    if w.names and len(w.names) != n:
-        raise WorkloadError(f"'names' has {len(w.names)} entries for {n} tasks")
-    names = w.task_names
-
-    def fail_task(field: str, bad: np.ndarray, what: str, values: np.ndarray) -> None:
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        k = idx[-1]
-        raise WorkloadError(
-            f"field '{field}', task '{names[k]}'{_member(idx[:-1])}: {what} "
-            f"(got {float(values[idx]):g})"
-        )
-
-    def fail_scalar(field: str, bad: np.ndarray, what: str, values: np.ndarray) -> None:
-        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
-        raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {float(values[idx]):g})")
-
-    for f, a in arrays.items():
-        bad = ~np.isfinite(a)
-        if bad.any():
-            fail_task(f, bad, "must be a finite number", a)
-    for f, s in scalars.items():
-        bad = ~np.isfinite(s)
-        if bad.any():
-            fail_scalar(f, bad, "must be a finite number", s)
-    A, b, D, t0, c, share = (arrays[f] for f in PER_TASK_FIELDS)
-    checks = [
-        ("share", share < 0, "shares must be non-negative"),
-        ("A", A < 0, "A must be >= 0"),
-        ("D", D < 0, "D must be >= 0"),
-        ("A", A + D > 1 + 1e-12, "A + D is the best attainable accuracy and must be <= 1"),
-        ("b", b <= 0, "b must be > 0"),
-        ("c", c <= 0, "c (seconds per token) must be > 0"),
-        ("t0", t0 < 0, "t0 (seconds) must be >= 0"),
-    ]
-    for f, bad, what in checks:
-        if bad.any():
-            fail_task(f, bad, what, arrays[f])
-    total = share.sum(axis=-1)
-    bad = np.abs(total - 1) > SHARE_TOLERANCE
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
-        raise WorkloadError(
-            f"field 'share'{_member(idx)}: shares sum to {total[idx]:.9g}, they must sum to 1 "
-            f"(within {SHARE_TOLERANCE:g}); divide them by their sum"
-        )
-    lam, alpha, lmax = (scalars[f] for f in SCALAR_FIELDS)
-    for f, bad, what in [
-        ("arrival_rate", lam <= 0, "must be > 0"),
-        ("alpha", alpha <= 0, "must be > 0"),
-        ("max_tokens", lmax < 0, "must be >= 0"),
-    ]:
-        if bad.any():
-            fail_scalar(f, bad, what, scalars[f])
-    rho0 = lam * (share * t0).sum(axis=-1)
-    bad = rho0 >= 1
-    if bad.any():
-        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
-        cap = 1.0 / (share * t0).sum(axis=-1)[idx]
-        raise WorkloadError(
-            f"field 'arrival_rate'{_member(idx)}: the queue is unstable even with zero reasoning "
-            f"tokens (utilization {rho0[idx]:.4g} >= 1); no budget can help. The arrival rate "
-            f"must be below {cap:.6g} queries/s for these prefill times"
-        )
 
 
 def make_workload(

@@ -10,35 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxopt_tokens import _cli_budget
-from jaxopt_tokens._clear import (
-    ClearStatus,
-    adaptive_inverse_decay,
-    check_clear_inputs,
-    clear_allocate,
-    integer_tokens,
-    surge_utility,
-)
-from jaxopt_tokens._clear_baselines import (
-    auction_allocation,
-    exact_allocation,
-    heuristic_allocation,
-    oracle_allocation,
-    predictor_allocation,
-    uniform_allocation,
-)
-from jaxopt_tokens._clear_eval import (
-    STREAMS,
-    default_pool,
-    evaluate_streams,
-    load_pool,
-    noise_robustness,
-    sample_stream,
-    synthetic_pool,
-    write_pool,
-)
-from jaxopt_tokens._errors import InputError
-from jaxopt_tokens._lambertw import lambertw
+from jaxopt_tokens import InputError, clear, lambertw
+from jaxopt_tokens.cli import budget as cli_budget
 
 E = np.e
 
@@ -51,7 +24,7 @@ def _instances(count=12, n=40, seed=0):
         yield tau, budget
 
 
-clear_jit = jax.jit(clear_allocate, static_argnames=("decay", "iterations", "min_scale"))
+clear_jit = jax.jit(clear.allocate, static_argnames=("decay", "iterations", "min_scale"))
 
 
 # --- clearing invariants -----------------------------------------------------------------------
@@ -63,21 +36,21 @@ def test_total_within_budget_and_binding_when_cleared():
         total = float(a.tokens.sum())
         statuses.add(int(a.status))
         assert total <= budget * (1 + 1e-12)
-        assert float(a.residual) == pytest.approx(budget - total, abs=1e-6)
-        if a.status == ClearStatus.CLEARED:
+        assert float(a.unused) == pytest.approx(budget - total, abs=1e-6)
+        if a.status == clear.Status.CLEARED:
             assert abs(total - budget) <= 1.0
-        if a.status == ClearStatus.INDIVISIBLE:
+        if a.status == clear.Status.INDIVISIBLE:
             # remainder below the threshold of every abandoned query: nobody could use it
-            assert float(a.residual) <= np.min(tau[~np.asarray(a.admitted)]) + 1e-9
+            assert float(a.unused) <= np.min(tau[~np.asarray(a.admitted)]) + 1e-9
         assert np.all(np.asarray(a.tokens)[~np.asarray(a.admitted)] == 0)
         assert np.all(np.asarray(a.tokens)[np.asarray(a.admitted)] > tau[np.asarray(a.admitted)])
-    assert ClearStatus.CLEARED in statuses
+    assert clear.Status.CLEARED in statuses
 
 
 def test_admitted_tokens_follow_lambert_policy_and_abandon_hardest():
     tau, budget = np.linspace(50, 1000, 30), 30 * 300.0
-    a = clear_allocate(tau, budget)
-    assert a.status == ClearStatus.CLEARED and 0 < float(a.price) < 1
+    a = clear.allocate(tau, budget)
+    assert a.status == clear.Status.CLEARED and 0 < float(a.price) < 1
     adm = np.asarray(a.admitted)
     assert 0 < adm.sum() < tau.size
     # rational abandonment keeps the easiest queries
@@ -89,71 +62,71 @@ def test_admitted_tokens_follow_lambert_policy_and_abandon_hardest():
     b = float(a.beta)
     np.testing.assert_allclose((1 - b * z) * np.exp(-b * z), float(a.price), rtol=1e-8)
     # and their net surplus at that price is positive
-    assert np.all(np.asarray(surge_utility(a.tokens, tau, b))[adm] - float(a.price) * np.asarray(a.tokens)[adm] > 0)
+    assert np.all(np.asarray(clear.surge_utility(a.tokens, tau, b))[adm] - float(a.price) * np.asarray(a.tokens)[adm] > 0)
 
 
 def test_total_tokens_nondecreasing_in_budget():
     rng = np.random.default_rng(1)
     tau = rng.lognormal(6.0, 1.0, 25)
     budgets = np.linspace(0, 25 * 2500, 301)
-    totals = np.asarray(jax.vmap(lambda b: clear_allocate(tau, b).tokens.sum())(budgets))
+    totals = np.asarray(jax.vmap(lambda b: clear.allocate(tau, b).tokens.sum())(budgets))
     assert np.all(np.diff(totals) >= -1e-6)
-    capped = np.asarray(jax.vmap(lambda b: clear_allocate(tau, b, max_tokens=900.0).tokens.sum())(budgets))
+    capped = np.asarray(jax.vmap(lambda b: clear.allocate(tau, b, max_tokens=900.0).tokens.sum())(budgets))
     assert np.all(np.diff(capped) >= -1e-6)
 
 
 def test_permutation_equivariance():
     for tau, budget in itertools.islice(_instances(seed=2), 5):
         perm = np.random.default_rng(3).permutation(tau.size)
-        a, p = clear_allocate(tau, budget), clear_allocate(tau[perm], budget)
+        a, p = clear.allocate(tau, budget), clear.allocate(tau[perm], budget)
         np.testing.assert_allclose(np.asarray(p.tokens), np.asarray(a.tokens)[perm], rtol=1e-9, atol=1e-9)
         assert float(p.price) == pytest.approx(float(a.price), rel=1e-9, abs=1e-15)
 
 
 def test_scale_invariance_and_velocity_only_rescales_price():
     tau, budget = np.linspace(100, 2000, 12), 12 * 400.0
-    a = clear_allocate(tau, budget)
-    s = clear_allocate(3 * tau, 3 * budget)
+    a = clear.allocate(tau, budget)
+    s = clear.allocate(3 * tau, 3 * budget)
     np.testing.assert_allclose(np.asarray(s.tokens), 3 * np.asarray(a.tokens), rtol=1e-9)
-    v = clear_allocate(tau, budget, velocity=7.0)
+    v = clear.allocate(tau, budget, velocity=7.0)
     np.testing.assert_allclose(np.asarray(v.tokens), np.asarray(a.tokens), rtol=1e-9)
     assert float(v.price) == pytest.approx(7 * float(a.price), rel=1e-9)
 
 
 def test_adaptive_decay_is_explicit():
     tau = np.array([100.0, 200.0, 300.0])
-    assert float(adaptive_inverse_decay(tau, 3 * 1200.0)) == pytest.approx(1000.0)  # B/n - mean
-    assert float(adaptive_inverse_decay(tau, 3 * 100.0, min_scale=0.25)) == pytest.approx(50.0)  # floor
-    a = clear_allocate(tau, 3 * 1200.0)  # surplus regime: everyone gets tau + (B/n - mean tau)
+    assert float(clear.adaptive_inverse_decay(tau, 3 * 1200.0)) == pytest.approx(1000.0)  # B/n - mean
+    assert float(clear.adaptive_inverse_decay(tau, 3 * 100.0, min_scale=0.25)) == pytest.approx(50.0)  # floor
+    a = clear.allocate(tau, 3 * 1200.0)  # surplus regime: everyone gets tau + (B/n - mean tau)
     np.testing.assert_allclose(np.asarray(a.tokens), tau + 1000.0, rtol=1e-9)
-    assert int(a.status) in (ClearStatus.SLACK, ClearStatus.CLEARED)
-    f = clear_allocate(tau, 3 * 100.0, decay=0.01)
+    assert int(a.status) in (clear.Status.SLACK, clear.Status.CLEARED)
+    f = clear.allocate(tau, 3 * 100.0, decay=0.01)
     assert float(f.beta) == pytest.approx(0.01)
 
 
 def test_slack_and_cap():
     tau = np.array([100.0, 200.0, 300.0])
-    a = clear_allocate(tau, 1e5, max_tokens=500.0)
-    assert a.status == ClearStatus.SLACK and float(a.price) == 0.0
+    a = clear.allocate(tau, 1e5, max_tokens=500.0)
+    assert a.status == clear.Status.SLACK and float(a.price) == 0.0
     np.testing.assert_allclose(np.asarray(a.tokens), 500.0)
-    assert float(a.residual) == pytest.approx(1e5 - 1500.0)
+    assert float(a.unused) == pytest.approx(1e5 - 1500.0)
     # a cap below a threshold abandons that query
-    b = clear_allocate(np.array([100.0, 800.0]), 2000.0, max_tokens=600.0)
+    b = clear.allocate(np.array([100.0, 800.0]), 2000.0, max_tokens=600.0)
     assert bool(b.admitted[0]) and not bool(b.admitted[1])
 
 
 def test_leftover_goes_to_cheapest_abandoned_query_when_it_can_cross():
     # KKT abandons the second query; the remainder 589 > its threshold 500 is still given to it.
-    a = clear_allocate(np.array([10.0, 500.0]), 600.0)
-    assert a.status == ClearStatus.CLEARED
+    a = clear.allocate(np.array([10.0, 500.0]), 600.0)
+    assert a.status == clear.Status.CLEARED
     assert float(a.tokens.sum()) == pytest.approx(600.0)
     assert np.all(np.asarray(a.admitted))
     # ... but not when it is below the threshold: INDIVISIBLE, remainder kept
-    b = clear_allocate(np.array([10.0, 1000.0]), 700.0)
-    assert b.status == ClearStatus.INDIVISIBLE and not bool(b.admitted[1])
-    assert 0 < float(b.residual) <= 1000.0
-    c = clear_allocate(np.array([10.0, 1000.0]), 700.0, spread_remainder=True)
-    assert c.status == ClearStatus.INDIVISIBLE and float(c.residual) == pytest.approx(0.0, abs=1e-9)
+    b = clear.allocate(np.array([10.0, 1000.0]), 700.0)
+    assert b.status == clear.Status.INDIVISIBLE and not bool(b.admitted[1])
+    assert 0 < float(b.unused) <= 1000.0
+    c = clear.allocate(np.array([10.0, 1000.0]), 700.0, spread_remainder=True)
+    assert c.status == clear.Status.INDIVISIBLE and float(c.unused) == pytest.approx(0.0, abs=1e-9)
     np.testing.assert_allclose(np.asarray(c.tokens), [700.0, 0.0])
 
 
@@ -165,11 +138,11 @@ def test_batched_jit_vmap_and_invalid_members_do_not_raise():
     budget[2, 0] = -5.0
     a = clear_jit(tau, budget)
     assert a.tokens.shape == (3, 4, 16) and a.status.shape == (3, 4)
-    assert int(a.status[1, 2]) == ClearStatus.INVALID and int(a.status[2, 0]) == ClearStatus.INVALID
+    assert int(a.status[1, 2]) == clear.Status.INVALID and int(a.status[2, 0]) == clear.Status.INVALID
     assert np.all(np.asarray(a.tokens[1, 2]) == 0)
-    one = clear_allocate(tau[0, 1], budget[0, 1])
+    one = clear.allocate(tau[0, 1], budget[0, 1])
     np.testing.assert_allclose(np.asarray(a.tokens[0, 1]), np.asarray(one.tokens), rtol=1e-12)
-    valid = np.asarray(a.status) != ClearStatus.INVALID
+    valid = np.asarray(a.status) != clear.Status.INVALID
     assert np.all(np.asarray(a.tokens.sum(-1))[valid] <= budget[valid] * (1 + 1e-12))
     # float32 keeps its dtype and still clears
     f = clear_jit(tau[0].astype(np.float32), budget[0].astype(np.float32))
@@ -179,25 +152,25 @@ def test_batched_jit_vmap_and_invalid_members_do_not_raise():
 
 def test_check_clear_inputs_names_the_field():
     with pytest.raises(InputError, match=r"thresholds\[1\]"):
-        check_clear_inputs([1.0, -2.0], 10.0)
+        clear.check_inputs([1.0, -2.0], 10.0)
     with pytest.raises(InputError, match=r"thresholds\[0\]"):
-        check_clear_inputs([np.nan, 2.0], 10.0)
+        clear.check_inputs([np.nan, 2.0], 10.0)
     with pytest.raises(InputError, match="budget"):
-        check_clear_inputs([1.0, 2.0], -1.0)
+        clear.check_inputs([1.0, 2.0], -1.0)
     with pytest.raises(InputError, match="velocity"):
-        check_clear_inputs([1.0], 1.0, velocity=0.0)
+        clear.check_inputs([1.0], 1.0, velocity=0.0)
     with pytest.raises(InputError, match="decay"):
-        clear_allocate([1.0], 1.0, decay="fast")
-    check_clear_inputs([1.0, 2.0], 10.0)
+        clear.allocate([1.0], 1.0, decay="fast")
+    clear.check_inputs([1.0, 2.0], 10.0)
 
 
 def test_integer_tokens():
     for tau, budget in itertools.islice(_instances(seed=5), 6):
-        a = clear_allocate(tau, budget)
-        k = np.asarray(integer_tokens(a, budget))
+        a = clear.allocate(tau, budget)
+        k = np.asarray(clear.integer_tokens(a, budget))
         assert k.sum() <= budget and np.all(k[~np.asarray(a.admitted)] == 0)
         assert np.all(np.abs(k - np.asarray(a.tokens)) <= 1.0)
-        if a.status == ClearStatus.CLEARED:
+        if a.status == clear.Status.CLEARED:
             assert k.sum() == np.floor(budget)
 
 
@@ -207,13 +180,13 @@ def test_integer_tokens():
 def test_gradients_match_finite_differences(decay):
     tau = np.linspace(80.0, 2400.0, 15) + np.random.default_rng(6).uniform(0, 30, 15)
     budget = 15 * 500.0
-    a = clear_allocate(tau, budget, decay=decay)
-    assert a.status == ClearStatus.CLEARED
+    a = clear.allocate(tau, budget, decay=decay)
+    assert a.status == clear.Status.CLEARED
     adm = np.asarray(a.admitted)
     assert 0 < adm.sum() < tau.size
 
     def f(t, b):
-        return clear_allocate(t, b, decay=decay).tokens
+        return clear.allocate(t, b, decay=decay).tokens
 
     weights = np.random.default_rng(7).uniform(0.5, 1.5, tau.size)
     loss = jax.jit(lambda t, b: jnp.sum(weights * jnp.sqrt(1.0 + f(t, b))))
@@ -236,12 +209,12 @@ def test_gradients_match_finite_differences(decay):
 
 def test_gradient_of_price_wrt_velocity_and_budget_signs():
     tau, budget = np.linspace(50, 1000, 30), 30 * 300.0
-    assert clear_allocate(tau, budget).status == ClearStatus.CLEARED
-    dp_db = jax.grad(lambda b: clear_allocate(tau, b).price)(budget)
+    assert clear.allocate(tau, budget).status == clear.Status.CLEARED
+    dp_db = jax.grad(lambda b: clear.allocate(tau, b).price)(budget)
     assert float(dp_db) < 0  # more supply, lower price
     h = 1e-4
-    fd = (clear_allocate(tau, budget, velocity=1 + h).price - clear_allocate(tau, budget, velocity=1 - h).price) / (2 * h)
-    gv = jax.grad(lambda v: clear_allocate(tau, budget, velocity=v).price)(1.0)
+    fd = (clear.allocate(tau, budget, velocity=1 + h).price - clear.allocate(tau, budget, velocity=1 - h).price) / (2 * h)
+    gv = jax.grad(lambda v: clear.allocate(tau, budget, velocity=v).price)(1.0)
     assert float(gv) == pytest.approx(float(fd), rel=1e-6)
 
 
@@ -250,18 +223,18 @@ def test_gradient_of_price_wrt_velocity_and_budget_signs():
 def test_baselines_follow_their_definitions():
     tau = np.array([100.0, 400.0, 900.0, 1600.0])
     B = 2000.0
-    np.testing.assert_allclose(uniform_allocation(tau, B), 500.0)
-    np.testing.assert_allclose(predictor_allocation(tau, B), B * tau / tau.sum())
+    np.testing.assert_allclose(clear.uniform_allocation(tau, B), 500.0)
+    np.testing.assert_allclose(clear.predictor_allocation(tau, B), B * tau / tau.sum())
     # heuristic: B/n = 500 < mean 750 -> keep the easier half, tau + equal share
-    np.testing.assert_allclose(heuristic_allocation(tau, B), [850.0, 1150.0, 0.0, 0.0])
+    np.testing.assert_allclose(clear.heuristic_allocation(tau, B), [850.0, 1150.0, 0.0, 0.0])
     # not scarce: everyone gets tau + (B/n - mean)
-    np.testing.assert_allclose(heuristic_allocation(tau, 4000.0), tau + 250.0)
+    np.testing.assert_allclose(clear.heuristic_allocation(tau, 4000.0), tau + 250.0)
     # auction: prefix 100+400+900 = 1400 fits, share the other 600
-    np.testing.assert_allclose(auction_allocation(tau, B), [300.0, 600.0, 1100.0, 0.0])
+    np.testing.assert_allclose(clear.auction_allocation(tau, B), [300.0, 600.0, 1100.0, 0.0])
     lengths = np.array([500.0, 300.0, 1200.0, 50.0])
-    x = oracle_allocation(lengths, 900.0, solvable=np.array([True, True, True, False]))
+    x = clear.oracle_allocation(lengths, 900.0, solvable=np.array([True, True, True, False]))
     np.testing.assert_allclose(x, [500.0, 300.0, 0.0, 0.0])
-    for fn in (uniform_allocation, predictor_allocation, heuristic_allocation, auction_allocation):
+    for fn in (clear.uniform_allocation, clear.predictor_allocation, clear.heuristic_allocation, clear.auction_allocation):
         for b in (50.0, 700.0, 3000.0, 9000.0):
             assert float(jnp.sum(fn(tau, b))) <= b * (1 + 1e-12)
 
@@ -270,7 +243,7 @@ def _brute_force(tau, budget, beta):
     best = -1.0
     for x in itertools.product(range(budget + 1), repeat=len(tau)):
         if sum(x) <= budget:
-            best = max(best, float(np.sum(surge_utility(np.array(x, float), tau, beta))))
+            best = max(best, float(np.sum(clear.surge_utility(np.array(x, float), tau, beta))))
     return best
 
 
@@ -278,9 +251,9 @@ def test_exact_dp_matches_brute_force():
     rng = np.random.default_rng(8)
     for _ in range(4):
         tau = rng.integers(0, 8, 3).astype(float)
-        tokens, value = exact_allocation(tau, 14, beta=0.3)
+        tokens, value = clear.exact_allocation(tau, 14, beta=0.3)
         assert tokens.sum() <= 14
-        assert value == pytest.approx(float(np.sum(surge_utility(tokens.astype(float), tau, 0.3))))
+        assert value == pytest.approx(float(np.sum(clear.surge_utility(tokens.astype(float), tau, 0.3))))
         assert value == pytest.approx(_brute_force(tau, 14, 0.3))
 
 
@@ -290,11 +263,11 @@ def test_exact_dp_dominates_clear_and_gap_is_small():
     for _ in range(8):
         tau = rng.uniform(5, 120, 5).round()
         budget = float(rng.integers(60, 400))
-        a = clear_allocate(tau, budget)
+        a = clear.allocate(tau, budget)
         beta = float(a.beta)
-        k = np.asarray(integer_tokens(a, budget)).astype(float)
-        clear_u = float(np.sum(surge_utility(k, tau, beta)))
-        _, opt = exact_allocation(tau, budget, beta=beta)
+        k = np.asarray(clear.integer_tokens(a, budget)).astype(float)
+        clear_u = float(np.sum(clear.surge_utility(k, tau, beta)))
+        _, opt = clear.exact_allocation(tau, budget, beta=beta)
         assert opt >= clear_u - 1e-9
         gaps.append((opt - clear_u) / opt)
     assert np.median(gaps) < 0.05 and max(gaps) < 0.5
@@ -303,25 +276,25 @@ def test_exact_dp_dominates_clear_and_gap_is_small():
 # --- evaluation harness ------------------------------------------------------------------------
 
 def test_shipped_pool_is_the_documented_generator(tmp_path):
-    pool, gen = default_pool(), synthetic_pool(0)
+    pool, gen = clear.default_pool(), clear.synthetic_pool(0)
     np.testing.assert_allclose(pool.threshold, gen.threshold, rtol=1e-5)
     np.testing.assert_array_equal(pool.true_length, gen.true_length)
     np.testing.assert_array_equal(pool.solvable, gen.solvable)
     np.testing.assert_array_equal(pool.tier, gen.tier)
-    write_pool(pool, tmp_path / "p.csv")
-    again = load_pool(tmp_path / "p.csv")
+    clear.write_pool(pool, tmp_path / "p.csv")
+    again = clear.load_pool(tmp_path / "p.csv")
     np.testing.assert_array_equal(again.tier, pool.tier)
-    stream = sample_stream(pool, "Mostly-Hard", 500, seed=1)
+    stream = clear.sample_stream(pool, "Mostly-Hard", 500, seed=1)
     assert len(stream) == 500 and np.mean(stream.tier == 2) == pytest.approx(0.6)
 
 
 def test_clear_beats_uniform_when_scarce():
-    result = evaluate_streams(budgets=(256, 512))
-    for stream in STREAMS:
+    result = clear.evaluate_streams(budgets=(256, 512))
+    for stream in clear.STREAMS:
         for bi in range(2):
             assert result["gain"][stream][bi] > 2.0, (stream, bi)
             assert result["accuracy"]["Oracle"][stream][bi] >= result["accuracy"]["CLEAR"][stream][bi]
-    robust = noise_robustness(sigmas=(0.0, 1.0))
+    robust = clear.noise_robustness(sigmas=(0.0, 1.0))
     assert robust["CLEAR"][0] >= robust["CLEAR"][1]
     assert min(robust["CLEAR"]) > max(robust["Uniform"])
 
@@ -330,16 +303,16 @@ def test_load_pool_errors_name_the_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("threshold,true_length,solvable\n100,200,1\n-3,200,0\n")
     with pytest.raises(InputError, match=r"bad.csv:3: threshold"):
-        load_pool(bad)
+        clear.load_pool(bad)
     bad.write_text("threshold,true_length,solvable\n100,200,maybe\n")
     with pytest.raises(InputError, match=r"bad.csv:2: solvable"):
-        load_pool(bad)
+        clear.load_pool(bad)
     bad.write_text("threshold,solvable\n100,1\n")
     with pytest.raises(InputError, match="true_length"):
-        load_pool(bad)
+        clear.load_pool(bad)
     ok = tmp_path / "ok.csv"
     ok.write_text("threshold,true_length,solvable\n" + "".join(f"{t},{t},1\n" for t in range(10, 100, 10)))
-    assert sorted(set(load_pool(ok).tier.tolist())) == [0, 1, 2]  # tiers by tertiles
+    assert sorted(set(clear.load_pool(ok).tier.tolist())) == [0, 1, 2]  # tiers by tertiles
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -347,7 +320,7 @@ def test_load_pool_errors_name_the_line(tmp_path):
 def _parser():
     p = argparse.ArgumentParser(prog="jaxopt-tokens")
     sub = p.add_subparsers(dest="command")
-    _cli_budget.register(sub)
+    cli_budget.register(sub)
     return p
 
 
@@ -361,7 +334,7 @@ def test_cli_budget_json_and_table(tmp_path, capsys):
     f.write_text("threshold,name\n100,a\n300,b\n800,c\n1500,d\n")
     assert _run(["budget", "--budget", "1600", "--thresholds", str(f), "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    direct = clear_allocate(np.array([100.0, 300.0, 800.0, 1500.0]), 1600.0)
+    direct = clear.allocate(np.array([100.0, 300.0, 800.0, 1500.0]), 1600.0)
     np.testing.assert_allclose(out["tokens"], np.asarray(direct.tokens), rtol=1e-9)
     assert out["total_tokens"] <= 1600 and out["status"] in ("cleared", "indivisible")
     assert _run(["budget", "--budget", "2000", "--thresholds", str(f), "--policy", "auction"]) == 0
@@ -378,10 +351,10 @@ def test_cli_budget_bad_csv_names_line(tmp_path):
 
 def test_cli_evaluate_budget(tmp_path, capsys):
     pool = tmp_path / "pool.csv"
-    write_pool(synthetic_pool(3), pool)
+    clear.write_pool(clear.synthetic_pool(3), pool)
     assert _run(["evaluate-budget", "--pool", str(pool), "--seed", "2", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["streams"] == list(STREAMS) and out["budgets"] == [256, 512, 1024, 2048]
+    assert out["streams"] == list(clear.STREAMS) and out["budgets"] == [256, 512, 1024, 2048]
     assert set(out["accuracy"]) >= {"Uniform", "CLEAR", "Oracle"}
     assert _run(["evaluate-budget", "--seed", "1"]) == 0
     text = capsys.readouterr().out
@@ -412,7 +385,7 @@ def test_clearing_invariants_hold_on_arbitrary_batches(tau, per_query, grow, dty
     total = float(np.sum(np.asarray(a.tokens, np.float64)))
     assert np.all(np.asarray(a.tokens) >= 0)
     assert total <= budget * (1 + rtol) + 1e-6
-    if int(a.status) == ClearStatus.CLEARED:
+    if int(a.status) == clear.Status.CLEARED:
         assert total == pytest.approx(budget, rel=rtol, abs=1.0)
     # more budget never means fewer tokens handed out in total
     b = clear_jit(tau_d, dtype(budget * grow), decay=0.004)

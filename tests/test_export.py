@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens import _cli_export
-from jaxopt_tokens._export import (
+from jaxopt_tokens.cli import export as cli_export
+from jaxopt_tokens import (
     DEFAULT_ANSWER_RESERVE,
     export_policy,
     load_tokens,
     openai_client_kwargs,
     write_policy,
 )
-from jaxopt_tokens._errors import InputError
+from jaxopt_tokens import InputError
 
 NAMES = ("AIME", "GSM8K", "GPQA", "CRUXEval", "BBH", "ARC-Challenge")
 BUDGETS = [0.0, 340.89, 0.0, 0.0, 346.24, 30.14]
@@ -30,7 +30,7 @@ def w(table1):
 def _parser():
     parser = argparse.ArgumentParser(prog="jaxopt-tokens")
     sub = parser.add_subparsers(dest="command")
-    _cli_export.register(sub)
+    cli_export.register(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._fit import _loglik
+from jaxopt_tokens._deploy.fit import _loglik
 
 SHIPPED = str(resources.files("jaxopt_tokens").joinpath("data", "synthetic_measurements_table1.csv"))
 FIELDS = ("A", "b", "D", "t0", "c")

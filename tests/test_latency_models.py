@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._disciplines import priority_waits, ps_sojourns
+from jaxopt_tokens._queue.disciplines import priority_waits, ps_sojourns
 
 TOKENS = np.array([200.0, 300.0, 0.0, 50.0, 400.0, 30.0])
 ORDER = (5, 1, 4, 0, 2, 3)

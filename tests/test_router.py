@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._router import _smoothed_tokens, _workload
+from jaxopt_tokens._tuning.router import _smoothed_tokens, _workload
 
 
 def held_out_setup():

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._simulate import _quantiles, lindley_waits, sample_stream, student_t_quantile
+from jaxopt_tokens._queue.simulate import _quantiles, lindley_waits, sample_stream
+from jaxopt_tokens._stats import student_t_quantile
 
 
 def recursion_waits(gaps, service):
@@ -258,7 +259,7 @@ def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
 
 
 def test_policies_in_memory_bounded_batches_give_the_same_result(table1, monkeypatch):
-    import jaxopt_tokens._simulate as sim
+    import jaxopt_tokens._queue.simulate as sim
 
     policies = np.random.default_rng(2).uniform(0, 400, (7, 6))
     whole = jt.simulate(table1, policies, 3000, 2)

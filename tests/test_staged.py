@@ -1,4 +1,4 @@
-"""Large batches are solved in stages (`_staged.py`): the same steps per member as a plain vmap."""
+"""Large batches are solved in stages (`_solver/staged.py`): the same steps per member as a plain vmap."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._solve import _differentiable, _solver
-from jaxopt_tokens._staged import MIN_STAGED_BATCH
+from jaxopt_tokens._solver.staged import MIN_STAGED_BATCH
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def batch():
 
 
 def plain(w):
-    return jax.jit(jax.vmap(lambda m: _differentiable(_solver("default", None, None), m)))(w)
+    return jax.jit(jax.vmap(jt.solve))(w)  # each member solved alone: no staging
 
 
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch

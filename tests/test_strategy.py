@@ -8,23 +8,9 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._errors import InputError
-from jaxopt_tokens._probe import _fit_platt, probe_log_loss, soft_log_loss, train_probe
-from jaxopt_tokens._strategy import (
-    StrategyTable,
-    default_strategy_table,
-    queueing_strategy_objective,
-    select_strategies_queueing,
-    select_strategy,
-    soft_select,
-    strategy_utility,
-)
-from jaxopt_tokens._strategy_bench import (
-    frontier_dominance_gaps,
-    queueing_arrival_sweep,
-    run_strategy_benchmark,
-    true_strategy_accuracy,
-)
+from jaxopt_tokens import strategy
+from jaxopt_tokens import InputError
+from jaxopt_tokens.strategy._probe import _fit_platt
 
 
 def random_selection_problem(seed, batch=(7, 3), S=5):
@@ -38,7 +24,7 @@ def random_selection_problem(seed, batch=(7, 3), S=5):
 
 def test_select_strategy_is_argmax_of_utility():
     a, T, L, lt, ll = random_selection_problem(0)
-    got = np.asarray(select_strategy(a, T, L, lt, ll))
+    got = np.asarray(strategy.select(a, T, L, lt, ll))
     want = np.argmax(a - lt * T - ll * L, axis=-1)
     np.testing.assert_array_equal(got, want)
     assert got.shape == a.shape[:-1]
@@ -46,17 +32,17 @@ def test_select_strategy_is_argmax_of_utility():
     T_q = np.broadcast_to(T, a.shape) * np.random.default_rng(1).uniform(0.5, 1.5, a.shape)
     prices = np.random.default_rng(2).uniform(0, 2e-4, a.shape[:-1])
     want_q = np.argmax(a - prices[..., None] * T_q - ll * L, axis=-1)
-    np.testing.assert_array_equal(select_strategy(a, T_q, L, prices, ll), want_q)
-    np.testing.assert_array_equal(jax.jit(select_strategy)(a, T_q, L, prices, ll), want_q)
-    vm = jax.vmap(lambda ai, ti, pi: select_strategy(ai, ti, L, pi, ll))(a, T_q, prices)
+    np.testing.assert_array_equal(strategy.select(a, T_q, L, prices, ll), want_q)
+    np.testing.assert_array_equal(jax.jit(strategy.select)(a, T_q, L, prices, ll), want_q)
+    vm = jax.vmap(lambda ai, ti, pi: strategy.select(ai, ti, L, pi, ll))(a, T_q, prices)
     np.testing.assert_array_equal(vm, want_q)
 
 
 def test_zero_prices_pick_most_accurate_and_high_prices_pick_cheapest():
     a, T, L, _, _ = random_selection_problem(3)
-    np.testing.assert_array_equal(select_strategy(a, T, L, 0.0, 0.0), np.argmax(a, -1))
+    np.testing.assert_array_equal(strategy.select(a, T, L, 0.0, 0.0), np.argmax(a, -1))
     cheapest = np.argmin(T)
-    np.testing.assert_array_equal(select_strategy(a, T, L, 10.0, 0.0), np.full(a.shape[:-1], cheapest))
+    np.testing.assert_array_equal(strategy.select(a, T, L, 10.0, 0.0), np.full(a.shape[:-1], cheapest))
 
 
 def test_soft_select_gradients_match_finite_differences():
@@ -64,7 +50,7 @@ def test_soft_select_gradients_match_finite_differences():
     tau = 0.05
 
     def f(a, T, L, lt, ll):
-        q, u = soft_select(a, T, L, lt, ll, tau)
+        q, u = strategy.soft_select(a, T, L, lt, ll, tau)
         return jnp.sum(u) + jnp.sum(q[:, 0] ** 2)
 
     args = [jnp.asarray(x, jnp.float64) for x in (a * 0.8 + 0.1, T, L, lt, ll)]
@@ -82,18 +68,18 @@ def test_soft_select_gradients_match_finite_differences():
 
 def test_soft_select_tends_to_argmax_as_temperature_vanishes():
     a, T, L, lt, ll = random_selection_problem(6)
-    u = np.asarray(strategy_utility(a, T, L, lt, ll))
-    hard = np.asarray(select_strategy(a, T, L, lt, ll))
-    q_warm, _ = soft_select(a, T, L, lt, ll, 1.0)
+    u = np.asarray(strategy.utility(a, T, L, lt, ll))
+    hard = np.asarray(strategy.select(a, T, L, lt, ll))
+    q_warm, _ = strategy.soft_select(a, T, L, lt, ll, 1.0)
     assert float(jnp.max(q_warm)) < 0.9  # warm: genuinely soft
     errors = []
     for tau in (1e-1, 1e-2, 1e-3, 1e-5):
-        q, eu = soft_select(a, T, L, lt, ll, tau)
+        q, eu = strategy.soft_select(a, T, L, lt, ll, tau)
         np.testing.assert_allclose(np.sum(q, -1), 1.0, atol=1e-12)
         errors.append(float(np.max(np.abs(u.max(-1) - eu))))
         assert np.all(u.max(-1) - np.asarray(eu) <= tau * np.log(u.shape[-1]) + 1e-12)
     assert errors == sorted(errors, reverse=True)
-    q, eu = soft_select(a, T, L, lt, ll, 1e-6)
+    q, eu = strategy.soft_select(a, T, L, lt, ll, 1e-6)
     np.testing.assert_allclose(q, jax.nn.one_hot(hard, a.shape[-1]), atol=1e-6)
     np.testing.assert_allclose(eu, u.max(-1), atol=1e-6)
 
@@ -118,21 +104,21 @@ def test_selection_rejects_bad_input_naming_the_field(kwargs, field):
                 price_tokens=0.1, price_latency=0.1, temperature=0.1)
     args.update(kwargs)
     with pytest.raises(InputError, match=field):
-        soft_select(**args)
+        strategy.soft_select(**args)
 
 
 def test_strategy_table_defaults_and_validation():
-    table = default_strategy_table()
+    table = strategy.default_table()
     assert table.num_strategies == 10 and table.names[0] == "greedy"
     assert table.params.shape == (10, 5)
     np.testing.assert_allclose(table.params[table.index("best_of_n[8]")], [3.0, 0, 1, 0, 0])
     assert bool(jnp.all(table.token_cost > 0)) and bool(jnp.all(table.latency_cost > 0))
     with pytest.raises(InputError, match="token_cost"):
-        StrategyTable(["a", "b"], ["greedy", "best_of_n"], [1, 2], [1.0], [1.0, 2.0])
+        strategy.Table(["a", "b"], ["greedy", "best_of_n"], [1, 2], [1.0], [1.0, 2.0])
     with pytest.raises(InputError, match="latency_cost"):
-        StrategyTable(["a", "b"], ["greedy", "best_of_n"], [1, 2], [1.0, 2.0], [1.0, -2.0])
+        strategy.Table(["a", "b"], ["greedy", "best_of_n"], [1, 2], [1.0, 2.0], [1.0, -2.0])
     with pytest.raises(InputError, match="method"):
-        StrategyTable(["a"], ["sampling"], [1], [1.0], [1.0])
+        strategy.Table(["a"], ["sampling"], [1], [1.0], [1.0])
     with pytest.raises(InputError, match="names"):
         table.index("nope")
 
@@ -150,47 +136,47 @@ def test_platt_scaling_recovers_known_calibration():
 @pytest.fixture(scope="module")
 def strategy_benchmark():
     """Probe trained on 1500 synthetic queries, frontier evaluated on 2000 fresh ones."""
-    return run_strategy_benchmark(jax.random.key(0), num_train=1500, num_test=2000, probe_steps=600, batch_size=256)
+    return strategy.run_benchmark(jax.random.key(0), num_train=1500, num_test=2000, probe_steps=600, batch_size=256)
 
 
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_probe_learns_strategy_accuracy_and_beats_constant_baseline(strategy_benchmark):
     _, probe, test = strategy_benchmark
-    table = default_strategy_table()
+    table = strategy.default_table()
     pred = probe(test.features)
     assert pred.shape == (2000, table.num_strategies)
     assert bool(jnp.all((pred >= 0) & (pred <= 1)))
     assert probe(test.features[0]).shape == (table.num_strategies,)
     assert probe(test.features[:6].reshape(2, 3, -1)).shape == (2, 3, table.num_strategies)
     base = jnp.mean(test.soft_labels, axis=0)
-    baseline = soft_log_loss(jnp.broadcast_to(jax.scipy.special.logit(base), test.soft_labels.shape),
+    baseline = strategy.soft_log_loss(jnp.broadcast_to(jax.scipy.special.logit(base), test.soft_labels.shape),
                              test.soft_labels)
-    ideal = soft_log_loss(jax.scipy.special.logit(jnp.clip(test.true_accuracy, 1e-12, 1 - 1e-12)),
+    ideal = strategy.soft_log_loss(jax.scipy.special.logit(jnp.clip(test.true_accuracy, 1e-12, 1 - 1e-12)),
                           test.soft_labels)
-    loss = probe_log_loss(probe, test.features, test.soft_labels)
+    loss = strategy.probe_log_loss(probe, test.features, test.soft_labels)
     # most of the way from the best per-strategy constant to the ground truth
     assert float(loss) < float(ideal) + 0.25 * float(baseline - ideal)
     assert float(jnp.mean(jnp.abs(pred - test.true_accuracy))) < 0.08
 
 
 def test_train_probe_rejects_bad_labels():
-    table = default_strategy_table()
+    table = strategy.default_table()
     x = np.zeros((10, 3))
     with pytest.raises(InputError, match="soft_labels"):
-        train_probe(jax.random.key(0), x, table.params, np.full((10, 10), 1.2))
+        strategy.train_probe(jax.random.key(0), x, table.params, np.full((10, 10), 1.2))
     with pytest.raises(InputError, match="soft_labels"):
-        train_probe(jax.random.key(0), x, table.params, np.full((10, 4), 0.5))
+        strategy.train_probe(jax.random.key(0), x, table.params, np.full((10, 4), 0.5))
     with pytest.raises(InputError, match="features"):
-        train_probe(jax.random.key(0), np.full((10, 3), np.inf), table.params, np.full((10, 10), 0.5))
+        strategy.train_probe(jax.random.key(0), np.full((10, 3), np.inf), table.params, np.full((10, 10), 0.5))
 
 
 # --------------------------------------------------------------------------- benchmark
 
 
 def test_true_accuracy_closed_forms():
-    table = default_strategy_table()
+    table = strategy.default_table()
     p = jnp.array([0.0, 0.3, 0.5, 0.9, 1.0])
-    acc = np.asarray(true_strategy_accuracy(p, table))
+    acc = np.asarray(strategy.true_accuracy(p, table))
     np.testing.assert_allclose(acc[:, 0], p)
     np.testing.assert_allclose(acc[0], 0.0, atol=1e-15)
     np.testing.assert_allclose(acc[-1], 1.0)
@@ -205,7 +191,7 @@ def test_true_accuracy_closed_forms():
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_adaptive_frontier_dominates_every_static_strategy(strategy_benchmark):
     frontier, _, _ = strategy_benchmark
-    gaps = frontier_dominance_gaps(frontier)
+    gaps = strategy.frontier_dominance_gaps(frontier)
     assert np.all(gaps["at_one_price"] >= -0.005), gaps
     assert np.all(gaps["interpolated"] >= -0.005), gaps
     # and strictly above the strategies that are neither cheapest nor most accurate
@@ -220,7 +206,7 @@ def test_oracle_is_at_least_as_good_as_adaptive(strategy_benchmark):
     util_oracle = frontier.oracle_accuracy - mu * frontier.oracle_cost
     assert bool(jnp.all(util_oracle >= util_adaptive - 1e-12))
     assert float(jnp.max(util_oracle - util_adaptive)) > 1e-3  # the probe is not perfect
-    gaps = frontier_dominance_gaps(frontier, "oracle")
+    gaps = strategy.frontier_dominance_gaps(frontier, "oracle")
     assert np.all(gaps["interpolated"] >= -1e-3)
     # at zero prices both maximise accuracy; the oracle's is the best achievable
     assert float(frontier.oracle_accuracy[0]) >= float(frontier.adaptive_accuracy[0])
@@ -258,7 +244,7 @@ def test_enumeration_matches_brute_force():
         return alpha * share @ acc[np.arange(3), choice] - (lam * m2 / (2 * (1 - lam * m1)) + m1)
 
     best = max(itertools.product(range(4), repeat=3), key=lambda c: J(np.array(c)))
-    res = select_strategies_queueing(acc, t, share, lam, alpha, "enumerate")
+    res = strategy.select_queueing(acc, t, share, lam, alpha, "enumerate")
     np.testing.assert_array_equal(res.choice, best)
     assert float(res.objective) == pytest.approx(J(np.array(best)), rel=1e-12)
     assert float(res.objective) == pytest.approx(float(res.mean_accuracy * alpha - res.mean_system_time))
@@ -270,8 +256,8 @@ def test_coordinate_ascent_agrees_with_enumeration_on_random_instances():
     n = 60
     for _ in range(n):
         inst = random_queue_instance(rng, 4, 6)
-        e = select_strategies_queueing(*inst, method="enumerate")
-        c = select_strategies_queueing(*inst, method="coordinate")
+        e = strategy.select_queueing(*inst, method="enumerate")
+        c = strategy.select_queueing(*inst, method="coordinate")
         assert float(c.objective) <= float(e.objective) + 1e-9  # enumeration is exact
         gap = float(e.objective - c.objective) / abs(float(e.objective))
         exact += gap <= 1e-9
@@ -286,9 +272,9 @@ def test_queueing_objective_matches_token_objective(table1):
     acc = np.asarray(jt.task_accuracy(levels[:, None] * np.ones(6), table1)).T
     t = np.asarray(jt.service_times(levels[:, None] * np.ones(6), table1)).T
     choice = np.array([1, 3, 0, 2, 3, 0])
-    J = queueing_strategy_objective(choice, acc, t, table1.share, table1.arrival_rate, table1.alpha)
+    J = strategy.queueing_objective(choice, acc, t, table1.share, table1.arrival_rate, table1.alpha)
     np.testing.assert_allclose(J, jt.objective(jnp.asarray(levels[choice]), table1), rtol=1e-12)
-    res = select_strategies_queueing(acc, t, table1.share, table1.arrival_rate, table1.alpha)
+    res = strategy.select_queueing(acc, t, table1.share, table1.arrival_rate, table1.alpha)
     assert res.method == "enumerate"  # 4**6 = 4096 combinations
     # the discrete optimum can't beat the continuous one (the paper's Table I optimum)
     assert float(res.objective) <= 9.754203 + 1e-6
@@ -298,25 +284,25 @@ def test_queueing_objective_matches_token_objective(table1):
 def test_unstable_instances_give_minus_infinity():
     acc = np.array([[0.5, 0.9], [0.4, 0.8]])
     t = np.array([[2.0, 4.0], [2.0, 8.0]])
-    res = select_strategies_queueing(acc, t, np.array([0.5, 0.5]), 0.6, 10.0)
+    res = strategy.select_queueing(acc, t, np.array([0.5, 0.5]), 0.6, 10.0)
     assert float(res.objective) == -np.inf and float(res.utilization) >= 1
-    ok = select_strategies_queueing(acc, t, np.array([0.5, 0.5]), 0.2, 10.0)
+    ok = strategy.select_queueing(acc, t, np.array([0.5, 0.5]), 0.2, 10.0)
     assert np.isfinite(float(ok.objective)) and float(ok.utilization) < 1
 
 
 def test_queue_aware_choice_gets_cheaper_as_arrival_rate_grows():
     rates = [0.0, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.15]
-    choices, mean_service, J = queueing_arrival_sweep(rates, alpha=300.0)
+    choices, mean_service, J = strategy.queueing_arrival_sweep(rates, alpha=300.0)
     assert np.all(np.diff(mean_service) <= 1e-12)
     assert mean_service[0] > 3 * mean_service[-1]
     assert np.all(np.diff(J) < 0)
     np.testing.assert_array_equal(choices[-1], 0)  # greedy everywhere under heavy load
     # coordinate ascent is what "auto" used here (10**6 combinations); check one rate exactly on a sub-table
-    table = default_strategy_table()
-    sub = StrategyTable(table.names[:5], table.method[:5], table.n[:5], table.token_cost[:5], table.latency_cost[:5])
+    table = strategy.default_table()
+    sub = strategy.Table(table.names[:5], table.method[:5], table.n[:5], table.token_cost[:5], table.latency_cost[:5])
     for rate in (0.01, 0.04):
-        c_enum, _, J_enum = queueing_arrival_sweep([rate], table=sub, alpha=300.0, method="enumerate")
-        c_coord, _, J_coord = queueing_arrival_sweep([rate], table=sub, alpha=300.0, method="coordinate")
+        c_enum, _, J_enum = strategy.queueing_arrival_sweep([rate], table=sub, alpha=300.0, method="enumerate")
+        c_coord, _, J_coord = strategy.queueing_arrival_sweep([rate], table=sub, alpha=300.0, method="coordinate")
         np.testing.assert_allclose(J_coord, J_enum, rtol=1e-12)
 
 
@@ -338,11 +324,11 @@ def test_queueing_rejects_bad_input_naming_the_field(kwargs, field):
                 arrival_rate=0.1, alpha=10.0)
     args.update(kwargs)
     with pytest.raises(InputError, match=field):
-        select_strategies_queueing(**args)
+        strategy.select_queueing(**args)
 
 
 def test_enumeration_refuses_too_many_combinations():
     acc, t = np.full((6, 10), 0.5), np.ones((6, 10))
     with pytest.raises(InputError, match="method"):
-        select_strategies_queueing(acc, t, np.full(6, 1 / 6), 0.1, 10.0, "enumerate")
-    assert select_strategies_queueing(acc, t, np.full(6, 1 / 6), 0.1, 10.0).method == "coordinate"
+        strategy.select_queueing(acc, t, np.full(6, 1 / 6), 0.1, 10.0, "enumerate")
+    assert strategy.select_queueing(acc, t, np.full(6, 1 / 6), 0.1, 10.0).method == "coordinate"

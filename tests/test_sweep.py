@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._sweep import TRACE_COUNT
+from jaxopt_tokens._sweeps.sweep import TRACE_COUNT
 
 
 def test_sweep_matches_pointwise_solves(table1):

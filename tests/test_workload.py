@@ -75,10 +75,10 @@ def test_shares_must_sum_to_one():
 
 
 def test_mismatched_lengths():
-    w = jt.Workload(A=[0.5, 0.5], b=[1e-3], D=[0, 0], t0=[0.1, 0.1], c=[0.01, 0.01], share=[0.5, 0.5],
-                    arrival_rate=0.1, alpha=1.0, max_tokens=100)
+    # shapes are static: refused at construction, before any value is looked at
     with pytest.raises(WorkloadError, match="'b' has 1 values but 'A' has 2"):
-        w.validate()
+        jt.Workload(A=[0.5, 0.5], b=[1e-3], D=[0, 0], t0=[0.1, 0.1], c=[0.01, 0.01], share=[0.5, 0.5],
+                    arrival_rate=0.1, alpha=1.0, max_tokens=100)
 
 
 def test_batch_validation_names_member():

@@ -1,0 +1,241 @@
+"""Measurement tables for model fitting: reading, checking, and a synthetic Table I set.
+
+A measurement file is a CSV with a header row and one row per (task, budget) cell or per
+request. Columns (order free, names case-insensitive; lines starting with `#` are comments):
+
+- `task` (text) and `budget` (reasoning-token budget, >= 0) -- required;
+- accuracy, one of: `n_correct` and `n_total` (counts, `0 <= n_correct <= n_total`), or
+  `accuracy` in [0, 1] with an optional `n_total` (default 1: one graded request per row);
+- `latency` (seconds, > 0), optional: the mean latency of the row's requests, weighted by
+  `n_latency` if given, else by `n_total`, else 1.
+
+A request log (`--shares`) is a CSV with `task` and either `share`, `count`, or one row per
+request (shares are then the empirical frequencies); an optional `arrival_time` column
+(seconds) also gives the arrival rate, (requests - 1) / (last - first arrival).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import InputError
+from .._objective import task_accuracy
+from .._workload import Workload
+
+__all__ = [
+    "Measurements",
+    "read_measurements",
+    "parse_measurements",
+    "read_request_log",
+    "synthetic_measurements",
+    "SYNTHETIC_BUDGETS",
+]
+
+SYNTHETIC_BUDGETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Rows of a measurement table, as numpy arrays (one entry per row), and the task order."""
+
+    tasks: tuple[str, ...]
+    task_index: np.ndarray  # (rows,) int: position of the row's task in `tasks`
+    budget: np.ndarray
+    n_correct: np.ndarray  # may be fractional when given as accuracy * n_total
+    n_total: np.ndarray
+    latency: np.ndarray  # NaN where the row has no latency
+    latency_weight: np.ndarray
+    source: str = "<table>"
+
+    def rows_of(self, k: int) -> np.ndarray:
+        return np.flatnonzero(self.task_index == k)
+
+
+def _rows(text: str, source: str):
+    """(line number, row dict) for each data row; comment and blank lines skipped."""
+    lines = [(i + 1, line) for i, line in enumerate(text.splitlines())
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(f"{source}: no header row (the file is empty)")
+    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
+    header = [h.strip().lower() for h in next(reader)]
+    if len(set(header)) != len(header):
+        raise InputError(f"{source}, line {lines[0][0]}: duplicate column names in header {header}")
+    out = []
+    for (lineno, _), values in zip(lines[1:], reader):
+        if len(values) != len(header):
+            raise InputError(f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
+                             f"got {len(values)}")
+        out.append((lineno, dict(zip(header, (v.strip() for v in values)))))
+    return lines[0][0], header, out
+
+
+def _float(row: dict, column: str, lineno: int, source: str) -> float:
+    text = row[column]
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{source}, line {lineno}: column '{column}': {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(f"{source}, line {lineno}: column '{column}' must be finite, got {text!r}")
+    return value
+
+
+def parse_measurements(text: str, source: str = "<text>") -> Measurements:
+    """Parse and check a measurement CSV (see the module docstring); errors name the line."""
+    header_line, header, rows = _rows(text, source)
+    where0 = f"{source}, line {header_line}"
+    for col in ("task", "budget"):
+        if col not in header:
+            raise InputError(f"{where0}: missing column '{col}' (header: {', '.join(header)})")
+    counts = "n_correct" in header
+    if counts and "n_total" not in header:
+        raise InputError(f"{where0}: column 'n_correct' needs 'n_total'")
+    if not counts and "accuracy" not in header:
+        raise InputError(f"{where0}: missing accuracy: give 'n_correct' and 'n_total', or 'accuracy'")
+    if not rows:
+        raise InputError(f"{source}: no data rows")
+    tasks: list[str] = []
+    idx, budget, n_correct, n_total, latency, lat_w = [], [], [], [], [], []
+    for lineno, row in rows:
+        where = f"{source}, line {lineno}"
+        name = row["task"]
+        if not name:
+            raise InputError(f"{where}: column 'task' is empty")
+        if name not in tasks:
+            tasks.append(name)
+        idx.append(tasks.index(name))
+        l = _float(row, "budget", lineno, source)
+        if l < 0:
+            raise InputError(f"{where}: column 'budget' must be >= 0, got {row['budget']}")
+        budget.append(l)
+        n = _float(row, "n_total", lineno, source) if "n_total" in header else 1.0
+        if n <= 0:
+            raise InputError(f"{where}: column 'n_total' must be > 0, got {row['n_total']}")
+        if counts:
+            c = _float(row, "n_correct", lineno, source)
+            if c < 0:
+                raise InputError(f"{where}: column 'n_correct' must be >= 0, got {row['n_correct']}")
+            if c > n:
+                raise InputError(f"{where}: n_correct ({row['n_correct']}) > n_total ({row['n_total']})")
+        else:
+            a = _float(row, "accuracy", lineno, source)
+            if not 0 <= a <= 1:
+                raise InputError(f"{where}: column 'accuracy' must be in [0, 1], got {row['accuracy']}")
+            c = a * n
+        n_correct.append(c)
+        n_total.append(n)
+        if "latency" in header and row["latency"] != "":
+            t = _float(row, "latency", lineno, source)
+            if t <= 0:
+                raise InputError(f"{where}: column 'latency' must be > 0 seconds, got {row['latency']}")
+            wt = _float(row, "n_latency", lineno, source) if "n_latency" in header else n
+            if wt <= 0:
+                raise InputError(f"{where}: column 'n_latency' must be > 0, got {row['n_latency']}")
+        else:
+            t, wt = math.nan, 0.0
+        latency.append(t)
+        lat_w.append(wt)
+    return Measurements(
+        tasks=tuple(tasks), task_index=np.asarray(idx), budget=np.asarray(budget),
+        n_correct=np.asarray(n_correct), n_total=np.asarray(n_total), latency=np.asarray(latency),
+        latency_weight=np.asarray(lat_w), source=source,
+    )
+
+
+def read_measurements(path: str | Path) -> Measurements:
+    """Read a measurement CSV file; raises `InputError` naming the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read measurements ({e.strerror})") from None
+    return parse_measurements(text, str(path))
+
+
+def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarray, float | None]:
+    """Task shares (in the order of `tasks`) and, if the log has arrival times, the arrival rate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read request log ({e.strerror})") from None
+    source = str(path)
+    header_line, header, rows = _rows(text, source)
+    if "task" not in header:
+        raise InputError(f"{source}, line {header_line}: missing column 'task'")
+    weight = np.zeros(len(tasks))
+    times = []
+    column = "share" if "share" in header else "count" if "count" in header else None
+    for lineno, row in rows:
+        if row["task"] not in tasks:
+            raise InputError(f"{source}, line {lineno}: task {row['task']!r} is not in the measurements "
+                             f"({', '.join(tasks)})")
+        value = 1.0 if column is None else _float(row, column, lineno, source)
+        if value < 0:
+            raise InputError(f"{source}, line {lineno}: column '{column}' must be >= 0, got {row[column]}")
+        weight[tasks.index(row["task"])] += value
+        if "arrival_time" in header:
+            times.append(_float(row, "arrival_time", lineno, source))
+    if weight.sum() <= 0:
+        raise InputError(f"{source}: no requests (all shares or counts are zero)")
+    missing = [t for t, x in zip(tasks, weight) if x == 0]
+    if missing:
+        raise InputError(f"{source}: no requests for task(s) {missing}; every measured task needs a share > 0")
+    rate = None
+    if times:
+        span = max(times) - min(times)
+        if span <= 0 or len(times) < 2:
+            raise InputError(f"{source}: column 'arrival_time' needs at least two distinct times")
+        rate = (len(times) - 1) / span
+    return weight / weight.sum(), rate
+
+
+def synthetic_measurements(
+    workload: Workload,
+    key,
+    budgets=SYNTHETIC_BUDGETS,
+    *,
+    questions: int = 250,
+    runs: int = 3,
+    latency_cv: float = 0.25,
+) -> str:
+    """A synthetic measurement CSV drawn from a workload's curves, the way the paper measured.
+
+    For every task and budget: `questions * runs` graded requests, each correct with
+    probability $p_k(l)$ (eq. (2)) independently (so `n_correct ~ Binomial`), and their mean
+    latency, each request taking $t_k(l) = t_{0k} + c_k l$ (eq. (1)) times a log-normal
+    factor of mean 1 and coefficient of variation `latency_cv`. Returns the CSV text, with a
+    comment header saying it is synthetic.
+    """
+    w = workload
+    n = questions * runs
+    l = jnp.asarray(budgets, w.dtype)
+    grid = jnp.broadcast_to(l[:, None], (len(budgets), w.num_tasks))
+    p = task_accuracy(grid, w)
+    k_acc, k_lat = jax.random.split(key)
+    correct = jax.random.binomial(k_acc, n, p, shape=p.shape)
+    sigma2 = math.log1p(latency_cv**2)
+    z = jax.random.normal(k_lat, (len(budgets), w.num_tasks, n), w.dtype)
+    factors = jnp.exp(math.sqrt(sigma2) * z - sigma2 / 2)
+    latency = jnp.mean((w.t0 + w.c * grid)[..., None] * factors, axis=-1)
+    out = io.StringIO()
+    out.write(
+        "# SYNTHETIC measurements (not real model runs), generated by jaxopt_tokens.synthetic_measurements\n"
+        f"# from the curves of the paper's Table I: {questions} questions x {runs} runs per task and budget,\n"
+        f"# correctness Bernoulli(p_k(l)), latency = (t0 + c l) x lognormal(mean 1, cv {latency_cv}),\n"
+        "# `latency` is the mean over the row's requests.\n"
+    )
+    out.write("task,budget,n_correct,n_total,latency\n")
+    for k, name in enumerate(w.task_names):
+        for j, b in enumerate(budgets):
+            out.write(f"{name},{b},{int(correct[j, k])},{n},{float(latency[j, k]):.6f}\n")
+    return out.getvalue()

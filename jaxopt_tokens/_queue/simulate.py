@@ -1,0 +1,435 @@
+"""A JAX discrete-event simulator of the M/G/1 server of the queueing paper (Section IV).
+
+FIFO waiting times come from the Lindley recursion $W_{n+1} = \\max(0, W_n + S_n - \\tau_{n+1})$
+in its parallel form (docs: *Simulation*): with $C_1 = 0$ and
+$C_n = C_{n-1} + S_{n-1} - \\tau_n$, $W_n = C_n - \\min_{k \\le n} C_k$ -- a cumulative sum and a
+cumulative minimum, so a whole stream is a handful of vector operations and many policies and
+replications run in one `vmap`.
+
+Randomness: each replication `r` uses `fold_in(key, r)`, split into separate streams for the
+arrival gaps, the task types, the service-time noise and the per-query correctness draws.
+Every policy in one call sees the *same* streams (common random numbers), so differences
+between policies are not blurred by sampling noise. A policy changes the service time
+$S_i = t_{k_i}(l_{k_i}) \\cdot m_i$ (eq. (1) times a mean-one noise factor $m_i$, 1 when
+`service_cv=0` as in the paper) and the correctness $\\mathbb{1}[u_i < p_{k_i}(l_{k_i})]$.
+
+Statistics per replication drop the first `warmup` queries (the queue starts empty);
+confidence intervals come from the independent replications (Student t).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import ClassVar, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+from .disciplines import priority_waits, ps_sojourns
+from .._errors import InputError
+from .._stats import student_t_quantile
+from .._status import HasStatus, StatusEnum
+from .models import FIFO, LatencyModel, Priority, ProcessorSharing, check_service_cv
+from .._objective import task_accuracy
+from .._workload import Workload
+
+__all__ = [
+    "UnstableQueueWarning",
+    "Stream",
+    "SimulationResult",
+    "SimulationStatus",
+    "sample_stream",
+    "lindley_waits",
+    "simulate",
+]
+
+NoiseKind = Literal["lognormal", "gamma"]
+QUANTILES = (0.5, 0.95, 0.99)
+DISCIPLINES = ("fifo", "priority", "ps")
+MAX_BATCH_ELEMENTS = 1 << 26  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)
+_STREAM_ARRIVALS, _STREAM_TYPES, _STREAM_NOISE, _STREAM_CORRECT = range(4)
+
+
+class UnstableQueueWarning(UserWarning):
+    """A simulated policy loads the server to utilization >= 1 (no steady state exists)."""
+
+
+class Stream(eqx.Module):
+    """The policy-independent randomness of one replication, query by query.
+
+    `gaps[i]` is the time between arrivals i-1 and i (`gaps[0]` is the first arrival time),
+    `task[i]` the query's type, `noise[i]` its mean-one service-time factor and `uniform[i]`
+    the uniform draw that decides whether it is answered correctly.
+    """
+
+    gaps: Float[Array, " q"]
+    task: Int[Array, " q"]
+    noise: Float[Array, " q"]
+    uniform: Float[Array, " q"]
+
+    @property
+    def arrival_times(self) -> Float[Array, " q"]:
+        return jnp.cumsum(self.gaps)
+
+
+def _noise(key, num: int, cv, kind: NoiseKind, dtype):
+    """Mean-one factors with coefficient of variation `cv` (per query)."""
+    cv = jnp.asarray(cv, dtype)
+    if kind == "lognormal":
+        sigma2 = jnp.log1p(cv * cv)
+        z = jax.random.normal(key, (num,), dtype)
+        return jnp.exp(jnp.sqrt(sigma2) * z - sigma2 / 2)
+    if kind == "gamma":
+        positive = cv > 0
+        shape = jnp.where(positive, 1 / jnp.where(positive, cv * cv, 1), 1.0)
+        g = jax.random.gamma(key, shape, (num,), dtype) / shape
+        return jnp.where(positive, g, 1.0)
+    raise InputError(f"noise: unknown kind {kind!r}; choose 'lognormal' or 'gamma'")
+
+
+def sample_stream(
+    key: PRNGKeyArray,
+    w: Workload,
+    num_queries: int,
+    *,
+    service_cv: ArrayLike = 0.0,
+    noise: NoiseKind = "lognormal",
+) -> Stream:
+    """Draw one replication's arrivals (Poisson, rate $\\lambda$), types (shares $\\pi$), noise.
+
+    `service_cv` is a scalar or one value per task type: the coefficient of variation of the
+    service time of that type (0 gives the paper's deterministic $t_k(l_k)$).
+    """
+    dtype = w.dtype
+    k_arr, k_type, k_noise, k_correct = (jax.random.fold_in(key, s) for s in range(4))
+    gaps = jax.random.exponential(k_arr, (num_queries,), dtype) / w.arrival_rate
+    task = jax.random.categorical(k_type, jnp.log(w.share), shape=(num_queries,))
+    cv = jnp.broadcast_to(jnp.asarray(service_cv, dtype), (w.num_tasks,))[task]
+    return Stream(
+        gaps=gaps,
+        task=task,
+        noise=_noise(k_noise, num_queries, cv, noise, dtype),
+        uniform=jax.random.uniform(k_correct, (num_queries,), dtype),
+    )
+
+
+def lindley_waits(gaps: Float[Array, "*b q"], service: Float[Array, "*b q"]) -> Float[Array, "*b q"]:
+    """FIFO waiting times of a stream, the parallel Lindley form (cumsum and cummin).
+
+    `gaps[..., i]` is the time from arrival i-1 to arrival i (`gaps[..., 0]` is ignored: the
+    first query finds the server idle) and `service[..., i]` the service time of query i.
+    Equal to the recursion $W_{i} = \\max(0, W_{i-1} + S_{i-1} - \\tau_i)$ up to roundoff in the
+    running sum (relative to the total simulated time).
+    """
+    step = service[..., :-1] - gaps[..., 1:]
+    zero = jnp.zeros_like(step[..., :1])
+    C = jnp.concatenate([zero, jnp.cumsum(step, axis=-1)], axis=-1)
+    waits = C - jax.lax.cummin(C, axis=C.ndim - 1)
+    return jnp.maximum(waits, 0)
+
+
+class SimulationStatus(StatusEnum):
+    """Whether a simulated policy has a steady state (`SimulationResult.status`, per policy)."""
+
+    STEADY = 0, "the policy loads the server below capacity: the means estimate a steady state"
+    UNSTABLE = 1, "the policy loads the server to utilization >= 1: the means have no steady state"
+
+
+class SimulationResult(HasStatus):
+    """Per-replication statistics of simulated policies, with the PK predictions beside them.
+
+    Every array field has shape `(*policies, replications)`: means over the measured queries
+    (after warm-up) of the waiting time `wait` and system time `system_time` (wait plus
+    service), their quantiles `wait_p50/p95/p99` and `system_time_p50/p95/p99`, the busy
+    fraction `utilization`, the fraction of queries answered correctly `accuracy` and the
+    realised objective `objective` $= \\alpha \\cdot$ accuracy $-$ mean system time (eq. (7)).
+    `system_time_by_task` (shape `(*policies, replications, N)`) is the mean system time of
+    each task type. `predicted_*` (shape `(*policies,)`, by task `(*policies, N)`) are the
+    latency model's values, eqs. (4)-(7) for FIFO, including the service-time variance the
+    noise adds.
+
+    `summary()` turns the replications into means with confidence intervals; `status`
+    (per policy, `SimulationStatus`) says whether the policy has a steady state at all.
+    """
+
+    STATUS: ClassVar[type[SimulationStatus]] = SimulationStatus
+
+    wait: Float[Array, "*p r"]
+    system_time: Float[Array, "*p r"]
+    wait_p50: Float[Array, "*p r"]
+    wait_p95: Float[Array, "*p r"]
+    wait_p99: Float[Array, "*p r"]
+    system_time_p50: Float[Array, "*p r"]
+    system_time_p95: Float[Array, "*p r"]
+    system_time_p99: Float[Array, "*p r"]
+    utilization: Float[Array, "*p r"]
+    accuracy: Float[Array, "*p r"]
+    objective: Float[Array, "*p r"]
+    system_time_by_task: Float[Array, "*p r n"]
+    predicted_system_time: Float[Array, "*p"]
+    predicted_wait: Float[Array, "*p"]
+    predicted_utilization: Float[Array, "*p"]
+    predicted_accuracy: Float[Array, "*p"]
+    predicted_objective: Float[Array, "*p"]
+    predicted_system_time_by_task: Float[Array, "*p n"]
+    num_queries: int = eqx.field(static=True)
+    warmup: int = eqx.field(static=True)
+    discipline: str = eqx.field(static=True, default="fifo")
+
+    STATISTICS = (
+        "wait", "system_time", "wait_p50", "wait_p95", "wait_p99", "system_time_p50",
+        "system_time_p95", "system_time_p99", "utilization", "accuracy", "objective",
+    )
+
+    @property
+    def num_replications(self) -> int:
+        return self.wait.shape[-1]
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
+        x = np.asarray(getattr(self, name), dtype=np.float64)
+        if name == "system_time_by_task":
+            x = np.moveaxis(x, -1, -2)  # replications last
+        r = x.shape[-1]
+        mean = x.mean(axis=-1)
+        if r < 2:
+            nan = np.full_like(mean, np.nan)
+            return mean, nan, nan
+        half = float(student_t_quantile(0.5 + level / 2, r - 1)) * x.std(axis=-1, ddof=1) / math.sqrt(r)
+        return mean, mean - half, mean + half
+
+    @property
+    def status(self) -> Int[Array, "*p"]:
+        """`SimulationStatus` per policy, from the predicted utilization."""
+        unstable = ~(self.predicted_utilization < 1)
+        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(jnp.int32)
+
+    def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
+        """Every statistic as `{"mean", "lower", "upper"}` (confidence `level`) plus predictions."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for name in self.STATISTICS:
+            mean, lo, hi = self.interval(name, level)
+            out[name] = {"mean": mean, "lower": lo, "upper": hi}
+        mean, lo, hi = self.interval("system_time_by_task", level)
+        out["system_time_by_task"] = {"mean": mean, "lower": lo, "upper": hi}
+        for name in ("system_time", "wait", "utilization", "accuracy", "objective", "system_time_by_task"):
+            out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
+        return out
+
+
+def _quantiles(x: Float[Array, " q"]) -> Float[Array, " 3"]:
+    """`QUANTILES` of non-negative `x`, numpy's default (linear) definition.
+
+    Sorts the IEEE bit patterns as integers: for non-negative floats their order is the
+    numeric order, and XLA's integer sort is several times faster than its float sort on CPU.
+    """
+    int_type = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[x.dtype.itemsize]
+    bits = jnp.sort(jax.lax.bitcast_convert_type(x, int_type))
+    ordered = jax.lax.bitcast_convert_type(bits, x.dtype)
+    pos = jnp.asarray(QUANTILES, x.dtype) * (x.shape[0] - 1)
+    below = jnp.floor(pos).astype(jnp.int32)
+    above = jnp.minimum(below + 1, x.shape[0] - 1)
+    frac = pos - below
+    return ordered[below] + frac * (ordered[above] - ordered[below])
+
+
+def _delays(discipline: str, stream: Stream, service, rank, capacity: int):
+    """Per-query delay (time in system minus own service time) and an overflow flag."""
+    if discipline == "fifo":
+        return lindley_waits(stream.gaps, service), jnp.asarray(False)
+    arrivals = jnp.cumsum(stream.gaps)
+    if discipline == "priority":
+        return priority_waits(arrivals, stream.task, service, rank), jnp.asarray(False)
+    sojourn, overflow = ps_sojourns(arrivals, service, capacity)
+    return sojourn - service, overflow
+
+
+def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: str, rank, capacity: int,
+                 policy_batch: int):
+    """Statistics of every policy in `tokens` (shape (P, N)) on one stream."""
+    dtype = w.dtype
+    measured_task = stream.task[warmup:]
+    onehot = jax.nn.one_hot(measured_task, w.num_tasks, dtype=dtype)  # (q', N)
+    per_type = jnp.sum(onehot, 0)
+
+    def one_policy(l):
+        t = w.t0 + w.c * l
+        service = t[stream.task] * stream.noise
+        waits, overflow = _delays(discipline, stream, service, rank, capacity)
+        correct = stream.uniform < task_accuracy(l, w)[stream.task]
+        W = jnp.maximum(waits[warmup:], 0)
+        T = W + service[warmup:]
+        S = service[warmup:]
+        arrivals = jnp.cumsum(stream.gaps)
+        span = arrivals[-1] - arrivals[warmup]
+        # busy fraction over the measured window: served work per unit time (eq. (4) estimate)
+        busy = jnp.sum(S[:-1]) / jnp.where(span > 0, span, 1)
+        acc = jnp.mean(correct[warmup:].astype(dtype))
+        mean_T = jnp.mean(T)
+        by_task = (T @ onehot) / jnp.where(per_type > 0, per_type, jnp.nan)
+        return (
+            jnp.mean(W), mean_T, _quantiles(W), _quantiles(T), busy, acc, w.alpha * acc - mean_T,
+            by_task, overflow,
+        )
+
+    # policies in vmapped batches of `policy_batch` (bounds the memory of the per-query arrays)
+    if policy_batch >= tokens.shape[0]:
+        return jax.vmap(one_policy)(tokens)
+    return jax.lax.map(one_policy, tokens, batch_size=policy_batch)
+
+
+def _model(discipline: str, order, service_cv) -> LatencyModel:
+    if discipline == "fifo":
+        return FIFO(service_cv)
+    if discipline == "priority":
+        return Priority(tuple(order), service_cv)
+    return ProcessorSharing()
+
+
+def _predictions(w: Workload, tokens, model: LatencyModel):
+    by_task = model.system_times(tokens, w)
+    service = w.t0 + w.c * tokens
+    T = jnp.sum(w.share * by_task, -1)
+    wait = T - jnp.sum(w.share * service, -1)
+    rho = w.arrival_rate * jnp.sum(w.share * service, -1)
+    acc = jnp.sum(w.share * task_accuracy(tokens, w), -1)
+    return T, wait, rho, acc, w.alpha * acc - T, by_task
+
+
+def _check(w: Workload, tokens: np.ndarray, num_queries: int, num_replications: int,
+           warmup: int, service_cv) -> None:
+    w.validate()
+    if w.batch_shape:
+        raise InputError("workload: simulate takes one workload (no batch axes); vmap over policies via tokens")
+    if tokens.ndim < 1 or tokens.shape[-1] != w.num_tasks:
+        raise InputError(
+            f"tokens: expected shape (..., {w.num_tasks}) (one budget per task), got {tokens.shape}"
+        )
+    bad = ~np.isfinite(tokens) | (tokens < 0) | (tokens > float(w.max_tokens))
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        raise InputError(
+            f"tokens: budget for task {w.task_names[idx[-1]]!r} must be in [0, max_tokens="
+            f"{float(w.max_tokens):g}], got {tokens[tuple(idx)]!r}"
+        )
+    if num_queries < 2:
+        raise InputError(f"num_queries: need at least 2 queries, got {num_queries}")
+    if num_replications < 1:
+        raise InputError(f"num_replications: need at least 1, got {num_replications}")
+    if not 0 <= warmup < num_queries - 1:
+        raise InputError(f"warmup: must be in [0, num_queries - 1), got {warmup}")
+    check_service_cv(service_cv, w.num_tasks)
+
+
+def simulate(
+    workload: Workload,
+    tokens: ArrayLike,
+    num_queries: int = 10_000,
+    num_replications: int = 20,
+    key: PRNGKeyArray | None = None,
+    *,
+    warmup: int | None = None,
+    service_cv: ArrayLike = 0.0,
+    noise: NoiseKind = "lognormal",
+    discipline: str = "fifo",
+    priority=None,
+    capacity: int = 512,
+) -> SimulationResult:
+    """Simulate the M/G/1 server under one or many token policies.
+
+    **Arguments:**
+
+    - `workload`: one `Workload` (no batch axes).
+    - `tokens`: budgets of shape `(N,)` or `(*P, N)`; every policy is simulated on the same
+      arrival, type, noise and correctness streams (common random numbers).
+    - `num_queries` per replication (the paper: 10,000), `num_replications` independent
+      replications (confidence intervals), `key` (default `PRNGKey(0)`).
+    - `warmup`: queries dropped at the start of each replication (default 10%).
+    - `service_cv`, `noise`: coefficient of variation (scalar or per task) and family
+      (`"lognormal"` or `"gamma"`) of a mean-one service-time factor; 0 is the paper's model.
+    - `discipline`: `"fifo"` (the paper; parallel Lindley form), `"priority"` (non-preemptive
+      by task type; `priority` is the task order, highest first) or `"ps"` (processor
+      sharing; at most `capacity` queries in the system at once, else `InputError`).
+      The predictions come from the matching latency model (`FIFO`, `Priority`,
+      `ProcessorSharing` in `_latency.py`).
+
+    Memory: one replication at a time; within it, policies are vmapped in batches of at most
+    `MAX_BATCH_ELEMENTS / num_queries` (about 64M queries x policies per batch), so large
+    policy grids stay within memory.
+
+    **Returns:** a `SimulationResult` (fields of shape `(*P, num_replications)`). Validates
+    its inputs eagerly and raises `InputError` naming the field; the simulation itself is
+    one jitted, vmapped computation.
+    """
+    w = workload
+    tok = np.asarray(tokens, dtype=np.float64)
+    warmup = num_queries // 10 if warmup is None else int(warmup)
+    _check(w, tok, num_queries, num_replications, warmup, service_cv)
+    if noise not in ("lognormal", "gamma"):
+        raise InputError(f"noise: unknown kind {noise!r}; choose 'lognormal' or 'gamma'")
+    if discipline not in DISCIPLINES:
+        raise InputError(f"discipline: unknown {discipline!r}; choose one of {DISCIPLINES}")
+    if discipline == "priority":
+        if priority is None or sorted(int(k) for k in priority) != list(range(w.num_tasks)):
+            raise InputError(f"priority: give the order of the {w.num_tasks} task indices, highest first "
+                             f"(a permutation of 0..{w.num_tasks - 1}), got {priority!r}")
+        order = tuple(int(k) for k in priority)
+    else:
+        order = tuple(range(w.num_tasks))
+    if capacity < 2:
+        raise InputError(f"capacity: must be >= 2, got {capacity}")
+    key = jax.random.PRNGKey(0) if key is None else key
+    dtype = w.dtype
+    policies = tok.shape[:-1]
+    flat = jnp.asarray(tok.reshape(-1, w.num_tasks), dtype)
+    rank = jnp.zeros(w.num_tasks, jnp.int32).at[jnp.asarray(order)].set(jnp.arange(w.num_tasks, dtype=jnp.int32))
+    cv = jnp.asarray(service_cv, dtype)
+    policy_batch = max(1, min(flat.shape[0], MAX_BATCH_ELEMENTS // num_queries))
+    stats = _simulate_flat(w, flat, key, num_queries, num_replications, warmup, cv, noise, discipline, rank,
+                           capacity, policy_batch)
+    (mw, mt, qw, qt, busy, acc, obj, by_task, overflow) = stats
+    if bool(jnp.any(overflow)):
+        raise InputError(f"capacity: more than {capacity} queries were in the processor-sharing system at "
+                         "once; raise capacity (the load is close to 1)")
+    preds = _predictions(w, flat, _model(discipline, order, cv))
+    unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
+    if unstable.size:
+        warnings.warn(
+            f"{unstable.size} of {flat.shape[0]} policies load the server to utilization >= 1 (first: "
+            f"policy {int(unstable[0])}, rho = {float(preds[2][unstable[0]]):.3g}): that queue is unstable, "
+            "its simulated waits grow with num_queries and its intervals do not estimate a steady state",
+            UnstableQueueWarning, stacklevel=2)
+
+    def shape(x):  # (R, P, ...) -> (*policies, R, ...)
+        x = jnp.moveaxis(x, 0, 1)
+        return x.reshape(*policies, *x.shape[1:])
+
+    return SimulationResult(
+        wait=shape(mw), system_time=shape(mt),
+        wait_p50=shape(qw[..., 0]), wait_p95=shape(qw[..., 1]), wait_p99=shape(qw[..., 2]),
+        system_time_p50=shape(qt[..., 0]), system_time_p95=shape(qt[..., 1]),
+        system_time_p99=shape(qt[..., 2]),
+        utilization=shape(busy), accuracy=shape(acc), objective=shape(obj),
+        system_time_by_task=shape(by_task),
+        predicted_system_time=preds[0].reshape(policies), predicted_wait=preds[1].reshape(policies),
+        predicted_utilization=preds[2].reshape(policies), predicted_accuracy=preds[3].reshape(policies),
+        predicted_objective=preds[4].reshape(policies),
+        predicted_system_time_by_task=preds[5].reshape(*policies, w.num_tasks),
+        num_queries=num_queries, warmup=warmup, discipline=discipline,
+    )
+
+
+@eqx.filter_jit
+def _simulate_flat(w, tokens, key, num_queries: int, num_replications: int, warmup: int,
+                   service_cv, noise: str, discipline: str, rank, capacity: int, policy_batch: int):
+    def replication(r):
+        stream = sample_stream(jax.random.fold_in(key, r), w, num_queries,
+                               service_cv=service_cv, noise=noise)
+        return _replication(w, tokens, stream, warmup, discipline, rank, capacity, policy_batch)
+
+    # replications one after another (lax.map) keeps memory at one stream x all policies
+    return jax.lax.map(replication, jnp.arange(num_replications))

@@ -1,0 +1,294 @@
+"""The default solver: a damped Newton method on the two aggregate prices.
+
+The KKT conditions (17) couple the tasks only through $(E[S], E[S^2])$. Write
+$d = 1 - \\lambda E[S]$ and $y = \\lambda E[S^2] / (2 d^2)$; the marginal latency cost of
+task k is then $c_k (v + u t_k)$ with $u = \\lambda/d$ and $v = 1 + \\lambda y$ (eq. (10)).
+Given $(d, y)$ every budget is closed-form, eqs. (19)-(23):
+
+$$l_k(d, y) = \\mathrm{clip}\\big(\\log(q_k/\\omega(x_k)) / b_k,\\ 0,\\ l_{\\max}\\big),\\quad
+q_k = \\frac{\\alpha A_k b_k^2}{u c_k^2},\\quad x_k = \\log q_k + \\frac{b_k (v + u t_{0k})}{u c_k},$$
+
+with $\\omega$ the Wright omega function. This is eq. (22) rewritten with
+$W(e^x) = \\omega(x)$ and the identity $\\omega + \\log\\omega = x$, which removes the
+cancellation between $W/b_k$ and $K_k$ (docs: *Solvers*) and the overflow of $e^{-b_k K_k}$.
+The same identity gives $l_k = (\\omega(x_k) - \\beta_k)/b_k$ with $x_k = \\log q_k + \\beta_k$;
+each budget is taken from whichever form has the smaller operands.
+
+What is left is a system of two equations in $(d, y)$,
+$e_1 = 1 - \\lambda E[S](l) - d = 0$ and $e_2 = \\lambda E[S^2](l)/(2d^2) - y = 0$.
+It is the gradient of the Lagrangian dual of (9) after introducing $d$ as a variable: convex
+in $y$, concave in $d$, so its Jacobian is never singular. Newton's method on it, damped by
+a backtracking search on $\\|e\\|^2$ and kept inside $d > 0$, $y \\ge 0$, converges from
+the zero-token prices in a handful of iterations whatever N is. Each iteration costs N
+evaluations of $\\omega$ and O(N) arithmetic; the stopping test is the projected KKT
+residual of the budgets themselves (`kkt_residual`).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._kkt import kkt_residual
+from .._lambertw import wright_omega
+from .._objective import objective, service_moments
+from .._status import Status
+from .._validate import default_rtol
+from .._workload import Workload
+from .base import AbstractSolver, Iterate
+
+__all__ = ["AggregateNewton", "budgets_at_prices"]
+
+
+def unclipped_budgets(d, y, w: Workload):
+    """The budgets of eq. (22) at prices $(d, y)$ before the box projection (23).
+
+    `-inf` for a task with $A_k = 0$ (no accuracy to gain).
+    """
+    lam = w.arrival_rate
+    has_gain = w.A > 0
+    # per-task constants (hoisted by XLA out of the solver loop): only scalars change per step
+    log_q0 = jnp.log(jnp.where(has_gain, w.alpha[..., None] * w.A, 1) * (w.b / w.c) ** 2)
+    b_over_c = w.b / w.c
+    u = lam / d
+    v = 1 + lam * y
+    log_q = log_q0 - jnp.log(u)[..., None]
+    beta = b_over_c * ((v / u)[..., None] + w.t0)
+    omega = wright_omega(log_q + beta)
+    log_omega = jnp.log(omega)
+    # Two exact forms of the same budget (omega + log omega = x): (log q - log omega)/b and
+    # (omega - beta)/b. Each cancels differently; take the one with the smaller operands, so
+    # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
+    use_linear = jnp.maximum(omega, beta) < jnp.maximum(jnp.abs(log_q), jnp.abs(log_omega))
+    raw = jnp.where(use_linear, omega - beta, log_q - log_omega) / w.b
+    return jnp.where(has_gain, raw, -jnp.inf)
+
+
+def budgets_at_prices(d, y, w: Workload):
+    """Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
+
+    `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\\partial l_k/\\partial v = -g_k$,
+    $\\partial l_k/\\partial u = -t_k g_k$ for a free budget.
+    """
+    raw = unclipped_budgets(d, y, w)
+    has_gain = w.A > 0
+    u = w.arrival_rate / d
+    v = 1 + w.arrival_rate * y
+    lmax = w.max_tokens[..., None]
+    tokens = jnp.where(has_gain, jnp.clip(raw, 0, lmax), 0)
+    free = has_gain & (raw > 0) & (raw < lmax)
+    t = w.t0 + w.c * tokens
+    u, v = u[..., None], v[..., None]
+    g = jnp.where(free, 1 / (w.b * (v + u * t) + u * w.c), 0)
+    return tokens, t, g
+
+
+def _equations(d, y, w):
+    lam = w.arrival_rate
+    tokens, t, g = budgets_at_prices(d, y, w)
+    m1, m2 = service_moments(tokens, w)
+    e1 = 1 - lam * m1 - d
+    e2 = lam * m2 / (2 * d * d) - y
+    return tokens, t, g, e1, e2
+
+
+def _jacobian(d, w, t, g, m2):
+    lam = w.arrival_rate
+    u = lam / d
+    pc = w.share * w.c
+    s_c = jnp.sum(pc * g, -1)
+    s_ct = jnp.sum(pc * g * t, -1)
+    s_ctt = jnp.sum(pc * g * t * t, -1)
+    # dl/dd = u t g / d,  dl/dy = -lam g
+    j11 = -lam * u / d * s_ct - 1
+    j12 = lam * lam * s_c
+    j21 = lam * u / d**3 * s_ctt - lam * m2 / d**3
+    j22 = -(lam * lam / (d * d)) * s_ct - 1
+    return j11, j12, j21, j22
+
+
+def _safeguarded(x, x_new, lo, hi, last_step):
+    """Newton proposal `x_new` from `x`, or a bisection of the bracket `[lo, hi]` (in logs).
+
+    The proposal is taken only inside the open bracket and when its step (in log units) is at
+    most half the previous one, the rule that keeps safeguarded Newton from cycling at kinks
+    (budgets meeting a bound make the equations piecewise smooth). A bracket still open
+    above grows by 4x. Returns the new point and its step length.
+    """
+    step = jnp.abs(jnp.log(x_new) - jnp.log(x))
+    ok = (x_new > lo) & (x_new < hi) & jnp.isfinite(x_new) & (step <= 0.5 * last_step)
+    finite_hi = jnp.isfinite(hi)
+    mid = jnp.where(lo > 0, jnp.sqrt(lo * jnp.where(finite_hi, hi, lo)), 0.5 * (lo + hi))
+    fallback = jnp.where(finite_hi, mid, 4 * jnp.maximum(jnp.maximum(lo, x), jnp.finfo(x.dtype).tiny))
+    out = jnp.where(ok, x_new, fallback)
+    return out, jnp.abs(jnp.log(out) - jnp.log(x))
+
+
+class _State(eqx.Module):
+    y: Array
+    y_lo: Array
+    y_hi: Array
+    d: Array
+    d_lo: Array
+    d_hi: Array
+    y_step: Array
+    d_step: Array
+    residual: Array
+    best: Array
+    best_d: Array
+    best_y: Array
+    stall: Array
+    iterations: Array
+    outer: Array
+
+
+class AggregateNewton(AbstractSolver):
+    """Bracketed Newton on the aggregate prices $(d, y)$ (the default solver).
+
+    For fixed $y$, $e_1(d)$ is strictly decreasing on $(0, 1-\\rho_0]$ with $e_1(0^+) > 0 \\ge
+    e_1(1-\\rho_0)$, so its root $d(y)$ is bracketed and every iterate is a *stable* allocation.
+    The reduced equation $\\phi(y) = e_2(d(y), y) = 0$ is strictly decreasing in $y$ (its
+    derivative is the Schur complement $j_{22} - j_{21}j_{12}/j_{11} < 0$ of the 2x2 Jacobian),
+    with $\\phi(0) \\ge 0$. Both 1-D equations are solved by Newton's method safeguarded by
+    bisection of a bracket that only shrinks, so the method converges on every instance that is
+    stable at zero tokens, and quadratically near the solution.
+
+    The two levels share one loop (one Newton step on $d$ per iteration, or, once $e_1$ is
+    solved, one step on $y$ together with the first-order prediction of $d(y)$), so under
+    `vmap` the batch runs for the largest *total* number of steps rather than the product of
+    the two loops' worst cases.
+
+    **Arguments:** `rtol` (target projected KKT residual; default 1e-9 in float64,
+    1e-4 in float32), `max_steps`, `joint_threshold` (how well the inner equation must be
+    solved before the outer price moves), `stall_steps` (in the endgame, stop after this many
+    steps that fail to halve the best residual: the rounding floor of the dtype has been
+    reached).
+    """
+
+    rtol: float | None = None
+    max_steps: int = 200
+    joint_threshold: float = 1e-2
+    stall_steps: int = 12
+    model: None = None
+
+    def _constants(self, w: Workload):
+        lam = w.arrival_rate
+        m1_0, m2_0 = service_moments(jnp.zeros_like(w.A), w)
+        gain = w.alpha[..., None] * w.A * w.b
+        gain_at_cap = gain * jnp.exp(-w.b * w.max_tokens[..., None])
+        return lam, m1_0, m2_0, 1 - lam * m1_0, gain, gain_at_cap
+
+    def _cheap_residual(self, w, d, y, tokens, t, e1, e2):
+        """`kkt_residual` without an exponential: a free budget's marginal accuracy value
+        equals the iteration's price c(v_it + u_it t) by construction; at a bound it is a
+        constant. Only the true prices, from the moments, are new."""
+        lam, _, _, _, gain, gain_at_cap = self._constants(w)
+        lmax = w.max_tokens[..., None]
+        d_true = e1 + d  # 1 - lam E[S]
+        stable = d_true > 0
+        u_it, v_it = (lam / d)[..., None], (1 + lam * y)[..., None]
+        dt = jnp.where(stable, d_true, 1)
+        u = (lam / dt)[..., None]
+        v = (1 + lam * (e2 + y) * (d / dt) ** 2)[..., None]
+        value = jnp.where(tokens <= 0, gain, jnp.where(tokens >= lmax, gain_at_cap, w.c * (v_it + u_it * t)))
+        r = value / (w.c * (v + u * t)) - 1
+        step = jnp.clip(tokens + r / w.b, 0, lmax)
+        res = jnp.max(w.b * jnp.abs(tokens - step), axis=-1)
+        return jnp.where(stable, res, jnp.inf)
+
+    def init(self, w: Workload) -> _State:
+        lam, m1_0, m2_0, d_top, _, _ = self._constants(w)
+        # A lower bound on the optimal d from J(l*) >= J(0): with Gamma = alpha sum pi A + E[T](0),
+        # lam E[S]^2 / (2d) <= E[W] <= Gamma and E[S] = (1 - d)/lam give (1-d)^2 <= 2 lam Gamma d.
+        gamma = w.alpha * jnp.sum(w.share * w.A, -1) + lam * m2_0 / (2 * d_top) + m1_0
+        lg = lam * gamma
+        d_floor = 1 / ((1 + lg) + jnp.sqrt((1 + lg) ** 2 - 1))  # the smaller root, stably
+        d0 = jnp.sqrt(d_floor * d_top)
+        y0 = lam * m2_0 / (2 * d0 * d0)
+        zero = jnp.zeros_like(y0)
+        inf = jnp.full_like(y0, jnp.inf)
+        return _State(
+            y=y0, y_lo=zero, y_hi=inf, d=d0, d_lo=0.5 * d_floor, d_hi=d_top, y_step=inf, d_step=inf,
+            residual=inf, best=inf, best_d=d0, best_y=y0, stall=jnp.zeros((), jnp.int32),
+            iterations=jnp.zeros((), jnp.int32), outer=jnp.zeros((), jnp.int32),
+        )
+
+    def terminate(self, w: Workload, s: _State):
+        eps = jnp.finfo(w.dtype).eps
+        rtol = default_rtol(w.dtype, self.rtol)
+
+        def collapsed(lo, hi):
+            return jnp.isfinite(hi) & (hi - lo <= 4 * eps * hi)
+
+        done = (s.residual <= 0.5 * rtol) | (collapsed(s.d_lo, s.d_hi) & collapsed(s.y_lo, s.y_hi))
+        return done | (s.stall >= self.stall_steps)  # no progress: rounding is all that is left
+
+    def step(self, w: Workload, s: _State) -> _State:
+        eps = jnp.finfo(w.dtype).eps
+        tiny = jnp.finfo(w.dtype).tiny
+        rtol = default_rtol(w.dtype, self.rtol)
+        tokens, t, g, e1, e2 = _equations(s.d, s.y, w)
+        m2 = jnp.sum(w.share * t * t, -1)
+        j11, j12, j21, j22 = _jacobian(s.d, w, t, g, m2)
+        residual = self._cheap_residual(w, s.d, s.y, tokens, t, e1, e2)
+        # Log forms: chi = log G - log d, psi = log F - log y with G = 1 - lam E[S] and
+        # F = lam E[S^2] / (2 d^2): same roots and monotonicity, nearly linear in logs.
+        G = e1 + s.d
+        F = jnp.maximum(e2 + s.y, tiny)
+        ys = jnp.maximum(s.y, tiny)
+        stable = G > 0
+        chi = jnp.log(jnp.where(stable, G, 1)) - jnp.log(s.d)
+        psi = jnp.log(F) - jnp.log(ys)
+        a11 = s.d * (j11 + 1) / jnp.where(stable, G, 1) - 1
+        a12 = ys * j12 / jnp.where(stable, G, 1)
+        a21 = s.d * j21 / F
+        a22 = ys * (j22 + 1) / F - 1  # <= -1
+        # inner step: y(d) for the current d (Newton on psi in log y), bracketed by sign(e2)
+        y_lo = jnp.where(e2 > 0, s.y, s.y_lo)
+        y_hi = jnp.where(e2 > 0, s.y_hi, s.y)
+        y_in, y_step = _safeguarded(ys, ys * jnp.exp(jnp.clip(-psi / a22, -30, 30)), y_lo, y_hi, s.y_step)
+        # outer step, once y ~ y(d): Newton on the reduced chi in log d (Schur slope), d
+        # bracketed by the sign of the reduced e1; then the matching correction of log y
+        joint = jnp.abs(psi) <= self.joint_threshold
+        correction = j12 * e2 / j22
+        e1_r = e1 - correction
+        # the reduced sign is trusted for the bracket only where second-order terms cannot
+        # flip it: the inner equation solved tightly, or the correction small next to e1
+        trusted = (jnp.abs(psi) <= 1e3 * eps) | (jnp.abs(correction) <= 0.25 * jnp.abs(e1))
+        d_lo = jnp.where(trusted & (e1_r > 0), s.d, s.d_lo)
+        d_hi = jnp.where(trusted & (e1_r <= 0), s.d, s.d_hi)
+        chi_r = chi - a12 * psi / a22
+        ds = -chi_r / (a11 - a12 * a21 / a22)
+        d_newton = jnp.where(stable, s.d * jnp.exp(jnp.clip(ds, -30, 30)), jnp.nan)
+        d_out, d_step = _safeguarded(s.d, d_newton, d_lo, d_hi, s.d_step)
+        dz = -(psi + a21 * (jnp.log(d_out) - jnp.log(s.d))) / a22
+        y_out = ys * jnp.exp(jnp.clip(dz, -30, 30))
+        stop = residual <= 0.5 * rtol  # margin for rounding; the certificate is recomputed
+        move_d = joint & ~stop
+        improved = residual < 0.5 * s.best
+        return _State(
+            y=jnp.where(stop, s.y, jnp.where(move_d, y_out, y_in)),
+            y_lo=jnp.where(move_d, jnp.zeros_like(s.y), jnp.where(stop, s.y_lo, y_lo)),
+            y_hi=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_hi, y_hi)),
+            d=jnp.where(move_d, d_out, s.d),
+            d_lo=jnp.where(move_d, d_lo, s.d_lo),
+            d_hi=jnp.where(move_d, d_hi, s.d_hi),
+            y_step=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_step, y_step)),
+            d_step=jnp.where(move_d, d_step, s.d_step),
+            residual=residual,
+            best=jnp.minimum(residual, s.best),
+            best_d=jnp.where(residual < s.best, s.d, s.best_d),
+            best_y=jnp.where(residual < s.best, s.y, s.best_y),
+            stall=jnp.where(improved | (s.best > 1e3 * rtol), 0, s.stall + 1),
+            iterations=s.iterations + (~stop).astype(jnp.int32),
+            outer=s.outer + move_d.astype(jnp.int32),
+        )
+
+    def postprocess(self, w: Workload, s: _State) -> Iterate:
+        rtol = default_rtol(w.dtype, self.rtol)
+        tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w)
+        residual = kkt_residual(tokens, w)
+        status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS).astype(jnp.int32)
+        return Iterate(tokens, objective(tokens, w), status, residual, {"outer_iterations": s.outer})

@@ -1,0 +1,77 @@
+"""The paper's projected fixed-point iteration (24), evaluated in log space.
+
+$l^{(n+1)} = \\mathrm{clip}(\\hat l(l^{(n)}), 0, l_{\\max})$ with $\\hat l$ from eq. (22). The map
+depends on $l$ only through $(E[S], E[S^2])$, so each step evaluates the closed form of
+`budgets_at_prices` at the prices of the current iterate (no overflow of $e^{-b_k K_k}$).
+
+Offered to reproduce and diagnose the paper's method, not as a default: from $l = 0$ an
+iterate can leave the stability region, where the map is undefined. The solver then stops
+with status `NOT_CONTRACTIVE`. `stats` reports Lemma 2's constant $L_\\infty$ (26) on
+$[0, l_{\\max}]^N$ and on the provable box, and whether either guarantees contraction.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .aggregate import budgets_at_prices
+from .._kkt import contraction_constant, kkt_residual, provable_box
+from .._objective import objective, service_moments
+from .._status import Status
+from .._validate import default_rtol
+from .._workload import Workload
+from .base import AbstractSolver, Iterate
+
+__all__ = ["FixedPoint"]
+
+
+class _State(eqx.Module):
+    tokens: Array
+    residual: Array
+    stable: Array
+    iterations: Array
+
+
+class FixedPoint(AbstractSolver):
+    """Projected fixed-point iteration (24) from `l = 0`.
+
+    **Arguments:** `rtol` (projected KKT residual; default 1e-9 float64 / 1e-4 float32),
+    `max_steps` (default 1000).
+    """
+
+    rtol: float | None = None
+    max_steps: int = 1000
+    model: None = None
+
+    def init(self, w: Workload) -> _State:
+        zeros = jnp.zeros_like(w.A)
+        return _State(zeros, kkt_residual(zeros, w), jnp.bool_(True), jnp.zeros((), jnp.int32))
+
+    def step(self, w: Workload, s: _State) -> _State:
+        lam = w.arrival_rate
+        m1, m2 = service_moments(s.tokens, w)
+        d = 1 - lam * m1
+        stable = d > 0
+        d = jnp.where(stable, d, 1)
+        new, _, _ = budgets_at_prices(d, lam * m2 / (2 * d * d), w)
+        tokens = jnp.where(stable, new, s.tokens)
+        return _State(tokens, kkt_residual(tokens, w), stable, s.iterations + 1)
+
+    def terminate(self, w: Workload, s: _State):
+        return ~s.stable | (s.residual <= default_rtol(w.dtype, self.rtol))
+
+    def postprocess(self, w: Workload, s: _State) -> Iterate:
+        status = jnp.where(
+            s.residual <= default_rtol(w.dtype, self.rtol),
+            Status.CONVERGED,
+            jnp.where(s.stable & jnp.isfinite(s.residual), Status.MAX_ITERATIONS, Status.NOT_CONTRACTIVE),
+        ).astype(jnp.int32)
+        L_box = contraction_constant(w, provable_box(w))
+        stats = {
+            "contraction_constant": contraction_constant(w),
+            "contraction_constant_box": L_box,
+            "contraction_guaranteed": L_box < 1,
+        }
+        return Iterate(s.tokens, objective(s.tokens, w), status, s.residual, stats)

@@ -1,0 +1,175 @@
+r"""Projected gradient ascent (29): the paper's fixed step, and the spectral safeguarded method.
+
+Both maximise J over a box $[0, u]$ with the update $l \leftarrow \mathrm{clip}(l + \eta
+\nabla J(l), 0, u)$:
+
+- `ProjectedGradient(safeguarded=False)`: the paper's method with $\eta = $ `step_fraction`
+  $\cdot 2/L_J$, Lemma 3's constant (31)-(32) evaluated on the provable box
+  $[0, \min(l_{\max}, \bar u)]$ (`provable_box`), which holds $l^*$. If $L_J$ does not exist
+  there the status is `NOT_CONTRACTIVE` and the iterate stays at 0.
+- `ProjectedGradient(safeguarded=True)`: spectral projected gradient. The trial step is the
+  Barzilai-Borwein step $s^\top s / (-s^\top y)$ of the last move, then the step is halved
+  until the Armijo condition holds along the projection arc (allowing roundoff in J). J is
+  `-inf` outside the stability region, so every accepted iterate is stable; no $L_J$ needed.
+- With a `model` (`FIFO`, `Priority`, `ProcessorSharing`: see *Latency models*), the same
+  spectral method maximises that model's J over $[0, l_{\max}]$, started from the optimum
+  of the paper's model; this is the solver of `solve_latency`.
+
+The residual is the scale-free projected KKT residual (`kkt_residual`) for the paper's
+model and the model's own (`LatencyModel.residual`) otherwise. Docs: *Solvers*.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._errors import InputError
+from .._kkt import gradient_lipschitz, kkt_residual, objective_gradient, provable_box
+from .._objective import objective
+from .._queue.models import LatencyModel
+from .._status import Status
+from .._validate import default_rtol
+from .._workload import Workload
+from .aggregate import AggregateNewton
+from .base import AbstractSolver, Iterate, run
+
+__all__ = ["ProjectedGradient"]
+
+ARMIJO = 1e-4  # sufficient-increase fraction of the linear prediction
+BACKTRACK = 0.5  # step factor per failed trial
+STEP_RANGE = 1e6  # the spectral step is kept within this factor of the first step
+
+
+class _State(eqx.Module):
+    tokens: Array
+    grad: Array
+    value: Array
+    step: Array
+    residual: Array
+    iterations: Array
+
+
+class ProjectedGradient(AbstractSolver):
+    """Projected gradient ascent on J (module docstring).
+
+    **Arguments:** `safeguarded` (spectral steps with backtracking instead of the fixed
+    step), `step_fraction` (the fixed step as a fraction of $2/L_J$; default 0.95), `rtol`
+    (default 1e-9 in float64, 1e-4 in float32), `max_steps` (default 100000: a first-order
+    method on a problem whose curvature spans decades), `max_backtracks`, `model` (a
+    `LatencyModel`; `None` is the paper's J, eq. (7)).
+    """
+
+    safeguarded: bool = False
+    step_fraction: float = 0.95
+    rtol: float | None = None
+    max_steps: int = 100_000
+    max_backtracks: int = 60
+    model: LatencyModel | None = None
+
+    def __check_init__(self):
+        if self.model is not None and not isinstance(self.model, LatencyModel):
+            raise InputError(f"model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), "
+                             f"got {type(self.model).__name__}")
+        if self.model is not None and not self.safeguarded:
+            raise InputError("safeguarded: a latency model needs the safeguarded (spectral) method")
+        if not 0 < self.step_fraction < 1:
+            raise InputError(f"step_fraction: must lie in (0, 1), got {self.step_fraction}")
+
+    # -- the problem: value, gradient, box and residual of J
+
+    def _value_and_grad(self, tokens, w):
+        if self.model is None:
+            return objective(tokens, w), objective_gradient(tokens, w)
+        return jax.value_and_grad(self.model.objective)(tokens, w)
+
+    def _upper(self, w):
+        if self.model is None:
+            return provable_box(w)
+        return jnp.broadcast_to(w.max_tokens, w.A.shape).astype(w.dtype)
+
+    def _residual(self, tokens, w):
+        if self.model is None:
+            return kkt_residual(tokens, w)
+        return self.model.residual(tokens, self._upper(w), w)
+
+    def _first_step(self, w):
+        """`(eta0, has_L)`: the fixed step $\\eta$ of (38) and whether $L_J$ exists."""
+        if self.model is not None:
+            return jnp.ones((), w.dtype), jnp.bool_(True)
+        L_J = gradient_lipschitz(w, self._upper(w))
+        has_L = jnp.isfinite(L_J) & (L_J > 0)
+        eta0 = jnp.where(has_L, self.step_fraction * 2 / jnp.where(has_L, L_J, 1), 1.0)
+        return eta0.astype(w.dtype), has_L
+
+    # -- the protocol
+
+    def init(self, w: Workload) -> _State:
+        if self.model is None:
+            start = jnp.zeros_like(w.A)
+        else:  # the paper's optimum: a stable point near the model's
+            start = jnp.clip(jnp.nan_to_num(run(AggregateNewton(), w).tokens), 0, self._upper(w))
+        value, grad = self._value_and_grad(start, w)
+        eta0, _ = self._first_step(w)
+        if self.model is not None:  # no L_J: size the first step from the gradient
+            eta0 = 1e-6 * (1 + jnp.max(jnp.abs(start))) / (1 + jnp.max(jnp.abs(grad)))
+        return _State(start, grad, value, eta0, self._residual(start, w), jnp.zeros((), jnp.int32))
+
+    def step(self, w: Workload, s: _State) -> _State:
+        upper = self._upper(w)
+        if not self.safeguarded:
+            new = jnp.clip(s.tokens + s.step * s.grad, 0, upper)
+            value, grad = self._value_and_grad(new, w)
+            return _State(new, grad, value, s.step, self._residual(new, w), s.iterations + 1)
+        eps = jnp.finfo(s.value.dtype).eps
+
+        def trial(eta):
+            new = jnp.clip(s.tokens + eta * s.grad, 0, upper)
+            value = self._value_and_grad(new, w)[0] if self.model is not None else objective(new, w)
+            slack = 8 * eps * jnp.abs(s.value)  # roundoff in J near the optimum
+            ok = value >= s.value + ARMIJO * jnp.vdot(s.grad, new - s.tokens) - slack
+            return new, value, ok
+
+        def backtrack(c):
+            eta, _, _, _, k = c
+            new, value, ok = trial(BACKTRACK * eta)
+            return BACKTRACK * eta, new, value, ok, k + 1
+
+        new, value, ok = trial(s.step)
+        eta, new, value, ok, _ = jax.lax.while_loop(
+            lambda c: ~c[3] & (c[4] < self.max_backtracks), backtrack, (s.step, new, value, ok, 0)
+        )
+        new = jnp.where(ok, new, s.tokens)
+        value, grad = self._value_and_grad(new, w)
+        ds = new - s.tokens
+        curv = -jnp.vdot(ds, grad - s.grad)
+        bb = jnp.where(curv > 0, jnp.vdot(ds, ds) / jnp.where(curv > 0, curv, 1), 2 * eta)
+        eta0, _ = self._first_step(w)
+        if self.model is None:
+            bb = jnp.clip(bb, eta0 / STEP_RANGE, eta0 * STEP_RANGE)
+        else:
+            bb = jnp.clip(bb, 1e-12, 1e12)
+        return _State(new, grad, value, bb, self._residual(new, w), s.iterations + 1)
+
+    def terminate(self, w: Workload, s: _State):
+        done = s.residual <= default_rtol(w.dtype, self.rtol)
+        if not self.safeguarded:
+            done |= ~self._first_step(w)[1]
+        return done
+
+    def postprocess(self, w: Workload, s: _State) -> Iterate:
+        converged = s.residual <= default_rtol(w.dtype, self.rtol)
+        status = jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS)
+        eta0, has_L = self._first_step(w)
+        if not self.safeguarded:
+            status = jnp.where(has_L | converged, status, Status.NOT_CONTRACTIVE)
+        stats = {}
+        if self.model is None:
+            stats = {
+                "lipschitz_box": gradient_lipschitz(w, self._upper(w)),
+                "lipschitz": gradient_lipschitz(w),
+                "step_size": s.step if self.safeguarded else eta0,
+            }
+        return Iterate(s.tokens, s.value, status.astype(jnp.int32), s.residual, stats)

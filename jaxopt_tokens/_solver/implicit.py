@@ -1,0 +1,115 @@
+"""Implicit differentiation of the optimal budgets through the KKT conditions of (9).
+
+At $l^*$ every free budget ($0 < l_k < l_{\\max}$) satisfies eq. (17) with zero multipliers,
+
+$$G_k(l, \\theta) = \\alpha A_k b_k e^{-b_k l_k} - c_k\\,(v(l) + u(l)\\, t_k(l_k)) = 0,\\qquad
+u = \\frac{\\lambda}{1-\\lambda E[S]},\\ v = 1 + \\tfrac12 u^2 E[S^2],$$
+
+a budget held at 0 stays there, and one held at $l_{\\max}$ moves with $l_{\\max}$. Differentiating,
+$\\partial_l G\\, \\dot l = -\\partial_\\theta G\\, \\dot\\theta$. The Jacobian $\\partial_l G$ is
+diagonal plus rank two (the tasks couple only through $u$ and $v$), so the Woodbury identity solves
+it in O(N). The tangent is linear in $\\dot\\theta$, so JAX transposes it for reverse mode: `grad`,
+`jacfwd` and `jacrev` all work, under `jit` and `vmap`, and nothing is unrolled.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from .._prices import latency_prices
+from .._workload import Workload
+
+__all__ = ["attach_implicit_gradient", "attach_model_gradient"]
+
+
+def _prices(tokens, w):
+    u, v, _ = latency_prices(tokens, w)
+    return u, v
+
+
+def _kkt(tokens, w):
+    """$G_k$ for every task (meaningful on the free ones)."""
+    u, v = _prices(tokens, w)
+    t = w.t0 + w.c * tokens
+    return w.alpha * w.A * w.b * jnp.exp(-w.b * tokens) - w.c * (v + u * t)
+
+
+def _tangent(w: Workload, tokens, ok, w_dot: Workload):
+    """$\\dot l$ for one (unbatched) workload; zero for members that did not converge."""
+    free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
+    capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
+    l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
+    # right-hand side: -(dG/dtheta . theta_dot + dG/dl . l_dot on the bounds)
+    _, g_dot = jax.jvp(_kkt, (tokens, w), (l_dot_bound, w_dot))
+    rhs = jnp.where(free, -g_dot, 0.0)
+    u, v = _prices(tokens, w)
+    t = w.t0 + w.c * tokens
+    diag = -w.alpha * w.A * w.b**2 * jnp.exp(-w.b * tokens) - u * w.c**2
+    diag = jnp.where(free, diag, 1.0)
+    # rank-two part: dG_k/dl_j = -c_k (dv/dl_j + t_k du/dl_j) on free rows and columns
+    grad_u = jax.grad(lambda l: _prices(l, w)[0])(tokens)
+    grad_v = jax.grad(lambda l: _prices(l, w)[1])(tokens)
+    U = jnp.where(free[:, None], jnp.stack([-w.c, -w.c * t], axis=1), 0.0)  # (n, 2)
+    V = jnp.where(free[:, None], jnp.stack([grad_v, grad_u], axis=1), 0.0)  # (n, 2)
+    Dinv_r = rhs / diag
+    Dinv_U = U / diag[:, None]
+    small = jnp.eye(2, dtype=tokens.dtype) + V.T @ Dinv_U
+    l_dot_free = Dinv_r - Dinv_U @ jnp.linalg.solve(small, V.T @ Dinv_r)
+    l_dot = jnp.where(free, l_dot_free, l_dot_bound)
+    return jnp.where(ok, l_dot, 0.0)
+
+
+@jax.custom_jvp
+def _attach(w: Workload, tokens: Float[Array, "n"], ok: Bool[Array, ""]) -> Float[Array, "n"]:
+    return tokens
+
+
+@_attach.defjvp
+def _attach_jvp(primals, tangents):
+    w, tokens, ok = primals
+    w_dot, _, _ = tangents  # tangents of tokens (a stop-gradient solve) and of ok are ignored
+    return tokens, _tangent(w, tokens, ok, w_dot)
+
+
+def attach_implicit_gradient(w: Workload, tokens: Float[Array, "n"], ok: Bool[Array, ""]) -> Float[Array, "n"]:
+    """Return `tokens` unchanged, with derivatives with respect to `w` from the KKT system.
+
+    `w` and `tokens` must be a sanitised, unbatched workload and its optimal budgets (finite),
+    `ok` whether they converged (else the derivative is zero).
+    """
+    return _attach(w, tokens, ok)
+
+
+def _model_tangent(model, w: Workload, tokens, ok, w_dot: Workload):
+    """$\\dot l$ for a latency model: the dense Newton system of $\\nabla_l J = 0$ on the free
+    budgets (N is small); budgets at 0 stay, budgets at $l_{\\max}$ follow it."""
+    grad = jax.grad(model.objective)
+    free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
+    capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
+    l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
+    _, g_dot = jax.jvp(grad, (tokens, w), (l_dot_bound, w_dot))
+    rhs = jnp.where(free, -g_dot, 0.0)
+    H = jax.hessian(model.objective)(tokens, w)
+    both = free[:, None] & free[None, :]
+    H = jnp.where(both, H, jnp.eye(tokens.shape[-1], dtype=tokens.dtype))
+    l_dot = jnp.where(free, jnp.linalg.solve(H, rhs), l_dot_bound)
+    return jnp.where(ok, l_dot, 0.0)
+
+
+@jax.custom_jvp
+def _attach_model(model, w: Workload, tokens, ok):
+    return tokens
+
+
+@_attach_model.defjvp
+def _attach_model_jvp(primals, tangents):
+    model, w, tokens, ok = primals
+    _, w_dot, _, _ = tangents
+    return tokens, _model_tangent(model, w, tokens, ok, w_dot)
+
+
+def attach_model_gradient(model, w: Workload, tokens: Float[Array, "n"], ok: Bool[Array, ""]) -> Float[Array, "n"]:
+    """`attach_implicit_gradient` for the objective of a latency `model` (`LatencyModel`)."""
+    return _attach_model(model, w, tokens, ok)

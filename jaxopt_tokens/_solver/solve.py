@@ -1,0 +1,149 @@
+r"""`solve` and `solve_latency`: the one driver that runs every solver of problem (9).
+
+The driver takes a solver instance (or a method name as shorthand), runs it member by
+member (`base.run` under `vmap`, or `staged.staged_run` for a large batch, which takes the
+same steps), masks the members the validity contract rejects, and attaches the implicit
+derivative of the budgets: the Woodbury KKT system of the paper's model (`implicit.py`), or
+the dense one of the solver's latency model. Docs: *Solvers*.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._errors import InputError
+from .._objective import objective
+from .._queue.models import LatencyModel, Priority
+from .._validate import sanitise
+from .._workload import Workload
+from .aggregate import AggregateNewton
+from .base import AbstractSolver, run
+from .fixed_point import FixedPoint
+from .gradient import ProjectedGradient
+from .implicit import attach_implicit_gradient, attach_model_gradient
+from .solution import Solution
+from .staged import MIN_STAGED_BATCH, staged_run
+
+__all__ = ["solve", "solve_latency", "METHODS", "solver_from_name"]
+
+METHODS = ("default", "fixed-point", "pga", "pga-safeguarded")
+
+
+def solver_from_name(method: str, rtol: float | None = None, max_steps: int | None = None) -> AbstractSolver:
+    """The solver a method name stands for, with `rtol` / `max_steps` where given."""
+    kw = {}
+    if rtol is not None:
+        kw["rtol"] = rtol
+    if max_steps is not None:
+        kw["max_steps"] = max_steps
+    if method == "default":
+        return AggregateNewton(**kw)
+    if method == "fixed-point":
+        return FixedPoint(**kw)
+    if method == "pga":
+        return ProjectedGradient(safeguarded=False, **kw)
+    if method == "pga-safeguarded":
+        return ProjectedGradient(safeguarded=True, **kw)
+    raise InputError(f"solver: unknown method {method!r}; choose one of {METHODS} or pass a solver")
+
+
+def _with_gradient(solver: AbstractSolver, sol: Solution, w: Workload) -> Solution:
+    """`sol` (computed without gradients) with the implicit derivative of its budgets attached."""
+    ok = sol.converged
+    safe = sanitise(w, ok)  # finite stand-ins so that masked members give zero, not NaN, gradients
+    start = jnp.where(ok, sol.tokens, 0)
+    if solver.model is None:
+        tokens = attach_implicit_gradient(safe, start, ok)
+        value = objective(tokens, safe)
+    else:
+        tokens = attach_model_gradient(solver.model, safe, start, ok)
+        value = solver.model.objective(tokens, safe)
+    return eqx.tree_at(
+        lambda s: (s.tokens, s.objective), sol,
+        (jnp.where(ok, tokens, sol.tokens), jnp.where(ok, value, sol.objective)),
+    )
+
+
+@eqx.filter_jit
+def _drive(solver: AbstractSolver, w: Workload) -> Solution:
+    shape = w.batch_shape
+    if not shape:
+        return _with_gradient(solver, run(solver, jax.lax.stop_gradient(w)), w)
+    size = math.prod(shape)
+    flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape):]), w)
+    frozen = jax.lax.stop_gradient(flat)
+    if size >= MIN_STAGED_BATCH:  # large batches: each member iterates only as long as it needs
+        sol = staged_run(solver, frozen)
+    else:
+        sol = jax.vmap(lambda wi: run(solver, wi))(frozen)
+    sol = jax.vmap(lambda s, wi: _with_gradient(solver, s, wi))(sol, flat)
+    return jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
+
+
+def solve(
+    workload: Workload,
+    solver: str | AbstractSolver = "default",
+    *,
+    rtol: float | None = None,
+    max_steps: int | None = None,
+) -> Solution:
+    r"""Optimal continuous token budgets $l^*$ of problem (9), with a certificate.
+
+    **Arguments:**
+
+    - `workload`: a `Workload`; leading batch axes are solved member by member.
+    - `solver`: a solver instance (`AggregateNewton(rtol=...)`, `FixedPoint()`,
+      `ProjectedGradient(...)`), or a method name as shorthand: `"default"` (bracketed
+      Newton on the aggregate prices, converges on every valid instance), `"fixed-point"`
+      (the paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or
+      `"pga-safeguarded"` (spectral steps with backtracking).
+    - `rtol`, `max_steps`: settings for a method name (a solver instance carries its own).
+
+    **Returns:** a `Solution` (tokens, objective, status, residual, iterations, stats). Never
+    raises for bad values: members the validity contract rejects get a status and NaN
+    outputs. Works under `jit` and `vmap`; compiled once per workload shape, dtype and solver.
+
+    Differentiable with respect to every workload field: derivatives of `tokens` (and of
+    anything computed from them, such as `objective`) come from the KKT conditions at the
+    solution (implicit differentiation), not from the iterations; budgets held at a bound
+    have zero derivative (at `max_tokens`, they follow `max_tokens`). Members that did not
+    converge get zero derivatives. Docs: *Solvers*.
+    """
+    if not isinstance(workload, Workload):
+        raise InputError(f"workload: solve expects a Workload, got {type(workload).__name__}")
+    if isinstance(solver, str):
+        solver = solver_from_name(solver, rtol, max_steps)
+    elif not isinstance(solver, AbstractSolver):
+        raise InputError(f"solver: expected a method name or a solver, got {type(solver).__name__}")
+    elif rtol is not None or max_steps is not None:
+        raise InputError("rtol/max_steps: set them on the solver instance, not beside it")
+    return _drive(solver, workload)
+
+
+def solve_latency(
+    workload: Workload,
+    model: LatencyModel,
+    *,
+    rtol: float | None = None,
+    max_steps: int = 20_000,
+) -> Solution:
+    r"""Budgets maximising J under a latency `model`, with a certificate.
+
+    Spectral (Barzilai-Borwein) projected gradient ascent with Armijo backtracking on
+    $[0, l_{\max}]$ (`ProjectedGradient(safeguarded=True, model=model)`), started from the
+    optimum of the paper's model; the residual is the model's scale-free projected gradient.
+    Under `FIFO` and `ProcessorSharing` J is concave on the stable region, so the point is the
+    optimum; under `Priority` it is a KKT point. Runs through `solve`: the same statuses,
+    staging and implicit derivatives. Docs: *Latency models*.
+    """
+    if not isinstance(model, LatencyModel):
+        raise InputError(
+            f"model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), got {type(model).__name__}"
+        )
+    if isinstance(model, Priority):
+        model.check(workload.num_tasks)
+    return solve(workload, ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps))

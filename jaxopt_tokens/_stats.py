@@ -1,0 +1,32 @@
+"""Statistics shared by the simulator's confidence intervals and the fits' Wald intervals."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike
+
+__all__ = ["student_t_quantile"]
+
+
+@jax.jit
+def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
+    """Quantile of Student's t distribution with `df` degrees of freedom (for `0.5 <= p < 1`).
+
+    Bisection on the CDF $1 - \\tfrac12 I_{df/(df+t^2)}(df/2, 1/2)$ (regularised incomplete
+    beta), in float64 if enabled, else float32; accurate to the dtype's precision.
+    """
+    p = jnp.asarray(p, jnp.result_type(float))
+    df = jnp.asarray(df, p.dtype)
+
+    def cdf(t):
+        return 1 - 0.5 * jax.scipy.special.betainc(df / 2, 0.5, df / (df + t * t))
+
+    def body(_, bracket):
+        lo, hi = bracket
+        mid = (lo + hi) / 2
+        below = cdf(mid) < p
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 200, body, (jnp.zeros_like(p), jnp.full_like(p, 1e4)))
+    return (lo + hi) / 2

@@ -1,0 +1,129 @@
+"""The figures of the queueing paper and the sensitivity pictures, with matplotlib (PNG and SVG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .frontier import frontier_by_alpha, uniform_curve
+from .._integer import integer_lower_bound, paper_integer_lower_bound
+from .._objective import objective
+from .._solver.solve import solve
+from .sweep import sweep
+from .._workload import Workload
+
+__all__ = ["figure_uniform_vs_optimal", "figure_budget_sensitivity", "figure_heatmaps", "figure_frontier",
+           "all_figures"]
+
+
+def save_figure(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=130, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def figure_uniform_vs_optimal(w: Workload, budgets=(0, 100, 500)):
+    """The paper's Fig. 3: J at uniform budgets against J at the optimum l*."""
+    import matplotlib.pyplot as plt
+
+    sol = solve(w)
+    labels = [f"uniform {b}" for b in budgets] + ["optimal l*"]
+    values = [float(objective(jnp.full(w.num_tasks, float(b), w.dtype), w)) for b in budgets] + [float(sol.objective)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["#9aa5b1"] * len(budgets) + ["#2b7bba"])
+    ax.bar_label(bars, fmt="%.3f")
+    ax.set(ylabel="objective J (accuracy-weighted, minus seconds)",
+           title=f"Uniform budgets vs the optimum (lambda={float(w.arrival_rate):g}/s, alpha={float(w.alpha):g})")
+    return fig
+
+
+def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 1000.0):
+    """The paper's Fig. 4: J as one task's budget varies, the others held at l*; with J(l*) and the
+    integer lower bound (41) as printed and in its rigorous form."""
+    import matplotlib.pyplot as plt
+
+    sol = solve(w)
+    k = w.task_names.index(task)
+    grid = jnp.linspace(0.0, upto, 1001, dtype=w.dtype)
+    tokens = jnp.broadcast_to(sol.tokens, (grid.shape[0], w.num_tasks)).at[:, k].set(grid)
+    J = jax.vmap(objective, in_axes=(0, None))(tokens, w)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(grid, J, label=f"J with l_{task} varied, others at l*")
+    ax.axhline(float(sol.objective), color="k", ls=":", label=f"J(l*) = {float(sol.objective):.4f}")
+    ax.axhline(float(paper_integer_lower_bound(sol.tokens, w)), color="r", ls="--", label="lower bound (41), as printed")
+    ax.axhline(float(integer_lower_bound(sol.tokens, w)), color="m", ls="-.", label="rigorous integer lower bound")
+    ax.axvline(float(sol.tokens[k]), color="gray", lw=0.8)
+    ax.set(xlabel=f"{task} reasoning-token budget (tokens)", ylabel="objective J",
+           title=f"Sensitivity to the {task} budget (peak at l* = {float(sol.tokens[k]):.1f})")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def figure_heatmaps(w: Workload, arrival_rates=None, alphas=None, quiet: bool = True):
+    """l*_k of every task and J over a grid of (arrival rate, alpha)."""
+    import matplotlib.pyplot as plt
+
+    arrival_rates = np.linspace(0.01, 0.5, 60) if arrival_rates is None else np.asarray(arrival_rates)
+    alphas = np.geomspace(1, 100, 60) if alphas is None else np.asarray(alphas)
+    df = sweep(w, arrival_rate=arrival_rates, alpha=alphas, quiet=quiet)
+    panels = [f"l_{n}" for n in w.task_names] + ["objective"]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False)
+    for ax, col in zip(axes.ravel(), panels):
+        z = df[col].to_numpy().reshape(len(arrival_rates), len(alphas))
+        im = ax.pcolormesh(alphas, arrival_rates, z, shading="nearest", cmap="viridis")
+        ax.set_xscale("log")
+        ax.set(xlabel="alpha", ylabel="arrival rate (queries/s)",
+               title=("J*" if col == "objective" else f"{col[2:]} budget (tokens)"))
+        fig.colorbar(im, ax=ax)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("Optimal budgets and objective over (arrival rate, alpha)")
+    fig.tight_layout()
+    return fig
+
+
+def figure_frontier(w: Workload, num: int = 1000):
+    """Accuracy vs mean system time: optimal (alpha-traced) against uniform budgets."""
+    import matplotlib.pyplot as plt
+
+    df = frontier_by_alpha(w, num)
+    ok = df["status"] == "converged"
+    _, et_u, acc_u = uniform_curve(w)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(df.loc[ok, "mean_system_time"], df.loc[ok, "accuracy"], label="optimal per-task budgets (alpha swept)")
+    ax.plot(et_u, acc_u, "--", label="uniform budget on every task")
+    ax.set_xscale("log")
+    ax.set(xlabel="mean system time E[T] (s, log scale)", ylabel="mean accuracy",
+           title=f"Accuracy / latency frontier (lambda={float(w.arrival_rate):g}/s)")
+    ax.legend()
+    return fig
+
+
+def all_figures(w: Workload, out: str | Path, quiet: bool = True) -> list[Path]:
+    """Write every figure for a workload to `out` (PNG and SVG); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    paths = []
+    makers = [("fig3_uniform_vs_optimal", lambda: figure_uniform_vs_optimal(w)), ("frontier", lambda: figure_frontier(w)),
+              ("heatmaps", lambda: figure_heatmaps(w, quiet=quiet))]
+    if "GSM8K" in w.task_names:
+        makers.insert(1, ("fig4_gsm8k_sensitivity", lambda: figure_budget_sensitivity(w, "GSM8K")))
+    else:
+        k = int(np.argmax(np.asarray(solve(w).tokens)))
+        makers.insert(1, ("fig4_budget_sensitivity", lambda: figure_budget_sensitivity(w, w.task_names[k])))
+    for name, make in makers:
+        fig = make()
+        paths += save_figure(fig, out, name)
+        plt.close(fig)
+    return paths

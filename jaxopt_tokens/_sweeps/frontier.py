@@ -1,0 +1,74 @@
+"""Accuracy versus mean system time: the Pareto frontier the optimal budgets trace.
+
+Along alpha (log-spaced) each optimum is the most accurate allocation for its latency
+(J is the Lagrangian of that constrained problem), so the points form the Pareto frontier.
+Along the arrival rate the same weight gives the operating curve of a server under growing load.
+The uniform-budget curve (every task the same budget) shows what heterogeneity buys.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._objective import mean_accuracy, mean_system_time
+from .sweep import sweep
+from .._workload import Workload
+from .._queue.simulate import simulate
+
+__all__ = ["frontier_by_alpha", "frontier_by_arrival_rate", "uniform_curve", "with_simulated_tail"]
+
+
+def frontier_by_alpha(w: Workload, num: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True):
+    """Optimal (E[T], accuracy) for `num` log-spaced alphas: a DataFrame (see `sweep`)."""
+    return sweep(w, alpha=np.geomspace(*alpha_range, num), quiet=quiet)
+
+
+def frontier_by_arrival_rate(w: Workload, num: int = 200, quiet: bool = True):
+    """Optimal (E[T], accuracy) as the arrival rate grows to 0.98 of the zero-token limit."""
+    limit = 1.0 / float(jnp.sum(w.share * w.t0))
+    return sweep(w, arrival_rate=np.linspace(0.01 * limit, 0.98 * limit, num), quiet=quiet)
+
+
+def uniform_curve(w: Workload, budgets=None):
+    """(budget, E[T], accuracy) for the same budget on every task, over the stable range."""
+    if budgets is None:
+        cap = min(float(w.max_tokens), (1 / float(w.arrival_rate) - float(jnp.sum(w.share * w.t0)))
+                  / float(jnp.sum(w.share * w.c)))
+        budgets = np.linspace(0.0, 0.999 * cap, 400)
+    b = jnp.asarray(budgets, w.dtype)
+    tokens = jnp.broadcast_to(b[:, None], (b.shape[0], w.num_tasks))
+    acc = jax.vmap(mean_accuracy, in_axes=(0, None))(tokens, w)
+    et = jax.vmap(mean_system_time, in_axes=(0, None))(tokens, w)
+    return np.asarray(b), np.asarray(et), np.asarray(acc)
+
+
+def with_simulated_tail(frontier, w: Workload, num_queries: int = 10_000, num_replications: int = 10,
+                        key=None, level: float = 0.95, **simulate_kwargs):
+    """The frontier with simulated tail latency: every row's budgets through `simulate`.
+
+    Adds `sim_mean_system_time`, `sim_p95_system_time`, `sim_p99_system_time` and the
+    confidence bounds of the p95 (`sim_p95_lower`, `sim_p95_upper`), all policies on common
+    random numbers. Rows that did not converge get NaN. The PK model gives only the mean; the
+    tail is what a latency SLO is usually written against.
+    """
+
+    names = [f"l_{n}" for n in w.task_names]
+    tokens = frontier[names].to_numpy(dtype=np.float64)
+    ok = np.all(np.isfinite(tokens), axis=1) & (frontier["status"].to_numpy() == "converged")
+    out = frontier.copy()
+    for col in ("sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time", "sim_p95_lower",
+                "sim_p95_upper"):
+        out[col] = np.nan
+    if ok.any():
+        r = simulate(w, tokens[ok], num_queries, num_replications, key, **simulate_kwargs)
+        mean_t = r.interval("system_time", level)[0]
+        p95, lo, hi = r.interval("system_time_p95", level)
+        p99 = r.interval("system_time_p99", level)[0]
+        out.loc[ok, "sim_mean_system_time"] = mean_t
+        out.loc[ok, "sim_p95_system_time"] = p95
+        out.loc[ok, "sim_p99_system_time"] = p99
+        out.loc[ok, "sim_p95_lower"] = lo
+        out.loc[ok, "sim_p95_upper"] = hi
+    return out

@@ -1,0 +1,270 @@
+r"""The one contract for a valid workload, checked eagerly and per batch member.
+
+`RULES` lists every condition the model places on a workload (finite values, shares that
+are a distribution, accuracy curves within [0, 1], positive slopes and rates, a queue stable
+at zero tokens). The same rules are evaluated two ways:
+
+- `check_values` on concrete arrays (host side, `Workload.validate()`, the loaders, the
+  CLI): the first violation raises a `WorkloadError` naming the field, the task and the batch
+  member;
+- `member_status` on traced arrays (inside every solver, under `jit`/`vmap`): each member
+  gets the `Status` of its first violated rule, so a member outside the model is never
+  reported as converged, and `prepare`/`sanitise` swap it for a harmless stand-in so the
+  loops stay finite.
+
+It also holds the eager checks shared by the other systems (`as_float_array`,
+`check_finite`, `check_nonnegative`, `check_probability`). Docs: *Workloads and validity*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Int
+
+from ._errors import InputError, WorkloadError
+from ._status import Status
+
+__all__ = [
+    "PER_TASK_FIELDS",
+    "SCALAR_FIELDS",
+    "RULES",
+    "share_tolerance",
+    "check_values",
+    "member_status",
+    "prepare",
+    "sanitise",
+    "default_rtol",
+    "as_float_array",
+    "check_finite",
+    "check_nonnegative",
+    "check_probability",
+    "PROBABILITY_SLACK",
+    "is_concrete",
+]
+
+PER_TASK_FIELDS = ("A", "b", "D", "t0", "c", "share")
+SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
+SHARE_TOLERANCE = 1e-6
+PROBABILITY_SLACK = 1e-12
+
+
+def share_tolerance(dtype, num_tasks: int) -> float:
+    """How far the shares may sum from 1: 1e-6, or the rounding of an `N`-term sum in `dtype`."""
+    return max(SHARE_TOLERANCE, 8 * num_tasks * float(jnp.finfo(dtype).eps))
+
+
+def _accuracy_tolerance(dtype) -> float:
+    return max(1e-12, 4 * float(jnp.finfo(dtype).eps))
+
+
+class Rule(NamedTuple):
+    """One condition: `bad(fields, dtype)` marks violations per task (shape `(..., N)`) or per
+    member (shape `(...)`) with numpy or jax arrays alike; `status` is what a member gets."""
+
+    field: str
+    what: str
+    bad: Callable[[Mapping[str, Any], Any], Any]
+    status: Status = Status.INVALID_INPUT
+
+
+def _zero_token_load(f):
+    return f["arrival_rate"] * (f["share"] * f["t0"]).sum(axis=-1)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("share", "shares must be non-negative", lambda f, _: f["share"] < 0),
+    Rule("A", "A must be >= 0", lambda f, _: f["A"] < 0),
+    Rule("D", "D must be >= 0", lambda f, _: f["D"] < 0),
+    Rule("A", "A + D is the best attainable accuracy and must be <= 1",
+         lambda f, dt: f["A"] + f["D"] > 1 + _accuracy_tolerance(dt)),
+    Rule("b", "b must be > 0", lambda f, _: f["b"] <= 0),
+    Rule("c", "c (seconds per token) must be > 0", lambda f, _: f["c"] <= 0),
+    Rule("t0", "t0 (seconds) must be >= 0", lambda f, _: f["t0"] < 0),
+    Rule("share", "shares must sum to 1",
+         lambda f, dt: abs(f["share"].sum(axis=-1) - 1) > share_tolerance(dt, f["share"].shape[-1])),
+    Rule("arrival_rate", "must be > 0", lambda f, _: f["arrival_rate"] <= 0),
+    Rule("alpha", "must be > 0", lambda f, _: f["alpha"] <= 0),
+    Rule("max_tokens", "must be >= 0", lambda f, _: f["max_tokens"] < 0),
+    Rule("arrival_rate", "the queue is unstable even with zero reasoning tokens",
+         lambda f, _: _zero_token_load(f) >= 1, Status.UNSTABLE_INPUT),
+)
+
+
+def _member(index: tuple[int, ...]) -> str:
+    return f" (batch member {index})" if index else ""
+
+
+def _first(bad: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
+
+
+def _check_shapes(arrays: Mapping[str, np.ndarray], scalars: Mapping[str, np.ndarray], names) -> None:
+    a_shape = arrays["A"].shape
+    n = a_shape[-1] if a_shape else 0
+    batch = a_shape[:-1]
+    for f, a in arrays.items():
+        if a.ndim == 0:
+            raise WorkloadError(f"field '{f}' must hold one value per task, got a scalar")
+        if a.shape != a_shape:
+            raise WorkloadError(
+                f"field '{f}' has {a.shape[-1]} values but 'A' has {n}: every per-task field "
+                "needs one value per task"
+                if a.shape[:-1] == batch
+                else f"field '{f}' has shape {a.shape}, expected {a_shape}"
+            )
+    if n == 0:
+        raise WorkloadError("the workload has no tasks")
+    for f, s in scalars.items():
+        if s.shape != batch:
+            raise WorkloadError(f"field '{f}' has shape {s.shape}, expected {batch}")
+    if names and len(names) != n:
+        raise WorkloadError(f"'names' has {len(names)} entries for {n} tasks")
+
+
+def check_values(fields: Mapping[str, Any], names: tuple[str, ...], dtype) -> None:
+    """Raise `WorkloadError` at the first violation of `RULES` (concrete values only)."""
+    try:
+        arrays = {f: np.asarray(fields[f], dtype=np.float64) for f in PER_TASK_FIELDS}
+        scalars = {f: np.asarray(fields[f], dtype=np.float64) for f in SCALAR_FIELDS}
+    except Exception as e:  # tracers or objects that are not numbers
+        raise WorkloadError(f"validate() needs concrete numeric values: {e}") from None
+    _check_shapes(arrays, scalars, names)
+    names = names or tuple(f"task{k}" for k in range(arrays["A"].shape[-1]))
+    every = {**arrays, **scalars}
+    for f, a in every.items():
+        bad = ~np.isfinite(a)
+        if bad.any():
+            _raise(f, "must be a finite number", bad, every, names)
+    for rule in RULES:
+        bad = np.asarray(rule.bad(every, dtype))
+        if bad.any():
+            _raise(rule.field, rule.what, bad, every, names, rule)
+
+
+def _raise(field, what, bad, every, names, rule: Rule | None = None):
+    idx = _first(bad)
+    values = every[field]
+    if rule is not None and rule.status == Status.UNSTABLE_INPUT:
+        load = _zero_token_load(every)
+        cap = 1.0 / (every["share"] * every["t0"]).sum(axis=-1)[idx]
+        raise WorkloadError(
+            f"field 'arrival_rate'{_member(idx)}: the queue is unstable even with zero reasoning "
+            f"tokens (utilization {load[idx]:.4g} >= 1); no budget can help. The arrival rate "
+            f"must be below {cap:.6g} queries/s for these prefill times"
+        )
+    if rule is not None and rule.what == "shares must sum to 1":
+        total = every["share"].sum(axis=-1)
+        tol = share_tolerance(np.float64, every["share"].shape[-1])
+        raise WorkloadError(
+            f"field 'share'{_member(idx)}: shares sum to {total[idx]:.9g}, they must sum to 1 "
+            f"(within {tol:g}); divide them by their sum"
+        )
+    if bad.ndim == every["A"].ndim:
+        raise WorkloadError(
+            f"field '{field}', task '{names[idx[-1]]}'{_member(idx[:-1])}: {what} "
+            f"(got {float(values[idx]):g})"
+        )
+    raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {float(values[idx]):g})")
+
+
+def member_status(w) -> Int[Array, "*batch"]:
+    """The input status of every member under `RULES` (jit/vmap safe): `CONVERGED` when the
+    member may be solved, else `NONFINITE_INPUT`, `INVALID_INPUT` or `UNSTABLE_INPUT`."""
+    every = {f: getattr(w, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS}
+    batch = w.batch_shape
+    status = jnp.full(batch, Status.CONVERGED, jnp.int32)
+    for rule in reversed(RULES):  # the first violated rule wins
+        bad = rule.bad(every, w.dtype)
+        if bad.ndim > len(batch):
+            bad = jnp.any(bad, axis=-1)
+        status = jnp.where(bad, rule.status, status)
+    finite = jnp.ones(batch, bool)
+    for f, a in every.items():
+        ok = jnp.isfinite(a)
+        finite &= jnp.all(ok, axis=-1) if f in PER_TASK_FIELDS else ok
+    return jnp.where(finite, status, Status.NONFINITE_INPUT).astype(jnp.int32)
+
+
+def default_rtol(dtype, rtol: float | None) -> float:
+    """The solvers' default target residual: 1e-9 in float64, 1e-4 in float32."""
+    if rtol is not None:
+        return rtol
+    return 1e-9 if dtype == jnp.float64 else 1e-4
+
+
+def prepare(w):
+    """`(status_in, ok_in, safe)`: the input status per member, whether it may be solved, and the
+    workload with rejected members swapped for a harmless one so the loops stay finite."""
+    status_in = member_status(w)
+    ok_in = status_in == Status.CONVERGED
+    return status_in, ok_in, sanitise(w, ok_in)
+
+
+def sanitise(w, ok: Bool[Array, "*batch"]):
+    """Replace a rejected member by a small stable workload (its result is masked out)."""
+    one = jnp.ones_like(w.A)
+    n = w.num_tasks
+
+    def pick(x, good):
+        return jnp.where(ok if x.ndim == ok.ndim else ok[..., None], x, good)
+
+    return w.replace(
+        A=pick(w.A, 0.5 * one),
+        b=pick(w.b, 1e-3 * one),
+        D=pick(w.D, 0 * one),
+        t0=pick(w.t0, 0.1 * one),
+        c=pick(w.c, 0.01 * one),
+        share=pick(w.share, one / n),
+        arrival_rate=pick(w.arrival_rate, jnp.ones_like(w.arrival_rate) * 0.1),
+        alpha=pick(w.alpha, jnp.ones_like(w.alpha)),
+        max_tokens=pick(w.max_tokens, jnp.ones_like(w.max_tokens) * 1000),
+    )
+
+
+# ------------------------------------------------------------- eager checks of plain arrays
+
+
+def is_concrete(x) -> bool:
+    """Whether `x` holds values (not a tracer), so an eager check can read it."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_float_array(name: str, x) -> Array:
+    """`x` as a floating JAX array; `InputError` naming `name` when it is not numeric."""
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{name}: not a numeric array ({e})") from None
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
+            or arr.dtype == jnp.bool_):
+        raise InputError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
+
+
+def check_finite(name: str, x: Array) -> None:
+    """`InputError` when a concrete `x` holds NaN or infinities (tracers pass)."""
+    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        raise InputError(f"{name}: contains NaN or infinite values")
+
+
+def check_nonnegative(name: str, x: Array) -> None:
+    """`check_finite`, and `InputError` when a concrete `x` has a negative entry."""
+    check_finite(name, x)
+    if is_concrete(x) and bool(jnp.any(x < 0)):
+        raise InputError(f"{name}: must be non-negative, got min {float(jnp.min(x)):.6g}")
+
+
+def check_probability(name: str, x: Array) -> None:
+    """`check_finite`, and `InputError` when a concrete `x` leaves [0, 1] (up to rounding)."""
+    check_finite(name, x)
+    if is_concrete(x) and bool(jnp.any((x < -PROBABILITY_SLACK) | (x > 1 + PROBABILITY_SLACK))):
+        raise InputError(
+            f"{name}: must lie in [0, 1], got range [{float(jnp.min(x)):.6g}, {float(jnp.max(x)):.6g}]"
+        )

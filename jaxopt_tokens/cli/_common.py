@@ -1,0 +1,62 @@
+"""Options and helpers shared by CLI subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from .._errors import InputError
+from .._io import default_workload, load_workload
+from .._workload import Workload
+
+__all__ = ["add_workload_options", "workload_from_args", "positive_float", "int_at_least"]
+
+
+def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    p.add_argument("--workload", metavar="FILE", help="workload TOML/JSON (default: the paper's Table I)")
+    if overrides:
+        p.add_argument("--arrival-rate", type=float, metavar="X", help="override the arrival rate (queries/s)")
+        p.add_argument("--alpha", type=float, metavar="Y", help="override alpha, the weight of accuracy (s)")
+    p.add_argument("--max-tokens", type=float, metavar="M", help="override the token cap l_max")
+
+
+def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
+    """The workload the options name, with overrides applied and validated."""
+    w = load_workload(args.workload) if args.workload else default_workload()
+    changes = {}
+    for opt, field in (("arrival_rate", "arrival_rate"), ("alpha", "alpha"), ("max_tokens", "max_tokens")):
+        value = getattr(args, opt, None)
+        if value is not None:
+            changes[field] = float(value)
+    if changes:
+        w = w.replace(**changes)
+        try:
+            w.validate()
+        except InputError as e:
+            raise InputError(f"{e} (from the command-line override)") from None
+    return w if dtype is None else w.astype(dtype)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def int_at_least(minimum: int):
+    """An argparse `type` accepting whole numbers >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

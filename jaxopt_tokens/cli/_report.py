@@ -1,0 +1,47 @@
+"""A solved allocation as a plain record: what the CLI prints and other tools consume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._integer import integer_budgets
+from .._objective import mean_accuracy, mean_system_time, mean_wait, task_accuracy, utilization
+from .._solver.solution import Solution
+from .._status import Status
+from .._workload import Workload
+
+__all__ = ["allocation_report"]
+
+
+def allocation_report(w: Workload, sol: Solution, method: str) -> dict[str, Any]:
+    """JSON-ready summary of one solved (unbatched) workload, with integer budgets (39)."""
+    tokens = sol.tokens
+    status = Status(int(sol.status))
+    ok = status == Status.CONVERGED or bool(np.all(np.isfinite(np.asarray(tokens))))
+    tokens_int = integer_budgets(tokens, w) if ok else tokens
+
+    def f(x):
+        return float(np.asarray(x))
+
+    return {
+        "tasks": list(w.task_names),
+        "tokens": [float(v) for v in np.asarray(tokens)],
+        "tokens_int": [int(v) if np.isfinite(v) else None for v in np.asarray(tokens_int)],
+        "accuracy_per_task": [float(v) for v in np.asarray(task_accuracy(tokens, w))],
+        "objective": f(sol.objective),
+        "accuracy": f(mean_accuracy(tokens, w)),
+        "mean_wait": f(mean_wait(tokens, w)),
+        "mean_system_time": f(mean_system_time(tokens, w)),
+        "utilization": f(utilization(tokens, w)),
+        "status": status.name.lower(),
+        "status_message": status.message,
+        "residual": f(sol.residual),
+        "iterations": int(sol.iterations),
+        "method": method,
+        "arrival_rate": f(w.arrival_rate),
+        "alpha": f(w.alpha),
+        "max_tokens": f(w.max_tokens),
+        "stats": {k: (float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in sol.stats.items()},
+    }

@@ -1,0 +1,58 @@
+"""The `jaxopt-tokens` command line.
+
+Each subcommand lives in a module of this package (`solve.py`, `tune.py`, ...) exposing
+`register(subparsers)`, which adds its parser(s) and sets `func=run(args) -> int`.
+Bad input (`InputError`) becomes a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .._errors import InputError
+from . import budget, export, fit, simulate, solve, sweep, tune
+from .._version import __version__
+
+# Optional packages some subcommands import, and the extra that installs them.
+OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
+
+# Modules providing subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES = (solve, tune, sweep, fit, simulate, export, budget)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxopt-tokens",
+        description="Queueing-aware reasoning-token budgets for LLM servers (JAX).",
+    )
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in SUBCOMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"jaxopt-tokens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"jaxopt-tokens {args.command}: error: this needs the optional package '{e.name}': "
+              f"python -m pip install 'jaxopt_tokens[{extra}]'", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
