@@ -15,6 +15,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from jaxopt_tokens import clear  # noqa: E402
 
 
 def numpy_peer(tau, budget, inv_beta, iterations=60):
@@ -58,27 +59,33 @@ def main() -> None:
         t = tau.astype(dtype)
         budget = dtype(256.0 * args.n)
         for cap in (None, 8192.0):
-            fn = jax.jit(lambda t, b, cap=cap: clear.allocate(t, b, max_tokens=cap).tokens)
+            fn = jax.jit(lambda t, b, cap=cap: clear.allocate(t, b, query_cap=cap).tokens)
             best, median = _time(fn, t, budget, repeats=args.repeats)
-            a = clear.allocate(t, budget, max_tokens=cap)
-            print(f"  {np.dtype(dtype).name:8s} cap={str(cap):7s} best {best:.3f} s  median {median:.3f} s  "
-                  f"status {int(a.status)}  admitted {int(a.admitted.sum()):,}  "
-                  f"unused {float(a.unused):.3g} of {float(budget):.3g} tokens")
+            a = clear.allocate(t, budget, query_cap=cap)
+            print(
+                f"  {np.dtype(dtype).name:8s} cap={str(cap):7s} best {best:.3f} s  median {median:.3f} s  "
+                f"status {int(a.status)}  admitted {int(a.admitted.sum()):,}  "
+                f"unused {float(a.unused):.3g} of {float(budget):.3g} tokens"
+            )
     budget = 256.0 * args.n
     inv_beta = float(clear.adaptive_inverse_decay(tau, budget))
     peer_s, peer_admitted = numpy_peer(tau, budget, inv_beta)
     fn = jax.jit(lambda t, b: clear.allocate(t, b).tokens)
     best, _ = _time(fn, tau, budget, repeats=args.repeats)
     ours_admitted = int(clear.allocate(tau, budget).admitted.sum())
-    print(f"  peer: numpy + scipy lambertw, first stage only (60 bisection steps), float64: {peer_s:.3f} s "
-          f"(admitted {peer_admitted:,}; ours {ours_admitted:,}); ours, both stages: {best:.3f} s, "
-          f"{peer_s / best:.1f}x faster")
+    print(
+        f"  peer: numpy + scipy lambertw, first stage only (60 bisection steps), float64: {peer_s:.3f} s "
+        f"(admitted {peer_admitted:,}; ours {ours_admitted:,}); ours, both stages: {best:.3f} s, "
+        f"{peer_s / best:.1f}x faster"
+    )
     side = int(round(np.sqrt(args.n)))
     tb = tau[: side * side].reshape(side, side)
     bb = rng.uniform(128, 2048, side) * side
     fn = jax.jit(lambda t, b: clear.allocate(t, b).tokens)
     best, median = _time(fn, tb, bb, repeats=args.repeats)
-    print(f"  float64  batch {side}x{side} (independent budgets)  best {best:.3f} s  median {median:.3f} s")
+    print(
+        f"  float64  batch {side}x{side} (independent budgets)  best {best:.3f} s  median {median:.3f} s"
+    )
 
 
 if __name__ == "__main__":

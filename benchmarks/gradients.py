@@ -51,8 +51,12 @@ def main():
         table.add_column(col, justify="right")
     table.add_row("forward solve", f"{f_first:.2f}", f"{f:.3f}", "1.00")
     table.add_row("grad of sum J* w.r.t. all fields", f"{g_first:.2f}", f"{g:.3f}", f"{g / f:.2f}")
-    table.add_row("  backward pass alone (grad - forward)", "", f"{g - f:.3f}", f"{(g - f) / f:.2f}")
-    table.add_row("jacfwd of tokens w.r.t. all 39 inputs", f"{j_first:.2f}", f"{j:.3f}", f"{j / f:.2f}")
+    table.add_row(
+        "  backward pass alone (grad - forward)", "", f"{g - f:.3f}", f"{(g - f) / f:.2f}"
+    )
+    table.add_row(
+        "jacfwd of tokens w.r.t. all 39 inputs", f"{j_first:.2f}", f"{j:.3f}", f"{j / f:.2f}"
+    )
     Console(width=120).print(table)
 
 

@@ -14,11 +14,11 @@ import time
 
 import jax
 import numpy as np
+from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
-from _timing import best_of  # benchmarks/ is on sys.path when run as a script
 from jaxopt_tokens._queue.simulate import lindley_waits, sample_stream
 
 
@@ -83,7 +83,9 @@ def main():
     # peers: one policy's stream, float64 to compare waits exactly
     with jax.enable_x64(True):
         w64 = w.astype(np.float64)
-        stream = sample_stream(jax.random.PRNGKey(1), w64.replace(arrival_rate=0.4), args.peer_queries)
+        stream = sample_stream(
+            jax.random.PRNGKey(1), w64.replace(arrival_rate=0.4), args.peer_queries
+        )
         tokens = np.asarray(jt.solve(w64).tokens)
         service = np.asarray((w64.t0 + w64.c * tokens)[stream.task])
         gaps = np.asarray(stream.gaps)
@@ -94,25 +96,49 @@ def main():
     simpy_t, simpy_w = simpy_seconds(np.cumsum(gaps), service)
     ciw_t, ciw_w = ciw_seconds(gaps, service)
 
-    table = Table(title=f"jt.simulate: {args.policies:,} policies x {args.queries:,} queries, 1 replication, "
-                  f"float32, {jax.devices()[0].platform}")
+    table = Table(
+        title=f"jt.simulate: {args.policies:,} policies x {args.queries:,} queries, 1 replication, "
+        f"float32, {jax.devices()[0].platform}"
+    )
     for col in ("first call (s)", "run (s)", "queries/s", "ns/query", "target < 2 s"):
         table.add_column(col, justify="right")
-    table.add_row(f"{first:.2f}", f"{run:.3f}", f"{total_queries / run:.3g}", f"{1e9 * run / total_queries:.1f}",
-                  "met" if run < 2 else "missed")
+    table.add_row(
+        f"{first:.2f}",
+        f"{run:.3f}",
+        f"{total_queries / run:.3g}",
+        f"{1e9 * run / total_queries:.1f}",
+        "met" if run < 2 else "missed",
+    )
     console.print(table)
 
-    peers = Table(title=f"One FIFO stream of {args.peer_queries:,} queries (same arrivals and services), float64")
+    peers = Table(
+        title=f"One FIFO stream of {args.peer_queries:,} queries (same arrivals and services), float64"
+    )
     for col in ("simulator", "seconds", "us/query", "ours faster by", "max |wait diff| vs ours"):
         peers.add_column(col, justify="right")
-    peers.add_row("jaxopt_tokens lindley_waits (jit)", f"{ours_one:.5f}", f"{1e6 * ours_one / args.peer_queries:.3f}",
-                  "1x", "0")
+    peers.add_row(
+        "jaxopt_tokens lindley_waits (jit)",
+        f"{ours_one:.5f}",
+        f"{1e6 * ours_one / args.peer_queries:.3f}",
+        "1x",
+        "0",
+    )
     for name, secs, waits in (("simpy 4", simpy_t, simpy_w), ("ciw 3", ciw_t, ciw_w)):
-        peers.add_row(name, f"{secs:.3f}", f"{1e6 * secs / args.peer_queries:.2f}", f"{secs / ours_one:,.0f}x",
-                      f"{np.max(np.abs(waits - ours_waits)):.1e}")
+        peers.add_row(
+            name,
+            f"{secs:.3f}",
+            f"{1e6 * secs / args.peer_queries:.2f}",
+            f"{secs / ours_one:,.0f}x",
+            f"{np.max(np.abs(waits - ours_waits)):.1e}",
+        )
     per_query_batched = run / total_queries
-    peers.add_row("jt.simulate batched (per query, all statistics)", "-", f"{1e6 * per_query_batched:.4f}",
-                  f"simpy/{min(simpy_t, ciw_t) / args.peer_queries / per_query_batched:,.0f}x", "-")
+    peers.add_row(
+        "jt.simulate batched (per query, all statistics)",
+        "-",
+        f"{1e6 * per_query_batched:.4f}",
+        f"simpy/{min(simpy_t, ciw_t) / args.peer_queries / per_query_batched:,.0f}x",
+        "-",
+    )
     console.print(peers)
 
 

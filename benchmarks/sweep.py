@@ -37,9 +37,13 @@ def scipy_seconds_per_point(w, rates, alphas, sample=200):
                 return 1e300, np.zeros(6)
             e = np.exp(-b * l)
             J = alpha * pi @ (A * (1 - e) + D) - lam * m2 / (2 * d) - m1
-            return -J, -(pi * (alpha * A * b * e - c * (1 + lam * tt / d + lam**2 * m2 / (2 * d * d))))
+            return -J, -(
+                pi * (alpha * A * b * e - c * (1 + lam * tt / d + lam**2 * m2 / (2 * d * d)))
+            )
 
-        scipy.optimize.minimize(f, np.zeros(6), jac=True, method="L-BFGS-B", bounds=[(0, float(w.max_tokens))] * 6)
+        scipy.optimize.minimize(
+            f, np.zeros(6), jac=True, method="L-BFGS-B", bounds=[(0, float(w.max_tokens))] * 6
+        )
     return (time.perf_counter() - t) / sample
 
 
@@ -51,21 +55,43 @@ def main():
     rates, alphas = np.linspace(0.01, 0.5, side), np.geomspace(1, 100, side)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    df = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)  # includes compiling the chunk solver
+    df = jt.sweep(
+        w, arrival_rate=rates, alpha=alphas, quiet=True
+    )  # includes compiling the chunk solver
     cold = time.perf_counter() - t
     t = time.perf_counter()
     df = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     sp = scipy_seconds_per_point(w, rates, alphas)
-    table = Table(title=f"Sweep of the default workload: {side} arrival rates x {side} alphas = {side * side:,} points")
-    for col in ("method", "first run (s)", "wall time (s)", "points/s", "peak RSS (GiB)", "converged"):
+    table = Table(
+        title=f"Sweep of the default workload: {side} arrival rates x {side} alphas = {side * side:,} points"
+    )
+    for col in (
+        "method",
+        "first run (s)",
+        "wall time (s)",
+        "points/s",
+        "peak RSS (GiB)",
+        "converged",
+    ):
         table.add_column(col, justify="right")
-    table.add_row("jaxopt_tokens.sweep (incl. integer budgets, DataFrame)", f"{cold:.1f}", f"{seconds:.1f}",
-                  f"{side * side / seconds:,.0f}",
-                  f"{peak:.2f} (before: {rss0 / 1024**2:.2f})", f"{(df['status'] == 'converged').mean():.4%}")
-    table.add_row("scipy L-BFGS-B loop (extrapolated from 200 points)", "-", f"{sp * side * side:,.0f}", f"{1 / sp:,.0f}",
-                  "-", "-")
+    table.add_row(
+        "jaxopt_tokens.sweep (incl. integer budgets, DataFrame)",
+        f"{cold:.1f}",
+        f"{seconds:.1f}",
+        f"{side * side / seconds:,.0f}",
+        f"{peak:.2f} (before: {rss0 / 1024**2:.2f})",
+        f"{(df['status'] == 'converged').mean():.4%}",
+    )
+    table.add_row(
+        "scipy L-BFGS-B loop (extrapolated from 200 points)",
+        "-",
+        f"{sp * side * side:,.0f}",
+        f"{1 / sp:,.0f}",
+        "-",
+        "-",
+    )
     Console(width=140).print(table)
 
 

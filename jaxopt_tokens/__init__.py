@@ -35,8 +35,20 @@ from ._integer import (
     paper_integer_lower_bound,
     round_budgets,
 )
-from ._io import default_workload, dump_workload, load_workload, workload_from_dict, workload_to_dict
-from ._kkt import contraction_constant, gradient_lipschitz, kkt_residual, objective_gradient, provable_box
+from ._io import (
+    default_workload,
+    dump_workload,
+    load_workload,
+    workload_from_dict,
+    workload_to_dict,
+)
+from ._kkt import (
+    contraction_constant,
+    gradient_lipschitz,
+    kkt_residual,
+    objective_gradient,
+    provable_box,
+)
 from ._lambertw import lambertw, wright_omega
 from ._objective import (
     mean_accuracy,
@@ -59,9 +71,20 @@ from ._solver.solution import Solution
 from ._solver.solve import METHODS, solve, solve_latency
 from ._status import Status, StatusEnum
 from ._sweeps.figures import all_figures
-from ._sweeps.frontier import frontier_by_alpha, frontier_by_arrival_rate, uniform_curve, with_simulated_tail
+from ._sweeps.frontier import (
+    frontier_by_alpha,
+    frontier_by_arrival_rate,
+    uniform_curve,
+    with_simulated_tail,
+)
 from ._sweeps.sweep import read_sweep_metadata, sweep, write_sweep
-from ._tuning.router import CurveModel, TaskPool, realised_objective, synthetic_task_pool, train_router
+from ._tuning.router import (
+    CurveModel,
+    TaskPool,
+    realised_objective,
+    synthetic_task_pool,
+    train_router,
+)
 from ._tuning.tune import AlphaTuning, TuneStatus, tune, tune_alpha
 from ._version import __version__
 from ._workload import Workload, make_workload

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._objective import pk_wait, mean_system_time, objective, task_accuracy
+from ._errors import InputError
+from ._objective import mean_system_time, objective, pk_wait, task_accuracy
 from ._workload import Workload
 
 __all__ = [
@@ -32,8 +33,8 @@ def round_budgets(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b
 
 
 def best_floor_ceil(
-    tokens: Float[Array, "n"], w: Workload, *, max_tasks: int = MAX_EXHAUSTIVE_TASKS
-) -> Float[Array, "n"]:
+    tokens: Float[Array, " n"], w: Workload, *, max_tasks: int = MAX_EXHAUSTIVE_TASKS
+) -> Float[Array, " n"]:
     """The best of the $2^N$ floor/ceil combinations (39), all evaluated in one vectorised pass.
 
     Raises `ValueError` (at trace time) when N exceeds `max_tasks`: the search would need
@@ -41,9 +42,9 @@ def best_floor_ceil(
     """
     n = tokens.shape[-1]
     if tokens.ndim != 1:
-        raise ValueError("best_floor_ceil takes one workload; vmap it over a batch")
+        raise InputError("best_floor_ceil takes one workload; vmap it over a batch")
     if n > max_tasks:
-        raise ValueError(
+        raise InputError(
             f"the floor/ceil search (39) over N={n} tasks needs 2^{n} evaluations, above the "
             f"limit max_tasks={max_tasks}; use method='local' (rounding + coordinate search) "
             "or raise max_tasks"
@@ -64,8 +65,8 @@ def best_floor_ceil(
 
 
 def local_search_budgets(
-    tokens: Float[Array, "n"], w: Workload, *, sweeps: int = 4
-) -> Float[Array, "n"]:
+    tokens: Float[Array, " n"], w: Workload, *, sweeps: int = 4
+) -> Float[Array, " n"]:
     """Rounding (40) followed by coordinate local search: each sweep tries $\\pm 1$ on every
     task in turn and keeps any change that raises J. Never worse than rounding; O(N) per sweep.
     """
@@ -90,12 +91,12 @@ def local_search_budgets(
 
 
 def integer_budgets(
-    tokens: Float[Array, "n"],
+    tokens: Float[Array, " n"],
     w: Workload,
     method: str = "auto",
     *,
     max_tasks: int = MAX_EXHAUSTIVE_TASKS,
-) -> Float[Array, "n"]:
+) -> Float[Array, " n"]:
     """Integer budgets from continuous ones: `"exhaustive"` (39), `"round"` (40), `"local"`
     (rounding + coordinate search), or `"auto"` (exhaustive up to `max_tasks` tasks, else local).
     """
@@ -107,7 +108,7 @@ def integer_budgets(
         return best_floor_ceil(tokens, w, max_tasks=max_tasks)
     if method == "auto":
         return local_search_budgets(tokens, w)
-    raise ValueError(f"unknown method {method!r}; choose auto, exhaustive, round or local")
+    raise InputError(f"unknown method {method!r}; choose auto, exhaustive, round or local")
 
 
 def integer_lower_bound(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:

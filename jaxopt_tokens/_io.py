@@ -29,18 +29,29 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import WorkloadError
+from ._errors import InputError, WorkloadError
 from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS
 from ._workload import Workload
 
-__all__ = ["default_workload", "load_workload", "workload_from_dict", "workload_to_dict", "dump_workload"]
+__all__ = [
+    "default_workload",
+    "load_workload",
+    "workload_from_dict",
+    "workload_to_dict",
+    "dump_workload",
+]
 
 DEFAULT_WORKLOAD_FILE = "table1_qwen3_8b.toml"
 
 
 def default_workload(dtype=None) -> Workload:
     """The paper's Table I workload (Qwen3-8B, six task types, lambda=0.1, alpha=30)."""
-    text = resources.files("jaxopt_tokens").joinpath("data").joinpath(DEFAULT_WORKLOAD_FILE).read_text()
+    text = (
+        resources.files("jaxopt_tokens")
+        .joinpath("data")
+        .joinpath(DEFAULT_WORKLOAD_FILE)
+        .read_text()
+    )
     w = _parse(text, DEFAULT_WORKLOAD_FILE, "toml")
     return w if dtype is None else w.astype(dtype)
 
@@ -66,7 +77,11 @@ def _parse(text: str, source: str, fmt: str) -> Workload:
         data = json.loads(text) if fmt == "json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise WorkloadError(f"{source}: not valid {fmt.upper()}: {e}") from None
-    task_lines = [i + 1 for i, line in enumerate(text.splitlines()) if re.match(r"\s*\[\[\s*tasks\s*\]\]", line)]
+    task_lines = [
+        i + 1
+        for i, line in enumerate(text.splitlines())
+        if re.match(r"\s*\[\[\s*tasks\s*\]\]", line)
+    ]
     return workload_from_dict(data, source=source, task_lines=task_lines)
 
 
@@ -88,7 +103,9 @@ def workload_from_dict(
     allowed = set(SCALAR_FIELDS) | {"tasks", "name", "description"}
     extra = sorted(set(data) - allowed)
     if extra:
-        raise WorkloadError(f"{source}: unknown top-level field(s) {extra}; expected {sorted(allowed)}")
+        raise WorkloadError(
+            f"{source}: unknown top-level field(s) {extra}; expected {sorted(allowed)}"
+        )
     scalars = {}
     for f in SCALAR_FIELDS:
         if f not in data:
@@ -121,7 +138,9 @@ def workload_from_dict(
         columns["share"] = [1.0 / len(tasks)] * len(tasks)
     elif not all(has_share):
         k = has_share.index(False)
-        raise WorkloadError(f"{where(k, names[k])}: missing field 'share' (give it for every task or none)")
+        raise WorkloadError(
+            f"{where(k, names[k])}: missing field 'share' (give it for every task or none)"
+        )
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise WorkloadError(f"{source}: task name '{dup}' appears more than once")
@@ -138,14 +157,16 @@ def workload_from_dict(
         if m and m.group(1) in names and task_lines:
             k = names.index(m.group(1))
             if k < len(task_lines):
-                msg = msg.replace(f"task '{m.group(1)}'", f"task '{m.group(1)}' (line {task_lines[k]})", 1)
+                msg = msg.replace(
+                    f"task '{m.group(1)}'", f"task '{m.group(1)}' (line {task_lines[k]})", 1
+                )
         raise WorkloadError(f"{source}: {msg}") from None
 
 
 def workload_to_dict(w: Workload) -> dict[str, Any]:
     """The file layout of a single (unbatched) workload, with plain Python floats."""
     if w.batch_shape:
-        raise ValueError("workload_to_dict takes a single workload, not a batch")
+        raise InputError("workload_to_dict takes a single workload, not a batch")
     out: dict[str, Any] = {f: float(getattr(w, f)) for f in SCALAR_FIELDS}
     cols = {f: np.asarray(getattr(w, f), dtype=np.float64) for f in PER_TASK_FIELDS}
     out["tasks"] = [

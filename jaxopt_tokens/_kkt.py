@@ -33,7 +33,10 @@ def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array
     """
     u, v, stable = latency_prices(tokens, w)
     t = service_times(tokens, w)
-    g = w.share * (w.alpha[..., None] * w.A * w.b * jnp.exp(-w.b * tokens) - w.c * (v[..., None] + u[..., None] * t))
+    g = w.share * (
+        w.alpha[..., None] * w.A * w.b * jnp.exp(-w.b * tokens)
+        - w.c * (v[..., None] + u[..., None] * t)
+    )
     return jnp.where(stable[..., None], g, jnp.nan)
 
 
@@ -87,7 +90,9 @@ def _box_extremes(w: Workload, upper):
     return tmax_k, m1max, m2max, rho_max
 
 
-def contraction_constant(w: Workload, upper: Float[Array, "*b n"] | None = None) -> Float[Array, "*b"]:
+def contraction_constant(
+    w: Workload, upper: Float[Array, "*b n"] | None = None
+) -> Float[Array, "*b"]:
     """$L_\\infty$ of Lemma 2, eq. (26), on the box $[0, \\text{upper}]$ (default $[0, l_{\\max}]$).
 
     `+inf` when $\\rho_{\\max} \\ge 1$: the lemma's assumption fails and the constant does not exist.
@@ -106,7 +111,9 @@ def contraction_constant(w: Workload, upper: Float[Array, "*b n"] | None = None)
     return jnp.where(ok, value, jnp.inf)
 
 
-def gradient_lipschitz(w: Workload, upper: Float[Array, "*b n"] | None = None) -> Float[Array, "*b"]:
+def gradient_lipschitz(
+    w: Workload, upper: Float[Array, "*b n"] | None = None
+) -> Float[Array, "*b"]:
     """$L_J = \\max_k \\sum_j H_{kj}$ of Lemma 3, eqs. (31)-(32), on the box $[0, \\text{upper}]$.
 
     `+inf` when $\\rho_{\\max} \\ge 1$. Projected gradient ascent (29) converges for

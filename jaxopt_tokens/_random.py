@@ -56,5 +56,3 @@ def random_workloads(
         alpha=loguniform(ks[7], alpha, (num,)),
         max_tokens=jnp.round(loguniform(ks[8], max_tokens, (num,))),
     )
-
-

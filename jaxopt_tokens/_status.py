@@ -47,9 +47,12 @@ class Status(StatusEnum):
 
     CONVERGED = 0, "converged: the projected KKT residual is below the tolerance"
     MAX_ITERATIONS = 1, "stopped at the iteration limit before reaching the tolerance"
-    NOT_CONTRACTIVE = 2, (
-        "the fixed-point map left the stability region or stalled: it is not a contraction "
-        "here (use the default solver)"
+    NOT_CONTRACTIVE = (
+        2,
+        (
+            "the fixed-point map left the stability region or stalled: it is not a contraction "
+            "here (use the default solver)"
+        ),
     )
     UNSTABLE_INPUT = 3, "the queue is unstable even with zero tokens (arrival_rate * E[S] >= 1)"
     NONFINITE_INPUT = 4, "the workload holds NaN or infinite values"
@@ -61,7 +64,6 @@ class HasStatus(eqx.Module):
     codes of the class's `STATUS` enumeration."""
 
     STATUS: ClassVar[type[StatusEnum]]
-
 
     def messages(self) -> np.ndarray:
         """The status message of every member (host side)."""

@@ -80,18 +80,28 @@ RULES: tuple[Rule, ...] = (
     Rule("share", "shares must be non-negative", lambda f, _: f["share"] < 0),
     Rule("A", "A must be >= 0", lambda f, _: f["A"] < 0),
     Rule("D", "D must be >= 0", lambda f, _: f["D"] < 0),
-    Rule("A", "A + D is the best attainable accuracy and must be <= 1",
-         lambda f, dt: f["A"] + f["D"] > 1 + _accuracy_tolerance(dt)),
+    Rule(
+        "A",
+        "A + D is the best attainable accuracy and must be <= 1",
+        lambda f, dt: f["A"] + f["D"] > 1 + _accuracy_tolerance(dt),
+    ),
     Rule("b", "b must be > 0", lambda f, _: f["b"] <= 0),
     Rule("c", "c (seconds per token) must be > 0", lambda f, _: f["c"] <= 0),
     Rule("t0", "t0 (seconds) must be >= 0", lambda f, _: f["t0"] < 0),
-    Rule("share", "shares must sum to 1",
-         lambda f, dt: abs(f["share"].sum(axis=-1) - 1) > share_tolerance(dt, f["share"].shape[-1])),
+    Rule(
+        "share",
+        "shares must sum to 1",
+        lambda f, dt: abs(f["share"].sum(axis=-1) - 1) > share_tolerance(dt, f["share"].shape[-1]),
+    ),
     Rule("arrival_rate", "must be > 0", lambda f, _: f["arrival_rate"] <= 0),
     Rule("alpha", "must be > 0", lambda f, _: f["alpha"] <= 0),
     Rule("max_tokens", "must be >= 0", lambda f, _: f["max_tokens"] < 0),
-    Rule("arrival_rate", "the queue is unstable even with zero reasoning tokens",
-         lambda f, _: _zero_token_load(f) >= 1, Status.UNSTABLE_INPUT),
+    Rule(
+        "arrival_rate",
+        "the queue is unstable even with zero reasoning tokens",
+        lambda f, _: _zero_token_load(f) >= 1,
+        Status.UNSTABLE_INPUT,
+    ),
 )
 
 
@@ -103,7 +113,9 @@ def _first(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(bad)[0]) if bad.ndim else ()
 
 
-def _check_shapes(arrays: Mapping[str, np.ndarray], scalars: Mapping[str, np.ndarray], names) -> None:
+def _check_shapes(
+    arrays: Mapping[str, np.ndarray], scalars: Mapping[str, np.ndarray], names
+) -> None:
     a_shape = arrays["A"].shape
     n = a_shape[-1] if a_shape else 0
     batch = a_shape[:-1]
@@ -240,8 +252,11 @@ def as_float_array(name: str, x) -> Array:
         arr = jnp.asarray(x)
     except (TypeError, ValueError) as e:
         raise InputError(f"{name}: not a numeric array ({e})") from None
-    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
-            or arr.dtype == jnp.bool_):
+    if not (
+        jnp.issubdtype(arr.dtype, jnp.floating)
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+        or arr.dtype == jnp.bool_
+    ):
         raise InputError(f"{name}: expected a numeric array, got dtype {arr.dtype}")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.result_type(float))

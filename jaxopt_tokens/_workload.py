@@ -29,9 +29,14 @@ def _float_field(name: str):
         except (TypeError, ValueError) as e:
             raise WorkloadError(f"field '{name}': not a number or array of numbers ({e})") from None
         if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-            raise WorkloadError(f"field '{name}': complex values are not allowed (dtype {arr.dtype})")
-        if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)
-                or arr.dtype == jnp.bool_):
+            raise WorkloadError(
+                f"field '{name}': complex values are not allowed (dtype {arr.dtype})"
+            )
+        if not (
+            jnp.issubdtype(arr.dtype, jnp.floating)
+            or jnp.issubdtype(arr.dtype, jnp.integer)
+            or arr.dtype == jnp.bool_
+        ):
             raise WorkloadError(f"field '{name}': expected numbers, got dtype {arr.dtype}")
         if not jnp.issubdtype(arr.dtype, jnp.floating):
             arr = arr.astype(jnp.result_type(float))
@@ -81,8 +86,10 @@ class Workload(eqx.Module):
             if not s:
                 raise WorkloadError(f"field '{f}' must hold one value per task, got a scalar")
             if s[-1] != shape[-1]:
-                raise WorkloadError(f"field '{f}' has {s[-1]} values but 'A' has {shape[-1]}: every "
-                                    "per-task field needs one value per task")
+                raise WorkloadError(
+                    f"field '{f}' has {s[-1]} values but 'A' has {shape[-1]}: every "
+                    "per-task field needs one value per task"
+                )
         if self.names and len(self.names) != shape[-1]:
             raise WorkloadError(f"'names' has {len(self.names)} entries for {shape[-1]} tasks")
 
@@ -126,7 +133,9 @@ class Workload(eqx.Module):
         Accepts a single workload or a batch (leading axes); for a batch the message names
         the first offending member. Returns `self` so that calls can be chained.
         """
-        check_values({f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS}, self.names, self.dtype)
+        check_values(
+            {f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS}, self.names, self.dtype
+        )
         return self
 
 
@@ -148,7 +157,15 @@ def make_workload(
     if share is None:
         share = [1.0 / n] * n
     w = Workload(
-        A=A, b=b, D=D, t0=t0, c=c, share=share,
-        arrival_rate=arrival_rate, alpha=alpha, max_tokens=max_tokens, names=tuple(names),
+        A=A,
+        b=b,
+        D=D,
+        t0=t0,
+        c=c,
+        share=share,
+        arrival_rate=arrival_rate,
+        alpha=alpha,
+        max_tokens=max_tokens,
+        names=tuple(names),
     )
     return w.validate()

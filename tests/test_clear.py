@@ -29,6 +29,7 @@ clear_jit = jax.jit(clear.allocate, static_argnames=("decay", "iterations", "min
 
 # --- clearing invariants -----------------------------------------------------------------------
 
+
 def test_total_within_budget_and_binding_when_cleared():
     statuses = set()
     for tau, budget in _instances():
@@ -54,7 +55,7 @@ def test_admitted_tokens_follow_lambert_policy_and_abandon_hardest():
     adm = np.asarray(a.admitted)
     assert 0 < adm.sum() < tau.size
     # rational abandonment keeps the easiest queries
-    assert adm.max() and np.all(adm[: adm.sum()]) and not np.any(adm[adm.sum():])
+    assert adm.max() and np.all(adm[: adm.sum()]) and not np.any(adm[adm.sum() :])
     expected = tau + (1 - float(lambertw(E * a.price))) / float(a.beta)
     np.testing.assert_allclose(np.asarray(a.tokens)[adm], expected[adm], rtol=1e-12)
     # marginal utility equals the price for every admitted query
@@ -62,7 +63,11 @@ def test_admitted_tokens_follow_lambert_policy_and_abandon_hardest():
     b = float(a.beta)
     np.testing.assert_allclose((1 - b * z) * np.exp(-b * z), float(a.price), rtol=1e-8)
     # and their net surplus at that price is positive
-    assert np.all(np.asarray(clear.surge_utility(a.tokens, tau, b))[adm] - float(a.price) * np.asarray(a.tokens)[adm] > 0)
+    assert np.all(
+        np.asarray(clear.surge_utility(a.tokens, tau, b))[adm]
+        - float(a.price) * np.asarray(a.tokens)[adm]
+        > 0
+    )
 
 
 def test_total_tokens_nondecreasing_in_budget():
@@ -71,7 +76,9 @@ def test_total_tokens_nondecreasing_in_budget():
     budgets = np.linspace(0, 25 * 2500, 301)
     totals = np.asarray(jax.vmap(lambda b: clear.allocate(tau, b).tokens.sum())(budgets))
     assert np.all(np.diff(totals) >= -1e-6)
-    capped = np.asarray(jax.vmap(lambda b: clear.allocate(tau, b, max_tokens=900.0).tokens.sum())(budgets))
+    capped = np.asarray(
+        jax.vmap(lambda b: clear.allocate(tau, b, query_cap=900.0).tokens.sum())(budgets)
+    )
     assert np.all(np.diff(capped) >= -1e-6)
 
 
@@ -79,7 +86,9 @@ def test_permutation_equivariance():
     for tau, budget in itertools.islice(_instances(seed=2), 5):
         perm = np.random.default_rng(3).permutation(tau.size)
         a, p = clear.allocate(tau, budget), clear.allocate(tau[perm], budget)
-        np.testing.assert_allclose(np.asarray(p.tokens), np.asarray(a.tokens)[perm], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(p.tokens), np.asarray(a.tokens)[perm], rtol=1e-9, atol=1e-9
+        )
         assert float(p.price) == pytest.approx(float(a.price), rel=1e-9, abs=1e-15)
 
 
@@ -95,8 +104,12 @@ def test_scale_invariance_and_velocity_only_rescales_price():
 
 def test_adaptive_decay_is_explicit():
     tau = np.array([100.0, 200.0, 300.0])
-    assert float(clear.adaptive_inverse_decay(tau, 3 * 1200.0)) == pytest.approx(1000.0)  # B/n - mean
-    assert float(clear.adaptive_inverse_decay(tau, 3 * 100.0, min_scale=0.25)) == pytest.approx(50.0)  # floor
+    assert float(clear.adaptive_inverse_decay(tau, 3 * 1200.0)) == pytest.approx(
+        1000.0
+    )  # B/n - mean
+    assert float(clear.adaptive_inverse_decay(tau, 3 * 100.0, min_scale=0.25)) == pytest.approx(
+        50.0
+    )  # floor
     a = clear.allocate(tau, 3 * 1200.0)  # surplus regime: everyone gets tau + (B/n - mean tau)
     np.testing.assert_allclose(np.asarray(a.tokens), tau + 1000.0, rtol=1e-9)
     assert int(a.status) in (clear.Status.SLACK, clear.Status.CLEARED)
@@ -106,12 +119,12 @@ def test_adaptive_decay_is_explicit():
 
 def test_slack_and_cap():
     tau = np.array([100.0, 200.0, 300.0])
-    a = clear.allocate(tau, 1e5, max_tokens=500.0)
+    a = clear.allocate(tau, 1e5, query_cap=500.0)
     assert a.status == clear.Status.SLACK and float(a.price) == 0.0
     np.testing.assert_allclose(np.asarray(a.tokens), 500.0)
     assert float(a.unused) == pytest.approx(1e5 - 1500.0)
     # a cap below a threshold abandons that query
-    b = clear.allocate(np.array([100.0, 800.0]), 2000.0, max_tokens=600.0)
+    b = clear.allocate(np.array([100.0, 800.0]), 2000.0, query_cap=600.0)
     assert bool(b.admitted[0]) and not bool(b.admitted[1])
 
 
@@ -138,7 +151,9 @@ def test_batched_jit_vmap_and_invalid_members_do_not_raise():
     budget[2, 0] = -5.0
     a = clear_jit(tau, budget)
     assert a.tokens.shape == (3, 4, 16) and a.status.shape == (3, 4)
-    assert int(a.status[1, 2]) == clear.Status.INVALID and int(a.status[2, 0]) == clear.Status.INVALID
+    assert (
+        int(a.status[1, 2]) == clear.Status.INVALID and int(a.status[2, 0]) == clear.Status.INVALID
+    )
     assert np.all(np.asarray(a.tokens[1, 2]) == 0)
     one = clear.allocate(tau[0, 1], budget[0, 1])
     np.testing.assert_allclose(np.asarray(a.tokens[0, 1]), np.asarray(one.tokens), rtol=1e-12)
@@ -176,6 +191,7 @@ def test_integer_tokens():
 
 # --- implicit gradients ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("decay", ["adaptive", 0.002])
 def test_gradients_match_finite_differences(decay):
     tau = np.linspace(80.0, 2400.0, 15) + np.random.default_rng(6).uniform(0, 30, 15)
@@ -204,7 +220,9 @@ def test_gradients_match_finite_differences(decay):
     jt = jax.jacfwd(lambda b: f(tau, b).sum())(budget)
     assert float(jt) == pytest.approx(1.0, rel=1e-10)
     # thresholds shift the total by zero (the budget is fixed)
-    np.testing.assert_allclose(np.asarray(jax.grad(lambda t: f(t, budget).sum())(tau)), 0.0, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(lambda t: f(t, budget).sum())(tau)), 0.0, atol=1e-9
+    )
 
 
 def test_gradient_of_price_wrt_velocity_and_budget_signs():
@@ -213,12 +231,16 @@ def test_gradient_of_price_wrt_velocity_and_budget_signs():
     dp_db = jax.grad(lambda b: clear.allocate(tau, b).price)(budget)
     assert float(dp_db) < 0  # more supply, lower price
     h = 1e-4
-    fd = (clear.allocate(tau, budget, velocity=1 + h).price - clear.allocate(tau, budget, velocity=1 - h).price) / (2 * h)
+    fd = (
+        clear.allocate(tau, budget, velocity=1 + h).price
+        - clear.allocate(tau, budget, velocity=1 - h).price
+    ) / (2 * h)
     gv = jax.grad(lambda v: clear.allocate(tau, budget, velocity=v).price)(1.0)
     assert float(gv) == pytest.approx(float(fd), rel=1e-6)
 
 
 # --- baselines and the exact optimum -----------------------------------------------------------
+
 
 def test_baselines_follow_their_definitions():
     tau = np.array([100.0, 400.0, 900.0, 1600.0])
@@ -234,7 +256,12 @@ def test_baselines_follow_their_definitions():
     lengths = np.array([500.0, 300.0, 1200.0, 50.0])
     x = clear.oracle_allocation(lengths, 900.0, solvable=np.array([True, True, True, False]))
     np.testing.assert_allclose(x, [500.0, 300.0, 0.0, 0.0])
-    for fn in (clear.uniform_allocation, clear.predictor_allocation, clear.heuristic_allocation, clear.auction_allocation):
+    for fn in (
+        clear.uniform_allocation,
+        clear.predictor_allocation,
+        clear.heuristic_allocation,
+        clear.auction_allocation,
+    ):
         for b in (50.0, 700.0, 3000.0, 9000.0):
             assert float(jnp.sum(fn(tau, b))) <= b * (1 + 1e-12)
 
@@ -253,7 +280,9 @@ def test_exact_dp_matches_brute_force():
         tau = rng.integers(0, 8, 3).astype(float)
         tokens, value = clear.exact_allocation(tau, 14, beta=0.3)
         assert tokens.sum() <= 14
-        assert value == pytest.approx(float(np.sum(clear.surge_utility(tokens.astype(float), tau, 0.3))))
+        assert value == pytest.approx(
+            float(np.sum(clear.surge_utility(tokens.astype(float), tau, 0.3)))
+        )
         assert value == pytest.approx(_brute_force(tau, 14, 0.3))
 
 
@@ -275,6 +304,7 @@ def test_exact_dp_dominates_clear_and_gap_is_small():
 
 # --- evaluation harness ------------------------------------------------------------------------
 
+
 def test_shipped_pool_is_the_documented_generator(tmp_path):
     pool, gen = clear.default_pool(), clear.synthetic_pool(0)
     np.testing.assert_allclose(pool.threshold, gen.threshold, rtol=1e-5)
@@ -293,7 +323,9 @@ def test_clear_beats_uniform_when_scarce():
     for stream in clear.STREAMS:
         for bi in range(2):
             assert result["gain"][stream][bi] > 2.0, (stream, bi)
-            assert result["accuracy"]["Oracle"][stream][bi] >= result["accuracy"]["CLEAR"][stream][bi]
+            assert (
+                result["accuracy"]["Oracle"][stream][bi] >= result["accuracy"]["CLEAR"][stream][bi]
+            )
     robust = clear.noise_robustness(sigmas=(0.0, 1.0))
     assert robust["CLEAR"][0] >= robust["CLEAR"][1]
     assert min(robust["CLEAR"]) > max(robust["Uniform"])
@@ -311,11 +343,14 @@ def test_load_pool_errors_name_the_line(tmp_path):
     with pytest.raises(InputError, match="true_length"):
         clear.load_pool(bad)
     ok = tmp_path / "ok.csv"
-    ok.write_text("threshold,true_length,solvable\n" + "".join(f"{t},{t},1\n" for t in range(10, 100, 10)))
+    ok.write_text(
+        "threshold,true_length,solvable\n" + "".join(f"{t},{t},1\n" for t in range(10, 100, 10))
+    )
     assert sorted(set(clear.load_pool(ok).tier.tolist())) == [0, 1, 2]  # tiers by tertiles
 
 
 # --- CLI -----------------------------------------------------------------------------------------
+
 
 def _parser():
     p = argparse.ArgumentParser(prog="jaxopt-tokens")
@@ -371,7 +406,9 @@ from hypothesis.extra.numpy import arrays  # noqa: E402
 @settings(max_examples=40, deadline=None)
 @given(
     # a few batch sizes only: each size compiles once; ties break by index, so thresholds are distinct
-    tau=arrays(np.float64, st.sampled_from([1, 7, 30]), elements=st.floats(1.0, 5000.0), unique=True),
+    tau=arrays(
+        np.float64, st.sampled_from([1, 7, 30]), elements=st.floats(1.0, 5000.0), unique=True
+    ),
     per_query=st.floats(1.0, 6000.0),
     grow=st.floats(1.0, 3.0),
     dtype=st.sampled_from([np.float64, np.float32]),
@@ -393,4 +430,6 @@ def test_clearing_invariants_hold_on_arbitrary_batches(tau, per_query, grow, dty
     # relabelling the queries relabels the allocation
     perm = np.random.default_rng(seed).permutation(len(tau))
     c = clear_jit(tau_d[perm], dtype(budget), decay=0.004)
-    np.testing.assert_allclose(np.asarray(c.tokens), np.asarray(a.tokens)[perm], rtol=rtol * 10, atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(c.tokens), np.asarray(a.tokens)[perm], rtol=rtol * 10, atol=1e-3
+    )

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens.cli import export as cli_export
 from jaxopt_tokens import (
     DEFAULT_ANSWER_RESERVE,
+    InputError,
     export_policy,
-    load_tokens,
     openai_client_kwargs,
     write_policy,
 )
-from jaxopt_tokens import InputError
+from jaxopt_tokens.cli import export as cli_export
 
 NAMES = ("AIME", "GSM8K", "GPQA", "CRUXEval", "BBH", "ARC-Challenge")
 BUDGETS = [0.0, 340.89, 0.0, 0.0, 346.24, 30.14]
@@ -44,55 +43,87 @@ def _run_cli(argv, capsys):
 
 
 def test_vllm_fields(w):
-    p = export_policy(w, BUDGETS, format="vllm", rounding="round")
-    assert p["format"] == "vllm"
+    p = export_policy(w, BUDGETS, engine="vllm", rounding="round")
+    assert p["engine"] == "vllm"
     assert list(p["tasks"]) == list(NAMES)
     gsm = p["tasks"]["GSM8K"]
     assert gsm["budget"] == 341
-    assert gsm["request"] == {"max_tokens": 341 + DEFAULT_ANSWER_RESERVE, "thinking_token_budget": 341}
+    assert gsm["request"] == {
+        "max_tokens": 341 + DEFAULT_ANSWER_RESERVE,
+        "thinking_token_budget": 341,
+    }
     # zero -> thinking disabled through the chat template, no budget field
     aime = p["tasks"]["AIME"]["request"]
-    assert aime == {"max_tokens": DEFAULT_ANSWER_RESERVE, "chat_template_kwargs": {"enable_thinking": False}}
+    assert aime == {
+        "max_tokens": DEFAULT_ANSWER_RESERVE,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
 
 
 def test_sglang_fields(w):
-    p = export_policy(w, BUDGETS, format="sglang", answer_reserve=100, rounding="round")
-    assert p["tasks"]["BBH"]["request"] == {"max_tokens": 446, "custom_params": {"thinking_budget": 346}}
-    assert p["tasks"]["GPQA"]["request"] == {"max_tokens": 100, "chat_template_kwargs": {"enable_thinking": False}}
+    p = export_policy(w, BUDGETS, engine="sglang", answer_reserve=100, rounding="round")
+    assert p["tasks"]["BBH"]["request"] == {
+        "max_tokens": 446,
+        "custom_params": {"thinking_budget": 346},
+    }
+    assert p["tasks"]["GPQA"]["request"] == {
+        "max_tokens": 100,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
 
 
 def test_openai_fields_and_effort_thresholds(w):
     tokens = [0, 500, 1024, 1025, 8192, 20000]
-    p = export_policy(w, tokens, format="openai", answer_reserve=0)
+    p = export_policy(w, tokens, engine="openai", answer_reserve=0)
     req = {n: t["request"] for n, t in p["tasks"].items()}
     assert set(req["GSM8K"]) == {"max_completion_tokens", "reasoning_effort"}
-    assert [r["reasoning_effort"] for r in req.values()] == ["minimal", "low", "low", "medium", "medium", "high"]
+    assert [r["reasoning_effort"] for r in req.values()] == [
+        "minimal",
+        "low",
+        "low",
+        "medium",
+        "medium",
+        "high",
+    ]
     assert req["GSM8K"]["max_completion_tokens"] == 500
     assert p["settings"]["effort_bounds"] == {"minimal": 0, "low": 1024, "medium": 8192}
 
 
 def test_openai_custom_effort_bounds(w):
-    p = export_policy(w, [0, 10, 100, 1000, 5000, 9000], format="openai",
-                      effort_bounds={"low": 50, "medium": 2000})
+    p = export_policy(
+        w,
+        [0, 10, 100, 1000, 5000, 9000],
+        engine="openai",
+        effort_bounds={"low": 50, "medium": 2000},
+    )
     assert [t["request"]["reasoning_effort"] for t in p["tasks"].values()] == [
-        "low", "low", "medium", "medium", "high", "high"]
+        "low",
+        "low",
+        "medium",
+        "medium",
+        "high",
+        "high",
+    ]
 
 
 def test_json_format_neutral_fields(w):
-    p = export_policy(w, BUDGETS, format="json", answer_reserve=10, rounding="round")
+    p = export_policy(w, BUDGETS, engine="json", answer_reserve=10, rounding="round")
     assert p["tasks"]["ARC-Challenge"]["request"] == {"max_tokens": 40, "thinking_budget": 30}
     assert p["tasks"]["AIME"]["request"] == {"max_tokens": 10, "thinking_budget": 0}
 
 
 def test_zero_budget_sends_field(w):
-    p = export_policy(w, BUDGETS, format="vllm", zero_budget="budget")
-    assert p["tasks"]["AIME"]["request"] == {"max_tokens": DEFAULT_ANSWER_RESERVE, "thinking_token_budget": 0}
-    p = export_policy(w, BUDGETS, format="sglang", zero_budget="budget")
+    p = export_policy(w, BUDGETS, engine="vllm", zero_budget="budget")
+    assert p["tasks"]["AIME"]["request"] == {
+        "max_tokens": DEFAULT_ANSWER_RESERVE,
+        "thinking_token_budget": 0,
+    }
+    p = export_policy(w, BUDGETS, engine="sglang", zero_budget="budget")
     assert p["tasks"]["AIME"]["request"]["custom_params"] == {"thinking_budget": 0}
 
 
 def test_requests_are_independent_objects(w):
-    p = export_policy(w, BUDGETS, format="vllm")
+    p = export_policy(w, BUDGETS, engine="vllm")
     p["tasks"]["AIME"]["request"]["chat_template_kwargs"]["enable_thinking"] = True
     assert p["tasks"]["GPQA"]["request"]["chat_template_kwargs"]["enable_thinking"] is False
 
@@ -102,7 +133,7 @@ def test_requests_are_independent_objects(w):
 
 def test_reserve_caps_budget_below_max_tokens(w):
     w = w.replace(max_tokens=1000.0)
-    p = export_policy(w, [0, 900, 0, 0, 700, 5000], format="vllm", answer_reserve=200)
+    p = export_policy(w, [0, 900, 0, 0, 700, 5000], engine="vllm", answer_reserve=200)
     t = p["tasks"]
     assert t["GSM8K"]["budget"] == 800 and t["GSM8K"]["clamped"] == ["answer_reserve"]
     assert t["GSM8K"]["request"]["max_tokens"] == 1000
@@ -115,7 +146,7 @@ def test_reserve_caps_budget_below_max_tokens(w):
 
 
 def test_min_budget_raises_small_positive_only(w):
-    p = export_policy(w, [0, 3, 0, 0, 346, 30], format="json", min_budget=64)
+    p = export_policy(w, [0, 3, 0, 0, 346, 30], engine="json", min_budget=64)
     t = p["tasks"]
     assert t["GSM8K"]["budget"] == 64 and t["GSM8K"]["clamped"] == ["min_budget"]
     assert t["ARC-Challenge"]["budget"] == 64
@@ -125,22 +156,22 @@ def test_min_budget_raises_small_positive_only(w):
 
 def test_reserve_wins_over_min_budget(w):
     w = w.replace(max_tokens=100.0)
-    p = export_policy(w, [0, 5, 0, 0, 0, 0], format="json", min_budget=64, answer_reserve=80)
+    p = export_policy(w, [0, 5, 0, 0, 0, 0], engine="json", min_budget=64, answer_reserve=80)
     assert p["tasks"]["GSM8K"]["budget"] == 20
     assert p["tasks"]["GSM8K"]["clamped"] == ["min_budget", "answer_reserve"]
 
 
 def test_rounding_modes(w):
     x = [0.0, 340.2, 0.0, 0.0, 346.0000001, 30.5]
-    ceil = export_policy(w, x, format="json", rounding="ceil")["tasks"]
+    ceil = export_policy(w, x, engine="json", rounding="ceil")["tasks"]
     assert [ceil[n]["budget"] for n in NAMES] == [0, 341, 0, 0, 346, 31]
-    rnd = export_policy(w, x, format="json", rounding="round")["tasks"]
+    rnd = export_policy(w, x, engine="json", rounding="round")["tasks"]
     assert [rnd[n]["budget"] for n in NAMES] == [0, 340, 0, 0, 346, 30]  # numpy rounds half to even
 
 
 def test_integer_rounding_matches_integer_budgets(w):
     sol = jt.solve(w)
-    p = export_policy(w, sol, format="json")
+    p = export_policy(w, sol, engine="json")
     expected = np.asarray(jt.integer_budgets(sol.tokens, w)).astype(int).tolist()
     assert [p["tasks"][n]["budget"] for n in NAMES] == expected == [0, 341, 0, 0, 346, 30]
     assert p["source"]["status"] == "converged"
@@ -149,7 +180,9 @@ def test_integer_rounding_matches_integer_budgets(w):
 
 
 def test_mapping_tokens(w):
-    p = export_policy(w, dict(zip(reversed(NAMES), reversed(BUDGETS))), format="json", rounding="round")
+    p = export_policy(
+        w, dict(zip(reversed(NAMES), reversed(BUDGETS))), engine="json", rounding="round"
+    )
     assert p["tasks"]["GSM8K"]["budget"] == 341
 
 
@@ -157,7 +190,7 @@ def test_mapping_tokens(w):
 
 
 def test_metadata(w):
-    p = export_policy(w, BUDGETS, format="vllm", source="table1.toml")
+    p = export_policy(w, BUDGETS, engine="vllm", source="table1.toml")
     assert p["generated_by"] == f"jaxopt_tokens {jt.__version__}"
     src = p["source"]
     assert src["workload"] == "table1.toml"
@@ -169,19 +202,23 @@ def test_metadata(w):
 
 @pytest.mark.parametrize("fmt", ["vllm", "sglang", "openai", "json"])
 def test_json_roundtrip(w, tmp_path, fmt):
-    p = export_policy(w, jt.solve(w), format=fmt)
+    p = export_policy(w, jt.solve(w), engine=fmt)
     path = tmp_path / "policy.json"
     text = write_policy(p, path)
     assert json.loads(path.read_text()) == p == json.loads(text)
 
 
 def test_openai_client_kwargs(w):
-    p = export_policy(w, BUDGETS, format="vllm", rounding="round")
+    p = export_policy(w, BUDGETS, engine="vllm", rounding="round")
     assert openai_client_kwargs(p, "GSM8K") == {
-        "max_tokens": 341 + DEFAULT_ANSWER_RESERVE, "extra_body": {"thinking_token_budget": 341}}
+        "max_tokens": 341 + DEFAULT_ANSWER_RESERVE,
+        "extra_body": {"thinking_token_budget": 341},
+    }
     assert openai_client_kwargs(p, "AIME") == {
-        "max_tokens": DEFAULT_ANSWER_RESERVE, "extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}
-    o = export_policy(w, BUDGETS, format="openai")
+        "max_tokens": DEFAULT_ANSWER_RESERVE,
+        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
+    }
+    o = export_policy(w, BUDGETS, engine="openai")
     assert "extra_body" not in openai_client_kwargs(o, "BBH")
     with pytest.raises(InputError, match="NOPE"):
         openai_client_kwargs(p, "NOPE")
@@ -192,7 +229,7 @@ def test_openai_client_kwargs(w):
 
 def test_unknown_format(w):
     with pytest.raises(InputError, match="format"):
-        export_policy(w, BUDGETS, format="tgi")
+        export_policy(w, BUDGETS, engine="tgi")
 
 
 def test_negative_tokens_name_task(w):
@@ -223,15 +260,18 @@ def test_mapping_unknown_and_missing(w):
         export_policy(w, dict(zip(NAMES[1:], BUDGETS[1:])))
 
 
-@pytest.mark.parametrize("field,kw", [
-    ("answer_reserve", {"answer_reserve": -1}),
-    ("min_budget", {"min_budget": -3}),
-    ("min_budget", {"min_budget": 2.5}),
-    ("rounding", {"rounding": "stochastic"}),
-    ("zero_budget", {"zero_budget": "maybe"}),
-    ("effort_bounds", {"effort_bounds": {"low": 100, "medium": 50}}),
-    ("effort_bounds", {"effort_bounds": {"low": 100, "high": 500}}),
-])
+@pytest.mark.parametrize(
+    "field,kw",
+    [
+        ("answer_reserve", {"answer_reserve": -1}),
+        ("min_budget", {"min_budget": -3}),
+        ("min_budget", {"min_budget": 2.5}),
+        ("rounding", {"rounding": "stochastic"}),
+        ("zero_budget", {"zero_budget": "maybe"}),
+        ("effort_bounds", {"effort_bounds": {"low": 100, "medium": 50}}),
+        ("effort_bounds", {"effort_bounds": {"low": 100, "high": 500}}),
+    ],
+)
 def test_bad_options_name_field(w, field, kw):
     with pytest.raises(InputError, match=field):
         export_policy(w, BUDGETS, **kw)
@@ -243,8 +283,16 @@ def test_reserve_above_max_tokens(w):
 
 
 def test_batched_workload_rejected():
-    w = jt.make_workload(A=[0.5, 0.5], b=[0.01, 0.01], D=[0.1, 0.1], t0=[0.1, 0.1], c=[0.01, 0.01],
-                         arrival_rate=0.1, alpha=10.0, max_tokens=1000.0)
+    w = jt.make_workload(
+        A=[0.5, 0.5],
+        b=[0.01, 0.01],
+        D=[0.1, 0.1],
+        t0=[0.1, 0.1],
+        c=[0.01, 0.01],
+        arrival_rate=0.1,
+        alpha=10.0,
+        max_tokens=1000.0,
+    )
     batched = jax.tree_util.tree_map(lambda x: np.stack([x, x]), w)
     with pytest.raises(InputError, match="unbatched"):
         export_policy(batched, [1, 2])
@@ -254,7 +302,7 @@ def test_batched_workload_rejected():
 
 
 def test_cli_solves_and_prints(capsys):
-    rc, out = _run_cli(["export", "--format", "vllm"], capsys)
+    rc, out = _run_cli(["export", "--engine", "vllm"], capsys)
     assert rc == 0
     p = json.loads(out.out)
     assert p["tasks"]["GSM8K"]["request"] == {"max_tokens": 597, "thinking_token_budget": 341}
@@ -264,21 +312,28 @@ def test_cli_solves_and_prints(capsys):
 
 def test_cli_writes_file_openai(tmp_path, capsys):
     out = tmp_path / "p.json"
-    rc, printed = _run_cli(["export", "--format", "openai", "-o", str(out), "--answer-reserve", "64"], capsys)
+    rc, printed = _run_cli(
+        ["export", "--engine", "openai", "-o", str(out), "--answer-reserve", "64"], capsys
+    )
     assert rc == 0 and printed.out == ""
     p = json.loads(out.read_text())
     assert p["tasks"]["BBH"]["request"] == {"max_completion_tokens": 410, "reasoning_effort": "low"}
 
 
-@pytest.mark.parametrize("content", [
-    json.dumps([0, 100, 0, 0, 200.4, 7]),
-    json.dumps(dict(zip(NAMES, [0, 100, 0, 0, 200.4, 7]))),
-    json.dumps({"tokens": [0, 100, 0, 0, 200.4, 7], "tasks": list(NAMES)}),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps([0, 100, 0, 0, 200.4, 7]),
+        json.dumps(dict(zip(NAMES, [0, 100, 0, 0, 200.4, 7]))),
+        json.dumps({"tokens": [0, 100, 0, 0, 200.4, 7], "tasks": list(NAMES)}),
+    ],
+)
 def test_cli_tokens_file(tmp_path, capsys, content):
     f = tmp_path / "t.json"
     f.write_text(content)
-    rc, out = _run_cli(["export", "--format", "sglang", "--tokens", str(f), "--rounding", "round"], capsys)
+    rc, out = _run_cli(
+        ["export", "--engine", "sglang", "--tokens", str(f), "--rounding", "round"], capsys
+    )
     assert rc == 0
     p = json.loads(out.out)
     assert [p["tasks"][n]["budget"] for n in NAMES] == [0, 100, 0, 0, 200, 7]
@@ -286,7 +341,9 @@ def test_cli_tokens_file(tmp_path, capsys, content):
 
 
 def test_cli_max_tokens_override_caps_budget(capsys):
-    rc, out = _run_cli(["export", "--format", "json", "--max-tokens", "300", "--answer-reserve", "100"], capsys)
+    rc, out = _run_cli(
+        ["export", "--engine", "json", "--max-tokens", "300", "--answer-reserve", "100"], capsys
+    )
     assert rc == 0
     p = json.loads(out.out)
     for entry in p["tasks"].values():
@@ -309,6 +366,6 @@ def test_cli_bad_tokens_file(tmp_path, capsys):
 
 def test_cli_rejects_unknown_format(capsys):
     with pytest.raises(SystemExit):
-        _parser().parse_args(["export", "--format", "tgi"])
+        _parser().parse_args(["export", "--engine", "tgi"])
     with pytest.raises(SystemExit):
         _parser().parse_args(["export", "--answer-reserve", "-4"])

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 import jaxopt_tokens as jt
 from jaxopt_tokens._deploy.fit import _loglik
 
-SHIPPED = str(resources.files("jaxopt_tokens").joinpath("data", "synthetic_measurements_table1.csv"))
+SHIPPED = str(
+    resources.files("jaxopt_tokens").joinpath("data", "synthetic_measurements_table1.csv")
+)
 FIELDS = ("A", "b", "D", "t0", "c")
 
 
@@ -46,7 +48,9 @@ def test_shipped_measurements_recover_table1_within_intervals(table1, shipped_fi
         assert t.p_value > 1e-3 and t.monotone and not t.warnings
 
 
-def test_fitted_workload_solves_to_table1_budgets_within_propagated_uncertainty(table1, shipped_fit):
+def test_fitted_workload_solves_to_table1_budgets_within_propagated_uncertainty(
+    table1, shipped_fit
+):
     tokens, se = jt.budget_uncertainty(shipped_fit)
     truth = np.asarray(jt.solve(table1).tokens)
     positive = truth > 0
@@ -80,7 +84,8 @@ def test_mle_matches_scipy_constrained_optimum():
         n = np.full(budgets.shape, 300.0)
         y = rng.binomial(300, A * -np.expm1(-b * budgets) + D).astype(float)
         text = "task,budget,n_correct,n_total,latency\n" + "".join(
-            f"t,{l:g},{int(c)},300,{1 + 0.01 * l}\n" for l, c in zip(budgets, y))
+            f"t,{l:g},{int(c)},300,{1 + 0.01 * l}\n" for l, c in zip(budgets, y)
+        )
         ours = _fit_quietly(jt.parse_measurements(text)).tasks[0].params
 
         def nll(q):
@@ -88,10 +93,21 @@ def test_mle_matches_scipy_constrained_optimum():
             return -np.sum(y * np.log(p) + (n - y) * np.log1p(-p))
 
         best = min(
-            (optimize.minimize(nll, x0, method="SLSQP", bounds=[(0, 1), (-14, 2), (0, 1)],
-                               constraints=[{"type": "ineq", "fun": lambda q: 1 - q[0] - q[2]}],
-                               options={"ftol": 1e-12, "maxiter": 500})
-             for x0 in ([0.5, np.log(1e-3), 0.1], [0.3, np.log(1e-2), 0.2], [0.8, np.log(1e-4), 0.0])),
+            (
+                optimize.minimize(
+                    nll,
+                    x0,
+                    method="SLSQP",
+                    bounds=[(0, 1), (-14, 2), (0, 1)],
+                    constraints=[{"type": "ineq", "fun": lambda q: 1 - q[0] - q[2]}],
+                    options={"ftol": 1e-12, "maxiter": 500},
+                )
+                for x0 in (
+                    [0.5, np.log(1e-3), 0.1],
+                    [0.3, np.log(1e-2), 0.2],
+                    [0.8, np.log(1e-4), 0.0],
+                )
+            ),
             key=lambda r: r.fun,
         )
         mine = nll([ours["A"], np.log(ours["b"]), ours["D"]])
@@ -100,7 +116,9 @@ def test_mle_matches_scipy_constrained_optimum():
 
 def test_latency_fit_is_exact_on_noiseless_lines():
     text = "task,budget,accuracy,n_total,latency\n" + "".join(
-        f"t,{l},{0.2 + 0.5 * (1 - np.exp(-0.01 * l)):.6f},100,{0.3 + 0.02 * l}\n" for l in (0, 10, 50, 200, 800))
+        f"t,{l},{0.2 + 0.5 * (1 - np.exp(-0.01 * l)):.6f},100,{0.3 + 0.02 * l}\n"
+        for l in (0, 10, 50, 200, 800)
+    )
     t = _fit_quietly(jt.parse_measurements(text)).tasks[0]
     assert t.params["t0"] == pytest.approx(0.3, rel=1e-9)
     assert t.params["c"] == pytest.approx(0.02, rel=1e-9)
@@ -108,8 +126,17 @@ def test_latency_fit_is_exact_on_noiseless_lines():
 
 
 def test_warns_on_non_monotone_and_poor_fits():
-    rows = [(0, 100), (100, 500), (200, 700), (400, 650), (800, 300), (1600, 200)]  # rises then collapses
-    text = "task,budget,n_correct,n_total,latency\n" + "".join(f"odd,{l},{c},1000,{1 + l / 100}\n" for l, c in rows)
+    rows = [
+        (0, 100),
+        (100, 500),
+        (200, 700),
+        (400, 650),
+        (800, 300),
+        (1600, 200),
+    ]  # rises then collapses
+    text = "task,budget,n_correct,n_total,latency\n" + "".join(
+        f"odd,{l},{c},1000,{1 + l / 100}\n" for l, c in rows
+    )
     with pytest.warns(jt.FitWarning) as record:
         r = jt.fit(jt.parse_measurements(text))
     messages = " ".join(str(w.message) for w in record)
@@ -119,7 +146,9 @@ def test_warns_on_non_monotone_and_poor_fits():
 
 def test_flat_curve_sits_at_a_bound_with_a_warning():
     text = "task,budget,n_correct,n_total,latency\n" + "".join(
-        f"flat,{l},{c},500,{0.1 + 0.01 * l}\n" for l, c in [(0, 200), (100, 196), (400, 193), (1600, 190)])
+        f"flat,{l},{c},500,{0.1 + 0.01 * l}\n"
+        for l, c in [(0, 200), (100, 196), (400, 193), (1600, 190)]
+    )
     with pytest.warns(jt.FitWarning, match="A = 0"):
         r = jt.fit(jt.parse_measurements(text))
     t = r.tasks[0]
@@ -127,19 +156,34 @@ def test_flat_curve_sits_at_a_bound_with_a_warning():
     assert t.params["D"] == pytest.approx(779 / 2000, abs=1e-4)  # the pooled rate
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("task,n_correct,n_total\nx,1,2\n", "line 1: missing column 'budget'"),
-    ("task,budget\nx,1\n", "missing accuracy"),
-    ("task,budget,n_correct\nx,1,1\n", "'n_total'"),
-    ("# a comment\ntask,budget,n_correct,n_total\nx,10,1,2\nx,-5,1,2\n", "line 4: column 'budget' must be >= 0"),
-    ("task,budget,accuracy\nx,10,0.5\nx,20,1.5\n", "line 3: column 'accuracy' must be in [0, 1]"),
-    ("task,budget,n_correct,n_total\nx,10,7,5\n", "line 2: n_correct (7) > n_total (5)"),
-    ("task,budget,n_correct,n_total\nx,ten,1,5\n", "line 2: column 'budget': 'ten' is not a number"),
-    ("task,budget,n_correct,n_total\nx,10,1\n", "line 2: expected 4 fields"),
-    ("task,budget,n_correct,n_total,latency\nx,10,1,5,-2\n", "line 2: column 'latency' must be > 0"),
-    ("task,budget,n_correct,n_total\n,10,1,5\n", "line 2: column 'task' is empty"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("task,n_correct,n_total\nx,1,2\n", "line 1: missing column 'budget'"),
+        ("task,budget\nx,1\n", "missing accuracy"),
+        ("task,budget,n_correct\nx,1,1\n", "'n_total'"),
+        (
+            "# a comment\ntask,budget,n_correct,n_total\nx,10,1,2\nx,-5,1,2\n",
+            "line 4: column 'budget' must be >= 0",
+        ),
+        (
+            "task,budget,accuracy\nx,10,0.5\nx,20,1.5\n",
+            "line 3: column 'accuracy' must be in [0, 1]",
+        ),
+        ("task,budget,n_correct,n_total\nx,10,7,5\n", "line 2: n_correct (7) > n_total (5)"),
+        (
+            "task,budget,n_correct,n_total\nx,ten,1,5\n",
+            "line 2: column 'budget': 'ten' is not a number",
+        ),
+        ("task,budget,n_correct,n_total\nx,10,1\n", "line 2: expected 4 fields"),
+        (
+            "task,budget,n_correct,n_total,latency\nx,10,1,5,-2\n",
+            "line 2: column 'latency' must be > 0",
+        ),
+        ("task,budget,n_correct,n_total\n,10,1,5\n", "line 2: column 'task' is empty"),
+        ("", "empty"),
+    ],
+)
 def test_bad_measurement_files_name_the_line(text, needle):
     with pytest.raises(jt.InputError) as e:
         jt.parse_measurements(text, "m.csv")
@@ -180,8 +224,23 @@ def test_cli_fit_writes_a_workload_that_solves(tmp_path, capsys, table1):
     shares = tmp_path / "shares.csv"
     shares.write_text("task,share\n" + "".join(f"{n},1\n" for n in table1.task_names))
     out, fig = tmp_path / "fitted.toml", tmp_path / "fig2.png"
-    assert main(["fit", SHIPPED, "--shares", str(shares), "-o", str(out), "--plot", str(fig),
-                 "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                SHIPPED,
+                "--shares",
+                str(shares),
+                "-o",
+                str(out),
+                "--plot",
+                str(fig),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert fig.stat().st_size > 10_000 and report["warnings"] == []
     w = jt.load_workload(out)
@@ -207,13 +266,26 @@ def test_loglik_is_finite_at_the_boundary():
 
     with jax.enable_x64(True):
         l = jnp.asarray([0.0, 10.0])
-        assert np.isfinite(float(_loglik(jnp.asarray([0.5, -3.0, 0.0]), l, jnp.asarray([0.0, 3.0]),
-                                         jnp.asarray([10.0, 10.0]))))
+        assert np.isfinite(
+            float(
+                _loglik(
+                    jnp.asarray([0.5, -3.0, 0.0]),
+                    l,
+                    jnp.asarray([0.0, 3.0]),
+                    jnp.asarray([10.0, 10.0]),
+                )
+            )
+        )
 
 
 @settings(max_examples=20, deadline=None)
-@given(A=st.floats(0.1, 0.8), frac_D=st.floats(0.0, 1.0), log_b=st.floats(-4.0, -1.0),
-       t0=st.floats(0.0, 0.5), c=st.floats(1e-3, 5e-2))
+@given(
+    A=st.floats(0.1, 0.8),
+    frac_D=st.floats(0.0, 1.0),
+    log_b=st.floats(-4.0, -1.0),
+    t0=st.floats(0.0, 0.5),
+    c=st.floats(1e-3, 5e-2),
+)
 def test_noise_free_curves_are_recovered_exactly(A, frac_D, log_b, t0, c):
     """Exact expected rates (fractional counts) make the truth the maximum of the likelihood."""
     D = frac_D * (1 - A)
@@ -222,7 +294,8 @@ def test_noise_free_curves_are_recovered_exactly(A, frac_D, log_b, t0, c):
     budgets = np.concatenate([[0.0], budgets])
     p = A * -np.expm1(-b * budgets) + D
     text = "task,budget,accuracy,n_total,latency\n" + "".join(
-        f"t,{l:.17g},{q:.17g},1000,{t0 + c * l + 1e-3:.17g}\n" for l, q in zip(budgets, p))
+        f"t,{l:.17g},{q:.17g},1000,{t0 + c * l + 1e-3:.17g}\n" for l, q in zip(budgets, p)
+    )
     fitted = _fit_quietly(jt.parse_measurements(text)).tasks[0].params
     assert fitted["A"] == pytest.approx(A, abs=2e-4)
     assert fitted["D"] == pytest.approx(D, abs=2e-4)
@@ -234,7 +307,10 @@ def test_noise_free_curves_are_recovered_exactly(A, frac_D, log_b, t0, c):
 def test_per_request_rows_give_the_same_estimates_as_aggregated_rows():
     rng = np.random.default_rng(8)
     budgets = [0, 64, 256, 1024, 4096]
-    per_request, aggregated = ["task,budget,n_correct,n_total,latency"], ["task,budget,n_correct,n_total,latency"]
+    per_request, aggregated = (
+        ["task,budget,n_correct,n_total,latency"],
+        ["task,budget,n_correct,n_total,latency"],
+    )
     for l in budgets:
         p = 0.6 * -np.expm1(-1e-3 * l) + 0.2
         correct = rng.random(300) < p

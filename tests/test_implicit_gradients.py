@@ -42,12 +42,19 @@ def check_all_fields(w, rtol=1e-5):
         for i in indices:
             ours = float(getattr(g, field) if i is None else getattr(g, field)[i])
             fd = float(central_difference(_J, w, field, i))
-            assert ours == pytest.approx(fd, rel=rtol, abs=1e-7 * max(1.0, abs(float(_J(w))))), (field, i, ours, fd)
+            assert ours == pytest.approx(fd, rel=rtol, abs=1e-7 * max(1.0, abs(float(_J(w))))), (
+                field,
+                i,
+                ours,
+                fd,
+            )
 
 
 def test_table1_every_field(table1):
     sol = jt.solve(table1)
-    assert np.any(np.asarray(sol.tokens) == 0) and np.any(np.asarray(sol.tokens) > 0)  # bounds and interior
+    assert np.any(np.asarray(sol.tokens) == 0) and np.any(
+        np.asarray(sol.tokens) > 0
+    )  # bounds and interior
     check_all_fields(table1)
 
 
@@ -64,7 +71,11 @@ def test_upper_bound_active(table1):
 def test_near_degenerate(table1):
     """A budget just leaving its lower bound, and one just about to: CRUXEval as alpha grows."""
     lo, hi = 30.0, 300.0
-    assert float(tokens_star(table1.replace(alpha=lo))[3]) == 0 < float(tokens_star(table1.replace(alpha=hi))[3])
+    assert (
+        float(tokens_star(table1.replace(alpha=lo))[3])
+        == 0
+        < float(tokens_star(table1.replace(alpha=hi))[3])
+    )
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if float(tokens_star(table1.replace(alpha=mid))[3]) == 0 else (lo, mid)
@@ -75,7 +86,9 @@ def test_near_degenerate(table1):
 
 
 def test_random_instances_every_field():
-    wb = jt.random_workloads(jax.random.key(21), 6, 4, dtype=jnp.float64, load=(0.05, 0.8), alpha=(1.0, 300.0))
+    wb = jt.random_workloads(
+        jax.random.key(21), 6, 4, dtype=jnp.float64, load=(0.05, 0.8), alpha=(1.0, 300.0)
+    )
     for i in range(6):
         check_all_fields(jax.tree.map(lambda x: x[i], wb))
 
@@ -111,7 +124,9 @@ def test_vmap_jit_and_bad_members_give_finite_gradients():
     finite = [np.asarray(x)[[0, 1, 3, 4, 6, 7]] for x in leaves]
     assert all(np.all(np.isfinite(x)) for x in finite)
     assert float(g.alpha[2]) == 0.0  # the unstable member contributes nothing
-    per_member = jax.vmap(jax.grad(lambda w: jt.solve(w).objective))(jax.tree.map(lambda x: x[:2], wb))
+    per_member = jax.vmap(jax.grad(lambda w: jt.solve(w).objective))(
+        jax.tree.map(lambda x: x[:2], wb)
+    )
     np.testing.assert_allclose(per_member.alpha, g.alpha[:2], rtol=1e-10)
 
 
@@ -133,10 +148,14 @@ def test_implicit_equals_unrolled_fixed_point(table1):
         for _ in range(80):
             m1, m2 = jt.service_moments(l, w)
             d = 1 - w.arrival_rate * m1
-            l = jnp.clip(unclipped_budgets(d, w.arrival_rate * m2 / (2 * d * d), w), 0, w.max_tokens)
+            l = jnp.clip(
+                unclipped_budgets(d, w.arrival_rate * m2 / (2 * d * d), w), 0, w.max_tokens
+            )
         return l
 
     np.testing.assert_allclose(unrolled(table1), tokens_star(table1), atol=1e-8)
     implicit, through_loop = jax.jacfwd(tokens_star)(table1), jax.jacfwd(unrolled)(table1)
     for field in FIELDS:
-        np.testing.assert_allclose(getattr(through_loop, field), getattr(implicit, field), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(
+            getattr(through_loop, field), getattr(implicit, field), rtol=1e-6, atol=1e-8
+        )

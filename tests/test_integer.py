@@ -36,7 +36,9 @@ def test_bounds_on_random_instances():
 
 
 def test_exhaustive_refuses_large_n():
-    w = jax.tree.map(lambda x: x[0], jt.random_workloads(jax.random.key(0), 1, 20, dtype=jnp.float64))
+    w = jax.tree.map(
+        lambda x: x[0], jt.random_workloads(jax.random.key(0), 1, 20, dtype=jnp.float64)
+    )
     l = jt.solve(w).tokens
     with pytest.raises(ValueError, match="2\\^20"):
         jt.integer_budgets(l, w, "exhaustive")

@@ -19,7 +19,9 @@ def ulp_error(a, ref):
     return np.abs(a - ref) / np.spacing(np.maximum(np.abs(ref), np.finfo(np.float64).tiny))
 
 
-X_GRID = np.concatenate([-np.logspace(-3, np.log10(700), 400), np.linspace(-3, 3, 301), np.logspace(-3, 10, 400)])
+X_GRID = np.concatenate(
+    [-np.logspace(-3, np.log10(700), 400), np.linspace(-3, 3, 301), np.logspace(-3, 10, 400)]
+)
 Z_GRID = np.concatenate([np.logspace(-300, 300, 500), np.linspace(-0.36, 5, 400)])
 
 
@@ -58,7 +60,9 @@ def test_special_values():
     assert np.isnan(float(wright_omega(np.nan))) and np.isnan(float(lambertw(np.nan)))
     big = float(wright_omega(1e10))
     assert big == pytest.approx(1e10 - np.log(1e10), rel=1e-15)
-    assert float(lambertw(1e300)) == pytest.approx(float(mpmath.lambertw(mpmath.mpf("1e300")).real), rel=4e-16)
+    assert float(lambertw(1e300)) == pytest.approx(
+        float(mpmath.lambertw(mpmath.mpf("1e300")).real), rel=4e-16
+    )
 
 
 @pytest.mark.parametrize("value", [5e-324, 1e-310, -1e-310, 1e-300])
@@ -94,7 +98,9 @@ def test_float32():
     ref = sp.wrightomega(np.asarray(x, np.float64)).real
     ok = ref > 1e-30
     assert np.max(np.abs(np.asarray(w, np.float64)[ok] - ref[ok]) / ref[ok]) <= 2e-6
-    z = jnp.asarray(np.concatenate([np.linspace(-0.36, 10, 500), np.logspace(1, 38, 300)]), jnp.float32)
+    z = jnp.asarray(
+        np.concatenate([np.linspace(-0.36, 10, 500), np.logspace(1, 38, 300)]), jnp.float32
+    )
     wz = lambertw(z)
     assert wz.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(wz)))
     ref = sp.lambertw(np.asarray(z, np.float64)).real
@@ -122,12 +128,16 @@ def test_omega_defining_equation(x):
 
 def test_jit_vmap_shapes():
     z = jnp.linspace(0.0, 3.0, 12).reshape(3, 4)
-    np.testing.assert_allclose(jax.jit(lambertw)(z), lambertw(z), rtol=1e-15)  # fusion may differ by 1 ulp
+    np.testing.assert_allclose(
+        jax.jit(lambertw)(z), lambertw(z), rtol=1e-15
+    )  # fusion may differ by 1 ulp
     np.testing.assert_allclose(jax.vmap(lambertw)(z), lambertw(z))
     assert lambertw(jnp.int32(1)).dtype == jnp.result_type(float)
 
 
 def test_against_tfp():
-    tfp = pytest.importorskip("tensorflow_probability.substrates.jax", reason="tfp-nightly not installed")
+    tfp = pytest.importorskip(
+        "tensorflow_probability.substrates.jax", reason="tfp-nightly not installed"
+    )
     z = jnp.asarray(np.concatenate([np.linspace(-0.36, 5, 200), np.logspace(1, 200, 100)]))
     np.testing.assert_allclose(lambertw(z), tfp.math.lambertw(z), rtol=1e-12)

@@ -78,8 +78,12 @@ def test_priority_scan_equals_heap_simulation(seed, order):
     arrivals, task, service = _random_stream(seed)
     rank = np.empty(3, int)
     rank[list(order)] = np.arange(3)
-    got = priority_waits(jnp.asarray(arrivals), jnp.asarray(task), jnp.asarray(service), jnp.asarray(rank))
-    np.testing.assert_allclose(got, naive_priority(arrivals, task, service, rank), atol=1e-9, rtol=0)
+    got = priority_waits(
+        jnp.asarray(arrivals), jnp.asarray(task), jnp.asarray(service), jnp.asarray(rank)
+    )
+    np.testing.assert_allclose(
+        got, naive_priority(arrivals, task, service, rank), atol=1e-9, rtol=0
+    )
 
 
 @settings(max_examples=10, deadline=None)
@@ -98,17 +102,28 @@ def test_ps_overflow_is_flagged_not_silent():
     assert bool(overflow)
 
 
-@pytest.mark.parametrize("discipline, model, cv", [
-    ("fifo", jt.FIFO(service_cv=0.5), 0.5),
-    ("priority", jt.Priority(order=ORDER, service_cv=0.5), 0.5),
-    ("ps", jt.ProcessorSharing(), 1.0),
-])
+@pytest.mark.parametrize(
+    "discipline, model, cv",
+    [
+        ("fifo", jt.FIFO(service_cv=0.5), 0.5),
+        ("priority", jt.Priority(order=ORDER, service_cv=0.5), 0.5),
+        ("ps", jt.ProcessorSharing(), 1.0),
+    ],
+)
 @pytest.mark.parametrize("rho", [0.3, 0.7])
 def test_per_type_system_times_match_the_simulator(table1, discipline, model, cv, rho):
     w = _at_load(table1, rho)
-    r = jt.simulate(w, TOKENS, num_queries=20_000, num_replications=20, key=jax.random.PRNGKey(3),
-                    discipline=discipline, priority=ORDER if discipline == "priority" else None,
-                    service_cv=cv, capacity=256)
+    r = jt.simulate(
+        w,
+        TOKENS,
+        num_queries=20_000,
+        num_replications=20,
+        key=jax.random.PRNGKey(3),
+        discipline=discipline,
+        priority=ORDER if discipline == "priority" else None,
+        service_cv=cv,
+        capacity=256,
+    )
     predicted = np.asarray(model.system_times(jnp.asarray(TOKENS), w))
     np.testing.assert_allclose(r.predicted_system_time_by_task, predicted, rtol=1e-12)
     _, lo, hi = r.interval("system_time_by_task", level=0.99)
@@ -119,13 +134,22 @@ def test_per_type_system_times_match_the_simulator(table1, discipline, model, cv
 
 def test_fifo_model_without_variance_is_the_paper_objective(table1):
     l = jnp.asarray(TOKENS)
-    assert float(jt.FIFO().mean_system_time(l, table1)) == pytest.approx(float(jt.mean_system_time(l, table1)), rel=1e-14)
-    assert float(jt.latency_objective(l, table1, jt.FIFO())) == pytest.approx(float(jt.objective(l, table1)), rel=1e-14)
+    assert float(jt.FIFO().mean_system_time(l, table1)) == pytest.approx(
+        float(jt.mean_system_time(l, table1)), rel=1e-14
+    )
+    assert float(jt.latency_objective(l, table1, jt.FIFO())) == pytest.approx(
+        float(jt.objective(l, table1)), rel=1e-14
+    )
     # variance adds lambda * sum_k pi_k var_k / (2 (1 - rho)) to every type's wait
     t = table1.t0 + table1.c * l
-    extra = table1.arrival_rate * jnp.sum(table1.share * (0.3 * t) ** 2) / (2 * (1 - jt.utilization(l, table1)))
-    np.testing.assert_allclose(jt.FIFO(0.3).system_times(l, table1) - jt.FIFO().system_times(l, table1), extra,
-                               rtol=1e-12)
+    extra = (
+        table1.arrival_rate
+        * jnp.sum(table1.share * (0.3 * t) ** 2)
+        / (2 * (1 - jt.utilization(l, table1)))
+    )
+    np.testing.assert_allclose(
+        jt.FIFO(0.3).system_times(l, table1) - jt.FIFO().system_times(l, table1), extra, rtol=1e-12
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -138,7 +162,9 @@ def test_priority_obeys_kleinrock_conservation_law(order, rho):
     rho_k = w.arrival_rate * w.share * t
     wait_prio = jt.Priority(order=tuple(order)).system_times(l, w) - t
     wait_fifo = jt.FIFO().system_times(l, w) - t
-    assert float(jnp.sum(rho_k * wait_prio)) == pytest.approx(float(jnp.sum(rho_k * wait_fifo)), rel=1e-10)
+    assert float(jnp.sum(rho_k * wait_prio)) == pytest.approx(
+        float(jnp.sum(rho_k * wait_fifo)), rel=1e-10
+    )
 
 
 def test_unstable_queue_gives_infinite_latency(table1):
@@ -153,7 +179,9 @@ def test_solve_latency_fifo_matches_the_default_solver(table1):
     np.testing.assert_allclose(sol.tokens, jt.solve(table1).tokens, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", [jt.FIFO(service_cv=1.0), jt.Priority(order=ORDER), jt.ProcessorSharing()])
+@pytest.mark.parametrize(
+    "model", [jt.FIFO(service_cv=1.0), jt.Priority(order=ORDER), jt.ProcessorSharing()]
+)
 def test_solve_latency_beats_scipy_on_the_same_objective(table1, model):
     optimize = pytest.importorskip("scipy.optimize")
     w = table1.replace(arrival_rate=0.15)
@@ -162,9 +190,17 @@ def test_solve_latency_beats_scipy_on_the_same_objective(table1, model):
     f = jax.jit(lambda l: -jt.latency_objective(l, w, model))
     g = jax.jit(jax.grad(lambda l: -jt.latency_objective(l, w, model)))
     best = min(
-        (optimize.minimize(lambda x: float(f(jnp.asarray(x))), x0, jac=lambda x: np.asarray(g(jnp.asarray(x))),
-                           method="L-BFGS-B", bounds=[(0, 32768)] * 6, options={"ftol": 1e-15, "gtol": 1e-12})
-         for x0 in (np.zeros(6), np.full(6, 300.0), np.asarray(jt.solve(w).tokens))),
+        (
+            optimize.minimize(
+                lambda x: float(f(jnp.asarray(x))),
+                x0,
+                jac=lambda x: np.asarray(g(jnp.asarray(x))),
+                method="L-BFGS-B",
+                bounds=[(0, 32768)] * 6,
+                options={"ftol": 1e-15, "gtol": 1e-12},
+            )
+            for x0 in (np.zeros(6), np.full(6, 300.0), np.asarray(jt.solve(w).tokens))
+        ),
         key=lambda r: r.fun,
     )
     assert float(sol.objective) >= -best.fun - 1e-9

@@ -3,11 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from conftest import TABLE1_J, TABLE1_TOKENS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from conftest import TABLE1_J, TABLE1_TOKENS
 
 
 def test_table1_reference_values(table1):
@@ -65,13 +65,19 @@ def test_autodiff_matches_closed_forms(seed, n):
     np.testing.assert_allclose(_grad_wait(l, w), dW, rtol=1e-9)
     np.testing.assert_allclose(_hess_wait(l, w), H, rtol=1e-8, atol=1e-300)
     grad_J = _grad_J(l, w)
-    np.testing.assert_allclose(grad_J, w.alpha * w.share * dp - dW - w.share * w.c, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(
+        grad_J, w.alpha * w.share * dp - dW - w.share * w.c, rtol=1e-8, atol=1e-14
+    )
     np.testing.assert_allclose(grad_J, jt.objective_gradient(l, w), rtol=1e-8, atol=1e-14)
     # (12): z^T H z = lam^3 m2 B^2 / D^3 + 2 lam^2 A B / D^2 + lam sum pi c^2 z^2 / D
     z = jnp.asarray(np.random.default_rng(seed).normal(size=n))
     Az, Bz = jnp.sum(w.share * w.c * z * t), jnp.sum(w.share * w.c * z)
     lam = w.arrival_rate
-    q = lam**3 * m2 * Bz**2 / D**3 + 2 * lam**2 * Az * Bz / D**2 + lam / D * jnp.sum(w.share * w.c**2 * z**2)
+    q = (
+        lam**3 * m2 * Bz**2 / D**3
+        + 2 * lam**2 * Az * Bz / D**2
+        + lam / D * jnp.sum(w.share * w.c**2 * z**2)
+    )
     np.testing.assert_allclose(z @ _hess_wait(l, w) @ z, q, rtol=1e-8)
     assert float(q) > 0
 

@@ -11,15 +11,25 @@ from jaxopt_tokens._tuning.router import _smoothed_tokens, _workload
 def held_out_setup():
     pool = jt.synthetic_task_pool(jax.random.key(0), 300, 4, noise=0.3)
     train, test = jnp.arange(200), jnp.arange(200, 300)
-    test_idx = jax.vmap(lambda k: jax.random.choice(k, test, (6,), replace=False))(jax.random.split(jax.random.key(9), 200))
+    test_idx = jax.vmap(lambda k: jax.random.choice(k, test, (6,), replace=False))(
+        jax.random.split(jax.random.key(9), 200)
+    )
     return pool, train, test_idx
 
 
 def test_decision_focused_beats_two_stage_on_held_out_types():
     pool, train, test_idx = held_out_setup()
-    dfl, hist = jt.train_router(jt.CurveModel(4, jax.random.key(1), 16), pool, train, jax.random.key(2), steps=300)
-    two, _ = jt.train_router(jt.CurveModel(4, jax.random.key(1), 16), pool, train, jax.random.key(2),
-                             decision_focused=False, steps=600)
+    dfl, hist = jt.train_router(
+        jt.CurveModel(4, jax.random.key(1), 16), pool, train, jax.random.key(2), steps=300
+    )
+    two, _ = jt.train_router(
+        jt.CurveModel(4, jax.random.key(1), 16),
+        pool,
+        train,
+        jax.random.key(2),
+        decision_focused=False,
+        steps=600,
+    )
     J_dfl = float(jnp.mean(jt.realised_objective(dfl, pool, test_idx)))
     J_two = float(jnp.mean(jt.realised_objective(two, pool, test_idx)))
 
@@ -42,4 +52,6 @@ def test_smoothing_gives_gradients_at_bounds(table1):
     assert np.all(np.asarray(smooth)[pinned] != 0)
     # away from the bounds the smoothed budgets equal the exact ones
     smoothed = _smoothed_tokens(sol.tokens, table1, 1e-3)
-    np.testing.assert_allclose(np.asarray(smoothed)[~pinned], np.asarray(sol.tokens)[~pinned], rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(smoothed)[~pinned], np.asarray(sol.tokens)[~pinned], rtol=1e-9
+    )

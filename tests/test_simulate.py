@@ -88,8 +88,14 @@ def test_mean_system_time_within_99pct_interval_of_pk(table1, rho):
     m1 = float(jnp.sum(table1.share * (table1.t0 + table1.c * tokens)))
     w = table1.replace(arrival_rate=rho / m1)
     long_run = rho >= 0.8  # the wait's autocorrelation grows like 1/(1-rho)^2
-    r = jt.simulate(w, tokens, num_queries=200_000 if long_run else 20_000, num_replications=30,
-                    key=jax.random.PRNGKey(int(rho * 100)), service_cv=0.3)
+    r = jt.simulate(
+        w,
+        tokens,
+        num_queries=200_000 if long_run else 20_000,
+        num_replications=30,
+        key=jax.random.PRNGKey(int(rho * 100)),
+        service_cv=0.3,
+    )
     mean, lo, hi = r.interval("system_time", level=0.99)
     assert lo <= float(r.predicted_system_time) <= hi, (rho, mean, lo, hi, r.predicted_system_time)
     assert float(r.predicted_utilization) == pytest.approx(rho, rel=1e-9)
@@ -106,7 +112,9 @@ def test_littles_law_on_one_long_trajectory(table1):
     departures = arrivals + np.asarray(lindley_waits(s.gaps, service)) + service
     # time-average number in system L, from N(t) = arrivals - departures on a fine grid
     grid = np.linspace(arrivals[1000], arrivals[-1000], 400_000)
-    in_system = np.searchsorted(arrivals, grid, "right") - np.searchsorted(np.sort(departures), grid, "right")
+    in_system = np.searchsorted(arrivals, grid, "right") - np.searchsorted(
+        np.sort(departures), grid, "right"
+    )
     L = in_system.mean()
     window = (arrivals >= grid[0]) & (arrivals <= grid[-1])
     lam_hat = window.sum() / (grid[-1] - grid[0])
@@ -166,8 +174,11 @@ def test_noise_has_mean_one_and_requested_cv(table1, noise):
 def test_quantiles_match_numpy():
     x = np.random.default_rng(1).exponential(size=9_001)
     for dtype in (np.float32, np.float64):
-        np.testing.assert_allclose(_quantiles(jnp.asarray(x, dtype)),
-                                   np.quantile(x.astype(dtype), [0.5, 0.95, 0.99]), rtol=1e-6)
+        np.testing.assert_allclose(
+            _quantiles(jnp.asarray(x, dtype)),
+            np.quantile(x.astype(dtype), [0.5, 0.95, 0.99]),
+            rtol=1e-6,
+        )
 
 
 def test_student_t_quantile_matches_scipy():
@@ -202,43 +213,73 @@ def test_cli_simulate_json_compares_policies(tmp_path, capsys):
     from jaxopt_tokens.cli import main
 
     budgets = tmp_path / "budgets.json"
-    budgets.write_text(json.dumps({"AIME": 0, "GSM8K": 341, "GPQA": 0, "CRUXEval": 0, "BBH": 346,
-                                   "ARC-Challenge": 30}))
-    code = main(["simulate", "--tokens", "optimal", "--tokens", "uniform:500", "--tokens", str(budgets),
-                 "--num-queries", "4000", "--replications", "5", "--format", "json"])
+    budgets.write_text(
+        json.dumps(
+            {"AIME": 0, "GSM8K": 341, "GPQA": 0, "CRUXEval": 0, "BBH": 346, "ARC-Challenge": 30}
+        )
+    )
+    code = main(
+        [
+            "simulate",
+            "--tokens",
+            "optimal",
+            "--tokens",
+            "uniform:500",
+            "--tokens",
+            str(budgets),
+            "--num-queries",
+            "4000",
+            "--num-replications",
+            "5",
+            "--format",
+            "json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["policies"] == ["optimal", "uniform:500", str(budgets)]
     st = report["statistics"]["system_time"]
-    assert len(st["mean"]) == 3 and all(lo <= m <= hi for lo, m, hi in zip(st["lower"], st["mean"], st["upper"]))
+    assert len(st["mean"]) == 3 and all(
+        lo <= m <= hi for lo, m, hi in zip(st["lower"], st["mean"], st["upper"])
+    )
     np.testing.assert_allclose(report["tokens"][0], report["tokens"][2], atol=1.0)
     assert st["predicted"][1] > st["predicted"][0]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--tokens", "uniform:-5"], "tokens"),
-    (["--tokens", "uniform:abc"], "uniform:TOKENS"),
-    (["--tokens", "no_such_file.json"], "no_such_file.json"),
-    (["--level", "1.5"], "--level"),
-    (["--service-cv", "-1"], "service_cv"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--tokens", "uniform:-5"], "tokens"),
+        (["--tokens", "uniform:abc"], "uniform:TOKENS"),
+        (["--tokens", "no_such_file.json"], "no_such_file.json"),
+        (["--level", "1.5"], "--level"),
+        (["--service-cv", "-1"], "service_cv"),
+    ],
+)
 def test_cli_simulate_bad_input_is_one_line(capsys, argv, needle):
     from jaxopt_tokens.cli import main
 
-    assert main(["simulate", "--num-queries", "100", "--replications", "2", *argv]) == 2
+    assert main(["simulate", "--num-queries", "100", "--num-replications", "2", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
 
 
 def test_frontier_with_simulated_tail(table1):
-    df = jt.with_simulated_tail(jt.frontier_by_alpha(table1, num=6, alpha_range=(1.0, 300.0)), table1,
-                                num_queries=4000, num_replications=4)
+    df = jt.with_simulated_tail(
+        jt.frontier_by_alpha(table1, points=6, alpha_range=(1.0, 300.0)),
+        table1,
+        num_queries=4000,
+        num_replications=4,
+    )
     assert np.all(np.isfinite(df["sim_p95_system_time"]))
     # the simulated mean agrees with the model's and the tail sits above the mean
     np.testing.assert_allclose(df["sim_mean_system_time"], df["mean_system_time"], rtol=0.1)
     assert np.all(df["sim_p95_system_time"] > df["sim_mean_system_time"])
     assert np.all(np.diff(df["sim_p95_system_time"]) >= -0.05 * df["sim_p95_system_time"][1:])
-    assert np.all((df["sim_p95_lower"] <= df["sim_p95_system_time"]) & (df["sim_p95_system_time"] <= df["sim_p95_upper"]))
+    assert np.all(
+        (df["sim_p95_lower"] <= df["sim_p95_system_time"])
+        & (df["sim_p95_system_time"] <= df["sim_p95_upper"])
+    )
 
 
 def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
@@ -247,13 +288,35 @@ def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
     from jaxopt_tokens.cli import main
 
     order = "CRUXEval,AIME,ARC-Challenge,GPQA,GSM8K,BBH"
-    assert main(["simulate", "--discipline", "priority", "--priority", order, "--arrival-rate", "0.15",
-                 "--num-queries", "3000", "--replications", "3", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "--discipline",
+                "priority",
+                "--priority",
+                order,
+                "--arrival-rate",
+                "0.15",
+                "--num-queries",
+                "3000",
+                "--num-replications",
+                "3",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["discipline"] == "priority"
     w = table1.replace(arrival_rate=0.15)
-    expected = jt.solve_latency(w, jt.Priority(order=tuple(w.task_names.index(n) for n in order.split(","))))
-    np.testing.assert_allclose(report["tokens"][0], np.asarray(expected.tokens), rtol=1e-6, atol=1e-6)
+    expected = jt.solve_latency(
+        w, jt.Priority(order=tuple(w.task_names.index(n) for n in order.split(",")))
+    )
+    np.testing.assert_allclose(
+        report["tokens"][0], np.asarray(expected.tokens), rtol=1e-6, atol=1e-6
+    )
     assert main(["simulate", "--discipline", "priority", "--priority", "AIME,GSM8K"]) == 2
     assert "every task exactly once" in capsys.readouterr().err
 
@@ -273,7 +336,9 @@ def test_unstable_policy_warns_and_reports_infinite_prediction(table1):
     heavy = np.full(6, 3000.0)  # E[S] ~ 36 s at 0.1 queries/s: rho ~ 3.6
     with pytest.warns(jt.UnstableQueueWarning, match="utilization >= 1"):
         r = jt.simulate(table1, np.stack([np.zeros(6), heavy]), 2000, 2)
-    assert np.isinf(float(r.predicted_system_time[1])) and np.isfinite(float(r.predicted_system_time[0]))
+    assert np.isinf(float(r.predicted_system_time[1])) and np.isfinite(
+        float(r.predicted_system_time[0])
+    )
     assert np.all(np.isfinite(np.asarray(r.system_time)))  # finite simulated waits, never NaN
 
 
@@ -282,7 +347,9 @@ def test_cli_frontier_with_simulated_tail(tmp_path, capsys):
 
     from jaxopt_tokens.cli import main
 
-    assert main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "2000"]) == 0
+    assert (
+        main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "2000"]) == 0
+    )
     df = pd.read_csv(tmp_path / "frontier_optimal.csv", comment="#")
     assert {"sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time"} <= set(df.columns)
     assert np.all(df["sim_p99_system_time"] >= df["sim_p95_system_time"])

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from conftest import TABLE1_J, TABLE1_TOKENS
 
 import jaxopt_tokens as jt
-from conftest import TABLE1_J, TABLE1_TOKENS
 from jaxopt_tokens import Status
 
 
@@ -48,8 +48,14 @@ def _scipy_reference(w):
         return float(v), np.asarray(g)
 
     bounds = [(0.0, float(w.max_tokens))] * n
-    res = scipy.optimize.minimize(fun, np.zeros(n), jac=True, method="L-BFGS-B", bounds=bounds,
-                                  options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+    res = scipy.optimize.minimize(
+        fun,
+        np.zeros(n),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12},
+    )
     return res.x, -res.fun
 
 
@@ -139,14 +145,24 @@ def test_bad_members_get_status_not_nan_for_others():
     )
     sol = jt.solve(wb)
     status = [Status(int(s)) for s in sol.status]
-    assert status == [Status.CONVERGED, Status.NONFINITE_INPUT, Status.UNSTABLE_INPUT,
-                      Status.INVALID_INPUT, Status.CONVERGED]
+    assert status == [
+        Status.CONVERGED,
+        Status.NONFINITE_INPUT,
+        Status.UNSTABLE_INPUT,
+        Status.INVALID_INPUT,
+        Status.CONVERGED,
+    ]
     assert np.all(np.isnan(np.asarray(sol.tokens[1:4])))
     assert np.all(np.isfinite(np.asarray(sol.tokens)[[0, 4]]))
 
 
 def test_heavy_load_and_extreme_alpha_converge():
-    for kw in [dict(load=(0.95, 0.98)), dict(alpha=(1e3, 1e4)), dict(alpha=(1e-2, 1e-1)), dict(b=(1e-5, 1e-4))]:
+    for kw in [
+        dict(load=(0.95, 0.98)),
+        dict(alpha=(1e3, 1e4)),
+        dict(alpha=(1e-2, 1e-1)),
+        dict(b=(1e-5, 1e-4)),
+    ]:
         wb = jt.random_workloads(jax.random.key(17), 500, 6, dtype=jnp.float64, **kw)
         sol = jt.solve(wb)
         assert np.all(np.asarray(sol.status) == Status.CONVERGED), kw
@@ -155,14 +171,18 @@ def test_heavy_load_and_extreme_alpha_converge():
 
 def test_fixed_point_reports_leaving_stability():
     # a heavy-load instance where iterating (24) from l = 0 leaves the stability region
-    wb = jt.random_workloads(jax.random.key(0), 400, 6, dtype=jnp.float64, load=(0.5, 0.98), alpha=(10, 1e4))
+    wb = jt.random_workloads(
+        jax.random.key(0), 400, 6, dtype=jnp.float64, load=(0.5, 0.98), alpha=(10, 1e4)
+    )
     fp = jt.solve(wb, solver="fixed-point")
     codes = np.asarray(fp.status)
     assert np.any(codes == Status.NOT_CONTRACTIVE)
     assert not np.any(np.isnan(np.asarray(fp.objective)[codes != Status.NOT_CONTRACTIVE]))
     ref = jt.solve(wb)
     ok = codes == Status.CONVERGED
-    np.testing.assert_allclose(np.asarray(fp.objective)[ok], np.asarray(ref.objective)[ok], rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(fp.objective)[ok], np.asarray(ref.objective)[ok], rtol=1e-9
+    )
 
 
 def test_solve_rejects_non_workload():

@@ -32,19 +32,29 @@ def test_staged_batch_takes_the_same_steps_as_plain_vmap(batch):
     np.testing.assert_allclose(staged.residual, ref.residual, rtol=0, atol=1e-12)
     assert np.asarray(staged.iterations).max() > 16  # stragglers exist: the rounds were exercised
     assert list(np.asarray(staged.status)[[5, 700, 3000]]) == [
-        jt.Status.NONFINITE_INPUT, jt.Status.INVALID_INPUT, jt.Status.UNSTABLE_INPUT]
+        jt.Status.NONFINITE_INPUT,
+        jt.Status.INVALID_INPUT,
+        jt.Status.UNSTABLE_INPUT,
+    ]
 
 
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_staged_batch_keeps_batch_shape_and_gradients(batch):
     grid = jax.tree_util.tree_map(lambda x: x.reshape(64, -1, *x.shape[1:]), batch)
     sol = jt.solve(grid)
-    assert sol.tokens.shape == (64, 2 * MIN_STAGED_BATCH // 64, 6) and sol.status.shape == grid.batch_shape
+    assert (
+        sol.tokens.shape == (64, 2 * MIN_STAGED_BATCH // 64, 6)
+        and sol.status.shape == grid.batch_shape
+    )
     np.testing.assert_array_equal(sol.status.reshape(-1), jt.solve(batch).status)
     # the implicit derivative is attached per member as in the plain path
-    g_staged = jax.grad(lambda a: jnp.sum(jnp.where(sol_ok, jt.solve(batch.replace(alpha=a)).objective, 0)))
+    g_staged = jax.grad(
+        lambda a: jnp.sum(jnp.where(sol_ok, jt.solve(batch.replace(alpha=a)).objective, 0))
+    )
     sol_ok = np.asarray(jt.solve(batch).status) == 0
-    g_plain = jax.grad(lambda a: jnp.sum(jnp.where(sol_ok, plain(batch.replace(alpha=a)).objective, 0)))
+    g_plain = jax.grad(
+        lambda a: jnp.sum(jnp.where(sol_ok, plain(batch.replace(alpha=a)).objective, 0))
+    )
     np.testing.assert_allclose(g_staged(batch.alpha), g_plain(batch.alpha), rtol=1e-9, atol=1e-12)
 
 
@@ -57,4 +67,6 @@ def test_staged_float32(batch):
     same = np.asarray(staged.status) == np.asarray(ref.status)
     assert same.mean() > 0.998
     both = same & (np.asarray(staged.status) == 0)
-    np.testing.assert_allclose(np.asarray(staged.tokens)[both], np.asarray(ref.tokens)[both], rtol=1e-3, atol=0.5)
+    np.testing.assert_allclose(
+        np.asarray(staged.tokens)[both], np.asarray(ref.tokens)[both], rtol=1e-3, atol=0.5
+    )

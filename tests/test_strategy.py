@@ -8,15 +8,19 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens import strategy
-from jaxopt_tokens import InputError
+from jaxopt_tokens import InputError, strategy
 from jaxopt_tokens.strategy._probe import _fit_platt
 
 
 def random_selection_problem(seed, batch=(7, 3), S=5):
     rng = np.random.default_rng(seed)
-    return (rng.uniform(0, 1, batch + (S,)), rng.uniform(0, 2000, S), rng.uniform(0, 20, S),
-            rng.uniform(0, 1e-4), rng.uniform(0, 0.02))
+    return (
+        rng.uniform(0, 1, batch + (S,)),
+        rng.uniform(0, 2000, S),
+        rng.uniform(0, 20, S),
+        rng.uniform(0, 1e-4),
+        rng.uniform(0, 0.02),
+    )
 
 
 # --------------------------------------------------------------------------- per-query selection
@@ -42,7 +46,9 @@ def test_zero_prices_pick_most_accurate_and_high_prices_pick_cheapest():
     a, T, L, _, _ = random_selection_problem(3)
     np.testing.assert_array_equal(strategy.select(a, T, L, 0.0, 0.0), np.argmax(a, -1))
     cheapest = np.argmin(T)
-    np.testing.assert_array_equal(strategy.select(a, T, L, 10.0, 0.0), np.full(a.shape[:-1], cheapest))
+    np.testing.assert_array_equal(
+        strategy.select(a, T, L, 10.0, 0.0), np.full(a.shape[:-1], cheapest)
+    )
 
 
 def test_soft_select_gradients_match_finite_differences():
@@ -100,8 +106,14 @@ def test_soft_select_tends_to_argmax_as_temperature_vanishes():
     ],
 )
 def test_selection_rejects_bad_input_naming_the_field(kwargs, field):
-    args = dict(pred_accuracy=np.full((2, 3), 0.5), token_cost=np.ones(3), latency_cost=np.ones(3),
-                price_tokens=0.1, price_latency=0.1, temperature=0.1)
+    args = dict(
+        pred_accuracy=np.full((2, 3), 0.5),
+        token_cost=np.ones(3),
+        latency_cost=np.ones(3),
+        price_tokens=0.1,
+        price_latency=0.1,
+        temperature=0.1,
+    )
     args.update(kwargs)
     with pytest.raises(InputError, match=field):
         strategy.soft_select(**args)
@@ -136,7 +148,9 @@ def test_platt_scaling_recovers_known_calibration():
 @pytest.fixture(scope="module")
 def strategy_benchmark():
     """Probe trained on 1500 synthetic queries, frontier evaluated on 2000 fresh ones."""
-    return strategy.run_benchmark(jax.random.key(0), num_train=1500, num_test=2000, probe_steps=600, batch_size=256)
+    return strategy.run_benchmark(
+        jax.random.key(0), num_train=1500, num_test=2000, probe_steps=600, batch_size=256
+    )
 
 
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
@@ -149,10 +163,12 @@ def test_probe_learns_strategy_accuracy_and_beats_constant_baseline(strategy_ben
     assert probe(test.features[0]).shape == (table.num_strategies,)
     assert probe(test.features[:6].reshape(2, 3, -1)).shape == (2, 3, table.num_strategies)
     base = jnp.mean(test.soft_labels, axis=0)
-    baseline = strategy.soft_log_loss(jnp.broadcast_to(jax.scipy.special.logit(base), test.soft_labels.shape),
-                             test.soft_labels)
-    ideal = strategy.soft_log_loss(jax.scipy.special.logit(jnp.clip(test.true_accuracy, 1e-12, 1 - 1e-12)),
-                          test.soft_labels)
+    baseline = strategy.soft_log_loss(
+        jnp.broadcast_to(jax.scipy.special.logit(base), test.soft_labels.shape), test.soft_labels
+    )
+    ideal = strategy.soft_log_loss(
+        jax.scipy.special.logit(jnp.clip(test.true_accuracy, 1e-12, 1 - 1e-12)), test.soft_labels
+    )
     loss = strategy.probe_log_loss(probe, test.features, test.soft_labels)
     # most of the way from the best per-strategy constant to the ground truth
     assert float(loss) < float(ideal) + 0.25 * float(baseline - ideal)
@@ -167,7 +183,9 @@ def test_train_probe_rejects_bad_labels():
     with pytest.raises(InputError, match="soft_labels"):
         strategy.train_probe(jax.random.key(0), x, table.params, np.full((10, 4), 0.5))
     with pytest.raises(InputError, match="features"):
-        strategy.train_probe(jax.random.key(0), np.full((10, 3), np.inf), table.params, np.full((10, 10), 0.5))
+        strategy.train_probe(
+            jax.random.key(0), np.full((10, 3), np.inf), table.params, np.full((10, 10), 0.5)
+        )
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -218,7 +236,9 @@ def test_frontier_moves_to_cheaper_strategies_as_prices_rise(strategy_benchmark)
     frontier, _, _ = strategy_benchmark
     cost = np.asarray(frontier.oracle_cost)
     assert np.all(np.diff(cost) <= 1e-12)  # Lagrangian: optimal cost is non-increasing in price
-    assert cost[-1] == pytest.approx(float(frontier.static_cost[0]))  # everything greedy at high price
+    assert cost[-1] == pytest.approx(
+        float(frontier.static_cost[0])
+    )  # everything greedy at high price
 
 
 # --------------------------------------------------------------------------- queue-aware joint choice
@@ -247,7 +267,9 @@ def test_enumeration_matches_brute_force():
     res = strategy.select_queueing(acc, t, share, lam, alpha, "enumerate")
     np.testing.assert_array_equal(res.choice, best)
     assert float(res.objective) == pytest.approx(J(np.array(best)), rel=1e-12)
-    assert float(res.objective) == pytest.approx(float(res.mean_accuracy * alpha - res.mean_system_time))
+    assert float(res.objective) == pytest.approx(
+        float(res.mean_accuracy * alpha - res.mean_system_time)
+    )
 
 
 def test_coordinate_ascent_agrees_with_enumeration_on_random_instances():
@@ -299,10 +321,16 @@ def test_queue_aware_choice_gets_cheaper_as_arrival_rate_grows():
     np.testing.assert_array_equal(choices[-1], 0)  # greedy everywhere under heavy load
     # coordinate ascent is what "auto" used here (10**6 combinations); check one rate exactly on a sub-table
     table = strategy.default_table()
-    sub = strategy.Table(table.names[:5], table.method[:5], table.n[:5], table.token_cost[:5], table.latency_cost[:5])
+    sub = strategy.Table(
+        table.names[:5], table.method[:5], table.n[:5], table.token_cost[:5], table.latency_cost[:5]
+    )
     for rate in (0.01, 0.04):
-        c_enum, _, J_enum = strategy.queueing_arrival_sweep([rate], table=sub, alpha=300.0, method="enumerate")
-        c_coord, _, J_coord = strategy.queueing_arrival_sweep([rate], table=sub, alpha=300.0, method="coordinate")
+        c_enum, _, J_enum = strategy.queueing_arrival_sweep(
+            [rate], table=sub, alpha=300.0, method="enumerate"
+        )
+        c_coord, _, J_coord = strategy.queueing_arrival_sweep(
+            [rate], table=sub, alpha=300.0, method="coordinate"
+        )
         np.testing.assert_allclose(J_coord, J_enum, rtol=1e-12)
 
 
@@ -320,8 +348,13 @@ def test_queue_aware_choice_gets_cheaper_as_arrival_rate_grows():
     ],
 )
 def test_queueing_rejects_bad_input_naming_the_field(kwargs, field):
-    args = dict(task_accuracy=np.full((2, 3), 0.5), service_time=np.ones((2, 3)), share=np.array([0.5, 0.5]),
-                arrival_rate=0.1, alpha=10.0)
+    args = dict(
+        task_accuracy=np.full((2, 3), 0.5),
+        service_time=np.ones((2, 3)),
+        share=np.array([0.5, 0.5]),
+        arrival_rate=0.1,
+        alpha=10.0,
+    )
     args.update(kwargs)
     with pytest.raises(InputError, match=field):
         strategy.select_queueing(**args)

@@ -18,16 +18,26 @@ from jaxopt_tokens._sweeps.sweep import TRACE_COUNT
 
 def test_sweep_matches_pointwise_solves(table1):
     rates, alphas = np.linspace(0.02, 0.4, 5), np.geomspace(2, 80, 4)
-    df = jt.sweep(table1, arrival_rate=rates, alpha=alphas, b__GSM8K=[1e-3, 3.2e-3], quiet=True, chunk_size=16)
+    df = jt.sweep(
+        table1, arrival_rate=rates, alpha=alphas, b__GSM8K=[1e-3, 3.2e-3], quiet=True, chunk_size=16
+    )
     assert len(df) == 40 and list(df.columns[:3]) == ["arrival_rate", "alpha", "b__GSM8K"]
     for _, row in df.sample(8, random_state=0).iterrows():
-        w = table1.replace(arrival_rate=row.arrival_rate, alpha=row.alpha, b=table1.b.at[1].set(row.b__GSM8K))
+        w = table1.replace(
+            arrival_rate=row.arrival_rate, alpha=row.alpha, b=table1.b.at[1].set(row.b__GSM8K)
+        )
         sol = jt.solve(w)
-        np.testing.assert_allclose(row[[f"l_{n}" for n in w.task_names]].to_numpy(float), sol.tokens, rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(
+            row[[f"l_{n}" for n in w.task_names]].to_numpy(float), sol.tokens, rtol=1e-10, atol=1e-8
+        )
         assert row.objective == pytest.approx(float(sol.objective), rel=1e-12)
-        assert row.mean_system_time == pytest.approx(float(jt.mean_system_time(sol.tokens, w)), rel=1e-12)
-        np.testing.assert_array_equal(row[[f"l_int_{n}" for n in w.task_names]].to_numpy(float),
-                                      jt.integer_budgets(sol.tokens, w))
+        assert row.mean_system_time == pytest.approx(
+            float(jt.mean_system_time(sol.tokens, w)), rel=1e-12
+        )
+        np.testing.assert_array_equal(
+            row[[f"l_int_{n}" for n in w.task_names]].to_numpy(float),
+            jt.integer_budgets(sol.tokens, w),
+        )
     assert set(df["status"]) == {"converged"}
 
 
@@ -75,16 +85,24 @@ def test_eight_devices_match_one(tmp_path):
         df = jt.sweep(w, arrival_rate=np.linspace(0.01, 0.5, 13), alpha=np.geomspace(1, 100, 7), chunk_size=32, quiet=True)
         print(json.dumps(df["objective"].tolist()))
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
     eight = np.asarray(json.loads(out.stdout.strip().splitlines()[-1]))
-    one = jt.sweep(jt.default_workload().astype(np.float64), arrival_rate=np.linspace(0.01, 0.5, 13),
-                   alpha=np.geomspace(1, 100, 7), quiet=True)["objective"].to_numpy()
+    one = jt.sweep(
+        jt.default_workload().astype(np.float64),
+        arrival_rate=np.linspace(0.01, 0.5, 13),
+        alpha=np.geomspace(1, 100, 7),
+        quiet=True,
+    )["objective"].to_numpy()
     np.testing.assert_allclose(eight, one, rtol=1e-12)
 
 
 def test_frontier_dominates_uniform(table1):
-    df = jt.frontier_by_alpha(table1, num=200)
+    df = jt.frontier_by_alpha(table1, points=200)
     _, et_u, acc_u = jt.uniform_curve(table1)
     ok = df["status"] == "converged"
     et, acc = df.loc[ok, "mean_system_time"].to_numpy(), df.loc[ok, "accuracy"].to_numpy()
@@ -110,7 +128,7 @@ def test_figures_written_and_shapes(table1, tmp_path):
     peak = int(jnp.argmax(J))
     assert abs(float(grid[peak]) - float(sol.tokens[1])) <= 1.0
     d = np.diff(np.asarray(J))
-    assert np.all(d[:peak - 1] > 0) and np.all(d[peak + 1:] < 0)
+    assert np.all(d[: peak - 1] > 0) and np.all(d[peak + 1 :] < 0)
     uniform = [float(jt.objective(jnp.full(6, float(u)), table1)) for u in (0, 100, 500)]
     assert min(uniform) == uniform[2] and max(uniform) < float(sol.objective)
 
@@ -118,7 +136,21 @@ def test_figures_written_and_shapes(table1, tmp_path):
 def test_cli_sweep_and_figures(tmp_path):
     from jaxopt_tokens.cli import main
 
-    assert main(["sweep", "--arrival-rate", "0.01:0.5:4", "--alpha", "1:100:3", "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--arrival-rate",
+                "0.01:0.5:4",
+                "--alpha",
+                "1:100:3",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(pd.read_csv(tmp_path / "sweep.csv", comment="#")) == 12
 
 

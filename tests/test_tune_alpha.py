@@ -43,7 +43,9 @@ def test_matches_constrained_optimum(table1, tau):
 
 
 def test_random_workloads_match_constrained_optimum():
-    wb = jt.random_workloads(jax.random.key(8), 4, 4, dtype=jnp.float64, load=(0.05, 0.6), alpha=(1.0, 100.0))
+    wb = jt.random_workloads(
+        jax.random.key(8), 4, 4, dtype=jnp.float64, load=(0.05, 0.6), alpha=(1.0, 100.0)
+    )
     for i in range(4):
         w = jax.tree.map(lambda x: x[i], wb)
         tau = 1.5 * float(jt.mean_system_time(jnp.zeros(4), w))
@@ -54,7 +56,9 @@ def test_random_workloads_match_constrained_optimum():
 
 def test_unreachable_targets(table1):
     zero_latency = float(jt.mean_system_time(jnp.zeros(6), table1))
-    assert TuneStatus(int(_tune(table1, 0.5 * zero_latency).status)) == TuneStatus.TARGET_BELOW_MINIMUM
+    assert (
+        TuneStatus(int(_tune(table1, 0.5 * zero_latency).status)) == TuneStatus.TARGET_BELOW_MINIMUM
+    )
     capped = table1.replace(max_tokens=50.0)  # every budget capped well before the queue saturates
     top = float(jt.mean_system_time(jnp.full(6, 50.0), capped))
     assert TuneStatus(int(_tune(capped, 2 * top).status)) == TuneStatus.TARGET_ABOVE_MAXIMUM
@@ -72,7 +76,9 @@ def test_general_tune_reaches_latency_target(table1):
     def loss(sol, w):
         return (jt.mean_system_time(sol.tokens, w) - 3.0) ** 2
 
-    tuned, history = jax.jit(lambda w: jt.tune(w, loss, ["alpha"], optimizer=optax.adam(0.1), steps=150))(table1)
+    tuned, history = jax.jit(
+        lambda w: jt.tune(w, loss, ["alpha"], optimizer=optax.adam(0.1), steps=150)
+    )(table1)
     assert float(history[-1]) < 1e-6 < float(history[0])
     ref = _tune(table1, 3.0)
     assert float(tuned.alpha) == pytest.approx(float(ref.alpha), rel=1e-3)

@@ -77,8 +77,17 @@ def test_shares_must_sum_to_one():
 def test_mismatched_lengths():
     # shapes are static: refused at construction, before any value is looked at
     with pytest.raises(WorkloadError, match="'b' has 1 values but 'A' has 2"):
-        jt.Workload(A=[0.5, 0.5], b=[1e-3], D=[0, 0], t0=[0.1, 0.1], c=[0.01, 0.01], share=[0.5, 0.5],
-                    arrival_rate=0.1, alpha=1.0, max_tokens=100)
+        jt.Workload(
+            A=[0.5, 0.5],
+            b=[1e-3],
+            D=[0, 0],
+            t0=[0.1, 0.1],
+            c=[0.01, 0.01],
+            share=[0.5, 0.5],
+            arrival_rate=0.1,
+            alpha=1.0,
+            max_tokens=100,
+        )
 
 
 def test_batch_validation_names_member():
@@ -102,7 +111,11 @@ def test_toml_roundtrip_and_line_numbers(tmp_path):
     header_line = max(i + 1 for i, l in enumerate(lines) if l == "[[tasks]]")
     with pytest.raises(WorkloadError) as e:
         jt.load_workload(path)
-    assert f"line {header_line}" in str(e.value) and "ARC-Challenge" in str(e.value) and str(path) in str(e.value)
+    assert (
+        f"line {header_line}" in str(e.value)
+        and "ARC-Challenge" in str(e.value)
+        and str(path) in str(e.value)
+    )
 
 
 def test_json_loader_and_errors(tmp_path):

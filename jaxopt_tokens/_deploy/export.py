@@ -1,6 +1,6 @@
 """Export per-task reasoning-token budgets as request parameters for serving engines.
 
-`export_policy(workload, tokens, format=...)` turns budgets (a `Solution`, a sequence in
+`export_policy(workload, tokens, engine=...)` turns budgets (a `Solution`, a sequence in
 task order, or a mapping task name -> tokens) into a JSON-ready policy: for each task type,
 the fields to put in a chat-completions request so that the engine enforces the budget.
 
@@ -20,7 +20,7 @@ Budget pipeline (in this order, per task):
    maps to the chat-template switch `chat_template_kwargs: {"enable_thinking": false}`
    (Qwen3-style hybrid models, on vLLM and SGLang) and no budget field is sent; with
    `zero_budget="budget"` the engine's budget field is sent as 0 (what engines do with 0
-   is not documented; see the sources below). For `format="openai"` 0 maps to the lowest
+   is not documented; see the sources below). For `engine="openai"` 0 maps to the lowest
    effort level (`"minimal"` by default).
 
 Each task entry records the continuous tokens, the exported `budget` and which clamps
@@ -93,16 +93,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
+from .._integer import integer_budgets
+from .._objective import mean_system_time, objective
 from .._solver.solution import Solution
 from .._status import Status
-from .._workload import Workload
-import jax.numpy as jnp
-from .._integer import integer_budgets
 from .._version import __version__
-from .._objective import mean_system_time, objective
+from .._workload import Workload
 
 __all__ = [
     "export_policy",
@@ -149,7 +149,9 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
     if isinstance(data, Mapping):
         unknown = [k for k in data if k not in names]
         if unknown:
-            raise InputError(f"tokens: unknown task name(s) {unknown}; the workload's tasks are {list(names)}")
+            raise InputError(
+                f"tokens: unknown task name(s) {unknown}; the workload's tasks are {list(names)}"
+            )
         missing = [n for n in names if n not in data]
         if missing:
             raise InputError(f"tokens: missing task(s) {missing}")
@@ -158,16 +160,24 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
         if isinstance(data, (str, bytes)):
             raise InputError("tokens must be a list of numbers or a mapping task -> tokens")
         try:
-            arr = np.asarray(data) if hasattr(data, "__array__") else np.asarray(list(data), dtype=object)
+            arr = (
+                np.asarray(data)
+                if hasattr(data, "__array__")
+                else np.asarray(list(data), dtype=object)
+            )
         except Exception:  # noqa: BLE001 - anything unreadable is bad input
-            raise InputError("tokens must be a list of numbers or a mapping task -> tokens") from None
+            raise InputError(
+                "tokens must be a list of numbers or a mapping task -> tokens"
+            ) from None
         if arr.ndim != 1:
             raise InputError(
                 f"tokens must be one-dimensional (one value per task) or a mapping task -> tokens; got shape {arr.shape}"
             )
         values = list(arr)
         if len(values) != len(names):
-            raise InputError(f"tokens has {len(values)} values but the workload has {len(names)} tasks {list(names)}")
+            raise InputError(
+                f"tokens has {len(values)} values but the workload has {len(names)} tasks {list(names)}"
+            )
     out = np.empty(len(names), dtype=np.float64)
     for k, (name, v) in enumerate(zip(names, values)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
@@ -201,8 +211,6 @@ def load_tokens(path: str | Path, workload: Workload) -> np.ndarray:
 def _integer(tokens: np.ndarray, w: Workload, rounding: str) -> np.ndarray:
     cap = math.floor(float(np.asarray(w.max_tokens)))
     if rounding == "integer":
-
-
         x = np.asarray(integer_budgets(jnp.asarray(tokens, dtype=w.dtype), w), dtype=np.float64)
     elif rounding == "ceil":
         x = np.ceil(tokens - 1e-6)
@@ -231,11 +239,15 @@ def _check_effort_bounds(bounds: Mapping[str, int]) -> dict[str, int]:
             raise InputError(f"effort_bounds must increase: {level} has bound {upper} <= {last}")
         out[level] = last = upper
     if TOP_EFFORT in out:
-        raise InputError(f"effort_bounds: {TOP_EFFORT!r} is the level above the last bound; do not list it")
+        raise InputError(
+            f"effort_bounds: {TOP_EFFORT!r} is the level above the last bound; do not list it"
+        )
     return out
 
 
-def _request(fmt: str, budget: int, reserve: int, zero_budget: str, bounds: Mapping[str, int]) -> dict[str, Any]:
+def _request(
+    fmt: str, budget: int, reserve: int, zero_budget: str, bounds: Mapping[str, int]
+) -> dict[str, Any]:
     limit = budget + reserve
     disabled = budget == 0 and zero_budget == "disable"
     if fmt == "openai":
@@ -260,7 +272,7 @@ def export_policy(
     workload: Workload,
     tokens: Any,
     *,
-    format: str = "vllm",  # noqa: A002 - the public keyword the CLI mirrors
+    engine: str = "vllm",
     answer_reserve: int = DEFAULT_ANSWER_RESERVE,
     min_budget: int = 0,
     rounding: str = "integer",
@@ -274,7 +286,7 @@ def export_policy(
 
     - `workload`: an unbatched `Workload` (its task names key the policy).
     - `tokens`: a `Solution`, a sequence of budgets in task order, or a mapping task -> budget.
-    - `format`: `"vllm"`, `"sglang"`, `"openai"` or `"json"` (see the module docstring).
+    - `engine`: `"vllm"`, `"sglang"`, `"openai"` or `"json"` (see the module docstring).
     - `answer_reserve`: tokens kept for the visible answer; request limit = budget + reserve.
     - `min_budget`: positive budgets below it are raised to it (0 stays 0).
     - `rounding`: `"integer"` (`integer_budgets`, eq. (39)), `"ceil"` or `"round"`.
@@ -290,16 +302,20 @@ def export_policy(
 
     Raises `InputError` naming the offending field for bad options or budgets.
     """
-    if format not in EXPORT_FORMATS:
-        raise InputError(f"format must be one of {', '.join(EXPORT_FORMATS)}; got {format!r}")
+    if engine not in EXPORT_FORMATS:
+        raise InputError(f"engine: must be one of {', '.join(EXPORT_FORMATS)}; got {engine!r}")
     if rounding not in ROUNDINGS:
         raise InputError(f"rounding must be one of {', '.join(ROUNDINGS)}; got {rounding!r}")
     if zero_budget not in ZERO_BUDGET:
-        raise InputError(f"zero_budget must be one of {', '.join(ZERO_BUDGET)}; got {zero_budget!r}")
+        raise InputError(
+            f"zero_budget must be one of {', '.join(ZERO_BUDGET)}; got {zero_budget!r}"
+        )
     if not isinstance(workload, Workload):
         raise InputError(f"workload must be a Workload, got {type(workload).__name__}")
     if workload.batch_shape:
-        raise InputError(f"workload must be unbatched to export a policy (batch shape {workload.batch_shape})")
+        raise InputError(
+            f"workload must be unbatched to export a policy (batch shape {workload.batch_shape})"
+        )
     reserve = _int_option(answer_reserve, "answer_reserve")
     min_b = _int_option(min_budget, "min_budget")
     bounds = _check_effort_bounds(DEFAULT_EFFORT_BOUNDS if effort_bounds is None else effort_bounds)
@@ -314,7 +330,9 @@ def export_policy(
     solution = tokens if isinstance(tokens, Solution) else None
     if solution is not None and int(np.asarray(solution.status)) != Status.CONVERGED:
         status = Status(int(np.asarray(solution.status)))
-        raise InputError(f"tokens: the solution did not converge ({status.name.lower()}: {status.message})")
+        raise InputError(
+            f"tokens: the solution did not converge ({status.name.lower()}: {status.message})"
+        )
     cont = tokens_from_data(tokens, workload)
     ints = _integer(cont, workload, rounding)
 
@@ -336,10 +354,8 @@ def export_policy(
             "tokens": float(x),
             "budget": b,
             "clamped": clamped,
-            "request": _request(format, b, reserve, zero_budget, bounds),
+            "request": _request(engine, b, reserve, zero_budget, bounds),
         }
-
-
 
     bj = jnp.asarray(np.asarray(budgets, dtype=np.float64), dtype=workload.dtype)
     meta: dict[str, Any] = {
@@ -358,13 +374,13 @@ def export_policy(
         "answer_reserve": reserve,
         "min_budget": min_b,
         "rounding": rounding,
-        "zero_budget": zero_budget if format != "openai" else None,
+        "zero_budget": zero_budget if engine != "openai" else None,
     }
-    if format == "openai":
+    if engine == "openai":
         settings["effort_bounds"] = dict(bounds)
         settings["effort_above_bounds"] = TOP_EFFORT
     return {
-        "format": format,
+        "engine": engine,
         "generated_by": f"jaxopt_tokens {__version__}",
         "source": meta,
         "settings": settings,

@@ -22,24 +22,31 @@ derivative (`solve` is differentiable).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
+from .._solver.solve import solve
 from .._stats import student_t_quantile
 from .._status import StatusEnum
-from .measurements import Measurements
 from .._workload import Workload
-from .._solver.solve import solve
+from .measurements import Measurements
 
-__all__ = ["FitResult", "FitStatus", "FitWarning", "TaskFit", "fit", "budget_uncertainty", "plot_fit"]
+__all__ = [
+    "FitResult",
+    "FitStatus",
+    "FitWarning",
+    "TaskFit",
+    "fit",
+    "budget_uncertainty",
+    "plot_fit",
+]
 
 _BOUND = 1e-7
 _ITERATIONS = 300
@@ -54,7 +61,10 @@ class FitStatus(StatusEnum):
 
     FITTED = 0, "fitted: monotone data, an acceptable fit"
     NOT_MONOTONE = 1, "the measured accuracy is not monotone in the budget"
-    POOR_FIT = 2, "the accuracy curve fits the data poorly (goodness-of-fit p-value below the threshold)"
+    POOR_FIT = (
+        2,
+        "the accuracy curve fits the data poorly (goodness-of-fit p-value below the threshold)",
+    )
 
 
 class FitWarning(UserWarning):
@@ -129,9 +139,17 @@ class FitResult:
         return cov
 
     def table(self) -> list[dict]:
-        return [{"task": t.name, **{p: (t.params[p], t.se[p]) for p in ("A", "b", "D", "t0", "c")},
-                 "deviance": t.deviance, "dof": t.dof, "p_value": t.p_value, "at_bound": list(t.at_bound)}
-                for t in self.tasks]
+        return [
+            {
+                "task": t.name,
+                **{p: (t.params[p], t.se[p]) for p in ("A", "b", "D", "t0", "c")},
+                "deviance": t.deviance,
+                "dof": t.dof,
+                "p_value": t.p_value,
+                "at_bound": list(t.at_bound),
+            }
+            for t in self.tasks
+        ]
 
 
 # ---------------------------------------------------------------- accuracy (binomial MLE)
@@ -156,7 +174,9 @@ def _project(theta):
 def _loglik(theta, l, y, n):
     eps = jnp.finfo(l.dtype).eps
     p = jnp.clip(_curve(theta, l), eps, 1 - eps)
-    return jnp.sum(jnp.where(y > 0, y * jnp.log(p), 0) + jnp.where(n - y > 0, (n - y) * jnp.log1p(-p), 0))
+    return jnp.sum(
+        jnp.where(y > 0, y * jnp.log(p), 0) + jnp.where(n - y > 0, (n - y) * jnp.log1p(-p), 0)
+    )
 
 
 def _start(l, y, n):
@@ -202,18 +222,28 @@ def _fit_one(l, y, n):
         M = F + lam * jnp.diag(scale) + 1e-12 * jnp.eye(3, dtype=l.dtype)
         # active set: bounds the ascent direction pushes against are held (projected Newton)
         A, D = theta[0], theta[2]
-        active = jnp.stack([(A <= _BOUND) & (g[0] < 0), (D <= _BOUND) & (g[2] < 0),
-                            (A + D >= 1 - _BOUND) & (g[0] + g[2] > 0)])
+        active = jnp.stack(
+            [
+                (A <= _BOUND) & (g[0] < 0),
+                (D <= _BOUND) & (g[2] < 0),
+                (A + D >= 1 - _BOUND) & (g[0] + g[2] > 0),
+            ]
+        )
         P = _free_projector(active, l.dtype)
         eye = jnp.eye(3, dtype=l.dtype)
         step = P @ jnp.linalg.solve(P @ M @ P + eye - P, P @ g)
         trial = _project(theta + step)
         ll_trial = _loglik(trial, l, y, n)
         better = ll_trial > ll
-        return (jnp.where(better, trial, theta), jnp.where(better, ll_trial, ll),
-                jnp.where(better, lam / 3, lam * 4).clip(1e-12, 1e12))
+        return (
+            jnp.where(better, trial, theta),
+            jnp.where(better, ll_trial, ll),
+            jnp.where(better, lam / 3, lam * 4).clip(1e-12, 1e12),
+        )
 
-    theta, ll, _ = jax.lax.fori_loop(0, _ITERATIONS, body, (theta0, _loglik(theta0, l, y, n), jnp.asarray(1e-3, l.dtype)))
+    theta, ll, _ = jax.lax.fori_loop(
+        0, _ITERATIONS, body, (theta0, _loglik(theta0, l, y, n), jnp.asarray(1e-3, l.dtype))
+    )
     return theta, ll
 
 
@@ -305,10 +335,14 @@ def _monotone(m: Measurements, k: int) -> tuple[bool, str]:
     rate = y / n
     for i in range(len(budgets) - 1):
         for j in range(i + 1, len(budgets)):
-            se = math.sqrt(max(rate[i] * (1 - rate[i]) / n[i] + rate[j] * (1 - rate[j]) / n[j], 1e-12))
+            se = math.sqrt(
+                max(rate[i] * (1 - rate[i]) / n[i] + rate[j] * (1 - rate[j]) / n[j], 1e-12)
+            )
             if rate[j] < rate[i] - _MONOTONE_Z * se:
-                return False, (f"accuracy is not monotone in the budget: {rate[i]:.3f} at {budgets[i]:g} "
-                               f"tokens but {rate[j]:.3f} at {budgets[j]:g} (more than {_MONOTONE_Z} SE lower)")
+                return False, (
+                    f"accuracy is not monotone in the budget: {rate[i]:.3f} at {budgets[i]:g} "
+                    f"tokens but {rate[j]:.3f} at {budgets[j]:g} (more than {_MONOTONE_Z} SE lower)"
+                )
     return True, ""
 
 
@@ -339,17 +373,25 @@ def fit(
     for k, name in enumerate(m.tasks):
         rows = m.rows_of(k)
         if len(np.unique(m.budget[rows])) < 3:
-            raise InputError(f"{m.source}: task {name!r}: need at least 3 distinct budgets to fit A, b, D")
+            raise InputError(
+                f"{m.source}: task {name!r}: need at least 3 distinct budgets to fit A, b, D"
+            )
         lat = rows[m.latency_weight[rows] > 0]
         if len(np.unique(m.budget[lat])) < 2:
-            raise InputError(f"{m.source}: task {name!r}: need latency at 2 or more distinct budgets to fit t0, c")
+            raise InputError(
+                f"{m.source}: task {name!r}: need latency at 2 or more distinct budgets to fit t0, c"
+            )
     with jax.enable_x64(True):
         f64 = jnp.float64
         L = jnp.asarray(np.stack([_pad(m, m.budget, k, width, 0.0) for k in range(K)]), f64)
         Y = jnp.asarray(np.stack([_pad(m, m.n_correct, k, width, 0.0) for k in range(K)]), f64)
         N = jnp.asarray(np.stack([_pad(m, m.n_total, k, width, 0.0) for k in range(K)]), f64)
-        T = jnp.asarray(np.stack([_pad(m, np.nan_to_num(m.latency), k, width, 0.0) for k in range(K)]), f64)
-        WT = jnp.asarray(np.stack([_pad(m, m.latency_weight, k, width, 0.0) for k in range(K)]), f64)
+        T = jnp.asarray(
+            np.stack([_pad(m, np.nan_to_num(m.latency), k, width, 0.0) for k in range(K)]), f64
+        )
+        WT = jnp.asarray(
+            np.stack([_pad(m, m.latency_weight, k, width, 0.0) for k in range(K)]), f64
+        )
         theta, _, acc_cov, fixed = (np.asarray(x) for x in _fit_accuracy(L, Y, N))
         beta, lat_cov, lat_rows = (np.asarray(x) for x in _fit_latency(L, T, WT))
         P = np.asarray(jax.vmap(_curve)(jnp.asarray(theta), L))
@@ -360,7 +402,9 @@ def fit(
         A, b, D = float(theta[k, 0]), float(np.exp(theta[k, 1])), float(theta[k, 2])
         t0, c = float(beta[k, 0]), float(beta[k, 1])
         if c <= 0:
-            notes.append(f"task {name!r}: fitted latency slope c = {c:.3g} <= 0 s/token; clamped to 1e-9")
+            notes.append(
+                f"task {name!r}: fitted latency slope c = {c:.3g} <= 0 s/token; clamped to 1e-9"
+            )
             c = 1e-9
         if t0 < 0:
             notes.append(f"task {name!r}: fitted t0 = {t0:.3g} s < 0; clamped to 0")
@@ -370,22 +414,29 @@ def fit(
         A = 0.0 if "A = 0" in at_bound else A
         D = 0.0 if "D = 0" in at_bound else (1.0 - A if "A + D = 1" in at_bound else D)
         if "A = 0" in at_bound:
-            notes.append(f"task {name!r}: A = 0, accuracy does not rise with the budget (b is not "
-                         "identified); its budget will be 0")
+            notes.append(
+                f"task {name!r}: A = 0, accuracy does not rise with the budget (b is not "
+                "identified); its budget will be 0"
+            )
         valid = n[k] > 0
         p = np.clip(P[k], 1e-300, 1 - 1e-16)
         yk, nk = y[k][valid], n[k][valid]
         pk = p[valid]
         with np.errstate(divide="ignore", invalid="ignore"):
-            dev_terms = (np.where(yk > 0, yk * np.log(yk / (nk * pk)), 0)
-                         + np.where(nk - yk > 0, (nk - yk) * np.log((nk - yk) / (nk * (1 - pk))), 0))
+            dev_terms = np.where(yk > 0, yk * np.log(yk / (nk * pk)), 0) + np.where(
+                nk - yk > 0, (nk - yk) * np.log((nk - yk) / (nk * (1 - pk))), 0
+            )
         deviance = float(2 * dev_terms.sum())
         dof = int(valid.sum() - (3 - len(at_bound)))  # each active bound fixes one direction
-        p_value = float(jax.scipy.special.gammaincc(dof / 2, deviance / 2)) if dof > 0 else float("nan")
+        p_value = (
+            float(jax.scipy.special.gammaincc(dof / 2, deviance / 2)) if dof > 0 else float("nan")
+        )
         poor_fit = dof > 0 and p_value < min_p_value
         if poor_fit:
-            notes.append(f"task {name!r}: the accuracy curve fits poorly (deviance {deviance:.1f} on {dof} "
-                         f"degrees of freedom, p = {p_value:.2g})")
+            notes.append(
+                f"task {name!r}: the accuracy curve fits poorly (deviance {deviance:.1f} on {dof} "
+                f"degrees of freedom, p = {p_value:.2g})"
+            )
         monotone, why = _monotone(m, k)
         if not monotone:
             notes.append(f"task {name!r}: {why}")
@@ -393,15 +444,29 @@ def fit(
         if "A = 0" in at_bound:
             se_acc[1] = np.inf  # b is not identified by a flat curve
         se_lat = np.sqrt(np.clip(np.diag(lat_cov[k]), 0, None))
-        tasks.append(TaskFit(
-            name=name,
-            params={"A": A, "b": b, "D": D, "t0": t0, "c": c},
-            se={"A": float(se_acc[0]), "b": float(se_acc[1]), "D": float(se_acc[2]),
-                "t0": float(se_lat[0]), "c": float(se_lat[1])},
-            accuracy_cov=acc_cov[k], latency_cov=lat_cov[k], at_bound=at_bound,
-            deviance=deviance, dof=dof, p_value=p_value, monotone=monotone,
-            latency_dof=int(lat_rows[k]) - 2, warnings=tuple(notes), poor_fit=poor_fit,
-        ))
+        tasks.append(
+            TaskFit(
+                name=name,
+                params={"A": A, "b": b, "D": D, "t0": t0, "c": c},
+                se={
+                    "A": float(se_acc[0]),
+                    "b": float(se_acc[1]),
+                    "D": float(se_acc[2]),
+                    "t0": float(se_lat[0]),
+                    "c": float(se_lat[1]),
+                },
+                accuracy_cov=acc_cov[k],
+                latency_cov=lat_cov[k],
+                at_bound=at_bound,
+                deviance=deviance,
+                dof=dof,
+                p_value=p_value,
+                monotone=monotone,
+                latency_dof=int(lat_rows[k]) - 2,
+                warnings=tuple(notes),
+                poor_fit=poor_fit,
+            )
+        )
     for t in tasks:
         for note in t.warnings:
             warnings.warn(note, FitWarning, stacklevel=2)
@@ -409,12 +474,20 @@ def fit(
         shares = np.full(K, 1.0 / K)
     shares = np.asarray(shares, dtype=np.float64)
     if shares.shape != (K,):
-        raise InputError(f"shares: expected {K} values (one per measured task), got shape {shares.shape}")
+        raise InputError(
+            f"shares: expected {K} values (one per measured task), got shape {shares.shape}"
+        )
     w = Workload(
-        A=np.array([t.params["A"] for t in tasks]), b=np.array([t.params["b"] for t in tasks]),
-        D=np.array([t.params["D"] for t in tasks]), t0=np.array([t.params["t0"] for t in tasks]),
-        c=np.array([t.params["c"] for t in tasks]), share=shares, arrival_rate=arrival_rate, alpha=alpha,
-        max_tokens=max_tokens, names=m.tasks,
+        A=np.array([t.params["A"] for t in tasks]),
+        b=np.array([t.params["b"] for t in tasks]),
+        D=np.array([t.params["D"] for t in tasks]),
+        t0=np.array([t.params["t0"] for t in tasks]),
+        c=np.array([t.params["c"] for t in tasks]),
+        share=shares,
+        arrival_rate=arrival_rate,
+        alpha=alpha,
+        max_tokens=max_tokens,
+        names=m.tasks,
     ).validate()
     return FitResult(workload=w, tasks=tuple(tasks), measurements=m)
 
@@ -464,7 +537,9 @@ def plot_fit(result: FitResult, path=None, *, level: float = 0.95):
         grid = np.linspace(0, max(l.max(), 1.0), 200)
         A, b, D = t.params["A"], t.params["b"], t.params["D"]
         curve = A * -np.expm1(-b * grid) + D
-        grad = np.stack([-np.expm1(-b * grid), A * grid * np.exp(-b * grid), np.ones_like(grid)], -1)
+        grad = np.stack(
+            [-np.expm1(-b * grid), A * grid * np.exp(-b * grid), np.ones_like(grid)], -1
+        )
         band = z * np.sqrt(np.einsum("gi,ij,gj->g", grad, t.accuracy_cov, grad))
         ax = axes[0, k]
         ax.errorbar(l, rate, yerr=err, fmt="o", ms=3, color="k", label="measured")

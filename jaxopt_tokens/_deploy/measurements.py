@@ -61,8 +61,11 @@ class Measurements:
 
 def _rows(text: str, source: str):
     """(line number, row dict) for each data row; comment and blank lines skipped."""
-    lines = [(i + 1, line) for i, line in enumerate(text.splitlines())
-             if line.strip() and not line.lstrip().startswith("#")]
+    lines = [
+        (i + 1, line)
+        for i, line in enumerate(text.splitlines())
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not lines:
         raise InputError(f"{source}: no header row (the file is empty)")
     reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
@@ -72,8 +75,10 @@ def _rows(text: str, source: str):
     out = []
     for (lineno, _), values in zip(lines[1:], reader):
         if len(values) != len(header):
-            raise InputError(f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
-                             f"got {len(values)}")
+            raise InputError(
+                f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
+                f"got {len(values)}"
+            )
         out.append((lineno, dict(zip(header, (v.strip() for v in values)))))
     return lines[0][0], header, out
 
@@ -83,7 +88,9 @@ def _float(row: dict, column: str, lineno: int, source: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise InputError(f"{source}, line {lineno}: column '{column}': {text!r} is not a number") from None
+        raise InputError(
+            f"{source}, line {lineno}: column '{column}': {text!r} is not a number"
+        ) from None
     if not math.isfinite(value):
         raise InputError(f"{source}, line {lineno}: column '{column}' must be finite, got {text!r}")
     return value
@@ -100,7 +107,9 @@ def parse_measurements(text: str, source: str = "<text>") -> Measurements:
     if counts and "n_total" not in header:
         raise InputError(f"{where0}: column 'n_correct' needs 'n_total'")
     if not counts and "accuracy" not in header:
-        raise InputError(f"{where0}: missing accuracy: give 'n_correct' and 'n_total', or 'accuracy'")
+        raise InputError(
+            f"{where0}: missing accuracy: give 'n_correct' and 'n_total', or 'accuracy'"
+        )
     if not rows:
         raise InputError(f"{source}: no data rows")
     tasks: list[str] = []
@@ -123,20 +132,28 @@ def parse_measurements(text: str, source: str = "<text>") -> Measurements:
         if counts:
             c = _float(row, "n_correct", lineno, source)
             if c < 0:
-                raise InputError(f"{where}: column 'n_correct' must be >= 0, got {row['n_correct']}")
+                raise InputError(
+                    f"{where}: column 'n_correct' must be >= 0, got {row['n_correct']}"
+                )
             if c > n:
-                raise InputError(f"{where}: n_correct ({row['n_correct']}) > n_total ({row['n_total']})")
+                raise InputError(
+                    f"{where}: n_correct ({row['n_correct']}) > n_total ({row['n_total']})"
+                )
         else:
             a = _float(row, "accuracy", lineno, source)
             if not 0 <= a <= 1:
-                raise InputError(f"{where}: column 'accuracy' must be in [0, 1], got {row['accuracy']}")
+                raise InputError(
+                    f"{where}: column 'accuracy' must be in [0, 1], got {row['accuracy']}"
+                )
             c = a * n
         n_correct.append(c)
         n_total.append(n)
         if "latency" in header and row["latency"] != "":
             t = _float(row, "latency", lineno, source)
             if t <= 0:
-                raise InputError(f"{where}: column 'latency' must be > 0 seconds, got {row['latency']}")
+                raise InputError(
+                    f"{where}: column 'latency' must be > 0 seconds, got {row['latency']}"
+                )
             wt = _float(row, "n_latency", lineno, source) if "n_latency" in header else n
             if wt <= 0:
                 raise InputError(f"{where}: column 'n_latency' must be > 0, got {row['n_latency']}")
@@ -145,9 +162,14 @@ def parse_measurements(text: str, source: str = "<text>") -> Measurements:
         latency.append(t)
         lat_w.append(wt)
     return Measurements(
-        tasks=tuple(tasks), task_index=np.asarray(idx), budget=np.asarray(budget),
-        n_correct=np.asarray(n_correct), n_total=np.asarray(n_total), latency=np.asarray(latency),
-        latency_weight=np.asarray(lat_w), source=source,
+        tasks=tuple(tasks),
+        task_index=np.asarray(idx),
+        budget=np.asarray(budget),
+        n_correct=np.asarray(n_correct),
+        n_total=np.asarray(n_total),
+        latency=np.asarray(latency),
+        latency_weight=np.asarray(lat_w),
+        source=source,
     )
 
 
@@ -177,11 +199,15 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
     column = "share" if "share" in header else "count" if "count" in header else None
     for lineno, row in rows:
         if row["task"] not in tasks:
-            raise InputError(f"{source}, line {lineno}: task {row['task']!r} is not in the measurements "
-                             f"({', '.join(tasks)})")
+            raise InputError(
+                f"{source}, line {lineno}: task {row['task']!r} is not in the measurements "
+                f"({', '.join(tasks)})"
+            )
         value = 1.0 if column is None else _float(row, column, lineno, source)
         if value < 0:
-            raise InputError(f"{source}, line {lineno}: column '{column}' must be >= 0, got {row[column]}")
+            raise InputError(
+                f"{source}, line {lineno}: column '{column}' must be >= 0, got {row[column]}"
+            )
         weight[tasks.index(row["task"])] += value
         if "arrival_time" in header:
             times.append(_float(row, "arrival_time", lineno, source))
@@ -189,7 +215,9 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
         raise InputError(f"{source}: no requests (all shares or counts are zero)")
     missing = [t for t, x in zip(tasks, weight) if x == 0]
     if missing:
-        raise InputError(f"{source}: no requests for task(s) {missing}; every measured task needs a share > 0")
+        raise InputError(
+            f"{source}: no requests for task(s) {missing}; every measured task needs a share > 0"
+        )
     rate = None
     if times:
         span = max(times) - min(times)

@@ -23,7 +23,10 @@ __all__ = ["priority_waits", "ps_sojourns"]
 
 
 def priority_waits(
-    arrivals: Float[Array, " q"], task: Int[Array, " q"], service: Float[Array, " q"], rank: Int[Array, " k"]
+    arrivals: Float[Array, " q"],
+    task: Int[Array, " q"],
+    service: Float[Array, " q"],
+    rank: Int[Array, " k"],
 ) -> Float[Array, " q"]:
     """Waiting times under non-preemptive priority; `rank[k]` is task k's priority (0 = first)."""
     q = arrivals.shape[0]
@@ -79,8 +82,14 @@ def ps_sojourns(
         carry = (now + dt, nxt + arrive, new_work, new_who, new_busy, overflow | (arrive & full))
         return carry, (departed, now + dt)
 
-    init = (jnp.asarray(0.0, dtype), jnp.asarray(0), jnp.zeros(capacity, dtype), jnp.zeros(capacity, jnp.int32),
-            jnp.zeros(capacity, bool), jnp.asarray(False))
+    init = (
+        jnp.asarray(0.0, dtype),
+        jnp.asarray(0),
+        jnp.zeros(capacity, dtype),
+        jnp.zeros(capacity, jnp.int32),
+        jnp.zeros(capacity, bool),
+        jnp.asarray(False),
+    )
     (_, _, _, _, _, overflow), (departed, when) = jax.lax.scan(event, init, None, length=2 * q)
     departure = jnp.full(q, jnp.nan, dtype).at[departed].set(when, mode="drop")
     return departure - arrivals, overflow

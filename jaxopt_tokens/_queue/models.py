@@ -34,7 +34,14 @@ from .._errors import InputError
 from .._objective import mean_accuracy
 from .._workload import Workload
 
-__all__ = ["LatencyModel", "FIFO", "Priority", "ProcessorSharing", "latency_objective", "check_service_cv"]
+__all__ = [
+    "LatencyModel",
+    "FIFO",
+    "Priority",
+    "ProcessorSharing",
+    "latency_objective",
+    "check_service_cv",
+]
 
 
 def _cv(service_cv, w: Workload):
@@ -52,7 +59,9 @@ class LatencyModel(eqx.Module):
         """J under this model (`latency_objective`)."""
         return latency_objective(tokens, w, self)
 
-    def residual(self, tokens: Float[Array, " n"], upper: Float[Array, " n"], w: Workload) -> Float[Array, ""]:
+    def residual(
+        self, tokens: Float[Array, " n"], upper: Float[Array, " n"], w: Workload
+    ) -> Float[Array, ""]:
         """Scale-free projected KKT residual of J on the box $[0, u]$: per task, the imbalance
         between the marginal value of accuracy and the marginal latency cost relative to
         their size, in the directions the box allows (what `kkt_residual` is for FIFO)."""
@@ -83,8 +92,13 @@ class FIFO(LatencyModel):
         t, rho_k, m2_k = _moments(tokens, w, self.service_cv)
         rho = jnp.sum(rho_k, -1, keepdims=True)
         stable = rho < 1
-        wait = jnp.where(stable, w.arrival_rate[..., None] * jnp.sum(m2_k, -1, keepdims=True)
-                         / (2 * jnp.where(stable, 1 - rho, 1)), jnp.inf)
+        wait = jnp.where(
+            stable,
+            w.arrival_rate[..., None]
+            * jnp.sum(m2_k, -1, keepdims=True)
+            / (2 * jnp.where(stable, 1 - rho, 1)),
+            jnp.inf,
+        )
         return wait + t
 
 
@@ -101,7 +115,9 @@ class Priority(LatencyModel):
     def check(self, num_tasks: int) -> None:
         """`InputError` unless `order` is a permutation of the `num_tasks` task indices."""
         if sorted(self.order) != list(range(num_tasks)):
-            raise InputError(f"order: must be a permutation of the {num_tasks} task indices, got {self.order}")
+            raise InputError(
+                f"order: must be a permutation of the {num_tasks} task indices, got {self.order}"
+            )
 
     def system_times(self, tokens, w):
         self.check(w.num_tasks)
@@ -127,7 +143,9 @@ class ProcessorSharing(LatencyModel):
         return jnp.where(stable, t / jnp.where(stable, 1 - rho, 1), jnp.inf)
 
 
-def latency_objective(tokens: Float[Array, "*b n"], w: Workload, model: LatencyModel) -> Float[Array, "*b"]:
+def latency_objective(
+    tokens: Float[Array, "*b n"], w: Workload, model: LatencyModel
+) -> Float[Array, "*b"]:
     """$J(l) = \\alpha \\sum_k \\pi_k p_k(l_k) - \\sum_k \\pi_k E[T_k](l)$ under `model` (eq. (7) generalised)."""
     return w.alpha * mean_accuracy(tokens, w) - model.mean_system_time(tokens, w)
 
@@ -136,7 +154,9 @@ def check_service_cv(service_cv, num_tasks: int) -> np.ndarray:
     """Validate a scalar or per-task coefficient of variation; raise `InputError` naming the field."""
     cv = np.asarray(service_cv, dtype=float)
     if cv.ndim > 1 or (cv.ndim == 1 and cv.shape[0] != num_tasks):
-        raise InputError(f"service_cv: a scalar or one value per task ({num_tasks}), got shape {cv.shape}")
+        raise InputError(
+            f"service_cv: a scalar or one value per task ({num_tasks}), got shape {cv.shape}"
+        )
     if not np.all(np.isfinite(cv)) or np.any(cv < 0):
         raise InputError(f"service_cv: must be finite and >= 0, got {service_cv!r}")
     return cv

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .disciplines import priority_waits, ps_sojourns
 from .._errors import InputError
+from .._objective import task_accuracy
 from .._stats import student_t_quantile
 from .._status import HasStatus, StatusEnum
-from .models import FIFO, LatencyModel, Priority, ProcessorSharing, check_service_cv
-from .._objective import task_accuracy
 from .._workload import Workload
+from .disciplines import priority_waits, ps_sojourns
+from .models import FIFO, LatencyModel, Priority, ProcessorSharing, check_service_cv
 
 __all__ = [
     "UnstableQueueWarning",
@@ -50,7 +50,9 @@ __all__ = [
 NoiseKind = Literal["lognormal", "gamma"]
 QUANTILES = (0.5, 0.95, 0.99)
 DISCIPLINES = ("fifo", "priority", "ps")
-MAX_BATCH_ELEMENTS = 1 << 26  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)
+MAX_BATCH_ELEMENTS = (
+    1 << 26
+)  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)
 _STREAM_ARRIVALS, _STREAM_TYPES, _STREAM_NOISE, _STREAM_CORRECT = range(4)
 
 
@@ -117,7 +119,9 @@ def sample_stream(
     )
 
 
-def lindley_waits(gaps: Float[Array, "*b q"], service: Float[Array, "*b q"]) -> Float[Array, "*b q"]:
+def lindley_waits(
+    gaps: Float[Array, "*b q"], service: Float[Array, "*b q"]
+) -> Float[Array, "*b q"]:
     """FIFO waiting times of a stream, the parallel Lindley form (cumsum and cummin).
 
     `gaps[..., i]` is the time from arrival i-1 to arrival i (`gaps[..., 0]` is ignored: the
@@ -181,8 +185,17 @@ class SimulationResult(HasStatus):
     discipline: str = eqx.field(static=True, default="fifo")
 
     STATISTICS = (
-        "wait", "system_time", "wait_p50", "wait_p95", "wait_p99", "system_time_p50",
-        "system_time_p95", "system_time_p99", "utilization", "accuracy", "objective",
+        "wait",
+        "system_time",
+        "wait_p50",
+        "wait_p95",
+        "wait_p99",
+        "system_time_p50",
+        "system_time_p95",
+        "system_time_p99",
+        "utilization",
+        "accuracy",
+        "objective",
     )
 
     @property
@@ -199,14 +212,20 @@ class SimulationResult(HasStatus):
         if r < 2:
             nan = np.full_like(mean, np.nan)
             return mean, nan, nan
-        half = float(student_t_quantile(0.5 + level / 2, r - 1)) * x.std(axis=-1, ddof=1) / math.sqrt(r)
+        half = (
+            float(student_t_quantile(0.5 + level / 2, r - 1))
+            * x.std(axis=-1, ddof=1)
+            / math.sqrt(r)
+        )
         return mean, mean - half, mean + half
 
     @property
     def status(self) -> Int[Array, "*p"]:
         """`SimulationStatus` per policy, from the predicted utilization."""
         unstable = ~(self.predicted_utilization < 1)
-        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(jnp.int32)
+        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
+            jnp.int32
+        )
 
     def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
         """Every statistic as `{"mean", "lower", "upper"}` (confidence `level`) plus predictions."""
@@ -216,7 +235,14 @@ class SimulationResult(HasStatus):
             out[name] = {"mean": mean, "lower": lo, "upper": hi}
         mean, lo, hi = self.interval("system_time_by_task", level)
         out["system_time_by_task"] = {"mean": mean, "lower": lo, "upper": hi}
-        for name in ("system_time", "wait", "utilization", "accuracy", "objective", "system_time_by_task"):
+        for name in (
+            "system_time",
+            "wait",
+            "utilization",
+            "accuracy",
+            "objective",
+            "system_time_by_task",
+        ):
             out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
         return out
 
@@ -248,8 +274,16 @@ def _delays(discipline: str, stream: Stream, service, rank, capacity: int):
     return sojourn - service, overflow
 
 
-def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: str, rank, capacity: int,
-                 policy_batch: int):
+def _replication(
+    w: Workload,
+    tokens,
+    stream: Stream,
+    warmup: int,
+    discipline: str,
+    rank,
+    capacity: int,
+    policy_batch: int,
+):
     """Statistics of every policy in `tokens` (shape (P, N)) on one stream."""
     dtype = w.dtype
     measured_task = stream.task[warmup:]
@@ -272,8 +306,15 @@ def _replication(w: Workload, tokens, stream: Stream, warmup: int, discipline: s
         mean_T = jnp.mean(T)
         by_task = (T @ onehot) / jnp.where(per_type > 0, per_type, jnp.nan)
         return (
-            jnp.mean(W), mean_T, _quantiles(W), _quantiles(T), busy, acc, w.alpha * acc - mean_T,
-            by_task, overflow,
+            jnp.mean(W),
+            mean_T,
+            _quantiles(W),
+            _quantiles(T),
+            busy,
+            acc,
+            w.alpha * acc - mean_T,
+            by_task,
+            overflow,
         )
 
     # policies in vmapped batches of `policy_batch` (bounds the memory of the per-query arrays)
@@ -300,11 +341,19 @@ def _predictions(w: Workload, tokens, model: LatencyModel):
     return T, wait, rho, acc, w.alpha * acc - T, by_task
 
 
-def _check(w: Workload, tokens: np.ndarray, num_queries: int, num_replications: int,
-           warmup: int, service_cv) -> None:
+def _check(
+    w: Workload,
+    tokens: np.ndarray,
+    num_queries: int,
+    num_replications: int,
+    warmup: int,
+    service_cv,
+) -> None:
     w.validate()
     if w.batch_shape:
-        raise InputError("workload: simulate takes one workload (no batch axes); vmap over policies via tokens")
+        raise InputError(
+            "workload: simulate takes one workload (no batch axes); vmap over policies via tokens"
+        )
     if tokens.ndim < 1 or tokens.shape[-1] != w.num_tasks:
         raise InputError(
             f"tokens: expected shape (..., {w.num_tasks}) (one budget per task), got {tokens.shape}"
@@ -375,8 +424,10 @@ def simulate(
         raise InputError(f"discipline: unknown {discipline!r}; choose one of {DISCIPLINES}")
     if discipline == "priority":
         if priority is None or sorted(int(k) for k in priority) != list(range(w.num_tasks)):
-            raise InputError(f"priority: give the order of the {w.num_tasks} task indices, highest first "
-                             f"(a permutation of 0..{w.num_tasks - 1}), got {priority!r}")
+            raise InputError(
+                f"priority: give the order of the {w.num_tasks} task indices, highest first "
+                f"(a permutation of 0..{w.num_tasks - 1}), got {priority!r}"
+            )
         order = tuple(int(k) for k in priority)
     else:
         order = tuple(range(w.num_tasks))
@@ -386,15 +437,33 @@ def simulate(
     dtype = w.dtype
     policies = tok.shape[:-1]
     flat = jnp.asarray(tok.reshape(-1, w.num_tasks), dtype)
-    rank = jnp.zeros(w.num_tasks, jnp.int32).at[jnp.asarray(order)].set(jnp.arange(w.num_tasks, dtype=jnp.int32))
+    rank = (
+        jnp.zeros(w.num_tasks, jnp.int32)
+        .at[jnp.asarray(order)]
+        .set(jnp.arange(w.num_tasks, dtype=jnp.int32))
+    )
     cv = jnp.asarray(service_cv, dtype)
     policy_batch = max(1, min(flat.shape[0], MAX_BATCH_ELEMENTS // num_queries))
-    stats = _simulate_flat(w, flat, key, num_queries, num_replications, warmup, cv, noise, discipline, rank,
-                           capacity, policy_batch)
+    stats = _simulate_flat(
+        w,
+        flat,
+        key,
+        num_queries,
+        num_replications,
+        warmup,
+        cv,
+        noise,
+        discipline,
+        rank,
+        capacity,
+        policy_batch,
+    )
     (mw, mt, qw, qt, busy, acc, obj, by_task, overflow) = stats
     if bool(jnp.any(overflow)):
-        raise InputError(f"capacity: more than {capacity} queries were in the processor-sharing system at "
-                         "once; raise capacity (the load is close to 1)")
+        raise InputError(
+            f"capacity: more than {capacity} queries were in the processor-sharing system at "
+            "once; raise capacity (the load is close to 1)"
+        )
     preds = _predictions(w, flat, _model(discipline, order, cv))
     unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
     if unstable.size:
@@ -402,33 +471,58 @@ def simulate(
             f"{unstable.size} of {flat.shape[0]} policies load the server to utilization >= 1 (first: "
             f"policy {int(unstable[0])}, rho = {float(preds[2][unstable[0]]):.3g}): that queue is unstable, "
             "its simulated waits grow with num_queries and its intervals do not estimate a steady state",
-            UnstableQueueWarning, stacklevel=2)
+            UnstableQueueWarning,
+            stacklevel=2,
+        )
 
     def shape(x):  # (R, P, ...) -> (*policies, R, ...)
         x = jnp.moveaxis(x, 0, 1)
         return x.reshape(*policies, *x.shape[1:])
 
     return SimulationResult(
-        wait=shape(mw), system_time=shape(mt),
-        wait_p50=shape(qw[..., 0]), wait_p95=shape(qw[..., 1]), wait_p99=shape(qw[..., 2]),
-        system_time_p50=shape(qt[..., 0]), system_time_p95=shape(qt[..., 1]),
+        wait=shape(mw),
+        system_time=shape(mt),
+        wait_p50=shape(qw[..., 0]),
+        wait_p95=shape(qw[..., 1]),
+        wait_p99=shape(qw[..., 2]),
+        system_time_p50=shape(qt[..., 0]),
+        system_time_p95=shape(qt[..., 1]),
         system_time_p99=shape(qt[..., 2]),
-        utilization=shape(busy), accuracy=shape(acc), objective=shape(obj),
+        utilization=shape(busy),
+        accuracy=shape(acc),
+        objective=shape(obj),
         system_time_by_task=shape(by_task),
-        predicted_system_time=preds[0].reshape(policies), predicted_wait=preds[1].reshape(policies),
-        predicted_utilization=preds[2].reshape(policies), predicted_accuracy=preds[3].reshape(policies),
+        predicted_system_time=preds[0].reshape(policies),
+        predicted_wait=preds[1].reshape(policies),
+        predicted_utilization=preds[2].reshape(policies),
+        predicted_accuracy=preds[3].reshape(policies),
         predicted_objective=preds[4].reshape(policies),
         predicted_system_time_by_task=preds[5].reshape(*policies, w.num_tasks),
-        num_queries=num_queries, warmup=warmup, discipline=discipline,
+        num_queries=num_queries,
+        warmup=warmup,
+        discipline=discipline,
     )
 
 
 @eqx.filter_jit
-def _simulate_flat(w, tokens, key, num_queries: int, num_replications: int, warmup: int,
-                   service_cv, noise: str, discipline: str, rank, capacity: int, policy_batch: int):
+def _simulate_flat(
+    w,
+    tokens,
+    key,
+    num_queries: int,
+    num_replications: int,
+    warmup: int,
+    service_cv,
+    noise: str,
+    discipline: str,
+    rank,
+    capacity: int,
+    policy_batch: int,
+):
     def replication(r):
-        stream = sample_stream(jax.random.fold_in(key, r), w, num_queries,
-                               service_cv=service_cv, noise=noise)
+        stream = sample_stream(
+            jax.random.fold_in(key, r), w, num_queries, service_cv=service_cv, noise=noise
+        )
         return _replication(w, tokens, stream, warmup, discipline, rank, capacity, policy_batch)
 
     # replications one after another (lax.map) keeps memory at one stream x all policies

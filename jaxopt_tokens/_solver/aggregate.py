@@ -27,7 +27,6 @@ residual of the budgets themselves (`kkt_residual`).
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -121,7 +120,9 @@ def _safeguarded(x, x_new, lo, hi, last_step):
     ok = (x_new > lo) & (x_new < hi) & jnp.isfinite(x_new) & (step <= 0.5 * last_step)
     finite_hi = jnp.isfinite(hi)
     mid = jnp.where(lo > 0, jnp.sqrt(lo * jnp.where(finite_hi, hi, lo)), 0.5 * (lo + hi))
-    fallback = jnp.where(finite_hi, mid, 4 * jnp.maximum(jnp.maximum(lo, x), jnp.finfo(x.dtype).tiny))
+    fallback = jnp.where(
+        finite_hi, mid, 4 * jnp.maximum(jnp.maximum(lo, x), jnp.finfo(x.dtype).tiny)
+    )
     out = jnp.where(ok, x_new, fallback)
     return out, jnp.abs(jnp.log(out) - jnp.log(x))
 
@@ -192,7 +193,9 @@ class AggregateNewton(AbstractSolver):
         dt = jnp.where(stable, d_true, 1)
         u = (lam / dt)[..., None]
         v = (1 + lam * (e2 + y) * (d / dt) ** 2)[..., None]
-        value = jnp.where(tokens <= 0, gain, jnp.where(tokens >= lmax, gain_at_cap, w.c * (v_it + u_it * t)))
+        value = jnp.where(
+            tokens <= 0, gain, jnp.where(tokens >= lmax, gain_at_cap, w.c * (v_it + u_it * t))
+        )
         r = value / (w.c * (v + u * t)) - 1
         step = jnp.clip(tokens + r / w.b, 0, lmax)
         res = jnp.max(w.b * jnp.abs(tokens - step), axis=-1)
@@ -210,9 +213,21 @@ class AggregateNewton(AbstractSolver):
         zero = jnp.zeros_like(y0)
         inf = jnp.full_like(y0, jnp.inf)
         return _State(
-            y=y0, y_lo=zero, y_hi=inf, d=d0, d_lo=0.5 * d_floor, d_hi=d_top, y_step=inf, d_step=inf,
-            residual=inf, best=inf, best_d=d0, best_y=y0, stall=jnp.zeros((), jnp.int32),
-            iterations=jnp.zeros((), jnp.int32), outer=jnp.zeros((), jnp.int32),
+            y=y0,
+            y_lo=zero,
+            y_hi=inf,
+            d=d0,
+            d_lo=0.5 * d_floor,
+            d_hi=d_top,
+            y_step=inf,
+            d_step=inf,
+            residual=inf,
+            best=inf,
+            best_d=d0,
+            best_y=y0,
+            stall=jnp.zeros((), jnp.int32),
+            iterations=jnp.zeros((), jnp.int32),
+            outer=jnp.zeros((), jnp.int32),
         )
 
     def terminate(self, w: Workload, s: _State):
@@ -248,7 +263,9 @@ class AggregateNewton(AbstractSolver):
         # inner step: y(d) for the current d (Newton on psi in log y), bracketed by sign(e2)
         y_lo = jnp.where(e2 > 0, s.y, s.y_lo)
         y_hi = jnp.where(e2 > 0, s.y_hi, s.y)
-        y_in, y_step = _safeguarded(ys, ys * jnp.exp(jnp.clip(-psi / a22, -30, 30)), y_lo, y_hi, s.y_step)
+        y_in, y_step = _safeguarded(
+            ys, ys * jnp.exp(jnp.clip(-psi / a22, -30, 30)), y_lo, y_hi, s.y_step
+        )
         # outer step, once y ~ y(d): Newton on the reduced chi in log d (Schur slope), d
         # bracketed by the sign of the reduced e1; then the matching correction of log y
         joint = jnp.abs(psi) <= self.joint_threshold
@@ -290,5 +307,9 @@ class AggregateNewton(AbstractSolver):
         rtol = default_rtol(w.dtype, self.rtol)
         tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w)
         residual = kkt_residual(tokens, w)
-        status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS).astype(jnp.int32)
-        return Iterate(tokens, objective(tokens, w), status, residual, {"outer_iterations": s.outer})
+        status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS).astype(
+            jnp.int32
+        )
+        return Iterate(
+            tokens, objective(tokens, w), status, residual, {"outer_iterations": s.outer}
+        )

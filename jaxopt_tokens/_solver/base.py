@@ -93,8 +93,16 @@ def run_until(solver: AbstractSolver, w: Workload, state, cap) -> Any:
 def complete(solver: AbstractSolver, w: Workload, status_in, ok_in, state) -> Solution:
     """The `Solution` of one member from its final state (rejected members masked)."""
     it = solver.postprocess(w, state)
-    return masked_solution(ok_in, status_in, it.status, it.tokens, it.objective, it.residual,
-                           state.iterations, it.stats)
+    return masked_solution(
+        ok_in,
+        status_in,
+        it.status,
+        it.tokens,
+        it.objective,
+        it.residual,
+        state.iterations,
+        it.stats,
+    )
 
 
 def run(solver: AbstractSolver, w: Workload) -> Solution:
@@ -104,4 +112,3 @@ def run(solver: AbstractSolver, w: Workload) -> Solution:
         lambda s: running(solver, safe, s), lambda s: solver.step(safe, s), solver.init(safe)
     )
     return complete(solver, safe, status_in, ok_in, state)
-

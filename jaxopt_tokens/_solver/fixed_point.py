@@ -16,12 +16,12 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .aggregate import budgets_at_prices
 from .._kkt import contraction_constant, kkt_residual, provable_box
 from .._objective import objective, service_moments
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
+from .aggregate import budgets_at_prices
 from .base import AbstractSolver, Iterate
 
 __all__ = ["FixedPoint"]
@@ -66,7 +66,9 @@ class FixedPoint(AbstractSolver):
         status = jnp.where(
             s.residual <= default_rtol(w.dtype, self.rtol),
             Status.CONVERGED,
-            jnp.where(s.stable & jnp.isfinite(s.residual), Status.MAX_ITERATIONS, Status.NOT_CONTRACTIVE),
+            jnp.where(
+                s.stable & jnp.isfinite(s.residual), Status.MAX_ITERATIONS, Status.NOT_CONTRACTIVE
+            ),
         ).astype(jnp.int32)
         L_box = contraction_constant(w, provable_box(w))
         stats = {

@@ -71,8 +71,10 @@ class ProjectedGradient(AbstractSolver):
 
     def __check_init__(self):
         if self.model is not None and not isinstance(self.model, LatencyModel):
-            raise InputError(f"model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), "
-                             f"got {type(self.model).__name__}")
+            raise InputError(
+                f"model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), "
+                f"got {type(self.model).__name__}"
+            )
         if self.model is not None and not self.safeguarded:
             raise InputError("safeguarded: a latency model needs the safeguarded (spectral) method")
         if not 0 < self.step_fraction < 1:

@@ -62,7 +62,7 @@ def _tangent(w: Workload, tokens, ok, w_dot: Workload):
 
 
 @jax.custom_jvp
-def _attach(w: Workload, tokens: Float[Array, "n"], ok: Bool[Array, ""]) -> Float[Array, "n"]:
+def _attach(w: Workload, tokens: Float[Array, " n"], ok: Bool[Array, ""]) -> Float[Array, " n"]:
     return tokens
 
 
@@ -73,7 +73,9 @@ def _attach_jvp(primals, tangents):
     return tokens, _tangent(w, tokens, ok, w_dot)
 
 
-def attach_implicit_gradient(w: Workload, tokens: Float[Array, "n"], ok: Bool[Array, ""]) -> Float[Array, "n"]:
+def attach_implicit_gradient(
+    w: Workload, tokens: Float[Array, " n"], ok: Bool[Array, ""]
+) -> Float[Array, " n"]:
     """Return `tokens` unchanged, with derivatives with respect to `w` from the KKT system.
 
     `w` and `tokens` must be a sanitised, unbatched workload and its optimal budgets (finite),
@@ -110,6 +112,8 @@ def _attach_model_jvp(primals, tangents):
     return tokens, _model_tangent(model, w, tokens, ok, w_dot)
 
 
-def attach_model_gradient(model, w: Workload, tokens: Float[Array, "n"], ok: Bool[Array, ""]) -> Float[Array, "n"]:
+def attach_model_gradient(
+    model, w: Workload, tokens: Float[Array, " n"], ok: Bool[Array, ""]
+) -> Float[Array, " n"]:
     """`attach_implicit_gradient` for the objective of a latency `model` (`LatencyModel`)."""
     return _attach_model(model, w, tokens, ok)

@@ -40,7 +40,9 @@ class Solution(HasStatus):
         return self.status == Status.CONVERGED
 
 
-def masked_solution(ok_in, status_in, status, tokens, objective, residual, iterations, stats) -> Solution:
+def masked_solution(
+    ok_in, status_in, status, tokens, objective, residual, iterations, stats
+) -> Solution:
     """A `Solution` whose rejected members carry their input status and NaN outputs."""
     nan = jnp.array(jnp.nan, tokens.dtype)
     return Solution(

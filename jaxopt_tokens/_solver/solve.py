@@ -33,7 +33,9 @@ __all__ = ["solve", "solve_latency", "METHODS", "solver_from_name"]
 METHODS = ("default", "fixed-point", "pga", "pga-safeguarded")
 
 
-def solver_from_name(method: str, rtol: float | None = None, max_steps: int | None = None) -> AbstractSolver:
+def solver_from_name(
+    method: str, rtol: float | None = None, max_steps: int | None = None
+) -> AbstractSolver:
     """The solver a method name stands for, with `rtol` / `max_steps` where given."""
     kw = {}
     if rtol is not None:
@@ -63,7 +65,8 @@ def _with_gradient(solver: AbstractSolver, sol: Solution, w: Workload) -> Soluti
         tokens = attach_model_gradient(solver.model, safe, start, ok)
         value = solver.model.objective(tokens, safe)
     return eqx.tree_at(
-        lambda s: (s.tokens, s.objective), sol,
+        lambda s: (s.tokens, s.objective),
+        sol,
         (jnp.where(ok, tokens, sol.tokens), jnp.where(ok, value, sol.objective)),
     )
 
@@ -74,7 +77,7 @@ def _drive(solver: AbstractSolver, w: Workload) -> Solution:
     if not shape:
         return _with_gradient(solver, run(solver, jax.lax.stop_gradient(w)), w)
     size = math.prod(shape)
-    flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape):]), w)
+    flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape) :]), w)
     frozen = jax.lax.stop_gradient(flat)
     if size >= MIN_STAGED_BATCH:  # large batches: each member iterates only as long as it needs
         sol = staged_run(solver, frozen)
@@ -146,4 +149,6 @@ def solve_latency(
         )
     if isinstance(model, Priority):
         model.check(workload.num_tasks)
-    return solve(workload, ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps))
+    return solve(
+        workload, ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps)
+    )

@@ -46,7 +46,9 @@ def _rounds(solver: AbstractSolver, w: Workload, state, buffer: int):
         part = _take(state, idx)
         sub = advance(_take(w, idx), part, part.iterations + ROUND_STEPS)
         target = jnp.where(valid, idx, batch)  # padding rows are dropped, never written
-        state = jax.tree_util.tree_map(lambda full, new: full.at[target].set(new, mode="drop"), state, sub)
+        state = jax.tree_util.tree_map(
+            lambda full, new: full.at[target].set(new, mode="drop"), state, sub
+        )
         return state, is_running(w, state)
 
     state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), one_round, (state, is_running(w, state)))
@@ -60,4 +62,6 @@ def staged_run(solver: AbstractSolver, w: Workload) -> Solution:
     state = jax.vmap(solver.init)(safe)
     state = jax.vmap(lambda wi, si: run_until(solver, wi, si, FIRST_STEPS))(safe, state)
     state = _rounds(solver, safe, state, max(1, int(batch * BUFFER_FRACTION)))
-    return jax.vmap(lambda wi, si, st, ok: complete(solver, wi, st, ok, si))(safe, state, status_in, ok_in)
+    return jax.vmap(lambda wi, si, st, ok: complete(solver, wi, st, ok, si))(
+        safe, state, status_in, ok_in
+    )

@@ -8,15 +8,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .frontier import frontier_by_alpha, uniform_curve
 from .._integer import integer_lower_bound, paper_integer_lower_bound
 from .._objective import objective
 from .._solver.solve import solve
-from .sweep import sweep
 from .._workload import Workload
+from .frontier import frontier_by_alpha, uniform_curve
+from .sweep import sweep
 
-__all__ = ["figure_uniform_vs_optimal", "figure_budget_sensitivity", "figure_heatmaps", "figure_frontier",
-           "all_figures"]
+__all__ = [
+    "figure_uniform_vs_optimal",
+    "figure_budget_sensitivity",
+    "figure_heatmaps",
+    "figure_frontier",
+    "all_figures",
+]
 
 
 def save_figure(fig, out: Path, name: str) -> list[Path]:
@@ -33,12 +38,16 @@ def figure_uniform_vs_optimal(w: Workload, budgets=(0, 100, 500)):
 
     sol = solve(w)
     labels = [f"uniform {b}" for b in budgets] + ["optimal l*"]
-    values = [float(objective(jnp.full(w.num_tasks, float(b), w.dtype), w)) for b in budgets] + [float(sol.objective)]
+    values = [float(objective(jnp.full(w.num_tasks, float(b), w.dtype), w)) for b in budgets] + [
+        float(sol.objective)
+    ]
     fig, ax = plt.subplots(figsize=(6, 4))
     bars = ax.bar(labels, values, color=["#9aa5b1"] * len(budgets) + ["#2b7bba"])
     ax.bar_label(bars, fmt="%.3f")
-    ax.set(ylabel="objective J (accuracy-weighted, minus seconds)",
-           title=f"Uniform budgets vs the optimum (lambda={float(w.arrival_rate):g}/s, alpha={float(w.alpha):g})")
+    ax.set(
+        ylabel="objective J (accuracy-weighted, minus seconds)",
+        title=f"Uniform budgets vs the optimum (lambda={float(w.arrival_rate):g}/s, alpha={float(w.alpha):g})",
+    )
     return fig
 
 
@@ -55,11 +64,24 @@ def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 10
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(grid, J, label=f"J with l_{task} varied, others at l*")
     ax.axhline(float(sol.objective), color="k", ls=":", label=f"J(l*) = {float(sol.objective):.4f}")
-    ax.axhline(float(paper_integer_lower_bound(sol.tokens, w)), color="r", ls="--", label="lower bound (41), as printed")
-    ax.axhline(float(integer_lower_bound(sol.tokens, w)), color="m", ls="-.", label="rigorous integer lower bound")
+    ax.axhline(
+        float(paper_integer_lower_bound(sol.tokens, w)),
+        color="r",
+        ls="--",
+        label="lower bound (41), as printed",
+    )
+    ax.axhline(
+        float(integer_lower_bound(sol.tokens, w)),
+        color="m",
+        ls="-.",
+        label="rigorous integer lower bound",
+    )
     ax.axvline(float(sol.tokens[k]), color="gray", lw=0.8)
-    ax.set(xlabel=f"{task} reasoning-token budget (tokens)", ylabel="objective J",
-           title=f"Sensitivity to the {task} budget (peak at l* = {float(sol.tokens[k]):.1f})")
+    ax.set(
+        xlabel=f"{task} reasoning-token budget (tokens)",
+        ylabel="objective J",
+        title=f"Sensitivity to the {task} budget (peak at l* = {float(sol.tokens[k]):.1f})",
+    )
     ax.legend(fontsize=8)
     return fig
 
@@ -68,7 +90,9 @@ def figure_heatmaps(w: Workload, arrival_rates=None, alphas=None, quiet: bool = 
     """l*_k of every task and J over a grid of (arrival rate, alpha)."""
     import matplotlib.pyplot as plt
 
-    arrival_rates = np.linspace(0.01, 0.5, 60) if arrival_rates is None else np.asarray(arrival_rates)
+    arrival_rates = (
+        np.linspace(0.01, 0.5, 60) if arrival_rates is None else np.asarray(arrival_rates)
+    )
     alphas = np.geomspace(1, 100, 60) if alphas is None else np.asarray(alphas)
     df = sweep(w, arrival_rate=arrival_rates, alpha=alphas, quiet=quiet)
     panels = [f"l_{n}" for n in w.task_names] + ["objective"]
@@ -79,10 +103,13 @@ def figure_heatmaps(w: Workload, arrival_rates=None, alphas=None, quiet: bool = 
         z = df[col].to_numpy().reshape(len(arrival_rates), len(alphas))
         im = ax.pcolormesh(alphas, arrival_rates, z, shading="nearest", cmap="viridis")
         ax.set_xscale("log")
-        ax.set(xlabel="alpha", ylabel="arrival rate (queries/s)",
-               title=("J*" if col == "objective" else f"{col[2:]} budget (tokens)"))
+        ax.set(
+            xlabel="alpha",
+            ylabel="arrival rate (queries/s)",
+            title=("J*" if col == "objective" else f"{col[2:]} budget (tokens)"),
+        )
         fig.colorbar(im, ax=ax)
-    for ax in axes.ravel()[len(panels):]:
+    for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     fig.suptitle("Optimal budgets and objective over (arrival rate, alpha)")
     fig.tight_layout()
@@ -97,11 +124,18 @@ def figure_frontier(w: Workload, num: int = 1000):
     ok = df["status"] == "converged"
     _, et_u, acc_u = uniform_curve(w)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(df.loc[ok, "mean_system_time"], df.loc[ok, "accuracy"], label="optimal per-task budgets (alpha swept)")
+    ax.plot(
+        df.loc[ok, "mean_system_time"],
+        df.loc[ok, "accuracy"],
+        label="optimal per-task budgets (alpha swept)",
+    )
     ax.plot(et_u, acc_u, "--", label="uniform budget on every task")
     ax.set_xscale("log")
-    ax.set(xlabel="mean system time E[T] (s, log scale)", ylabel="mean accuracy",
-           title=f"Accuracy / latency frontier (lambda={float(w.arrival_rate):g}/s)")
+    ax.set(
+        xlabel="mean system time E[T] (s, log scale)",
+        ylabel="mean accuracy",
+        title=f"Accuracy / latency frontier (lambda={float(w.arrival_rate):g}/s)",
+    )
     ax.legend()
     return fig
 
@@ -115,13 +149,18 @@ def all_figures(w: Workload, out: str | Path, quiet: bool = True) -> list[Path]:
 
     out = Path(out)
     paths = []
-    makers = [("fig3_uniform_vs_optimal", lambda: figure_uniform_vs_optimal(w)), ("frontier", lambda: figure_frontier(w)),
-              ("heatmaps", lambda: figure_heatmaps(w, quiet=quiet))]
+    makers = [
+        ("fig3_uniform_vs_optimal", lambda: figure_uniform_vs_optimal(w)),
+        ("frontier", lambda: figure_frontier(w)),
+        ("heatmaps", lambda: figure_heatmaps(w, quiet=quiet)),
+    ]
     if "GSM8K" in w.task_names:
         makers.insert(1, ("fig4_gsm8k_sensitivity", lambda: figure_budget_sensitivity(w, "GSM8K")))
     else:
         k = int(np.argmax(np.asarray(solve(w).tokens)))
-        makers.insert(1, ("fig4_budget_sensitivity", lambda: figure_budget_sensitivity(w, w.task_names[k])))
+        makers.insert(
+            1, ("fig4_budget_sensitivity", lambda: figure_budget_sensitivity(w, w.task_names[k]))
+        )
     for name, make in makers:
         fig = make()
         paths += save_figure(fig, out, name)

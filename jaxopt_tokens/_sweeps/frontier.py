@@ -13,29 +13,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._objective import mean_accuracy, mean_system_time
-from .sweep import sweep
-from .._workload import Workload
 from .._queue.simulate import simulate
+from .._workload import Workload
+from .sweep import sweep
 
 __all__ = ["frontier_by_alpha", "frontier_by_arrival_rate", "uniform_curve", "with_simulated_tail"]
 
 
-def frontier_by_alpha(w: Workload, num: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True):
-    """Optimal (E[T], accuracy) for `num` log-spaced alphas: a DataFrame (see `sweep`)."""
-    return sweep(w, alpha=np.geomspace(*alpha_range, num), quiet=quiet)
+def frontier_by_alpha(w: Workload, points: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True):
+    """Optimal (E[T], accuracy) for `points` log-spaced alphas: a DataFrame (see `sweep`)."""
+    return sweep(w, alpha=np.geomspace(*alpha_range, points), quiet=quiet)
 
 
-def frontier_by_arrival_rate(w: Workload, num: int = 200, quiet: bool = True):
+def frontier_by_arrival_rate(w: Workload, points: int = 200, quiet: bool = True):
     """Optimal (E[T], accuracy) as the arrival rate grows to 0.98 of the zero-token limit."""
     limit = 1.0 / float(jnp.sum(w.share * w.t0))
-    return sweep(w, arrival_rate=np.linspace(0.01 * limit, 0.98 * limit, num), quiet=quiet)
+    return sweep(w, arrival_rate=np.linspace(0.01 * limit, 0.98 * limit, points), quiet=quiet)
 
 
 def uniform_curve(w: Workload, budgets=None):
     """(budget, E[T], accuracy) for the same budget on every task, over the stable range."""
     if budgets is None:
-        cap = min(float(w.max_tokens), (1 / float(w.arrival_rate) - float(jnp.sum(w.share * w.t0)))
-                  / float(jnp.sum(w.share * w.c)))
+        cap = min(
+            float(w.max_tokens),
+            (1 / float(w.arrival_rate) - float(jnp.sum(w.share * w.t0)))
+            / float(jnp.sum(w.share * w.c)),
+        )
         budgets = np.linspace(0.0, 0.999 * cap, 400)
     b = jnp.asarray(budgets, w.dtype)
     tokens = jnp.broadcast_to(b[:, None], (b.shape[0], w.num_tasks))
@@ -44,8 +47,15 @@ def uniform_curve(w: Workload, budgets=None):
     return np.asarray(b), np.asarray(et), np.asarray(acc)
 
 
-def with_simulated_tail(frontier, w: Workload, num_queries: int = 10_000, num_replications: int = 10,
-                        key=None, level: float = 0.95, **simulate_kwargs):
+def with_simulated_tail(
+    frontier,
+    w: Workload,
+    num_queries: int = 10_000,
+    num_replications: int = 10,
+    key=None,
+    level: float = 0.95,
+    **simulate_kwargs,
+):
     """The frontier with simulated tail latency: every row's budgets through `simulate`.
 
     Adds `sim_mean_system_time`, `sim_p95_system_time`, `sim_p99_system_time` and the
@@ -58,8 +68,13 @@ def with_simulated_tail(frontier, w: Workload, num_queries: int = 10_000, num_re
     tokens = frontier[names].to_numpy(dtype=np.float64)
     ok = np.all(np.isfinite(tokens), axis=1) & (frontier["status"].to_numpy() == "converged")
     out = frontier.copy()
-    for col in ("sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time", "sim_p95_lower",
-                "sim_p95_upper"):
+    for col in (
+        "sim_mean_system_time",
+        "sim_p95_system_time",
+        "sim_p99_system_time",
+        "sim_p95_lower",
+        "sim_p95_upper",
+    ):
         out[col] = np.nan
     if ok.any():
         r = simulate(w, tokens[ok], num_queries, num_replications, key, **simulate_kwargs)

@@ -20,15 +20,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rich.progress import Progress
 
+from .._errors import InputError
 from .._integer import integer_budgets
 from .._io import workload_to_dict
 from .._objective import mean_accuracy, mean_system_time, mean_wait, utilization
-from .._status import Status
 from .._solver.solve import solve
-from .._workload import PER_TASK_FIELDS, SCALAR_FIELDS, Workload
-from rich.progress import Progress
+from .._status import Status
 from .._version import __version__
+from .._workload import PER_TASK_FIELDS, SCALAR_FIELDS, Workload
 
 __all__ = ["sweep", "write_sweep", "read_sweep_metadata", "TRACE_COUNT"]
 
@@ -40,14 +41,16 @@ def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
     if "__" in name:
         field, task = name.split("__", 1)
         if field not in PER_TASK_FIELDS:
-            raise ValueError(f"'{name}': '{field}' is not a per-task field {PER_TASK_FIELDS}")
+            raise InputError(f"'{name}': '{field}' is not a per-task field {PER_TASK_FIELDS}")
         names = w.task_names
         if task not in names:
-            raise ValueError(f"'{name}': no task named '{task}' (tasks: {', '.join(names)})")
+            raise InputError(f"'{name}': no task named '{task}' (tasks: {', '.join(names)})")
         return field, names.index(task)
     if name not in SCALAR_FIELDS:
-        raise ValueError(f"'{name}' is not a sweepable field: use {SCALAR_FIELDS} or <field>__<task> "
-                         f"with field in {PER_TASK_FIELDS}")
+        raise InputError(
+            f"'{name}' is not a sweepable field: use {SCALAR_FIELDS} or <field>__<task> "
+            f"with field in {PER_TASK_FIELDS}"
+        )
     return name, None
 
 
@@ -105,7 +108,7 @@ def sweep(
     import pandas as pd
 
     if not grids:
-        raise ValueError("give at least one grid, e.g. sweep(w, alpha=np.geomspace(1, 100, 50))")
+        raise InputError("give at least one grid, e.g. sweep(w, alpha=np.geomspace(1, 100, 50))")
     specs = [_parse_grid(workload, name) for name in grids]
     axes = [np.asarray(v, dtype=np.float64).ravel() for v in grids.values()]
     mesh_values = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)
@@ -122,7 +125,6 @@ def sweep(
     starts = list(range(0, total, chunk_size))
     progress = None
     if not quiet and len(starts) > 1:
-
         progress = Progress(transient=True)
         task = progress.add_task(f"solving {total:,} points", total=len(starts))
         progress.start()
@@ -147,9 +149,18 @@ def sweep(
         frame[f"l_{name}"] = merged["tokens"][:, k]
     for k, name in enumerate(names):
         frame[f"l_int_{name}"] = merged["tokens_int"][:, k]
-    for key in ("objective", "accuracy", "mean_wait", "mean_system_time", "utilization", "residual"):
+    for key in (
+        "objective",
+        "accuracy",
+        "mean_wait",
+        "mean_system_time",
+        "utilization",
+        "residual",
+    ):
         frame[key] = merged[key]
-    frame["status"] = pd.Categorical.from_codes(merged["status"].astype(int), [s.name.lower() for s in Status])
+    frame["status"] = pd.Categorical.from_codes(
+        merged["status"].astype(int), [s.name.lower() for s in Status]
+    )
     df = pd.DataFrame(frame)
     df.attrs["workload"] = workload_to_dict(workload)
     return df
@@ -173,7 +184,9 @@ def write_sweep(df, path: str | Path) -> list[Path]:
     except ImportError:
         return written
     table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"jaxopt_tokens": json.dumps(meta).encode()})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), b"jaxopt_tokens": json.dumps(meta).encode()}
+    )
     pq.write_table(table, path.with_suffix(".parquet"))
     written.append(path.with_suffix(".parquet"))
     return written
@@ -188,5 +201,3 @@ def read_sweep_metadata(path: str | Path) -> dict:
         return json.loads(pq.read_schema(path).metadata[b"jaxopt_tokens"])
     first = path.open().readline()
     return json.loads(first.split("metadata: ", 1)[1])
-
-

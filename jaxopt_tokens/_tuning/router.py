@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._solver.aggregate import unclipped_budgets
 from .._objective import objective, service_moments
+from .._solver.aggregate import unclipped_budgets
 from .._solver.solve import solve
 from .._workload import Workload
 
@@ -42,8 +42,9 @@ class TaskPool(eqx.Module):
     log_b_observed: Float[Array, " m"]
 
 
-def synthetic_task_pool(key: PRNGKeyArray, num_types: int = 60, num_features: int = 4, noise: float = 0.15,
-                        dtype=None) -> TaskPool:
+def synthetic_task_pool(
+    key: PRNGKeyArray, num_types: int = 60, num_features: int = 4, noise: float = 0.15, dtype=None
+) -> TaskPool:
     """Synthetic task types whose true curves depend non-linearly on their features.
 
     $A = (1 - D)\\,\\sigma(x^\\top a + \\sin(2 x^\\top a'))$, $\\log b = \\log 10^{-3} + x^\\top v +
@@ -54,14 +55,21 @@ def synthetic_task_pool(key: PRNGKeyArray, num_types: int = 60, num_features: in
     dtype = dtype or jnp.result_type(float)
     ks = jax.random.split(key, 10)
     x = jax.random.normal(ks[0], (num_types, num_features), dtype)
-    a, a2, v, v2 = (jax.random.normal(k, (num_features,), dtype) / jnp.sqrt(num_features) for k in ks[1:5])
+    a, a2, v, v2 = (
+        jax.random.normal(k, (num_features,), dtype) / jnp.sqrt(num_features) for k in ks[1:5]
+    )
     D = jax.random.uniform(ks[5], (num_types,), dtype, 0.0, 0.4)
     A = (1 - D) * jax.nn.sigmoid(x @ a + jnp.sin(2 * x @ a2))
     log_b = jnp.log(1e-3) + x @ v + 0.5 * (x @ v2) ** 2
     t0 = jax.random.uniform(ks[6], (num_types,), dtype, 0.02, 0.2)
     c = jax.random.uniform(ks[7], (num_types,), dtype, 0.01, 0.015)
     return TaskPool(
-        features=x, A=A, b=jnp.exp(log_b), D=D, t0=t0, c=c,
+        features=x,
+        A=A,
+        b=jnp.exp(log_b),
+        D=D,
+        t0=t0,
+        c=c,
         A_observed=jnp.clip(A + noise * jax.random.normal(ks[8], A.shape, dtype), 0.0, 1 - D),
         log_b_observed=log_b + 2 * noise * jax.random.normal(ks[9], A.shape, dtype),
     )
@@ -85,10 +93,21 @@ class CurveModel(eqx.Module):
         return A, b
 
 
-def _workload(pool: TaskPool, idx: Int[Array, " n"], A, b, arrival_rate, alpha, max_tokens) -> Workload:
+def _workload(
+    pool: TaskPool, idx: Int[Array, " n"], A, b, arrival_rate, alpha, max_tokens
+) -> Workload:
     n = idx.shape[0]
-    return Workload(A=A, b=b, D=pool.D[idx], t0=pool.t0[idx], c=pool.c[idx], share=jnp.full(n, 1.0 / n, A.dtype),
-                    arrival_rate=arrival_rate, alpha=alpha, max_tokens=max_tokens)
+    return Workload(
+        A=A,
+        b=b,
+        D=pool.D[idx],
+        t0=pool.t0[idx],
+        c=pool.c[idx],
+        share=jnp.full(n, 1.0 / n, A.dtype),
+        arrival_rate=arrival_rate,
+        alpha=alpha,
+        max_tokens=max_tokens,
+    )
 
 
 def _smoothed_tokens(tokens, w: Workload, temperature: float):
@@ -100,8 +119,16 @@ def _smoothed_tokens(tokens, w: Workload, temperature: float):
     return w.max_tokens - temperature * jax.nn.softplus((w.max_tokens - low) / temperature)
 
 
-def realised_objective(model: CurveModel, pool: TaskPool, idx: Int[Array, "batch n"], *, arrival_rate=0.1,
-                       alpha=30.0, max_tokens=4096.0, temperature: float = 0.0) -> Float[Array, " batch"]:
+def realised_objective(
+    model: CurveModel,
+    pool: TaskPool,
+    idx: Int[Array, "batch n"],
+    *,
+    arrival_rate=0.1,
+    alpha=30.0,
+    max_tokens=4096.0,
+    temperature: float = 0.0,
+) -> Float[Array, " batch"]:
     """J under the TRUE curves of the budgets solved from the model's PREDICTED curves."""
 
     def one(i):
@@ -116,9 +143,20 @@ def realised_objective(model: CurveModel, pool: TaskPool, idx: Int[Array, "batch
     return jax.vmap(one)(idx)
 
 
-def train_router(model: CurveModel, pool: TaskPool, train_types: Int[Array, " m"], key: PRNGKeyArray, *,
-                 decision_focused: bool = True, steps: int = 300, batch: int = 32, tasks_per_workload: int = 6,
-                 learning_rate: float = 3e-2, temperature: float = 0.0, **operating_point):
+def train_router(
+    model: CurveModel,
+    pool: TaskPool,
+    train_types: Int[Array, " m"],
+    key: PRNGKeyArray,
+    *,
+    decision_focused: bool = True,
+    steps: int = 300,
+    batch: int = 32,
+    tasks_per_workload: int = 6,
+    learning_rate: float = 3e-2,
+    temperature: float = 0.0,
+    **operating_point,
+):
     """Train `model` on the task types `train_types`; returns (model, loss history).
 
     Decision-focused: minimise $-J_{\\rm true}$ of the solved budgets over random workloads of
@@ -132,12 +170,17 @@ def train_router(model: CurveModel, pool: TaskPool, train_types: Int[Array, " m"
     def loss_fn(params, k):
         m = eqx.combine(params, static)
         if decision_focused:
-            idx = jax.vmap(lambda kk: jax.random.choice(kk, train_types, (tasks_per_workload,), replace=False))(
-                jax.random.split(k, batch))
-            return -jnp.mean(realised_objective(m, pool, idx, temperature=temperature, **operating_point))
+            idx = jax.vmap(
+                lambda kk: jax.random.choice(kk, train_types, (tasks_per_workload,), replace=False)
+            )(jax.random.split(k, batch))
+            return -jnp.mean(
+                realised_objective(m, pool, idx, temperature=temperature, **operating_point)
+            )
         A_hat, b_hat = m(pool.features[train_types], pool.D[train_types])
-        return jnp.mean((A_hat - pool.A_observed[train_types]) ** 2
-                        + 0.05 * (jnp.log(b_hat) - pool.log_b_observed[train_types]) ** 2)
+        return jnp.mean(
+            (A_hat - pool.A_observed[train_types]) ** 2
+            + 0.05 * (jnp.log(b_hat) - pool.log_b_observed[train_types]) ** 2
+        )
 
     @jax.jit
     def step(carry, k):

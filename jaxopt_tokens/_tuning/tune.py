@@ -15,16 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
+from .._errors import InputError
 from .._objective import mean_accuracy, mean_system_time
 from .._solver.solution import Solution
-from .._status import HasStatus, Status, StatusEnum
 from .._solver.solve import solve
+from .._status import HasStatus, Status, StatusEnum
 from .._workload import Workload
 
 __all__ = ["TuneStatus", "AlphaTuning", "tune_alpha", "tune"]
@@ -36,9 +36,12 @@ class TuneStatus(StatusEnum):
     CONVERGED = 0, "E[T] meets the target"
     MAX_ITERATIONS = 1, "stopped at the iteration limit"
     TARGET_BELOW_MINIMUM = 2, "the target is below the mean system time with zero tokens"
-    TARGET_ABOVE_MAXIMUM = 3, (
-        "the target is at or above the latency at which more tokens stop helping "
-        "(every budget at its cap, or alpha beyond the search range)"
+    TARGET_ABOVE_MAXIMUM = (
+        3,
+        (
+            "the target is at or above the latency at which more tokens stop helping "
+            "(every budget at its cap, or alpha beyond the search range)"
+        ),
     )
     SOLVE_FAILED = 4, "the inner solve did not converge"
 
@@ -58,7 +61,7 @@ class AlphaTuning(HasStatus):
 
 def tune_alpha(
     workload: Workload,
-    target_mean_system_time: float | Float[Array, ""],
+    target_latency: float | Float[Array, ""],
     *,
     rtol: float = 1e-9,
     max_steps: int = 100,
@@ -72,7 +75,7 @@ def tune_alpha(
     """
     w = workload
     dtype = w.dtype
-    tau = jnp.asarray(target_mean_system_time, dtype)
+    tau = jnp.asarray(target_latency, dtype)
 
     def evaluate(la):
         """E[T] at the optimum for alpha = exp(la), its derivative in la, and the solution."""
@@ -94,7 +97,11 @@ def tune_alpha(
 
     def cond(s):
         la, lo, hi, T, k = s
-        return (jnp.abs(T - tau) > rtol * tau) & (k < max_steps) & (hi - lo > 1e-13 * jnp.maximum(1, jnp.abs(hi)))
+        return (
+            (jnp.abs(T - tau) > rtol * tau)
+            & (k < max_steps)
+            & (hi - lo > 1e-13 * jnp.maximum(1, jnp.abs(hi)))
+        )
 
     def body(s):
         la, lo, hi, T, k = s
@@ -136,7 +143,7 @@ def tune(
     optimizer: optax.GradientTransformation | None = None,
     steps: int = 200,
     log_space: bool = True,
-) -> tuple[Workload, Float[Array, "steps"]]:
+) -> tuple[Workload, Float[Array, " steps"]]:
     """Minimise `loss(solve(w), w)` over the workload `fields` with optax.
 
     Positive fields are optimised in log space by default (`log_space=True`). Returns the tuned
@@ -146,7 +153,7 @@ def tune(
     fields = tuple(fields)
     unknown = [f for f in fields if not hasattr(workload, f)]
     if unknown:
-        raise ValueError(f"unknown workload field(s) {unknown}")
+        raise InputError(f"unknown workload field(s) {unknown}")
     optimizer = optimizer or optax.adam(5e-2)
     to_param = jnp.log if log_space else (lambda x: x)
     from_param = jnp.exp if log_space else (lambda x: x)

@@ -8,7 +8,7 @@ price $\\mu$ the surge-branch optimum is
 $$x_i(\\mu) = \\tau_i + \\frac{1 - W(e\\mu/v)}{\\beta}, \\qquad 0 \\le \\mu \\le v,$$
 
 (principal Lambert W, our own `lambertw`), kept only while its net surplus
-$U_i(x_i) - \\mu x_i$ is positive (*rational abandonment*); then capped at `max_tokens`.
+$U_i(x_i) - \\mu x_i$ is positive (*rational abandonment*); then capped at `query_cap`.
 Writing $w = W(e\\mu/v)$ the surplus is $\\mu\\,((1-w)^2/(\\beta w) - \\tau_i)$, so the admission
 test is the closed form $\\beta\\tau_i w < (1-w)^2$: at any price the admitted queries are the
 ones with the smallest thresholds. W depends on $\\mu$ only (one scalar per price), so a
@@ -57,15 +57,14 @@ from __future__ import annotations
 import functools
 from typing import ClassVar, Union
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from .._errors import InputError
-from .._status import HasStatus, StatusEnum
 from .._lambertw import E, lambertw
+from .._status import HasStatus, StatusEnum
 
 __all__ = [
     "Allocation",
@@ -78,15 +77,17 @@ __all__ = [
 ]
 
 
-
 class Status(StatusEnum):
     """Outcome of `allocate` per batch member (see the module docstring)."""
 
     CLEARED = 0, "cleared: the budget binds and the allocations spend it exactly"
     SLACK = 1, "slack: every query fits at its peak (or cap); the price is zero"
-    INVALID = 2, (
-        "invalid input: NaN or negative thresholds, a negative or non-finite budget, or a bad "
-        "velocity or decay"
+    INVALID = (
+        2,
+        (
+            "invalid input: NaN or negative thresholds, a negative or non-finite budget, or a bad "
+            "velocity or decay"
+        ),
     )
     INDIVISIBLE = 3, "indivisible: a remainder below every abandoned query's threshold stays unused"
 
@@ -104,15 +105,20 @@ class Allocation(HasStatus):
     STATUS: ClassVar[type[Status]] = Status
 
 
-def surge_utility(x: ArrayLike, thresholds: ArrayLike, beta: ArrayLike, velocity: ArrayLike = 1.0) -> Array:
+def surge_utility(
+    x: ArrayLike, thresholds: ArrayLike, beta: ArrayLike, velocity: ArrayLike = 1.0
+) -> Array:
     """Shifted-surge utility $U(x) = v (x-\\tau) e^{-\\beta(x-\\tau)}$ for $x \\ge \\tau$, else 0 (eq. 1)."""
     x, tau = jnp.asarray(x), jnp.asarray(thresholds)
     z = jnp.maximum(x - tau, 0.0)
     return jnp.where(x >= tau, velocity * z * jnp.exp(-jnp.asarray(beta) * z), 0.0)
 
 
-def adaptive_inverse_decay(thresholds: Float[ArrayLike, "*batch n"], budget: Float[ArrayLike, " *batch"],
-                           min_scale: float = 0.25) -> Float[Array, " *batch"]:
+def adaptive_inverse_decay(
+    thresholds: Float[ArrayLike, "*batch n"],
+    budget: Float[ArrayLike, " *batch"],
+    min_scale: float = 0.25,
+) -> Float[Array, " *batch"]:
     """$1/\\beta = \\max(B/n - \\bar\\tau, s\\bar\\tau, 1)$: the adaptive decay length (module docstring)."""
     tau = jnp.asarray(thresholds)
     mean_tau = jnp.mean(tau, axis=-1)
@@ -120,7 +126,7 @@ def adaptive_inverse_decay(thresholds: Float[ArrayLike, "*batch n"], budget: Flo
     return jnp.maximum(jnp.maximum(surplus, min_scale * mean_tau), 1.0)
 
 
-def check_inputs(thresholds, budget, *, velocity=1.0, decay="adaptive", max_tokens=None) -> None:
+def check_inputs(thresholds, budget, *, velocity=1.0, decay="adaptive", query_cap=None) -> None:
     """Eager validation for user input; raises `InputError` naming the field and index.
 
     `allocate` itself never raises on values (it returns status `INVALID` per batch member,
@@ -146,13 +152,15 @@ def check_inputs(thresholds, budget, *, velocity=1.0, decay="adaptive", max_toke
         raise InputError(f"velocity: must be > 0, got {velocity}")
     if not isinstance(decay, str) and not np.all(np.asarray(decay, dtype=float) > 0):
         raise InputError(f"decay: must be 'adaptive' or > 0, got {decay}")
-    if max_tokens is not None and not np.all(np.asarray(max_tokens, dtype=float) > 0):
-        raise InputError(f"max_tokens: must be > 0, got {max_tokens}")
+    if query_cap is not None and not np.all(np.asarray(query_cap, dtype=float) > 0):
+        raise InputError(f"query_cap: must be > 0, got {query_cap}")
     try:
         np.broadcast_shapes(tau.shape[:-1], b.shape)
     except ValueError:
-        raise InputError(f"budget: shape {b.shape} does not broadcast with thresholds' batch "
-                         f"shape {tau.shape[:-1]}") from None
+        raise InputError(
+            f"budget: shape {b.shape} does not broadcast with thresholds' batch "
+            f"shape {tau.shape[:-1]}"
+        ) from None
 
 
 def _policy(mu, tau, cap, velocity, inv_beta, capped: bool):
@@ -187,13 +195,30 @@ def _bisect(demand, budget, lo, hi, hi_aux, iterations):
     return hi, aux
 
 
-def _clear_one(tau, budget, cap, velocity, inv_beta_in, *, capped: bool, iterations: int,
-               spread_remainder: bool = False):
+def _clear_one(
+    tau,
+    budget,
+    cap,
+    velocity,
+    inv_beta_in,
+    *,
+    capped: bool,
+    iterations: int,
+    spread_remainder: bool = False,
+):
     """CLEAR for one batch member: tau (n,), scalars budget/velocity/inv_beta, cap (n,)."""
     dtype = tau.dtype
-    valid = (jnp.all(jnp.isfinite(tau)) & jnp.all(tau >= 0) & jnp.isfinite(budget) & (budget >= 0)
-             & jnp.isfinite(velocity) & (velocity > 0) & jnp.isfinite(inv_beta_in) & (inv_beta_in > 0)
-             & jnp.all(cap > 0))
+    valid = (
+        jnp.all(jnp.isfinite(tau))
+        & jnp.all(tau >= 0)
+        & jnp.isfinite(budget)
+        & (budget >= 0)
+        & jnp.isfinite(velocity)
+        & (velocity > 0)
+        & jnp.isfinite(inv_beta_in)
+        & (inv_beta_in > 0)
+        & jnp.all(cap > 0)
+    )
     # Benign values where invalid, so nothing below produces NaN (status carries the verdict).
     tau = jnp.where(valid, tau, 1.0)
     budget = jnp.where(valid, budget, 0.0)
@@ -259,21 +284,33 @@ def _clear_one(tau, budget, cap, velocity, inv_beta_in, *, capped: bool, iterati
         tokens = jnp.where(spread & room, jnp.minimum(tokens + extra, cap), tokens)
     tol = 64 * jnp.finfo(dtype).eps * jnp.maximum(budget, 1.0)
     status = jnp.where(
-        ~valid, Status.INVALID,
-        jnp.where(slack, Status.SLACK,
-                  jnp.where(binding | (remainder_after <= tol), Status.CLEARED,
-                            Status.INDIVISIBLE)))
+        ~valid,
+        Status.INVALID,
+        jnp.where(
+            slack,
+            Status.SLACK,
+            jnp.where(binding | (remainder_after <= tol), Status.CLEARED, Status.INDIVISIBLE),
+        ),
+    )
     tokens = jnp.where(valid, tokens, 0.0)
     admitted = admitted & valid
     nan = jnp.asarray(jnp.nan, dtype)
-    return (tokens, jnp.where(valid, price, nan), admitted, jnp.where(valid, 1.0 / inv_beta, nan),
-            status.astype(jnp.int32), jnp.where(valid, budget - jnp.sum(tokens), nan))
+    return (
+        tokens,
+        jnp.where(valid, price, nan),
+        admitted,
+        jnp.where(valid, 1.0 / inv_beta, nan),
+        status.astype(jnp.int32),
+        jnp.where(valid, budget - jnp.sum(tokens), nan),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("capped", "iterations", "spread_remainder"))
 def _clear_batched(tau, budget, cap, velocity, inv_beta, *, capped, iterations, spread_remainder):
     """`_clear_one` vmapped over every leading batch axis (inputs already broadcast)."""
-    fn = functools.partial(_clear_one, capped=capped, iterations=iterations, spread_remainder=spread_remainder)
+    fn = functools.partial(
+        _clear_one, capped=capped, iterations=iterations, spread_remainder=spread_remainder
+    )
     for _ in range(budget.ndim):
         fn = jax.vmap(fn)
     return fn(tau, budget, cap, velocity, inv_beta)
@@ -285,7 +322,7 @@ def allocate(
     *,
     velocity: Union[float, Float[ArrayLike, " *batch"]] = 1.0,
     decay: Union[str, float, Float[ArrayLike, " *batch"]] = "adaptive",
-    max_tokens: Union[None, float, Float[ArrayLike, "*batch n"]] = None,
+    query_cap: Union[None, float, Float[ArrayLike, "*batch n"]] = None,
     iterations: int = 60,
     min_scale: float = 0.25,
     spread_remainder: bool = False,
@@ -301,7 +338,7 @@ def allocate(
         velocity: initial velocity $v > 0$ (the reservation price; allocations do not depend on it).
         decay: `"adaptive"` for $1/\\beta = \\max(B/n - \\bar\\tau, s\\bar\\tau, 1)$ with
             $s$ = `min_scale`, or a fixed $\\beta > 0$ (per token).
-        max_tokens: per-query cap $x_{\\max}$ (scalar or `(..., n)`); `None` for no cap.
+        query_cap: per-query cap $x_{\\max}$ (scalar or `(..., n)`); `None` for no cap.
         iterations: bisection steps per stage (60 reach float64 resolution of the price).
         min_scale: floor of the adaptive decay length, as a fraction of the mean threshold.
         spread_remainder: if True, a remainder that no query can use under the utility model
@@ -329,10 +366,15 @@ def allocate(
         inv_beta = adaptive_inverse_decay(tau, b, min_scale)
     else:
         inv_beta = 1.0 / jnp.asarray(decay, dtype)
-    capped = max_tokens is not None
-    cap = jnp.asarray(jnp.inf if max_tokens is None else max_tokens, dtype)
-    batch = jnp.broadcast_shapes(tau.shape[:-1], b.shape, jnp.shape(inv_beta), jnp.shape(velocity),
-                                 cap.shape[:-1] if cap.ndim else ())
+    capped = query_cap is not None
+    cap = jnp.asarray(jnp.inf if query_cap is None else query_cap, dtype)
+    batch = jnp.broadcast_shapes(
+        tau.shape[:-1],
+        b.shape,
+        jnp.shape(inv_beta),
+        jnp.shape(velocity),
+        cap.shape[:-1] if cap.ndim else (),
+    )
     n = tau.shape[-1]
     tau = jnp.broadcast_to(tau, (*batch, n))
     cap = jnp.broadcast_to(cap, (*batch, n))
@@ -341,12 +383,23 @@ def allocate(
     inv_beta = jnp.broadcast_to(inv_beta, batch)
 
     tokens, price, admitted, beta, status, unused = _clear_batched(
-        tau, b, cap, v, inv_beta, capped=capped, iterations=iterations, spread_remainder=spread_remainder)
-    return Allocation(tokens=tokens, price=price, admitted=admitted, beta=beta, status=status,
-                           unused=unused)
+        tau,
+        b,
+        cap,
+        v,
+        inv_beta,
+        capped=capped,
+        iterations=iterations,
+        spread_remainder=spread_remainder,
+    )
+    return Allocation(
+        tokens=tokens, price=price, admitted=admitted, beta=beta, status=status, unused=unused
+    )
 
 
-def integer_tokens(allocation: Allocation, budget: Float[ArrayLike, " *batch"]) -> Int[Array, "*batch n"]:
+def integer_tokens(
+    allocation: Allocation, budget: Float[ArrayLike, " *batch"]
+) -> Int[Array, "*batch n"]:
     """Whole tokens: floor, then one extra token to the admitted queries with the largest
     fractional parts until the floored total (of the budget, or of the allocation if less) is used; never above the budget or on abandoned
     queries. Works on batched allocations."""

@@ -50,8 +50,8 @@ def _prep(thresholds, budget):
     return tau, jnp.asarray(budget, tau.dtype)
 
 
-def _cap(x, max_tokens):
-    return x if max_tokens is None else jnp.minimum(x, max_tokens)
+def _cap(x, query_cap):
+    return x if query_cap is None else jnp.minimum(x, query_cap)
 
 
 def _affine_share(tau, selected, budget):
@@ -64,52 +64,72 @@ def _affine_share(tau, selected, budget):
     return jnp.where(selected, x, 0.0)
 
 
-def uniform_allocation(thresholds: Float[ArrayLike, " n"], budget: Float[ArrayLike, ""], *,
-                       max_tokens: Optional[float] = None) -> Float[Array, " n"]:
-    """$B/n$ tokens each (the paper's Uniform, eq. 19), capped at `max_tokens`."""
+def uniform_allocation(
+    thresholds: Float[ArrayLike, " n"],
+    budget: Float[ArrayLike, ""],
+    *,
+    query_cap: Optional[float] = None,
+) -> Float[Array, " n"]:
+    """$B/n$ tokens each (the paper's Uniform, eq. 19), capped at `query_cap`."""
     tau, b = _prep(thresholds, budget)
-    return _cap(jnp.full_like(tau, b / tau.shape[-1]), max_tokens)
+    return _cap(jnp.full_like(tau, b / tau.shape[-1]), query_cap)
 
 
-def predictor_allocation(thresholds: Float[ArrayLike, " n"], budget: Float[ArrayLike, ""], *,
-                         max_tokens: Optional[float] = None) -> Float[Array, " n"]:
+def predictor_allocation(
+    thresholds: Float[ArrayLike, " n"],
+    budget: Float[ArrayLike, ""],
+    *,
+    query_cap: Optional[float] = None,
+) -> Float[Array, " n"]:
     """Proportional to the predicted thresholds, no abandonment (eq. 20); uniform if all are 0."""
     tau, b = _prep(thresholds, budget)
     total = jnp.sum(tau)
     x = jnp.where(total > 0, b * tau / jnp.where(total > 0, total, 1.0), b / tau.shape[-1])
-    return _cap(x, max_tokens)
+    return _cap(x, query_cap)
 
 
-def heuristic_allocation(thresholds: Float[ArrayLike, " n"], budget: Float[ArrayLike, ""], *,
-                         max_tokens: Optional[float] = None) -> Float[Array, " n"]:
+def heuristic_allocation(
+    thresholds: Float[ArrayLike, " n"],
+    budget: Float[ArrayLike, ""],
+    *,
+    query_cap: Optional[float] = None,
+) -> Float[Array, " n"]:
     """CLEAR (Heuristic), A.2.4: when $B/n < \\bar\\tau$ drop the queries above the median
     threshold (the harder half); the rest share $B$ by the affine rule."""
     tau, b = _prep(thresholds, budget)
     scarce = b / tau.shape[-1] < jnp.mean(tau)
     selected = jnp.where(scarce, tau <= jnp.median(tau), True)
-    return _cap(_affine_share(tau, selected, b), max_tokens)
+    return _cap(_affine_share(tau, selected, b), query_cap)
 
 
-def auction_allocation(thresholds: Float[ArrayLike, " n"], budget: Float[ArrayLike, ""], *,
-                       max_tokens: Optional[float] = None) -> Float[Array, " n"]:
+def auction_allocation(
+    thresholds: Float[ArrayLike, " n"],
+    budget: Float[ArrayLike, ""],
+    *,
+    query_cap: Optional[float] = None,
+) -> Float[Array, " n"]:
     """CLEAR (Auction), A.2.5: the longest prefix by increasing $\\tau$ whose thresholds fit in
     $B$ is admitted; the survivors share $B$ by the affine rule."""
     tau, b = _prep(thresholds, budget)
     order = jnp.argsort(tau)
     fits_sorted = jnp.cumsum(tau[order]) <= b
     selected = jnp.zeros(tau.shape, bool).at[order].set(fits_sorted)
-    return _cap(_affine_share(tau, selected, b), max_tokens)
+    return _cap(_affine_share(tau, selected, b), query_cap)
 
 
-def oracle_allocation(true_lengths: Float[ArrayLike, " n"], budget: Float[ArrayLike, ""], *,
-                      solvable: Optional[Bool[ArrayLike, " n"]] = None,
-                      max_tokens: Optional[float] = None) -> Float[Array, " n"]:
+def oracle_allocation(
+    true_lengths: Float[ArrayLike, " n"],
+    budget: Float[ArrayLike, ""],
+    *,
+    solvable: Optional[Bool[ArrayLike, " n"]] = None,
+    query_cap: Optional[float] = None,
+) -> Float[Array, " n"]:
     """Oracle, A.2.6: exactly $L_i$ tokens to solvable queries, shortest first, while they fit
-    (and $L_i \\le$ `max_tokens`). Uses ground truth, so it is an upper-bound reference."""
+    (and $L_i \\le$ `query_cap`). Uses ground truth, so it is an upper-bound reference."""
     length, b = _prep(true_lengths, budget)
     ok = jnp.ones(length.shape, bool) if solvable is None else jnp.asarray(solvable, bool)
-    if max_tokens is not None:
-        ok = ok & (length <= max_tokens)
+    if query_cap is not None:
+        ok = ok & (length <= query_cap)
     key = jnp.where(ok, length, jnp.inf)
     order = jnp.argsort(key)
     sorted_len = jnp.where(ok[order], length[order], 0.0)
@@ -126,8 +146,14 @@ BASELINES = {
 }
 
 
-def exact_allocation(thresholds: ArrayLike, budget: int, *, beta: float, velocity: float = 1.0,
-                     max_tokens: Optional[int] = None) -> tuple[np.ndarray, float]:
+def exact_allocation(
+    thresholds: ArrayLike,
+    budget: int,
+    *,
+    beta: float,
+    velocity: float = 1.0,
+    query_cap: Optional[int] = None,
+) -> tuple[np.ndarray, float]:
     """Exact optimum over whole tokens of $\\sum_i U_i(x_i)$ s.t. $\\sum_i x_i \\le B$, $0 \\le x_i
     \\le x_{\\max}$, by dynamic programming over the budget (NumPy, $O(n B^2)$ time, small
     instances only: $B \\le 4000$; memory $O(B^2)$).
@@ -142,7 +168,7 @@ def exact_allocation(thresholds: ArrayLike, budget: int, *, beta: float, velocit
         raise InputError(f"budget: exact_allocation is O(n B^2); B = {budget_int} is too large")
     if tau.ndim != 1 or tau.size == 0 or not np.all(np.isfinite(tau)) or np.any(tau < 0):
         raise InputError("thresholds: need a non-empty 1-D array of finite values >= 0")
-    xmax = budget_int if max_tokens is None else min(budget_int, int(max_tokens))
+    xmax = budget_int if query_cap is None else min(budget_int, int(query_cap))
     grid = np.arange(budget_int + 1, dtype=float)
     value = np.zeros(budget_int + 1)  # best utility of the queries so far using at most b tokens
     choices = []

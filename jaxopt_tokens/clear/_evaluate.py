@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import InputError
 from ._allocate import allocate
 from ._baselines import BASELINES, oracle_allocation
-from .._errors import InputError
 
 __all__ = [
     "Pool",
@@ -93,7 +93,9 @@ class Pool:
         return dataclasses.replace(self, threshold=self.true_length * np.exp(sigma * eps))
 
 
-def synthetic_pool(seed: int = 0, *, predictor_sigma: float = 0.5, length_sigma: float = 0.6) -> Pool:
+def synthetic_pool(
+    seed: int = 0, *, predictor_sigma: float = 0.5, length_sigma: float = 0.6
+) -> Pool:
     """The Table-6-shaped synthetic pool described in the module docstring (deterministic in seed)."""
     rng = np.random.default_rng(seed)
     lengths, solvable, tiers = [], [], []
@@ -168,12 +170,16 @@ def load_pool(path) -> Pool:
         length.append(_number(row[col["true_length"]].strip(), "true_length", where, positive=True))
         s = row[col["solvable"]].strip().lower()
         if s not in _TRUE | _FALSE:
-            raise InputError(f"{where}: solvable must be 0/1 or true/false, got {row[col['solvable']]!r}")
+            raise InputError(
+                f"{where}: solvable must be 0/1 or true/false, got {row[col['solvable']]!r}"
+            )
         solv.append(s in _TRUE)
         if "tier" in col:
             t = row[col["tier"]].strip().lower().replace("-", "_").replace(" ", "_")
             if t not in TIERS:
-                raise InputError(f"{where}: tier must be one of {', '.join(TIERS)}, got {row[col['tier']]!r}")
+                raise InputError(
+                    f"{where}: tier must be one of {', '.join(TIERS)}, got {row[col['tier']]!r}"
+                )
             tier.append(TIERS.index(t))
     if not thr:
         raise InputError(f"{path}: no data rows")
@@ -200,13 +206,15 @@ def sample_stream(pool: Pool, stream: str, size: int = 500, seed: int = 0) -> Po
         if count == 0:
             continue
         if members.size == 0:
-            raise InputError(f"pool: stream {stream!r} needs tier {TIERS[k]!r}, which has no queries")
+            raise InputError(
+                f"pool: stream {stream!r} needs tier {TIERS[k]!r}, which has no queries"
+            )
         picks.append(rng.choice(members, count, replace=members.size < count))
     return pool.take(rng.permutation(np.concatenate(picks)))
 
 
-def _clear_policy(thresholds, budget, *, max_tokens=MAX_TOKENS):
-    return allocate(thresholds, budget, max_tokens=max_tokens).tokens
+def _clear_policy(thresholds, budget, *, query_cap=MAX_TOKENS):
+    return allocate(thresholds, budget, query_cap=query_cap).tokens
 
 
 POLICIES: dict[str, Callable] = {
@@ -217,7 +225,7 @@ POLICIES: dict[str, Callable] = {
     "CLEAR": _clear_policy,
 }
 
-_JITTED = {name: jax.jit(fn, static_argnames="max_tokens") for name, fn in POLICIES.items()}
+_JITTED = {name: jax.jit(fn, static_argnames="query_cap") for name, fn in POLICIES.items()}
 
 
 @jax.jit
@@ -225,22 +233,33 @@ def _correct(x, length, solvable):
     return jnp.mean(solvable & (x >= length))
 
 
-def stream_accuracy(stream: Pool, per_query_budget: float, policy: str,
-                    max_tokens: float = MAX_TOKENS) -> float:
+def stream_accuracy(
+    stream: Pool, per_query_budget: float, policy: str, query_cap: float = MAX_TOKENS
+) -> float:
     """Accuracy (%) of `policy` (a `POLICIES` key or "Oracle") on one stream at budget $n b$."""
     budget = float(per_query_budget) * len(stream)
     if policy == "Oracle":
-        x = oracle_allocation(stream.true_length, budget, solvable=stream.solvable, max_tokens=max_tokens)
+        x = oracle_allocation(
+            stream.true_length, budget, solvable=stream.solvable, query_cap=query_cap
+        )
     elif policy in POLICIES:
-        x = _JITTED[policy](jnp.asarray(stream.threshold), budget, max_tokens=max_tokens)
+        x = _JITTED[policy](jnp.asarray(stream.threshold), budget, query_cap=query_cap)
     else:
-        raise InputError(f"policy: must be one of {', '.join([*POLICIES, 'Oracle'])}, got {policy!r}")
+        raise InputError(
+            f"policy: must be one of {', '.join([*POLICIES, 'Oracle'])}, got {policy!r}"
+        )
     return 100.0 * float(_correct(x, jnp.asarray(stream.true_length), jnp.asarray(stream.solvable)))
 
 
-def evaluate_streams(pool: Optional[Pool] = None, *, budgets: Sequence[int] = BUDGETS, seed: int = 0,
-                     stream_size: int = 500, repeats: int = 1,
-                     policies: Sequence[str] = (*POLICIES, "Oracle")) -> dict:
+def evaluate_streams(
+    pool: Optional[Pool] = None,
+    *,
+    budgets: Sequence[int] = BUDGETS,
+    seed: int = 0,
+    stream_size: int = 500,
+    repeats: int = 1,
+    policies: Sequence[str] = (*POLICIES, "Oracle"),
+) -> dict:
     """The paper's Table 1 layout: accuracy (%) per policy, stream and per-query budget, averaged
     over `repeats` stream draws, and CLEAR's gain over Uniform (when both are evaluated).
 
@@ -255,19 +274,37 @@ def evaluate_streams(pool: Optional[Pool] = None, *, budgets: Sequence[int] = BU
             for bi, b in enumerate(budgets):
                 for p in policies:
                     acc[p][stream][bi] += stream_accuracy(sample, b, p) / repeats
-    out = {"budgets": list(budgets), "streams": list(STREAMS), "policies": list(policies), "accuracy": acc}
+    out = {
+        "budgets": list(budgets),
+        "streams": list(STREAMS),
+        "policies": list(policies),
+        "accuracy": acc,
+    }
     if "CLEAR" in acc and "Uniform" in acc:
-        out["gain"] = {s: [c - u for c, u in zip(acc["CLEAR"][s], acc["Uniform"][s])] for s in STREAMS}
+        out["gain"] = {
+            s: [c - u for c, u in zip(acc["CLEAR"][s], acc["Uniform"][s])] for s in STREAMS
+        }
     return out
 
 
-def noise_robustness(pool: Optional[Pool] = None, *, sigmas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-                     per_query_budget: float = 256, stream: str = "Balanced", seed: int = 0,
-                     stream_size: int = 500, policies: Sequence[str] = ("Uniform", "CLEAR")) -> dict:
+def noise_robustness(
+    pool: Optional[Pool] = None,
+    *,
+    sigmas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    per_query_budget: float = 256,
+    stream: str = "Balanced",
+    seed: int = 0,
+    stream_size: int = 500,
+    policies: Sequence[str] = ("Uniform", "CLEAR"),
+) -> dict:
     """Accuracy (%) vs log-normal predictor noise $\\sigma$ (the paper's Figure 11): thresholds are
     redrawn as $L e^{\\sigma\\varepsilon}$ for one stream. Returns `{policy: [acc per sigma]}`."""
     pool = default_pool() if pool is None else pool
     base = sample_stream(pool, stream, stream_size, seed=seed)
-    return {"sigmas": list(sigmas),
-            **{p: [stream_accuracy(base.with_noise(s, seed + 1), per_query_budget, p) for s in sigmas]
-               for p in policies}}
+    return {
+        "sigmas": list(sigmas),
+        **{
+            p: [stream_accuracy(base.with_noise(s, seed + 1), per_query_budget, p) for s in sigmas]
+            for p in policies
+        },
+    }

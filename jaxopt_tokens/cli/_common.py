@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
+
+import jax
 
 from .._errors import InputError
 from .._io import default_workload, load_workload
 from .._workload import Workload
 
-__all__ = ["add_workload_options", "workload_from_args", "positive_float", "int_at_least"]
+__all__ = [
+    "add_workload_options",
+    "workload_from_args",
+    "loaded_workload",
+    "positive_float",
+    "int_at_least",
+]
 
 
 def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> None:
-    p.add_argument("--workload", metavar="FILE", help="workload TOML/JSON (default: the paper's Table I)")
+    p.add_argument(
+        "--workload", metavar="FILE", help="workload TOML/JSON (default: the paper's Table I)"
+    )
     if overrides:
-        p.add_argument("--arrival-rate", type=float, metavar="X", help="override the arrival rate (queries/s)")
-        p.add_argument("--alpha", type=float, metavar="Y", help="override alpha, the weight of accuracy (s)")
+        p.add_argument(
+            "--arrival-rate", type=float, metavar="X", help="override the arrival rate (queries/s)"
+        )
+        p.add_argument(
+            "--alpha", type=float, metavar="Y", help="override alpha, the weight of accuracy (s)"
+        )
     p.add_argument("--max-tokens", type=float, metavar="M", help="override the token cap l_max")
 
 
@@ -23,7 +39,11 @@ def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
     """The workload the options name, with overrides applied and validated."""
     w = load_workload(args.workload) if args.workload else default_workload()
     changes = {}
-    for opt, field in (("arrival_rate", "arrival_rate"), ("alpha", "alpha"), ("max_tokens", "max_tokens")):
+    for opt, field in (
+        ("arrival_rate", "arrival_rate"),
+        ("alpha", "alpha"),
+        ("max_tokens", "max_tokens"),
+    ):
         value = getattr(args, opt, None)
         if value is not None:
             changes[field] = float(value)
@@ -34,6 +54,17 @@ def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
         except InputError as e:
             raise InputError(f"{e} (from the command-line override)") from None
     return w if dtype is None else w.astype(dtype)
+
+
+@contextlib.contextmanager
+def loaded_workload(args: argparse.Namespace, float32: bool = False) -> Iterator[Workload]:
+    """The workload the options name, in float64 (or float32), with x64 enabled for the block.
+
+    Commands compute in float64 by default; x64 is switched on only inside the block, so the
+    caller's global setting is never changed.
+    """
+    with jax.enable_x64(not float32):
+        yield workload_from_args(args, dtype="float32" if float32 else "float64")
 
 
 def positive_float(text: str) -> float:

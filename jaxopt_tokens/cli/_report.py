@@ -43,5 +43,8 @@ def allocation_report(w: Workload, sol: Solution, method: str) -> dict[str, Any]
         "arrival_rate": f(w.arrival_rate),
         "alpha": f(w.alpha),
         "max_tokens": f(w.max_tokens),
-        "stats": {k: (float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in sol.stats.items()},
+        "stats": {
+            k: (float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist())
+            for k, v in sol.stats.items()
+        },
     }

@@ -15,14 +15,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from ._common import positive_float
-from ..clear._allocate import Status, check_inputs, allocate
-from ..clear._baselines import BASELINES
-from .._errors import InputError
 from rich.console import Console
 from rich.table import Table
+
+from .._errors import InputError
+from ..clear._allocate import Status, allocate, check_inputs
+from ..clear._baselines import BASELINES
 from ..clear._evaluate import default_pool, evaluate_streams, load_pool
+from ._common import positive_float
 
 POLICY_CHOICES = ("clear", *BASELINES)
 
@@ -34,17 +34,37 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Allocate a total token budget over the queries in a CSV of predicted thresholds "
         "with CLEAR (Lambert-W policy, rational abandonment, market-clearing price) or a baseline.",
     )
-    p.add_argument("--budget", type=positive_float, required=True, metavar="TOKENS",
-                   help="total token budget for the whole batch")
-    p.add_argument("--thresholds", required=True, metavar="FILE.csv",
-                   help="CSV with a header and a 'threshold' column (predicted tokens per query)")
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        required=True,
+        metavar="TOKENS",
+        help="total token budget for the whole batch",
+    )
+    p.add_argument(
+        "--thresholds",
+        required=True,
+        metavar="FILE.csv",
+        help="CSV with a header and a 'threshold' column (predicted tokens per query)",
+    )
     p.add_argument("--policy", choices=POLICY_CHOICES, default="clear")
     p.add_argument("--velocity", type=positive_float, default=1.0, help="CLEAR initial velocity v")
-    p.add_argument("--decay", type=positive_float, default=None, metavar="BETA",
-                   help="fixed decay beta per token (default: adaptive)")
-    p.add_argument("--min-scale", type=positive_float, default=0.25,
-                   help="floor of the adaptive 1/beta as a fraction of the mean threshold")
-    p.add_argument("--max-tokens", type=positive_float, default=None, metavar="M", help="per-query cap")
+    p.add_argument(
+        "--decay",
+        type=positive_float,
+        default=None,
+        metavar="BETA",
+        help="fixed decay beta per token (default: adaptive)",
+    )
+    p.add_argument(
+        "--min-scale",
+        type=positive_float,
+        default=0.25,
+        help="floor of the adaptive 1/beta as a fraction of the mean threshold",
+    )
+    p.add_argument(
+        "--query-cap", type=positive_float, default=None, metavar="M", help="per-query cap"
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
@@ -54,8 +74,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate CLEAR, Uniform, Predictor, Heuristic, Auction and Oracle on the Balanced, "
         "Mostly-Easy, Mostly-Hard and U-Shaped streams at 256/512/1024/2048 tokens per query.",
     )
-    e.add_argument("--pool", metavar="FILE.csv", default=None,
-                   help="pool CSV (threshold,true_length,solvable[,tier]); default: the shipped pool")
+    e.add_argument(
+        "--pool",
+        metavar="FILE.csv",
+        default=None,
+        help="pool CSV (threshold,true_length,solvable[,tier]); default: the shipped pool",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the stream draws")
     e.add_argument("--format", choices=("table", "json"), default="table")
     e.set_defaults(func=run_evaluate)
@@ -94,20 +118,31 @@ def load_thresholds(path) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     tau = load_thresholds(args.thresholds)
     decay = "adaptive" if args.decay is None else args.decay
-    check_inputs(tau, args.budget, velocity=args.velocity, decay=decay, max_tokens=args.max_tokens)
+    check_inputs(tau, args.budget, velocity=args.velocity, decay=decay, query_cap=args.query_cap)
     report = {"policy": args.policy, "budget": args.budget, "queries": int(tau.size)}
     with jax.enable_x64(True):
         t = jnp.asarray(tau, jnp.float64)
         if args.policy == "clear":
-            a = allocate(t, args.budget, velocity=args.velocity, decay=decay,
-                               max_tokens=args.max_tokens, min_scale=args.min_scale)
+            a = allocate(
+                t,
+                args.budget,
+                velocity=args.velocity,
+                decay=decay,
+                query_cap=args.query_cap,
+                min_scale=args.min_scale,
+            )
             tokens = np.asarray(a.tokens)
-            report.update(price=float(a.price), beta=float(a.beta),
-                          status=Status(int(a.status)).name.lower())
+            report.update(
+                price=float(a.price), beta=float(a.beta), status=Status(int(a.status)).name.lower()
+            )
         else:
-            tokens = np.asarray(BASELINES[args.policy](t, args.budget, max_tokens=args.max_tokens))
-    report.update(total_tokens=float(tokens.sum()), admitted=int((tokens > 0).sum()),
-                  thresholds=tau.tolist(), tokens=tokens.tolist())
+            tokens = np.asarray(BASELINES[args.policy](t, args.budget, query_cap=args.query_cap))
+    report.update(
+        total_tokens=float(tokens.sum()),
+        admitted=int((tokens > 0).sum()),
+        thresholds=tau.tolist(),
+        tokens=tokens.tolist(),
+    )
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -117,8 +152,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_allocation(r: dict) -> None:
 
-    table = Table(title=f"{r['policy']}: {r['total_tokens']:.1f} of {r['budget']:g} tokens, "
-                        f"{r['admitted']}/{r['queries']} queries admitted")
+    table = Table(
+        title=f"{r['policy']}: {r['total_tokens']:.1f} of {r['budget']:g} tokens, "
+        f"{r['admitted']}/{r['queries']} queries admitted"
+    )
     for col in ("query", "threshold", "tokens", "admitted"):
         table.add_column(col, justify="right")
     for i, (t, x) in enumerate(zip(r["thresholds"], r["tokens"])):
@@ -126,7 +163,9 @@ def _print_allocation(r: dict) -> None:
     console = Console()
     console.print(table)
     if "price" in r:
-        console.print(f"price mu = {r['price']:.6g}, beta = {r['beta']:.6g}, status = {r['status']}")
+        console.print(
+            f"price mu = {r['price']:.6g}, beta = {r['beta']:.6g}, status = {r['status']}"
+        )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
-
-from ._common import add_workload_options, int_at_least, workload_from_args
-from .._deploy.export import DEFAULT_ANSWER_RESERVE, EXPORT_FORMATS, ROUNDINGS, export_policy, load_tokens, write_policy
-from .._status import Status
+from .._deploy.export import (
+    DEFAULT_ANSWER_RESERVE,
+    EXPORT_FORMATS,
+    ROUNDINGS,
+    export_policy,
+    load_tokens,
+    write_policy,
+)
 from .._solver.solve import METHODS, solve
+from .._status import Status
+from ._common import add_workload_options, int_at_least, loaded_workload
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,40 +27,72 @@ def register(sub: argparse._SubParsersAction) -> None:
         "thinking_token_budget, SGLang custom_params.thinking_budget, OpenAI reasoning_effort + "
         "max_completion_tokens, or a neutral JSON form.",
     )
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="vllm", help="target (default: %(default)s)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the policy here (default: print it)")
-    p.add_argument("--tokens", metavar="FILE",
-                   help="JSON budgets to export instead of solving: a list in task order or a mapping task -> tokens")
+    p.add_argument(
+        "--engine",
+        choices=EXPORT_FORMATS,
+        default="vllm",
+        help="serving engine (default: %(default)s)",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write the policy here (default: print it)"
+    )
+    p.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="JSON budgets to export instead of solving: a list in task order or a mapping task -> tokens",
+    )
     add_workload_options(p)
-    p.add_argument("--solver", choices=METHODS, default="default", help="solver (default: %(default)s)")
-    p.add_argument("--answer-reserve", type=int_at_least(0), default=DEFAULT_ANSWER_RESERVE, metavar="N",
-                   help="tokens kept for the answer; request limit = budget + N (default: %(default)s)")
-    p.add_argument("--min-budget", type=int_at_least(0), default=0, metavar="N",
-                   help="raise positive budgets below N to N (default: %(default)s)")
-    p.add_argument("--rounding", choices=ROUNDINGS, default="integer",
-                   help="integer budgets: best floor/ceil (integer), ceil or round (default: %(default)s)")
-    p.add_argument("--zero-budget", choices=("disable", "budget"), default="disable",
-                   help="budget 0: disable thinking via chat_template_kwargs, or send the budget field as 0 "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--solver", choices=METHODS, default="default", help="solver (default: %(default)s)"
+    )
+    p.add_argument(
+        "--answer-reserve",
+        type=int_at_least(0),
+        default=DEFAULT_ANSWER_RESERVE,
+        metavar="N",
+        help="tokens kept for the answer; request limit = budget + N (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-budget",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="raise positive budgets below N to N (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rounding",
+        choices=ROUNDINGS,
+        default="integer",
+        help="integer budgets: best floor/ceil (integer), ceil or round (default: %(default)s)",
+    )
+    p.add_argument(
+        "--zero-budget",
+        choices=("disable", "budget"),
+        default="disable",
+        help="budget 0: disable thinking via chat_template_kwargs, or send the budget field as 0 "
+        "(default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with jax.enable_x64(True):
-        w = workload_from_args(args, dtype="float64")
+    with loaded_workload(args) as w:
         if args.tokens:
             tokens = load_tokens(args.tokens, w)
         else:
             tokens = solve(w, args.solver)
             status = Status(int(tokens.status))
             if status != Status.CONVERGED:
-                print(f"jaxopt-tokens export: the solver did not converge ({status.name.lower()}: "
-                      f"{status.message}); nothing exported", file=sys.stderr)
+                print(
+                    f"jaxopt-tokens export: the solver did not converge ({status.name.lower()}: "
+                    f"{status.message}); nothing exported",
+                    file=sys.stderr,
+                )
                 return 1
         policy = export_policy(
             w,
             tokens,
-            format=args.format,
+            engine=args.engine,
             answer_reserve=args.answer_reserve,
             min_budget=args.min_budget,
             rounding=args.rounding,

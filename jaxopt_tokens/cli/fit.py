@@ -6,12 +6,13 @@ import argparse
 import json
 import warnings
 
-from ._common import positive_float
-from .._deploy.fit import FitWarning, budget_uncertainty, fit, plot_fit
-from .._io import dump_workload
-from .._deploy.measurements import read_measurements, read_request_log
 from rich.console import Console
 from rich.table import Table
+
+from .._deploy.fit import FitWarning, budget_uncertainty, fit, plot_fit
+from .._deploy.measurements import read_measurements, read_request_log
+from .._io import dump_workload
+from ._common import positive_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,15 +23,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "t(l) = t0 + c l by weighted regression, per task, with standard errors; write a "
         "workload TOML that `solve` reads.",
     )
-    p.add_argument("measurements", metavar="MEASUREMENTS.csv",
-                   help="CSV with task, budget, n_correct + n_total (or accuracy), latency")
-    p.add_argument("--shares", metavar="SHARES.csv",
-                   help="request log or share table (task + share/count, or one row per request; "
-                   "an arrival_time column also sets the arrival rate). Default: equal shares")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the workload TOML here (default: print it)")
+    p.add_argument(
+        "measurements",
+        metavar="MEASUREMENTS.csv",
+        help="CSV with task, budget, n_correct + n_total (or accuracy), latency",
+    )
+    p.add_argument(
+        "--shares",
+        metavar="SHARES.csv",
+        help="request log or share table (task + share/count, or one row per request; "
+        "an arrival_time column also sets the arrival rate). Default: equal shares",
+    )
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write the workload TOML here (default: print it)"
+    )
     p.add_argument("--plot", metavar="FIG.png", help="save the goodness-of-fit figure")
-    p.add_argument("--arrival-rate", type=positive_float, default=None, metavar="X",
-                   help="arrival rate (queries/s) for the workload (default: from --shares, else 0.1)")
+    p.add_argument(
+        "--arrival-rate",
+        type=positive_float,
+        default=None,
+        metavar="X",
+        help="arrival rate (queries/s) for the workload (default: from --shares, else 0.1)",
+    )
     p.add_argument("--alpha", type=positive_float, default=30.0, metavar="Y")
     p.add_argument("--max-tokens", type=positive_float, default=32768.0, metavar="M")
     p.add_argument("--format", choices=("table", "json"), default="table", help="report format")
@@ -45,10 +59,17 @@ def run(args: argparse.Namespace) -> int:
     arrival_rate = args.arrival_rate or rate or 0.1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitWarning)
-        result = fit(m, shares=shares, arrival_rate=arrival_rate, alpha=args.alpha, max_tokens=args.max_tokens)
+        result = fit(
+            m,
+            shares=shares,
+            arrival_rate=arrival_rate,
+            alpha=args.alpha,
+            max_tokens=args.max_tokens,
+        )
     tokens, tokens_se = budget_uncertainty(result)
-    header = (f"Fitted by jaxopt-tokens fit from {args.measurements}"
-              + (f" (shares from {args.shares})" if args.shares else " (equal shares)"))
+    header = f"Fitted by jaxopt-tokens fit from {args.measurements}" + (
+        f" (shares from {args.shares})" if args.shares else " (equal shares)"
+    )
     text = dump_workload(result.workload, args.output, header=header)
     if args.plot:
         plot_fit(result, args.plot)
@@ -78,8 +99,12 @@ def _print(report: dict, result) -> None:
         t.add_column(col, justify="left" if col == "task" else "right")
     for row, fit_ in zip(report["tasks"], result.tasks):
         cells = [f"{row[p][0]:.3g}±{row[p][1]:.1g}" for p in ("A", "b", "D", "t0", "c")]
-        t.add_row(row["task"], *cells, f"{row['p_value']:.2f}",
-                  f"{row['optimal_tokens']:.1f}±{row['optimal_tokens_se']:.1f}")
+        t.add_row(
+            row["task"],
+            *cells,
+            f"{row['p_value']:.2f}",
+            f"{row['optimal_tokens']:.1f}±{row['optimal_tokens_se']:.1f}",
+        )
     console.print(t)
     for w in report["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")

@@ -11,8 +11,8 @@ import argparse
 import sys
 
 from .._errors import InputError
-from . import budget, export, fit, simulate, solve, sweep, tune
 from .._version import __version__
+from . import budget, export, fit, simulate, solve, sweep, tune
 
 # Optional packages some subcommands import, and the extra that installs them.
 OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"jaxopt-tokens {args.command}: error: this needs the optional package '{e.name}': "
-              f"python -m pip install 'jaxopt_tokens[{extra}]'", file=sys.stderr)
+        print(
+            f"jaxopt-tokens {args.command}: error: this needs the optional package '{e.name}': "
+            f"python -m pip install 'jaxopt_tokens[{extra}]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

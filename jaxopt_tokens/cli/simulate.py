@@ -8,19 +8,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
-from ._common import add_workload_options, int_at_least, positive_float, workload_from_args
-from .._errors import InputError
-from .._deploy.export import load_tokens
-from .._queue.simulate import simulate
-from .._status import Status
-from .._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing
-from .._solver.solve import solve_latency
-from .._queue.simulate import DISCIPLINES
-from .._solver.solve import solve
-from .._workload import Workload
 from rich.console import Console
 from rich.table import Table
+
+from .._deploy.export import load_tokens
+from .._errors import InputError
+from .._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing
+from .._queue.simulate import DISCIPLINES, simulate
+from .._solver.solve import solve, solve_latency
+from .._status import Status
+from .._workload import Workload
+from ._common import add_workload_options, int_at_least, loaded_workload, positive_float
 
 ROWS = (
     ("system_time", "mean system time E[T] (s)"),
@@ -42,23 +40,52 @@ def register(sub: argparse._SubParsersAction) -> None:
         "policies (common random numbers), with confidence intervals from independent "
         "replications, next to the Pollaczek-Khinchine prediction.",
     )
-    p.add_argument("--tokens", action="append", metavar="POLICY",
-                   help="'optimal' (default; optimal for the chosen discipline and service noise), 'uniform:L', or a JSON file of budgets (a list in task "
-                   "order, a mapping task -> tokens, or `solve --format json` output); repeat to compare")
+    p.add_argument(
+        "--tokens",
+        action="append",
+        metavar="POLICY",
+        help="'optimal' (default; optimal for the chosen discipline and service noise), 'uniform:L', or a JSON file of budgets (a list in task "
+        "order, a mapping task -> tokens, or `solve --format json` output); repeat to compare",
+    )
     add_workload_options(p)
-    p.add_argument("--num-queries", type=int_at_least(1), default=10_000, metavar="Q", help="queries per replication")
-    p.add_argument("--replications", type=int_at_least(1), default=20, metavar="R")
-    p.add_argument("--warmup", type=int, default=None, metavar="K",
-                   help="queries dropped at the start of each replication (default: 10%%)")
-    p.add_argument("--service-cv", type=float, default=0.0, metavar="CV",
-                   help="coefficient of variation of service times (0: deterministic, as in the paper)")
+    p.add_argument(
+        "--num-queries",
+        type=int_at_least(1),
+        default=10_000,
+        metavar="Q",
+        help="queries per replication",
+    )
+    p.add_argument("--num-replications", type=int_at_least(1), default=20, metavar="R")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        metavar="K",
+        help="queries dropped at the start of each replication (default: 10%%)",
+    )
+    p.add_argument(
+        "--service-cv",
+        type=float,
+        default=0.0,
+        metavar="CV",
+        help="coefficient of variation of service times (0: deterministic, as in the paper)",
+    )
     p.add_argument("--noise", choices=("lognormal", "gamma"), default="lognormal")
-    p.add_argument("--discipline", choices=DISCIPLINES, default="fifo",
-                   help="fifo (the paper), priority (non-preemptive, by task type) or ps (processor sharing)")
-    p.add_argument("--priority", metavar="TASKS",
-                   help="with --discipline priority: comma-separated task names, highest priority first")
+    p.add_argument(
+        "--discipline",
+        choices=DISCIPLINES,
+        default="fifo",
+        help="fifo (the paper), priority (non-preemptive, by task type) or ps (processor sharing)",
+    )
+    p.add_argument(
+        "--priority",
+        metavar="TASKS",
+        help="with --discipline priority: comma-separated task names, highest priority first",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=positive_float, default=0.95, help="confidence level (default 0.95)")
+    p.add_argument(
+        "--level", type=positive_float, default=0.95, help="confidence level (default 0.95)"
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
@@ -78,12 +105,16 @@ def _priority_order(args, w: Workload):
             raise InputError("--priority: only meaningful with --discipline priority")
         return None
     if not args.priority:
-        raise InputError("--priority: --discipline priority needs the task order, e.g. "
-                         f"--priority {','.join(w.task_names)}")
+        raise InputError(
+            "--priority: --discipline priority needs the task order, e.g. "
+            f"--priority {','.join(w.task_names)}"
+        )
     names = [n.strip() for n in args.priority.split(",")]
     unknown = [n for n in names if n not in w.task_names]
     if unknown or sorted(names) != sorted(w.task_names):
-        raise InputError(f"--priority: give every task exactly once ({', '.join(w.task_names)}); got {args.priority}")
+        raise InputError(
+            f"--priority: give every task exactly once ({', '.join(w.task_names)}); got {args.priority}"
+        )
     return tuple(w.task_names.index(n) for n in names)
 
 
@@ -91,13 +122,17 @@ def _policy(spec: str, w: Workload, model: LatencyModel | None = None) -> np.nda
     if spec == "optimal":
         sol = solve(w) if model is None else solve_latency(w, model)
         if int(sol.status) != Status.CONVERGED:
-            raise InputError(f"--tokens optimal: the solver did not converge ({Status(int(sol.status)).message})")
+            raise InputError(
+                f"--tokens optimal: the solver did not converge ({Status(int(sol.status)).message})"
+            )
         return np.asarray(sol.tokens)
     if spec.startswith("uniform:"):
         try:
             value = float(spec.split(":", 1)[1])
         except ValueError:
-            raise InputError(f"--tokens {spec}: expected uniform:TOKENS, e.g. uniform:500") from None
+            raise InputError(
+                f"--tokens {spec}: expected uniform:TOKENS, e.g. uniform:500"
+            ) from None
         return np.full(w.num_tasks, value)
     if Path(spec).exists():
         return load_tokens(spec, w)
@@ -108,21 +143,29 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.level < 1:
         raise InputError(f"--level: must be in (0, 1), got {args.level}")
     specs = args.tokens or ["optimal"]
-    with jax.enable_x64(True):
-        w = workload_from_args(args, dtype="float64")
+    with loaded_workload(args) as w:
         order = _priority_order(args, w)
         model = _latency_model(args, w, order)
         policies = np.stack([_policy(s, w, model) for s in specs])
-        result = simulate(w, policies, args.num_queries, args.replications, jax.random.PRNGKey(args.seed),
-                          warmup=args.warmup, service_cv=args.service_cv, noise=args.noise,
-                          discipline=args.discipline, priority=order)
+        result = simulate(
+            w,
+            policies,
+            args.num_queries,
+            args.num_replications,
+            jax.random.PRNGKey(args.seed),
+            warmup=args.warmup,
+            service_cv=args.service_cv,
+            noise=args.noise,
+            discipline=args.discipline,
+            priority=order,
+        )
         summary = result.summary(args.level)
     report = {
         "policies": specs,
         "tasks": list(w.task_names),
         "tokens": policies.tolist(),
         "num_queries": args.num_queries,
-        "replications": args.replications,
+        "replications": args.num_replications,
         "warmup": result.warmup,
         "discipline": args.discipline,
         "confidence_level": args.level,
@@ -141,8 +184,10 @@ def _print_table(r: dict) -> None:
 
     console = Console()
     pct = round(100 * r["confidence_level"])
-    t = Table(title=f"Simulated M/G/1 server ({r['discipline']}): {r['replications']} x {r['num_queries']} queries "
-              f"(warm-up {r['warmup']}), mean [{pct}% CI] | model")
+    t = Table(
+        title=f"Simulated M/G/1 server ({r['discipline']}): {r['replications']} x {r['num_queries']} queries "
+        f"(warm-up {r['warmup']}), mean [{pct}% CI] | model"
+    )
     t.add_column("statistic")
     for spec in r["policies"]:
         t.add_column(spec, justify="right")

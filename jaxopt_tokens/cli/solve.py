@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
-
-from ._common import add_workload_options, workload_from_args
-from ._report import allocation_report
-from .._status import Status
-from .._solver.solve import METHODS, solve
 from rich.console import Console
 from rich.table import Table
+
+from .._solver.solve import METHODS, solve
+from .._status import Status
+from ._common import add_workload_options, loaded_workload
+from ._report import allocation_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,15 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "alpha * mean accuracy - mean system time of the M/G/1 server.",
     )
     add_workload_options(p)
-    p.add_argument("--solver", choices=METHODS, default="default", help="solver (default: %(default)s)")
+    p.add_argument(
+        "--solver", choices=METHODS, default="default", help="solver (default: %(default)s)"
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with jax.enable_x64(not args.float32):  # scoped: float64 unless --float32
-        w = workload_from_args(args, dtype="float32" if args.float32 else "float64")
+    with loaded_workload(args, float32=args.float32) as w:
         sol = solve(w, args.solver)
         report = allocation_report(w, sol, args.solver)
     if args.format == "json":
@@ -61,5 +61,7 @@ def print_table(r: dict) -> None:
     s.add_row("mean wait E[W]", f"{r['mean_wait']:.4f} s")
     s.add_row("mean system time E[T]", f"{r['mean_system_time']:.4f} s")
     s.add_row("utilization", f"{r['utilization']:.4f}")
-    s.add_row("certificate", f"{r['status']} (residual {r['residual']:.2e}, {r['iterations']} iterations)")
+    s.add_row(
+        "certificate", f"{r['status']} (residual {r['residual']:.2e}, {r['iterations']} iterations)"
+    )
     console.print(s)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from ._common import add_workload_options, workload_from_args
 from .._errors import InputError
-from .._sweeps.sweep import sweep, write_sweep
-from .._sweeps.figures import save_figure, figure_frontier
+from .._sweeps.figures import all_figures, figure_frontier, save_figure
 from .._sweeps.frontier import frontier_by_alpha, uniform_curve, with_simulated_tail
-from .._sweeps.sweep import write_sweep
-from .._sweeps.figures import all_figures
+from .._sweeps.sweep import sweep, write_sweep
+from ._common import add_workload_options, loaded_workload
 
 
 def grid(text: str) -> np.ndarray:
@@ -27,33 +24,59 @@ def grid(text: str) -> np.ndarray:
             return np.linspace(float(start), float(stop), int(num))
         return np.asarray([float(v) for v in text.split(",")])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected START:STOP:NUM or a comma-separated list") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected START:STOP:NUM or a comma-separated list"
+        ) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="solve a grid of (arrival rate, alpha, ...) in one pass; write CSV/Parquet",
-                       description="Every combination of the grids, solved batched. Per-task fields: "
-                       "--grid b__GSM8K=0.001:0.01:10.")
+    p = sub.add_parser(
+        "sweep",
+        help="solve a grid of (arrival rate, alpha, ...) in one pass; write CSV/Parquet",
+        description="Every combination of the grids, solved batched. Per-task fields: "
+        "--grid b__GSM8K=0.001:0.01:10.",
+    )
     add_workload_options(p, overrides=False)
-    p.add_argument("--arrival-rate", dest="arrival_rate_grid", type=grid, metavar="GRID",
-                   help="arrival rates: START:STOP:NUM or a list (a single value fixes it)")
-    p.add_argument("--alpha", dest="alpha_grid", type=grid, metavar="GRID", help="alphas, same syntax")
-    p.add_argument("--grid", action="append", default=[], metavar="FIELD=GRID",
-                   help="any other field, e.g. max_tokens=512,1024 or b__GSM8K=0.001:0.01:10")
+    p.add_argument(
+        "--arrival-rate",
+        dest="arrival_rate_grid",
+        type=grid,
+        metavar="GRID",
+        help="arrival rates: START:STOP:NUM or a list (a single value fixes it)",
+    )
+    p.add_argument(
+        "--alpha", dest="alpha_grid", type=grid, metavar="GRID", help="alphas, same syntax"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=GRID",
+        help="any other field, e.g. max_tokens=512,1024 or b__GSM8K=0.001:0.01:10",
+    )
     p.add_argument("--out", required=True, type=Path, metavar="DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_sweep)
 
-    f = sub.add_parser("frontier", help="accuracy vs mean system time frontier (alpha swept) vs uniform budgets")
+    f = sub.add_parser(
+        "frontier", help="accuracy vs mean system time frontier (alpha swept) vs uniform budgets"
+    )
     add_workload_options(f)
     f.add_argument("--points", type=int, default=1000)
     f.add_argument("--out", required=True, type=Path, metavar="DIR")
-    f.add_argument("--simulate-tail", type=int, default=0, metavar="Q",
-                   help="also simulate every frontier point with Q queries x 10 replications and add the "
-                   "simulated mean, p95 and p99 system time (the PK model gives only the mean)")
+    f.add_argument(
+        "--simulate-tail",
+        type=int,
+        default=0,
+        metavar="Q",
+        help="also simulate every frontier point with Q queries x 10 replications and add the "
+        "simulated mean, p95 and p99 system time (the PK model gives only the mean)",
+    )
     f.set_defaults(func=run_frontier)
 
-    g = sub.add_parser("figures", help="all figures for a workload (Fig. 3, Fig. 4, heatmaps, frontier)")
+    g = sub.add_parser(
+        "figures", help="all figures for a workload (Fig. 3, Fig. 4, heatmaps, frontier)"
+    )
     add_workload_options(g)
     g.add_argument("--out", required=True, type=Path, metavar="DIR")
     g.set_defaults(func=run_figures)
@@ -74,8 +97,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise InputError(f"--grid {item}: {e}") from None
     if not grids:
         raise InputError("give at least one grid (--arrival-rate, --alpha or --grid FIELD=GRID)")
-    with jax.enable_x64(True):
-        w = workload_from_args(args, dtype="float64")
+    with loaded_workload(args) as w:
         try:
             df = sweep(w, quiet=args.quiet, **grids)
         except ValueError as e:
@@ -94,12 +116,13 @@ def run_frontier(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
 
-    with jax.enable_x64(True):
-        w = workload_from_args(args, dtype="float64")
+    with loaded_workload(args) as w:
         df = frontier_by_alpha(w, args.points)
         if args.simulate_tail:
             if args.simulate_tail < 2:
-                raise InputError(f"--simulate-tail: need at least 2 queries, got {args.simulate_tail}")
+                raise InputError(
+                    f"--simulate-tail: need at least 2 queries, got {args.simulate_tail}"
+                )
             df = with_simulated_tail(df, w, num_queries=args.simulate_tail)
         budgets, et, acc = uniform_curve(w)
         fig = figure_frontier(w, args.points)
@@ -108,7 +131,9 @@ def run_frontier(args: argparse.Namespace) -> int:
     import pandas as pd
 
     uniform = args.out / "frontier_uniform.csv"
-    pd.DataFrame({"budget": budgets, "mean_system_time": et, "accuracy": acc}).to_csv(uniform, index=False)
+    pd.DataFrame({"budget": budgets, "mean_system_time": et, "accuracy": acc}).to_csv(
+        uniform, index=False
+    )
     paths += [uniform] + save_figure(fig, args.out, "frontier")
     for path in paths:
         print(f"wrote {path}")
@@ -117,8 +142,7 @@ def run_frontier(args: argparse.Namespace) -> int:
 
 def run_figures(args: argparse.Namespace) -> int:
 
-    with jax.enable_x64(True):
-        w = workload_from_args(args, dtype="float64")
+    with loaded_workload(args) as w:
         paths = all_figures(w, args.out)
     for path in paths:
         print(f"wrote {path}")

@@ -7,9 +7,9 @@ import json
 
 import jax
 
-from ._common import add_workload_options, positive_float, workload_from_args
-from ._report import allocation_report
 from .._tuning.tune import TuneStatus, tune_alpha
+from ._common import add_workload_options, loaded_workload, positive_float
+from ._report import allocation_report
 from .solve import print_table
 
 
@@ -20,21 +20,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Most accurate allocation whose mean system time E[T] equals the target: "
         "solves for alpha with Newton's method on the implicit derivative.",
     )
-    p.add_argument("--target-latency", type=positive_float, required=True, metavar="SECONDS",
-                   help="target mean system time E[T] in seconds")
+    p.add_argument(
+        "--target-latency",
+        type=positive_float,
+        required=True,
+        metavar="SECONDS",
+        help="target mean system time E[T] in seconds",
+    )
     add_workload_options(p)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with jax.enable_x64(True):
-        w = workload_from_args(args, dtype="float64")
+    with loaded_workload(args) as w:
         result = jax.jit(tune_alpha)(w, args.target_latency)
         status = TuneStatus(int(result.status))
         report = allocation_report(w.replace(alpha=result.alpha), result.solution, "default")
     report.update(
-        target_mean_system_time=args.target_latency,
+        target_latency=args.target_latency,
         tuned_alpha=float(result.alpha),
         tune_status=status.name.lower(),
         tune_message=status.message,
@@ -43,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
-
-        print(f"target E[T] = {args.target_latency:g} s  ->  alpha = {float(result.alpha):.9g}  "
-              f"({status.name.lower()}: {status.message})")
+        print(
+            f"target E[T] = {args.target_latency:g} s  ->  alpha = {float(result.alpha):.9g}  "
+            f"({status.name.lower()}: {status.message})"
+        )
         print_table(report)
     return 0 if status == TuneStatus.CONVERGED else 1

@@ -27,13 +27,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
 from jax.scipy.special import gammaln
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._errors import InputError
-from ._probe import AccuracyProbe, train_probe
-from ._select import Table, default_table, select_queueing, select
 from .._io import default_workload
+from ._probe import AccuracyProbe, train_probe
+from ._select import Table, default_table, select, select_queueing
 
 __all__ = [
     "true_accuracy",
@@ -56,8 +56,11 @@ def _majority_vote(p: Float[Array, "*q"], n: Float[Array, ""]) -> Float[Array, "
     incomplete beta function (traceable in n)."""
     half = jnp.floor(n / 2)
     above = jax.scipy.special.betainc(half + 1, n - half, p)  # P(X >= half + 1)
-    log_tie = (gammaln(n + 1) - 2 * gammaln(n / 2 + 1)
-               + (n / 2) * (jnp.log(jnp.maximum(p, 1e-300)) + jnp.log(jnp.maximum(1 - p, 1e-300))))
+    log_tie = (
+        gammaln(n + 1)
+        - 2 * gammaln(n / 2 + 1)
+        + (n / 2) * (jnp.log(jnp.maximum(p, 1e-300)) + jnp.log(jnp.maximum(1 - p, 1e-300)))
+    )
     tie = jnp.where((half * 2 == n) & (p > 0) & (p < 1), jnp.exp(log_tie), 0.0)
     return above + 0.5 * tie
 
@@ -88,9 +91,16 @@ class SyntheticQueries(eqx.Module):
     soft_labels: Float[Array, "n s"]
 
 
-def synthetic_queries(key: PRNGKeyArray, num_queries: int, table: Table, *, num_features: int = 6,
-                      feature_noise: float = 0.3, samples_per_label: int = 8,
-                      rotation_key: PRNGKeyArray | None = None) -> SyntheticQueries:
+def synthetic_queries(
+    key: PRNGKeyArray,
+    num_queries: int,
+    table: Table,
+    *,
+    num_features: int = 6,
+    feature_noise: float = 0.3,
+    samples_per_label: int = 8,
+    rotation_key: PRNGKeyArray | None = None,
+) -> SyntheticQueries:
     """Draw queries: $z \\sim N(0, 1.2^2)$, $p = \\sigma(1 - 2z)$, features = rotation of
     $[z + \\sigma\\varepsilon, \\text{nuisance}]$, soft labels = success rate over `samples_per_label` draws.
 
@@ -99,20 +109,33 @@ def synthetic_queries(key: PRNGKeyArray, num_queries: int, table: Table, *, num_
     if num_queries < 1 or num_features < 1 or samples_per_label < 1:
         raise InputError("num_queries, num_features, samples_per_label: must all be >= 1")
     rotation_key = jax.random.key(12345) if rotation_key is None else rotation_key
-    return _synthetic_queries(key, rotation_key, table, int(num_queries), int(num_features), float(feature_noise),
-                              int(samples_per_label))
+    return _synthetic_queries(
+        key,
+        rotation_key,
+        table,
+        int(num_queries),
+        int(num_features),
+        float(feature_noise),
+        int(samples_per_label),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _synthetic_queries(key, rotation_key, table, num_queries, num_features, feature_noise, samples_per_label):
+def _synthetic_queries(
+    key, rotation_key, table, num_queries, num_features, feature_noise, samples_per_label
+):
     dtype = table.token_cost.dtype
     k_z, k_eps, k_nuis, k_lab = jax.random.split(key, 4)
     z = 1.2 * jax.random.normal(k_z, (num_queries,), dtype)
     p = jax.nn.sigmoid(1.0 - 2.0 * z)
     acc = true_accuracy(p, table)
     noisy = z + feature_noise * jax.random.normal(k_eps, (num_queries,), dtype)
-    raw = jnp.concatenate([noisy[:, None], jax.random.normal(k_nuis, (num_queries, num_features - 1), dtype)], 1)
-    rotation, _ = jnp.linalg.qr(jax.random.normal(rotation_key, (num_features, num_features), dtype))
+    raw = jnp.concatenate(
+        [noisy[:, None], jax.random.normal(k_nuis, (num_queries, num_features - 1), dtype)], 1
+    )
+    rotation, _ = jnp.linalg.qr(
+        jax.random.normal(rotation_key, (num_features, num_features), dtype)
+    )
     draws = jax.random.uniform(k_lab, (samples_per_label,) + acc.shape, dtype) < acc
     return SyntheticQueries(z, raw @ rotation, acc, jnp.mean(draws, axis=0).astype(dtype))
 
@@ -150,8 +173,13 @@ def _policy_means(choice, queries, table, unit_cost):
     return (acc, share @ table.token_cost, share @ table.latency_cost, share @ unit_cost, share)
 
 
-def frontier(probe_accuracy: Float[Array, "n s"], queries: SyntheticQueries, table: Table,
-                      mu: Float[Array, " p"], latency_weight: float = 1.0) -> Frontier:
+def frontier(
+    probe_accuracy: Float[Array, "n s"],
+    queries: SyntheticQueries,
+    table: Table,
+    mu: Float[Array, " p"],
+    latency_weight: float = 1.0,
+) -> Frontier:
     """Evaluate adaptive (`probe_accuracy`), oracle (`queries.true_accuracy`) and static policies.
 
     Prices on the ray: $\\lambda_T = \\mu / T_0$, $\\lambda_L = \\mu w / L_0$ with $T_0$, $L_0$ the
@@ -165,15 +193,29 @@ def frontier(probe_accuracy: Float[Array, "n s"], queries: SyntheticQueries, tab
     def at_price(lt, ll):
         adaptive = select(probe_accuracy, table.token_cost, table.latency_cost, lt, ll)
         oracle = select(queries.true_accuracy, table.token_cost, table.latency_cost, lt, ll)
-        return _policy_means(adaptive, queries, table, unit), _policy_means(oracle, queries, table, unit)
+        return _policy_means(adaptive, queries, table, unit), _policy_means(
+            oracle, queries, table, unit
+        )
 
     (aa, at, al, ac, ashare), (oa, ot, ol, oc, _) = jax.vmap(at_price)(lam_T, lam_L)
     return Frontier(
-        names=table.names, mu=mu, price_tokens=lam_T, price_latency=lam_L,
-        adaptive_accuracy=aa, adaptive_tokens=at, adaptive_latency=al, adaptive_cost=ac,
-        oracle_accuracy=oa, oracle_tokens=ot, oracle_latency=ol, oracle_cost=oc,
-        static_accuracy=jnp.mean(queries.true_accuracy, axis=0), static_tokens=table.token_cost,
-        static_latency=table.latency_cost, static_cost=unit, adaptive_choice_share=ashare,
+        names=table.names,
+        mu=mu,
+        price_tokens=lam_T,
+        price_latency=lam_L,
+        adaptive_accuracy=aa,
+        adaptive_tokens=at,
+        adaptive_latency=al,
+        adaptive_cost=ac,
+        oracle_accuracy=oa,
+        oracle_tokens=ot,
+        oracle_latency=ol,
+        oracle_cost=oc,
+        static_accuracy=jnp.mean(queries.true_accuracy, axis=0),
+        static_tokens=table.token_cost,
+        static_latency=table.latency_cost,
+        static_cost=unit,
+        adaptive_choice_share=ashare,
     )
 
 
@@ -198,14 +240,24 @@ def frontier_dominance_gaps(frontier: Frontier, which: str = "adaptive") -> dict
     cost = np.asarray(getattr(frontier, f"{which}_cost"))
     s_acc, s_cost = np.asarray(frontier.static_accuracy), np.asarray(frontier.static_cost)
     interpolated = _interp_accuracy(cost, acc, s_cost) - s_acc
-    at_one = np.array([np.max(np.where(cost <= c + 1e-9, acc, -np.inf)) - a for a, c in zip(s_acc, s_cost)])
+    at_one = np.array(
+        [np.max(np.where(cost <= c + 1e-9, acc, -np.inf)) - a for a, c in zip(s_acc, s_cost)]
+    )
     return {"interpolated": interpolated, "at_one_price": at_one}
 
 
-def run_benchmark(key: PRNGKeyArray, *, table: Table | None = None, num_train: int = 3000,
-                           num_test: int = 4000, mu: Float[Array, " p"] | None = None,
-                           latency_weight: float = 1.0, probe_steps: int = 1500, feature_noise: float = 0.3,
-                           **probe_kwargs) -> tuple[Frontier, AccuracyProbe, SyntheticQueries]:
+def run_benchmark(
+    key: PRNGKeyArray,
+    *,
+    table: Table | None = None,
+    num_train: int = 3000,
+    num_test: int = 4000,
+    mu: Float[Array, " p"] | None = None,
+    latency_weight: float = 1.0,
+    probe_steps: int = 1500,
+    feature_noise: float = 0.3,
+    **probe_kwargs,
+) -> tuple[Frontier, AccuracyProbe, SyntheticQueries]:
     """Train the probe on synthetic queries and evaluate the frontier on fresh ones.
 
     Returns `(frontier, probe, test_queries)`; extra keyword arguments go to `train_probe`.
@@ -215,8 +267,9 @@ def run_benchmark(key: PRNGKeyArray, *, table: Table | None = None, num_train: i
     k_train, k_test, k_probe = jax.random.split(key, 3)
     train = synthetic_queries(k_train, num_train, table, feature_noise=feature_noise)
     test = synthetic_queries(k_test, num_test, table, feature_noise=feature_noise)
-    probe = train_probe(k_probe, train.features, table.params, train.soft_labels, steps=probe_steps,
-                        **probe_kwargs)
+    probe = train_probe(
+        k_probe, train.features, table.params, train.soft_labels, steps=probe_steps, **probe_kwargs
+    )
     return frontier(probe(test.features), test, table, mu, latency_weight), probe, test
 
 
@@ -235,21 +288,34 @@ def queueing_instance(table: Table | None = None, workload=None):
     table = default_table() if table is None else table
     w = default_workload() if workload is None else workload
     dtype = table.token_cost.dtype
-    A, b, D, t0, c, share = (jnp.asarray(getattr(w, f), dtype) for f in ("A", "b", "D", "t0", "c", "share"))
+    A, b, D, t0, c, share = (
+        jnp.asarray(getattr(w, f), dtype) for f in ("A", "b", "D", "t0", "c", "share")
+    )
     p = A * (1 - jnp.exp(-b * jnp.min(table.token_cost))) + D
     acc = jnp.clip(true_accuracy(p, table), 0.0, 1.0)
     service = t0[:, None] + c[:, None] * table.token_cost[None, :]
     return acc, service, share, jnp.asarray(w.alpha, dtype)
 
 
-def queueing_arrival_sweep(arrival_rates, table: Table | None = None, workload=None,
-                           alpha: float | None = None, method: str = "auto"):
+def queueing_arrival_sweep(
+    arrival_rates,
+    table: Table | None = None,
+    workload=None,
+    alpha: float | None = None,
+    method: str = "auto",
+):
     """Queue-aware choice per arrival rate; returns `(choices (R, K), mean service time (R,), J (R,))`.
 
     As the arrival rate grows the wait term dominates and cheaper strategies win.
     """
     acc, service, share, alpha_default = queueing_instance(table, workload)
     alpha = alpha_default if alpha is None else alpha
-    out = [select_queueing(acc, service, share, lam, alpha, method) for lam in np.asarray(arrival_rates)]
-    return (np.stack([np.asarray(r.choice) for r in out]), np.array([float(r.mean_service_time) for r in out]),
-            np.array([float(r.objective) for r in out]))
+    out = [
+        select_queueing(acc, service, share, lam, alpha, method)
+        for lam in np.asarray(arrival_rates)
+    ]
+    return (
+        np.stack([np.asarray(r.choice) for r in out]),
+        np.array([float(r.mean_service_time) for r in out]),
+        np.array([float(r.objective) for r in out]),
+    )

@@ -46,13 +46,17 @@ class AccuracyProbe(eqx.Module):
         x = jnp.asarray(features)
         d = self.feature_mean.shape[0]
         if x.ndim == 0 or x.shape[-1] != d:
-            raise InputError(f"features: last axis must have {d} query features, got shape {x.shape}")
+            raise InputError(
+                f"features: last axis must have {d} query features, got shape {x.shape}"
+            )
         batch = x.shape[:-1]
         x = ((x - self.feature_mean) / self.feature_scale).reshape(-1, d)
         S = self.strategy_params.shape[0]
         inputs = jnp.concatenate(
-            [jnp.broadcast_to(x[:, None, :], (x.shape[0], S, d)),
-             jnp.broadcast_to(self.strategy_params, (x.shape[0],) + self.strategy_params.shape)],
+            [
+                jnp.broadcast_to(x[:, None, :], (x.shape[0], S, d)),
+                jnp.broadcast_to(self.strategy_params, (x.shape[0],) + self.strategy_params.shape),
+            ],
             axis=-1,
         )
         z = jax.vmap(jax.vmap(self.mlp))(inputs)[..., 0]
@@ -62,8 +66,9 @@ class AccuracyProbe(eqx.Module):
         return jax.nn.sigmoid(self.platt_a * self.logits(features) + self.platt_b)
 
 
-def probe_log_loss(probe: AccuracyProbe, features: Float[ArrayLike, "n d"],
-                   soft_labels: Float[ArrayLike, "n s"]) -> Float[Array, ""]:
+def probe_log_loss(
+    probe: AccuracyProbe, features: Float[ArrayLike, "n d"], soft_labels: Float[ArrayLike, "n s"]
+) -> Float[Array, ""]:
     """Calibrated log loss of `probe` on `(features, soft_labels)`."""
     z = probe.platt_a * probe.logits(features) + probe.platt_b
     return soft_log_loss(z, jnp.asarray(soft_labels))
@@ -145,10 +150,20 @@ def train_probe(
     mean = jnp.mean(x[train_idx], axis=0)
     scale = jnp.std(x[train_idx], axis=0)
     scale = jnp.where(scale > 0, scale, 1.0)
-    mlp = eqx.nn.MLP(d + p.shape[1], 1, int(width), 2, activation=jax.nn.relu, key=k_init, dtype=x.dtype)
+    mlp = eqx.nn.MLP(
+        d + p.shape[1], 1, int(width), 2, activation=jax.nn.relu, key=k_init, dtype=x.dtype
+    )
     probe = AccuracyProbe(mlp, p, mean, scale, jnp.array(1.0, x.dtype), jnp.array(0.0, x.dtype))
-    probe = _fit_mlp(probe, x[train_idx], y[train_idx], k_train, int(steps), learning_rate, weight_decay,
-                     batch_size)
+    probe = _fit_mlp(
+        probe,
+        x[train_idx],
+        y[train_idx],
+        k_train,
+        int(steps),
+        learning_rate,
+        weight_decay,
+        batch_size,
+    )
     a, b = _fit_platt(probe.logits(x[hold_idx]).ravel(), y[hold_idx].ravel())
     return eqx.tree_at(lambda m: (m.platt_a, m.platt_b), probe, (a, b))
 
@@ -159,7 +174,9 @@ def _fit_mlp(probe, x, y, key, steps, learning_rate, weight_decay, batch_size):
     bs = n if batch_size is None else min(int(batch_size), n)
     optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
     spec = jax.tree_util.tree_map(lambda _: False, probe)
-    spec = eqx.tree_at(lambda m: m.mlp, spec, replace=jax.tree_util.tree_map(eqx.is_inexact_array, probe.mlp))
+    spec = eqx.tree_at(
+        lambda m: m.mlp, spec, replace=jax.tree_util.tree_map(eqx.is_inexact_array, probe.mlp)
+    )
     trainable, static = eqx.partition(probe, spec)
 
     def loss_fn(tr, xb, yb):

@@ -29,8 +29,13 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._errors import InputError
-from .._validate import as_float_array, is_concrete, check_finite, check_nonnegative, check_probability
 from .._objective import pk_wait
+from .._validate import (
+    as_float_array,
+    check_nonnegative,
+    check_probability,
+    is_concrete,
+)
 
 __all__ = [
     "Table",
@@ -103,13 +108,19 @@ class Table(eqx.Module):
         for field, value in (("n", n), ("token_cost", token_cost), ("latency_cost", latency_cost)):
             arr = as_float_array(field, value)
             if arr.shape != (s,):
-                raise InputError(f"{field}: expected shape ({s},) (one per strategy), got {arr.shape}")
+                raise InputError(
+                    f"{field}: expected shape ({s},) (one per strategy), got {arr.shape}"
+                )
             check_nonnegative(field, arr)
             arrays[field] = arr
         if is_concrete(arrays["n"]) and bool(jnp.any(arrays["n"] < 1)):
             raise InputError("n: number of samples / beam width must be >= 1")
         self.names, self.method = names, method
-        self.n, self.token_cost, self.latency_cost = arrays["n"], arrays["token_cost"], arrays["latency_cost"]
+        self.n, self.token_cost, self.latency_cost = (
+            arrays["n"],
+            arrays["token_cost"],
+            arrays["latency_cost"],
+        )
 
     @property
     def num_strategies(self) -> int:
@@ -134,8 +145,9 @@ class Table(eqx.Module):
             raise InputError(f"names: no strategy called {name!r}; have {self.names}") from None
 
 
-def default_table(tokens_per_sample: float = 400.0, seconds_per_token: float = 0.012,
-                           dtype=None) -> Table:
+def default_table(
+    tokens_per_sample: float = 400.0, seconds_per_token: float = 0.012, dtype=None
+) -> Table:
     """A default table: greedy, best-of-N (N=2,4,8,16), majority vote (N=4,8,16), beam (width 2,4).
 
     **The costs are synthetic**, chosen to be plausible, not measured:
@@ -169,9 +181,11 @@ def default_table(tokens_per_sample: float = 400.0, seconds_per_token: float = 0
             tokens.append(1.3 * 2 * n * tokens_per_sample)
             latency.append(chain * (1.6 + 0.4 * n))
     return Table(
-        names=[r[0] for r in rows], method=[r[1] for r in rows],
+        names=[r[0] for r in rows],
+        method=[r[1] for r in rows],
         n=jnp.asarray([r[2] for r in rows], dtype),
-        token_cost=jnp.asarray(tokens, dtype), latency_cost=jnp.asarray(latency, dtype),
+        token_cost=jnp.asarray(tokens, dtype),
+        latency_cost=jnp.asarray(latency, dtype),
     )
 
 
@@ -181,7 +195,9 @@ def default_table(tokens_per_sample: float = 400.0, seconds_per_token: float = 0
 def _prepare_selection(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency):
     a = as_float_array("pred_accuracy", pred_accuracy)
     if a.ndim == 0:
-        raise InputError("pred_accuracy: expected shape (..., S) with one column per strategy, got a scalar")
+        raise InputError(
+            "pred_accuracy: expected shape (..., S) with one column per strategy, got a scalar"
+        )
     check_probability("pred_accuracy", a)
     s = a.shape[-1]
     T = as_float_array("token_cost", token_cost)
@@ -196,7 +212,9 @@ def _prepare_selection(pred_accuracy, token_cost, latency_cost, price_tokens, pr
         try:
             jnp.broadcast_shapes(x.shape, other.shape)
         except ValueError:
-            raise InputError(f"{name}: shape {x.shape} does not broadcast against pred_accuracy {a.shape}") from None
+            raise InputError(
+                f"{name}: shape {x.shape} does not broadcast against pred_accuracy {a.shape}"
+            ) from None
     for name, x in (("price_tokens", lam_T), ("price_latency", lam_L)):
         try:
             jnp.broadcast_shapes(x.shape, a.shape[:-1])
@@ -223,7 +241,9 @@ def utility(
     Costs have shape `(S,)` (the paper's per-strategy averages) or `(..., S)` (per query);
     prices are scalars or broadcast against the query axes `...`.
     """
-    return _utility(*_prepare_selection(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency))
+    return _utility(
+        *_prepare_selection(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency)
+    )
 
 
 def select(
@@ -237,8 +257,9 @@ def select(
 
     Ties go to the lowest index (list cheaper strategies first to break ties toward them).
     """
-    return jnp.argmax(utility(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency),
-                      axis=-1)
+    return jnp.argmax(
+        utility(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency), axis=-1
+    )
 
 
 class SoftSelection(NamedTuple):
@@ -308,8 +329,15 @@ def _joint_objective(choice, acc, t, share, lam, alpha):
 def _result(choice, acc, t, share, lam, alpha, method) -> QueueChoice:
     mean_acc, m1, m2 = _moments(choice, acc, t, share)
     et = pk_wait(lam, m1, m2) + m1
-    return QueueChoice(choice=choice, objective=alpha * mean_acc - et, mean_accuracy=mean_acc,
-                               mean_service_time=m1, mean_system_time=et, utilization=lam * m1, method=method)
+    return QueueChoice(
+        choice=choice,
+        objective=alpha * mean_acc - et,
+        mean_accuracy=mean_acc,
+        mean_service_time=m1,
+        mean_system_time=et,
+        utilization=lam * m1,
+        method=method,
+    )
 
 
 def _decode(index: Int[Array, " c"], num_types: int, num_strategies: int) -> Int[Array, "c k"]:
@@ -352,7 +380,9 @@ def _pair_sweep(choice, acc, t, share, lam, alpha):
 
     def body(i, ch):
         k1, k2 = pairs[i, 0], pairs[i, 1]
-        candidates = jnp.broadcast_to(ch, (S * S, K)).at[:, k1].set(grid[:, 0]).at[:, k2].set(grid[:, 1])
+        candidates = (
+            jnp.broadcast_to(ch, (S * S, K)).at[:, k1].set(grid[:, 0]).at[:, k2].set(grid[:, 1])
+        )
         values = jax.vmap(lambda c: _joint_objective(c, acc, t, share, lam, alpha))(candidates)
         current = _joint_objective(ch, acc, t, share, lam, alpha)
         best = jnp.argmax(values)
@@ -413,9 +443,15 @@ def _coordinate(acc, t, share, lam, alpha, key, num_random_starts):
     no_wait = jnp.argmax(alpha * acc - t, axis=-1)
     random = jax.random.randint(key, (num_random_starts, K), 0, S)
     starts = jnp.concatenate(
-        [jnp.stack([cheapest, most_accurate, no_wait]), _linearised_starts(acc, t, share, lam, alpha, 8), random]
+        [
+            jnp.stack([cheapest, most_accurate, no_wait]),
+            _linearised_starts(acc, t, share, lam, alpha, 8),
+            random,
+        ]
     )
-    finals = jax.vmap(lambda s: _coordinate_ascent(s, acc, t, share, lam, alpha, 4 * acc.shape[0] + 4))(starts)
+    finals = jax.vmap(
+        lambda s: _coordinate_ascent(s, acc, t, share, lam, alpha, 4 * acc.shape[0] + 4)
+    )(starts)
     values = jax.vmap(lambda c: _joint_objective(c, acc, t, share, lam, alpha))(finals)
     return finals[jnp.argmax(values)]
 
@@ -433,10 +469,14 @@ def queueing_objective(
     $E[S] = \\sum_k \\pi_k t_{k,s_k}$, $E[S^2] = \\sum_k \\pi_k t_{k,s_k}^2$ and the Pollaczek-Khinchine
     wait (5); `-inf` when $\\lambda E[S] \\ge 1$.
     """
-    acc, t, share, lam, alpha = _prepare_queueing(task_accuracy, service_time, share, arrival_rate, alpha)
+    acc, t, share, lam, alpha = _prepare_queueing(
+        task_accuracy, service_time, share, arrival_rate, alpha
+    )
     ch = jnp.asarray(choice)
     if ch.ndim == 0 or ch.shape[-1] != acc.shape[0]:
-        raise InputError(f"choice: last axis must have one entry per task type ({acc.shape[0]}), got {ch.shape}")
+        raise InputError(
+            f"choice: last axis must have one entry per task type ({acc.shape[0]}), got {ch.shape}"
+        )
     if not jnp.issubdtype(ch.dtype, jnp.integer):
         raise InputError(f"choice: expected integer strategy indices, got dtype {ch.dtype}")
     if is_concrete(ch) and bool(jnp.any((ch < 0) | (ch >= acc.shape[1]))):
@@ -453,11 +493,17 @@ def _prepare_queueing(task_accuracy, service_time, share, arrival_rate, alpha):
     lam = as_float_array("arrival_rate", arrival_rate)
     alpha = as_float_array("alpha", alpha)
     if acc.ndim != 2 or acc.shape[0] == 0 or acc.shape[1] == 0:
-        raise InputError(f"task_accuracy: expected shape (K, S) (task types x strategies), got {acc.shape}")
+        raise InputError(
+            f"task_accuracy: expected shape (K, S) (task types x strategies), got {acc.shape}"
+        )
     if t.shape != acc.shape:
-        raise InputError(f"service_time: expected shape {acc.shape} like task_accuracy, got {t.shape}")
+        raise InputError(
+            f"service_time: expected shape {acc.shape} like task_accuracy, got {t.shape}"
+        )
     if share.shape != acc.shape[:1]:
-        raise InputError(f"share: expected shape ({acc.shape[0]},) (one per task type), got {share.shape}")
+        raise InputError(
+            f"share: expected shape ({acc.shape[0]},) (one per task type), got {share.shape}"
+        )
     for name, x in (("arrival_rate", lam), ("alpha", alpha)):
         if x.ndim != 0:
             raise InputError(f"{name}: expected a scalar, got shape {x.shape}")
@@ -469,7 +515,13 @@ def _prepare_queueing(task_accuracy, service_time, share, arrival_rate, alpha):
     if is_concrete(share) and abs(float(jnp.sum(share)) - 1) > 1e-6:
         raise InputError(f"share: must sum to 1, got {float(jnp.sum(share)):.8g}")
     dtype = jnp.result_type(acc, t, share, lam, alpha)
-    return (acc.astype(dtype), t.astype(dtype), share.astype(dtype), lam.astype(dtype), alpha.astype(dtype))
+    return (
+        acc.astype(dtype),
+        t.astype(dtype),
+        share.astype(dtype),
+        lam.astype(dtype),
+        alpha.astype(dtype),
+    )
 
 
 def select_queueing(
@@ -503,7 +555,9 @@ def select_queueing(
 
     If even the cheapest choice is unstable (`lam * E[S] >= 1`), `objective` is `-inf`.
     """
-    acc, t, share, lam, alpha = _prepare_queueing(task_accuracy, service_time, share, arrival_rate, alpha)
+    acc, t, share, lam, alpha = _prepare_queueing(
+        task_accuracy, service_time, share, arrival_rate, alpha
+    )
     K, S = acc.shape
     combos = S**K  # Python int: no overflow
     if method == "auto":
