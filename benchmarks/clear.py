@@ -63,7 +63,8 @@ def main() -> None:
             best, median = _time(fn, t, budget, repeats=args.repeats)
             a = clear.allocate(t, budget, query_cap=cap)
             print(
-                f"  {np.dtype(dtype).name:8s} cap={str(cap):7s} best {best:.3f} s  median {median:.3f} s  "
+                f"  {np.dtype(dtype).name:8s} cap={str(cap):7s} "
+                f"best {best:.3f} s  median {median:.3f} s  "
                 f"status {int(a.status)}  admitted {int(a.admitted.sum()):,}  "
                 f"unused {float(a.unused):.3g} of {float(budget):.3g} tokens"
             )
@@ -74,7 +75,8 @@ def main() -> None:
     best, _ = _time(fn, tau, budget, repeats=args.repeats)
     ours_admitted = int(clear.allocate(tau, budget).admitted.sum())
     print(
-        f"  peer: numpy + scipy lambertw, first stage only (60 bisection steps), float64: {peer_s:.3f} s "
+        f"  peer: numpy + scipy lambertw, first stage only (60 bisection steps), "
+        f"float64: {peer_s:.3f} s "
         f"(admitted {peer_admitted:,}; ours {ours_admitted:,}); ours, both stages: {best:.3f} s, "
         f"{peer_s / best:.1f}x faster"
     )
@@ -84,7 +86,8 @@ def main() -> None:
     fn = jax.jit(lambda t, b: clear.allocate(t, b).tokens)
     best, median = _time(fn, tb, bb, repeats=args.repeats)
     print(
-        f"  float64  batch {side}x{side} (independent budgets)  best {best:.3f} s  median {median:.3f} s"
+        f"  float64  batch {side}x{side} (independent budgets)  "
+        f"best {best:.3f} s  median {median:.3f} s"
     )
 
 

@@ -112,7 +112,8 @@ def main():
     console.print(table)
 
     peers = Table(
-        title=f"One FIFO stream of {args.peer_queries:,} queries (same arrivals and services), float64"
+        title=f"One FIFO stream of {args.peer_queries:,} queries "
+        "(same arrivals and services), float64"
     )
     for col in ("simulator", "seconds", "us/query", "ours faster by", "max |wait diff| vs ours"):
         peers.add_column(col, justify="right")

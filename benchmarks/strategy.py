@@ -48,7 +48,8 @@ def main():
     mae = float(jnp.mean(jnp.abs(probe(test.features) - test.true_accuracy)))
     console.print(
         f"probe + frontier: {elapsed:.1f} s; held-out log loss "
-        f"{float(strategy.probe_log_loss(probe, test.features, test.soft_labels)):.4f}, mean |a_hat - a| {mae:.4f}, "
+        f"{float(strategy.probe_log_loss(probe, test.features, test.soft_labels)):.4f}, "
+        f"mean |a_hat - a| {mae:.4f}, "
         f"Platt (a, b) = ({float(probe.platt_a):.3f}, {float(probe.platt_b):.3f})"
     )
 

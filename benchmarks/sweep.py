@@ -65,7 +65,8 @@ def main():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     sp = scipy_seconds_per_point(w, rates, alphas)
     table = Table(
-        title=f"Sweep of the default workload: {side} arrival rates x {side} alphas = {side * side:,} points"
+        title=f"Sweep of the default workload: {side} arrival rates x {side} alphas = "
+        f"{side * side:,} points"
     )
     for col in (
         "method",

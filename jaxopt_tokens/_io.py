@@ -185,7 +185,8 @@ def _toml_value(v: Any) -> str:
 
 
 def dump_workload(w: Workload, path: str | Path | None = None, *, header: str = "") -> str:
-    """Write a workload as TOML (to `path` if given) and return the text; `load_workload` reads it."""
+    """Write a workload as TOML (to `path` if given) and return the text; `load_workload` reads
+    it."""
     d = workload_to_dict(w)
     lines = [f"# {h}" for h in header.splitlines()] if header else []
     lines += [f"{f} = {_toml_value(d[f])}" for f in SCALAR_FIELDS]

@@ -27,7 +27,10 @@ __all__ = [
 
 
 def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    """$\\partial J/\\partial l_k = \\pi_k[\\alpha A_k b_k e^{-b_k l_k} - c_k(1 + \\lambda t_k/d + \\lambda^2 E[S^2]/(2d^2))]$.
+    """The closed-form gradient of J, eqs. (10) and (15):
+
+    $\\partial J/\\partial l_k = \\pi_k[\\alpha A_k b_k e^{-b_k l_k}
+    - c_k(1 + \\lambda t_k/d + \\lambda^2 E[S^2]/(2d^2))]$.
 
     Eqs. (10) and (15) with $d = 1 - \\lambda E[S]$; NaN outside the stability region.
     """
@@ -95,7 +98,8 @@ def contraction_constant(
 ) -> Float[Array, "*b"]:
     """$L_\\infty$ of Lemma 2, eq. (26), on the box $[0, \\text{upper}]$ (default $[0, l_{\\max}]$).
 
-    `+inf` when $\\rho_{\\max} \\ge 1$: the lemma's assumption fails and the constant does not exist.
+    `+inf` when $\\rho_{\\max} \\ge 1$: the lemma's assumption fails and the constant does not
+    exist.
     The fixed point (24) is guaranteed to converge when the value is below 1.
     """
     if upper is None:

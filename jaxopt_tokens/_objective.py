@@ -52,7 +52,8 @@ def pk_wait(lam, m1, m2):
 
 
 def mean_wait(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """Pollaczek-Khinchine mean wait $E[W] = \\lambda E[S^2] / (2(1-\\rho))$, eq. (5); `+inf` if unstable."""
+    """Pollaczek-Khinchine mean wait $E[W] = \\lambda E[S^2] / (2(1-\\rho))$, eq. (5); `+inf` if
+    unstable."""
     m1, m2 = service_moments(tokens, w)
     return pk_wait(w.arrival_rate, m1, m2)
 

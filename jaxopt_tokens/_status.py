@@ -67,4 +67,4 @@ class HasStatus(eqx.Module):
 
     def messages(self) -> np.ndarray:
         """The status message of every member (host side)."""
-        return self.STATUS.describe(self.status)
+        return self.STATUS.describe(getattr(self, "status"))

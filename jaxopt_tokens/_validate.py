@@ -243,7 +243,7 @@ def sanitise(w, ok: Bool[Array, "*batch"]):
 
 def is_concrete(x) -> bool:
     """Whether `x` holds values (not a tracer), so an eager check can read it."""
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def as_float_array(name: str, x) -> Array:
@@ -281,5 +281,6 @@ def check_probability(name: str, x: Array) -> None:
     check_finite(name, x)
     if is_concrete(x) and bool(jnp.any((x < -PROBABILITY_SLACK) | (x > 1 + PROBABILITY_SLACK))):
         raise InputError(
-            f"{name}: must lie in [0, 1], got range [{float(jnp.min(x)):.6g}, {float(jnp.max(x)):.6g}]"
+            f"{name}: must lie in [0, 1], got range [{float(jnp.min(x)):.6g}, "
+            f"{float(jnp.max(x)):.6g}]"
         )

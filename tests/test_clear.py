@@ -405,7 +405,8 @@ from hypothesis.extra.numpy import arrays  # noqa: E402
 
 @settings(max_examples=40, deadline=None)
 @given(
-    # a few batch sizes only: each size compiles once; ties break by index, so thresholds are distinct
+    # a few batch sizes only: each size compiles once; ties break by index,
+    # so thresholds are distinct
     tau=arrays(
         np.float64, st.sampled_from([1, 7, 30]), elements=st.floats(1.0, 5000.0), unique=True
     ),

@@ -37,7 +37,7 @@ def test_solve_json(capsys):
 
 @pytest.mark.parametrize("method", ["fixed-point", "pga"])
 def test_solve_methods(capsys, method):
-    assert main(["solve", "--format", "json", "--method", method]) == 0
+    assert main(["solve", "--format", "json", "--solver", method]) == 0
     out = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose(out["tokens"], TABLE1_TOKENS, atol=1e-2)
 
@@ -51,7 +51,8 @@ def test_solve_table(capsys):
 def test_bad_input_exit_2_one_line(tmp_path):
     bad = tmp_path / "w.toml"
     bad.write_text(
-        "arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\nname='x'\nA=0.5\nb=-1\nD=0\nt0=0.1\nc=0.01\n"
+        "arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n"
+        "[[tasks]]\nname='x'\nA=0.5\nb=-1\nD=0\nt0=0.1\nc=0.01\n"
     )
     for args in (
         ["solve", "--workload", str(bad)],

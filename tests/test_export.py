@@ -227,8 +227,8 @@ def test_openai_client_kwargs(w):
 # ----------------------------------------------------------------------------- bad input
 
 
-def test_unknown_format(w):
-    with pytest.raises(InputError, match="format"):
+def test_unknown_engine(w):
+    with pytest.raises(InputError, match="engine"):
         export_policy(w, BUDGETS, engine="tgi")
 
 

@@ -1,4 +1,7 @@
-"""Fitting accuracy and latency curves: recovery of Table I, scipy cross-checks, warnings, bad files."""
+"""Fitting accuracy and latency curves.
+
+Recovery of Table I, scipy cross-checks, warnings, bad files.
+"""
 
 import json
 import warnings

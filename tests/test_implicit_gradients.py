@@ -1,4 +1,7 @@
-"""Implicit derivatives of `solve` against finite differences, the envelope theorem and each other."""
+"""Implicit derivatives of `solve`.
+
+Checked against finite differences, the envelope theorem and each other.
+"""
 
 import jax
 import jax.numpy as jnp

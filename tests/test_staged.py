@@ -1,4 +1,7 @@
-"""Large batches are solved in stages (`_solver/staged.py`): the same steps per member as a plain vmap."""
+"""Large batches are solved in stages (`_solver/staged.py`).
+
+The same steps per member as a plain vmap.
+"""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,7 @@
-"""Latency- and token-aware strategy selection (MATH.md section 3): selection, probe, benchmark, queue."""
+"""Latency- and token-aware strategy selection (MATH.md section 3).
+
+Selection, probe, benchmark, queue.
+"""
 
 import itertools
 
@@ -241,7 +244,7 @@ def test_frontier_moves_to_cheaper_strategies_as_prices_rise(strategy_benchmark)
     )  # everything greedy at high price
 
 
-# --------------------------------------------------------------------------- queue-aware joint choice
+# ---------------------------------------------------------------------- queue-aware joint choice
 
 
 def random_queue_instance(rng, K, S):
@@ -319,7 +322,8 @@ def test_queue_aware_choice_gets_cheaper_as_arrival_rate_grows():
     assert mean_service[0] > 3 * mean_service[-1]
     assert np.all(np.diff(J) < 0)
     np.testing.assert_array_equal(choices[-1], 0)  # greedy everywhere under heavy load
-    # coordinate ascent is what "auto" used here (10**6 combinations); check one rate exactly on a sub-table
+    # coordinate ascent is what "auto" used here (10**6 combinations);
+    # check one rate exactly on a sub-table
     table = strategy.default_table()
     sub = strategy.Table(
         table.names[:5], table.method[:5], table.n[:5], table.token_cost[:5], table.latency_cost[:5]

@@ -82,7 +82,13 @@ def test_eight_devices_match_one(tmp_path):
         import jaxopt_tokens as jt
         assert jax.device_count() == 8, jax.devices()
         w = jt.default_workload()
-        df = jt.sweep(w, arrival_rate=np.linspace(0.01, 0.5, 13), alpha=np.geomspace(1, 100, 7), chunk_size=32, quiet=True)
+        df = jt.sweep(
+            w,
+            arrival_rate=np.linspace(0.01, 0.5, 13),
+            alpha=np.geomspace(1, 100, 7),
+            chunk_size=32,
+            quiet=True,
+        )
         print(json.dumps(df["objective"].tolist()))
     """)
     env = dict(

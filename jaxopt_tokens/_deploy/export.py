@@ -56,7 +56,8 @@ Sources checked for the field names (stored copies of public docs, code and issu
   #20859 proposed -1 for "unlimited", but no documentation says that was adopted.
   So this module never sends -1 (it leaves the field out instead) and by default does not
   send 0 either (it uses the chat-template switch; `zero_budget="budget"` sends 0).
-  Turning Qwen3 thinking off with `chat_template_kwargs: {"enable_thinking": false}` appears in vLLM's reasoning-outputs
+  Turning Qwen3 thinking off with `chat_template_kwargs: {"enable_thinking": false}` appears in
+  vLLM's reasoning-outputs
   example (seen in a copy, myPar/OpenAI_proxy open_ai_proxy_r1/infer_r1_32b.py; the
   vllm-project/vllm docs/source/features/reasoning_outputs.md excerpt lists Qwen3
   under the `qwen3` parser) and in SGLang's thinking-budget page (below).
@@ -171,12 +172,14 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
             ) from None
         if arr.ndim != 1:
             raise InputError(
-                f"tokens must be one-dimensional (one value per task) or a mapping task -> tokens; got shape {arr.shape}"
+                "tokens must be one-dimensional (one value per task) or a mapping task -> "
+                f"tokens; got shape {arr.shape}"
             )
         values = list(arr)
         if len(values) != len(names):
             raise InputError(
-                f"tokens has {len(values)} values but the workload has {len(names)} tasks {list(names)}"
+                f"tokens has {len(values)} values but the workload has {len(names)} tasks "
+                f"{list(names)}"
             )
     out = np.empty(len(names), dtype=np.float64)
     for k, (name, v) in enumerate(zip(names, values)):
@@ -196,7 +199,8 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
 
 def load_tokens(path: str | Path, workload: Workload) -> np.ndarray:
     """Budgets from a JSON file: a list in task order, a mapping task -> tokens, or an object
-    with a `tokens` entry holding either (e.g. the output of `jaxopt-tokens solve --format json`)."""
+    with a `tokens` entry holding either (e.g. the output of `jaxopt-tokens solve --format
+    json`)."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as e:
@@ -324,7 +328,8 @@ def export_policy(
     cap = cap_total - reserve
     if cap < 0:
         raise InputError(
-            f"answer_reserve={reserve} exceeds the workload's max_tokens={lmax:g}: no tokens are left for reasoning"
+            f"answer_reserve={reserve} exceeds the workload's max_tokens={lmax:g}: no tokens "
+            "are left for reasoning"
         )
 
     solution = tokens if isinstance(tokens, Solution) else None

@@ -57,7 +57,8 @@ _B_GRID = np.exp(np.linspace(np.log(1e-6), np.log(2.0), 80))
 
 
 class FitStatus(StatusEnum):
-    """Outcome of one task's fit (`TaskFit.status`); a `FitWarning` accompanies every code but `FITTED`."""
+    """Outcome of one task's fit (`TaskFit.status`); a `FitWarning` accompanies every code but
+    `FITTED`."""
 
     FITTED = 0, "fitted: monotone data, an acceptable fit"
     NOT_MONOTONE = 1, "the measured accuracy is not monotone in the budget"
@@ -379,7 +380,8 @@ def fit(
         lat = rows[m.latency_weight[rows] > 0]
         if len(np.unique(m.budget[lat])) < 2:
             raise InputError(
-                f"{m.source}: task {name!r}: need latency at 2 or more distinct budgets to fit t0, c"
+                f"{m.source}: task {name!r}: need latency at 2 or more distinct budgets to fit "
+                "t0, c"
             )
     with jax.enable_x64(True):
         f64 = jnp.float64

@@ -84,7 +84,8 @@ def _moments(tokens, w: Workload, service_cv):
 
 
 class FIFO(LatencyModel):
-    """First come, first served; service time of type k has coefficient of variation `service_cv`."""
+    """First come, first served; service time of type k has coefficient of variation
+    `service_cv`."""
 
     service_cv: ArrayLike = 0.0
 
@@ -146,12 +147,14 @@ class ProcessorSharing(LatencyModel):
 def latency_objective(
     tokens: Float[Array, "*b n"], w: Workload, model: LatencyModel
 ) -> Float[Array, "*b"]:
-    """$J(l) = \\alpha \\sum_k \\pi_k p_k(l_k) - \\sum_k \\pi_k E[T_k](l)$ under `model` (eq. (7) generalised)."""
+    """$J(l) = \\alpha \\sum_k \\pi_k p_k(l_k) - \\sum_k \\pi_k E[T_k](l)$ under `model` (eq. (7)
+    generalised)."""
     return w.alpha * mean_accuracy(tokens, w) - model.mean_system_time(tokens, w)
 
 
 def check_service_cv(service_cv, num_tasks: int) -> np.ndarray:
-    """Validate a scalar or per-task coefficient of variation; raise `InputError` naming the field."""
+    """Validate a scalar or per-task coefficient of variation; raise `InputError` naming the
+    field."""
     cv = np.asarray(service_cv, dtype=float)
     if cv.ndim > 1 or (cv.ndim == 1 and cv.shape[0] != num_tasks):
         raise InputError(

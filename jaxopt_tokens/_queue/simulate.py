@@ -468,9 +468,12 @@ def simulate(
     unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
     if unstable.size:
         warnings.warn(
-            f"{unstable.size} of {flat.shape[0]} policies load the server to utilization >= 1 (first: "
-            f"policy {int(unstable[0])}, rho = {float(preds[2][unstable[0]]):.3g}): that queue is unstable, "
-            "its simulated waits grow with num_queries and its intervals do not estimate a steady state",
+            f"{unstable.size} of {flat.shape[0]} policies load the server to utilization >= 1 "
+            "(first: "
+            f"policy {int(unstable[0])}, rho = {float(preds[2][unstable[0]]):.3g}): that queue "
+            "is unstable, "
+            "its simulated waits grow with num_queries and its intervals do not estimate a "
+            "steady state",
             UnstableQueueWarning,
             stacklevel=2,
         )
@@ -513,7 +516,7 @@ def _simulate_flat(
     num_replications: int,
     warmup: int,
     service_cv,
-    noise: str,
+    noise: NoiseKind,
     discipline: str,
     rank,
     capacity: int,

@@ -6,7 +6,8 @@ task k is then $c_k (v + u t_k)$ with $u = \\lambda/d$ and $v = 1 + \\lambda y$ 
 Given $(d, y)$ every budget is closed-form, eqs. (19)-(23):
 
 $$l_k(d, y) = \\mathrm{clip}\\big(\\log(q_k/\\omega(x_k)) / b_k,\\ 0,\\ l_{\\max}\\big),\\quad
-q_k = \\frac{\\alpha A_k b_k^2}{u c_k^2},\\quad x_k = \\log q_k + \\frac{b_k (v + u t_{0k})}{u c_k},$$
+q_k = \\frac{\\alpha A_k b_k^2}{u c_k^2},\\quad x_k = \\log q_k + \\frac{b_k (v + u t_{0k})}{u
+c_k},$$
 
 with $\\omega$ the Wright omega function. This is eq. (22) rewritten with
 $W(e^x) = \\omega(x)$ and the identity $\\omega + \\log\\omega = x$, which removes the

@@ -145,7 +145,8 @@ def solve_latency(
     """
     if not isinstance(model, LatencyModel):
         raise InputError(
-            f"model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), got {type(model).__name__}"
+            "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), got "
+            f"{type(model).__name__}"
         )
     if isinstance(model, Priority):
         model.check(workload.num_tasks)

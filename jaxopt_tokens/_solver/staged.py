@@ -6,7 +6,8 @@ solve does ~40 steps of work for every member. `staged_solve` runs the same per-
 stages instead: every member for the first few steps, then rounds in which only members still
 running are gathered into a buffer of fixed size (shapes stay static, so it compiles once and
 runs unchanged on accelerators) and take a few more steps, until none is left. Each member
-takes exactly the same steps as in the plain solve; only which members share a vectorised step changes, so the result does not depend on the buffers.
+takes exactly the same steps as in the plain solve; only which members share a vectorised step
+changes, so the result does not depend on the buffers.
 
 Any solver of the protocol in `base.py` runs this way (its state counts `iterations`).
 """

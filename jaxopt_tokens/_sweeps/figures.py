@@ -46,7 +46,8 @@ def figure_uniform_vs_optimal(w: Workload, budgets=(0, 100, 500)):
     ax.bar_label(bars, fmt="%.3f")
     ax.set(
         ylabel="objective J (accuracy-weighted, minus seconds)",
-        title=f"Uniform budgets vs the optimum (lambda={float(w.arrival_rate):g}/s, alpha={float(w.alpha):g})",
+        title=f"Uniform budgets vs the optimum (lambda={float(w.arrival_rate):g}/s, "
+        f"alpha={float(w.alpha):g})",
     )
     return fig
 

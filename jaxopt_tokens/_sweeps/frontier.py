@@ -22,7 +22,7 @@ __all__ = ["frontier_by_alpha", "frontier_by_arrival_rate", "uniform_curve", "wi
 
 def frontier_by_alpha(w: Workload, points: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True):
     """Optimal (E[T], accuracy) for `points` log-spaced alphas: a DataFrame (see `sweep`)."""
-    return sweep(w, alpha=np.geomspace(*alpha_range, points), quiet=quiet)
+    return sweep(w, alpha=np.geomspace(alpha_range[0], alpha_range[1], points), quiet=quiet)
 
 
 def frontier_by_arrival_rate(w: Workload, points: int = 200, quiet: bool = True):

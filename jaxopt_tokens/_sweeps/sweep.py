@@ -158,7 +158,7 @@ def sweep(
         "residual",
     ):
         frame[key] = merged[key]
-    frame["status"] = pd.Categorical.from_codes(
+    frame["status"] = pd.Categorical.from_codes(  # pyright: ignore[reportArgumentType]
         merged["status"].astype(int), [s.name.lower() for s in Status]
     )
     df = pd.DataFrame(frame)

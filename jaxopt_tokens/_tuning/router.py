@@ -8,7 +8,8 @@ to noisy measurements of $(A_k, \\log b_k)$ by mean squared error and then solve
 Exact implicit gradients vanish for budgets held at a bound, which can starve training. With
 `temperature > 0` the training loss uses smoothed budgets instead: the unclipped closed form of
 eq. (22) at the optimal prices, passed through a softplus box
-$l = \\tau\\,\\mathrm{softplus}(\\hat l/\\tau)$ (then capped the same way at $l_{\\max}$), which equals
+$l = \\tau\\,\\mathrm{softplus}(\\hat l/\\tau)$ (then capped the same way at $l_{\\max}$), which
+equals
 the exact budget away from the bounds and keeps a gradient at them. Evaluation always uses the
 exact budgets.
 """
@@ -87,7 +88,7 @@ class CurveModel(eqx.Module):
             self.net = eqx.nn.Linear(num_features, 2, key=key)
 
     def __call__(self, features: Float[Array, "n d"], D: Float[Array, " n"]):
-        out = jax.vmap(self.net)(features)
+        out = jax.vmap(self.net)(features)  # pyright: ignore[reportArgumentType]
         A = (1 - D) * jax.nn.sigmoid(out[:, 0])
         b = jnp.exp(jnp.log(1e-3) + out[:, 1])
         return A, b

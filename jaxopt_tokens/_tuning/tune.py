@@ -172,4 +172,5 @@ def tune(
         return (optax.apply_updates(p, updates), state), value
 
     (params, _), history = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
-    return workload.replace(**{f: from_param(v) for f, v in params.items()}), history
+    fitted: dict[str, Array] = params  # type: ignore[assignment]  # the optax tree is this dict
+    return workload.replace(**{f: from_param(v) for f, v in fitted.items()}), history

@@ -1,6 +1,6 @@
 """CLEAR: one global token budget shared by a batch of queries, cleared by a shadow price.
 
-MATH.md section 2 and the CLEAR paper ("The Shadow Price of Reasoning", Algorithm 1, eqs. 1-16).
+docs: *CLEAR* and the CLEAR paper ("The Shadow Price of Reasoning", Algorithm 1, eqs. 1-16).
 Query $i$ has a threshold $\\tau_i$ (predicted minimum useful length) and the shifted-surge
 utility $U_i(x) = v (x-\\tau_i) e^{-\\beta (x-\\tau_i)}$ for $x \\ge \\tau_i$, else 0. With shadow
 price $\\mu$ the surge-branch optimum is
@@ -20,12 +20,14 @@ Clearing, in two stages (fixed iteration counts, `lax.fori_loop`, no host round 
    abandonment, keeping the feasible end ($D \\le B$). This fixes the admitted set $A$.
    $D$ jumps down where a query is abandoned, so $D(\\mu_1)$ can fall short of $B$ by up to
    one query's allocation.
-2. Bisection on $\\mu \\in [0, \\mu_1]$ for $D_A(\\mu) = \\sum_{i \\in A} \\min(x_i(\\mu), x_{\\max})$
+2. Bisection on $\\mu \\in [0, \\mu_1]$ for
+   $D_A(\\mu) = \\sum_{i \\in A} \\min(x_i(\\mu), x_{\\max})$
    with $A$ frozen. $D_A$ is continuous, so the leftover goes to the admitted queries at
    the price that clears the budget exactly.
 3. If even $\\mu = 0$ leaves a remainder $r = B - D_A(0) > 0$ (every admitted query at its
    peak $\\tau_i + 1/\\beta$ or cap), the cheapest abandoned query $j$ receives
-   $\\min(r, \\tau_j + 1/\\beta, x_{\\max})$ tokens when $r > \\tau_j$ (it then has positive utility).
+   $\\min(r, \\tau_j + 1/\\beta, x_{\\max})$ tokens when $r > \\tau_j$ (it then has positive
+   utility).
 
 What holds (tested): total $\\le B$ always; total $= B$ up to rounding whenever status is
 `CLEARED` (0); status `SLACK` (1) means every query is admitted at its peak or cap and still
@@ -47,7 +49,8 @@ Allocations scale with $(\\tau, B)$ and do not depend on $v$ (only $\\mu/v$ ente
 
 Gradients w.r.t. thresholds, budget, velocity and decay come from implicit differentiation of
 the clearing condition $D_A(\\mu) = B$ (the bisection itself carries none): the returned price
-is $\\mu^* - (g(\\mu^*,\\theta) - \\mathrm{sg}[g])/\\mathrm{sg}[\\partial_\\mu g]$, whose derivative is
+is $\\mu^* - (g(\\mu^*,\\theta) - \\mathrm{sg}[g])/\\mathrm{sg}[\\partial_\\mu g]$, whose
+derivative is
 $-\\partial_\\theta g / \\partial_\\mu g$ with the admitted set held fixed (piecewise, away from
 abandonment kinks and caps).
 """
@@ -108,7 +111,8 @@ class Allocation(HasStatus):
 def surge_utility(
     x: ArrayLike, thresholds: ArrayLike, beta: ArrayLike, velocity: ArrayLike = 1.0
 ) -> Array:
-    """Shifted-surge utility $U(x) = v (x-\\tau) e^{-\\beta(x-\\tau)}$ for $x \\ge \\tau$, else 0 (eq. 1)."""
+    """Shifted-surge utility $U(x) = v (x-\\tau) e^{-\\beta(x-\\tau)}$ for $x \\ge \\tau$, else 0
+    (eq. 1)."""
     x, tau = jnp.asarray(x), jnp.asarray(thresholds)
     z = jnp.maximum(x - tau, 0.0)
     return jnp.where(x >= tau, velocity * z * jnp.exp(-jnp.asarray(beta) * z), 0.0)
@@ -119,7 +123,8 @@ def adaptive_inverse_decay(
     budget: Float[ArrayLike, " *batch"],
     min_scale: float = 0.25,
 ) -> Float[Array, " *batch"]:
-    """$1/\\beta = \\max(B/n - \\bar\\tau, s\\bar\\tau, 1)$: the adaptive decay length (module docstring)."""
+    """$1/\\beta = \\max(B/n - \\bar\\tau, s\\bar\\tau, 1)$: the adaptive decay length (module
+    docstring)."""
     tau = jnp.asarray(thresholds)
     mean_tau = jnp.mean(tau, axis=-1)
     surplus = jnp.asarray(budget) / tau.shape[-1] - mean_tau
@@ -329,7 +334,7 @@ def allocate(
 ) -> Allocation:
     """Split a global token budget over a batch of queries by the CLEAR shadow price.
 
-    MATH.md section 2; the CLEAR paper's Algorithm 1 with the two-stage clearing and the
+    docs: *CLEAR*; the CLEAR paper's Algorithm 1 with the two-stage clearing and the
     explicit adaptive decay described in this module's docstring.
 
     Args:
@@ -401,7 +406,8 @@ def integer_tokens(
     allocation: Allocation, budget: Float[ArrayLike, " *batch"]
 ) -> Int[Array, "*batch n"]:
     """Whole tokens: floor, then one extra token to the admitted queries with the largest
-    fractional parts until the floored total (of the budget, or of the allocation if less) is used; never above the budget or on abandoned
+    fractional parts until the floored total (of the budget, or of the allocation if less) is
+    used; never above the budget or on abandoned
     queries. Works on batched allocations."""
     x = allocation.tokens
     base = jnp.floor(x)

@@ -1,7 +1,7 @@
 """Baseline allocations the CLEAR paper compares (Appendix A.2), and an exact integer optimum.
 
 Every baseline maps `(thresholds, budget, ...)` to an allocation array of shape `(n,)` with
-`sum <= budget` (MATH.md section 2). They are written with `jax.numpy` on one batch (`jit`-able,
+`sum <= budget` (docs: *CLEAR*). They are written with `jax.numpy` on one batch (`jit`-able,
 `vmap` them for batches):
 
 - `uniform_allocation`: $B/n$ each (A.2.1).

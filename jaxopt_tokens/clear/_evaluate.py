@@ -2,7 +2,7 @@
 
 Reproduces the *layout* of the CLEAR paper's Table 1 (accuracy per stream and per-query budget,
 gain of CLEAR vs Uniform) and its predictor-noise robustness study (Figure 11) on a synthetic
-pool; MATH.md section 2. The numbers are not the paper's (its pool comes from real model runs).
+pool; docs: *CLEAR*. The numbers are not the paper's (its pool comes from real model runs).
 
 The pool (`synthetic_pool`) follows the evaluation rows of the paper's Table 6 (Qwen2.5-Math-7B):
 one query per dataset item, with the dataset's pass@1 as the chance that the query is
@@ -96,7 +96,8 @@ class Pool:
 def synthetic_pool(
     seed: int = 0, *, predictor_sigma: float = 0.5, length_sigma: float = 0.6
 ) -> Pool:
-    """The Table-6-shaped synthetic pool described in the module docstring (deterministic in seed)."""
+    """The Table-6-shaped synthetic pool described in the module docstring (deterministic in
+    seed)."""
     rng = np.random.default_rng(seed)
     lengths, solvable, tiers = [], [], []
     for _, count, pass1, avg_len, tier in TABLE6_DATASETS:
@@ -110,7 +111,7 @@ def synthetic_pool(
 
 
 def _default_pool_path() -> Path:
-    return Path(__file__).parent / "data" / "clear_pool.csv"
+    return Path(__file__).parent.parent / "data" / "clear_pool.csv"
 
 
 def default_pool() -> Pool:

@@ -2,7 +2,7 @@
 
 `budget` splits a total budget over the queries of a thresholds CSV (column `threshold`; other
 columns are ignored) with CLEAR or a baseline; `evaluate-budget` prints the paper-style stream
-table (accuracy per stream and per-query budget, gain of CLEAR vs Uniform). MATH.md section 2.
+table (accuracy per stream and per-query budget, gain of CLEAR vs Uniform). docs: *CLEAR*.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "budget",
         help="split one global token budget over a batch of queries (CLEAR shadow price)",
-        description="Allocate a total token budget over the queries in a CSV of predicted thresholds "
+        description="Allocate a total token budget over the queries in a CSV of predicted "
+        "thresholds "
         "with CLEAR (Lambert-W policy, rational abandonment, market-clearing price) or a baseline.",
     )
     p.add_argument(
@@ -71,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "evaluate-budget",
         help="accuracy of CLEAR and baselines on the four traffic streams (paper-style table)",
-        description="Evaluate CLEAR, Uniform, Predictor, Heuristic, Auction and Oracle on the Balanced, "
+        description="Evaluate CLEAR, Uniform, Predictor, Heuristic, Auction and Oracle on the "
+        "Balanced, "
         "Mostly-Easy, Mostly-Hard and U-Shaped streams at 256/512/1024/2048 tokens per query.",
     )
     e.add_argument(

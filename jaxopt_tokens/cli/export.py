@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tokens",
         metavar="FILE",
-        help="JSON budgets to export instead of solving: a list in task order or a mapping task -> tokens",
+        help="JSON budgets to export instead of solving: a list in task order or a mapping "
+        "task -> tokens",
     )
     add_workload_options(p)
     p.add_argument(

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--tokens",
         action="append",
         metavar="POLICY",
-        help="'optimal' (default; optimal for the chosen discipline and service noise), 'uniform:L', or a JSON file of budgets (a list in task "
+        help="'optimal' (default; optimal for the chosen discipline and service noise), "
+        "'uniform:L', or a JSON file of budgets (a list in task "
         "order, a mapping task -> tokens, or `solve --format json` output); repeat to compare",
     )
     add_workload_options(p)
@@ -113,7 +114,8 @@ def _priority_order(args, w: Workload):
     unknown = [n for n in names if n not in w.task_names]
     if unknown or sorted(names) != sorted(w.task_names):
         raise InputError(
-            f"--priority: give every task exactly once ({', '.join(w.task_names)}); got {args.priority}"
+            f"--priority: give every task exactly once ({', '.join(w.task_names)}); got "
+            f"{args.priority}"
         )
     return tuple(w.task_names.index(n) for n in names)
 
@@ -185,7 +187,8 @@ def _print_table(r: dict) -> None:
     console = Console()
     pct = round(100 * r["confidence_level"])
     t = Table(
-        title=f"Simulated M/G/1 server ({r['discipline']}): {r['replications']} x {r['num_queries']} queries "
+        title=f"Simulated M/G/1 server ({r['discipline']}): "
+        f"{r['replications']} x {r['num_queries']} queries "
         f"(warm-up {r['warmup']}), mean [{pct}% CI] | model"
     )
     t.add_column("statistic")

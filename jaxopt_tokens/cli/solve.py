@@ -45,7 +45,8 @@ def print_table(r: dict) -> None:
 
     console = Console()
     t = Table(
-        title=f"Optimal reasoning-token budgets  (lambda={r['arrival_rate']:g}/s, alpha={r['alpha']:g}, "
+        title="Optimal reasoning-token budgets  "
+        f"(lambda={r['arrival_rate']:g}/s, alpha={r['alpha']:g}, "
         f"l_max={r['max_tokens']:g}, method={r['method']})"
     )
     t.add_column("task")

@@ -1,4 +1,4 @@
-"""A synthetic strategy-selection benchmark with known ground truth (MATH.md section 3).
+"""A synthetic strategy-selection benchmark with known ground truth (docs: *Strategy selection*).
 
 Every query has a latent difficulty z; its single-sample success probability is
 $p(z) = \\sigma(1 - 2 z)$ and each strategy's true success probability is a closed form in p:
@@ -6,7 +6,8 @@ $p(z) = \\sigma(1 - 2 z)$ and each strategy's true success probability is a clos
 - greedy: $p$;
 - best-of-N with a verifier that finds a correct candidate, when there is one, with probability
   $v = 0.85$ (else picks at random): $v (1 - (1-p)^N) + (1 - v) p$;
-- majority vote over N samples: $P(\\mathrm{Bin}(N, p) > N/2) + \\tfrac12 P(\\mathrm{Bin}(N,p) = N/2)$
+- majority vote over N samples:
+$P(\\mathrm{Bin}(N, p) > N/2) + \\tfrac12 P(\\mathrm{Bin}(N,p) = N/2)$
   (amplifies easy queries, hurts hard ones);
 - beam search of width w with a process reward model of quality $q = 0.9$ over $3w$ effective
   step-level candidates: $q (1 - (1-p)^{3w}) + (1 - q) p$.
@@ -83,7 +84,8 @@ def true_accuracy(p: Float[Array, "*q"], table: Table) -> Float[Array, "*q s"]:
 
 
 class SyntheticQueries(eqx.Module):
-    """Queries with latent difficulty, observed features, true and empirical per-strategy accuracy."""
+    """Queries with latent difficulty, observed features, true and empirical per-strategy
+    accuracy."""
 
     difficulty: Float[Array, " n"]
     features: Float[Array, "n d"]
@@ -102,7 +104,8 @@ def synthetic_queries(
     rotation_key: PRNGKeyArray | None = None,
 ) -> SyntheticQueries:
     """Draw queries: $z \\sim N(0, 1.2^2)$, $p = \\sigma(1 - 2z)$, features = rotation of
-    $[z + \\sigma\\varepsilon, \\text{nuisance}]$, soft labels = success rate over `samples_per_label` draws.
+    $[z + \\sigma\\varepsilon, \\text{nuisance}]$, soft labels = success rate over
+    `samples_per_label` draws.
 
     Use the same `rotation_key` for train and test sets (the feature map must be shared).
     """
@@ -304,14 +307,15 @@ def queueing_arrival_sweep(
     alpha: float | None = None,
     method: str = "auto",
 ):
-    """Queue-aware choice per arrival rate; returns `(choices (R, K), mean service time (R,), J (R,))`.
+    """Queue-aware choice per arrival rate; returns `(choices (R, K), mean service time (R,), J
+    (R,))`.
 
     As the arrival rate grows the wait term dominates and cheaper strategies win.
     """
     acc, service, share, alpha_default = queueing_instance(table, workload)
-    alpha = alpha_default if alpha is None else alpha
+    price = alpha_default if alpha is None else alpha
     out = [
-        select_queueing(acc, service, share, lam, alpha, method)
+        select_queueing(acc, service, share, lam, price, method)
         for lam in np.asarray(arrival_rates)
     ]
     return (

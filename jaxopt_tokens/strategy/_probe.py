@@ -1,4 +1,4 @@
-"""The accuracy probe $a_s(x)$ of the strategy-selection paper (MATH.md section 3).
+"""The accuracy probe $a_s(x)$ of the strategy-selection paper (docs: *Strategy selection*).
 
 "Latency and Token-Aware Test-Time Compute" (arXiv:2509.09864, sec. 2.4 and appendix A.1)
 estimates, for query x and strategy s, the probability that s answers x correctly with a
@@ -75,7 +75,8 @@ def probe_log_loss(
 
 
 def _fit_platt(z: Float[Array, " m"], y: Float[Array, " m"], iterations: int = 50):
-    """Platt scaling: $\\min_{a,b}$ BCE$(\\sigma(a z + b), y)$ by damped Newton (convex in (a, b))."""
+    """Platt scaling: $\\min_{a,b}$ BCE$(\\sigma(a z + b), y)$ by damped Newton (convex in (a,
+    b))."""
 
     def loss(ab):
         return soft_log_loss(ab[0] * z + ab[1], y)
@@ -125,7 +126,7 @@ def train_probe(
     batch_size: int | None = 512,
     holdout_fraction: float = 0.2,
 ) -> AccuracyProbe:
-    """Train the accuracy probe (MATH.md section 3; paper sec. 2.4, appendix A.1).
+    """Train the accuracy probe (docs: *Strategy selection*; paper sec. 2.4, appendix A.1).
 
     1. Split the queries at random: `1 - holdout_fraction` for training, the rest for calibration.
     2. Fit a two-hidden-layer MLP (`width` units, ReLU) on standardised features concatenated
@@ -169,7 +170,8 @@ def train_probe(
 
 
 def _fit_mlp(probe, x, y, key, steps, learning_rate, weight_decay, batch_size):
-    """AdamW on the soft-label BCE; only the MLP's weights train (strategy params etc. are frozen)."""
+    """AdamW on the soft-label BCE; only the MLP's weights train (strategy params etc. are
+    frozen)."""
     n = x.shape[0]
     bs = n if batch_size is None else min(int(batch_size), n)
     optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)

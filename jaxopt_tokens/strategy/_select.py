@@ -1,4 +1,4 @@
-"""Latency- and token-aware selection of a decoding strategy (MATH.md section 3).
+"""Latency- and token-aware selection of a decoding strategy (docs: *Strategy selection*).
 
 Per query x and decoding strategy s (greedy, best-of-N, majority vote, beam search, ...),
 the utility of the strategy-selection paper ("Latency and Token-Aware Test-Time Compute",
@@ -12,7 +12,7 @@ policy is `argmax_s U_s(x)`; `soft_select` is its softmax relaxation with a temp
 differentiable in every input, so that the selection can sit inside a training loop.
 
 `select_queueing` couples the choice to the server's queue: one strategy per task
-type, scored by the queueing objective of MATH.md section 1, eq. (7), with the strategy's
+type, scored by the queueing objective of docs: *Model*, eq. (7), with the strategy's
 service time in place of `t0 + c l`. The coupling is only through the two service moments
 `E[S]`, `E[S^2]`, which makes exact enumeration (for small `S^K`) and coordinate ascent cheap.
 """
@@ -65,7 +65,8 @@ MAX_ENUMERATION = 100_000
 def _check_costs(name: str, cost: Array, num_strategies: int) -> None:
     if cost.ndim == 0 or cost.shape[-1] != num_strategies:
         raise InputError(
-            f"{name}: last axis must have one entry per strategy ({num_strategies}), got shape {cost.shape}"
+            f"{name}: last axis must have one entry per strategy ({num_strategies}), got shape "
+            f"{cost.shape}"
         )
     check_nonnegative(name, cost)
 
@@ -236,7 +237,9 @@ def utility(
     price_tokens: Float[ArrayLike, "*#q"],
     price_latency: Float[ArrayLike, "*#q"],
 ) -> Float[Array, "*q s"]:
-    """$U_s(x) = a_s(x) - \\lambda_T T_s - \\lambda_L L_s$ (MATH.md section 3; paper eq. in sec. 2.3).
+    """$U_s(x) = a_s(x) - \\lambda_T T_s - \\lambda_L L_s$ (paper sec. 2.3).
+
+    Docs: *Strategy selection*.
 
     Costs have shape `(S,)` (the paper's per-strategy averages) or `(..., S)` (per query);
     prices are scalars or broadcast against the query axes `...`.
@@ -253,7 +256,9 @@ def select(
     price_tokens: Float[ArrayLike, "*#q"],
     price_latency: Float[ArrayLike, "*#q"],
 ) -> Int[Array, "*q"]:
-    """Index of $\\arg\\max_s a_s(x) - \\lambda_T T_s - \\lambda_L L_s$ per query (MATH.md section 3).
+    """Index of $\\arg\\max_s a_s(x) - \\lambda_T T_s - \\lambda_L L_s$ per query.
+
+    Docs: *Strategy selection*.
 
     Ties go to the lowest index (list cheaper strategies first to break ties toward them).
     """
@@ -277,7 +282,7 @@ def soft_select(
     price_latency: Float[ArrayLike, "*#q"],
     temperature: float | Float[ArrayLike, ""] = 0.01,
 ) -> SoftSelection:
-    """Softmax relaxation of `select` (MATH.md section 3, "differentiable relaxation").
+    """Softmax relaxation of `select` (docs: *Strategy selection*, "differentiable relaxation").
 
     $q_s = \\mathrm{softmax}_s(U_s / \\tau)$ and the expected utility $\\sum_s q_s U_s$. Smooth in
     accuracies, costs and prices for $\\tau > 0$; as $\\tau \\to 0$ the probabilities tend to the
@@ -293,11 +298,14 @@ def soft_select(
     return SoftSelection(q, jnp.sum(q * u, axis=-1))
 
 
-# --------------------------------------------------------------------------- queue-aware joint choice
+# --------------------------------------------------------------------------- queue-aware joint
+# choice
 
 
 class QueueChoice(eqx.Module):
-    """One strategy per task type, chosen for the queueing objective (MATH.md sections 1 and 3).
+    """One strategy per task type, chosen for the queueing objective.
+
+    Docs: *Model* and *Strategy selection*.
 
     `choice[k]` is the strategy index for type k; `objective` is
     $J = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[T]$ (`-inf` if the queue is unstable); the other
@@ -355,7 +363,8 @@ def _enumerate(acc, t, share, lam, alpha):
 
 
 def _coordinate_sweep(choice, acc, t, share, lam, alpha):
-    """One pass over the types; type k moves to its best strategy given the others (strict gains only)."""
+    """One pass over the types; type k moves to its best strategy given the others (strict gains
+    only)."""
     K, S = acc.shape
 
     def body(k, ch):
@@ -412,7 +421,8 @@ def _coordinate_ascent(start, acc, t, share, lam, alpha, max_sweeps):
 def _linearised_starts(acc, t, share, lam, alpha, num_iterations):
     """Iterated linearisation of E[T] in (E[S], E[S^2]), which decouples the types.
 
-    At the current choice, $g_1 = \\partial E[T]/\\partial E[S]$, $g_2 = \\partial E[T]/\\partial E[S^2]$;
+    At the current choice, $g_1 = \\partial E[T]/\\partial E[S]$,
+    $g_2 = \\partial E[T]/\\partial E[S^2]$;
     each type then independently maximises $\\alpha a_{k,s} - g_1 t_{k,s} - g_2 t_{k,s}^2$. Starting
     from the cheapest choice; every iterate is returned as a candidate start.
     """
@@ -464,9 +474,12 @@ def queueing_objective(
     arrival_rate: float | Float[ArrayLike, ""],
     alpha: float | Float[ArrayLike, ""],
 ) -> Float[Array, "*b"]:
-    """$J(s) = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[W] - E[S]$ for joint choices `choice` (MATH.md eq. (7)).
+    """$J(s) = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[W] - E[S]$ for joint choices `choice`.
 
-    $E[S] = \\sum_k \\pi_k t_{k,s_k}$, $E[S^2] = \\sum_k \\pi_k t_{k,s_k}^2$ and the Pollaczek-Khinchine
+    Docs: *Model*, eq. (7).
+
+    $E[S] = \\sum_k \\pi_k t_{k,s_k}$, $E[S^2] = \\sum_k \\pi_k t_{k,s_k}^2$ and the
+    Pollaczek-Khinchine
     wait (5); `-inf` when $\\lambda E[S] \\ge 1$.
     """
     acc, t, share, lam, alpha = _prepare_queueing(
@@ -538,7 +551,7 @@ def select_queueing(
     """Choose one decoding strategy per task type to maximise the queueing objective.
 
     $J = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[T]$, with $E[T] = E[W] + E[S]$ from the
-    Pollaczek-Khinchine formula of MATH.md section 1 ((3), (5), (6)) and the strategy utility of
+    Pollaczek-Khinchine formula of docs: *Model* ((3), (5), (6)) and the strategy utility of
     section 3. `task_accuracy[k, s]` is type k's success probability under strategy s and
     `service_time[k, s]` the server time it occupies (e.g. `t0_k + c_k T_s`).
 
@@ -565,7 +578,8 @@ def select_queueing(
     if method == "enumerate":
         if combos > MAX_ENUMERATION:
             raise InputError(
-                f"method: 'enumerate' needs S**K = {S}**{K} = {combos} joint choices, more than {MAX_ENUMERATION}; "
+                f"method: 'enumerate' needs S**K = {S}**{K} = {combos} joint choices, more than "
+                f"{MAX_ENUMERATION}; "
                 "use 'coordinate' or 'auto'"
             )
         choice = _enumerate(acc, t, share, lam, alpha)
