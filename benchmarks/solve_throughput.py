@@ -135,8 +135,9 @@ def main():
     args = ap.parse_args()
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
     console = Console(width=150)
-    solve = jax.jit(jt.solve)  # batches of >= 2048 members are solved in stages (_staged.py)
-    plain = jax.jit(jax.vmap(jt.AggregateNewton()))  # every member iterates as long as the slowest
+    solve = jax.jit(jt.solve)  # batches of >= 2048 members are solved in stages (_solver/staged.py)
+    # members solved one by one under vmap: each iterates as long as the slowest
+    plain = jax.jit(jax.vmap(jt.solve))
     value_grad = jax.jit(jax.vmap(jax.value_and_grad(jt.objective)))
     table = Table(
         title=f"Batched solve, N=6, float64, {jax.devices()[0].platform} x{jax.device_count()}"
