@@ -190,3 +190,74 @@ def test_solve_rejects_non_workload():
         jt.solve({"A": 1})
     with pytest.raises(jt.InputError, match="unknown method"):
         jt.solve(jt.default_workload(), solver="newton")
+
+
+# ------------------------------------------------------------------ one protocol, one driver
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [jt.AggregateNewton(rtol=1e-12), jt.FixedPoint(rtol=1e-10), jt.ProjectedGradient(safeguarded=True)],
+    ids=lambda s: type(s).__name__,
+)
+def test_solver_instances_run_through_the_driver(table1, solver):
+    sol = jt.solve(table1, solver)
+    assert sol.converged and float(sol.residual) <= (solver.rtol or 1e-9)
+    np.testing.assert_allclose(sol.tokens, jt.solve(table1).tokens, rtol=1e-5, atol=1e-4)
+    # the implicit derivative is attached whatever the solver
+    g = jax.grad(lambda a: jt.solve(table1.replace(alpha=a), solver).objective)(table1.alpha)
+    np.testing.assert_allclose(g, jnp.sum(table1.share * jt.task_accuracy(sol.tokens, table1)), rtol=1e-5)
+
+
+def test_solver_instance_with_settings_beside_it_is_refused(table1):
+    with pytest.raises(jt.InputError, match="rtol"):
+        jt.solve(table1, jt.AggregateNewton(), rtol=1e-6)
+
+
+def test_a_custom_solver_gets_masking_and_gradients_from_the_driver(table1):
+    """Projected gradient with a fixed step, written against the protocol in a few lines."""
+    import equinox as eqx
+
+    class State(eqx.Module):
+        tokens: jax.Array
+        iterations: jax.Array
+
+    class Ascent(jt.AbstractSolver):
+        rtol: float | None = 1e-9
+        max_steps: int = 200_000
+        model: None = None
+
+        def init(self, w):
+            return State(jnp.zeros_like(w.A), jnp.zeros((), jnp.int32))
+
+        def step(self, w, s):
+            g = jt.objective_gradient(s.tokens, w)
+            new = jnp.clip(s.tokens + 0.9 / jt.gradient_lipschitz(w, jt.provable_box(w)) * g, 0, jt.provable_box(w))
+            return State(new, s.iterations + 1)
+
+        def terminate(self, w, s):
+            return jt.kkt_residual(s.tokens, w) <= self.rtol
+
+        def postprocess(self, w, s):
+            from jaxopt_tokens._solver.base import Iterate
+
+            res = jt.kkt_residual(s.tokens, w)
+            status = jnp.where(res <= self.rtol, jt.Status.CONVERGED, jt.Status.MAX_ITERATIONS)
+            return Iterate(s.tokens, jt.objective(s.tokens, w), status.astype(jnp.int32), res, {})
+
+    bad = table1.replace(alpha=-1.0)
+    batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), table1, bad)
+    sol = jt.solve(batch, Ascent())
+    assert list(np.asarray(sol.status)) == [jt.Status.CONVERGED, jt.Status.INVALID_INPUT]
+    np.testing.assert_allclose(sol.tokens[0], jt.solve(table1).tokens, rtol=1e-6, atol=1e-5)
+
+
+def test_solve_latency_has_implicit_gradients(table1):
+    model = jt.FIFO(service_cv=0.5)
+
+    def J(alpha):
+        return jt.solve_latency(table1.replace(alpha=alpha), model, rtol=1e-12).objective
+
+    h = 1e-5
+    fd = (J(table1.alpha + h) - J(table1.alpha - h)) / (2 * h)
+    np.testing.assert_allclose(jax.grad(J)(table1.alpha), fd, rtol=1e-5)

@@ -1,0 +1,88 @@
+"""One validity contract: what `Workload.validate()` refuses, every solver reports per member."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jaxopt_tokens as jt
+
+SOLVERS = ("default", "fixed-point", "pga-safeguarded")
+# one violation per rule of the contract: (field, task or None, value)
+VIOLATIONS = [
+    ("share", 0, -0.1),
+    ("A", 1, -0.2),
+    ("D", 2, -0.01),
+    ("A", 1, 0.9),  # A + D > 1 for GSM8K (D = 0.277)
+    ("b", 3, 0.0),
+    ("c", 4, -1e-3),
+    ("t0", 5, -0.5),
+    ("share", 0, 0.5),  # shares no longer sum to 1
+    ("arrival_rate", None, 0.0),
+    ("alpha", None, -1.0),
+    ("max_tokens", None, -1.0),
+    ("arrival_rate", None, 50.0),  # unstable at zero tokens
+    ("c", 0, np.nan),
+    ("alpha", None, np.inf),
+]
+
+
+def _violate(w, field, task, value):
+    x = np.asarray(getattr(w, field), dtype=np.float64).copy()
+    if task is None:
+        x = np.asarray(value)
+    else:
+        x[task] = value
+    return w.replace(**{field: x})
+
+
+@pytest.mark.parametrize("field,task,value", VIOLATIONS)
+def test_every_rule_is_refused_eagerly_and_per_member(table1, field, task, value):
+    bad = _violate(table1, field, task, value)
+    with pytest.raises(jt.WorkloadError, match=field):
+        bad.validate()
+    batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), table1, bad)
+    for solver in SOLVERS:
+        sol = jt.solve(batch, solver)
+        status = np.asarray(sol.status)
+        assert status[0] == jt.Status.CONVERGED, solver
+        assert status[1] != jt.Status.CONVERGED, (solver, field, value)
+        assert np.all(np.isnan(np.asarray(sol.tokens)[1]))
+        # the valid member is untouched by its invalid neighbour
+        np.testing.assert_array_equal(np.asarray(sol.tokens)[0], np.asarray(jt.solve(table1, solver).tokens))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(["A", "b", "D", "t0", "c", "share", "arrival_rate", "alpha", "max_tokens"]),
+    task=st.integers(0, 5),
+    value=st.one_of(
+        st.floats(-2, 2),
+        st.sampled_from([0.0, 1.0, -1e-300, 1e300, np.nan, np.inf, -np.inf]),
+    ),
+)
+def test_eager_and_traced_contracts_agree(table1, field, task, value):
+    w = _violate(table1, field, None if field in ("arrival_rate", "alpha", "max_tokens") else task, value)
+    try:
+        w.validate()
+        valid = True
+    except jt.WorkloadError:
+        valid = False
+    status = int(jt.solve(w).status)
+    input_codes = (jt.Status.INVALID_INPUT, jt.Status.NONFINITE_INPUT, jt.Status.UNSTABLE_INPUT)
+    # the traced contract rejects exactly what the eager one refuses (whether every valid extreme
+    # converges is the solver's business: b = 1e300 still stops at the iteration limit)
+    assert (status in input_codes) == (not valid), (field, task, value, jt.Status(status).message)
+
+
+def test_shapes_are_refused_at_construction(table1):
+    with pytest.raises(jt.InputError, match="'c'"):
+        table1.replace(c=table1.c[:3])
+    with pytest.raises(jt.InputError, match="'t0'.*scalar"):
+        table1.replace(t0=0.1)
+    with pytest.raises(jt.InputError, match="'alpha'.*complex"):
+        table1.replace(alpha=1 + 2j)
+    with pytest.raises(jt.InputError, match="'names'"):
+        table1.replace(names=("a", "b"))
