@@ -197,7 +197,11 @@ def test_solve_rejects_non_workload():
 
 @pytest.mark.parametrize(
     "solver",
-    [jt.AggregateNewton(rtol=1e-12), jt.FixedPoint(rtol=1e-10), jt.ProjectedGradient(safeguarded=True)],
+    [
+        jt.AggregateNewton(rtol=1e-12),
+        jt.FixedPoint(rtol=1e-10),
+        jt.ProjectedGradient(safeguarded=True),
+    ],
     ids=lambda s: type(s).__name__,
 )
 def test_solver_instances_run_through_the_driver(table1, solver):
@@ -206,7 +210,9 @@ def test_solver_instances_run_through_the_driver(table1, solver):
     np.testing.assert_allclose(sol.tokens, jt.solve(table1).tokens, rtol=1e-5, atol=1e-4)
     # the implicit derivative is attached whatever the solver
     g = jax.grad(lambda a: jt.solve(table1.replace(alpha=a), solver).objective)(table1.alpha)
-    np.testing.assert_allclose(g, jnp.sum(table1.share * jt.task_accuracy(sol.tokens, table1)), rtol=1e-5)
+    np.testing.assert_allclose(
+        g, jnp.sum(table1.share * jt.task_accuracy(sol.tokens, table1)), rtol=1e-5
+    )
 
 
 def test_solver_instance_with_settings_beside_it_is_refused(table1):
@@ -232,7 +238,11 @@ def test_a_custom_solver_gets_masking_and_gradients_from_the_driver(table1):
 
         def step(self, w, s):
             g = jt.objective_gradient(s.tokens, w)
-            new = jnp.clip(s.tokens + 0.9 / jt.gradient_lipschitz(w, jt.provable_box(w)) * g, 0, jt.provable_box(w))
+            new = jnp.clip(
+                s.tokens + 0.9 / jt.gradient_lipschitz(w, jt.provable_box(w)) * g,
+                0,
+                jt.provable_box(w),
+            )
             return State(new, s.iterations + 1)
 
         def terminate(self, w, s):

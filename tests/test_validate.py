@@ -51,12 +51,18 @@ def test_every_rule_is_refused_eagerly_and_per_member(table1, field, task, value
         assert status[1] != jt.Status.CONVERGED, (solver, field, value)
         assert np.all(np.isnan(np.asarray(sol.tokens)[1]))
         # the valid member is untouched by its invalid neighbour
-        np.testing.assert_array_equal(np.asarray(sol.tokens)[0], np.asarray(jt.solve(table1, solver).tokens))
+        np.testing.assert_array_equal(
+            np.asarray(sol.tokens)[0], np.asarray(jt.solve(table1, solver).tokens)
+        )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    field=st.sampled_from(["A", "b", "D", "t0", "c", "share", "arrival_rate", "alpha", "max_tokens"]),
+    field=st.sampled_from(
+        ["A", "b", "D", "t0", "c", "share", "arrival_rate", "alpha", "max_tokens"]
+    ),
     task=st.integers(0, 5),
     value=st.one_of(
         st.floats(-2, 2),
@@ -64,7 +70,9 @@ def test_every_rule_is_refused_eagerly_and_per_member(table1, field, task, value
     ),
 )
 def test_eager_and_traced_contracts_agree(table1, field, task, value):
-    w = _violate(table1, field, None if field in ("arrival_rate", "alpha", "max_tokens") else task, value)
+    w = _violate(
+        table1, field, None if field in ("arrival_rate", "alpha", "max_tokens") else task, value
+    )
     try:
         w.validate()
         valid = True
