@@ -14,33 +14,17 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._errors import InputError, WorkloadError
-from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS, check_values
+from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS, as_float_array, check_values
 
 __all__ = ["Workload", "WorkloadError", "make_workload"]
 
 
 def _float_field(name: str):
     """The converter of field `name`: a floating JAX array (integers are promoted); complex or
-    non-numeric values are refused with a `WorkloadError` naming the field."""
+    non-numeric values are refused with an `InputError` naming the field."""
 
     def convert(x: Any) -> Array:
-        try:
-            arr = jnp.asarray(x)
-        except (TypeError, ValueError) as e:
-            raise WorkloadError(f"field '{name}': not a number or array of numbers ({e})") from None
-        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
-            raise WorkloadError(
-                f"field '{name}': complex values are not allowed (dtype {arr.dtype})"
-            )
-        if not (
-            jnp.issubdtype(arr.dtype, jnp.floating)
-            or jnp.issubdtype(arr.dtype, jnp.integer)
-            or arr.dtype == jnp.bool_
-        ):
-            raise WorkloadError(f"field '{name}': expected numbers, got dtype {arr.dtype}")
-        if not jnp.issubdtype(arr.dtype, jnp.floating):
-            arr = arr.astype(jnp.result_type(float))
-        return arr
+        return as_float_array(f"field '{name}'", x)
 
     return convert
 
