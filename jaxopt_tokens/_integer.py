@@ -28,7 +28,7 @@ def _cap(w: Workload) -> Array:
 
 
 def round_budgets(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    """Component-wise rounding (40), kept inside $[0, \\lfloor l_{\\max} \\rfloor]$."""
+    r"""Component-wise rounding (40), kept inside $[0, \lfloor l_{\max} \rfloor]$."""
     return jnp.clip(jnp.round(tokens), 0, _cap(w))
 
 
@@ -67,7 +67,7 @@ def best_floor_ceil(
 def local_search_budgets(
     tokens: Float[Array, " n"], w: Workload, *, sweeps: int = 4
 ) -> Float[Array, " n"]:
-    """Rounding (40) followed by coordinate local search: each sweep tries $\\pm 1$ on every
+    r"""Rounding (40) followed by coordinate local search: each sweep tries $\pm 1$ on every
     task in turn and keeps any change that raises J. Never worse than rounding; O(N) per sweep.
     """
     start = round_budgets(tokens, w)
@@ -112,11 +112,11 @@ def integer_budgets(
 
 
 def integer_lower_bound(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """A rigorous lower bound on J at any integer vector within one token of `tokens`.
+    r"""A rigorous lower bound on J at any integer vector within one token of `tokens`.
 
-    Any $l^{\\rm int}$ with $|l^{\\rm int}_k - l_k| \\le 1$ inside the box has accuracy at least
-    that of $\\max(l - 1, 0)$ and, E[T] being increasing in every budget, system time at most
-    that of $\\min(l + 1, l_{\\max})$. So $J(l^{\\rm int}) \\ge \\alpha \\bar p(l^-) - E[T](l^+)$
+    Any $l^{\rm int}$ with $|l^{\rm int}_k - l_k| \le 1$ inside the box has accuracy at least
+    that of $\max(l - 1, 0)$ and, E[T] being increasing in every budget, system time at most
+    that of $\min(l + 1, l_{\max})$. So $J(l^{\rm int}) \ge \alpha \bar p(l^-) - E[T](l^+)$
     (`-inf` if $l^+$ is unstable). This is what (41) intends; see `paper_integer_lower_bound`.
     """
     lower = jnp.maximum(tokens - 1, 0)
@@ -126,11 +126,11 @@ def integer_lower_bound(tokens: Float[Array, "*b n"], w: Workload) -> Float[Arra
 
 
 def paper_integer_lower_bound(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """The paper's bound (41), exactly as printed; `-inf` where $\\lambda(E[S] + c_{\\max}) \\ge 1$.
+    r"""The paper's bound (41), exactly as printed; `-inf` where $\lambda(E[S] + c_{\max}) \ge 1$.
 
-    $\\bar J = \\alpha\\sum_k \\pi_k(A_k(1-e^{-b_k(l_k-1)}) + D_k)
-    - (\\lambda E[S^2] + 2c_{\\max}) / (2(1 - \\lambda(E[S] + c_{\\max}))) - E[S]$.
-    Its queueing term adds $2c_{\\max}$ (seconds per token) to $\\lambda E[S^2]$ (seconds) and its
+    $\bar J = \alpha\sum_k \pi_k(A_k(1-e^{-b_k(l_k-1)}) + D_k)
+    - (\lambda E[S^2] + 2c_{\max}) / (2(1 - \lambda(E[S] + c_{\max}))) - E[S]$.
+    Its queueing term adds $2c_{\max}$ (seconds per token) to $\lambda E[S^2]$ (seconds) and its
     last term omits the growth of E[S], so it is not a valid bound in general; the tests
     measure how often it holds. Use `integer_lower_bound` for a guaranteed one.
     """

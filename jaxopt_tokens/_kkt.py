@@ -27,12 +27,12 @@ __all__ = [
 
 
 def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    """The closed-form gradient of J, eqs. (10) and (15):
+    r"""The closed-form gradient of J, eqs. (10) and (15):
 
-    $\\partial J/\\partial l_k = \\pi_k[\\alpha A_k b_k e^{-b_k l_k}
-    - c_k(1 + \\lambda t_k/d + \\lambda^2 E[S^2]/(2d^2))]$.
+    $\partial J/\partial l_k = \pi_k[\alpha A_k b_k e^{-b_k l_k}
+    - c_k(1 + \lambda t_k/d + \lambda^2 E[S^2]/(2d^2))]$.
 
-    Eqs. (10) and (15) with $d = 1 - \\lambda E[S]$; NaN outside the stability region.
+    Here $d = 1 - \lambda E[S]$; NaN outside the stability region.
     """
     u, v, stable = latency_prices(tokens, w)
     t = service_times(tokens, w)
@@ -44,9 +44,9 @@ def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array
 
 
 def marginal_ratio(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    """Marginal accuracy value over marginal latency cost, minus one, per task.
+    r"""Marginal accuracy value over marginal latency cost, minus one, per task.
 
-    $r_k = \\alpha A_k b_k e^{-b_k l_k} / (c_k (v + u t_k)) - 1$: zero at an interior optimum,
+    $r_k = \alpha A_k b_k e^{-b_k l_k} / (c_k (v + u t_k)) - 1$: zero at an interior optimum,
     dimensionless (invariant to the units of time and tokens), independent of the shares.
     """
     u, v, stable = latency_prices(tokens, w)
@@ -57,13 +57,13 @@ def marginal_ratio(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*
 
 
 def kkt_residual(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """Scale-free projected KKT residual of eq. (9); `+inf` outside the stability region.
+    r"""Scale-free projected KKT residual of eq. (9); `+inf` outside the stability region.
 
     With $r_k$ from `marginal_ratio`, the residual is
-    $\\max_k b_k |l_k - \\mathrm{clip}(l_k + r_k/b_k, 0, l_{\\max})|$: in the interior it is
+    $\max_k b_k |l_k - \mathrm{clip}(l_k + r_k/b_k, 0, l_{\max})|$: in the interior it is
     $|r_k|$, the relative imbalance between what a token buys and what it costs; at a bound it
     counts only the direction the box allows. $r_k/b_k$ is the Newton-like step in tokens, so
-    a residual $\\epsilon$ means budgets off by about $\\epsilon/b_k$ tokens.
+    a residual $\epsilon$ means budgets off by about $\epsilon/b_k$ tokens.
     """
     r = marginal_ratio(tokens, w)
     finite = jnp.all(jnp.isfinite(r), axis=-1)
@@ -75,10 +75,10 @@ def kkt_residual(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"
 
 
 def provable_box(w: Workload) -> Float[Array, "*b n"]:
-    """Upper bounds on the optimal budgets: $l_k^* \\le \\min(l_{\\max}, \\bar u_k)$.
+    r"""Upper bounds on the optimal budgets: $l_k^* \le \min(l_{\max}, \bar u_k)$.
 
-    At an interior optimum $\\alpha A_k b_k e^{-b_k l_k} \\ge c_k$ (the latency price is at least
-    $c_k$), so $l_k^* \\le \\bar u_k = \\max(0, \\log(\\alpha A_k b_k / c_k)/b_k)$ (docs: *Model*).
+    At an interior optimum $\alpha A_k b_k e^{-b_k l_k} \ge c_k$ (the latency price is at least
+    $c_k$), so $l_k^* \le \bar u_k = \max(0, \log(\alpha A_k b_k / c_k)/b_k)$ (docs: *Model*).
     """
     ratio = w.alpha[..., None] * w.A * w.b / w.c
     ubar = jnp.where(ratio > 1, jnp.log(jnp.where(ratio > 1, ratio, 1)) / w.b, 0)
@@ -96,9 +96,9 @@ def _box_extremes(w: Workload, upper):
 def contraction_constant(
     w: Workload, upper: Float[Array, "*b n"] | None = None
 ) -> Float[Array, "*b"]:
-    """$L_\\infty$ of Lemma 2, eq. (26), on the box $[0, \\text{upper}]$ (default $[0, l_{\\max}]$).
+    r"""$L_\infty$ of Lemma 2, eq. (26), on the box $[0, \text{upper}]$ (default $[0, l_{\max}]$).
 
-    `+inf` when $\\rho_{\\max} \\ge 1$: the lemma's assumption fails and the constant does not
+    `+inf` when $\rho_{\max} \ge 1$: the lemma's assumption fails and the constant does not
     exist.
     The fixed point (24) is guaranteed to converge when the value is below 1.
     """
@@ -118,10 +118,10 @@ def contraction_constant(
 def gradient_lipschitz(
     w: Workload, upper: Float[Array, "*b n"] | None = None
 ) -> Float[Array, "*b"]:
-    """$L_J = \\max_k \\sum_j H_{kj}$ of Lemma 3, eqs. (31)-(32), on the box $[0, \\text{upper}]$.
+    r"""$L_J = \max_k \sum_j H_{kj}$ of Lemma 3, eqs. (31)-(32), on the box $[0, \text{upper}]$.
 
-    `+inf` when $\\rho_{\\max} \\ge 1$. Projected gradient ascent (29) converges for
-    $0 < \\eta < 2/L_J$, eq. (38).
+    `+inf` when $\rho_{\max} \ge 1$. Projected gradient ascent (29) converges for
+    $0 < \eta < 2/L_J$, eq. (38).
     """
     if upper is None:
         upper = jnp.broadcast_to(w.max_tokens[..., None], w.A.shape)

@@ -1,19 +1,19 @@
-"""Principal-branch Lambert W and the Wright omega function, in JAX.
+r"""Principal-branch Lambert W and the Wright omega function, in JAX.
 
-`lambertw(z)` solves $w e^w = z$ for $z \\ge -1/e$ (principal branch, $w \\ge -1$);
-`wright_omega(x)` solves $\\omega + \\log\\omega = x$, i.e. $\\omega(x) = W(e^x)$, for every real
+`lambertw(z)` solves $w e^w = z$ for $z \ge -1/e$ (principal branch, $w \ge -1$);
+`wright_omega(x)` solves $\omega + \log\omega = x$, i.e. $\omega(x) = W(e^x)$, for every real
 x without forming $e^x$ (it overflows for $x > 709$ in float64). The token solver uses
-$\\omega$ in the closed form of eq. (22) (see `_aggregate.py`).
+$\omega$ in the closed form of eq. (22) (see `_aggregate.py`).
 
 Both are branch-free (fixed iteration counts, `jnp.where` by region), so they `jit`, `vmap`
 and run on accelerators unchanged, and keep the input's floating dtype. Derivatives come from
 `jax.custom_jvp` rules written to stay finite: $W'(z) = 1/(z + e^{W})$ (so $W'(0) = 1$ exactly,
-$+\\infty$ at the branch point) and $\\omega'(x) = \\omega/(1+\\omega)$.
+$+\infty$ at the branch point) and $\omega'(x) = \omega/(1+\omega)$.
 
 Accuracy: a few ulp against `scipy.special.lambertw` / `wrightomega` (measured in the tests),
-except within about $\\sqrt{\\epsilon}$ of the branch point $z = -1/e$, where W is
-ill-conditioned ($W' \\to \\infty$): there the input's own rounding of $e z + 1$ limits any
-method to an absolute error of order $\\sqrt{\\epsilon}$.
+except within about $\sqrt{\epsilon}$ of the branch point $z = -1/e$, where W is
+ill-conditioned ($W' \to \infty$): there the input's own rounding of $e z + 1$ limits any
+method to an absolute error of order $\sqrt{\epsilon}$.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def _omega(x):
 
 @jax.custom_jvp
 def wright_omega(x: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
-    """Wright omega $\\omega(x) = W(e^x)$, the solution of $\\omega + \\log\\omega = x$.
+    r"""Wright omega $\omega(x) = W(e^x)$, the solution of $\omega + \log\omega = x$.
 
-    Defined for every real x: $\\omega(x) \\approx e^x$ as $x \\to -\\infty$ (underflowing
-    gracefully to 0) and $\\approx x - \\log x$ as $x \\to +\\infty$. Keeps the input dtype.
+    Defined for every real x: $\omega(x) \approx e^x$ as $x \to -\infty$ (underflowing
+    gracefully to 0) and $\approx x - \log x$ as $x \to +\infty$. Keeps the input dtype.
     """
     return _omega(_float(x))
 
@@ -120,7 +120,7 @@ def _lambertw(z):
 
 @jax.custom_jvp
 def lambertw(z: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
-    """Principal branch $W_0(z)$ for real $z \\ge -1/e$ (NaN below). Keeps the input dtype."""
+    r"""Principal branch $W_0(z)$ for real $z \ge -1/e$ (NaN below). Keeps the input dtype."""
     return _lambertw(_float(z))
 
 

@@ -39,7 +39,7 @@ def service_moments(
 
 
 def utilization(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """Server utilization $\\rho = \\lambda E[S]$; the queue is stable iff $\\rho < 1$, eq. (4)."""
+    r"""Server utilization $\rho = \lambda E[S]$; the queue is stable iff $\rho < 1$, eq. (4)."""
     return w.arrival_rate * service_moments(tokens, w)[0]
 
 
@@ -52,7 +52,7 @@ def pk_wait(lam, m1, m2):
 
 
 def mean_wait(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """Pollaczek-Khinchine mean wait $E[W] = \\lambda E[S^2] / (2(1-\\rho))$, eq. (5); `+inf` if
+    r"""Pollaczek-Khinchine mean wait $E[W] = \lambda E[S^2] / (2(1-\rho))$, eq. (5); `+inf` if
     unstable."""
     m1, m2 = service_moments(tokens, w)
     return pk_wait(w.arrival_rate, m1, m2)
@@ -70,12 +70,12 @@ def task_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b
 
 
 def mean_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """Share-weighted mean accuracy $\\sum_k \\pi_k p_k(l_k)$."""
+    r"""Share-weighted mean accuracy $\sum_k \pi_k p_k(l_k)$."""
     return jnp.sum(w.share * task_accuracy(tokens, w), axis=-1)
 
 
 def objective(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """$J(l) = \\alpha \\sum_k \\pi_k p_k(l_k) - E[W] - E[S]$, eq. (7); `-inf` when unstable.
+    r"""$J(l) = \alpha \sum_k \pi_k p_k(l_k) - E[W] - E[S]$, eq. (7); `-inf` when unstable.
 
     Strictly concave on the stability region (Lemma 1): `jax.grad` gives eq. (10)/(15) and
     `jax.hessian` eq. (11)/(33).

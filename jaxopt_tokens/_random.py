@@ -24,11 +24,11 @@ def random_workloads(
     max_tokens: tuple[float, float] = (100.0, 32768.0),
     dtype=None,
 ) -> Workload:
-    """A batch of `num` random valid workloads with `num_tasks` tasks each (leading axis `num`).
+    r"""A batch of `num` random valid workloads with `num_tasks` tasks each (leading axis `num`).
 
     `alpha`, `b`, `c` and `max_tokens` are log-uniform on their ranges, `t0` uniform, shares
     Dirichlet(1), `A` uniform on [0.05, 0.95] and `D` uniform on [0, 1 - A]. The arrival rate
-    is `load` (uniform) times the zero-token stability limit $1/\\sum_k \\pi_k t_{0k}$, so every
+    is `load` (uniform) times the zero-token stability limit $1/\sum_k \pi_k t_{0k}$, so every
     member is stable at zero tokens.
     """
     dtype = dtype or jnp.result_type(float)

@@ -11,9 +11,9 @@ __all__ = ["student_t_quantile"]
 
 @jax.jit
 def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
-    """Quantile of Student's t distribution with `df` degrees of freedom (for `0.5 <= p < 1`).
+    r"""Quantile of Student's t distribution with `df` degrees of freedom (for `0.5 <= p < 1`).
 
-    Bisection on the CDF $1 - \\tfrac12 I_{df/(df+t^2)}(df/2, 1/2)$ (regularised incomplete
+    Bisection on the CDF $1 - \tfrac12 I_{df/(df+t^2)}(df/2, 1/2)$ (regularised incomplete
     beta), in float64 if enabled, else float32; accurate to the dtype's precision.
     """
     p = jnp.asarray(p, jnp.result_type(float))

@@ -30,19 +30,19 @@ def _float_field(name: str):
 
 
 class Workload(eqx.Module):
-    """N task types served FIFO by one server (the queueing paper, Section II).
+    r"""N task types served FIFO by one server (the queueing paper, Section II).
 
     **Arguments** (per task, shape `(..., N)`):
 
     - `A`, `b`, `D`: accuracy curve $p_k(l) = A_k (1 - e^{-b_k l}) + D_k$, eq. (2).
     - `t0`, `c`: service time $t_k(l) = t_{0k} + c_k l$ in seconds, eq. (1).
-    - `share`: the probability $\\pi_k$ that a query is of type k (sums to 1).
+    - `share`: the probability $\pi_k$ that a query is of type k (sums to 1).
 
     **Arguments** (scalars, shape `(...)`):
 
-    - `arrival_rate`: Poisson arrival rate $\\lambda$ (queries per second).
+    - `arrival_rate`: Poisson arrival rate $\lambda$ (queries per second).
     - `alpha`: weight of mean accuracy against mean system time in J, eq. (7) (seconds).
-    - `max_tokens`: the architectural cap $l_{\\max}$.
+    - `max_tokens`: the architectural cap $l_{\max}$.
 
     `names` are static labels. Leading axes (`...`) make a batch of workloads for `vmap`.
     Values are not checked on construction (so that jit and vmap can build workloads);

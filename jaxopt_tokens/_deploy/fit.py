@@ -1,13 +1,13 @@
-"""Fitting the paper's accuracy and latency curves to measurements, with standard errors.
+r"""Fitting the paper's accuracy and latency curves to measurements, with standard errors.
 
 Accuracy, eq. (2): $p_k(l) = A_k (1 - e^{-b_k l}) + D_k$, fitted by maximum binomial
-likelihood under $A, D \\ge 0$, $A + D \\le 1$, $b > 0$. The solver is a projected
+likelihood under $A, D \ge 0$, $A + D \le 1$, $b > 0$. The solver is a projected
 Levenberg-Marquardt / Fisher-scoring loop of our own in JAX (vmapped over tasks) on
-$(A, \\log b, D)$, started from a variable-projection grid: for fixed $b$ the curve is linear
+$(A, \log b, D)$, started from a variable-projection grid: for fixed $b$ the curve is linear
 in $(A, D)$, so a weighted least-squares fit per grid value of $b$ gives the start.
-Standard errors are the inverse Fisher information $\\sum_j n_j \\nabla p_j \\nabla p_j^\\top /
+Standard errors are the inverse Fisher information $\sum_j n_j \nabla p_j \nabla p_j^\top /
 (p_j (1 - p_j))$ in $(A, b, D)$; a parameter held at a bound is fixed (reported with SE 0
-and `at_bound`). Goodness of fit: the binomial deviance against $\\chi^2$ with
+and `at_bound`). Goodness of fit: the binomial deviance against $\chi^2$ with
 (cells - free parameters) degrees of freedom.
 
 Latency, eq. (1): $t_k(l) = t_{0k} + c_k l$, weighted linear regression of the rows' mean
@@ -249,10 +249,10 @@ def _fit_one(l, y, n):
 
 
 def _accuracy_cov(theta, l, n):
-    """Covariance of (A, b, D): the inverse Fisher information on the face of active bounds.
+    r"""Covariance of (A, b, D): the inverse Fisher information on the face of active bounds.
 
     With projector $P$ onto the directions the active constraints leave free,
-    $\\Sigma = P (P F P + I - P)^{-1} P$ (the inverse on that subspace, zero across it).
+    $\Sigma = P (P F P + I - P)^{-1} P$ (the inverse on that subspace, zero across it).
     """
     A, u, D = theta
     nat = jnp.stack([A, jnp.exp(u), D])
@@ -495,11 +495,11 @@ def fit(
 
 
 def budget_uncertainty(result: FitResult, method: str = "default") -> tuple[np.ndarray, np.ndarray]:
-    """Optimal budgets of the fitted workload and their delta-method standard errors.
+    r"""Optimal budgets of the fitted workload and their delta-method standard errors.
 
-    $\\mathrm{Var}(l^*_j) \\approx \\sum_k g_{jk}^\\top \\Sigma_k g_{jk}$ with $g_{jk}$ the
+    $\mathrm{Var}(l^*_j) \approx \sum_k g_{jk}^\top \Sigma_k g_{jk}$ with $g_{jk}$ the
     derivative of $l^*_j$ with respect to task k's $(A, b, D, t_0, c)$ (implicit
-    differentiation through the solver) and $\\Sigma_k$ the fit covariance.
+    differentiation through the solver) and $\Sigma_k$ the fit covariance.
     """
 
     with jax.enable_x64(True):

@@ -1,20 +1,20 @@
-"""Latency models of the single server beyond the paper's FIFO M/G/1 with deterministic service.
+r"""Latency models of the single server beyond the paper's FIFO M/G/1 with deterministic service.
 
 The paper's objective (7) charges the mean system time of a FIFO M/G/1 queue whose service
 time for type k is exactly $t_k(l_k)$ (eqs. (3)-(6)). The models here keep the Poisson
-arrivals and the accuracy term and change the latency term $E[T] = \\sum_k \\pi_k E[T_k]$:
+arrivals and the accuracy term and change the latency term $E[T] = \sum_k \pi_k E[T_k]$:
 
 - `FIFO(service_cv)`: random service times with coefficient of variation $cv_k$ per type,
-  $\\mathrm{var}_k = (cv_k t_k)^2$, so $E[S^2] = \\sum_k \\pi_k t_k^2 (1 + cv_k^2)$ in the
+  $\mathrm{var}_k = (cv_k t_k)^2$, so $E[S^2] = \sum_k \pi_k t_k^2 (1 + cv_k^2)$ in the
   Pollaczek-Khinchine mean wait (5); `cv = 0` is the paper's model.
 - `Priority(order, service_cv)`: non-preemptive priority by task type (Cobham's formula):
-  with $\\sigma_j$ the load of the classes served before or with class j,
-  $E[W_j] = W_0 / ((1 - \\sigma_{j-1})(1 - \\sigma_j))$, $W_0 = \\lambda E[S^2] / 2$.
+  with $\sigma_j$ the load of the classes served before or with class j,
+  $E[W_j] = W_0 / ((1 - \sigma_{j-1})(1 - \sigma_j))$, $W_0 = \lambda E[S^2] / 2$.
 - `ProcessorSharing()`: the server splits its rate equally among the queries present;
-  $E[T_k] = t_k / (1 - \\rho)$ (insensitive to the service-time distribution).
+  $E[T_k] = t_k / (1 - \rho)$ (insensitive to the service-time distribution).
 
 Each model gives per-type mean system times `system_times(tokens, w)`; `objective` is
-$\\alpha \\sum_k \\pi_k p_k(l_k) - \\sum_k \\pi_k E[T_k]$, and `solve_latency` maximises it by
+$\alpha \sum_k \pi_k p_k(l_k) - \sum_k \pi_k E[T_k]$, and `solve_latency` maximises it by
 spectral projected gradient (J need not be concave under priority). `simulate(...,
 discipline=...)` simulates each model; the tests check the formulas against it.
 Docs: *Latency models*.
@@ -73,7 +73,7 @@ class LatencyModel(eqx.Module):
         return jnp.max(jnp.where(blocked, 0, rel))
 
     def mean_system_time(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-        """$\\sum_k \\pi_k E[T_k]$; `+inf` when the queue is unstable."""
+        r"""$\sum_k \pi_k E[T_k]$; `+inf` when the queue is unstable."""
         return jnp.sum(w.share * self.system_times(tokens, w), axis=-1)
 
 
@@ -135,7 +135,7 @@ class Priority(LatencyModel):
 
 
 class ProcessorSharing(LatencyModel):
-    """Egalitarian processor sharing: $E[T_k] = t_k / (1 - \\rho)$ (M/G/1-PS)."""
+    r"""Egalitarian processor sharing: $E[T_k] = t_k / (1 - \rho)$ (M/G/1-PS)."""
 
     def system_times(self, tokens, w):
         t, rho_k, _ = _moments(tokens, w, 0.0)
@@ -147,7 +147,7 @@ class ProcessorSharing(LatencyModel):
 def latency_objective(
     tokens: Float[Array, "*b n"], w: Workload, model: LatencyModel
 ) -> Float[Array, "*b"]:
-    """$J(l) = \\alpha \\sum_k \\pi_k p_k(l_k) - \\sum_k \\pi_k E[T_k](l)$ under `model` (eq. (7)
+    r"""$J(l) = \alpha \sum_k \pi_k p_k(l_k) - \sum_k \pi_k E[T_k](l)$ under `model` (eq. (7)
     generalised)."""
     return w.alpha * mean_accuracy(tokens, w) - model.mean_system_time(tokens, w)
 

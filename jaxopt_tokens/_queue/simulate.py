@@ -1,8 +1,8 @@
-"""A JAX discrete-event simulator of the M/G/1 server of the queueing paper (Section IV).
+r"""A JAX discrete-event simulator of the M/G/1 server of the queueing paper (Section IV).
 
-FIFO waiting times come from the Lindley recursion $W_{n+1} = \\max(0, W_n + S_n - \\tau_{n+1})$
+FIFO waiting times come from the Lindley recursion $W_{n+1} = \max(0, W_n + S_n - \tau_{n+1})$
 in its parallel form (docs: *Simulation*): with $C_1 = 0$ and
-$C_n = C_{n-1} + S_{n-1} - \\tau_n$, $W_n = C_n - \\min_{k \\le n} C_k$ -- a cumulative sum and a
+$C_n = C_{n-1} + S_{n-1} - \tau_n$, $W_n = C_n - \min_{k \le n} C_k$ -- a cumulative sum and a
 cumulative minimum, so a whole stream is a handful of vector operations and many policies and
 replications run in one `vmap`.
 
@@ -10,8 +10,8 @@ Randomness: each replication `r` uses `fold_in(key, r)`, split into separate str
 arrival gaps, the task types, the service-time noise and the per-query correctness draws.
 Every policy in one call sees the *same* streams (common random numbers), so differences
 between policies are not blurred by sampling noise. A policy changes the service time
-$S_i = t_{k_i}(l_{k_i}) \\cdot m_i$ (eq. (1) times a mean-one noise factor $m_i$, 1 when
-`service_cv=0` as in the paper) and the correctness $\\mathbb{1}[u_i < p_{k_i}(l_{k_i})]$.
+$S_i = t_{k_i}(l_{k_i}) \cdot m_i$ (eq. (1) times a mean-one noise factor $m_i$, 1 when
+`service_cv=0` as in the paper) and the correctness $\mathbb{1}[u_i < p_{k_i}(l_{k_i})]$.
 
 Statistics per replication drop the first `warmup` queries (the queue starts empty);
 confidence intervals come from the independent replications (Student t).
@@ -101,7 +101,7 @@ def sample_stream(
     service_cv: ArrayLike = 0.0,
     noise: NoiseKind = "lognormal",
 ) -> Stream:
-    """Draw one replication's arrivals (Poisson, rate $\\lambda$), types (shares $\\pi$), noise.
+    r"""Draw one replication's arrivals (Poisson, rate $\lambda$), types (shares $\pi$), noise.
 
     `service_cv` is a scalar or one value per task type: the coefficient of variation of the
     service time of that type (0 gives the paper's deterministic $t_k(l_k)$).
@@ -122,11 +122,11 @@ def sample_stream(
 def lindley_waits(
     gaps: Float[Array, "*b q"], service: Float[Array, "*b q"]
 ) -> Float[Array, "*b q"]:
-    """FIFO waiting times of a stream, the parallel Lindley form (cumsum and cummin).
+    r"""FIFO waiting times of a stream, the parallel Lindley form (cumsum and cummin).
 
     `gaps[..., i]` is the time from arrival i-1 to arrival i (`gaps[..., 0]` is ignored: the
     first query finds the server idle) and `service[..., i]` the service time of query i.
-    Equal to the recursion $W_{i} = \\max(0, W_{i-1} + S_{i-1} - \\tau_i)$ up to roundoff in the
+    Equal to the recursion $W_{i} = \max(0, W_{i-1} + S_{i-1} - \tau_i)$ up to roundoff in the
     running sum (relative to the total simulated time).
     """
     step = service[..., :-1] - gaps[..., 1:]
@@ -144,13 +144,13 @@ class SimulationStatus(StatusEnum):
 
 
 class SimulationResult(HasStatus):
-    """Per-replication statistics of simulated policies, with the PK predictions beside them.
+    r"""Per-replication statistics of simulated policies, with the PK predictions beside them.
 
     Every array field has shape `(*policies, replications)`: means over the measured queries
     (after warm-up) of the waiting time `wait` and system time `system_time` (wait plus
     service), their quantiles `wait_p50/p95/p99` and `system_time_p50/p95/p99`, the busy
     fraction `utilization`, the fraction of queries answered correctly `accuracy` and the
-    realised objective `objective` $= \\alpha \\cdot$ accuracy $-$ mean system time (eq. (7)).
+    realised objective `objective` $= \alpha \cdot$ accuracy $-$ mean system time (eq. (7)).
     `system_time_by_task` (shape `(*policies, replications, N)`) is the mean system time of
     each task type. `predicted_*` (shape `(*policies,)`, by task `(*policies, N)`) are the
     latency model's values, eqs. (4)-(7) for FIFO, including the service-time variance the

@@ -1,27 +1,27 @@
-"""The default solver: a damped Newton method on the two aggregate prices.
+r"""The default solver: a damped Newton method on the two aggregate prices.
 
 The KKT conditions (17) couple the tasks only through $(E[S], E[S^2])$. Write
-$d = 1 - \\lambda E[S]$ and $y = \\lambda E[S^2] / (2 d^2)$; the marginal latency cost of
-task k is then $c_k (v + u t_k)$ with $u = \\lambda/d$ and $v = 1 + \\lambda y$ (eq. (10)).
+$d = 1 - \lambda E[S]$ and $y = \lambda E[S^2] / (2 d^2)$; the marginal latency cost of
+task k is then $c_k (v + u t_k)$ with $u = \lambda/d$ and $v = 1 + \lambda y$ (eq. (10)).
 Given $(d, y)$ every budget is closed-form, eqs. (19)-(23):
 
-$$l_k(d, y) = \\mathrm{clip}\\big(\\log(q_k/\\omega(x_k)) / b_k,\\ 0,\\ l_{\\max}\\big),\\quad
-q_k = \\frac{\\alpha A_k b_k^2}{u c_k^2},\\quad x_k = \\log q_k + \\frac{b_k (v + u t_{0k})}{u
+$$l_k(d, y) = \mathrm{clip}\big(\log(q_k/\omega(x_k)) / b_k,\ 0,\ l_{\max}\big),\quad
+q_k = \frac{\alpha A_k b_k^2}{u c_k^2},\quad x_k = \log q_k + \frac{b_k (v + u t_{0k})}{u
 c_k},$$
 
-with $\\omega$ the Wright omega function. This is eq. (22) rewritten with
-$W(e^x) = \\omega(x)$ and the identity $\\omega + \\log\\omega = x$, which removes the
+with $\omega$ the Wright omega function. This is eq. (22) rewritten with
+$W(e^x) = \omega(x)$ and the identity $\omega + \log\omega = x$, which removes the
 cancellation between $W/b_k$ and $K_k$ (docs: *Solvers*) and the overflow of $e^{-b_k K_k}$.
-The same identity gives $l_k = (\\omega(x_k) - \\beta_k)/b_k$ with $x_k = \\log q_k + \\beta_k$;
+The same identity gives $l_k = (\omega(x_k) - \beta_k)/b_k$ with $x_k = \log q_k + \beta_k$;
 each budget is taken from whichever form has the smaller operands.
 
 What is left is a system of two equations in $(d, y)$,
-$e_1 = 1 - \\lambda E[S](l) - d = 0$ and $e_2 = \\lambda E[S^2](l)/(2d^2) - y = 0$.
+$e_1 = 1 - \lambda E[S](l) - d = 0$ and $e_2 = \lambda E[S^2](l)/(2d^2) - y = 0$.
 It is the gradient of the Lagrangian dual of (9) after introducing $d$ as a variable: convex
 in $y$, concave in $d$, so its Jacobian is never singular. Newton's method on it, damped by
-a backtracking search on $\\|e\\|^2$ and kept inside $d > 0$, $y \\ge 0$, converges from
+a backtracking search on $\|e\|^2$ and kept inside $d > 0$, $y \ge 0$, converges from
 the zero-token prices in a handful of iterations whatever N is. Each iteration costs N
-evaluations of $\\omega$ and O(N) arithmetic; the stopping test is the projected KKT
+evaluations of $\omega$ and O(N) arithmetic; the stopping test is the projected KKT
 residual of the budgets themselves (`kkt_residual`).
 """
 
@@ -67,10 +67,10 @@ def unclipped_budgets(d, y, w: Workload):
 
 
 def budgets_at_prices(d, y, w: Workload):
-    """Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
+    r"""Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
 
-    `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\\partial l_k/\\partial v = -g_k$,
-    $\\partial l_k/\\partial u = -t_k g_k$ for a free budget.
+    `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\partial l_k/\partial v = -g_k$,
+    $\partial l_k/\partial u = -t_k g_k$ for a free budget.
     """
     raw = unclipped_budgets(d, y, w)
     has_gain = w.A > 0
@@ -147,13 +147,13 @@ class _State(eqx.Module):
 
 
 class AggregateNewton(AbstractSolver):
-    """Bracketed Newton on the aggregate prices $(d, y)$ (the default solver).
+    r"""Bracketed Newton on the aggregate prices $(d, y)$ (the default solver).
 
-    For fixed $y$, $e_1(d)$ is strictly decreasing on $(0, 1-\\rho_0]$ with $e_1(0^+) > 0 \\ge
-    e_1(1-\\rho_0)$, so its root $d(y)$ is bracketed and every iterate is a *stable* allocation.
-    The reduced equation $\\phi(y) = e_2(d(y), y) = 0$ is strictly decreasing in $y$ (its
+    For fixed $y$, $e_1(d)$ is strictly decreasing on $(0, 1-\rho_0]$ with $e_1(0^+) > 0 \ge
+    e_1(1-\rho_0)$, so its root $d(y)$ is bracketed and every iterate is a *stable* allocation.
+    The reduced equation $\phi(y) = e_2(d(y), y) = 0$ is strictly decreasing in $y$ (its
     derivative is the Schur complement $j_{22} - j_{21}j_{12}/j_{11} < 0$ of the 2x2 Jacobian),
-    with $\\phi(0) \\ge 0$. Both 1-D equations are solved by Newton's method safeguarded by
+    with $\phi(0) \ge 0$. Both 1-D equations are solved by Newton's method safeguarded by
     bisection of a bracket that only shrinks, so the method converges on every instance that is
     stable at zero tokens, and quadratically near the solution.
 

@@ -1,13 +1,13 @@
-"""The paper's projected fixed-point iteration (24), evaluated in log space.
+r"""The paper's projected fixed-point iteration (24), evaluated in log space.
 
-$l^{(n+1)} = \\mathrm{clip}(\\hat l(l^{(n)}), 0, l_{\\max})$ with $\\hat l$ from eq. (22). The map
+$l^{(n+1)} = \mathrm{clip}(\hat l(l^{(n)}), 0, l_{\max})$ with $\hat l$ from eq. (22). The map
 depends on $l$ only through $(E[S], E[S^2])$, so each step evaluates the closed form of
 `budgets_at_prices` at the prices of the current iterate (no overflow of $e^{-b_k K_k}$).
 
 Offered to reproduce and diagnose the paper's method, not as a default: from $l = 0$ an
 iterate can leave the stability region, where the map is undefined. The solver then stops
-with status `NOT_CONTRACTIVE`. `stats` reports Lemma 2's constant $L_\\infty$ (26) on
-$[0, l_{\\max}]^N$ and on the provable box, and whether either guarantees contraction.
+with status `NOT_CONTRACTIVE`. `stats` reports Lemma 2's constant $L_\infty$ (26) on
+$[0, l_{\max}]^N$ and on the provable box, and whether either guarantees contraction.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class ProjectedGradient(AbstractSolver):
         return self.model.residual(tokens, self._upper(w), w)
 
     def _first_step(self, w):
-        """`(eta0, has_L)`: the fixed step $\\eta$ of (38) and whether $L_J$ exists."""
+        r"""`(eta0, has_L)`: the fixed step $\eta$ of (38) and whether $L_J$ exists."""
         if self.model is not None:
             return jnp.ones((), w.dtype), jnp.bool_(True)
         L_J = gradient_lipschitz(w, self._upper(w))

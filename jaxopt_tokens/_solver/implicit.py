@@ -1,14 +1,14 @@
-"""Implicit differentiation of the optimal budgets through the KKT conditions of (9).
+r"""Implicit differentiation of the optimal budgets through the KKT conditions of (9).
 
-At $l^*$ every free budget ($0 < l_k < l_{\\max}$) satisfies eq. (17) with zero multipliers,
+At $l^*$ every free budget ($0 < l_k < l_{\max}$) satisfies eq. (17) with zero multipliers,
 
-$$G_k(l, \\theta) = \\alpha A_k b_k e^{-b_k l_k} - c_k\\,(v(l) + u(l)\\, t_k(l_k)) = 0,\\qquad
-u = \\frac{\\lambda}{1-\\lambda E[S]},\\ v = 1 + \\tfrac12 u^2 E[S^2],$$
+$$G_k(l, \theta) = \alpha A_k b_k e^{-b_k l_k} - c_k\,(v(l) + u(l)\, t_k(l_k)) = 0,\qquad
+u = \frac{\lambda}{1-\lambda E[S]},\ v = 1 + \tfrac12 u^2 E[S^2],$$
 
-a budget held at 0 stays there, and one held at $l_{\\max}$ moves with $l_{\\max}$. Differentiating,
-$\\partial_l G\\, \\dot l = -\\partial_\\theta G\\, \\dot\\theta$. The Jacobian $\\partial_l G$ is
+a budget held at 0 stays there, and one held at $l_{\max}$ moves with $l_{\max}$. Differentiating,
+$\partial_l G\, \dot l = -\partial_\theta G\, \dot\theta$. The Jacobian $\partial_l G$ is
 diagonal plus rank two (the tasks couple only through $u$ and $v$), so the Woodbury identity solves
-it in O(N). The tangent is linear in $\\dot\\theta$, so JAX transposes it for reverse mode: `grad`,
+it in O(N). The tangent is linear in $\dot\theta$, so JAX transposes it for reverse mode: `grad`,
 `jacfwd` and `jacrev` all work, under `jit` and `vmap`, and nothing is unrolled.
 """
 
@@ -37,7 +37,7 @@ def _kkt(tokens, w):
 
 
 def _tangent(w: Workload, tokens, ok, w_dot: Workload):
-    """$\\dot l$ for one (unbatched) workload; zero for members that did not converge."""
+    r"""$\dot l$ for one (unbatched) workload; zero for members that did not converge."""
     free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
     capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
     l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
@@ -85,8 +85,8 @@ def attach_implicit_gradient(
 
 
 def _model_tangent(model, w: Workload, tokens, ok, w_dot: Workload):
-    """$\\dot l$ for a latency model: the dense Newton system of $\\nabla_l J = 0$ on the free
-    budgets (N is small); budgets at 0 stay, budgets at $l_{\\max}$ follow it."""
+    r"""$\dot l$ for a latency model: the dense Newton system of $\nabla_l J = 0$ on the free
+    budgets (N is small); budgets at 0 stay, budgets at $l_{\max}$ follow it."""
     grad = jax.grad(model.objective)
     free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
     capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)

@@ -1,14 +1,14 @@
-"""A router trained through the solver: decision-focused learning of accuracy curves.
+r"""A router trained through the solver: decision-focused learning of accuracy curves.
 
 A model maps each task type's features to its accuracy curve $(A_k, b_k)$ (eq. 2); the
 differentiable `solve` turns the predicted workload into budgets; training maximises the
 *realised* objective J of those budgets under the true curves. The baseline fits the same model
-to noisy measurements of $(A_k, \\log b_k)$ by mean squared error and then solves (two-stage).
+to noisy measurements of $(A_k, \log b_k)$ by mean squared error and then solves (two-stage).
 
 Exact implicit gradients vanish for budgets held at a bound, which can starve training. With
 `temperature > 0` the training loss uses smoothed budgets instead: the unclipped closed form of
 eq. (22) at the optimal prices, passed through a softplus box
-$l = \\tau\\,\\mathrm{softplus}(\\hat l/\\tau)$ (then capped the same way at $l_{\\max}$), which
+$l = \tau\,\mathrm{softplus}(\hat l/\tau)$ (then capped the same way at $l_{\max}$), which
 equals
 the exact budget away from the bounds and keeps a gradient at them. Evaluation always uses the
 exact budgets.
@@ -46,10 +46,10 @@ class TaskPool(eqx.Module):
 def synthetic_task_pool(
     key: PRNGKeyArray, num_types: int = 60, num_features: int = 4, noise: float = 0.15, dtype=None
 ) -> TaskPool:
-    """Synthetic task types whose true curves depend non-linearly on their features.
+    r"""Synthetic task types whose true curves depend non-linearly on their features.
 
-    $A = (1 - D)\\,\\sigma(x^\\top a + \\sin(2 x^\\top a'))$, $\\log b = \\log 10^{-3} + x^\\top v +
-    0.5 (x^\\top v')^2$, latency parameters like Table I's; the baseline sees $A$ and $\\log b$ with
+    $A = (1 - D)\,\sigma(x^\top a + \sin(2 x^\top a'))$, $\log b = \log 10^{-3} + x^\top v +
+    0.5 (x^\top v')^2$, latency parameters like Table I's; the baseline sees $A$ and $\log b$ with
     Gaussian noise of scale `noise`. A linear model cannot represent these curves exactly, which is
     the regime where fitting for decisions and fitting for accuracy of the parameters differ.
     """
@@ -158,11 +158,11 @@ def train_router(
     temperature: float = 0.0,
     **operating_point,
 ):
-    """Train `model` on the task types `train_types`; returns (model, loss history).
+    r"""Train `model` on the task types `train_types`; returns (model, loss history).
 
-    Decision-focused: minimise $-J_{\\rm true}$ of the solved budgets over random workloads of
+    Decision-focused: minimise $-J_{\rm true}$ of the solved budgets over random workloads of
     `tasks_per_workload` training types. Two-stage: minimise the squared error of
-    $(A, \\log b)$ against the noisy observations.
+    $(A, \log b)$ against the noisy observations.
     """
     opt = optax.adam(learning_rate)
     params, static = eqx.partition(model, eqx.is_inexact_array)

@@ -1,10 +1,10 @@
-"""Tuning workload parameters by gradient through the solver.
+r"""Tuning workload parameters by gradient through the solver.
 
 - `tune_alpha`: the accuracy weight alpha whose optimal allocation has mean system time
-  $E[T] = \\tau$. Because J is the Lagrangian of "maximise mean accuracy subject to
-  $E[T] \\le \\tau$" with multiplier $1/\\alpha$, that allocation is the most accurate one
-  meeting the latency SLO. $E[T](l^*(\\alpha))$ is non-decreasing in alpha; it is solved by
-  Newton's method in $\\log\\alpha$ with the implicit derivative (docs: *Tuning*), safeguarded by
+  $E[T] = \tau$. Because J is the Lagrangian of "maximise mean accuracy subject to
+  $E[T] \le \tau$" with multiplier $1/\alpha$, that allocation is the most accurate one
+  meeting the latency SLO. $E[T](l^*(\alpha))$ is non-decreasing in alpha; it is solved by
+  Newton's method in $\log\alpha$ with the implicit derivative (docs: *Tuning*), safeguarded by
   a bracket.
 - `tune`: any differentiable outer loss of (solution, workload) minimised over chosen fields
   with an optax optimizer, in a `lax.scan`, so it `vmap`s over targets.

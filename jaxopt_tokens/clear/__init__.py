@@ -1,7 +1,7 @@
-"""CLEAR: one global token budget shared by a batch of queries, by a market-clearing price.
+r"""CLEAR: one global token budget shared by a batch of queries, by a market-clearing price.
 
 Each query gets the budget that maximises its shifted-surge utility net of a shadow price
-$\\mu$; $\\mu$ clears the market so the batch spends exactly the budget (the CLEAR paper,
+$\mu$; $\mu$ clears the market so the batch spends exactly the budget (the CLEAR paper,
 Algorithm 1). `allocate` is the allocator (jit/vmap-safe, a status per member, implicit
 gradients); the baselines, the exact dynamic program and the stream harness that reproduces
 the paper's evaluation are beside it. Docs: *CLEAR*.

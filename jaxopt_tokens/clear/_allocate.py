@@ -1,57 +1,57 @@
-"""CLEAR: one global token budget shared by a batch of queries, cleared by a shadow price.
+r"""CLEAR: one global token budget shared by a batch of queries, cleared by a shadow price.
 
 docs: *CLEAR* and the CLEAR paper ("The Shadow Price of Reasoning", Algorithm 1, eqs. 1-16).
-Query $i$ has a threshold $\\tau_i$ (predicted minimum useful length) and the shifted-surge
-utility $U_i(x) = v (x-\\tau_i) e^{-\\beta (x-\\tau_i)}$ for $x \\ge \\tau_i$, else 0. With shadow
-price $\\mu$ the surge-branch optimum is
+Query $i$ has a threshold $\tau_i$ (predicted minimum useful length) and the shifted-surge
+utility $U_i(x) = v (x-\tau_i) e^{-\beta (x-\tau_i)}$ for $x \ge \tau_i$, else 0. With shadow
+price $\mu$ the surge-branch optimum is
 
-$$x_i(\\mu) = \\tau_i + \\frac{1 - W(e\\mu/v)}{\\beta}, \\qquad 0 \\le \\mu \\le v,$$
+$$x_i(\mu) = \tau_i + \frac{1 - W(e\mu/v)}{\beta}, \qquad 0 \le \mu \le v,$$
 
 (principal Lambert W, our own `lambertw`), kept only while its net surplus
-$U_i(x_i) - \\mu x_i$ is positive (*rational abandonment*); then capped at `query_cap`.
-Writing $w = W(e\\mu/v)$ the surplus is $\\mu\\,((1-w)^2/(\\beta w) - \\tau_i)$, so the admission
-test is the closed form $\\beta\\tau_i w < (1-w)^2$: at any price the admitted queries are the
-ones with the smallest thresholds. W depends on $\\mu$ only (one scalar per price), so a
+$U_i(x_i) - \mu x_i$ is positive (*rational abandonment*); then capped at `query_cap`.
+Writing $w = W(e\mu/v)$ the surplus is $\mu\,((1-w)^2/(\beta w) - \tau_i)$, so the admission
+test is the closed form $\beta\tau_i w < (1-w)^2$: at any price the admitted queries are the
+ones with the smallest thresholds. W depends on $\mu$ only (one scalar per price), so a
 bisection step costs a few elementwise operations per query.
 
 Clearing, in two stages (fixed iteration counts, `lax.fori_loop`, no host round trips):
 
-1. Bisection on $\\mu \\in [0, v]$ for the demand $D(\\mu) = \\sum_i x_i(\\mu)$ with
-   abandonment, keeping the feasible end ($D \\le B$). This fixes the admitted set $A$.
-   $D$ jumps down where a query is abandoned, so $D(\\mu_1)$ can fall short of $B$ by up to
+1. Bisection on $\mu \in [0, v]$ for the demand $D(\mu) = \sum_i x_i(\mu)$ with
+   abandonment, keeping the feasible end ($D \le B$). This fixes the admitted set $A$.
+   $D$ jumps down where a query is abandoned, so $D(\mu_1)$ can fall short of $B$ by up to
    one query's allocation.
-2. Bisection on $\\mu \\in [0, \\mu_1]$ for
-   $D_A(\\mu) = \\sum_{i \\in A} \\min(x_i(\\mu), x_{\\max})$
+2. Bisection on $\mu \in [0, \mu_1]$ for
+   $D_A(\mu) = \sum_{i \in A} \min(x_i(\mu), x_{\max})$
    with $A$ frozen. $D_A$ is continuous, so the leftover goes to the admitted queries at
    the price that clears the budget exactly.
-3. If even $\\mu = 0$ leaves a remainder $r = B - D_A(0) > 0$ (every admitted query at its
-   peak $\\tau_i + 1/\\beta$ or cap), the cheapest abandoned query $j$ receives
-   $\\min(r, \\tau_j + 1/\\beta, x_{\\max})$ tokens when $r > \\tau_j$ (it then has positive
+3. If even $\mu = 0$ leaves a remainder $r = B - D_A(0) > 0$ (every admitted query at its
+   peak $\tau_i + 1/\beta$ or cap), the cheapest abandoned query $j$ receives
+   $\min(r, \tau_j + 1/\beta, x_{\max})$ tokens when $r > \tau_j$ (it then has positive
    utility).
 
-What holds (tested): total $\\le B$ always; total $= B$ up to rounding whenever status is
+What holds (tested): total $\le B$ always; total $= B$ up to rounding whenever status is
 `CLEARED` (0); status `SLACK` (1) means every query is admitted at its peak or cap and still
-fits ($D(0) \\le B$); status `INDIVISIBLE` (3) means every admitted query sits at its peak
-$\\tau_i + 1/\\beta$ (or cap) and the remainder is at most the threshold of the cheapest abandoned
+fits ($D(0) \le B$); status `INDIVISIBLE` (3) means every admitted query sits at its peak
+$\tau_i + 1/\beta$ (or cap) and the remainder is at most the threshold of the cheapest abandoned
 query (or that query's cap is below its threshold), so no query gains utility from it (it is
-common at scarce budgets when thresholds are spread wide compared to $1/\\beta$; pass
+common at scarce budgets when thresholds are spread wide compared to $1/\beta$; pass
 `spread_remainder=True` to hand it to the admitted queries anyway); `INVALID` (2)
 flags bad input. Total tokens are non-decreasing in the budget and the allocation is
 permutation equivariant.
 
 Adaptive decay (the paper's eq. 16 was lost in extraction; this is our explicit choice):
-$1/\\beta = \\max(B/n - \\bar\\tau,\\; s\\,\\bar\\tau,\\; 1)$ tokens, $s$ = `min_scale`. When the
-first term wins, $D(0) = \\sum_i \\tau_i + n/\\beta = B$: the budget surplus per query is spread
-as an equal allowance above each threshold at $\\mu = 0$. When budget is scarce, the floor
-$s\\bar\\tau$ keeps a margin above the threshold (a strict, high $\\beta$, as the paper's
+$1/\beta = \max(B/n - \bar\tau,\; s\,\bar\tau,\; 1)$ tokens, $s$ = `min_scale`. When the
+first term wins, $D(0) = \sum_i \tau_i + n/\beta = B$: the budget surplus per query is spread
+as an equal allowance above each threshold at $\mu = 0$. When budget is scarce, the floor
+$s\bar\tau$ keeps a margin above the threshold (a strict, high $\beta$, as the paper's
 sensitivity study recommends at low budgets) and the price rises to abandon the hardest queries.
-Allocations scale with $(\\tau, B)$ and do not depend on $v$ (only $\\mu/v$ enters).
+Allocations scale with $(\tau, B)$ and do not depend on $v$ (only $\mu/v$ enters).
 
 Gradients w.r.t. thresholds, budget, velocity and decay come from implicit differentiation of
-the clearing condition $D_A(\\mu) = B$ (the bisection itself carries none): the returned price
-is $\\mu^* - (g(\\mu^*,\\theta) - \\mathrm{sg}[g])/\\mathrm{sg}[\\partial_\\mu g]$, whose
+the clearing condition $D_A(\mu) = B$ (the bisection itself carries none): the returned price
+is $\mu^* - (g(\mu^*,\theta) - \mathrm{sg}[g])/\mathrm{sg}[\partial_\mu g]$, whose
 derivative is
-$-\\partial_\\theta g / \\partial_\\mu g$ with the admitted set held fixed (piecewise, away from
+$-\partial_\theta g / \partial_\mu g$ with the admitted set held fixed (piecewise, away from
 abandonment kinks and caps).
 """
 
@@ -111,7 +111,7 @@ class Allocation(HasStatus):
 def surge_utility(
     x: ArrayLike, thresholds: ArrayLike, beta: ArrayLike, velocity: ArrayLike = 1.0
 ) -> Array:
-    """Shifted-surge utility $U(x) = v (x-\\tau) e^{-\\beta(x-\\tau)}$ for $x \\ge \\tau$, else 0
+    r"""Shifted-surge utility $U(x) = v (x-\tau) e^{-\beta(x-\tau)}$ for $x \ge \tau$, else 0
     (eq. 1)."""
     x, tau = jnp.asarray(x), jnp.asarray(thresholds)
     z = jnp.maximum(x - tau, 0.0)
@@ -123,7 +123,7 @@ def adaptive_inverse_decay(
     budget: Float[ArrayLike, " *batch"],
     min_scale: float = 0.25,
 ) -> Float[Array, " *batch"]:
-    """$1/\\beta = \\max(B/n - \\bar\\tau, s\\bar\\tau, 1)$: the adaptive decay length (module
+    r"""$1/\beta = \max(B/n - \bar\tau, s\bar\tau, 1)$: the adaptive decay length (module
     docstring)."""
     tau = jnp.asarray(thresholds)
     mean_tau = jnp.mean(tau, axis=-1)
@@ -332,18 +332,18 @@ def allocate(
     min_scale: float = 0.25,
     spread_remainder: bool = False,
 ) -> Allocation:
-    """Split a global token budget over a batch of queries by the CLEAR shadow price.
+    r"""Split a global token budget over a batch of queries by the CLEAR shadow price.
 
     docs: *CLEAR*; the CLEAR paper's Algorithm 1 with the two-stage clearing and the
     explicit adaptive decay described in this module's docstring.
 
     Args:
-        thresholds: predicted thresholds $\\tau_i \\ge 0$ (tokens), shape `(..., n)`.
-        budget: total token budget $B \\ge 0$ per batch member, shape broadcasting with `(...)`.
+        thresholds: predicted thresholds $\tau_i \ge 0$ (tokens), shape `(..., n)`.
+        budget: total token budget $B \ge 0$ per batch member, shape broadcasting with `(...)`.
         velocity: initial velocity $v > 0$ (the reservation price; allocations do not depend on it).
-        decay: `"adaptive"` for $1/\\beta = \\max(B/n - \\bar\\tau, s\\bar\\tau, 1)$ with
-            $s$ = `min_scale`, or a fixed $\\beta > 0$ (per token).
-        query_cap: per-query cap $x_{\\max}$ (scalar or `(..., n)`); `None` for no cap.
+        decay: `"adaptive"` for $1/\beta = \max(B/n - \bar\tau, s\bar\tau, 1)$ with
+            $s$ = `min_scale`, or a fixed $\beta > 0$ (per token).
+        query_cap: per-query cap $x_{\max}$ (scalar or `(..., n)`); `None` for no cap.
         iterations: bisection steps per stage (60 reach float64 resolution of the price).
         min_scale: floor of the adaptive decay length, as a fraction of the mean threshold.
         spread_remainder: if True, a remainder that no query can use under the utility model

@@ -1,24 +1,24 @@
-"""Baseline allocations the CLEAR paper compares (Appendix A.2), and an exact integer optimum.
+r"""Baseline allocations the CLEAR paper compares (Appendix A.2), and an exact integer optimum.
 
 Every baseline maps `(thresholds, budget, ...)` to an allocation array of shape `(n,)` with
 `sum <= budget` (docs: *CLEAR*). They are written with `jax.numpy` on one batch (`jit`-able,
 `vmap` them for batches):
 
 - `uniform_allocation`: $B/n$ each (A.2.1).
-- `predictor_allocation`: $B\\,\\tau_i/\\sum_j \\tau_j$, no abandonment (A.2.2).
-- `heuristic_allocation`: if $B/n < \\bar\\tau$ keep only the queries with $\\tau_i$ at or below
+- `predictor_allocation`: $B\,\tau_i/\sum_j \tau_j$, no abandonment (A.2.2).
+- `heuristic_allocation`: if $B/n < \bar\tau$ keep only the queries with $\tau_i$ at or below
   the median and share the budget among them with the affine rule (A.2.4).
-- `auction_allocation`: admit queries by increasing $\\tau$ while their thresholds fit in $B$,
+- `auction_allocation`: admit queries by increasing $\tau$ while their thresholds fit in $B$,
   then share with the affine rule (A.2.5).
 - `oracle_allocation`: true lengths $L_i$ of solvable queries, shortest first, exactly $L_i$
   each while the budget lasts (A.2.6).
 
 The affine rule (the paper's eq. 25 was lost in extraction; our choice): selected queries get
-$\\tau_i + s$ with $s = (B - \\sum_S \\tau)/|S|$ when $s \\ge 0$, else $\\tau_i B/\\sum_S\\tau$, so
+$\tau_i + s$ with $s = (B - \sum_S \tau)/|S|$ when $s \ge 0$, else $\tau_i B/\sum_S\tau$, so
 they use exactly $B$ (before caps).
 
 `exact_allocation` is an exact dynamic programme over whole tokens maximising the same surge
-utility $\\sum_i U_i(x_i)$, $\\sum_i x_i \\le B$, for small instances (NumPy, $O(n B^2)$): the
+utility $\sum_i U_i(x_i)$, $\sum_i x_i \le B$, for small instances (NumPy, $O(n B^2)$): the
 ground truth for the non-concave problem that the Lambert-W policy solves heuristically.
 """
 
@@ -94,7 +94,7 @@ def heuristic_allocation(
     *,
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
-    """CLEAR (Heuristic), A.2.4: when $B/n < \\bar\\tau$ drop the queries above the median
+    r"""CLEAR (Heuristic), A.2.4: when $B/n < \bar\tau$ drop the queries above the median
     threshold (the harder half); the rest share $B$ by the affine rule."""
     tau, b = _prep(thresholds, budget)
     scarce = b / tau.shape[-1] < jnp.mean(tau)
@@ -108,7 +108,7 @@ def auction_allocation(
     *,
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
-    """CLEAR (Auction), A.2.5: the longest prefix by increasing $\\tau$ whose thresholds fit in
+    r"""CLEAR (Auction), A.2.5: the longest prefix by increasing $\tau$ whose thresholds fit in
     $B$ is admitted; the survivors share $B$ by the affine rule."""
     tau, b = _prep(thresholds, budget)
     order = jnp.argsort(tau)
@@ -124,8 +124,8 @@ def oracle_allocation(
     solvable: Optional[Bool[ArrayLike, " n"]] = None,
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
-    """Oracle, A.2.6: exactly $L_i$ tokens to solvable queries, shortest first, while they fit
-    (and $L_i \\le$ `query_cap`). Uses ground truth, so it is an upper-bound reference."""
+    r"""Oracle, A.2.6: exactly $L_i$ tokens to solvable queries, shortest first, while they fit
+    (and $L_i \le$ `query_cap`). Uses ground truth, so it is an upper-bound reference."""
     length, b = _prep(true_lengths, budget)
     ok = jnp.ones(length.shape, bool) if solvable is None else jnp.asarray(solvable, bool)
     if query_cap is not None:
@@ -154,9 +154,9 @@ def exact_allocation(
     velocity: float = 1.0,
     query_cap: Optional[int] = None,
 ) -> tuple[np.ndarray, float]:
-    """Exact optimum over whole tokens of $\\sum_i U_i(x_i)$ s.t. $\\sum_i x_i \\le B$, $0 \\le x_i
-    \\le x_{\\max}$, by dynamic programming over the budget (NumPy, $O(n B^2)$ time, small
-    instances only: $B \\le 4000$; memory $O(B^2)$).
+    r"""Exact optimum over whole tokens of $\sum_i U_i(x_i)$ s.t. $\sum_i x_i \le B$, $0 \le x_i
+    \le x_{\max}$, by dynamic programming over the budget (NumPy, $O(n B^2)$ time, small
+    instances only: $B \le 4000$; memory $O(B^2)$).
 
     Returns `(tokens, utility)`: an optimal integer allocation and its total utility.
     """

@@ -1,4 +1,4 @@
-"""Evaluation harness for CLEAR: a synthetic oracle pool, four traffic streams, accuracy tables.
+r"""Evaluation harness for CLEAR: a synthetic oracle pool, four traffic streams, accuracy tables.
 
 Reproduces the *layout* of the CLEAR paper's Table 1 (accuracy per stream and per-query budget,
 gain of CLEAR vs Uniform) and its predictor-noise robustness study (Figure 11) on a synthetic
@@ -7,10 +7,10 @@ pool; docs: *CLEAR*. The numbers are not the paper's (its pool comes from real m
 The pool (`synthetic_pool`) follows the evaluation rows of the paper's Table 6 (Qwen2.5-Math-7B):
 one query per dataset item, with the dataset's pass@1 as the chance that the query is
 *solvable* and its average solution length as the mean of a log-normal true length
-$L \\sim \\mathrm{LogNormal}(\\log \\bar L - s^2/2, s)$ (clipped to [16, 8192], `length_sigma`
+$L \sim \mathrm{LogNormal}(\log \bar L - s^2/2, s)$ (clipped to [16, 8192], `length_sigma`
 $s = 0.6$). Tiers as in Table 6: MATH-500 is *moderate*, OlympiadBench and AMC-23 are *hard*,
 AIME 2024/2025 and Minerva are *very hard*. The predicted threshold is the true length with
-log-normal predictor noise, $\\tau = L e^{\\sigma\\varepsilon}$, $\\varepsilon \\sim N(0,1)$.
+log-normal predictor noise, $\tau = L e^{\sigma\varepsilon}$, $\varepsilon \sim N(0,1)$.
 
 Streams (`STREAMS`) draw `stream_size` queries (the paper uses 500) without replacement from the
 tiers with these shares (moderate, hard, very hard): Balanced (1/3, 1/3, 1/3), Mostly-Easy
@@ -88,7 +88,7 @@ class Pool:
         return Pool(self.threshold[idx], self.true_length[idx], self.solvable[idx], self.tier[idx])
 
     def with_noise(self, sigma: float, seed: int = 0) -> "Pool":
-        """Same queries, thresholds redrawn as $L e^{\\sigma \\varepsilon}$ (log-normal noise)."""
+        r"""Same queries, thresholds redrawn as $L e^{\sigma \varepsilon}$ (log-normal noise)."""
         eps = np.random.default_rng(seed).standard_normal(len(self))
         return dataclasses.replace(self, threshold=self.true_length * np.exp(sigma * eps))
 
@@ -298,8 +298,8 @@ def noise_robustness(
     stream_size: int = 500,
     policies: Sequence[str] = ("Uniform", "CLEAR"),
 ) -> dict:
-    """Accuracy (%) vs log-normal predictor noise $\\sigma$ (the paper's Figure 11): thresholds are
-    redrawn as $L e^{\\sigma\\varepsilon}$ for one stream. Returns `{policy: [acc per sigma]}`."""
+    r"""Accuracy (%) vs log-normal predictor noise $\sigma$ (the paper's Figure 11): thresholds are
+    redrawn as $L e^{\sigma\varepsilon}$ for one stream. Returns `{policy: [acc per sigma]}`."""
     pool = default_pool() if pool is None else pool
     base = sample_stream(pool, stream, stream_size, seed=seed)
     return {

@@ -1,20 +1,20 @@
-"""A synthetic strategy-selection benchmark with known ground truth (docs: *Strategy selection*).
+r"""A synthetic strategy-selection benchmark with known ground truth (docs: *Strategy selection*).
 
 Every query has a latent difficulty z; its single-sample success probability is
-$p(z) = \\sigma(1 - 2 z)$ and each strategy's true success probability is a closed form in p:
+$p(z) = \sigma(1 - 2 z)$ and each strategy's true success probability is a closed form in p:
 
 - greedy: $p$;
 - best-of-N with a verifier that finds a correct candidate, when there is one, with probability
   $v = 0.85$ (else picks at random): $v (1 - (1-p)^N) + (1 - v) p$;
 - majority vote over N samples:
-$P(\\mathrm{Bin}(N, p) > N/2) + \\tfrac12 P(\\mathrm{Bin}(N,p) = N/2)$
+$P(\mathrm{Bin}(N, p) > N/2) + \tfrac12 P(\mathrm{Bin}(N,p) = N/2)$
   (amplifies easy queries, hurts hard ones);
 - beam search of width w with a process reward model of quality $q = 0.9$ over $3w$ effective
   step-level candidates: $q (1 - (1-p)^{3w}) + (1 - q) p$.
 
-The probe sees only features: a noisy copy $z + \\sigma\\varepsilon$ mixed by a random rotation
+The probe sees only features: a noisy copy $z + \sigma\varepsilon$ mixed by a random rotation
 with nuisance coordinates, and learns from soft labels (success rates over a few samples).
-`frontier` compares, along a ray of prices $(\\lambda_T, \\lambda_L) = \\mu (1/T_0, w/L_0)$,
+`frontier` compares, along a ray of prices $(\lambda_T, \lambda_L) = \mu (1/T_0, w/L_0)$,
 the adaptive policy (probe + `select`), the oracle (true probabilities) and every static
 strategy: mean true accuracy, mean tokens, mean latency. These models and constants are
 synthetic, chosen for plausibility; they are not measurements.
@@ -103,8 +103,8 @@ def synthetic_queries(
     samples_per_label: int = 8,
     rotation_key: PRNGKeyArray | None = None,
 ) -> SyntheticQueries:
-    """Draw queries: $z \\sim N(0, 1.2^2)$, $p = \\sigma(1 - 2z)$, features = rotation of
-    $[z + \\sigma\\varepsilon, \\text{nuisance}]$, soft labels = success rate over
+    r"""Draw queries: $z \sim N(0, 1.2^2)$, $p = \sigma(1 - 2z)$, features = rotation of
+    $[z + \sigma\varepsilon, \text{nuisance}]$, soft labels = success rate over
     `samples_per_label` draws.
 
     Use the same `rotation_key` for train and test sets (the feature map must be shared).
@@ -144,10 +144,10 @@ def _synthetic_queries(
 
 
 class Frontier(eqx.Module):
-    """Accuracy/cost frontier along a ray of prices; all accuracies are true (ground-truth) means.
+    r"""Accuracy/cost frontier along a ray of prices; all accuracies are true (ground-truth) means.
 
     `cost` is the scalarised cost on the price ray, $T/T_0 + w L/L_0$, so that utility is
-    $a - \\mu \\cdot$ cost. Rows of the `adaptive_*`/`oracle_*` fields follow `mu`; `static_*`
+    $a - \mu \cdot$ cost. Rows of the `adaptive_*`/`oracle_*` fields follow `mu`; `static_*`
     follow the table's strategies (`names`).
     """
 
@@ -183,9 +183,9 @@ def frontier(
     mu: Float[Array, " p"],
     latency_weight: float = 1.0,
 ) -> Frontier:
-    """Evaluate adaptive (`probe_accuracy`), oracle (`queries.true_accuracy`) and static policies.
+    r"""Evaluate adaptive (`probe_accuracy`), oracle (`queries.true_accuracy`) and static policies.
 
-    Prices on the ray: $\\lambda_T = \\mu / T_0$, $\\lambda_L = \\mu w / L_0$ with $T_0$, $L_0$ the
+    Prices on the ray: $\lambda_T = \mu / T_0$, $\lambda_L = \mu w / L_0$ with $T_0$, $L_0$ the
     cheapest strategy's costs (so greedy costs $1 + w$ units).
     """
     mu = jnp.asarray(mu, table.token_cost.dtype)

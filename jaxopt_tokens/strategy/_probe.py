@@ -1,4 +1,4 @@
-"""The accuracy probe $a_s(x)$ of the strategy-selection paper (docs: *Strategy selection*).
+r"""The accuracy probe $a_s(x)$ of the strategy-selection paper (docs: *Strategy selection*).
 
 "Latency and Token-Aware Test-Time Compute" (arXiv:2509.09864, sec. 2.4 and appendix A.1)
 estimates, for query x and strategy s, the probability that s answers x correctly with a
@@ -6,7 +6,7 @@ small MLP on the query's features concatenated with the strategy's parameters
 (`[log2 N, one-hot(method)]`, see `Table.params`). It is trained with binary
 cross-entropy on *soft* labels (the empirical success rate of s on x over repeated samples)
 and then Platt-scaled: a scalar $(a, b)$ fitted on a held-out split so that
-$\\sigma(a z + b)$ of the MLP's logit $z$ minimises the log loss.
+$\sigma(a z + b)$ of the MLP's logit $z$ minimises the log loss.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def probe_log_loss(
 
 
 def _fit_platt(z: Float[Array, " m"], y: Float[Array, " m"], iterations: int = 50):
-    """Platt scaling: $\\min_{a,b}$ BCE$(\\sigma(a z + b), y)$ by damped Newton (convex in (a,
+    r"""Platt scaling: $\min_{a,b}$ BCE$(\sigma(a z + b), y)$ by damped Newton (convex in (a,
     b))."""
 
     def loss(ab):
@@ -126,7 +126,7 @@ def train_probe(
     batch_size: int | None = 512,
     holdout_fraction: float = 0.2,
 ) -> AccuracyProbe:
-    """Train the accuracy probe (docs: *Strategy selection*; paper sec. 2.4, appendix A.1).
+    r"""Train the accuracy probe (docs: *Strategy selection*; paper sec. 2.4, appendix A.1).
 
     1. Split the queries at random: `1 - holdout_fraction` for training, the rest for calibration.
     2. Fit a two-hidden-layer MLP (`width` units, ReLU) on standardised features concatenated
@@ -134,7 +134,7 @@ def train_probe(
        cross-entropy against the soft labels, `steps` minibatch steps of `batch_size` queries
        (all strategies of a query in the same batch; `None` = full batch).
     3. Platt scaling: fit scalars $(a, b)$ on the held-out split by minimising the log loss of
-       $\\sigma(a z + b)$.
+       $\sigma(a z + b)$.
     """
     x, p, y = _validate_training(features, strategy_params, soft_labels, holdout_fraction)
     n, d = x.shape

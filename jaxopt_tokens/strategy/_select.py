@@ -237,7 +237,7 @@ def utility(
     price_tokens: Float[ArrayLike, "*#q"],
     price_latency: Float[ArrayLike, "*#q"],
 ) -> Float[Array, "*q s"]:
-    """$U_s(x) = a_s(x) - \\lambda_T T_s - \\lambda_L L_s$ (paper sec. 2.3).
+    r"""$U_s(x) = a_s(x) - \lambda_T T_s - \lambda_L L_s$ (paper sec. 2.3).
 
     Docs: *Strategy selection*.
 
@@ -256,7 +256,7 @@ def select(
     price_tokens: Float[ArrayLike, "*#q"],
     price_latency: Float[ArrayLike, "*#q"],
 ) -> Int[Array, "*q"]:
-    """Index of $\\arg\\max_s a_s(x) - \\lambda_T T_s - \\lambda_L L_s$ per query.
+    r"""Index of $\arg\max_s a_s(x) - \lambda_T T_s - \lambda_L L_s$ per query.
 
     Docs: *Strategy selection*.
 
@@ -282,11 +282,11 @@ def soft_select(
     price_latency: Float[ArrayLike, "*#q"],
     temperature: float | Float[ArrayLike, ""] = 0.01,
 ) -> SoftSelection:
-    """Softmax relaxation of `select` (docs: *Strategy selection*, "differentiable relaxation").
+    r"""Softmax relaxation of `select` (docs: *Strategy selection*, "differentiable relaxation").
 
-    $q_s = \\mathrm{softmax}_s(U_s / \\tau)$ and the expected utility $\\sum_s q_s U_s$. Smooth in
-    accuracies, costs and prices for $\\tau > 0$; as $\\tau \\to 0$ the probabilities tend to the
-    one-hot argmax and the expected utility to $\\max_s U_s$ (error at most $\\tau \\log S$).
+    $q_s = \mathrm{softmax}_s(U_s / \tau)$ and the expected utility $\sum_s q_s U_s$. Smooth in
+    accuracies, costs and prices for $\tau > 0$; as $\tau \to 0$ the probabilities tend to the
+    one-hot argmax and the expected utility to $\max_s U_s$ (error at most $\tau \log S$).
     """
     tau = as_float_array("temperature", temperature)
     if tau.ndim != 0:
@@ -303,12 +303,12 @@ def soft_select(
 
 
 class QueueChoice(eqx.Module):
-    """One strategy per task type, chosen for the queueing objective.
+    r"""One strategy per task type, chosen for the queueing objective.
 
     Docs: *Model* and *Strategy selection*.
 
     `choice[k]` is the strategy index for type k; `objective` is
-    $J = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[T]$ (`-inf` if the queue is unstable); the other
+    $J = \alpha \sum_k \pi_k a_{k,s_k} - E[T]$ (`-inf` if the queue is unstable); the other
     fields are its parts. `method` records how it was found (`"enumerate"` is exact,
     `"coordinate"` is a multi-start coordinate ascent).
     """
@@ -419,11 +419,11 @@ def _coordinate_ascent(start, acc, t, share, lam, alpha, max_sweeps):
 
 
 def _linearised_starts(acc, t, share, lam, alpha, num_iterations):
-    """Iterated linearisation of E[T] in (E[S], E[S^2]), which decouples the types.
+    r"""Iterated linearisation of E[T] in (E[S], E[S^2]), which decouples the types.
 
-    At the current choice, $g_1 = \\partial E[T]/\\partial E[S]$,
-    $g_2 = \\partial E[T]/\\partial E[S^2]$;
-    each type then independently maximises $\\alpha a_{k,s} - g_1 t_{k,s} - g_2 t_{k,s}^2$. Starting
+    At the current choice, $g_1 = \partial E[T]/\partial E[S]$,
+    $g_2 = \partial E[T]/\partial E[S^2]$;
+    each type then independently maximises $\alpha a_{k,s} - g_1 t_{k,s} - g_2 t_{k,s}^2$. Starting
     from the cheapest choice; every iterate is returned as a candidate start.
     """
 
@@ -474,13 +474,13 @@ def queueing_objective(
     arrival_rate: float | Float[ArrayLike, ""],
     alpha: float | Float[ArrayLike, ""],
 ) -> Float[Array, "*b"]:
-    """$J(s) = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[W] - E[S]$ for joint choices `choice`.
+    r"""$J(s) = \alpha \sum_k \pi_k a_{k,s_k} - E[W] - E[S]$ for joint choices `choice`.
 
     Docs: *Model*, eq. (7).
 
-    $E[S] = \\sum_k \\pi_k t_{k,s_k}$, $E[S^2] = \\sum_k \\pi_k t_{k,s_k}^2$ and the
+    $E[S] = \sum_k \pi_k t_{k,s_k}$, $E[S^2] = \sum_k \pi_k t_{k,s_k}^2$ and the
     Pollaczek-Khinchine
-    wait (5); `-inf` when $\\lambda E[S] \\ge 1$.
+    wait (5); `-inf` when $\lambda E[S] \ge 1$.
     """
     acc, t, share, lam, alpha = _prepare_queueing(
         task_accuracy, service_time, share, arrival_rate, alpha
@@ -548,9 +548,9 @@ def select_queueing(
     num_random_starts: int = 16,
     key=None,
 ) -> QueueChoice:
-    """Choose one decoding strategy per task type to maximise the queueing objective.
+    r"""Choose one decoding strategy per task type to maximise the queueing objective.
 
-    $J = \\alpha \\sum_k \\pi_k a_{k,s_k} - E[T]$, with $E[T] = E[W] + E[S]$ from the
+    $J = \alpha \sum_k \pi_k a_{k,s_k} - E[T]$, with $E[T] = E[W] + E[S]$ from the
     Pollaczek-Khinchine formula of docs: *Model* ((3), (5), (6)) and the strategy utility of
     section 3. `task_accuracy[k, s]` is type k's success probability under strategy s and
     `service_time[k, s]` the server time it occupies (e.g. `t0_k + c_k T_s`).
