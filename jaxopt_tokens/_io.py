@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import InputError, WorkloadError
+from ._files import read_text
 from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS
 from ._workload import Workload
 
@@ -62,11 +63,8 @@ def load_workload(path: str | Path, dtype=None) -> Workload:
     Raises `WorkloadError` (a `ValueError`) naming the file, the field, the task and, for
     TOML, the line of the task's `[[tasks]]` entry.
     """
+    text = read_text(path, "workload", WorkloadError)
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise WorkloadError(f"{path}: cannot read workload file ({e.strerror})") from None
     fmt = "json" if path.suffix.lower() == ".json" else "toml"
     w = _parse(text, str(path), fmt)
     return w if dtype is None else w.astype(dtype)
@@ -88,7 +86,10 @@ def _parse(text: str, source: str, fmt: str) -> Workload:
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise WorkloadError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise WorkloadError(f"{where}: {str(value)[:20]}... is too large for a float") from None
 
 
 def workload_from_dict(

@@ -45,6 +45,8 @@ __all__ = [
     "check_probability",
     "PROBABILITY_SLACK",
     "is_concrete",
+    "check_int",
+    "check_memory",
 ]
 
 PER_TASK_FIELDS = ("A", "b", "D", "t0", "c", "share")
@@ -283,4 +285,37 @@ def check_probability(name: str, x: Array) -> None:
         raise InputError(
             f"{name}: must lie in [0, 1], got range [{float(jnp.min(x)):.6g}, "
             f"{float(jnp.max(x)):.6g}]"
+        )
+
+
+def check_int(name: str, x, minimum: int, maximum: int | None = None) -> int:
+    """`x` as a Python int in `[minimum, maximum]`; `InputError` naming `name` otherwise
+    (booleans, fractions such as 100.5, strings and out-of-range values are refused)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer, float, np.floating)):
+        raise InputError(f"{name}: expected a whole number, got {x!r}")
+    if isinstance(x, (float, np.floating)) and not (np.isfinite(x) and float(x).is_integer()):
+        raise InputError(f"{name}: expected a whole number, got {x!r}")
+    value = int(x)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise InputError(f"{name}: must be {bound}, got {value}")
+    return value
+
+
+def _physical_memory() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a laptop
+        return 16 << 30
+
+
+def check_memory(nbytes: float, what: str, hint: str) -> None:
+    """`InputError` when an estimated `nbytes` would not fit in half the machine's memory."""
+    limit = _physical_memory() // 2
+    if nbytes > limit:
+        raise InputError(
+            f"{what} would need about {nbytes / 2**30:,.1f} GiB, more than half this machine's "
+            f"memory ({limit / 2**30:,.1f} GiB); {hint}"
         )

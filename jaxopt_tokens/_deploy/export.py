@@ -98,8 +98,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
+from .._files import read_text
 from .._integer import integer_budgets
-from .._objective import mean_system_time, objective
+from .._objective import mean_system_time, objective, utilization
 from .._solver.solution import Solution
 from .._status import Status
 from .._version import __version__
@@ -183,12 +184,17 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
             )
     out = np.empty(len(names), dtype=np.float64)
     for k, (name, v) in enumerate(zip(names, values)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        if isinstance(v, (bool, np.bool_)):
+            raise InputError(f"tokens[{name}] must be a number, got {v!r}")
+        if not isinstance(v, (int, float, np.integer, np.floating)):
             try:
                 v = float(np.asarray(v))  # 0-d arrays
             except Exception:  # noqa: BLE001
                 raise InputError(f"tokens[{name}] must be a number, got {v!r}") from None
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:
+            raise InputError(f"tokens[{name}] is too large for a float") from None
         if not math.isfinite(v):
             raise InputError(f"tokens[{name}] must be finite, got {v}")
         if v < 0:
@@ -201,13 +207,20 @@ def load_tokens(path: str | Path, workload: Workload) -> np.ndarray:
     """Budgets from a JSON file: a list in task order, a mapping task -> tokens, or an object
     with a `tokens` entry holding either (e.g. the output of `jaxopt-tokens solve --format
     json`)."""
+    text = read_text(path, "tokens JSON")
     try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise InputError(f"--tokens: cannot read {path}: {e.strerror or e}") from None
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"--tokens: {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (OverflowError, RecursionError, ValueError) as e:
+        raise InputError(f"--tokens: {path}: {e}") from None
     if isinstance(data, Mapping) and "tokens" in data and not set(data) <= set(workload.task_names):
+        status = data.get("status", "converged")
+        if status != "converged":
+            raise InputError(
+                f"--tokens: {path} holds a solve that did not converge (status {status!r}); "
+                "refusing to export it"
+            )
         data = data["tokens"]
     return tokens_from_data(data, workload)
 
@@ -363,6 +376,13 @@ def export_policy(
         }
 
     bj = jnp.asarray(np.asarray(budgets, dtype=np.float64), dtype=workload.dtype)
+    rho = float(np.asarray(utilization(bj, workload)))
+    if not rho < 1:
+        raise InputError(
+            f"tokens: the exported budgets load the server to utilization {rho:.4g} >= 1 at "
+            f"arrival rate {float(np.asarray(workload.arrival_rate)):g}/s: the queue would grow "
+            "without bound; nothing exported"
+        )
     meta: dict[str, Any] = {
         "workload": source,
         "tasks": list(workload.task_names),

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
+from .._files import read_text
 from .._objective import task_accuracy
 from .._workload import Workload
 
@@ -175,21 +176,13 @@ def parse_measurements(text: str, source: str = "<text>") -> Measurements:
 
 def read_measurements(path: str | Path) -> Measurements:
     """Read a measurement CSV file; raises `InputError` naming the file, line and column."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read measurements ({e.strerror})") from None
+    text = read_text(path, "measurements")
     return parse_measurements(text, str(path))
 
 
 def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarray, float | None]:
     """Task shares (in the order of `tasks`) and, if the log has arrival times, the arrival rate."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read request log ({e.strerror})") from None
+    text = read_text(path, "request log")
     source = str(path)
     header_line, header, rows = _rows(text, source)
     if "task" not in header:

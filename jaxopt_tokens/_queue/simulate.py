@@ -33,6 +33,7 @@ from .._errors import InputError
 from .._objective import task_accuracy
 from .._stats import student_t_quantile
 from .._status import HasStatus, StatusEnum
+from .._validate import check_int, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
 from .models import FIFO, LatencyModel, Priority, ProcessorSharing, check_service_cv
@@ -415,8 +416,32 @@ def simulate(
     one jitted, vmapped computation.
     """
     w = workload
-    tok = np.asarray(tokens, dtype=np.float64)
-    warmup = num_queries // 10 if warmup is None else int(warmup)
+    if not isinstance(w, Workload):
+        raise InputError(f"workload: expected a Workload, got {type(w).__name__}")
+    try:
+        tok = np.asarray(tokens, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(
+            f"tokens: expected numbers (one budget per task), got {tokens!r}"
+        ) from None
+    num_queries = check_int("num_queries", num_queries, 2)
+    num_replications = check_int("num_replications", num_replications, 1)
+    capacity = check_int("capacity", capacity, 1)
+    warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
+    if key is not None and not (
+        isinstance(key, jax.Array)
+        and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))
+    ):
+        raise InputError(f"key: expected a JAX PRNG key (jax.random.key(0)), got {key!r}")
+    # one replication at a time: about a dozen arrays of num_queries values per policy batch
+    per_batch = min(
+        max(1, tok.size // max(w.num_tasks, 1)), max(1, MAX_BATCH_ELEMENTS // num_queries)
+    )
+    check_memory(
+        16.0 * 8 * num_queries * per_batch,
+        f"simulating {num_queries:,} queries",
+        "use fewer queries per replication and more replications",
+    )
     _check(w, tok, num_queries, num_replications, warmup, service_cv)
     if noise not in ("lognormal", "gamma"):
         raise InputError(f"noise: unknown kind {noise!r}; choose 'lognormal' or 'gamma'")

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import InputError
 from .._integer import integer_lower_bound, paper_integer_lower_bound
 from .._objective import objective
 from .._solver.solve import solve
@@ -21,7 +22,27 @@ __all__ = [
     "figure_heatmaps",
     "figure_frontier",
     "all_figures",
+    "converged_optimum",
+    "figure_names",
 ]
+
+
+def converged_optimum(w: Workload):
+    """`solve(w)`, or an `InputError` saying why there is no optimum to draw."""
+    sol = solve(w)
+    if not bool(sol.converged):
+        raise InputError(
+            f"the workload's optimum was not found ({sol.messages().item()}); no figure is drawn "
+            "from it"
+        )
+    return sol
+
+
+def figure_names(w: Workload) -> tuple[str, ...]:
+    """The file names `all_figures` writes for `w` (PNG and SVG of each figure)."""
+    fig4 = "fig4_gsm8k_sensitivity" if "GSM8K" in w.task_names else "fig4_budget_sensitivity"
+    stems = ("fig3_uniform_vs_optimal", fig4, "frontier", "heatmaps")
+    return tuple(f"{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
 
 
 def save_figure(fig, out: Path, name: str) -> list[Path]:
@@ -36,7 +57,7 @@ def figure_uniform_vs_optimal(w: Workload, budgets=(0, 100, 500)):
     """The paper's Fig. 3: J at uniform budgets against J at the optimum l*."""
     import matplotlib.pyplot as plt
 
-    sol = solve(w)
+    sol = converged_optimum(w)
     labels = [f"uniform {b}" for b in budgets] + ["optimal l*"]
     values = [float(objective(jnp.full(w.num_tasks, float(b), w.dtype), w)) for b in budgets] + [
         float(sol.objective)
@@ -57,7 +78,7 @@ def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 10
     integer lower bound (41) as printed and in its rigorous form."""
     import matplotlib.pyplot as plt
 
-    sol = solve(w)
+    sol = converged_optimum(w)
     k = w.task_names.index(task)
     grid = jnp.linspace(0.0, upto, 1001, dtype=w.dtype)
     tokens = jnp.broadcast_to(sol.tokens, (grid.shape[0], w.num_tasks)).at[:, k].set(grid)
@@ -117,13 +138,16 @@ def figure_heatmaps(w: Workload, arrival_rates=None, alphas=None, quiet: bool = 
     return fig
 
 
-def figure_frontier(w: Workload, num: int = 1000):
-    """Accuracy vs mean system time: optimal (alpha-traced) against uniform budgets."""
+def figure_frontier(w: Workload, points: int = 1000, frontier=None, uniform=None):
+    """Accuracy vs mean system time: optimal (alpha-traced) against uniform budgets.
+
+    `frontier` (from `frontier_by_alpha`) and `uniform` (from `uniform_curve`) are computed
+    when not given."""
     import matplotlib.pyplot as plt
 
-    df = frontier_by_alpha(w, num)
+    df = frontier_by_alpha(w, points) if frontier is None else frontier
     ok = df["status"] == "converged"
-    _, et_u, acc_u = uniform_curve(w)
+    _, et_u, acc_u = uniform_curve(w) if uniform is None else uniform
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(
         df.loc[ok, "mean_system_time"],
@@ -149,6 +173,7 @@ def all_figures(w: Workload, out: str | Path, quiet: bool = True) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    converged_optimum(w)
     paths = []
     makers = [
         ("fig3_uniform_vs_optimal", lambda: figure_uniform_vs_optimal(w)),
@@ -158,7 +183,7 @@ def all_figures(w: Workload, out: str | Path, quiet: bool = True) -> list[Path]:
     if "GSM8K" in w.task_names:
         makers.insert(1, ("fig4_gsm8k_sensitivity", lambda: figure_budget_sensitivity(w, "GSM8K")))
     else:
-        k = int(np.argmax(np.asarray(solve(w).tokens)))
+        k = int(np.argmax(np.asarray(converged_optimum(w).tokens)))
         makers.insert(
             1, ("fig4_budget_sensitivity", lambda: figure_budget_sensitivity(w, w.task_names[k]))
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ from .._io import workload_to_dict
 from .._objective import mean_accuracy, mean_system_time, mean_wait, utilization
 from .._solver.solve import solve
 from .._status import Status
+from .._validate import PER_TASK_FIELDS, SCALAR_FIELDS, check_memory
 from .._version import __version__
-from .._workload import PER_TASK_FIELDS, SCALAR_FIELDS, Workload
+from .._workload import Workload
 
 __all__ = ["sweep", "write_sweep", "read_sweep_metadata", "TRACE_COUNT"]
 
@@ -110,7 +112,22 @@ def sweep(
     if not grids:
         raise InputError("give at least one grid, e.g. sweep(w, alpha=np.geomspace(1, 100, 50))")
     specs = [_parse_grid(workload, name) for name in grids]
-    axes = [np.asarray(v, dtype=np.float64).ravel() for v in grids.values()]
+    axes = []
+    for name, v in grids.items():
+        try:
+            axis = np.asarray(v, dtype=np.float64).ravel()
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{name}: expected a sequence of numbers, got {v!r}") from None
+        if axis.size == 0:
+            raise InputError(f"{name}: the grid is empty; give at least one value")
+        axes.append(axis)
+    points = math.prod(a.size for a in axes)
+    # the table holds ~ (3 N + 10) float64 columns per point, a few copies while it is built
+    check_memory(
+        3.0 * 8 * points * (3 * workload.num_tasks + 10) + 8 * points * len(axes),
+        f"a sweep of {points:,} points",
+        "use coarser grids or split the sweep",
+    )
     mesh_values = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)
     total = mesh_values.shape[0]
     devices = devices or jax.local_devices()

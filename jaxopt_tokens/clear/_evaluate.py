@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
+from .._files import read_text
 from ._allocate import allocate
 from ._baselines import BASELINES, oracle_allocation
 
@@ -147,11 +148,8 @@ def load_pool(path) -> Pool:
     """Read a pool CSV with header columns `threshold, true_length, solvable` and an optional
     `tier` (moderate / hard / very_hard). Without `tier`, queries are put in tiers by threshold
     tertiles. Bad rows raise `InputError` naming the file, line and column."""
+    text = read_text(path, "pool CSV")
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read pool CSV ({e.strerror or e})") from None
     rows = list(csv.reader(text.splitlines()))
     if not rows:
         raise InputError(f"{path}: empty file; expected a header threshold,true_length,solvable")

@@ -13,11 +13,13 @@ from .._io import default_workload, load_workload
 from .._workload import Workload
 
 __all__ = [
+    "add_force_option",
     "add_workload_options",
     "workload_from_args",
     "loaded_workload",
     "positive_float",
     "int_at_least",
+    "random_seed",
 ]
 
 
@@ -37,7 +39,7 @@ def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> 
 
 def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
     """The workload the options name, with overrides applied and validated."""
-    w = load_workload(args.workload) if args.workload else default_workload()
+    w = load_workload(args.workload) if args.workload is not None else default_workload()
     changes = {}
     for opt, field in (
         ("arrival_rate", "arrival_rate"),
@@ -67,6 +69,15 @@ def loaded_workload(args: argparse.Namespace, float32: bool = False) -> Iterator
         yield workload_from_args(args, dtype="float32" if float32 else "float64")
 
 
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing output files (without it, an existing file or a non-empty "
+        "output directory is refused)",
+    )
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -74,6 +85,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def random_seed(text: str) -> int:
+    """An argparse `type` for a random seed: a whole number in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, {2**32 - 1}], got {text}")
     return value
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import jax
@@ -19,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from .._errors import InputError
+from .._files import read_text
 from ..clear._allocate import Status, allocate, check_inputs
 from ..clear._baselines import BASELINES
 from ..clear._evaluate import default_pool, evaluate_streams, load_pool
-from ._common import positive_float
+from ._common import positive_float, random_seed
+from ._output import emit_json
 
 POLICY_CHOICES = ("clear", *BASELINES)
 
@@ -82,18 +83,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="pool CSV (threshold,true_length,solvable[,tier]); default: the shipped pool",
     )
-    e.add_argument("--seed", type=int, default=0, help="seed of the stream draws")
+    e.add_argument("--seed", type=random_seed, default=0, help="seed of the stream draws")
     e.add_argument("--format", choices=("table", "json"), default="table")
     e.set_defaults(func=run_evaluate)
 
 
 def load_thresholds(path) -> np.ndarray:
     """The `threshold` column of a CSV; `InputError` names the line of a bad value."""
+    rows = list(csv.reader(read_text(path, "thresholds CSV").splitlines()))
     path = Path(path)
-    try:
-        rows = list(csv.reader(path.read_text().splitlines()))
-    except OSError as e:
-        raise InputError(f"{path}: cannot read thresholds CSV ({e.strerror or e})") from None
     if not rows:
         raise InputError(f"{path}: empty file; expected a header with a 'threshold' column")
     header = [h.strip().lower() for h in rows[0]]
@@ -146,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         tokens=tokens.tolist(),
     )
     if args.format == "json":
-        print(json.dumps(report, indent=2))
+        emit_json(report)
     else:
         _print_allocation(report)
     return 0
@@ -175,7 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pool = load_pool(args.pool) if args.pool else default_pool()
     result = evaluate_streams(pool, seed=args.seed)
     if args.format == "json":
-        print(json.dumps(result, indent=2))
+        emit_json(result)
         return 0
 
     table = Table(title="Accuracy (%) per stream and per-query token budget")

@@ -13,9 +13,11 @@ from .._deploy.export import (
     load_tokens,
     write_policy,
 )
+from .._errors import InputError
 from .._solver.solve import METHODS, solve
 from .._status import Status
-from ._common import add_workload_options, int_at_least, loaded_workload
+from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
+from ._output import Outputs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", metavar="FILE", help="write the policy here (default: print it)"
     )
+    add_force_option(p)
     p.add_argument(
         "--tokens",
         metavar="FILE",
@@ -77,6 +80,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    outputs = Outputs(args.force)
+    target = outputs.file(args.output, "-o") if args.output is not None else None
+    try:
+        text = _policy_text(args)
+        if target is None:
+            sys.stdout.write(text)
+        else:
+            target.write_text(text)
+            outputs.commit()
+    finally:
+        outputs.abort()
+    return 0
+
+
+def _policy_text(args: argparse.Namespace) -> str:
     with loaded_workload(args) as w:
         if args.tokens:
             tokens = load_tokens(args.tokens, w)
@@ -84,12 +102,10 @@ def run(args: argparse.Namespace) -> int:
             tokens = solve(w, args.solver)
             status = Status(int(tokens.status))
             if status != Status.CONVERGED:
-                print(
-                    f"jaxopt-tokens export: the solver did not converge ({status.name.lower()}: "
-                    f"{status.message}); nothing exported",
-                    file=sys.stderr,
+                raise InputError(
+                    f"the solver did not converge ({status.name.lower()}: {status.message}); "
+                    "nothing exported"
                 )
-                return 1
         policy = export_policy(
             w,
             tokens,
@@ -100,7 +116,4 @@ def run(args: argparse.Namespace) -> int:
             zero_budget=args.zero_budget,
             source=args.workload or "default (Table I)",
         )
-    text = write_policy(policy, args.output)
-    if args.output is None:
-        sys.stdout.write(text)
-    return 0
+    return write_policy(policy)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 from rich.console import Console
@@ -12,7 +11,8 @@ from rich.table import Table
 from .._deploy.fit import FitWarning, budget_uncertainty, fit, plot_fit
 from .._deploy.measurements import read_measurements, read_request_log
 from .._io import dump_workload
-from ._common import positive_float
+from ._common import add_force_option, positive_float
+from ._output import Outputs, check_figure_format, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", metavar="FILE", help="write the workload TOML here (default: print it)"
     )
     p.add_argument("--plot", metavar="FIG.png", help="save the goodness-of-fit figure")
+    add_force_option(p)
     p.add_argument(
         "--arrival-rate",
         type=positive_float,
@@ -52,6 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # every output is checked (and a bad plot format refused) before any work is done
+    outputs = Outputs(args.force)
+    toml_path = outputs.file(args.output, "-o") if args.output is not None else None
+    plot_path = None
+    if args.plot is not None:
+        check_figure_format(args.plot, "--plot")
+        plot_path = outputs.file(args.plot, "--plot")
+    try:
+        return _run(args, outputs, toml_path, plot_path)
+    finally:
+        outputs.abort()  # nothing staged is left behind if the fit fails
+
+
+def _run(args, outputs, toml_path, plot_path) -> int:
     m = read_measurements(args.measurements)
     shares, rate = (None, None)
     if args.shares:
@@ -70,9 +85,13 @@ def run(args: argparse.Namespace) -> int:
     header = f"Fitted by jaxopt-tokens fit from {args.measurements}" + (
         f" (shares from {args.shares})" if args.shares else " (equal shares)"
     )
-    text = dump_workload(result.workload, args.output, header=header)
-    if args.plot:
-        plot_fit(result, args.plot)
+    text = dump_workload(result.workload, header=header)
+    with outputs:
+        if toml_path is not None:
+            toml_path.write_text(text)
+        if plot_path is not None:
+            plot_fit(result, plot_path)
+        outputs.commit()
     report = {
         "measurements": args.measurements,
         "tasks": [
@@ -83,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "output": args.output,
     }
     if args.format == "json":
-        print(json.dumps(report, indent=2))
+        emit_json(report)
     else:
         _print(report, result)
         if args.output is None:

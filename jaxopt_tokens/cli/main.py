@@ -21,8 +21,15 @@ OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots
 SUBCOMMAND_MODULES = (solve, tune, sweep, fit, simulate, export, budget)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the flag and what is wrong), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxopt-tokens",
         description="Queueing-aware reasoning-token budgets for LLM servers (JAX).",
     )
@@ -55,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except MemoryError:
+        print(
+            f"jaxopt-tokens {args.command}: error: out of memory; use smaller grids, fewer "
+            "queries or fewer points",
+            file=sys.stderr,
+        )
+        return 2
+    except OSError as e:  # a file the checks above could not foresee (disk full, permissions)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"jaxopt-tokens {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

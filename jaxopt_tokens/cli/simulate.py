@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jax
@@ -18,7 +17,14 @@ from .._queue.simulate import DISCIPLINES, simulate
 from .._solver.solve import solve, solve_latency
 from .._status import Status
 from .._workload import Workload
-from ._common import add_workload_options, int_at_least, loaded_workload, positive_float
+from ._common import (
+    add_workload_options,
+    int_at_least,
+    loaded_workload,
+    positive_float,
+    random_seed,
+)
+from ._output import emit_json
 
 ROWS = (
     ("system_time", "mean system time E[T] (s)"),
@@ -83,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="TASKS",
         help="with --discipline priority: comma-separated task names, highest priority first",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=random_seed, default=0)
     p.add_argument(
         "--level", type=positive_float, default=0.95, help="confidence level (default 0.95)"
     )
@@ -176,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     if args.format == "json":
-        print(json.dumps(report, indent=2))
+        emit_json(report)
     else:
         _print_table(report)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +10,7 @@ from rich.table import Table
 from .._solver.solve import METHODS, solve
 from .._status import Status
 from ._common import add_workload_options, loaded_workload
+from ._output import emit_json
 from ._report import allocation_report
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         sol = solve(w, args.solver)
         report = allocation_report(w, sol, args.solver)
     if args.format == "json":
-        print(json.dumps(report, indent=2))
+        emit_json(report)
     else:
         print_table(report)
     return 0 if report["status"] == Status.CONVERGED.name.lower() else 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import jax
 
 from .._tuning.tune import TuneStatus, tune_alpha
 from ._common import add_workload_options, loaded_workload, positive_float
+from ._output import emit_json
 from ._report import allocation_report
 from .solve import print_table
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         tune_iterations=int(result.iterations),
     )
     if args.format == "json":
-        print(json.dumps(report, indent=2))
+        emit_json(report)
     else:
         print(
             f"target E[T] = {args.target_latency:g} s  ->  alpha = {float(result.alpha):.9g}  "
