@@ -59,9 +59,15 @@ def _omega(x):
     w = jnp.where(low, g_low, jnp.where(high, g_high, g_mid))
     safe_x = jnp.where(tiny_region, 0.0, x)
     ws = jnp.where(tiny_region, 1.0, w)  # double where: no log(0) in the untaken branch
+    # beyond 2^40 the asymptotic guess is exact to rounding (its error is O(log^3 x / x^3)),
+    # and the correction step would overflow forming (1 + w)^2: keep the guess there
+    huge = xs > 2.0**40
     ws = jnp.where(jnp.isinf(safe_x) & (safe_x > 0), 1.0, ws)
+    wh = jnp.where(huge, 1.0, ws)
+    xh = jnp.where(huge, 1.0, safe_x)
     for _ in range(2):
-        ws = _fsc_step(ws, safe_x)
+        wh = _fsc_step(wh, xh)
+    ws = jnp.where(huge & high, w, wh)
     zt = jnp.exp(jnp.where(tiny_region, x, -30.0))
     out = jnp.where(tiny_region, zt * (1 - zt), ws)
     out = jnp.where(jnp.isposinf(x), jnp.inf, out)

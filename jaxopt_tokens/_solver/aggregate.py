@@ -28,6 +28,7 @@ residual of the budgets themselves (`kkt_residual`).
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -37,9 +38,12 @@ from .._objective import objective, service_moments
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
-from .base import AbstractSolver, Iterate
+from .base import AbstractSolver, Iterate, certified
+from .implicit import newton_polish
 
 __all__ = ["AggregateNewton", "budgets_at_prices"]
+
+POLISH_STEPS = 8  # final Newton steps on the budgets (quadratic near l*; O(N) each)
 
 
 def unclipped_budgets(d, y, w: Workload):
@@ -50,19 +54,28 @@ def unclipped_budgets(d, y, w: Workload):
     lam = w.arrival_rate
     has_gain = w.A > 0
     # per-task constants (hoisted by XLA out of the solver loop): only scalars change per step
-    log_q0 = jnp.log(jnp.where(has_gain, w.alpha[..., None] * w.A, 1) * (w.b / w.c) ** 2)
+    # log(alpha A b^2 / c^2) in pieces: (b/c)^2 overflows for b beyond ~1e154
+    log_q0 = jnp.log(jnp.where(has_gain, w.alpha[..., None] * w.A, 1)) + 2 * (
+        jnp.log(w.b) - jnp.log(w.c)
+    )
     b_over_c = w.b / w.c
     u = lam / d
     v = 1 + lam * y
     log_q = log_q0 - jnp.log(u)[..., None]
-    beta = b_over_c * ((v / u)[..., None] + w.t0)
-    omega = wright_omega(log_q + beta)
+    # beta = (b/c)(v/u + t0) overflows when u is tiny (an arrival rate near the smallest normal
+    # number); there omega(log q + beta) = beta to rounding, so log omega = log beta
+    log_beta = jnp.log(w.b) - jnp.log(w.c) + jnp.log(v[..., None] + u[..., None] * w.t0)
+    log_beta = log_beta - jnp.log(u)[..., None]
+    huge = log_beta > jnp.log(jnp.finfo(log_q.dtype).max) - 20
+    beta = jnp.where(huge, 1.0, b_over_c * ((v / u)[..., None] + w.t0))
+    omega = wright_omega(jnp.where(huge, 1.0, log_q + beta))
     log_omega = jnp.log(omega)
     # Two exact forms of the same budget (omega + log omega = x): (log q - log omega)/b and
     # (omega - beta)/b. Each cancels differently; take the one with the smaller operands, so
     # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
     use_linear = jnp.maximum(omega, beta) < jnp.maximum(jnp.abs(log_q), jnp.abs(log_omega))
     raw = jnp.where(use_linear, omega - beta, log_q - log_omega) / w.b
+    raw = jnp.where(huge, (log_q - log_beta) / w.b, raw)
     return jnp.where(has_gain, raw, -jnp.inf)
 
 
@@ -126,6 +139,31 @@ def _safeguarded(x, x_new, lo, hi, last_step):
     )
     out = jnp.where(ok, x_new, fallback)
     return out, jnp.abs(jnp.log(out) - jnp.log(x))
+
+
+def _polish(w: Workload, tokens, residual, rtol):
+    """Damped Newton steps on the budgets themselves while the certificate is not met and each
+    step lowers the residual (none at all for a batch the price iteration has solved)."""
+
+    def cond(c):
+        tokens, residual, k = c
+        return ~certified(w, tokens, residual, rtol) & (k < POLISH_STEPS)
+
+    def body(c):
+        tokens, residual, k = c
+        new = newton_polish(tokens, w)
+        res_new = kkt_residual(new, w)
+        better = res_new < residual
+        return (
+            jnp.where(better, new, tokens),
+            jnp.where(better, res_new, residual),
+            jnp.where(better, k + 1, POLISH_STEPS),
+        )
+
+    tokens, residual, _ = jax.lax.while_loop(
+        cond, body, (tokens, residual, jnp.zeros((), jnp.int32))
+    )
+    return tokens, residual
 
 
 class _State(eqx.Module):
@@ -211,6 +249,10 @@ class AggregateNewton(AbstractSolver):
         d_floor = 1 / ((1 + lg) + jnp.sqrt((1 + lg) ** 2 - 1))  # the smaller root, stably
         d0 = jnp.sqrt(d_floor * d_top)
         y0 = lam * m2_0 / (2 * d0 * d0)
+        # with no service time at zero tokens (every t0 = 0) that price is 0, a poor start for
+        # Newton in log y: start instead from F(0) = lam E[S^2](l(d0, 0)) / (2 d0^2) >= y(d0)
+        F0 = _equations(d0, jnp.zeros_like(y0), w)[4]
+        y0 = jnp.where(y0 > jnp.finfo(w.dtype).tiny, y0, F0)
         zero = jnp.zeros_like(y0)
         inf = jnp.full_like(y0, jnp.inf)
         return _State(
@@ -261,9 +303,14 @@ class AggregateNewton(AbstractSolver):
         a12 = ys * j12 / jnp.where(stable, G, 1)
         a21 = s.d * j21 / F
         a22 = ys * (j22 + 1) / F - 1  # <= -1
-        # inner step: y(d) for the current d (Newton on psi in log y), bracketed by sign(e2)
-        y_lo = jnp.where(e2 > 0, s.y, s.y_lo)
-        y_hi = jnp.where(e2 > 0, s.y_hi, s.y)
+        # inner step: y(d) for the current d (Newton on psi in log y), bracketed by sign(e2).
+        # F(y) = e2 + y is decreasing in y with fixed point y(d), so below the root F(y) bounds
+        # it from above and above the root from below: the bracket is never open-ended (with
+        # zero-token prices y = 0, e.g. every t0 = 0, it would otherwise grow 4x per step).
+        F_raw = e2 + s.y
+        slack = 4 * eps
+        y_lo = jnp.where(e2 > 0, s.y, jnp.maximum(s.y_lo, F_raw * (1 - slack)))
+        y_hi = jnp.where(e2 > 0, jnp.minimum(s.y_hi, F_raw * (1 + slack)), s.y)
         y_in, y_step = _safeguarded(
             ys, ys * jnp.exp(jnp.clip(-psi / a22, -30, 30)), y_lo, y_hi, s.y_step
         )
@@ -284,7 +331,10 @@ class AggregateNewton(AbstractSolver):
         dz = -(psi + a21 * (jnp.log(d_out) - jnp.log(s.d))) / a22
         y_out = ys * jnp.exp(jnp.clip(dz, -30, 30))
         stop = residual <= 0.5 * rtol  # margin for rounding; the certificate is recomputed
-        move_d = joint & ~stop
+        # once d's bracket has collapsed to rounding, d cannot move: keep solving for y(d)
+        # inside its own bracket (resetting it would cycle) until that collapses too
+        d_done = jnp.isfinite(s.d_hi) & (s.d_hi - s.d_lo <= 4 * eps * s.d_hi)
+        move_d = joint & ~stop & ~d_done
         improved = residual < 0.5 * s.best
         return _State(
             y=jnp.where(stop, s.y, jnp.where(move_d, y_out, y_in)),
@@ -308,9 +358,11 @@ class AggregateNewton(AbstractSolver):
         rtol = default_rtol(w.dtype, self.rtol)
         tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w)
         residual = kkt_residual(tokens, w)
-        status = jnp.where(residual <= rtol, Status.CONVERGED, Status.MAX_ITERATIONS).astype(
-            jnp.int32
+        tokens, residual = _polish(w, tokens, residual, rtol)
+        status = jnp.where(
+            certified(w, tokens, residual, rtol), Status.CONVERGED, Status.MAX_ITERATIONS
         )
+        status = status.astype(jnp.int32)
         return Iterate(
             tokens, objective(tokens, w), status, residual, {"outer_iterations": s.outer}
         )

@@ -26,13 +26,15 @@ from typing import Any, Generic, TypeVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from .._kkt import residual_floor
 from .._validate import prepare
 from .._workload import Workload
 from .solution import Solution, masked_solution
 
-__all__ = ["AbstractSolver", "Iterate", "run", "run_until", "running", "complete"]
+__all__ = ["AbstractSolver", "Iterate", "run", "run_until", "running", "complete", "certified"]
 
 State = TypeVar("State")
 
@@ -76,6 +78,12 @@ class AbstractSolver(eqx.Module, Generic[State]):
     @abc.abstractmethod
     def postprocess(self, w: Workload, state: State) -> Iterate:
         """The member's budgets, status, residual and statistics."""
+
+
+def certified(w: Workload, tokens, residual, rtol: float) -> Bool[Array, ""]:
+    """Whether `residual` (the KKT residual of `tokens`) certifies an optimum: at most `rtol`,
+    or at most the dtype's rounding floor near saturation (`residual_floor`)."""
+    return residual <= jnp.maximum(rtol, residual_floor(tokens, w))
 
 
 def running(solver: AbstractSolver, w: Workload, state) -> Bool[Array, ""]:

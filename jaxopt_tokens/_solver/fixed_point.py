@@ -22,7 +22,7 @@ from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
 from .aggregate import budgets_at_prices
-from .base import AbstractSolver, Iterate
+from .base import AbstractSolver, Iterate, certified
 
 __all__ = ["FixedPoint"]
 
@@ -64,7 +64,7 @@ class FixedPoint(AbstractSolver):
 
     def postprocess(self, w: Workload, s: _State) -> Iterate:
         status = jnp.where(
-            s.residual <= default_rtol(w.dtype, self.rtol),
+            certified(w, s.tokens, s.residual, default_rtol(w.dtype, self.rtol)),
             Status.CONVERGED,
             jnp.where(
                 s.stable & jnp.isfinite(s.residual), Status.MAX_ITERATIONS, Status.NOT_CONTRACTIVE

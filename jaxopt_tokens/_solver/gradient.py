@@ -34,7 +34,7 @@ from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
 from .aggregate import AggregateNewton
-from .base import AbstractSolver, Iterate, run
+from .base import AbstractSolver, Iterate, certified, run
 
 __all__ = ["ProjectedGradient"]
 
@@ -162,7 +162,11 @@ class ProjectedGradient(AbstractSolver):
         return done
 
     def postprocess(self, w: Workload, s: _State) -> Iterate:
-        converged = s.residual <= default_rtol(w.dtype, self.rtol)
+        rtol = default_rtol(w.dtype, self.rtol)
+        if self.model is None:
+            converged = certified(w, s.tokens, s.residual, rtol)
+        else:
+            converged = s.residual <= rtol
         status = jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS)
         eta0, has_L = self._first_step(w)
         if not self.safeguarded:

@@ -21,7 +21,7 @@ from jaxtyping import Array, Bool, Float
 from .._prices import latency_prices
 from .._workload import Workload
 
-__all__ = ["attach_implicit_gradient", "attach_model_gradient"]
+__all__ = ["attach_implicit_gradient", "attach_model_gradient", "newton_polish"]
 
 
 def _prices(tokens, w):
@@ -36,14 +36,9 @@ def _kkt(tokens, w):
     return w.alpha * w.A * w.b * jnp.exp(-w.b * tokens) - w.c * (v + u * t)
 
 
-def _tangent(w: Workload, tokens, ok, w_dot: Workload):
-    r"""$\dot l$ for one (unbatched) workload; zero for members that did not converge."""
-    free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
-    capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
-    l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
-    # right-hand side: -(dG/dtheta . theta_dot + dG/dl . l_dot on the bounds)
-    _, g_dot = jax.jvp(_kkt, (tokens, w), (l_dot_bound, w_dot))
-    rhs = jnp.where(free, -g_dot, 0.0)
+def _solve_free(tokens, w: Workload, free, rhs):
+    """Solve $\\partial_l G\\, x = $ `rhs` on the free budgets (Woodbury: diagonal plus rank
+    two)."""
     u, v = _prices(tokens, w)
     t = w.t0 + w.c * tokens
     diag = -w.alpha * w.A * w.b**2 * jnp.exp(-w.b * tokens) - u * w.c**2
@@ -56,7 +51,40 @@ def _tangent(w: Workload, tokens, ok, w_dot: Workload):
     Dinv_r = rhs / diag
     Dinv_U = U / diag[:, None]
     small = jnp.eye(2, dtype=tokens.dtype) + V.T @ Dinv_U
-    l_dot_free = Dinv_r - Dinv_U @ jnp.linalg.solve(small, V.T @ Dinv_r)
+    return Dinv_r - Dinv_U @ jnp.linalg.solve(small, V.T @ Dinv_r)
+
+
+def newton_polish(tokens: Float[Array, " n"], w: Workload) -> Float[Array, " n"]:
+    """One Newton step on the KKT conditions of the free budgets, projected on the box.
+
+    Quadratically convergent near $l^*$ and damped away from it; the default solver ends with
+    it, so that members whose price iteration stalls (budgets with a tiny $b_k l_k$ in
+    float32, a kink, near saturation) still reach the tolerance.
+    """
+    G = _kkt(tokens, w)
+    # free: every budget the box lets move in the direction its marginal value asks for
+    blocked = ((tokens <= 0) & (G <= 0)) | ((tokens >= w.max_tokens) & (G >= 0))
+    free = ~blocked & (w.A > 0)
+    step = jnp.where(free, _solve_free(tokens, w, free, jnp.where(free, -G, 0.0)), 0.0)
+    step = jnp.where(jnp.all(jnp.isfinite(step)), step, 0.0)
+    # damped so that the load stays stable: the utilization is linear in the budgets, so the
+    # largest fraction of the step that keeps d = 1 - rho above half its value is explicit
+    lam = w.arrival_rate
+    d = 1 - lam * jnp.sum(w.share * (w.t0 + w.c * tokens))
+    rise = lam * jnp.sum(w.share * w.c * step)
+    fraction = jnp.where(rise > 0.5 * d, 0.5 * d / jnp.where(rise > 0, rise, 1), 1.0)
+    return jnp.clip(tokens + fraction * step, 0, w.max_tokens)
+
+
+def _tangent(w: Workload, tokens, ok, w_dot: Workload):
+    r"""$\dot l$ for one (unbatched) workload; zero for members that did not converge."""
+    free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
+    capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
+    l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
+    # right-hand side: -(dG/dtheta . theta_dot + dG/dl . l_dot on the bounds)
+    _, g_dot = jax.jvp(_kkt, (tokens, w), (l_dot_bound, w_dot))
+    rhs = jnp.where(free, -g_dot, 0.0)
+    l_dot_free = _solve_free(tokens, w, free, rhs)
     l_dot = jnp.where(free, l_dot_free, l_dot_bound)
     return jnp.where(ok, l_dot, 0.0)
 
