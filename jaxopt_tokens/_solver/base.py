@@ -83,7 +83,7 @@ class AbstractSolver(eqx.Module, Generic[State]):
 def certified(w: Workload, tokens, residual, rtol: float) -> Bool[Array, ""]:
     """Whether `residual` (the KKT residual of `tokens`) certifies an optimum: at most `rtol`,
     or at most the dtype's rounding floor near saturation (`residual_floor`)."""
-    return residual <= jnp.maximum(rtol, residual_floor(tokens, w))
+    return jnp.isfinite(residual) & (residual <= jnp.maximum(rtol, residual_floor(tokens, w)))
 
 
 def running(solver: AbstractSolver, w: Workload, state) -> Bool[Array, ""]:
