@@ -25,6 +25,7 @@ from .._objective import mean_accuracy, mean_system_time
 from .._solver.solution import Solution
 from .._solver.solve import solve
 from .._status import HasStatus, Status, StatusEnum
+from .._validate import PER_TASK_FIELDS, SCALAR_FIELDS, member_status
 from .._workload import Workload
 
 __all__ = ["TuneStatus", "AlphaTuning", "tune_alpha", "tune"]
@@ -43,7 +44,8 @@ class TuneStatus(StatusEnum):
             "(every budget at its cap, or alpha beyond the search range)"
         ),
     )
-    SOLVE_FAILED = 4, "the inner solve did not converge"
+    SOLVE_FAILED = 4, "the workload is outside the model, or the inner solve did not converge"
+    INVALID_INPUT = 5, "the target is not a positive, finite number of seconds"
 
 
 class AlphaTuning(HasStatus):
@@ -63,7 +65,7 @@ def tune_alpha(
     workload: Workload,
     target_latency: float | Float[Array, ""],
     *,
-    rtol: float = 1e-9,
+    rtol: float | None = None,
     max_steps: int = 100,
     log_alpha_range: tuple[float, float] = (-30.0, 30.0),
 ) -> AlphaTuning:
@@ -71,10 +73,14 @@ def tune_alpha(
 
     Works under `jit` and `vmap` (e.g. over 1,000 targets). `status` says when the target is
     unreachable: below the zero-token latency, or at/above the latency at which more tokens
-    stop helping. `rtol` is the relative tolerance on $E[T]$.
+    stop helping; a target that is not a positive finite number is `INVALID_INPUT`, and a
+    workload outside the model (or one the inner solve cannot solve) is `SOLVE_FAILED`.
+    `rtol` is the relative tolerance on $E[T]$ (default 1e-9 in float64, 1e-5 in float32: the
+    latency itself is known only to about 1e-7 in float32). Docs: *Sweeps and tuning*.
     """
     w = workload
     dtype = w.dtype
+    rtol = (1e-9 if dtype == jnp.float64 else 1e-5) if rtol is None else rtol
     tau = jnp.asarray(target_latency, dtype)
 
     def evaluate(la):
@@ -122,7 +128,10 @@ def tune_alpha(
     status = jnp.where(met, TuneStatus.CONVERGED, TuneStatus.MAX_ITERATIONS)
     status = jnp.where(sol.status != Status.CONVERGED, TuneStatus.SOLVE_FAILED, status)
     status = jnp.where(above, TuneStatus.TARGET_ABOVE_MAXIMUM, status)
-    status = jnp.where(below, TuneStatus.TARGET_BELOW_MINIMUM, status).astype(jnp.int32)
+    status = jnp.where(below, TuneStatus.TARGET_BELOW_MINIMUM, status)
+    status = jnp.where(member_status(w) != Status.CONVERGED, TuneStatus.SOLVE_FAILED, status)
+    target_ok = jnp.isfinite(tau) & (tau > 0)
+    status = jnp.where(target_ok, status, TuneStatus.INVALID_INPUT).astype(jnp.int32)
     alpha = jnp.exp(la)
     wa = w.replace(alpha=alpha)
     return AlphaTuning(
@@ -151,7 +160,7 @@ def tune(
     instance over a batch of targets closed over by `loss` through a vmapped argument).
     """
     fields = tuple(fields)
-    unknown = [f for f in fields if not hasattr(workload, f)]
+    unknown = [f for f in fields if f not in PER_TASK_FIELDS + SCALAR_FIELDS]
     if unknown:
         raise InputError(f"unknown workload field(s) {unknown}")
     optimizer = optimizer or optax.adam(5e-2)

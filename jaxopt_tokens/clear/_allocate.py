@@ -77,6 +77,7 @@ __all__ = [
     "adaptive_inverse_decay",
     "surge_utility",
     "integer_tokens",
+    "valid_batch",
 ]
 
 
@@ -125,13 +126,17 @@ def adaptive_inverse_decay(
 ) -> Float[Array, " *batch"]:
     r"""$1/\beta = \max(B/n - \bar\tau, s\bar\tau, 1)$: the adaptive decay length (module
     docstring)."""
+    if isinstance(min_scale, (int, float)) and not min_scale >= 0:
+        raise InputError(f"min_scale: must be >= 0, got {min_scale}")
     tau = jnp.asarray(thresholds)
     mean_tau = jnp.mean(tau, axis=-1)
     surplus = jnp.asarray(budget) / tau.shape[-1] - mean_tau
     return jnp.maximum(jnp.maximum(surplus, min_scale * mean_tau), 1.0)
 
 
-def check_inputs(thresholds, budget, *, velocity=1.0, decay="adaptive", query_cap=None) -> None:
+def check_inputs(
+    thresholds, budget, *, velocity=1.0, decay="adaptive", query_cap=None, min_scale=0.25
+) -> None:
     """Eager validation for user input; raises `InputError` naming the field and index.
 
     `allocate` itself never raises on values (it returns status `INVALID` per batch member,
@@ -159,6 +164,8 @@ def check_inputs(thresholds, budget, *, velocity=1.0, decay="adaptive", query_ca
         raise InputError(f"decay: must be 'adaptive' or > 0, got {decay}")
     if query_cap is not None and not np.all(np.asarray(query_cap, dtype=float) > 0):
         raise InputError(f"query_cap: must be > 0, got {query_cap}")
+    if not (np.isfinite(min_scale) and min_scale >= 0):
+        raise InputError(f"min_scale: must be >= 0, got {min_scale}")
     try:
         np.broadcast_shapes(tau.shape[:-1], b.shape)
     except ValueError:
@@ -166,6 +173,13 @@ def check_inputs(thresholds, budget, *, velocity=1.0, decay="adaptive", query_ca
             f"budget: shape {b.shape} does not broadcast with thresholds' batch "
             f"shape {tau.shape[:-1]}"
         ) from None
+
+
+def valid_batch(tau, budget, cap=None) -> Bool[Array, ""]:
+    """Whether one batch is inside the model (traced): finite thresholds >= 0, a finite budget
+    >= 0 and a positive cap. `allocate` and every baseline use this one test."""
+    ok = jnp.all(jnp.isfinite(tau)) & jnp.all(tau >= 0) & jnp.isfinite(budget) & (budget >= 0)
+    return ok if cap is None else ok & jnp.all(jnp.asarray(cap) > 0)
 
 
 def _policy(mu, tau, cap, velocity, inv_beta, capped: bool):
@@ -214,15 +228,11 @@ def _clear_one(
     """CLEAR for one batch member: tau (n,), scalars budget/velocity/inv_beta, cap (n,)."""
     dtype = tau.dtype
     valid = (
-        jnp.all(jnp.isfinite(tau))
-        & jnp.all(tau >= 0)
-        & jnp.isfinite(budget)
-        & (budget >= 0)
+        valid_batch(tau, budget, cap)
         & jnp.isfinite(velocity)
         & (velocity > 0)
         & jnp.isfinite(inv_beta_in)
         & (inv_beta_in > 0)
-        & jnp.all(cap > 0)
     )
     # Benign values where invalid, so nothing below produces NaN (status carries the verdict).
     tau = jnp.where(valid, tau, 1.0)

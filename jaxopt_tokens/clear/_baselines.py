@@ -31,6 +31,8 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._errors import InputError
+from .._validate import as_float_array
+from ._allocate import valid_batch
 
 __all__ = [
     "uniform_allocation",
@@ -44,10 +46,22 @@ __all__ = [
 
 
 def _prep(thresholds, budget):
-    tau = jnp.asarray(thresholds)
-    if not jnp.issubdtype(tau.dtype, jnp.floating):
-        tau = tau.astype(jnp.result_type(float))
-    return tau, jnp.asarray(budget, tau.dtype)
+    tau = as_float_array("thresholds", thresholds)
+    if tau.ndim != 1 or tau.shape[0] == 0:
+        raise InputError(
+            f"thresholds: a baseline takes one non-empty batch (shape (n,)), got {tau.shape}; "
+            "vmap it over batches"
+        )
+    b = as_float_array("budget", budget).astype(tau.dtype)
+    if b.ndim != 0:
+        raise InputError(f"budget: a baseline takes one budget (a scalar), got shape {b.shape}")
+    return tau, b
+
+
+def _checked(x, tau, budget, query_cap=None):
+    """`x` where the batch is valid (`valid_batch`, as for `allocate`), NaN tokens otherwise."""
+    ok = valid_batch(tau, budget, query_cap)
+    return jnp.where(ok, x, jnp.array(jnp.nan, x.dtype))
 
 
 def _cap(x, query_cap):
@@ -72,7 +86,7 @@ def uniform_allocation(
 ) -> Float[Array, " n"]:
     """$B/n$ tokens each (the paper's Uniform, eq. 19), capped at `query_cap`."""
     tau, b = _prep(thresholds, budget)
-    return _cap(jnp.full_like(tau, b / tau.shape[-1]), query_cap)
+    return _checked(_cap(jnp.full_like(tau, b / tau.shape[-1]), query_cap), tau, b, query_cap)
 
 
 def predictor_allocation(
@@ -85,7 +99,7 @@ def predictor_allocation(
     tau, b = _prep(thresholds, budget)
     total = jnp.sum(tau)
     x = jnp.where(total > 0, b * tau / jnp.where(total > 0, total, 1.0), b / tau.shape[-1])
-    return _cap(x, query_cap)
+    return _checked(_cap(x, query_cap), tau, b, query_cap)
 
 
 def heuristic_allocation(
@@ -99,7 +113,7 @@ def heuristic_allocation(
     tau, b = _prep(thresholds, budget)
     scarce = b / tau.shape[-1] < jnp.mean(tau)
     selected = jnp.where(scarce, tau <= jnp.median(tau), True)
-    return _cap(_affine_share(tau, selected, b), query_cap)
+    return _checked(_cap(_affine_share(tau, selected, b), query_cap), tau, b, query_cap)
 
 
 def auction_allocation(
@@ -114,7 +128,7 @@ def auction_allocation(
     order = jnp.argsort(tau)
     fits_sorted = jnp.cumsum(tau[order]) <= b
     selected = jnp.zeros(tau.shape, bool).at[order].set(fits_sorted)
-    return _cap(_affine_share(tau, selected, b), query_cap)
+    return _checked(_cap(_affine_share(tau, selected, b), query_cap), tau, b, query_cap)
 
 
 def oracle_allocation(
@@ -135,7 +149,7 @@ def oracle_allocation(
     sorted_len = jnp.where(ok[order], length[order], 0.0)
     take_sorted = ok[order] & (jnp.cumsum(sorted_len) <= b)
     take = jnp.zeros(length.shape, bool).at[order].set(take_sorted)
-    return jnp.where(take, length, 0.0)
+    return _checked(jnp.where(take, length, 0.0), length, b, query_cap)
 
 
 BASELINES = {

@@ -118,7 +118,14 @@ def load_thresholds(path) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     tau = load_thresholds(args.thresholds)
     decay = "adaptive" if args.decay is None else args.decay
-    check_inputs(tau, args.budget, velocity=args.velocity, decay=decay, query_cap=args.query_cap)
+    check_inputs(
+        tau,
+        args.budget,
+        velocity=args.velocity,
+        decay=decay,
+        query_cap=args.query_cap,
+        min_scale=args.min_scale,
+    )
     report = {"policy": args.policy, "budget": args.budget, "queries": int(tau.size)}
     with jax.enable_x64(True):
         t = jnp.asarray(tau, jnp.float64)
