@@ -137,7 +137,12 @@ def make_workload(
     names: Sequence[str] = (),
 ) -> Workload:
     """Build and validate a single workload; equal shares when `share` is omitted."""
-    n = len(A)
+    try:
+        n = len(A)
+    except TypeError:
+        raise WorkloadError(f"field 'A': expected one value per task, got {A!r}") from None
+    if n == 0:
+        raise WorkloadError("the workload has no tasks (field 'A' is empty)")
     if share is None:
         share = [1.0 / n] * n
     w = Workload(

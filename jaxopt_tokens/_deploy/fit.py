@@ -48,6 +48,7 @@ __all__ = [
     "plot_fit",
 ]
 
+FIELDS = ("A", "b", "D", "t0", "c")
 _BOUND = 1e-7
 _ITERATIONS = 300
 _MONOTONE_Z = 3.5
@@ -115,6 +116,13 @@ class FitResult:
     workload: Workload
     tasks: tuple[TaskFit, ...]
     measurements: Measurements = field(repr=False)
+    #: the fitted fields as float64 numpy values, whatever the JAX dtype of `workload`
+    fields: dict = field(default_factory=dict, repr=False)
+
+    def workload_float64(self) -> Workload:
+        """The fitted workload in float64 (for writing it at full precision)."""
+        with jax.enable_x64(True):
+            return Workload(**self.fields, names=self.workload.names)
 
     STATUS: ClassVar[type[FitStatus]] = FitStatus
 
@@ -408,6 +416,20 @@ def fit(
                 f"task {name!r}: fitted latency slope c = {c:.3g} <= 0 s/token; clamped to 1e-9"
             )
             c = 1e-9
+        rows = m.rows_of(k)
+        lat = m.latency[rows][np.isfinite(m.latency[rows])]
+        span = float(np.max(m.budget[rows])) if rows.size else 0.0
+        if lat.size and 0 < c * span < 1e-6 * max(float(np.mean(lat)), 1e-300):
+            notes.append(
+                f"task {name!r}: latency does not grow with the budget (fitted c = {c:.3g} "
+                "s/token): tokens look free, so its budget will sit near max_tokens; check the "
+                "latency column"
+            )
+        if lat.size and t0 > 2 * float(np.max(lat)):
+            notes.append(
+                f"task {name!r}: fitted t0 = {t0:.3g} s is over twice the largest measured "
+                f"latency ({float(np.max(lat)):.3g} s): the latency line does not fit the data"
+            )
         if t0 < 0:
             notes.append(f"task {name!r}: fitted t0 = {t0:.3g} s < 0; clamped to 0")
             t0 = 0.0
@@ -479,19 +501,23 @@ def fit(
         raise InputError(
             f"shares: expected {K} values (one per measured task), got shape {shares.shape}"
         )
-    w = Workload(
-        A=np.array([t.params["A"] for t in tasks]),
-        b=np.array([t.params["b"] for t in tasks]),
-        D=np.array([t.params["D"] for t in tasks]),
-        t0=np.array([t.params["t0"] for t in tasks]),
-        c=np.array([t.params["c"] for t in tasks]),
-        share=shares,
-        arrival_rate=arrival_rate,
-        alpha=alpha,
-        max_tokens=max_tokens,
-        names=m.tasks,
-    ).validate()
-    return FitResult(workload=w, tasks=tuple(tasks), measurements=m)
+    fields = {
+        **{p: np.array([t.params[p] for t in tasks], dtype=np.float64) for p in FIELDS},
+        "share": shares,
+        "arrival_rate": np.float64(arrival_rate),
+        "alpha": np.float64(alpha),
+        "max_tokens": np.float64(max_tokens),
+    }
+    try:
+        w = Workload(**fields, names=m.tasks).validate()
+    except InputError as e:
+        latency_notes = [n for t in tasks for n in t.warnings if "latency" in n or "t0" in n]
+        if not latency_notes:
+            raise
+        raise InputError(
+            f"{m.source}: {latency_notes[0]}; so the fitted workload is invalid: {e}"
+        ) from None
+    return FitResult(workload=w, tasks=tuple(tasks), measurements=m, fields=fields)
 
 
 def budget_uncertainty(result: FitResult, method: str = "default") -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+import jax
 from rich.console import Console
 from rich.table import Table
 
@@ -85,7 +86,8 @@ def _run(args, outputs, toml_path, plot_path) -> int:
     header = f"Fitted by jaxopt-tokens fit from {args.measurements}" + (
         f" (shares from {args.shares})" if args.shares else " (equal shares)"
     )
-    text = dump_workload(result.workload, header=header)
+    with jax.enable_x64(True):  # written at full float64 precision
+        text = dump_workload(result.workload_float64(), header=header)
     with outputs:
         if toml_path is not None:
             toml_path.write_text(text)
