@@ -217,6 +217,7 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
         if span <= 0 or len(times) < 2:
             raise InputError(f"{source}: column 'arrival_time' needs at least two distinct times")
         rate = (len(times) - 1) / span
+    weight = weight / weight.max()  # first, so that huge counts cannot overflow the sum
     return weight / weight.sum(), rate
 
 

@@ -377,6 +377,13 @@ def allocate(
         raise InputError("thresholds: need at least one query (a non-empty last axis)")
     dtype = tau.dtype
     b = jnp.asarray(budget, dtype)
+    try:  # shapes are static: refuse a mismatch before computing anything
+        np.broadcast_shapes(tau.shape[:-1], b.shape, np.shape(velocity))
+    except ValueError:
+        raise InputError(
+            f"budget: shape {b.shape} (velocity {np.shape(velocity)}) does not broadcast with "
+            f"the thresholds' batch shape {tau.shape[:-1]}"
+        ) from None
     if adaptive:
         inv_beta = adaptive_inverse_decay(tau, b, min_scale)
     else:
