@@ -281,6 +281,9 @@ def test_export_cli(files, tmp_path):
     (tmp_path / "huge.json").write_text(json.dumps([30000] * 6))
     assert_refused(["export", "--tokens", tmp_path / "huge.json"], "utilization")
     assert_refused(["export", "--min-budget", "1000000"], "utilization")
+    with pytest.warns(jt.UnstableQueueWarning, match="utilization"):
+        policy = jt.export_policy(jt.default_workload(), [30000] * 6, engine="json")
+    assert policy["source"]["utilization"] >= 1
     assert_refused(["export", "--tokens", files / "bad.bin"], "UTF-8")
 
 

@@ -273,7 +273,7 @@ def test_solve_latency_has_implicit_gradients(table1):
     np.testing.assert_allclose(jax.grad(J)(table1.alpha), fd, rtol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ["default", "fixed-point", "pga-safeguarded"])
+@pytest.mark.parametrize("solver", ["default", "fixed-point"])
 def test_converged_always_means_a_finite_certified_residual(solver):
     """A member reported converged has a finite residual within the tolerance (or within the
     rounding floor of its dtype): never an infinite residual from leaving the stable region."""
@@ -300,7 +300,7 @@ def test_default_solver_converges_on_degenerate_corners(dtype):
     """Every t0 = 0, some t0 = 0, a tiny arrival rate, a tiny c, a huge b, A = 0 on some
     tasks, alpha = 1e12 (see `random_workloads(corners=...)`), for 1 to 64 tasks."""
     for n in (1, 6, 64):
-        wb = jt.random_workloads(jax.random.key(n), 300, n, dtype=dtype, corners=0.6)
+        wb = jt.random_workloads(jax.random.key(n), 150, n, dtype=dtype, corners=0.7)
         sol = jt.solve(wb)
         converged = np.mean(np.asarray(sol.status) == Status.CONVERGED)
         # float64: every member; float32: near saturation (alpha = 1e12, d ~ 1e-6) the load is

@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ from .._errors import InputError
 from .._files import read_text
 from .._integer import integer_budgets
 from .._objective import mean_system_time, objective, utilization
+from .._queue.simulate import UnstableQueueWarning
 from .._solver.solution import Solution
 from .._status import Status
 from .._version import __version__
@@ -378,10 +380,12 @@ def export_policy(
     bj = jnp.asarray(np.asarray(budgets, dtype=np.float64), dtype=workload.dtype)
     rho = float(np.asarray(utilization(bj, workload)))
     if not rho < 1:
-        raise InputError(
-            f"tokens: the exported budgets load the server to utilization {rho:.4g} >= 1 at "
-            f"arrival rate {float(np.asarray(workload.arrival_rate)):g}/s: the queue would grow "
-            "without bound; nothing exported"
+        warnings.warn(
+            f"the exported budgets load the server to utilization {rho:.4g} >= 1 at arrival "
+            f"rate {float(np.asarray(workload.arrival_rate)):g}/s: the queue would grow without "
+            "bound (the command line refuses to export such a policy)",
+            UnstableQueueWarning,
+            stacklevel=2,
         )
     meta: dict[str, Any] = {
         "workload": source,
@@ -389,6 +393,7 @@ def export_policy(
         "arrival_rate": float(np.asarray(workload.arrival_rate)),
         "alpha": float(np.asarray(workload.alpha)),
         "max_tokens": lmax,
+        "utilization": rho,
         "objective": _finite_or_none(objective(bj, workload)),
         "mean_system_time": _finite_or_none(mean_system_time(bj, workload)),
     }

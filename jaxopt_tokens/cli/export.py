@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .._deploy.export import (
     DEFAULT_ANSWER_RESERVE,
@@ -14,6 +15,7 @@ from .._deploy.export import (
     write_policy,
 )
 from .._errors import InputError
+from .._queue.simulate import UnstableQueueWarning
 from .._solver.solve import METHODS, solve
 from .._status import Status
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
@@ -95,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _policy_text(args: argparse.Namespace) -> str:
-    with loaded_workload(args) as w:
+    with loaded_workload(args) as w, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableQueueWarning)  # refused below, in one line
         if args.tokens:
             tokens = load_tokens(args.tokens, w)
         else:
@@ -115,5 +118,11 @@ def _policy_text(args: argparse.Namespace) -> str:
             rounding=args.rounding,
             zero_budget=args.zero_budget,
             source=args.workload or "default (Table I)",
+        )
+    rho = policy["source"]["utilization"]
+    if not rho < 1:
+        raise InputError(
+            f"the exported budgets load the server to utilization {rho:.4g} >= 1: the queue "
+            "would grow without bound; nothing exported"
         )
     return write_policy(policy)
