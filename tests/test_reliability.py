@@ -416,7 +416,7 @@ def test_no_existing_file_changes_without_force(files, command, target):
     assert not leftovers, leftovers
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     flags=st.lists(
         st.sampled_from(
