@@ -66,16 +66,35 @@ def _accuracy_tolerance(dtype) -> float:
 
 class Rule(NamedTuple):
     """One condition: `bad(fields, dtype)` marks violations per task (shape `(..., N)`) or per
-    member (shape `(...)`) with numpy or jax arrays alike; `status` is what a member gets."""
+    member (shape `(...)`) with numpy or jax arrays alike; `status` is what a member gets;
+    `explain(fields, index, dtype)`, where given, writes the eager message's explanation."""
 
     field: str
     what: str
     bad: Callable[[Mapping[str, Any], Any], Any]
     status: Status = Status.INVALID_INPUT
+    explain: Callable[[Mapping[str, Any], tuple, Any], str] | None = None
 
 
 def _zero_token_load(f):
     return f["arrival_rate"] * (f["share"] * f["t0"]).sum(axis=-1)
+
+
+def _explain_share_sum(f, idx, dtype) -> str:
+    total = f["share"].sum(axis=-1)[idx]
+    tol = share_tolerance(dtype, f["share"].shape[-1])
+    return (
+        f"shares sum to {total:.9g}, they must sum to 1 (within {tol:g}); divide them by their sum"
+    )
+
+
+def _explain_unstable(f, idx, dtype) -> str:
+    cap = 1.0 / (f["share"] * f["t0"]).sum(axis=-1)[idx]
+    return (
+        f"the queue is unstable even with zero reasoning tokens (utilization "
+        f"{_zero_token_load(f)[idx]:.4g} >= 1); no budget can help. The arrival rate must be "
+        f"below {cap:.6g} queries/s for these prefill times"
+    )
 
 
 RULES: tuple[Rule, ...] = (
@@ -94,6 +113,7 @@ RULES: tuple[Rule, ...] = (
         "share",
         "shares must sum to 1",
         lambda f, dt: abs(f["share"].sum(axis=-1) - 1) > share_tolerance(dt, f["share"].shape[-1]),
+        explain=_explain_share_sum,
     ),
     Rule("arrival_rate", "must be > 0", lambda f, _: f["arrival_rate"] <= 0),
     Rule("alpha", "must be > 0", lambda f, _: f["alpha"] <= 0),
@@ -103,6 +123,7 @@ RULES: tuple[Rule, ...] = (
         "the queue is unstable even with zero reasoning tokens",
         lambda f, _: _zero_token_load(f) >= 1,
         Status.UNSTABLE_INPUT,
+        explain=_explain_unstable,
     ),
 )
 
@@ -162,33 +183,19 @@ def check_values(fields: Mapping[str, Any], names: tuple[str, ...], dtype) -> No
     for rule in RULES:
         bad = np.asarray(rule.bad(every, dtype))
         if bad.any():
-            _raise(rule.field, rule.what, bad, every, names, rule)
+            _raise(rule.field, rule.what, bad, every, names, rule, dtype)
 
 
-def _raise(field, what, bad, every, names, rule: Rule | None = None):
+def _raise(field, what, bad, every, names, rule: Rule | None = None, dtype=np.float64):
     idx = _first(bad)
-    values = every[field]
-    if rule is not None and rule.status == Status.UNSTABLE_INPUT:
-        load = _zero_token_load(every)
-        cap = 1.0 / (every["share"] * every["t0"]).sum(axis=-1)[idx]
-        raise WorkloadError(
-            f"field 'arrival_rate'{_member(idx)}: the queue is unstable even with zero reasoning "
-            f"tokens (utilization {load[idx]:.4g} >= 1); no budget can help. The arrival rate "
-            f"must be below {cap:.6g} queries/s for these prefill times"
-        )
-    if rule is not None and rule.what == "shares must sum to 1":
-        total = every["share"].sum(axis=-1)
-        tol = share_tolerance(np.float64, every["share"].shape[-1])
-        raise WorkloadError(
-            f"field 'share'{_member(idx)}: shares sum to {total[idx]:.9g}, they must sum to 1 "
-            f"(within {tol:g}); divide them by their sum"
-        )
+    if rule is not None and rule.explain is not None:
+        raise WorkloadError(f"field '{field}'{_member(idx)}: {rule.explain(every, idx, dtype)}")
+    value = float(every[field][idx])
     if bad.ndim == every["A"].ndim:
         raise WorkloadError(
-            f"field '{field}', task '{names[idx[-1]]}'{_member(idx[:-1])}: {what} "
-            f"(got {float(values[idx]):g})"
+            f"field '{field}', task '{names[idx[-1]]}'{_member(idx[:-1])}: {what} (got {value:g})"
         )
-    raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {float(values[idx]):g})")
+    raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {value:g})")
 
 
 def member_status(w) -> Int[Array, "*batch"]:
