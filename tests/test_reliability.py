@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -88,12 +87,10 @@ def test_load_non_utf8_workload_api_and_cli(files):
 
 
 def test_load_integer_too_large_for_a_float(tmp_path):
-    d = jt.workload_to_dict(jt.default_workload())
     text = jt.dump_workload(jt.default_workload()).replace(
         "max_tokens = 32768.0", "max_tokens = 1" + "0" * 400
     )
     (tmp_path / "w.toml").write_text(text)
-    assert d  # the default workload round-trips
     assert_refused(["solve", "--workload", tmp_path / "w.toml"], "max_tokens", "too large")
 
 
@@ -467,4 +464,3 @@ def test_strict_json_helper_turns_non_finite_into_null():
 
     text = strict_json({"a": float("nan"), "b": [math.inf, 1.0], "c": np.array([np.nan, 2.0])})
     assert strict_loads(text) == {"a": None, "b": [None, 1.0], "c": [None, 2.0]}
-    assert os.linesep  # the helper writes text only; files are written by Outputs

@@ -50,6 +50,8 @@ class _State(eqx.Module):
     step: Array
     residual: Array
     iterations: Array
+    eta0: Array  # the fixed step of (38), computed once: L_J costs an N x N matrix
+    has_L: Array
 
 
 class ProjectedGradient(AbstractSolver):
@@ -114,17 +116,20 @@ class ProjectedGradient(AbstractSolver):
         else:  # the paper's optimum: a stable point near the model's
             start = jnp.clip(jnp.nan_to_num(run(AggregateNewton(), w).tokens), 0, self._upper(w))
         value, grad = self._value_and_grad(start, w)
-        eta0, _ = self._first_step(w)
+        eta0, has_L = self._first_step(w)
+        first = eta0
         if self.model is not None:  # no L_J: size the first step from the gradient
-            eta0 = 1e-6 * (1 + jnp.max(jnp.abs(start))) / (1 + jnp.max(jnp.abs(grad)))
-        return _State(start, grad, value, eta0, self._residual(start, w), jnp.zeros((), jnp.int32))
+            first = 1e-6 * (1 + jnp.max(jnp.abs(start))) / (1 + jnp.max(jnp.abs(grad)))
+        zero = jnp.zeros((), jnp.int32)
+        return _State(start, grad, value, first, self._residual(start, w), zero, eta0, has_L)
 
     def step(self, w: Workload, s: _State) -> _State:
         upper = self._upper(w)
         if not self.safeguarded:
             new = jnp.clip(s.tokens + s.step * s.grad, 0, upper)
             value, grad = self._value_and_grad(new, w)
-            return _State(new, grad, value, s.step, self._residual(new, w), s.iterations + 1)
+            residual = self._residual(new, w)
+            return _State(new, grad, value, s.step, residual, s.iterations + 1, s.eta0, s.has_L)
         eps = jnp.finfo(s.value.dtype).eps
 
         def trial(eta):
@@ -148,17 +153,17 @@ class ProjectedGradient(AbstractSolver):
         ds = new - s.tokens
         curv = -jnp.vdot(ds, grad - s.grad)
         bb = jnp.where(curv > 0, jnp.vdot(ds, ds) / jnp.where(curv > 0, curv, 1), 2 * eta)
-        eta0, _ = self._first_step(w)
         if self.model is None:
-            bb = jnp.clip(bb, eta0 / STEP_RANGE, eta0 * STEP_RANGE)
+            bb = jnp.clip(bb, s.eta0 / STEP_RANGE, s.eta0 * STEP_RANGE)
         else:
             bb = jnp.clip(bb, 1e-12, 1e12)
-        return _State(new, grad, value, bb, self._residual(new, w), s.iterations + 1)
+        residual = self._residual(new, w)
+        return _State(new, grad, value, bb, residual, s.iterations + 1, s.eta0, s.has_L)
 
     def terminate(self, w: Workload, s: _State):
         done = s.residual <= default_rtol(w.dtype, self.rtol)
         if not self.safeguarded:
-            done |= ~self._first_step(w)[1]
+            done |= ~s.has_L
         return done
 
     def postprocess(self, w: Workload, s: _State) -> Iterate:
@@ -168,14 +173,13 @@ class ProjectedGradient(AbstractSolver):
         else:
             converged = s.residual <= rtol
         status = jnp.where(converged, Status.CONVERGED, Status.MAX_ITERATIONS)
-        eta0, has_L = self._first_step(w)
         if not self.safeguarded:
-            status = jnp.where(has_L | converged, status, Status.NOT_CONTRACTIVE)
+            status = jnp.where(s.has_L | converged, status, Status.NOT_CONTRACTIVE)
         stats = {}
         if self.model is None:
             stats = {
                 "lipschitz_box": gradient_lipschitz(w, self._upper(w)),
                 "lipschitz": gradient_lipschitz(w),
-                "step_size": s.step if self.safeguarded else eta0,
+                "step_size": s.step if self.safeguarded else s.eta0,
             }
         return Iterate(s.tokens, s.value, status.astype(jnp.int32), s.residual, stats)
