@@ -326,3 +326,70 @@ def test_per_request_rows_give_the_same_estimates_as_aggregated_rows():
         assert a.params[f] == pytest.approx(b.params[f], rel=1e-6), f
     for f in ("A", "b", "D"):  # the binomial information is the same either way
         assert a.se[f] == pytest.approx(b.se[f], rel=1e-6), f
+
+
+def _latency_datasets(kind: str, replicates: int, seed: int) -> tuple[str, np.ndarray]:
+    """`replicates` data sets of three Table I tasks (each one 'task' of the CSV), latency rows
+    at budgets 0-4096 with 750 requests each, noise additive (sd 0.01 s) or proportional
+    (cv 0.25); returns the CSV and the true (t0, c) of every pseudo-task."""
+    w = jt.default_workload()
+    rng = np.random.default_rng(seed)
+    budgets = np.array([0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096], float)
+    n = 750
+    lines, truth = ["task,budget,n_correct,n_total,latency"], []
+    for r in range(replicates):
+        for k in (0, 3, 4):  # three tasks, t0 from 0.018 s to 0.21 s
+            t0, c = float(w.t0[k]), float(w.c[k])
+            mu = t0 + c * budgets
+            sd = np.full_like(mu, 0.01) if kind == "additive" else 0.25 * mu
+            lat = mu + rng.normal(size=mu.size) * sd / np.sqrt(n)
+            p = float(w.A[k]) * -np.expm1(-float(w.b[k]) * budgets) + float(w.D[k])
+            correct = rng.binomial(n, p)
+            lines += [f"r{r}k{k},{l:g},{y},{n},{t:.10g}" for l, y, t in zip(budgets, correct, lat)]
+            truth.append((t0, c))
+    return "\n".join(lines), np.asarray(truth)
+
+
+@pytest.mark.parametrize("kind", ["additive", "proportional"])
+def test_latency_intervals_cover_at_their_nominal_rate(kind):
+    """95% intervals for t0 and c cover the truth 90-99% of the time, whether the request
+    noise has a constant standard deviation or one proportional to the mean (the old fit,
+    which assumed proportional noise, missed t0 by up to ~90 SE under additive noise)."""
+    text, truth = _latency_datasets(kind, replicates=100, seed=11 if kind == "additive" else 12)
+    r = _fit_quietly(jt.parse_measurements(text))
+    for j, name in enumerate(("t0", "c")):
+        covered = [
+            lo <= truth[i, j] <= hi
+            for i, t in enumerate(r.tasks)
+            for lo, hi in [t.interval(name, 0.95)]
+        ]
+        rate = float(np.mean(covered))
+        assert 0.90 <= rate <= 0.99, (kind, name, rate)
+    # the noise shape is recognised: additive data give sd ~ 0.01 and cv ~ 0, and vice versa
+    sd = np.median([t.latency_noise["sd"] for t in r.tasks])
+    cv = np.median([t.latency_noise["cv"] for t in r.tasks])
+    if kind == "additive":
+        assert 0.005 < sd < 0.02 and cv < 0.05, (sd, cv)
+    else:
+        assert sd < 0.005 and 0.15 < cv < 0.35, (sd, cv)
+
+
+def test_constant_and_falling_latency_warn_about_the_latency_line():
+    budgets = [0, 64, 256, 1024, 4096]
+    acc = [0.2, 0.3, 0.45, 0.6, 0.7]
+    const = "task,budget,accuracy,n_total,latency\n" + "".join(
+        f"flat,{l},{a},500,{0.8 + 1e-4 * np.sin(l):.8f}\n" for l, a in zip(budgets, acc)
+    )
+    with pytest.warns(jt.FitWarning, match="'flat'.*not clearly positive.*max_tokens"):
+        r = jt.fit(jt.parse_measurements(const))
+    assert r.tasks[0].params["c"] > 0
+    falling = "task,budget,accuracy,n_total,latency\n" + "".join(
+        f"down,{l},{a},500,{2.0 - 2e-4 * l:.8f}\n" for l, a in zip(budgets, acc)
+    )
+    with pytest.warns(jt.FitWarning) as record:
+        try:
+            jt.fit(jt.parse_measurements(falling))
+        except jt.InputError as e:  # the fitted workload may be invalid: the error says why
+            assert "latency" in str(e) and "'down'" in str(e)
+    messages = " ".join(str(w.message) for w in record)
+    assert "'down'" in messages and "clamped" in messages and "not clearly positive" in messages

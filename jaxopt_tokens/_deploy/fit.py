@@ -10,10 +10,14 @@ Standard errors are the inverse Fisher information $\sum_j n_j \nabla p_j \nabla
 and `at_bound`). Goodness of fit: the binomial deviance against $\chi^2$ with
 (cells - free parameters) degrees of freedom.
 
-Latency, eq. (1): $t_k(l) = t_{0k} + c_k l$, weighted linear regression of the rows' mean
-latencies on the budget (weights: requests per row over the squared fitted latency, i.e. a
-constant coefficient of variation per request); SEs from the residual variance, intervals
-from Student's t with (latency rows - 2) degrees of freedom.
+Latency, eq. (1): $t_k(l) = t_{0k} + c_k l$, fitted to the rows' mean latencies (pooled
+by budget) by weighted least squares under request noise of variance $s_0^2 + (\mathrm{cv}\,
+t_k(l))^2$: additive noise, noise proportional to the mean, or a mix, the shape chosen by
+restricted likelihood (`_fit_latency`). Standard errors are model-based, raised to the HC3
+sandwich value where that is larger; intervals use Student's t with (budgets - 3) degrees of
+freedom, so that they cover at their nominal rate for either kind of noise (tested by
+simulation). A slope that is not clearly positive, or an intercept above every measured
+latency, raises a `FitWarning`.
 
 Budgets solved from a fitted workload carry the fit's uncertainty: `budget_uncertainty`
 propagates the parameter covariance to $l^*$ by the delta method, with the solver's implicit
@@ -88,6 +92,9 @@ class TaskFit:
     p_value: float
     monotone: bool
     latency_dof: int
+    #: the fitted per-request latency noise: standard deviation $s_0$ (s) and coefficient of
+    #: variation, variance $s_0^2 + (\mathrm{cv}\,t(l))^2$
+    latency_noise: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     poor_fit: bool = False
 
@@ -287,36 +294,91 @@ def _fit_accuracy(l, y, n):
     return theta, ll, cov, fixed
 
 
-# ---------------------------------------------------------------- latency (weighted LS)
+# ---------------------------------------------------------------- latency (variance-function WLS)
+
+_SHAPES = 49  # grid of variance shapes between proportional and additive noise
+
+
+def _pooled_latency(m: Measurements, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Task k's latency rows pooled by budget: (budgets, weighted mean latency, requests).
+
+    Rows that repeat a budget (per-request rows, several runs) carry no information about
+    the mean line beyond their weighted mean, so the fit sees one row per budget whatever
+    the file's granularity; per-request and aggregated files give the same fit.
+    """
+    rows = m.rows_of(k)
+    rows = rows[(m.latency_weight[rows] > 0) & np.isfinite(m.latency[rows])]
+    budgets, where = np.unique(m.budget[rows], return_inverse=True)
+    weight = np.bincount(where, weights=m.latency_weight[rows], minlength=budgets.size)
+    total = np.bincount(
+        where, weights=m.latency_weight[rows] * m.latency[rows], minlength=budgets.size
+    )
+    return budgets, total / weight, weight
 
 
 @jax.jit
 def _fit_latency(l, t, n):
-    r"""Weighted least squares with constant relative error: var(row mean) = sigma^2 t(l)^2 / n.
+    r"""Mean line $t_0 + c\,l$ under request noise of variance $s_0^2 + (\mathrm{cv}\;\mu)^2$.
 
-    Request latencies scale with the budget, so their spread does too; weights
-    $n_j / \hat t(l_j)^2$ are refined over `_LATENCY_PASSES` passes (IRLS), starting from $n_j$.
+    A row's mean of $n_j$ requests has variance $\phi\,(\theta + (1 - \theta)\,\mu_j^2 /
+    \bar{\mu^2}) / n_j$: $\theta = 1$ is additive noise, $\theta = 0$ noise proportional to
+    the mean. For each $\theta$ on a grid the line is fitted by iteratively reweighted least
+    squares; $\theta$ is chosen by the restricted (REML) likelihood, which does not reward
+    the two fitted mean parameters. The covariance of $(t_0, c)$ is the model-based one,
+    $\hat\phi (X^\top W X)^{-1}$, with each standard error raised to its HC3 sandwich value
+    where that is larger (a guard against a mis-estimated shape with few rows); intervals
+    use Student's t with (rows - 3) degrees of freedom (one more for the shape). Padding rows
+    have $n_j = 0$. Returns the line, its covariance, the number of rows and $(s_0, cv)$.
     """
+    theta = jnp.concatenate(
+        [jnp.zeros(1), jax.nn.sigmoid(jnp.linspace(-14.0, 14.0, _SHAPES)), jnp.ones(1)]
+    ).astype(l.dtype)
+    tiny = jnp.finfo(l.dtype).tiny ** 0.25
 
     def one(l, t, n):
         X = jnp.stack([jnp.ones_like(l), l], -1)
-        y = jnp.where(n > 0, t, 0)
+        live = n > 0
+        y = jnp.where(live, t, 0)
+        m = jnp.sum(live)
 
         def wls(wt):
             XtW = X.T * wt
             G = XtW @ X
-            return jnp.linalg.solve(G, XtW @ y), G
+            Gi = jnp.linalg.inv(G)
+            return Gi @ (XtW @ y), Gi
 
-        beta, G = wls(n)
-        wt = n
-        for _ in range(_LATENCY_PASSES):
-            fitted = jnp.maximum(X @ beta, jnp.finfo(l.dtype).tiny ** 0.25)
-            wt = jnp.where(n > 0, n / fitted**2, 0)
-            beta, G = wls(wt)
-        r = jnp.where(n > 0, y - X @ beta, 0)
-        m = jnp.sum(n > 0)
-        sigma2 = jnp.sum(wt * r * r) / jnp.maximum(m - 2, 1)
-        return beta, sigma2 * jnp.linalg.inv(G), m
+        beta0, _ = wls(n)
+        scale = jnp.sum(jnp.where(live, n * (X @ beta0) ** 2, 0)) / jnp.sum(n)
+        scale = jnp.maximum(scale, tiny)
+
+        def at_shape(th):
+            beta = beta0
+            for _ in range(3):
+                mu = jnp.maximum(X @ beta, tiny)
+                v = th + (1 - th) * mu**2 / scale
+                wt = jnp.where(live, n / v, 0)
+                beta, Gi = wls(wt)
+            r = jnp.where(live, y - X @ beta, 0)
+            dof = jnp.maximum(m - 2, 1)
+            phi = jnp.maximum(jnp.sum(wt * r * r) / dof, jnp.finfo(l.dtype).tiny)
+            logv = jnp.where(live, jnp.log(v / jnp.where(live, n, 1)), 0)
+            reml = -0.5 * jnp.sum(logv) - 0.5 * dof * jnp.log(phi)
+            reml = reml + 0.5 * jnp.linalg.slogdet(Gi)[1]
+            return reml, beta, Gi, wt, r, phi
+
+        reml, betas, Gis, wts, rs, phis = jax.vmap(at_shape)(theta)
+        i = jnp.argmax(jnp.where(jnp.isfinite(reml), reml, -jnp.inf))
+        beta, Gi, wt, r, phi = betas[i], Gis[i], wts[i], rs[i], phis[i]
+        model = phi * Gi
+        h = wt * jnp.einsum("ij,jk,ik->i", X, Gi, X)
+        e2 = r * r / jnp.maximum(1 - h, jnp.finfo(l.dtype).eps) ** 2
+        sandwich = Gi @ ((X.T * (wt * wt * e2)) @ X) @ Gi
+        raise_by = jnp.sqrt(
+            jnp.maximum(jnp.diag(sandwich) / jnp.maximum(jnp.diag(model), tiny**4), 1.0)
+        )
+        cov = model * raise_by[:, None] * raise_by[None, :]
+        noise = jnp.sqrt(phi * jnp.stack([theta[i], (1 - theta[i]) / scale]))  # (s0, cv)
+        return beta, cov, m, noise
 
     return jax.vmap(one)(l, t, n)
 
@@ -396,14 +458,18 @@ def fit(
         L = jnp.asarray(np.stack([_pad(m, m.budget, k, width, 0.0) for k in range(K)]), f64)
         Y = jnp.asarray(np.stack([_pad(m, m.n_correct, k, width, 0.0) for k in range(K)]), f64)
         N = jnp.asarray(np.stack([_pad(m, m.n_total, k, width, 0.0) for k in range(K)]), f64)
-        T = jnp.asarray(
-            np.stack([_pad(m, np.nan_to_num(m.latency), k, width, 0.0) for k in range(K)]), f64
-        )
-        WT = jnp.asarray(
-            np.stack([_pad(m, m.latency_weight, k, width, 0.0) for k in range(K)]), f64
-        )
+        pooled = [_pooled_latency(m, k) for k in range(K)]
+        lat_width = max(b.size for b, _, _ in pooled)
+
+        def lat_pad(i):
+            return jnp.asarray(
+                np.stack([np.pad(p[i], (0, lat_width - p[i].size)) for p in pooled]), f64
+            )
+
         theta, _, acc_cov, fixed = (np.asarray(x) for x in _fit_accuracy(L, Y, N))
-        beta, lat_cov, lat_rows = (np.asarray(x) for x in _fit_latency(L, T, WT))
+        beta, lat_cov, lat_rows, noise = (
+            np.asarray(x) for x in _fit_latency(lat_pad(0), lat_pad(1), lat_pad(2))
+        )
         P = np.asarray(jax.vmap(_curve)(jnp.asarray(theta), L))
     y, n = np.asarray(Y), np.asarray(N)
     tasks = []
@@ -411,28 +477,37 @@ def fit(
         notes = []
         A, b, D = float(theta[k, 0]), float(np.exp(theta[k, 1])), float(theta[k, 2])
         t0, c = float(beta[k, 0]), float(beta[k, 1])
-        if c <= 0:
-            notes.append(
-                f"task {name!r}: fitted latency slope c = {c:.3g} <= 0 s/token; clamped to 1e-9"
+        se_t0, se_c = np.sqrt(np.clip(np.diag(lat_cov[k]), 0, None))
+        budgets, lat, _ = pooled[k]
+        span = float(budgets.max() - budgets.min())
+        mean_lat = float(np.mean(lat))
+        if c <= 0 or c < 2 * se_c or c * span < 1e-3 * mean_lat:
+            why = (
+                f"fitted latency slope c = {c:.3g} s/token (SE {se_c:.2g}) is not clearly positive"
+                if c * span >= 1e-3 * mean_lat or c <= 0
+                else f"fitted latency slope c = {c:.3g} s/token adds under 0.1% to the mean "
+                f"latency over the measured budgets"
             )
-            c = 1e-9
-        rows = m.rows_of(k)
-        lat = m.latency[rows][np.isfinite(m.latency[rows])]
-        span = float(np.max(m.budget[rows])) if rows.size else 0.0
-        if lat.size and 0 < c * span < 1e-6 * max(float(np.mean(lat)), 1e-300):
             notes.append(
-                f"task {name!r}: latency does not grow with the budget (fitted c = {c:.3g} "
-                "s/token): tokens look free, so its budget will sit near max_tokens; check the "
-                "latency column"
+                f"task {name!r}: {why}: latency does not grow with the budget, so tokens look "
+                "(nearly) free and this task's budget will be driven to max_tokens; check the "
+                "latency column" + ("; c is clamped to 1e-9" if c <= 0 else "")
             )
-        if lat.size and t0 > 2 * float(np.max(lat)):
+            c = max(c, 1e-9)
+        if t0 - 3 * se_t0 > float(lat.max()):
             notes.append(
-                f"task {name!r}: fitted t0 = {t0:.3g} s is over twice the largest measured "
-                f"latency ({float(np.max(lat)):.3g} s): the latency line does not fit the data"
+                f"task {name!r}: fitted t0 = {t0:.3g} s (SE {se_t0:.2g}) exceeds the largest "
+                f"measured latency ({float(lat.max()):.3g} s): the latency line does not fit "
+                "the data (latency falling with the budget?)"
             )
         if t0 < 0:
             notes.append(f"task {name!r}: fitted t0 = {t0:.3g} s < 0; clamped to 0")
             t0 = 0.0
+        if budgets.size < 4:
+            notes.append(
+                f"task {name!r}: latency at only {budgets.size} distinct budgets: the noise "
+                "shape cannot be estimated and the intervals for t0, c are unreliable"
+            )
         at_bound = tuple(c_ for c_, f in zip(("A = 0", "D = 0", "A + D = 1"), fixed[k]) if f)
         # snap estimates within _BOUND of an active constraint onto it
         A = 0.0 if "A = 0" in at_bound else A
@@ -467,7 +542,6 @@ def fit(
         se_acc = np.sqrt(np.clip(np.diag(acc_cov[k]), 0, None))
         if "A = 0" in at_bound:
             se_acc[1] = np.inf  # b is not identified by a flat curve
-        se_lat = np.sqrt(np.clip(np.diag(lat_cov[k]), 0, None))
         tasks.append(
             TaskFit(
                 name=name,
@@ -476,8 +550,8 @@ def fit(
                     "A": float(se_acc[0]),
                     "b": float(se_acc[1]),
                     "D": float(se_acc[2]),
-                    "t0": float(se_lat[0]),
-                    "c": float(se_lat[1]),
+                    "t0": float(se_t0),
+                    "c": float(se_c),
                 },
                 accuracy_cov=acc_cov[k],
                 latency_cov=lat_cov[k],
@@ -486,7 +560,8 @@ def fit(
                 dof=dof,
                 p_value=p_value,
                 monotone=monotone,
-                latency_dof=int(lat_rows[k]) - 2,
+                latency_dof=max(int(lat_rows[k]) - 3, 1),
+                latency_noise={"sd": float(noise[k, 0]), "cv": float(noise[k, 1])},
                 warnings=tuple(notes),
                 poor_fit=poor_fit,
             )
@@ -515,7 +590,7 @@ def fit(
         if not latency_notes:
             raise
         raise InputError(
-            f"{m.source}: {latency_notes[0]}; so the fitted workload is invalid: {e}"
+            f"{m.source}: {'; '.join(latency_notes)}; so the fitted workload is invalid: {e}"
         ) from None
     return FitResult(workload=w, tasks=tuple(tasks), measurements=m, fields=fields)
 

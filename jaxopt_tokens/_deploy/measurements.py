@@ -204,7 +204,7 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
         weight[tasks.index(row["task"])] += value
         if "arrival_time" in header:
             times.append(_float(row, "arrival_time", lineno, source))
-    if weight.sum() <= 0:
+    if not np.any(weight > 0):
         raise InputError(f"{source}: no requests (all shares or counts are zero)")
     missing = [t for t, x in zip(tasks, weight) if x == 0]
     if missing:
