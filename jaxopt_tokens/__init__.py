@@ -12,6 +12,7 @@ from ._deploy.export import (
     DEFAULT_ANSWER_RESERVE,
     DEFAULT_EFFORT_BOUNDS,
     EXPORT_FORMATS,
+    SGLANG_PROCESSORS,
     export_policy,
     load_tokens,
     openai_client_kwargs,
@@ -167,6 +168,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "DEFAULT_ANSWER_RESERVE",
     "DEFAULT_EFFORT_BOUNDS",
+    "SGLANG_PROCESSORS",
     # sweeps, frontiers and figures
     "sweep",
     "write_sweep",

@@ -19,6 +19,11 @@ from jaxopt_tokens.cli import export as cli_export
 
 NAMES = ("AIME", "GSM8K", "GPQA", "CRUXEval", "BBH", "ARC-Challenge")
 BUDGETS = [0.0, 340.89, 0.0, 0.0, 346.24, 30.14]
+QWEN3_PROCESSOR = (
+    '{"callable": "80049554000000000000008c2a73676c616e672e7372742e73616d706c696e672e63'
+    "7573746f6d5f6c6f6769745f70726f636573736f72948c215177656e335468696e6b696e674275646765"
+    '744c6f67697450726f636573736f729493942e"}'
+)
 
 
 @pytest.fixture
@@ -49,27 +54,63 @@ def test_vllm_fields(w):
     gsm = p["tasks"]["GSM8K"]
     assert gsm["budget"] == 341
     assert gsm["request"] == {
-        "max_tokens": 341 + DEFAULT_ANSWER_RESERVE,
+        "max_completion_tokens": 341 + DEFAULT_ANSWER_RESERVE,
         "thinking_token_budget": 341,
     }
     # zero -> thinking disabled through the chat template, no budget field
     aime = p["tasks"]["AIME"]["request"]
     assert aime == {
-        "max_tokens": DEFAULT_ANSWER_RESERVE,
+        "max_completion_tokens": DEFAULT_ANSWER_RESERVE,
         "chat_template_kwargs": {"enable_thinking": False},
     }
 
 
 def test_sglang_fields(w):
     p = export_policy(w, BUDGETS, engine="sglang", answer_reserve=100, rounding="round")
-    assert p["tasks"]["BBH"]["request"] == {
-        "max_tokens": 446,
-        "custom_params": {"thinking_budget": 346},
-    }
+    bbh = p["tasks"]["BBH"]["request"]
+    assert bbh["max_completion_tokens"] == 446
+    assert bbh["custom_params"] == {"thinking_budget": 346}
+    # the processor that reads custom_params, as SGLang's own CustomLogitProcessor.to_str()
+    # serialises the built-in class (pinned from sglang with dill 0.4.1)
+    assert bbh["custom_logit_processor"] == QWEN3_PROCESSOR
+    assert p["settings"]["server_flags"] == ["--enable-custom-logit-processor"]
     assert p["tasks"]["GPQA"]["request"] == {
-        "max_tokens": 100,
+        "max_completion_tokens": 100,
         "chat_template_kwargs": {"enable_thinking": False},
     }
+    strict = export_policy(w, BUDGETS, engine="sglang", sglang_processor="strict")
+    assert "custom_logit_processor" not in strict["tasks"]["BBH"]["request"]
+    assert "--enable-strict-thinking" in strict["settings"]["server_flags"]
+
+
+def test_sglang_processor_reference_loads_the_class(monkeypatch):
+    """The string decodes the way SGLang's server does (orjson/json, hex, dill/pickle) to
+    the processor class itself, for every built-in processor."""
+    import pickle
+    import sys
+    import types
+
+    from jaxopt_tokens import SGLANG_PROCESSORS
+
+    for name in ("sglang", "sglang.srt", "sglang.srt.sampling"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    fake = types.ModuleType("sglang.srt.sampling.custom_logit_processor")
+    for ref in SGLANG_PROCESSORS.values():
+        if ref is not None:
+            cls = type(ref[1], (), {})
+            cls.__module__ = ref[0]
+            setattr(fake, ref[1], cls)
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    for route, ref in SGLANG_PROCESSORS.items():
+        if ref is None:
+            continue
+        policy = export_policy(
+            jt.default_workload(), BUDGETS, engine="sglang", sglang_processor=route
+        )
+        text = policy["tasks"]["BBH"]["request"]["custom_logit_processor"]
+        loaded = pickle.loads(bytes.fromhex(json.loads(text)["callable"]))
+        assert loaded is getattr(fake, ref[1])
+        assert pickle.dumps(loaded, protocol=4).hex() == json.loads(text)["callable"]
 
 
 def test_openai_fields_and_effort_thresholds(w):
@@ -78,7 +119,7 @@ def test_openai_fields_and_effort_thresholds(w):
     req = {n: t["request"] for n, t in p["tasks"].items()}
     assert set(req["GSM8K"]) == {"max_completion_tokens", "reasoning_effort"}
     assert [r["reasoning_effort"] for r in req.values()] == [
-        "minimal",
+        "none",  # vLLM and SGLang read effort != "none" as thinking on: 0 must be "none"
         "low",
         "low",
         "medium",
@@ -86,7 +127,10 @@ def test_openai_fields_and_effort_thresholds(w):
         "high",
     ]
     assert req["GSM8K"]["max_completion_tokens"] == 500
-    assert p["settings"]["effort_bounds"] == {"minimal": 0, "low": 1024, "medium": 8192}
+    assert p["settings"]["effort_bounds"] == {"low": 1024, "medium": 8192}
+    assert p["settings"]["effort_at_zero"] == "none"
+    lowest = export_policy(w, tokens, engine="openai", answer_reserve=0, zero_budget="budget")
+    assert lowest["tasks"]["AIME"]["request"]["reasoning_effort"] == "minimal"
 
 
 def test_openai_custom_effort_bounds(w):
@@ -97,7 +141,7 @@ def test_openai_custom_effort_bounds(w):
         effort_bounds={"low": 50, "medium": 2000},
     )
     assert [t["request"]["reasoning_effort"] for t in p["tasks"].values()] == [
-        "low",
+        "none",
         "low",
         "medium",
         "medium",
@@ -109,13 +153,16 @@ def test_openai_custom_effort_bounds(w):
 def test_json_format_neutral_fields(w):
     p = export_policy(w, BUDGETS, engine="json", answer_reserve=10, rounding="round")
     assert p["tasks"]["ARC-Challenge"]["request"] == {"max_tokens": 40, "thinking_budget": 30}
+    # zero_budget applies here too: "disable" switches thinking off, "budget" sends 0
+    assert p["tasks"]["AIME"]["request"] == {"max_tokens": 10, "enable_thinking": False}
+    p = export_policy(w, BUDGETS, engine="json", answer_reserve=10, zero_budget="budget")
     assert p["tasks"]["AIME"]["request"] == {"max_tokens": 10, "thinking_budget": 0}
 
 
 def test_zero_budget_sends_field(w):
     p = export_policy(w, BUDGETS, engine="vllm", zero_budget="budget")
     assert p["tasks"]["AIME"]["request"] == {
-        "max_tokens": DEFAULT_ANSWER_RESERVE,
+        "max_completion_tokens": DEFAULT_ANSWER_RESERVE,
         "thinking_token_budget": 0,
     }
     p = export_policy(w, BUDGETS, engine="sglang", zero_budget="budget")
@@ -136,12 +183,12 @@ def test_reserve_caps_budget_below_max_tokens(w):
     p = export_policy(w, [0, 900, 0, 0, 700, 5000], engine="vllm", answer_reserve=200)
     t = p["tasks"]
     assert t["GSM8K"]["budget"] == 800 and t["GSM8K"]["clamped"] == ["answer_reserve"]
-    assert t["GSM8K"]["request"]["max_tokens"] == 1000
+    assert t["GSM8K"]["request"]["max_completion_tokens"] == 1000
     assert t["BBH"]["budget"] == 700 and t["BBH"]["clamped"] == []
     assert t["ARC-Challenge"]["budget"] == 800
     assert t["ARC-Challenge"]["clamped"] == ["max_tokens", "answer_reserve"]
     for entry in t.values():
-        assert entry["request"]["max_tokens"] <= 1000
+        assert entry["request"]["max_completion_tokens"] <= 1000
         assert entry["budget"] <= 1000 - 200
 
 
@@ -211,11 +258,11 @@ def test_json_roundtrip(w, tmp_path, fmt):
 def test_openai_client_kwargs(w):
     p = export_policy(w, BUDGETS, engine="vllm", rounding="round")
     assert openai_client_kwargs(p, "GSM8K") == {
-        "max_tokens": 341 + DEFAULT_ANSWER_RESERVE,
+        "max_completion_tokens": 341 + DEFAULT_ANSWER_RESERVE,
         "extra_body": {"thinking_token_budget": 341},
     }
     assert openai_client_kwargs(p, "AIME") == {
-        "max_tokens": DEFAULT_ANSWER_RESERVE,
+        "max_completion_tokens": DEFAULT_ANSWER_RESERVE,
         "extra_body": {"chat_template_kwargs": {"enable_thinking": False}},
     }
     o = export_policy(w, BUDGETS, engine="openai")
@@ -240,7 +287,7 @@ def test_negative_tokens_name_task(w):
 
 
 def test_nonfinite_and_non_number_tokens(w):
-    with pytest.raises(InputError, match=r"tokens\[BBH\].*finite"):
+    with pytest.raises(InputError, match=r"tokens\[BBH\].*NaN|tokens\[BBH\].*nan"):
         export_policy(w, [0, 1, 0, 0, float("nan"), 0])
     with pytest.raises(InputError, match=r"tokens\[AIME\]"):
         export_policy(w, ["x", 1, 0, 0, 0, 0])
@@ -305,7 +352,10 @@ def test_cli_solves_and_prints(capsys):
     rc, out = _run_cli(["export", "--engine", "vllm"], capsys)
     assert rc == 0
     p = json.loads(out.out)
-    assert p["tasks"]["GSM8K"]["request"] == {"max_tokens": 597, "thinking_token_budget": 341}
+    assert p["tasks"]["GSM8K"]["request"] == {
+        "max_completion_tokens": 597,
+        "thinking_token_budget": 341,
+    }
     assert p["source"]["workload"] == "default (Table I)"
     assert p["source"]["status"] == "converged"
 
@@ -369,3 +419,93 @@ def test_cli_rejects_unknown_format(capsys):
         _parser().parse_args(["export", "--engine", "tgi"])
     with pytest.raises(SystemExit):
         _parser().parse_args(["export", "--answer-reserve", "-4"])
+
+
+# ----------------------------------------------------------------------------- unlimited, SEs
+
+
+def test_unlimited_budget_is_minus_one_where_the_engines_read_no_limit(w):
+    tokens = dict(zip(NAMES, BUDGETS)) | {"AIME": None, "BBH": float("inf")}
+    cap = int(w.max_tokens)
+    vllm = export_policy(w, tokens, engine="vllm")["tasks"]
+    assert vllm["AIME"]["request"] == {"max_completion_tokens": cap, "thinking_token_budget": -1}
+    assert vllm["AIME"]["budget"] is None and vllm["AIME"]["tokens"] is None
+    sglang = export_policy(w, tokens, engine="sglang")["tasks"]["BBH"]["request"]
+    assert sglang["custom_params"] == {"thinking_budget": -1}
+    assert export_policy(w, tokens, engine="json")["tasks"]["BBH"]["request"] == {
+        "max_tokens": cap,
+        "thinking_budget": None,
+    }
+    assert export_policy(w, tokens, engine="openai")["tasks"]["BBH"]["request"] == {
+        "max_completion_tokens": cap,
+        "reasoning_effort": "high",
+    }
+    write_policy(export_policy(w, tokens))  # strict JSON
+
+
+def test_conservative_exports_the_lower_quantile(w):
+    se = [0.0, 40.0, 0.0, 0.0, 10.0, 100.0]
+    p = export_policy(w, BUDGETS, uncertainty=se, conservative=0.1, rounding="round")
+    t = p["tasks"]
+    z = -1.2815515655446004
+    assert t["GSM8K"]["tokens_se"] == 40.0 and t["GSM8K"]["tokens"] == BUDGETS[1]
+    assert t["GSM8K"]["budget"] == round(BUDGETS[1] + z * 40)
+    assert t["BBH"]["budget"] == round(BUDGETS[4] + z * 10)
+    assert t["ARC-Challenge"]["budget"] == 0  # the quantile is clipped at zero
+    assert p["settings"]["conservative"] == 0.1
+    plain = export_policy(w, BUDGETS, uncertainty=se, rounding="round")["tasks"]
+    assert plain["GSM8K"]["budget"] == 341 and plain["GSM8K"]["tokens_se"] == 40.0
+    with pytest.raises(InputError, match="conservative needs uncertainty"):
+        export_policy(w, BUDGETS, conservative=0.1)
+    with pytest.raises(InputError, match="conservative must be a probability"):
+        export_policy(w, BUDGETS, uncertainty=se, conservative=1.5)
+    with pytest.raises(InputError, match=r"uncertainty\[GSM8K\]"):
+        export_policy(w, BUDGETS, uncertainty=[0, -1, 0, 0, 0, 0])
+
+
+def test_cli_exports_budgets_with_the_fits_standard_errors(tmp_path, capsys):
+    from jaxopt_tokens.cli.main import main
+
+    shipped = jt.default_workload()
+    data = tmp_path / "m.csv"
+    data.write_text(jt.synthetic_measurements(shipped, jax.random.key(0)))
+    shares = tmp_path / "shares.csv"
+    shares.write_text(
+        "task,share\n" + "".join(f"{n},{float(s)}\n" for n, s in zip(NAMES, shipped.share))
+    )
+    assert (
+        main(
+            [
+                "fit",
+                str(data),
+                "--shares",
+                str(shares),
+                "-o",
+                str(tmp_path / "w.toml"),
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    (tmp_path / "fit.json").write_text(capsys.readouterr().out)
+    argv = [
+        "export",
+        "--workload",
+        str(tmp_path / "w.toml"),
+        "--uncertainty",
+        str(tmp_path / "fit.json"),
+    ]
+    assert main(argv) == 0
+    plain = json.loads(capsys.readouterr().out)["tasks"]
+    assert main([*argv, "--conservative", "0.05"]) == 0
+    low = json.loads(capsys.readouterr().out)["tasks"]
+    for name in NAMES:
+        assert plain[name]["tokens_se"] >= 0
+        assert low[name]["budget"] <= plain[name]["budget"]
+    assert any(low[n]["budget"] < plain[n]["budget"] for n in NAMES)
+    # SEs from another workload (here: another arrival rate) are refused, naming the task
+    assert main([*argv, "--arrival-rate", "0.3"]) == 2
+    assert "belong to another workload" in capsys.readouterr().err
+    assert main(["export", "--conservative", "0.1"]) == 2
+    assert "--conservative needs --uncertainty" in capsys.readouterr().err

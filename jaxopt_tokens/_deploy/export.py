@@ -6,84 +6,92 @@ the fields to put in a chat-completions request so that the engine enforces the 
 
 Budget pipeline (in this order, per task):
 
-1. **Integer budget.** `rounding="integer"` (default) uses `integer_budgets` (the best
+1. **Uncertainty.** With `uncertainty` (standard errors of the budgets, e.g. from
+   `budget_uncertainty`) every task records `tokens_se`; with `conservative=q` the budget
+   exported is the lower quantile `tokens + z_q * se` (clipped at 0) instead of `tokens`.
+2. **Integer budget.** `rounding="integer"` (default) uses `integer_budgets` (the best
    floor/ceil combination of eq. (39) for up to 16 tasks, rounding + local search above);
    `"ceil"` rounds up (with a 1e-6 tolerance, so 340.0000001 -> 340); `"round"` rounds to
    nearest. All keep budgets in [0, floor(max_tokens)].
-2. **Minimum budget.** A positive budget below `min_budget` is raised to `min_budget`
+3. **Minimum budget.** A positive budget below `min_budget` is raised to `min_budget`
    (a budget of a few tokens only truncates the thinking block). Zero stays zero.
-3. **Answer reserve.** Reasoning tokens count against the request's output limit, so the
+4. **Answer reserve.** Reasoning tokens count against the request's output limit, so the
    request's limit is `budget + answer_reserve` and the budget is capped at
    `floor(workload.max_tokens) - answer_reserve`; the request limit therefore never exceeds
    the workload's `max_tokens`. The reserve cap wins over `min_budget`.
-4. **Zero.** A budget of 0 means "do not think". With `zero_budget="disable"` (default) it
+5. **Zero.** A budget of 0 means "do not think". With `zero_budget="disable"` (default) it
    maps to the chat-template switch `chat_template_kwargs: {"enable_thinking": false}`
-   (Qwen3-style hybrid models, on vLLM and SGLang) and no budget field is sent; with
-   `zero_budget="budget"` the engine's budget field is sent as 0 (what engines do with 0
-   is not documented; see the sources below). For `engine="openai"` 0 maps to the lowest
-   effort level (`"minimal"` by default).
+   (Qwen3-style hybrid models, on vLLM and SGLang; `"enable_thinking": false` in the neutral
+   format, `reasoning_effort: "none"` for `"openai"`) and no budget field is sent; with
+   `zero_budget="budget"` the budget field is sent as 0 (both engines force the end of the
+   thinking block at once; SGLang's logit processor lets one newline through first).
+6. **Unlimited.** A task whose tokens are `None` or `inf` gets no thinking limit: vLLM
+   `thinking_token_budget: -1`, SGLang `thinking_budget: -1` (both engines read a negative
+   value as "no limit"), effort `"high"`, neutral `thinking_budget: null`; its request limit
+   is `floor(max_tokens)`, and the metadata counts it at that limit.
 
 Each task entry records the continuous tokens, the exported `budget` and which clamps
 (`"min_budget"`, `"answer_reserve"`, `"max_tokens"`) changed it.
 
-Formats and the request fields they emit (body fields of an OpenAI-compatible
-`/v1/chat/completions` request; with the `openai` Python client, fields the client does not
-know go in `extra_body`, see `openai_client_kwargs`):
+Formats and the body fields of an OpenAI-compatible `/v1/chat/completions` request they
+emit (with the `openai` Python client, fields the client does not know go in `extra_body`;
+see `openai_client_kwargs`):
 
-- `"vllm"`: `max_tokens`, `thinking_token_budget` (budget 0, disabled:
-  `chat_template_kwargs.enable_thinking = false`).
-- `"sglang"`: `max_tokens`, `custom_params: {"thinking_budget": B}` (disabled as for vLLM).
-- `"openai"`: `max_completion_tokens`, `reasoning_effort` chosen by token thresholds
-  (`effort_bounds`, default `{"minimal": 0, "low": 1024, "medium": 8192}`: the first level
-  whose upper bound is >= the budget, else `"high"`).
-- `"json"`: engine-neutral `max_tokens` and `thinking_budget`.
+- `"vllm"`: `max_completion_tokens`, `thinking_token_budget`. The server needs a reasoning
+  parser (`--reasoning-parser qwen3`); `--reasoning-config` is optional (it overrides the
+  start/end strings that the parser supplies). Without a parser vLLM rejects the request.
+- `"sglang"`: `max_completion_tokens`, `custom_params: {"thinking_budget": B}` and, with
+  `sglang_processor="qwen3"` (default) or `"deepseek-r1"`, `custom_logit_processor`: the
+  serialised reference to SGLang's `Qwen3ThinkingBudgetLogitProcessor` /
+  `DeepSeekR1ThinkingBudgetLogitProcessor`; the server must run with
+  `--enable-custom-logit-processor` (without it SGLang rejects the request). With
+  `sglang_processor="strict"` no processor is sent and the budget is enforced by the
+  grammar backend, for a server started with `--enable-strict-thinking` and
+  `--reasoning-parser`.
+- `"openai"`: `max_completion_tokens` and `reasoning_effort`, chosen by token bands
+  (`effort_bounds`, default `{"low": 1024, "medium": 8192}`: the first level whose upper
+  bound is >= the budget, `"high"` above; 0 -> `"none"`, or `"minimal"` with
+  `zero_budget="budget"`). Only `max_completion_tokens` caps tokens: OpenAI does not publish
+  a token count per effort level, and vLLM and SGLang read the effort only as
+  `enable_thinking = (effort != "none")` plus a chat-template variable (templates that use
+  it, e.g. gpt-oss, honour the bands; Qwen3's does not).
+- `"json"`: engine-neutral `max_tokens`, `thinking_budget` (or `enable_thinking: false`).
 
-Sources checked for the field names (stored copies of public docs, code and issues):
+**Engine versions checked** (read from the engines' source, not only their docs):
 
-- vLLM: the per-request field is `thinking_token_budget`, a sampling parameter accepted in
-  the chat-completions body, added by vllm-project/vllm PR #20859 "[Feature] limit thinking
-  tokens (hard limit)" (https://github.com/vllm-project/vllm/pull/20859), which also added a
-  "Thinking Budget Control" section to docs/features/reasoning_outputs.md: counting starts at
-  the reasoning start string, and when the count reaches the budget vLLM forces the end
-  string; without the field only `max_tokens` limits reasoning. The server needs
-  `--reasoning-parser` and `--reasoning-config` (start/end strings; see
-  https://docs.vllm.ai/en/stable/api/vllm/config/reasoning/). A user report
-  (https://discuss.vllm.ai/t/thinking-token-budget-silently-ignored-when-passed-via-extra-args-in-vllm-0-18-0/2533)
-  says vLLM 0.18.0's `SamplingParams` had no such field, so it needs a newer vLLM.
-  What 0 and -1 do is NOT confirmed by the docs. A downstream copy of vLLM's
-  thinking-budget logits processor (the upstream file was not available to check) forces the end
-  string as soon as a thinking block opens when the budget is 0. A review comment on PR
-  #20859 proposed -1 for "unlimited", but no documentation says that was adopted.
-  So this module never sends -1 (it leaves the field out instead) and by default does not
-  send 0 either (it uses the chat-template switch; `zero_budget="budget"` sends 0).
-  Turning Qwen3 thinking off with `chat_template_kwargs: {"enable_thinking": false}` appears in
-  vLLM's reasoning-outputs
-  example (seen in a copy, myPar/OpenAI_proxy open_ai_proxy_r1/infer_r1_32b.py; the
-  vllm-project/vllm docs/source/features/reasoning_outputs.md excerpt lists Qwen3
-  under the `qwen3` parser) and in SGLang's thinking-budget page (below).
-- SGLang: https://docs.sglang.io/docs/advanced_features/thinking_budget describes three
-  mechanisms: chat-template hints (`enable_thinking`, and a `thinking_budget` template
-  variable only honoured if the template defines it), strict thinking
-  (`--enable-strict-thinking`, a grammar-level exact cap) and a custom logit processor
-  (`--enable-custom-logit-processor`). The per-request field read by both enforcing
-  mechanisms is `custom_params["thinking_budget"]`: sglang
-  python/sglang/srt/sampling/custom_logit_processor.py (`ThinkingBudgetLogitProcessor`
-  skips the request when the value is missing, not an int, or negative) and, per an issue
-  citing python/sglang/srt/constrained/grammar_manager.py, strict thinking maps the same
-  custom param to its per-request limit; sgl-project/sglang issue #25536 shows it set as
-  `{"custom_params": {"thinking_budget": 200}}`. With the logit-processor route the request
-  must also carry `custom_logit_processor` (a serialised processor class, e.g. the Qwen3
-  one's `to_str()`); that string needs sglang installed, so this module does not emit it.
-  NOT confirmed from docs: the behaviour of a budget of exactly 0 (the code only shows that
-  negative values disable the limit), hence the default chat-template switch for 0.
-- OpenAI: the official API reference was not among the stored sources searched, so
-  these come from SDK and gateway docs that mirror it. `reasoning_effort` takes "minimal",
-  "low", "medium", "high" (newer models also "none" and "xhigh"; e.g. https://learn.microsoft.com/en-us/javascript/api/@azure/ai-projects/reasoningeffort),
-  and `max_completion_tokens` bounds reasoning plus visible output (reasoning counts against
-  it; e.g. https://you.com/docs/guides/inference-router/reasoning). OpenAI does not
-  document a token count per effort level; the default bounds here are our choice (close
-  to the 1K/8K budgets Google states for "low"/"medium" on its OpenAI-compatible API).
-  Configure them with `effort_bounds`.
+- vLLM 0.33.0 (PyPI wheel, commit 4ba787ec9):
+  `vllm/entrypoints/openai/chat_completion/protocol.py` `ChatCompletionRequest`:
+  `max_tokens` is deprecated in favour of `max_completion_tokens`, which wins when both are
+  sent (`serving.py`, `build_tok_params`); unknown fields are accepted (`extra="allow"`),
+  logged at debug level only. `vllm/sampling_params.py` `validate_thinking_token_budget`:
+  a non-negative int, or -1 for unlimited (stored as unset); bools and floats are refused.
+  `build_chat_params`: `reasoning_effort` sets `enable_thinking = effort != "none"` unless
+  the request sets it. `vllm/config/reasoning.py` `ReasoningConfig.initialize_token_ids`
+  fills the start/end strings from the reasoning parser; `vllm/v1/engine/input_processor.py`
+  rejects a budget when no reasoning config exists. Enforcement: `ThinkingBudgetStateHolder`
+  (`vllm/v1/sample/thinking_budget_state.py`) forces the end string; with 0 at once.
+- SGLang (files of the sgl-project/sglang repository at the commits named):
+  `python/sglang/srt/sampling/custom_logit_processor.py` @ 065927d1
+  (`ThinkingBudgetLogitProcessor.__call__` reads `custom_params["thinking_budget"]` and
+  skips values that are missing, not an int, or negative; `CustomLogitProcessor.to_str`
+  serialises the class as `json.dumps({"callable": dill.dumps(cls).hex()})`, and dill pickles
+  an importable class by reference, the same bytes as `pickle` protocol 4, which is what
+  `_sglang_processor_reference` writes without needing sglang installed);
+  `tokenizer_manager.py` @ 001067ff (`_validate_one_request` refuses a processor when
+  `--enable-custom-logit-processor` is off); `constrained/grammar_manager.py` @ 18cc7bf2
+  (`_get_request_thinking_budget`: the strict-thinking route reads the same custom param);
+  `entrypoints/openai/protocol.py` @ 004c82e0 (`ChatCompletionRequest`:
+  `max_new_tokens = max_completion_tokens or max_tokens`; `normalize_reasoning_inputs` sets
+  `enable_thinking = effort != "none"` unless the request sets it; unknown fields are
+  silently dropped).
+- OpenAI: the official API reference was not among the stored sources;
+  `reasoning_effort` ("none", "minimal", "low", "medium", "high") and
+  `max_completion_tokens` (reasoning plus visible output) as mirrored by SDK and gateway
+  documentation.
+
+The request bodies are checked in the tests against pinned copies of these request models'
+fields (`tests/engine_schemas.py`, with their source files and commits) and sent with the
+real `openai` client to a loopback server.
 """
 
 from __future__ import annotations
@@ -93,6 +101,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import jax.numpy as jnp
@@ -117,17 +126,43 @@ __all__ = [
     "EXPORT_FORMATS",
     "DEFAULT_ANSWER_RESERVE",
     "DEFAULT_EFFORT_BOUNDS",
+    "SGLANG_PROCESSORS",
 ]
 
 EXPORT_FORMATS = ("vllm", "sglang", "openai", "json")
 ROUNDINGS = ("integer", "ceil", "round")
 ZERO_BUDGET = ("disable", "budget")
 DEFAULT_ANSWER_RESERVE = 256
-DEFAULT_EFFORT_BOUNDS: dict[str, int] = {"minimal": 0, "low": 1024, "medium": 8192}
+DEFAULT_EFFORT_BOUNDS: dict[str, int] = {"low": 1024, "medium": 8192}
 TOP_EFFORT = "high"
+#: `reasoning_effort` for a zero budget: thinking off ("disable"), or the lowest level
+ZERO_EFFORT = {"disable": "none", "budget": "minimal"}
 _DISABLE = {"chat_template_kwargs": {"enable_thinking": False}}
+#: SGLang's built-in thinking-budget logit processors (module, class), by model family;
+#: "strict" sends none (the server's grammar backend enforces the budget)
+SGLANG_PROCESSORS: dict[str, tuple[str, str] | None] = {
+    "qwen3": ("sglang.srt.sampling.custom_logit_processor", "Qwen3ThinkingBudgetLogitProcessor"),
+    "deepseek-r1": (
+        "sglang.srt.sampling.custom_logit_processor",
+        "DeepSeekR1ThinkingBudgetLogitProcessor",
+    ),
+    "strict": None,
+}
 # Fields the `openai` client takes as keyword arguments; the rest go in `extra_body`.
 _OPENAI_CLIENT_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "reasoning_effort"})
+
+
+def _sglang_processor_reference(module: str, name: str) -> str:
+    """The `custom_logit_processor` string SGLang's `CustomLogitProcessor.to_str()` makes for
+    an importable processor class: JSON `{"callable": hex}` of the class pickled by reference
+    (pickle protocol 4: PROTO, FRAME, module and qualified name, STACK_GLOBAL), which the
+    server loads with `dill.loads(bytes.fromhex(...))`."""
+    body = b""
+    for part in (module.encode(), name.encode()):
+        body += b"\x8c" + bytes([len(part)]) + part + b"\x94"  # SHORT_BINUNICODE, MEMOIZE
+    body += b"\x93\x94."  # STACK_GLOBAL, MEMOIZE, STOP
+    payload = b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body
+    return json.dumps({"callable": payload.hex()})
 
 
 def _int_option(value: Any, field: str) -> int:
@@ -144,8 +179,9 @@ def _int_option(value: Any, field: str) -> int:
 def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
     """Continuous budgets in task order from a list (task order) or a mapping name -> tokens.
 
-    Raises `InputError` naming the field (`tokens`, `tokens[<task>]`) for a wrong length,
-    unknown or missing task names, non-numbers, non-finite or negative values.
+    `None` or `inf` for a task means no thinking limit (returned as `inf`). Raises
+    `InputError` naming the field (`tokens`, `tokens[<task>]`) for a wrong length, unknown or
+    missing task names, non-numbers, NaN or negative values.
     """
     names = workload.task_names
     if isinstance(data, Solution):
@@ -186,6 +222,9 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
             )
     out = np.empty(len(names), dtype=np.float64)
     for k, (name, v) in enumerate(zip(names, values)):
+        if v is None:  # no thinking limit
+            out[k] = np.inf
+            continue
         if isinstance(v, (bool, np.bool_)):
             raise InputError(f"tokens[{name}] must be a number, got {v!r}")
         if not isinstance(v, (int, float, np.integer, np.floating)):
@@ -197,8 +236,10 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
             v = float(v)
         except OverflowError:
             raise InputError(f"tokens[{name}] is too large for a float") from None
-        if not math.isfinite(v):
-            raise InputError(f"tokens[{name}] must be finite, got {v}")
+        if math.isnan(v) or v == -math.inf:
+            raise InputError(
+                f"tokens[{name}] must be a number >= 0 (or inf / null: no limit), got {v}"
+            )
         if v < 0:
             raise InputError(f"tokens[{name}] must be >= 0, got {v:g}")
         out[k] = v
@@ -228,13 +269,15 @@ def load_tokens(path: str | Path, workload: Workload) -> np.ndarray:
 
 
 def _integer(tokens: np.ndarray, w: Workload, rounding: str) -> np.ndarray:
+    """Integer budgets in [0, floor(max_tokens)]; unlimited (inf) tasks come back as the cap."""
     cap = math.floor(float(np.asarray(w.max_tokens)))
+    finite = np.minimum(tokens, cap)
     if rounding == "integer":
-        x = np.asarray(integer_budgets(jnp.asarray(tokens, dtype=w.dtype), w), dtype=np.float64)
+        x = np.asarray(integer_budgets(jnp.asarray(finite, dtype=w.dtype), w), dtype=np.float64)
     elif rounding == "ceil":
-        x = np.ceil(tokens - 1e-6)
+        x = np.ceil(finite - 1e-6)
     else:
-        x = np.round(tokens)
+        x = np.round(finite)
     return np.clip(x, 0, cap).astype(np.int64)
 
 
@@ -265,21 +308,52 @@ def _check_effort_bounds(bounds: Mapping[str, int]) -> dict[str, int]:
 
 
 def _request(
-    fmt: str, budget: int, reserve: int, zero_budget: str, bounds: Mapping[str, int]
+    fmt: str,
+    budget: int | None,
+    limit: int,
+    zero_budget: str,
+    bounds: Mapping[str, int],
+    processor: str,
 ) -> dict[str, Any]:
-    limit = budget + reserve
+    """The request body fields for one task; `budget` None means no thinking limit."""
     disabled = budget == 0 and zero_budget == "disable"
     if fmt == "openai":
-        return {"max_completion_tokens": limit, "reasoning_effort": _effort(budget, bounds)}
-    if fmt == "vllm":
-        req: dict[str, Any] = {"max_tokens": limit}
-        req.update(_DISABLE if disabled else {"thinking_token_budget": budget})
-        return json.loads(json.dumps(req))  # fresh nested dicts per task
-    if fmt == "sglang":
-        req = {"max_tokens": limit}
-        req.update(_DISABLE if disabled else {"custom_params": {"thinking_budget": budget}})
-        return json.loads(json.dumps(req))
-    return {"max_tokens": limit, "thinking_budget": budget}  # json
+        effort = (
+            TOP_EFFORT
+            if budget is None
+            else ZERO_EFFORT[zero_budget]
+            if budget == 0
+            else _effort(budget, bounds)
+        )
+        return {"max_completion_tokens": limit, "reasoning_effort": effort}
+    if fmt == "json":
+        if disabled:
+            return {"max_tokens": limit, "enable_thinking": False}
+        return {"max_tokens": limit, "thinking_budget": budget}
+    req: dict[str, Any] = {"max_completion_tokens": limit}
+    value = -1 if budget is None else budget  # both engines read -1 as "no limit"
+    if disabled:
+        req.update(json.loads(json.dumps(_DISABLE)))  # fresh nested dicts per task
+    elif fmt == "vllm":
+        req["thinking_token_budget"] = value
+    else:  # sglang
+        req["custom_params"] = {"thinking_budget": value}
+        reference = SGLANG_PROCESSORS[processor]
+        if reference is not None:
+            req["custom_logit_processor"] = _sglang_processor_reference(*reference)
+    return req
+
+
+def _standard_errors(uncertainty: Any, workload: Workload) -> np.ndarray:
+    """Per-task standard errors of the budgets (a sequence in task order or a mapping)."""
+    try:
+        se = tokens_from_data(uncertainty, workload)
+    except InputError as e:
+        raise InputError(str(e).replace("tokens", "uncertainty", 1)) from None
+    bad = [n for n, x in zip(workload.task_names, se) if not math.isfinite(x)]
+    if bad:
+        raise InputError(f"uncertainty[{bad[0]}] must be a finite standard error")
+    return se
 
 
 def _finite_or_none(x: Any) -> float | None:
@@ -297,6 +371,9 @@ def export_policy(
     rounding: str = "integer",
     zero_budget: str = "disable",
     effort_bounds: Mapping[str, int] | None = None,
+    sglang_processor: str = "qwen3",
+    uncertainty: Any = None,
+    conservative: float | None = None,
     source: str | None = None,
 ) -> dict[str, Any]:
     """Per-task request parameters enforcing the budgets `tokens` on a serving engine.
@@ -304,20 +381,27 @@ def export_policy(
     **Arguments:**
 
     - `workload`: an unbatched `Workload` (its task names key the policy).
-    - `tokens`: a `Solution`, a sequence of budgets in task order, or a mapping task -> budget.
+    - `tokens`: a `Solution`, a sequence of budgets in task order, or a mapping task -> budget
+      (`None` or `inf`: no thinking limit for that task).
     - `engine`: `"vllm"`, `"sglang"`, `"openai"` or `"json"` (see the module docstring).
     - `answer_reserve`: tokens kept for the visible answer; request limit = budget + reserve.
     - `min_budget`: positive budgets below it are raised to it (0 stays 0).
     - `rounding`: `"integer"` (`integer_budgets`, eq. (39)), `"ceil"` or `"round"`.
-    - `zero_budget`: `"disable"` (0 -> `chat_template_kwargs.enable_thinking=false`) or
-      `"budget"` (send the budget field as 0). Ignored by `"openai"`.
+    - `zero_budget`: `"disable"` (0 -> thinking switched off) or `"budget"` (send 0).
     - `effort_bounds`: `"openai"` only; ordered level -> inclusive upper token bound,
       `"high"` above the last (default `DEFAULT_EFFORT_BOUNDS`).
+    - `sglang_processor`: `"sglang"` only; `"qwen3"`, `"deepseek-r1"` (the logit processor
+      sent with each request) or `"strict"` (none: the server's strict thinking).
+    - `uncertainty`: standard errors of `tokens` per task (e.g. the second result of
+      `budget_uncertainty`), recorded as `tokens_se`.
+    - `conservative`: a probability q in (0, 1); export the q-quantile
+      `tokens + z_q * tokens_se` (needs `uncertainty`; q < 0.5 exports less thinking).
     - `source`: where the workload came from, recorded in the metadata.
 
-    **Returns:** a JSON-serialisable dict with `format`, `generated_by`, `source` (workload
+    **Returns:** a JSON-serialisable dict with `engine`, `generated_by`, `source` (workload
     metadata and the objective J at the exported budgets), `settings` and `tasks`
-    (`{name: {"tokens", "budget", "clamped", "request"}}`).
+    (`{name: {"tokens", "budget", "clamped", "request"}}`, plus `"tokens_se"` with
+    `uncertainty`).
 
     Raises `InputError` naming the offending field for bad options or budgets.
     """
@@ -329,6 +413,11 @@ def export_policy(
         raise InputError(
             f"zero_budget must be one of {', '.join(ZERO_BUDGET)}; got {zero_budget!r}"
         )
+    if sglang_processor not in SGLANG_PROCESSORS:
+        raise InputError(
+            f"sglang_processor must be one of {', '.join(SGLANG_PROCESSORS)}; "
+            f"got {sglang_processor!r}"
+        )
     if not isinstance(workload, Workload):
         raise InputError(f"workload must be a Workload, got {type(workload).__name__}")
     if workload.batch_shape:
@@ -338,6 +427,13 @@ def export_policy(
     reserve = _int_option(answer_reserve, "answer_reserve")
     min_b = _int_option(min_budget, "min_budget")
     bounds = _check_effort_bounds(DEFAULT_EFFORT_BOUNDS if effort_bounds is None else effort_bounds)
+    if conservative is not None:
+        if uncertainty is None:
+            raise InputError("conservative needs uncertainty (the budgets' standard errors)")
+        if isinstance(conservative, bool) or not isinstance(conservative, (int, float)):
+            raise InputError(f"conservative must be a probability in (0, 1), got {conservative!r}")
+        if not 0 < float(conservative) < 1:
+            raise InputError(f"conservative must be a probability in (0, 1), got {conservative}")
     lmax = float(np.asarray(workload.max_tokens))
     cap_total = math.floor(lmax)
     cap = cap_total - reserve
@@ -354,28 +450,46 @@ def export_policy(
             f"tokens: the solution did not converge ({status.name.lower()}: {status.message})"
         )
     cont = tokens_from_data(tokens, workload)
-    ints = _integer(cont, workload, rounding)
+    se = None if uncertainty is None else _standard_errors(uncertainty, workload)
+    target = cont
+    if conservative is not None and se is not None:
+        z = NormalDist().inv_cdf(float(conservative))
+        target = np.where(np.isfinite(cont), np.maximum(cont + z * se, 0.0), cont)
+    ints = _integer(target, workload, rounding)
 
     tasks: dict[str, Any] = {}
     budgets = []
-    for name, x, b in zip(workload.task_names, cont, ints):
+    for k, (name, x, b) in enumerate(zip(workload.task_names, target, ints)):
         b = int(b)
         clamped = []
-        if x > cap_total:
-            clamped.append("max_tokens")
-        if 0 < b < min_b:
-            b = min_b
-            clamped.append("min_budget")
-        if b > cap:
-            b = cap
-            clamped.append("answer_reserve")
-        budgets.append(b)
-        tasks[name] = {
-            "tokens": float(x),
-            "budget": b,
-            "clamped": clamped,
-            "request": _request(engine, b, reserve, zero_budget, bounds),
-        }
+        unlimited = not math.isfinite(x)
+        if unlimited:
+            budgets.append(cap_total)
+            entry: dict[str, Any] = {"tokens": None, "budget": None, "clamped": []}
+            entry["request"] = _request(
+                engine, None, cap_total, zero_budget, bounds, sglang_processor
+            )
+        else:
+            if x > cap_total:
+                clamped.append("max_tokens")
+            if 0 < b < min_b:
+                b = min_b
+                clamped.append("min_budget")
+            if b > cap:
+                b = cap
+                clamped.append("answer_reserve")
+            budgets.append(b)
+            entry = {
+                "tokens": float(cont[k]),
+                "budget": b,
+                "clamped": clamped,
+                "request": _request(engine, b, b + reserve, zero_budget, bounds, sglang_processor),
+            }
+        if se is not None:
+            entry["tokens_se"] = float(se[k])
+            if conservative is not None and not unlimited:
+                entry["tokens_exported"] = float(x)
+        tasks[name] = entry
 
     bj = jnp.asarray(np.asarray(budgets, dtype=np.float64), dtype=workload.dtype)
     rho = float(np.asarray(utilization(bj, workload)))
@@ -404,11 +518,22 @@ def export_policy(
         "answer_reserve": reserve,
         "min_budget": min_b,
         "rounding": rounding,
-        "zero_budget": zero_budget if engine != "openai" else None,
+        "zero_budget": zero_budget,
+        "conservative": None if conservative is None else float(conservative),
     }
     if engine == "openai":
         settings["effort_bounds"] = dict(bounds)
         settings["effort_above_bounds"] = TOP_EFFORT
+        settings["effort_at_zero"] = ZERO_EFFORT[zero_budget]
+    if engine == "sglang":
+        settings["sglang_processor"] = sglang_processor
+        settings["server_flags"] = (
+            ["--enable-strict-thinking", "--reasoning-parser <parser>"]
+            if SGLANG_PROCESSORS[sglang_processor] is None
+            else ["--enable-custom-logit-processor"]
+        )
+    if engine == "vllm":
+        settings["server_flags"] = ["--reasoning-parser <parser>"]
     return {
         "engine": engine,
         "generated_by": f"jaxopt_tokens {__version__}",

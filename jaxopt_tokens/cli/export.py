@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 
@@ -10,11 +11,14 @@ from .._deploy.export import (
     DEFAULT_ANSWER_RESERVE,
     EXPORT_FORMATS,
     ROUNDINGS,
+    SGLANG_PROCESSORS,
     export_policy,
     load_tokens,
+    tokens_from_data,
     write_policy,
 )
 from .._errors import InputError
+from .._files import read_text
 from .._queue.simulate import UnstableQueueWarning
 from .._solver.solve import METHODS, solve
 from .._status import Status
@@ -78,7 +82,70 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="budget 0: disable thinking via chat_template_kwargs, or send the budget field as 0 "
         "(default: %(default)s)",
     )
+    p.add_argument(
+        "--sglang-processor",
+        choices=tuple(SGLANG_PROCESSORS),
+        default="qwen3",
+        help="sglang: the thinking-budget logit processor sent with each request (the server "
+        "needs --enable-custom-logit-processor), or 'strict' for none (the server needs "
+        "--enable-strict-thinking) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        metavar="FIT.json",
+        help="standard errors of the budgets: the JSON that `jaxopt-tokens fit --format json` "
+        "prints (optimal_tokens_se per task); recorded per task as tokens_se",
+    )
+    p.add_argument(
+        "--conservative",
+        type=_probability,
+        metavar="Q",
+        help="export the Q-quantile of each budget, tokens + z_Q * SE (needs --uncertainty; "
+        "Q < 0.5 thinks less than the estimate)",
+    )
     p.set_defaults(func=run)
+
+
+def _probability(text: str) -> float:
+    try:
+        q = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability in (0, 1), got {text!r}"
+        ) from None
+    if not 0 < q < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {text!r}")
+    return q
+
+
+def load_uncertainty(path: str, tokens, task_names) -> dict[str, float]:
+    """Budget standard errors per task from `fit --format json` output, checked against the
+    budgets they are for: a file fitted at other settings (arrival rate, alpha, another
+    measurement file) would attach the wrong uncertainty, so it is refused."""
+    text = read_text(path, "uncertainty JSON")
+    try:
+        data = json.loads(text)
+        rows = {row["task"]: row for row in data["tasks"]}
+        se = {name: rows[name]["optimal_tokens_se"] for name in task_names}
+        fitted = {name: rows[name]["optimal_tokens"] for name in task_names}
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"--uncertainty: {path} is not valid JSON (line {e.lineno}: {e.msg})"
+        ) from None
+    except (KeyError, TypeError) as e:
+        raise InputError(
+            f"--uncertainty: {path} is not the JSON of `jaxopt-tokens fit --format json` for "
+            f"these tasks (missing {e})"
+        ) from None
+    for name, x in zip(task_names, tokens):
+        f = fitted[name]
+        if not isinstance(f, (int, float)) or abs(float(f) - float(x)) > 0.5 + 1e-3 * abs(float(x)):
+            raise InputError(
+                f"--uncertainty: {path}: task {name!r} was fitted with optimal tokens {f!r}, but "
+                f"the budget exported is {float(x):.6g}: the standard errors belong to another "
+                "workload (fit and export at the same arrival rate, alpha and max tokens)"
+            )
+    return se
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +176,12 @@ def _policy_text(args: argparse.Namespace) -> str:
                     f"the solver did not converge ({status.name.lower()}: {status.message}); "
                     "nothing exported"
                 )
+        uncertainty = None
+        if args.uncertainty is not None:
+            budgets = tokens_from_data(tokens, w)
+            uncertainty = load_uncertainty(args.uncertainty, budgets, w.task_names)
+        elif args.conservative is not None:
+            raise InputError("--conservative needs --uncertainty (the budgets' standard errors)")
         policy = export_policy(
             w,
             tokens,
@@ -117,6 +190,9 @@ def _policy_text(args: argparse.Namespace) -> str:
             min_budget=args.min_budget,
             rounding=args.rounding,
             zero_budget=args.zero_budget,
+            sglang_processor=args.sglang_processor,
+            uncertainty=uncertainty,
+            conservative=args.conservative,
             source=args.workload or "default (Table I)",
         )
     rho = policy["source"]["utilization"]
