@@ -1,0 +1,157 @@
+"""Pinned copies of the serving engines' chat-completions request models (the fields we use).
+
+Each entry names the engine's source file and the commit it was read at. `validate_request`
+checks a request body the way the engine's pydantic model and request handling do, and
+returns what the engine would act on: the output limit, the thinking budget that is
+enforced, whether thinking is on, and (SGLang) which mechanism enforces the budget.
+
+Read at:
+
+- vLLM 0.33.0 (PyPI wheel, commit 4ba787ec9): `vllm/entrypoints/openai/chat_completion/
+  protocol.py` `ChatCompletionRequest` (fields, `build_tok_params`, `build_chat_params`),
+  `vllm/sampling_params.py` `validate_thinking_token_budget`,
+  `vllm/entrypoints/serve/engine/protocol.py` `OpenAIBaseModel` (`extra="allow"`: unknown
+  fields are accepted and ignored).
+- SGLang, sgl-project/sglang: `python/sglang/srt/entrypoints/openai/protocol.py` @ 004c82e0
+  (`ChatCompletionRequest`, `normalize_reasoning_inputs`; no `extra` setting: unknown fields
+  are silently dropped), `python/sglang/srt/sampling/custom_logit_processor.py` @ 065927d1
+  (`CustomLogitProcessor.to_str`, `ThinkingBudgetLogitProcessor.__call__`).
+"""
+
+from __future__ import annotations
+
+import json
+import pickletools
+
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+ENGINE_MODELS = {
+    "vllm": {
+        "source": "vllm/entrypoints/openai/chat_completion/protocol.py ChatCompletionRequest",
+        "commit": "vllm 0.33.0 (4ba787ec9)",
+        "extra": "allow",  # unknown fields accepted, logged at debug level, ignored
+        "fields": {
+            "model": "str",
+            "messages": "list",
+            "max_tokens": "int|None",  # deprecated in favour of max_completion_tokens
+            "max_completion_tokens": "int|None",
+            "thinking_token_budget": "budget",  # int >= 0 or -1 (unlimited -> None)
+            "chat_template_kwargs": "dict|None",
+            "reasoning_effort": "effort|None",
+        },
+    },
+    "sglang": {
+        "source": "python/sglang/srt/entrypoints/openai/protocol.py ChatCompletionRequest",
+        "commit": "004c82e07d876f6e4a0ad6e15325706b0f478f1a",
+        "extra": "ignore",  # unknown fields silently dropped
+        "fields": {
+            "model": "str",
+            "messages": "list",
+            "max_tokens": "int|None",
+            "max_completion_tokens": "int|None",
+            "custom_params": "dict|None",
+            "custom_logit_processor": "str|None",
+            "chat_template_kwargs": "dict|None",
+            "reasoning_effort": "effort|None",
+        },
+    },
+}
+
+# SGLang's built-in thinking-budget processors (custom_logit_processor.py @ 065927d1)
+SGLANG_BUDGET_PROCESSORS = {
+    ("sglang.srt.sampling.custom_logit_processor", "Qwen3ThinkingBudgetLogitProcessor"),
+    ("sglang.srt.sampling.custom_logit_processor", "DeepSeekR1ThinkingBudgetLogitProcessor"),
+}
+
+
+class RequestError(ValueError):
+    """The engine would answer HTTP 400 (or silently ignore the field: see the message)."""
+
+
+def _check(kind: str, value, field: str):
+    optional = kind.endswith("|None")
+    base = kind.removesuffix("|None")
+    if value is None:
+        if optional or base == "budget":
+            return
+        raise RequestError(f"{field}: required")
+    ok = {
+        "str": isinstance(value, str),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "effort": value in EFFORTS,
+        # vLLM validate_thinking_token_budget: bools and floats refused; -1 or >= 0
+        "budget": isinstance(value, int) and not isinstance(value, bool) and value >= -1,
+    }[base]
+    if not ok:
+        raise RequestError(f"{field}: {value!r} is not a valid {base}")
+
+
+def _processor_reference(text: str) -> tuple[str, str]:
+    """(module, class) that an SGLang `custom_logit_processor` string loads, without loading
+    it: the pickle is disassembled and must be a single global reference."""
+    try:
+        payload = bytes.fromhex(json.loads(text)["callable"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RequestError(f"custom_logit_processor: not a to_str() string ({e})") from None
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(payload)]
+    names = [arg for name, arg in ops if name == "SHORT_BINUNICODE"]
+    if [n for n, _ in ops if n not in ("MEMOIZE", "FRAME", "PROTO")] != [
+        "SHORT_BINUNICODE",
+        "SHORT_BINUNICODE",
+        "STACK_GLOBAL",
+        "STOP",
+    ]:
+        raise RequestError("custom_logit_processor: not a reference to an importable class")
+    return names[0], names[1]
+
+
+def validate_request(engine: str, body: dict) -> dict:
+    """Validate `body` as `engine` would; return what it acts on.
+
+    Keys: `max_new_tokens`, `thinking_budget` (the enforced limit, None for none),
+    `enable_thinking` (None when the request leaves it to the template), `enforced_by`
+    (SGLang: "processor", "strict" or None).
+    """
+    model = ENGINE_MODELS[engine]
+    unknown = set(body) - set(model["fields"])
+    if unknown:  # vLLM ignores them, SGLang drops them: either way they do nothing
+        raise RequestError(f"{engine}: fields the engine does not read: {sorted(unknown)}")
+    for field, kind in model["fields"].items():
+        _check(kind, body.get(field), field)
+    limit = body.get("max_completion_tokens")
+    if limit is None or (engine == "sglang" and limit == 0):
+        limit = body.get("max_tokens")
+    if limit is not None and limit < 1:
+        raise RequestError(f"max tokens must be >= 1, got {limit}")
+    kwargs = dict(body.get("chat_template_kwargs") or {})
+    effort = body.get("reasoning_effort")
+    if effort is not None and "enable_thinking" not in kwargs:
+        kwargs["enable_thinking"] = effort != "none"  # both engines
+    out = {
+        "max_new_tokens": limit,
+        "enable_thinking": kwargs.get("enable_thinking"),
+        "thinking_budget": None,
+        "enforced_by": None,
+    }
+    if engine == "vllm":
+        budget = body.get("thinking_token_budget")
+        out["thinking_budget"] = None if budget in (None, -1) else budget
+        return out
+    params = body.get("custom_params") or {}
+    budget = params.get("thinking_budget")
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+        return out  # ThinkingBudgetLogitProcessor skips the request: no limit
+    processor = body.get("custom_logit_processor")
+    if processor is None:
+        out["enforced_by"] = "strict"  # only on a server with --enable-strict-thinking
+    elif _processor_reference(processor) in SGLANG_BUDGET_PROCESSORS:
+        out["enforced_by"] = "processor"  # only with --enable-custom-logit-processor
+    else:
+        raise RequestError(
+            f"custom_logit_processor: {_processor_reference(processor)} is not a "
+            "thinking-budget processor"
+        )
+    out["thinking_budget"] = budget
+    return out
