@@ -155,3 +155,42 @@ def validate_request(engine: str, body: dict) -> dict:
         )
     out["thinking_budget"] = budget
     return out
+
+
+def sglang_request_model():
+    """SGLang's own `ChatCompletionRequest` if sglang is installed, else None.
+
+    Only its protocol module is imported: the package's `__init__` loads torch, which the
+    request model does not need, so the package is entered through a bare namespace (and
+    IPython, imported by a utility module for notebooks, is stubbed when absent). CI installs
+    `sglang --no-deps` for this (`.ci/run`).
+    """
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        spec = importlib.util.find_spec("sglang")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    saved = {k: v for k, v in sys.modules.items() if k == "sglang" or k.startswith("sglang.")}
+    if "sglang" not in sys.modules:
+        package = types.ModuleType("sglang")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["sglang"] = package
+    if importlib.util.find_spec("IPython") is None:
+        ipython, display = types.ModuleType("IPython"), types.ModuleType("IPython.display")
+        display.HTML = display.display = lambda *a, **k: None
+        ipython.display = display
+        sys.modules.setdefault("IPython", ipython)
+        sys.modules.setdefault("IPython.display", display)
+    try:
+        from sglang.srt.entrypoints.openai.protocol import ChatCompletionRequest
+    except Exception:  # noqa: BLE001 - another sglang layout: fall back to the pinned copy
+        for k in [k for k in sys.modules if k == "sglang" or k.startswith("sglang.")]:
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)
+        return None
+    return ChatCompletionRequest

@@ -13,7 +13,7 @@ import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from engine_schemas import RequestError, validate_request
+from engine_schemas import RequestError, sglang_request_model, validate_request
 
 import jaxopt_tokens as jt
 
@@ -158,3 +158,35 @@ def test_the_schema_check_refuses_what_the_engines_refuse_or_ignore(engine, body
     body = {"model": "m", "messages": [], **body}
     with pytest.raises(RequestError, match=needle):
         validate_request(engine, body)
+
+
+def test_sglangs_own_request_model_reads_every_body_as_we_meant():
+    """Where sglang is installed (CI installs it without its GPU dependencies), its own
+    pydantic `ChatCompletionRequest` parses every exported body: nothing is dropped, the
+    output limit and the custom params reach the sampling parameters, and a zero effort or
+    a disabled zero budget turns thinking off."""
+    model = sglang_request_model()
+    if model is None:
+        pytest.skip("sglang is not installed (CI installs it; see .ci/run)")
+    for kw, policy in _policies():
+        if kw["engine"] not in ("sglang", "openai"):
+            continue
+        for name, task in policy["tasks"].items():
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            body |= task["request"]
+            r = model.model_validate(body)
+            for field, value in task["request"].items():
+                got = getattr(r, field)
+                if field == "chat_template_kwargs":
+                    assert got["enable_thinking"] is value["enable_thinking"], name
+                else:
+                    assert got == value, (kw, name, field)
+            params = r.to_sampling_params([], {}, None)
+            assert params["max_new_tokens"] == task["request"]["max_completion_tokens"]
+            if "custom_params" in task["request"]:
+                assert params["custom_params"] == task["request"]["custom_params"]
+            thinking = (r.chat_template_kwargs or {}).get("enable_thinking")
+            if task["budget"] == 0 and kw.get("zero_budget", "disable") == "disable":
+                assert thinking is False, (kw, name)
+            elif kw["engine"] == "openai":
+                assert thinking is True, (kw, name)
