@@ -90,8 +90,9 @@ see `openai_client_kwargs`):
   documentation.
 
 The request bodies are checked in the tests against pinned copies of these request models'
-fields (`tests/engine_schemas.py`, with their source files and commits) and sent with the
-real `openai` client to a loopback server.
+fields (`tests/engine_schemas.py`, with their source files and commits), against SGLang
+0.5.23's own pydantic `ChatCompletionRequest` (vLLM's needs torch, so only its pinned copy is
+checked), and sent with the real `openai` client to a loopback server.
 """
 
 from __future__ import annotations
