@@ -71,6 +71,7 @@ from ._solver.gradient import ProjectedGradient
 from ._solver.solution import Solution
 from ._solver.solve import METHODS, solve, solve_latency
 from ._status import Status, StatusEnum
+from ._sweeps.dataset import read_sweep
 from ._sweeps.figures import all_figures
 from ._sweeps.frontier import (
     frontier_by_alpha,
@@ -78,7 +79,7 @@ from ._sweeps.frontier import (
     uniform_curve,
     with_simulated_tail,
 )
-from ._sweeps.sweep import read_sweep_metadata, sweep, write_sweep
+from ._sweeps.sweep import SweepRun, read_sweep_metadata, sweep, write_sweep
 from ._tuning.router import (
     CurveModel,
     TaskPool,
@@ -171,6 +172,8 @@ __all__ = [
     "SGLANG_PROCESSORS",
     # sweeps, frontiers and figures
     "sweep",
+    "SweepRun",
+    "read_sweep",
     "write_sweep",
     "read_sweep_metadata",
     "frontier_by_alpha",

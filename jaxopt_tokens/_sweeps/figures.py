@@ -13,6 +13,7 @@ from .._integer import integer_lower_bound, paper_integer_lower_bound
 from .._objective import objective
 from .._solver.solve import solve
 from .._workload import Workload
+from .dataset import SweepDirectory, read_sweep
 from .frontier import frontier_by_alpha, uniform_curve
 from .sweep import sweep
 
@@ -108,16 +109,35 @@ def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 10
     return fig
 
 
-def figure_heatmaps(w: Workload, arrival_rates=None, alphas=None, quiet: bool = True):
-    """l*_k of every task and J over a grid of (arrival rate, alpha)."""
+def figure_heatmaps(
+    w: Workload, arrival_rates=None, alphas=None, quiet: bool = True, sweep_dir=None
+):
+    """l*_k of every task and J over a grid of (arrival rate, alpha).
+
+    With `sweep_dir` (a directory from `sweep(w, arrival_rate=..., alpha=..., out=DIR)`) the
+    surfaces are read from the dataset (only the columns drawn) instead of solved."""
     import matplotlib.pyplot as plt
 
-    arrival_rates = (
-        np.linspace(0.01, 0.5, 60) if arrival_rates is None else np.asarray(arrival_rates)
-    )
-    alphas = np.geomspace(1, 100, 60) if alphas is None else np.asarray(alphas)
-    df = sweep(w, arrival_rate=arrival_rates, alpha=alphas, quiet=quiet)
     panels = [f"l_{n}" for n in w.task_names] + ["objective"]
+    if sweep_dir is not None:
+        manifest = SweepDirectory(sweep_dir).manifest()
+        if manifest is None or sorted(manifest["grids"]) != ["alpha", "arrival_rate"]:
+            raise InputError(
+                f"{sweep_dir}: heatmaps need a sweep over exactly arrival_rate and alpha"
+                + ("" if manifest is None else f" (this one: {list(manifest['grids'])})")
+            )
+        df = read_sweep(sweep_dir, columns=["arrival_rate", "alpha", *panels])
+        df = df.sort_values(["arrival_rate", "alpha"], kind="stable")
+        arrival_rates = np.unique(df["arrival_rate"].to_numpy())
+        alphas = np.unique(df["alpha"].to_numpy())
+        if len(df) != arrival_rates.size * alphas.size:
+            raise InputError(f"{sweep_dir}: the (arrival_rate, alpha) grid has repeated values")
+    else:
+        arrival_rates = (
+            np.linspace(0.01, 0.5, 60) if arrival_rates is None else np.asarray(arrival_rates)
+        )
+        alphas = np.geomspace(1, 100, 60) if alphas is None else np.asarray(alphas)
+        df = sweep(w, arrival_rate=arrival_rates, alpha=alphas, quiet=quiet)
     cols = 4
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False)
@@ -165,8 +185,12 @@ def figure_frontier(w: Workload, points: int = 1000, frontier=None, uniform=None
     return fig
 
 
-def all_figures(w: Workload, out: str | Path, quiet: bool = True) -> list[Path]:
-    """Write every figure for a workload to `out` (PNG and SVG); returns the paths."""
+def all_figures(
+    w: Workload, out: str | Path, quiet: bool = True, sweep_dir: str | Path | None = None
+) -> list[Path]:
+    """Write every figure for a workload to `out` (PNG and SVG); returns the paths.
+
+    `sweep_dir`: draw the heatmaps from this (arrival_rate, alpha) sweep directory."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,7 +202,7 @@ def all_figures(w: Workload, out: str | Path, quiet: bool = True) -> list[Path]:
     makers = [
         ("fig3_uniform_vs_optimal", lambda: figure_uniform_vs_optimal(w)),
         ("frontier", lambda: figure_frontier(w)),
-        ("heatmaps", lambda: figure_heatmaps(w, quiet=quiet)),
+        ("heatmaps", lambda: figure_heatmaps(w, quiet=quiet, sweep_dir=sweep_dir)),
     ]
     if "GSM8K" in w.task_names:
         makers.insert(1, ("fig4_gsm8k_sensitivity", lambda: figure_budget_sensitivity(w, "GSM8K")))

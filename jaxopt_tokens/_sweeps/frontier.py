@@ -8,25 +8,59 @@ The uniform-budget curve (every task the same budget) shows what heterogeneity b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._errors import InputError
 from .._objective import mean_accuracy, mean_system_time
 from .._queue.simulate import simulate
 from .._workload import Workload
+from .dataset import MANIFEST, SweepDirectory, read_sweep
 from .sweep import sweep
 
 __all__ = ["frontier_by_alpha", "frontier_by_arrival_rate", "uniform_curve", "with_simulated_tail"]
 
 
-def frontier_by_alpha(w: Workload, points: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True):
-    """Optimal (E[T], accuracy) for `points` log-spaced alphas: a DataFrame (see `sweep`)."""
+FRONTIER_COLUMNS = ("accuracy", "mean_system_time", "objective", "status")
+
+
+def _from_dataset(path, axis: str, task_names=None):
+    """A frontier read from a sweep directory: the columns it needs, sorted along `axis`."""
+    manifest = SweepDirectory(path).manifest()
+    if manifest is None:
+        raise InputError(f"{path}: not a sweep directory (no {MANIFEST})")
+    grids = list(manifest["grids"])
+    if axis not in grids:
+        raise InputError(f"{path}: the sweep has no '{axis}' grid (its grids: {grids})")
+    names = task_names or [t["name"] for t in manifest["workload"]["tasks"]]
+    columns = [*grids, *(f"l_{n}" for n in names), *FRONTIER_COLUMNS]
+    df = read_sweep(path, columns=columns)
+    others = [g for g in grids if g != axis]
+    return df.sort_values([*others, axis], kind="stable").reset_index(drop=True)
+
+
+def frontier_by_alpha(
+    w: Workload | str | Path, points: int = 1000, alpha_range=(1e-2, 1e4), quiet: bool = True
+):
+    """Optimal (E[T], accuracy) for `points` log-spaced alphas: a DataFrame (see `sweep`).
+
+    `w` may also be a sweep directory with an `alpha` grid (`sweep(..., out=DIR)`): its points
+    are read (only the columns a frontier needs), sorted by alpha within every combination of
+    the other grids."""
+    if isinstance(w, (str, Path)):
+        return _from_dataset(w, "alpha")
     return sweep(w, alpha=np.geomspace(alpha_range[0], alpha_range[1], points), quiet=quiet)
 
 
-def frontier_by_arrival_rate(w: Workload, points: int = 200, quiet: bool = True):
-    """Optimal (E[T], accuracy) as the arrival rate grows to 0.98 of the zero-token limit."""
+def frontier_by_arrival_rate(w: Workload | str | Path, points: int = 200, quiet: bool = True):
+    """Optimal (E[T], accuracy) as the arrival rate grows to 0.98 of the zero-token limit.
+
+    `w` may also be a sweep directory with an `arrival_rate` grid (see `frontier_by_alpha`)."""
+    if isinstance(w, (str, Path)):
+        return _from_dataset(w, "arrival_rate")
     limit = 1.0 / float(jnp.sum(w.share * w.t0))
     return sweep(w, arrival_rate=np.linspace(0.01 * limit, 0.98 * limit, points), quiet=quiet)
 

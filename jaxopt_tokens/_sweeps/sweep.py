@@ -1,27 +1,38 @@
 """Sensitivity surfaces in one pass: every combination of parameter grids, solved batched.
 
 `sweep(w, arrival_rate=[...], alpha=[...], b__GSM8K=[...])` solves all combinations with one
-compiled `jit(vmap(solve))`, in fixed-size chunks (the last one padded, so nothing recompiles and
-memory stays bounded), with the batch axis sharded over every local device
-(`jax.sharding.NamedSharding`). Results come back as a tidy pandas DataFrame, one row per point.
+compiled `jit(vmap(solve))`, in fixed-size chunks (the last one padded, so nothing recompiles),
+with the batch axis sharded over every local device (`jax.sharding.NamedSharding`). Grid
+values are generated per chunk from the point index, so nothing of the size of the grid is
+ever held in memory.
 
-Multi-host: start each process with `jax.distributed.initialize()`; `jax.local_devices()` then
-lists that host's devices, and giving each host its own slice of the grid (for example
-`alpha=alphas[jax.process_index()::jax.process_count()]`) runs the hosts independently.
+- Without `out`, the result is a tidy pandas DataFrame, one row per point.
+- With `out="DIR"`, each finished chunk is written as one Parquet part of a dataset in `DIR`
+  (`dataset.py`) while the next chunk computes, so memory stays flat whatever the grid size;
+  `resume=True` computes only the parts that are missing after an interruption, and
+  `read_sweep("DIR")` reads the table back.
+- Under `jax.distributed.initialize()` one call spans every process: the parts still to do
+  are dealt out by `jax.process_index()` / `jax.process_count()`, every process solves its
+  parts on its own devices and writes them into the shared directory, and process 0 shows one
+  progress bar for the whole sweep (it counts the parts on disk). The result is the same,
+  part for part, as a one-process sweep.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .._errors import InputError
 from .._integer import integer_budgets
@@ -32,10 +43,13 @@ from .._status import Status
 from .._validate import PER_TASK_FIELDS, SCALAR_FIELDS, check_memory
 from .._version import __version__
 from .._workload import Workload
+from .dataset import FORMAT, SweepDirectory, fingerprint, versions
 
-__all__ = ["sweep", "write_sweep", "read_sweep_metadata", "TRACE_COUNT"]
+__all__ = ["sweep", "SweepRun", "write_sweep", "read_sweep_metadata", "TRACE_COUNT"]
 
 TRACE_COUNT = {"sweep_chunk": 0}  # incremented when the chunk function is traced (tests check it)
+STATUS_NAMES = [s.name.lower() for s in Status]
+_GRID_VALUES_IN_MANIFEST = 10_000  # larger grids are recorded by size, range and hash
 
 
 def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
@@ -88,96 +102,279 @@ def _solve_chunk(specs: tuple, w: Workload, values):
     return jax.vmap(point)(solve(batch), batch)
 
 
+@dataclass(frozen=True)
+class SweepRun:
+    """What `sweep(..., out=DIR)` did in this process."""
+
+    path: Path
+    points: int  # points in the whole sweep
+    parts: int  # parts in the whole sweep
+    computed: tuple[int, ...]  # the parts this process computed and wrote
+    skipped: int  # parts that were already on disk (resume)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every part of the sweep is on disk now."""
+        return len(SweepDirectory(self.path).parts()) >= self.parts
+
+
+class _Grid:
+    """The grid's axes and the mapping from point index to values (C order)."""
+
+    def __init__(self, workload: Workload, grids: dict):
+        if not grids:
+            raise InputError(
+                "give at least one grid, e.g. sweep(w, alpha=np.geomspace(1, 100, 50))"
+            )
+        self.names = list(grids)
+        self.specs = tuple(_parse_grid(workload, name) for name in grids)
+        self.axes = []
+        for name, v in grids.items():
+            try:
+                axis = np.asarray(v, dtype=np.float64).ravel()
+            except (TypeError, ValueError, OverflowError):
+                raise InputError(f"{name}: expected a sequence of numbers, got {v!r}") from None
+            if axis.size == 0:
+                raise InputError(f"{name}: the grid is empty; give at least one value")
+            self.axes.append(axis)
+        self.shape = tuple(a.size for a in self.axes)
+        self.total = math.prod(self.shape)
+
+    def values(self, start: int, stop: int) -> np.ndarray:
+        coords = np.unravel_index(np.arange(start, stop), self.shape)
+        return np.stack([a[c] for a, c in zip(self.axes, coords)], axis=1)
+
+    def describe(self) -> dict:
+        out = {}
+        for name, a in zip(self.names, self.axes):
+            entry: dict[str, Any] = {
+                "size": int(a.size),
+                "min": float(a.min()),
+                "max": float(a.max()),
+                "sha256": hashlib.sha256(a.tobytes()).hexdigest()[:32],
+            }
+            if a.size <= _GRID_VALUES_IN_MANIFEST:
+                entry["values"] = a.tolist()
+            out[name] = entry
+        return out
+
+
+def _columns(grid: _Grid, names, start: int, values: np.ndarray, out: dict) -> dict:
+    """One chunk's table columns (numpy), in the order of the DataFrame."""
+    n = values.shape[0]
+    cols: dict[str, np.ndarray] = {"point": np.arange(start, start + n, dtype=np.int64)}
+    for i, name in enumerate(grid.names):
+        cols[name] = values[:, i]
+    for k, name in enumerate(names):
+        cols[f"l_{name}"] = out["tokens"][:n, k]
+    for k, name in enumerate(names):
+        cols[f"l_int_{name}"] = out["tokens_int"][:n, k]
+    for key in ("objective", "accuracy", "mean_wait", "mean_system_time", "utilization"):
+        cols[key] = out[key][:n]
+    cols["residual"] = out["residual"][:n]
+    cols["status"] = np.asarray(STATUS_NAMES, dtype=object)[out["status"][:n].astype(int)]
+    return cols
+
+
+def _progress(quiet: bool, total: int):
+    if quiet:
+        return None
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} points"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    progress.add_task(f"solving {total:,} points", total=total, rate="")
+    return progress
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def sweep(
     workload: Workload,
     *,
     chunk_size: int = 65_536,
     quiet: bool = False,
     devices: list | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
     **grids,
 ):
-    """Solve every combination of the given grids; returns a pandas DataFrame.
+    """Solve every combination of the given grids: a pandas DataFrame, or a dataset on disk.
 
     **Arguments:** `workload` (the base point); `grids`: `field=values` for a scalar field
     (`arrival_rate`, `alpha`, `max_tokens`) or `<field>__<task>=values` for one task's `A, b, D,
-    t0, c, share`; `chunk_size` (points per compiled call; a multiple of the device count);
-    `quiet` (no progress bar); `devices` (default: all local devices).
+    t0, c, share`; `chunk_size` (points per compiled call and per part file); `quiet` (no
+    progress bar); `devices` (default: this process's devices); `out` (a directory: stream the
+    sweep to a Parquet dataset there, see the module docstring); `resume` (complete the sweep
+    already in `out`); `force` (replace whatever sweep is in `out`).
 
-    **Returns:** one row per point: the grid values, `l_<task>` and `l_int_<task>` per task,
-    `objective`, `accuracy`, `mean_wait`, `mean_system_time`, `utilization`, `status` (name),
-    `residual`. Members that fail keep their row, with their status and NaN results.
+    **Returns:** without `out`, one row per point: the grid values, `l_<task>` and
+    `l_int_<task>` per task, `objective`, `accuracy`, `mean_wait`, `mean_system_time`,
+    `utilization`, `status` (name), `residual`; members that fail keep their row, with their
+    status and NaN results. With `out`, a `SweepRun` (read the table with `read_sweep`).
     """
-    import pandas as pd
-
-    if not grids:
-        raise InputError("give at least one grid, e.g. sweep(w, alpha=np.geomspace(1, 100, 50))")
-    specs = [_parse_grid(workload, name) for name in grids]
-    axes = []
-    for name, v in grids.items():
-        try:
-            axis = np.asarray(v, dtype=np.float64).ravel()
-        except (TypeError, ValueError, OverflowError):
-            raise InputError(f"{name}: expected a sequence of numbers, got {v!r}") from None
-        if axis.size == 0:
-            raise InputError(f"{name}: the grid is empty; give at least one value")
-        axes.append(axis)
-    points = math.prod(a.size for a in axes)
-    # the table holds ~ (3 N + 10) float64 columns per point, a few copies while it is built
-    check_memory(
-        3.0 * 8 * points * (3 * workload.num_tasks + 10) + 8 * points * len(axes),
-        f"a sweep of {points:,} points",
-        "use coarser grids or split the sweep",
-    )
-    mesh_values = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)
-    total = mesh_values.shape[0]
+    grid = _Grid(workload, grids)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size}")
     devices = devices or jax.local_devices()
     n_dev = len(devices)
-    chunk_size = max(n_dev, min(chunk_size, -(-total // n_dev) * n_dev))
-    chunk_size = -(-chunk_size // n_dev) * n_dev
-    dtype = workload.dtype
+    part_size = int(min(chunk_size, grid.total))
+    padded = -(-part_size // n_dev) * n_dev  # every compiled call has this many members
     mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    specs = tuple(specs)
-    outputs = []
-    starts = list(range(0, total, chunk_size))
-    progress = None
-    if not quiet and len(starts) > 1:
-        progress = Progress(transient=True)
-        task = progress.add_task(f"solving {total:,} points", total=len(starts))
-        progress.start()
-    try:
-        for start in starts:
-            block = mesh_values[start : start + chunk_size]
-            pad = chunk_size - block.shape[0]
-            if pad:
-                block = np.concatenate([block, np.repeat(block[-1:], pad, axis=0)])
-            values = jax.device_put(jnp.asarray(block, dtype), sharding)
-            out = jax.device_get(_solve_chunk(specs, workload, values))
-            outputs.append({k: v[: chunk_size - pad] for k, v in out.items()})
+    dtype = workload.dtype
+    parts = -(-grid.total // part_size)
+    names = workload.task_names
+
+    def dispatch(i: int):
+        start = i * part_size
+        values = grid.values(start, min(start + part_size, grid.total))
+        block = values
+        if values.shape[0] < padded:
+            block = np.concatenate([values, np.repeat(values[-1:], padded - values.shape[0], 0)])
+        result = _solve_chunk(
+            grid.specs, workload, jax.device_put(jnp.asarray(block, dtype), sharding)
+        )
+        return i, start, values, result
+
+    def finish(job) -> dict:
+        i, start, values, result = job
+        return _columns(grid, names, start, values, jax.device_get(result))
+
+    def pipeline(todo, done_callback):
+        pending = None  # the next chunk is dispatched before the previous one is collected
+        for i in todo:
+            job = dispatch(i)
+            if pending is not None:
+                done_callback(pending[0], finish(pending))
+            pending = job
+        if pending is not None:
+            done_callback(pending[0], finish(pending))
+
+    if out is None:
+        # the table holds ~ (3 N + 10) float64 columns per point, a few copies while it is built
+        check_memory(
+            3.0 * 8 * grid.total * (3 * workload.num_tasks + 10) + 8 * grid.total * len(grid.axes),
+            f"a sweep of {grid.total:,} points",
+            "use coarser grids, split the sweep, or stream it to disk with out=DIR",
+        )
+        chunks: list[dict] = []
+        progress = _progress(quiet or parts == 1, grid.total)
+        if progress is not None:
+            progress.start()
+        try:
+
+            def keep(i, cols):
+                chunks.append(cols)
+                if progress is not None:
+                    progress.advance(progress.task_ids[0], len(cols["point"]))
+
+            pipeline(range(parts), keep)
+        finally:
             if progress is not None:
-                progress.advance(task)
+                progress.stop()
+        return _frame(chunks, workload)
+
+    description = {
+        "grids": grid.describe(),
+        "workload": workload_to_dict(workload),
+        "dtype": str(np.dtype(dtype)),
+        "part_size": part_size,
+        "points": grid.total,
+    }
+    manifest = {
+        "format": FORMAT,
+        "fingerprint": fingerprint(description),
+        **description,
+        "parts": parts,
+        "columns": list(_columns(grid, names, 0, grid.values(0, 1), _dummy(names)).keys()),
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "processes": jax.process_count(),
+    }
+    directory = SweepDirectory(out)
+    rank, size = jax.process_index(), jax.process_count()
+    _barrier("jaxopt_tokens.sweep: check")
+    todo = directory.prepare(manifest, resume=resume, force=force, writer=False)
+    _barrier("jaxopt_tokens.sweep: checked")
+    if rank == 0:
+        directory.prepare(manifest, resume=resume, force=force, writer=True)
+    _barrier("jaxopt_tokens.sweep: prepared")
+    mine = sorted(todo)[rank::size]
+    skipped = parts - len(todo)
+    progress = _progress(quiet or rank != 0, grid.total)
+    rows_of = [min(part_size, grid.total - i * part_size) for i in range(parts)]
+    begun = time.perf_counter()
+    computed: list[int] = []
+
+    def write(i, cols):
+        directory.write_part(i, cols, manifest["fingerprint"])
+        computed.append(i)
+        if progress is not None:
+            on_disk = directory.parts()
+            done = sum(rows_of[j] for j in on_disk if j < parts)
+            new = done - sum(rows_of[j] for j in range(parts) if j not in todo)
+            rate = new / max(time.perf_counter() - begun, 1e-9)
+            progress.update(progress.task_ids[0], completed=done, rate=f"{rate:,.0f} points/s")
+
+    if progress is not None:
+        progress.start()
+        progress.update(
+            progress.task_ids[0], completed=sum(rows_of[j] for j in range(parts) if j not in todo)
+        )
+    try:
+        pipeline(mine, write)
+    except BaseException as e:
+        e.add_note(
+            f"sweep into {directory.path}: process {rank} of {size} stopped after writing "
+            f"{len(computed)} of its {len(mine)} parts; every finished part is kept. Run the "
+            "same sweep again with resume=True (--resume) to compute only what is missing."
+        )
+        raise
     finally:
         if progress is not None:
             progress.stop()
-    merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    names = workload.task_names
-    frame = {name: mesh_values[:, i] for i, name in enumerate(grids)}
-    for k, name in enumerate(names):
-        frame[f"l_{name}"] = merged["tokens"][:, k]
-    for k, name in enumerate(names):
-        frame[f"l_int_{name}"] = merged["tokens_int"][:, k]
-    for key in (
-        "objective",
-        "accuracy",
-        "mean_wait",
-        "mean_system_time",
-        "utilization",
-        "residual",
-    ):
-        frame[key] = merged[key]
-    frame["status"] = pd.Categorical.from_codes(  # pyright: ignore[reportArgumentType]
-        merged["status"].astype(int), [s.name.lower() for s in Status]
+    return SweepRun(
+        path=directory.path,
+        points=grid.total,
+        parts=parts,
+        computed=tuple(computed),
+        skipped=skipped,
     )
+
+
+def _dummy(names) -> dict:
+    n = len(names)
+    return {
+        "tokens": np.zeros((1, n)),
+        "tokens_int": np.zeros((1, n)),
+        **{k: np.zeros(1) for k in ("objective", "accuracy", "mean_wait", "mean_system_time")},
+        "utilization": np.zeros(1),
+        "residual": np.zeros(1),
+        "status": np.zeros(1, dtype=np.int32),
+    }
+
+
+def _frame(chunks: list[dict], workload: Workload):
+    import pandas as pd
+
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    merged.pop("point")
+    status = merged.pop("status")
+    frame = dict(merged)
+    frame["status"] = pd.Categorical(status, categories=STATUS_NAMES)
     df = pd.DataFrame(frame)
     df.attrs["workload"] = workload_to_dict(workload)
     return df

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from .._errors import InputError
+from .._sweeps.dataset import read_sweep
 from .._sweeps.figures import (
     all_figures,
     converged_optimum,
@@ -24,9 +27,6 @@ from ._output import Outputs
 def sweep_files(stem: str) -> tuple[str, ...]:
     """The files `write_sweep` may write for `stem`."""
     return (f"{stem}.csv", f"{stem}.parquet")
-
-
-SWEEP_FILES = sweep_files("sweep")
 
 
 MAX_GRID = 10**7  # values on one axis; the product of the axes is checked against memory
@@ -74,9 +74,47 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="FIELD=GRID",
         help="any other field, e.g. max_tokens=512,1024 or b__GSM8K=0.001:0.01:10",
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR")
-    add_force_option(p)
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the sweep's directory: a Parquet dataset (one part file per chunk, written as it "
+        "computes) that jt.read_sweep, pandas, pyarrow or DuckDB read",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="complete the same sweep already begun in DIR: compute only the missing parts",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a different (or finished) sweep in DIR"
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=int_at_least(1),
+        default=65_536,
+        metavar="N",
+        help="points per compiled call and per part file (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    d = p.add_argument_group(
+        "several processes or hosts (jax.distributed)",
+        "one sweep over every process: each solves and writes its share of the parts",
+    )
+    d.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0's coordinator (also read from JAX_COORDINATOR_ADDRESS)",
+    )
+    d.add_argument("--num-processes", type=int_at_least(1), metavar="N")
+    d.add_argument("--process-id", type=int_at_least(0), metavar="I")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() with what the cluster provides (Slurm, Open MPI, "
+        "Kubernetes, Cloud TPU environment variables)",
+    )
     p.set_defaults(func=run_sweep)
 
     f = sub.add_parser(
@@ -84,6 +122,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_workload_options(f)
     f.add_argument("--points", type=int_at_least(2), default=1000, metavar="N")
+    f.add_argument(
+        "--from",
+        dest="from_sweep",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help="read the optimal points from a sweep directory with an alpha grid (only the "
+        "columns a frontier needs) instead of solving",
+    )
     f.add_argument("--out", required=True, type=Path, metavar="DIR")
     add_force_option(f)
     f.add_argument(
@@ -101,6 +147,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_workload_options(g)
     g.add_argument("--out", required=True, type=Path, metavar="DIR")
+    g.add_argument(
+        "--from",
+        dest="from_sweep",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help="draw the heatmaps from a sweep directory over arrival_rate and alpha",
+    )
     add_force_option(g)
     g.set_defaults(func=run_figures)
 
@@ -124,16 +177,74 @@ def run_sweep(args: argparse.Namespace) -> int:
             raise InputError(f"--grid {item}: {e}") from None
     if not grids:
         raise InputError("give at least one grid (--arrival-rate, --alpha or --grid FIELD=GRID)")
-    with Outputs(args.force) as outputs, loaded_workload(args) as w:
-        staging = outputs.directory(args.out, "--out", owned=SWEEP_FILES)
-        df = sweep(w, quiet=args.quiet, **grids)
-        write_sweep(df, staging / "sweep")
-        written = outputs.commit()
-    counts = df["status"].value_counts()
-    print(f"{len(df):,} points; status: " + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v))
-    for path in written:
-        print(f"wrote {path}")
+    if str(args.out) == "":
+        raise InputError("--out: the path is empty")
+    initialize_distributed(args)
+    with loaded_workload(args) as w:
+        try:
+            run = sweep(
+                w,
+                out=args.out,
+                resume=args.resume,
+                force=args.force,
+                chunk_size=args.chunk_size,
+                quiet=args.quiet,
+                **grids,
+            )
+        except InputError as e:
+            text = str(e)
+            raise InputError("--" + text if text.startswith("out ") else text) from None
+    if jax.process_index() != 0:
+        return 0
+    done = f"{len(run.computed)} parts written" + (
+        f", {run.skipped} already done" if run.skipped else ""
+    )
+    if not run.complete:  # other processes are still writing their parts
+        print(f"{run.points:,} points in {run.parts} parts; {done}; other processes' parts pending")
+        return 0
+    counts = read_sweep(run.path, columns=["status"])["status"].value_counts()
+    print(
+        f"{run.points:,} points in {run.parts} parts ({done}); status: "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
+    )
+    print(f"wrote {run.path}")
     return 0
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Start JAX's multi-process runtime when the options ask for it.
+
+    `--num-processes N --process-id I` with `--coordinator HOST:PORT` (or
+    `JAX_COORDINATOR_ADDRESS`, which JAX reads itself); `--distributed` alone lets JAX detect
+    the cluster (Slurm, Open MPI, Kubernetes, Cloud TPU).
+    """
+    given = {
+        "coordinator_address": args.coordinator,
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+    }
+    if not args.distributed and all(v is None for v in given.values()):
+        return
+    if not args.distributed:
+        if args.num_processes is None or args.process_id is None:
+            raise InputError("--num-processes N and --process-id I go together")
+        if args.coordinator is None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            raise InputError(
+                "--coordinator HOST:PORT is needed (or JAX_COORDINATOR_ADDRESS in the environment)"
+            )
+    if args.num_processes is not None and args.process_id is not None:
+        if args.process_id >= args.num_processes:
+            raise InputError(
+                f"--process-id {args.process_id} must be below --num-processes {args.num_processes}"
+            )
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise InputError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
+    try:
+        jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"jax.distributed.initialize failed: {e}") from None
 
 
 def run_frontier(args: argparse.Namespace) -> int:
@@ -153,7 +264,7 @@ def run_frontier(args: argparse.Namespace) -> int:
     with Outputs(args.force) as outputs, loaded_workload(args) as w:
         staging = outputs.directory(args.out, "--out", owned=owned)
         converged_optimum(w)
-        df = frontier_by_alpha(w, args.points)
+        df = frontier_by_alpha(args.from_sweep or w, args.points)
         if args.simulate_tail:
             df = with_simulated_tail(df, w, num_queries=args.simulate_tail)
         uniform = uniform_curve(w)
@@ -173,7 +284,7 @@ def run_frontier(args: argparse.Namespace) -> int:
 def run_figures(args: argparse.Namespace) -> int:
     with Outputs(args.force) as outputs, loaded_workload(args) as w:
         staging = outputs.directory(args.out, "--out", owned=figure_names(w))
-        all_figures(w, staging)
+        all_figures(w, staging, sweep_dir=args.from_sweep)
         written = outputs.commit()
     for path in written:
         print(f"wrote {path}")

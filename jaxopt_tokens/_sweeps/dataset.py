@@ -1,0 +1,228 @@
+"""A sweep on disk: a partitioned Parquet dataset that is written as it computes.
+
+Layout of a sweep directory:
+
+- `_manifest.json`: what the sweep is (grids, base workload, dtype, chunk size, number of
+  points and parts, package and JAX versions) and its `fingerprint`, a hash of everything
+  that determines its rows. Written once, atomically, before any part.
+- `part-00000.parquet`, `part-00001.parquet`, ...: chunk `i` holds points
+  `[i * chunk_size, (i + 1) * chunk_size)` of the grid in C order, with a `point` column (the
+  global index), the grid values and the results. Each part is written under a temporary
+  name and renamed into place, so a part that exists is complete; a part is never rewritten.
+
+A sweep that stops at any moment leaves only whole parts (and perhaps a temporary file,
+removed on resume). Resuming with the same arguments computes exactly the parts that are
+missing; the fingerprint refuses a different sweep in the same directory unless forced.
+pandas, pyarrow, DuckDB, Polars, Dask and Spark read the directory as one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from .._errors import InputError
+from .._version import __version__
+
+__all__ = [
+    "MANIFEST",
+    "FORMAT",
+    "SweepDirectory",
+    "read_sweep",
+    "part_name",
+]
+
+MANIFEST = "_manifest.json"
+FORMAT = "jaxopt_tokens.sweep/1"
+_PART = re.compile(r"^part-(\d{5,})\.parquet$")
+_TEMPORARY = re.compile(r"^\.part-\d{5,}\.parquet\.[0-9a-f]+\.tmp$")
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(
+            "writing or reading a sweep directory needs pyarrow: pip install pyarrow"
+        ) from None
+    return pa, pq
+
+
+def fingerprint(description: dict[str, Any]) -> str:
+    """A hash of everything that determines a sweep's rows (not versions or timings)."""
+    text = json.dumps(description, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _write_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class SweepDirectory:
+    """One sweep's directory: the manifest and which parts exist (module docstring)."""
+
+    def __init__(self, path: str | Path):
+        if str(path) == "":
+            raise InputError("out: the path is empty")
+        self.path = Path(path)
+
+    # ---------------------------------------------------------------- state
+
+    def manifest(self) -> dict | None:
+        file = self.path / MANIFEST
+        if not file.is_file():
+            return None
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{file}: not a sweep manifest ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{file}: not a jaxopt_tokens sweep manifest (format {FORMAT})")
+        return data
+
+    def parts(self) -> set[int]:
+        """Indices of the parts present (complete by construction)."""
+        if not self.path.is_dir():
+            return set()
+        return {int(m.group(1)) for p in self.path.iterdir() if (m := _PART.match(p.name))}
+
+    def _ours(self, name: str) -> bool:
+        return name == MANIFEST or bool(_PART.match(name) or _TEMPORARY.match(name))
+
+    # ---------------------------------------------------------------- opening
+
+    def prepare(self, manifest: dict, *, resume: bool, force: bool, writer: bool) -> set[int]:
+        """Check the directory against `manifest`; return the parts still to compute.
+
+        Refused (InputError, naming the directory): a file in the way; a directory holding
+        other files; another sweep (a different fingerprint) unless `force`; this sweep, begun
+        or done, unless `resume` (or `force`, which starts it again). `writer` (process 0)
+        writes the manifest and clears what `force` replaces; other processes only check.
+        """
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise InputError(f"out {p}: is a file, not a directory")
+        existing = self.manifest() if p.is_dir() else None
+        foreign = (
+            sorted(x.name for x in p.iterdir() if not self._ours(x.name)) if p.is_dir() else []
+        )
+        if foreign and not force:
+            raise InputError(
+                f"out {p}: the directory holds files that are not a sweep ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); pass --force to write into it anyway"
+            )
+        done = self.parts()
+        if existing is not None and existing["fingerprint"] != manifest["fingerprint"]:
+            if not force:
+                raise InputError(
+                    f"out {p}: holds a different sweep (grids {list(existing.get('grids', {}))}, "
+                    f"{existing.get('points', '?'):,} points); pass --force to replace it"
+                )
+            existing, done = None, set()
+        elif existing is None and done and not force:
+            raise InputError(f"out {p}: holds sweep parts without a manifest; pass --force")
+        elif existing is not None and not resume:
+            if not force:
+                state = (
+                    "complete"
+                    if len(done) >= manifest["parts"]
+                    else (f"{len(done)} of {manifest['parts']} parts done")
+                )
+                raise InputError(
+                    f"out {p}: already holds this sweep ({state}); pass --resume to complete "
+                    "it or --force to compute it again"
+                )
+            existing, done = None, set()
+        if existing is None:
+            done = set()
+            if writer:
+                p.mkdir(parents=True, exist_ok=True)
+                for x in p.iterdir():
+                    if self._ours(x.name):
+                        x.unlink()
+                _write_atomically(
+                    p / MANIFEST, lambda t: t.write_text(json.dumps(manifest, indent=2) + "\n")
+                )
+        elif writer:
+            for x in p.iterdir():  # temporary files of an interrupted run
+                if _TEMPORARY.match(x.name):
+                    x.unlink(missing_ok=True)
+        return set(range(manifest["parts"])) - done
+
+    # ---------------------------------------------------------------- writing
+
+    def write_part(self, index: int, columns: dict[str, np.ndarray], fingerprint: str) -> Path:
+        pa, pq = _pyarrow()
+        table = pa.table(columns)
+        table = table.replace_schema_metadata(
+            {b"jaxopt_tokens": json.dumps({"fingerprint": fingerprint, "part": index}).encode()}
+        )
+        target = self.path / part_name(index)
+        _write_atomically(target, lambda t: pq.write_table(table, t))
+        return target
+
+
+def read_sweep(path: str | Path, *, columns: list[str] | None = None, lazy: bool = False):
+    """The table of a sweep directory written by `sweep(..., out=path)`.
+
+    **Arguments:** `path`; `columns` (read only these; `point` and the grid columns are always
+    available); `lazy` (return a `pyarrow.dataset.Dataset` instead of reading).
+
+    **Returns:** a pandas DataFrame in grid order (the `point` column is the index into the
+    grid), with the manifest in `df.attrs["sweep"]` and the base workload in
+    `df.attrs["workload"]`; `status` is a categorical. Raises `InputError` when the directory
+    is not a sweep or is incomplete (it names the missing parts and says to resume).
+    """
+    pa, pq = _pyarrow()
+    import pyarrow.dataset as ds
+
+    d = SweepDirectory(path)
+    manifest = d.manifest()
+    if manifest is None:
+        raise InputError(f"{path}: not a sweep directory (no {MANIFEST})")
+    missing = sorted(set(range(manifest["parts"])) - d.parts())
+    if missing:
+        head = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"{path}: the sweep is incomplete: {len(missing)} of {manifest['parts']} parts "
+            f"missing ({head}); run the same sweep again with --resume"
+        )
+    files = [str(Path(path) / part_name(i)) for i in range(manifest["parts"])]
+    dataset = ds.dataset(files, format="parquet")
+    if lazy:
+        return dataset
+    if columns is not None:
+        unknown = sorted(set(columns) - set(dataset.schema.names))
+        if unknown:
+            raise InputError(f"{path}: no column(s) {unknown}; columns: {dataset.schema.names}")
+        columns = list(dict.fromkeys(["point", *columns]))
+    df = dataset.to_table(columns=columns).to_pandas()
+    if "status" in df:
+        df["status"] = df["status"].astype("category")
+    df = df.sort_values("point", kind="stable").reset_index(drop=True)
+    df.attrs["sweep"] = manifest
+    df.attrs["workload"] = manifest.get("workload")
+    return df
+
+
+def versions() -> dict[str, str]:
+    return {"jaxopt_tokens": __version__, "jax": jax.__version__}

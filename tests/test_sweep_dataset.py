@@ -1,0 +1,231 @@
+"""Sweeps streamed to a Parquet dataset: same table, resumable after a kill, several processes."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens._sweeps.dataset import SweepDirectory
+
+GRIDS = dict(arrival_rate=np.linspace(0.02, 0.4, 7), alpha=np.geomspace(2, 80, 9))
+CLI_GRID = ["--arrival-rate", "0.02:0.4:30", "--alpha", "1:100:40", "--quiet"]
+
+
+def _same_rows(streamed: pd.DataFrame, in_memory: pd.DataFrame) -> None:
+    streamed = streamed.drop(columns="point")
+    assert list(streamed.columns) == list(in_memory.columns)
+    pd.testing.assert_frame_equal(
+        streamed.astype({"status": str}), in_memory.astype({"status": str}), check_exact=True
+    )
+
+
+def test_streamed_sweep_is_the_in_memory_table(table1, tmp_path):
+    df = jt.sweep(table1, quiet=True, chunk_size=10, **GRIDS)
+    run = jt.sweep(table1, quiet=True, chunk_size=10, out=tmp_path / "s", **GRIDS)
+    assert run.complete and run.parts == 7 and sorted(run.computed) == list(range(7))
+    back = jt.read_sweep(tmp_path / "s")
+    _same_rows(back, df)
+    manifest = back.attrs["sweep"]
+    assert manifest["points"] == 63 and manifest["grids"]["alpha"]["values"] == list(GRIDS["alpha"])
+    assert manifest["versions"]["jax"] and manifest["dtype"] == "float64"
+    # only the columns asked for (and the point index) are read
+    some = jt.read_sweep(tmp_path / "s", columns=["alpha", "objective"])
+    assert list(some.columns) == ["point", "alpha", "objective"]
+    assert len(jt.read_sweep(tmp_path / "s", lazy=True).to_table()) == 63
+    # other readers see one table
+    assert len(pd.read_parquet(tmp_path / "s")) == 63
+
+
+def test_same_sweep_again_needs_resume_or_force_and_another_sweep_needs_force(table1, tmp_path):
+    out = tmp_path / "s"
+    jt.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
+    with pytest.raises(jt.InputError, match="already holds this sweep.*--resume"):
+        jt.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
+    again = jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
+    assert again.computed == () and again.skipped == 7
+    other = dict(GRIDS, alpha=GRIDS["alpha"][:3])
+    with pytest.raises(jt.InputError, match="different sweep.*--force"):
+        jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **other)
+    with pytest.raises(jt.InputError, match="different sweep"):  # another chunking is another sweep
+        jt.sweep(table1, quiet=True, chunk_size=9, out=out, resume=True, **GRIDS)
+    jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **other)
+    assert len(jt.read_sweep(out)) == 21 and len(SweepDirectory(out).parts()) == 3
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(jt.InputError, match="not a sweep"):
+        jt.sweep(table1, quiet=True, out=tmp_path / "mine", **GRIDS)
+    with pytest.raises(jt.InputError, match="is a file"):
+        jt.sweep(table1, quiet=True, out=tmp_path / "mine" / "notes.txt", **GRIDS)
+
+
+def test_a_failure_keeps_finished_parts_and_resume_completes_them(table1, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    original = SweepDirectory.write_part
+    calls = {"n": 0}
+
+    def failing(self, index, columns, fp):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError(28, "No space left on device")
+        return original(self, index, columns, fp)
+
+    monkeypatch.setattr(SweepDirectory, "write_part", failing)
+    with pytest.raises(OSError) as info:
+        jt.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
+    assert any("resume" in note and "3 of its 7 parts" in note for note in info.value.__notes__)
+    assert SweepDirectory(out).parts() == {0, 1, 2}
+    with pytest.raises(jt.InputError, match="incomplete: 4 of 7 parts missing.*--resume"):
+        jt.read_sweep(out)
+    monkeypatch.setattr(SweepDirectory, "write_part", original)
+    run = jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
+    assert sorted(run.computed) == [3, 4, 5, 6] and run.skipped == 3
+    _same_rows(jt.read_sweep(out), jt.sweep(table1, quiet=True, chunk_size=10, **GRIDS))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jaxopt_tokens.cli.main", "sweep", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+def test_a_killed_sweep_resumes_to_exactly_the_uninterrupted_table(tmp_path):
+    """SIGKILL at an arbitrary moment (after a few parts), plus a temporary file such as a kill
+    in the middle of a write leaves; the resumed table equals an uninterrupted run."""
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    args = [*CLI_GRID, "--chunk-size", "8"]  # 150 parts
+    proc = subprocess.Popen(
+        _cli(*args, "--out", str(killed)),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while len(SweepDirectory(killed).parts()) < 3 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the sweep wrote no parts"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = SweepDirectory(killed).parts()
+    assert 3 <= len(before) < 150, len(before)  # interrupted, not finished
+    (killed / ".part-00149.parquet.0123456789ab.tmp").write_bytes(b"half a part")
+    done = subprocess.run(
+        _cli(*args, "--out", str(killed), "--resume"), env=_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{len(before)} already done" in done.stdout
+    assert not list(killed.glob(".part-*"))
+    full = subprocess.run(
+        _cli(*args, "--out", str(whole)), env=_env(), capture_output=True, text=True
+    )
+    assert full.returncode == 0, full.stderr
+    a, b = jt.read_sweep(killed), jt.read_sweep(whole)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert len(a) == 1200 and a["point"].tolist() == list(range(1200))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _distributed(out: Path, n: int, args: list[str]) -> list[subprocess.CompletedProcess]:
+    for attempt in range(3):  # the free port can be taken between bind and use: retry
+        port = _free_port()
+        procs = [
+            subprocess.Popen(
+                _cli(
+                    *args,
+                    "--out",
+                    str(out),
+                    "--coordinator",
+                    f"127.0.0.1:{port}",
+                    "--num-processes",
+                    str(n),
+                    "--process-id",
+                    str(i),
+                ),
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(n)
+        ]
+        results = []
+        try:
+            for p in procs:
+                stdout, stderr = p.communicate(timeout=240)
+                results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if not any("Failed to add port" in r.stderr for r in results):
+            return results
+    return results
+
+
+DISTRIBUTED_ARGS = [*CLI_GRID, "--chunk-size", "100"]  # 12 parts dealt over the processes
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "sweep"
+    single = subprocess.run(
+        _cli(*DISTRIBUTED_ARGS, "--out", str(out)), env=_env(), capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr
+    return jt.read_sweep(out)
+
+
+@pytest.mark.parametrize("n", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_jax_distributed_processes_write_the_one_process_table(tmp_path, n, one_process):
+    """n local CPU processes under jax.distributed (4 is marked slow: ~1 min on 2 cores)."""
+    args = DISTRIBUTED_ARGS
+    results = _distributed(tmp_path / "many", n, args)
+    report = "\n".join(
+        f"[{i}] rc={r.returncode}\n{r.stderr[-2000:]}" for i, r in enumerate(results)
+    )
+    assert all(r.returncode == 0 for r in results), report
+    manifest = json.loads((tmp_path / "many" / "_manifest.json").read_text())
+    assert manifest["processes"] == n
+    pd.testing.assert_frame_equal(jt.read_sweep(tmp_path / "many"), one_process, check_exact=True)
+
+
+def test_frontier_and_heatmaps_read_a_sweep_directory(table1, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from jaxopt_tokens._sweeps.figures import figure_heatmaps
+
+    out = tmp_path / "s"
+    jt.sweep(table1, quiet=True, out=out, **GRIDS)
+    f = jt.frontier_by_alpha(out)
+    assert {"alpha", "accuracy", "mean_system_time", "status"} <= set(f.columns)
+    assert "mean_wait" not in f.columns  # only what a frontier needs is read
+    one_rate = f[f["arrival_rate"] == GRIDS["arrival_rate"][0]]
+    assert np.all(np.diff(one_rate["alpha"]) > 0)
+    solved = jt.sweep(
+        table1.replace(arrival_rate=GRIDS["arrival_rate"][0]), alpha=GRIDS["alpha"], quiet=True
+    )
+    np.testing.assert_array_equal(one_rate["accuracy"], solved["accuracy"])
+    fig = figure_heatmaps(table1, sweep_dir=out)
+    assert len(fig.axes) >= 7
+    alpha_only = tmp_path / "a"
+    jt.sweep(table1, quiet=True, out=alpha_only, alpha=GRIDS["alpha"])
+    with pytest.raises(jt.InputError, match="no 'arrival_rate' grid"):
+        jt.frontier_by_arrival_rate(alpha_only)
+    with pytest.raises(jt.InputError, match="exactly arrival_rate and alpha"):
+        figure_heatmaps(table1, sweep_dir=alpha_only)
