@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,9 @@ from .._validate import PER_TASK_FIELDS, SCALAR_FIELDS, check_memory
 from .._version import __version__
 from .._workload import Workload
 from .dataset import FORMAT, SweepDirectory, fingerprint, versions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["sweep", "SweepRun", "write_sweep", "read_sweep_metadata", "TRACE_COUNT"]
 
@@ -198,6 +201,34 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+@overload
+def sweep(
+    workload: Workload,
+    *,
+    chunk_size: int = ...,
+    quiet: bool = ...,
+    devices: list | None = ...,
+    out: None = ...,
+    resume: bool = ...,
+    force: bool = ...,
+    **grids,
+) -> pd.DataFrame: ...
+
+
+@overload
+def sweep(
+    workload: Workload,
+    *,
+    chunk_size: int = ...,
+    quiet: bool = ...,
+    devices: list | None = ...,
+    out: str | Path,
+    resume: bool = ...,
+    force: bool = ...,
+    **grids,
+) -> SweepRun: ...
+
+
 def sweep(
     workload: Workload,
     *,
@@ -208,7 +239,7 @@ def sweep(
     resume: bool = False,
     force: bool = False,
     **grids,
-):
+) -> pd.DataFrame | SweepRun:
     """Solve every combination of the given grids: a pandas DataFrame, or a dataset on disk.
 
     **Arguments:** `workload` (the base point); `grids`: `field=values` for a scalar field
@@ -374,7 +405,7 @@ def _frame(chunks: list[dict], workload: Workload):
     merged.pop("point")
     status = merged.pop("status")
     frame = dict(merged)
-    frame["status"] = pd.Categorical(status, categories=STATUS_NAMES)
+    frame["status"] = pd.Categorical(status, categories=STATUS_NAMES)  # pyright: ignore[reportArgumentType]
     df = pd.DataFrame(frame)
     df.attrs["workload"] = workload_to_dict(workload)
     return df
