@@ -27,6 +27,7 @@ from ._deploy.measurements import (
     read_request_log,
     synthetic_measurements,
 )
+from ._deploy.step_time import StepTimeFit, fit_step_time, read_step_times
 from ._errors import InputError, WorkloadError
 from ._integer import (
     best_floor_ceil,
@@ -61,11 +62,14 @@ from ._objective import (
     task_accuracy,
     utilization,
 )
+from ._queue.batching import ContinuousBatching
+from ._queue.batching_sim import BatchingSimulation, simulate_batching
 from ._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing, latency_objective
 from ._queue.simulate import SimulationResult, UnstableQueueWarning, simulate
 from ._random import random_workloads
 from ._solver.aggregate import AggregateNewton
 from ._solver.base import AbstractSolver
+from ._solver.batching import BatchingNewton
 from ._solver.fixed_point import FixedPoint
 from ._solver.gradient import ProjectedGradient
 from ._solver.solution import Solution
@@ -125,6 +129,7 @@ __all__ = [
     # solvers
     "solve",
     "solve_latency",
+    "BatchingNewton",
     "METHODS",
     "AbstractSolver",
     "AggregateNewton",
@@ -145,6 +150,9 @@ __all__ = [
     "FIFO",
     "Priority",
     "ProcessorSharing",
+    "ContinuousBatching",
+    "simulate_batching",
+    "BatchingSimulation",
     "latency_objective",
     "simulate",
     "SimulationResult",
@@ -160,6 +168,9 @@ __all__ = [
     "TaskFit",
     "FitWarning",
     "budget_uncertainty",
+    "fit_step_time",
+    "read_step_times",
+    "StepTimeFit",
     "plot_fit",
     "export_policy",
     "write_policy",

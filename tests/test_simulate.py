@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._queue.simulate import _quantiles, lindley_waits, sample_stream
+from jaxopt_tokens._queue.simulate import lindley_waits, sample_quantiles, sample_stream
 from jaxopt_tokens._stats import student_t_quantile
 
 
@@ -175,7 +175,7 @@ def test_quantiles_match_numpy():
     x = np.random.default_rng(1).exponential(size=9_001)
     for dtype in (np.float32, np.float64):
         np.testing.assert_allclose(
-            _quantiles(jnp.asarray(x, dtype)),
+            sample_quantiles(jnp.asarray(x, dtype)),
             np.quantile(x.astype(dtype), [0.5, 0.95, 0.99]),
             rtol=1e-6,
         )

@@ -76,6 +76,19 @@ class LatencyModel(eqx.Module):
         r"""$\sum_k \pi_k E[T_k]$; `+inf` when the queue is unstable."""
         return jnp.sum(w.share * self.system_times(tokens, w), axis=-1)
 
+    def integer_budgets(self, tokens: Float[Array, " n"], w: Workload) -> Float[Array, " n"]:
+        """The best floor/ceil combination of `tokens` under this model's J (eq. (39) with the
+        model's objective); more than 16 tasks: rounded to nearest."""
+        n = w.num_tasks
+        lo = jnp.floor(tokens)
+        cap = jnp.floor(w.max_tokens)
+        if n > 16:
+            return jnp.clip(jnp.round(tokens), 0, cap)
+        bits = (jnp.arange(2**n)[:, None] >> jnp.arange(n)[None, :]) & 1
+        combos = jnp.clip(lo + bits.astype(tokens.dtype), 0, cap)
+        values = jax.vmap(lambda l: self.objective(l, w))(combos)
+        return combos[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
+
 
 def _moments(tokens, w: Workload, service_cv):
     t = w.t0 + w.c * tokens

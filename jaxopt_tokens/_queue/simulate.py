@@ -45,6 +45,7 @@ __all__ = [
     "SimulationStatus",
     "sample_stream",
     "lindley_waits",
+    "sample_quantiles",
     "simulate",
 ]
 
@@ -248,7 +249,7 @@ class SimulationResult(HasStatus):
         return out
 
 
-def _quantiles(x: Float[Array, " q"]) -> Float[Array, " 3"]:
+def sample_quantiles(x: Float[Array, " q"]) -> Float[Array, " 3"]:
     """`QUANTILES` of non-negative `x`, numpy's default (linear) definition.
 
     Sorts the IEEE bit patterns as integers: for non-negative floats their order is the
@@ -309,8 +310,8 @@ def _replication(
         return (
             jnp.mean(W),
             mean_T,
-            _quantiles(W),
-            _quantiles(T),
+            sample_quantiles(W),
+            sample_quantiles(T),
             busy,
             acc,
             w.alpha * acc - mean_T,

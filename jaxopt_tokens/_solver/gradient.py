@@ -29,12 +29,14 @@ from jaxtyping import Array
 from .._errors import InputError
 from .._kkt import gradient_lipschitz, kkt_residual, objective_gradient, provable_box
 from .._objective import objective
+from .._queue.batching import ContinuousBatching
 from .._queue.models import LatencyModel
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
 from .aggregate import AggregateNewton
 from .base import AbstractSolver, Iterate, certified, run
+from .batching import BatchingNewton
 
 __all__ = ["ProjectedGradient"]
 
@@ -113,6 +115,11 @@ class ProjectedGradient(AbstractSolver):
     def init(self, w: Workload) -> _State:
         if self.model is None:
             start = jnp.zeros_like(w.A)
+        elif isinstance(self.model, ContinuousBatching):
+            # the optimum without the batch limit, if the limited server sustains it, else 0
+            free = run(BatchingNewton(model=self.model.replace(max_batch=None)), w).tokens
+            free = jnp.clip(jnp.nan_to_num(free), 0, self._upper(w))
+            start = jnp.where(self.model.load(free, w) < 1, free, jnp.zeros_like(free))
         else:  # the paper's optimum: a stable point near the model's
             start = jnp.clip(jnp.nan_to_num(run(AggregateNewton(), w).tokens), 0, self._upper(w))
         value, grad = self._value_and_grad(start, w)

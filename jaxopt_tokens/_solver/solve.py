@@ -17,11 +17,14 @@ import jax.numpy as jnp
 
 from .._errors import InputError
 from .._objective import objective
+from .._queue.batching import ContinuousBatching
 from .._queue.models import LatencyModel, Priority
+from .._status import Status
 from .._validate import sanitise
 from .._workload import Workload
 from .aggregate import AggregateNewton
 from .base import AbstractSolver, run
+from .batching import BatchingNewton
 from .fixed_point import FixedPoint
 from .gradient import ProjectedGradient
 from .implicit import attach_implicit_gradient, attach_model_gradient
@@ -127,6 +130,22 @@ def solve(
     return _drive(solver, workload)
 
 
+def _unstable_batching(sol: Solution, model: ContinuousBatching, w: Workload) -> Solution:
+    """Members the batching server cannot sustain even at zero budgets: `UNSTABLE_INPUT`,
+    with NaN outputs like every rejected member."""
+    unstable = ~(model.load(jnp.zeros_like(w.A), w) < 1) & (sol.status <= Status.MAX_ITERATIONS)
+    nan = jnp.asarray(jnp.nan, sol.tokens.dtype)
+    return eqx.tree_at(
+        lambda s: (s.tokens, s.objective, s.status),
+        sol,
+        (
+            jnp.where(unstable[..., None], nan, sol.tokens),
+            jnp.where(unstable, nan, sol.objective),
+            jnp.where(unstable, Status.UNSTABLE_INPUT, sol.status).astype(sol.status.dtype),
+        ),
+    )
+
+
 def solve_latency(
     workload: Workload,
     model: LatencyModel,
@@ -140,8 +159,12 @@ def solve_latency(
     $[0, l_{\max}]$ (`ProjectedGradient(safeguarded=True, model=model)`), started from the
     optimum of the paper's model; the residual is the model's scale-free projected gradient.
     Under `FIFO` and `ProcessorSharing` J is concave on the stable region, so the point is the
-    optimum; under `Priority` it is a KKT point. Runs through `solve`: the same statuses,
-    staging and implicit derivatives. Docs: *Latency models*.
+    optimum; under `Priority` it is a KKT point. Under `ContinuousBatching(max_batch=None)`
+    the latency depends on the budgets only through the mean work, and `BatchingNewton`
+    solves its single-price KKT conditions directly (as fast as the default solve); with a
+    `max_batch` the spectral method runs from that solution. Runs through `solve`: the same
+    statuses, staging and implicit derivatives. Docs: *Latency models*, *Continuous
+    batching*.
     """
     if not isinstance(model, LatencyModel):
         raise InputError(
@@ -150,6 +173,20 @@ def solve_latency(
         )
     if isinstance(model, Priority):
         model.check(workload.num_tasks)
+    if isinstance(model, ContinuousBatching):
+        model.check(workload.num_tasks)
+        # the step time replaces the M/G/1 service line: t0 and c play no part (and get zero
+        # derivatives); neutral values keep the paper's stability rule from judging them
+        workload = workload.replace(t0=jnp.zeros_like(workload.t0), c=jnp.ones_like(workload.c))
+        if model.unlimited:
+            kw = {} if max_steps == 20_000 else {"max_steps": max_steps}
+            sol = solve(workload, BatchingNewton(model=model, rtol=rtol, **kw))
+        else:
+            sol = solve(
+                workload,
+                ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps),
+            )
+        return _unstable_batching(sol, model, workload)
     return solve(
         workload, ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps)
     )

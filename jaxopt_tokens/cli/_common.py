@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 from collections.abc import Iterator
 
 import jax
 
 from .._errors import InputError
 from .._io import default_workload, load_workload
+from .._queue.batching import DEFAULT_ANSWER_TOKENS, ContinuousBatching
 from .._workload import Workload
 
 __all__ = [
@@ -20,6 +22,10 @@ __all__ = [
     "positive_float",
     "int_at_least",
     "random_seed",
+    "add_server_options",
+    "server_from_args",
+    "step_time_pair",
+    "non_negative_float",
 ]
 
 
@@ -113,3 +119,80 @@ def int_at_least(minimum: int):
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def step_time_pair(text: str) -> tuple[float, float]:
+    """`TAU0,TAU1` seconds (an argparse `type`)."""
+    parts = text.split(",")
+    try:
+        tau0, tau1 = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected TAU0,TAU1 in seconds, e.g. 0.02,0.0005"
+        ) from None
+    if not (math.isfinite(tau0) and tau0 >= 0):
+        raise argparse.ArgumentTypeError(f"tau0 must be finite and >= 0 seconds, got {parts[0]}")
+    if not (math.isfinite(tau1) and tau1 > 0):
+        raise argparse.ArgumentTypeError(f"tau1 must be finite and > 0 seconds, got {parts[1]}")
+    return tau0, tau1
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
+    return value
+
+
+def add_server_options(p: argparse.ArgumentParser, default: str = "mg1") -> None:
+    """`--server mg1|batching` and the batching server's settings."""
+    g = p.add_argument_group(
+        "server model",
+        "mg1: the paper's M/G/1 server (t0, c from the workload); batching: a continuously "
+        "batching engine whose decode step with n running requests takes tau0 + tau1 n",
+    )
+    g.add_argument("--server", choices=("mg1", "batching"), default=default)
+    g.add_argument(
+        "--step-time",
+        type=step_time_pair,
+        metavar="TAU0,TAU1",
+        help="batching: step time in seconds (fit it with `fit-server`)",
+    )
+    g.add_argument(
+        "--max-batch", type=int_at_least(1), metavar="B", help="batching: most requests at once"
+    )
+    g.add_argument(
+        "--answer-tokens",
+        type=non_negative_float,
+        default=DEFAULT_ANSWER_TOKENS,
+        metavar="A",
+        help="batching: decode steps of the answer after thinking (default: %(default)s)",
+    )
+    g.add_argument(
+        "--prefill",
+        type=non_negative_float,
+        default=0.0,
+        metavar="P",
+        help="batching: prefill cost per request in decode-step equivalents (default: 0)",
+    )
+
+
+def server_from_args(args: argparse.Namespace, replicas: int = 1) -> ContinuousBatching | None:
+    """The batching server the options describe, or None for the paper's M/G/1."""
+    if args.server != "batching":
+        for flag, value in (("--step-time", args.step_time), ("--max-batch", args.max_batch)):
+            if value is not None:
+                raise InputError(f"{flag} describes a batching server: add --server batching")
+        return None
+    if args.step_time is None:
+        raise InputError("--server batching needs --step-time TAU0,TAU1 (see `fit-server`)")
+    return ContinuousBatching(
+        step_time=args.step_time,
+        max_batch=args.max_batch,
+        answer_tokens=args.answer_tokens,
+        prefill=args.prefill,
+        replicas=replicas,
+    )

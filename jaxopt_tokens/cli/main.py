@@ -12,13 +12,13 @@ import sys
 
 from .._errors import InputError
 from .._version import __version__
-from . import budget, export, fit, simulate, solve, sweep, tune
+from . import budget, export, fit, server, simulate, solve, sweep, tune
 
 # Optional packages some subcommands import, and the extra that installs them.
 OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
 
 # Modules providing subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = (solve, tune, sweep, fit, simulate, export, budget)
+SUBCOMMAND_MODULES = (solve, tune, sweep, fit, simulate, export, budget, server)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,11 +7,18 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from .._solver.solve import METHODS, solve
+from .._errors import InputError
+from .._solver.solve import METHODS, solve, solve_latency
 from .._status import Status
-from ._common import add_workload_options, loaded_workload
+from ._common import (
+    add_server_options,
+    add_workload_options,
+    int_at_least,
+    loaded_workload,
+    server_from_args,
+)
 from ._output import emit_json
-from ._report import allocation_report
+from ._report import allocation_report, server_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,18 +34,68 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
+    add_server_options(p)
+    p.add_argument(
+        "--replicas",
+        type=int_at_least(1),
+        default=1,
+        metavar="C",
+        help="batching: identical replicas with random routing (default: 1)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    server = server_from_args(args, replicas=args.replicas)
+    if server is not None and args.solver != "default":
+        raise InputError("--solver: a batching server has its own solver; leave --solver out")
     with loaded_workload(args, float32=args.float32) as w:
-        sol = solve(w, args.solver)
-        report = allocation_report(w, sol, args.solver)
+        if server is None:
+            sol = solve(w, args.solver)
+            report = allocation_report(w, sol, args.solver)
+        else:
+            sol = solve_latency(w, server)
+            report = server_report(w, sol, server)
     if args.format == "json":
         emit_json(report)
-    else:
+    elif server is None:
         print_table(report)
+    else:
+        print_server_table(report)
     return 0 if report["status"] == Status.CONVERGED.name.lower() else 1
+
+
+def print_server_table(r: dict) -> None:
+    s = r["server"]
+    console = Console()
+    t = Table(
+        title="Optimal reasoning-token budgets on a continuously batching server  "
+        f"(lambda={r['arrival_rate']:g}/s, alpha={r['alpha']:g}, step={s['step_time'][0]:g} + "
+        f"{s['step_time'][1]:g} n s, max batch={s['max_batch'] or 'unlimited'}, "
+        f"replicas={s['replicas']})"
+    )
+    for col in ("task", "l* (tokens)", "integer", "accuracy", "E[T_k] (s)"):
+        t.add_column(col, justify="left" if col == "task" else "right")
+    for name, l, li, p, et in zip(
+        r["tasks"], r["tokens"], r["tokens_int"], r["accuracy_per_task"], r["system_time_per_task"]
+    ):
+        t.add_row(name, f"{l:.2f}", str(li), f"{p:.4f}", "inf" if et is None else f"{et:.3f}")
+    console.print(t)
+    u = Table(show_header=False, box=None)
+
+    def num(x, fmt):
+        return "inf" if x is None else format(x, fmt)
+
+    u.add_row("objective J", num(r["objective"], ".6f"))
+    u.add_row("mean accuracy", num(r["accuracy"], ".4f"))
+    u.add_row("mean system time E[T]", num(r["mean_system_time"], ".4f") + " s")
+    u.add_row("waiting for a batch slot", num(r["queue_wait"], ".4f") + " s")
+    u.add_row("mean batch size", num(r["mean_batch"], ".2f"))
+    u.add_row("load (arrival rate / capacity)", num(r["load"], ".4f"))
+    u.add_row(
+        "certificate", f"{r['status']} (residual {r['residual']:.2e}, {r['iterations']} iterations)"
+    )
+    console.print(u)
 
 
 def print_table(r: dict) -> None:

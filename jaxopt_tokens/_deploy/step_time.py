@@ -1,0 +1,235 @@
+r"""Fitting a batching server's step time $\tau_0 + \tau_1 n$ from serving benchmarks.
+
+Operators already measure this: vLLM's serving benchmark (`vllm bench serve --save-result`,
+`vllm/benchmarks/serve.py`, function `main_async` writing the dict that `benchmark()`
+returns) saves one JSON file per run with the run's concurrency limit `max_concurrency`
+(the observed peak is `max_concurrent_requests`) and the time per output token in
+milliseconds, `mean_tpot_ms` / `median_tpot_ms` (per request: (latency - TTFT) / (output
+tokens - 1)). At concurrency n, a decode step runs n requests, so TPOT is the step time at
+batch size n. Read at vLLM 0.33.0 (commit 4ba787ec9).
+
+`fit_step_time` takes such files (one per concurrency) or a CSV with columns
+`concurrency, tpot` (seconds; or `tpot_ms`), and fits the line by least squares, with
+standard errors from the residual variance and Student-t intervals. A `FitWarning` says when
+the step time is not linear in the batch size (a significant quadratic term) or the slope is
+not clearly positive. Docs: *Continuous batching*.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .._errors import InputError
+from .._files import read_text
+from .._queue.batching import ContinuousBatching
+from .._stats import student_t_quantile
+from .fit import FitWarning
+
+__all__ = ["StepTimeFit", "fit_step_time", "read_step_times"]
+
+
+@dataclass(frozen=True)
+class StepTimeFit:
+    """The fitted step time `tau0 + tau1 * n` with standard errors and diagnostics."""
+
+    tau0: float
+    tau1: float
+    se_tau0: float
+    se_tau1: float
+    dof: int
+    concurrency: np.ndarray
+    step_time: np.ndarray
+    warnings: tuple[str, ...] = ()
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
+        """Student-t interval for `tau0` or `tau1`."""
+        value, se = {"tau0": (self.tau0, self.se_tau0), "tau1": (self.tau1, self.se_tau1)}[name]
+        with jax.enable_x64(True):
+            q = float(student_t_quantile(0.5 + level / 2, max(self.dof, 1)))
+        return value - q * se, value + q * se
+
+    def model(self, **kwargs) -> ContinuousBatching:
+        """A `ContinuousBatching` server with this step time (other settings as keywords)."""
+        return ContinuousBatching(step_time=(self.tau0, self.tau1), **kwargs)
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise InputError(f"{where}: must be finite, got {value!r}")
+    return float(value)
+
+
+def _from_benchmark_json(path: Path, text: str) -> tuple[float, float]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected the JSON object of `vllm bench serve --save-result`")
+    n = data.get("max_concurrency")
+    if n is None:  # the run had no concurrency limit: use the peak it reached
+        n = data.get("max_concurrent_requests")
+    if n is None:
+        raise InputError(
+            f"{path}: no 'max_concurrency' (or 'max_concurrent_requests'): run the benchmark "
+            "with --max-concurrency N"
+        )
+    tpot = data.get("median_tpot_ms", data.get("mean_tpot_ms"))
+    if tpot is None:
+        raise InputError(f"{path}: no 'median_tpot_ms' or 'mean_tpot_ms' field")
+    n = _number(n, f"{path}: field 'max_concurrency'")
+    tpot = _number(tpot, f"{path}: field 'median_tpot_ms'")
+    if n < 1 or tpot <= 0:
+        raise InputError(f"{path}: need max_concurrency >= 1 and a positive TPOT, got {n}, {tpot}")
+    return n, tpot / 1000.0
+
+
+def _from_csv(path: Path, text: str) -> list[tuple[float, float]]:
+    lines = [
+        (i + 1, line)
+        for i, line in enumerate(text.splitlines())
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise InputError(f"{path}: no header row (the file is empty)")
+    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
+    header = [h.strip().lower() for h in next(reader)]
+    if "concurrency" not in header or not ({"tpot", "tpot_ms"} & set(header)):
+        raise InputError(
+            f"{path}, line {lines[0][0]}: need columns 'concurrency' and 'tpot' (seconds) or "
+            f"'tpot_ms' (header: {', '.join(header)})"
+        )
+    col = "tpot" if "tpot" in header else "tpot_ms"
+    scale = 1.0 if col == "tpot" else 1e-3
+    out = []
+    for (lineno, _), row in zip(lines[1:], reader):
+        if len(row) != len(header):
+            raise InputError(
+                f"{path}, line {lineno}: expected {len(header)} fields, got {len(row)}"
+            )
+        values = dict(zip(header, (v.strip() for v in row)))
+        try:
+            n, t = float(values["concurrency"]), float(values[col])
+        except ValueError:
+            raise InputError(
+                f"{path}, line {lineno}: 'concurrency' and '{col}' must be numbers"
+            ) from None
+        if not (math.isfinite(n) and n >= 1):
+            raise InputError(f"{path}, line {lineno}: column 'concurrency' must be >= 1, got {n}")
+        if not (math.isfinite(t) and t > 0):
+            raise InputError(f"{path}, line {lineno}: column '{col}' must be > 0, got {t}")
+        out.append((n, t * scale))
+    if not out:
+        raise InputError(f"{path}: no data rows")
+    return out
+
+
+def read_step_times(*paths: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(concurrency, step time in seconds) from vLLM benchmark JSON files and/or CSV files."""
+    if not paths:
+        raise InputError("give at least one benchmark JSON or CSV file")
+    n, t = [], []
+    for p in paths:
+        path = Path(p)
+        text = read_text(path, "step-time measurements")
+        if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+            a, b = _from_benchmark_json(path, text)
+            n.append(a)
+            t.append(b)
+        else:
+            for a, b in _from_csv(path, text):
+                n.append(a)
+                t.append(b)
+    return np.asarray(n, dtype=np.float64), np.asarray(t, dtype=np.float64)
+
+
+def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
+    r"""Fit $\tau_0 + \tau_1 n$ to step times measured at concurrencies $n$.
+
+    Give files (`fit_step_time("c1.json", "c8.json", ...)`, `fit_step_time("tpot.csv")`) or
+    arrays (`concurrency=..., step_time=...` in seconds). Needs at least 3 distinct
+    concurrencies. Emits a `FitWarning` when a quadratic term is significant (p < 0.01: the
+    step time is not linear in the batch size over the measured range) or when $\tau_1$ is
+    not clearly positive.
+    """
+    if sources and (concurrency is not None or step_time is not None):
+        raise InputError("give files or concurrency/step_time arrays, not both")
+    if sources:
+        n, t = read_step_times(*sources)
+        where = ", ".join(str(s) for s in sources)
+    else:
+        if concurrency is None or step_time is None:
+            raise InputError("give files, or both concurrency and step_time")
+        n = np.asarray(concurrency, dtype=np.float64).ravel()
+        t = np.asarray(step_time, dtype=np.float64).ravel()
+        where = "measurements"
+        if n.shape != t.shape:
+            raise InputError(f"concurrency and step_time differ in length: {n.size} vs {t.size}")
+        if not (np.all(np.isfinite(n)) and np.all(n >= 1)):
+            raise InputError("concurrency: every value must be finite and >= 1")
+        if not (np.all(np.isfinite(t)) and np.all(t > 0)):
+            raise InputError("step_time: every value must be finite and > 0 seconds")
+    if np.unique(n).size < 3:
+        raise InputError(
+            f"{where}: need step times at 3 or more distinct concurrencies to fit tau0, tau1 "
+            f"with standard errors (got {np.unique(n).size})"
+        )
+    X = np.stack([np.ones_like(n), n], 1)
+    beta, *_ = np.linalg.lstsq(X, t, rcond=None)
+    r = t - X @ beta
+    dof = n.size - 2
+    sigma2 = float(r @ r) / max(dof, 1)
+    cov = sigma2 * np.linalg.inv(X.T @ X)
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    notes = []
+    if np.unique(n).size >= 4:
+        X2 = np.stack([np.ones_like(n), n, n * n], 1)
+        b2, *_ = np.linalg.lstsq(X2, t, rcond=None)
+        r2 = t - X2 @ b2
+        dof2 = n.size - 3
+        s2 = float(r2 @ r2) / max(dof2, 1)
+        se2 = math.sqrt(max(s2 * np.linalg.inv(X2.T @ X2)[2, 2], 0.0))
+        z = abs(b2[2]) / se2 if se2 > 0 else (math.inf if b2[2] != 0 else 0.0)
+        with jax.enable_x64(True):
+            crit = float(student_t_quantile(0.995, max(dof2, 1)))
+        if z > crit and float(np.ptp(X2 @ b2 - X @ beta)) > 1e-3 * float(np.mean(t)):
+            notes.append(
+                f"{where}: the step time is not linear in the batch size (quadratic term "
+                f"{b2[2]:.3g} s per request^2, {z:.1f} standard errors): the fitted line is "
+                f"an approximation over concurrencies {n.min():g}-{n.max():g}"
+            )
+    if not beta[1] > 2 * se[1]:
+        notes.append(
+            f"{where}: the step time does not clearly grow with the batch size (tau1 = "
+            f"{beta[1]:.3g} s, SE {se[1]:.2g}): a batching model with this slope has almost "
+            "unlimited capacity; check the measurements"
+        )
+    for note in notes:
+        warnings.warn(note, FitWarning, stacklevel=2)
+    if not (beta[0] >= 0 or beta[0] > -3 * se[0]):
+        raise InputError(
+            f"{where}: fitted tau0 = {beta[0]:.3g} s < 0: the step time line does not fit"
+        )
+    if not beta[1] > 0:
+        raise InputError(f"{where}: fitted tau1 = {beta[1]:.3g} s <= 0: no batching model fits")
+    return StepTimeFit(
+        tau0=max(float(beta[0]), 0.0),
+        tau1=float(beta[1]),
+        se_tau0=float(se[0]),
+        se_tau1=float(se[1]),
+        dof=dof,
+        concurrency=n,
+        step_time=t,
+        warnings=tuple(notes),
+    )

@@ -1,0 +1,424 @@
+r"""A JAX simulator of an iteration-level (continuously) batching server.
+
+The rules are those of `ContinuousBatching`: a step with $n$ running requests lasts
+$\tau_0 + \tau_1 n$ and gives each one token; a request of type k needs
+$w_k = \mathrm{round}(p_k + l_k + a_k)$ steps (at least 1); at every step boundary the
+requests that have arrived by then are admitted in FIFO order while fewer than `max_batch`
+run; a request leaves at the end of the step that gives its last token, and its first token
+(time to first token) comes at the end of step $p_k + 1$ after its admission. An idle server
+starts a step at the next arrival.
+
+Between events the batch does not change, so the simulation jumps from event to event: the
+next completion, or the first step boundary at or after the next arrival (when a slot is
+free). Time is kept as $t_{\text{busy}} + S \tau_0 + M \tau_1$ with integer counts of steps
+$S$ and of tokens $M$ since the busy period began, so it equals a step-by-step simulation of
+the same rules to rounding (the tests compare with an independent plain-Python one to 1e-9).
+Each replication runs one `while_loop` over at most $3 \times$ `num_queries` events; policies
+and replications are vmapped, on common random numbers (`sample_stream`). With `replicas`,
+random routing is simulated as one replica at arrival rate $\lambda / c$ (the same in
+distribution). Docs: *Continuous batching*.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from .._errors import InputError
+from .._objective import task_accuracy
+from .._stats import student_t_quantile
+from .._status import HasStatus
+from .._validate import check_int, check_memory
+from .._workload import Workload
+from .batching import ContinuousBatching
+from .simulate import (
+    SimulationStatus,
+    UnstableQueueWarning,
+    sample_quantiles,
+    sample_stream,
+)
+
+__all__ = ["BatchingSimulation", "simulate_batching", "batching_trajectory"]
+
+
+class BatchingSimulation(HasStatus):
+    r"""Per-replication statistics of simulated policies on a batching server.
+
+    Array fields have shape `(*policies, replications)`: the mean `system_time` (arrival to
+    last token), `queue_wait` (arrival to admission), `ttft` (arrival to first token), the
+    quantiles `system_time_p50/p95/p99` and `ttft_p95`, the time-average batch size
+    `running`, the `throughput` (requests/s) and `token_throughput` (decode tokens/s), the
+    fraction answered correctly `accuracy`; `system_time_by_task` adds a task axis and
+    `batch_size` (shape `(*policies, replications, slots + 1)`) is the fraction of time with
+    n requests running. `predicted_*` (shape `(*policies,)`) are the model's values.
+    """
+
+    STATUS: ClassVar[type[SimulationStatus]] = SimulationStatus
+
+    system_time: Float[Array, "*p r"]
+    queue_wait: Float[Array, "*p r"]
+    ttft: Float[Array, "*p r"]
+    system_time_p50: Float[Array, "*p r"]
+    system_time_p95: Float[Array, "*p r"]
+    system_time_p99: Float[Array, "*p r"]
+    ttft_p95: Float[Array, "*p r"]
+    running: Float[Array, "*p r"]
+    throughput: Float[Array, "*p r"]
+    token_throughput: Float[Array, "*p r"]
+    accuracy: Float[Array, "*p r"]
+    system_time_by_task: Float[Array, "*p r n"]
+    batch_size: Float[Array, "*p r s"]
+    predicted_system_time: Float[Array, "*p"]
+    predicted_queue_wait: Float[Array, "*p"]
+    predicted_running: Float[Array, "*p"]
+    predicted_load: Float[Array, "*p"]
+    predicted_system_time_by_task: Float[Array, "*p n"]
+    num_queries: int = eqx.field(static=True)
+    warmup: int = eqx.field(static=True)
+
+    STATISTICS = (
+        "system_time",
+        "queue_wait",
+        "ttft",
+        "system_time_p50",
+        "system_time_p95",
+        "system_time_p99",
+        "ttft_p95",
+        "running",
+        "throughput",
+        "token_throughput",
+        "accuracy",
+    )
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
+        x = np.asarray(getattr(self, name), dtype=np.float64)
+        if name in ("system_time_by_task", "batch_size"):
+            x = np.moveaxis(x, -1, -2)
+        r = x.shape[-1]
+        mean = x.mean(axis=-1)
+        if r < 2:
+            return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+        q = float(student_t_quantile(0.5 + level / 2, r - 1))
+        half = q * x.std(axis=-1, ddof=1) / math.sqrt(r)
+        return mean, mean - half, mean + half
+
+    @property
+    def status(self) -> Int[Array, "*p"]:
+        """`SimulationStatus` per policy, from the model's load."""
+        unstable = ~(self.predicted_load < 1)
+        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
+            jnp.int32
+        )
+
+    def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
+        """Every statistic as `{"mean", "lower", "upper"}`, predictions beside the means."""
+        out = {}
+        for name in self.STATISTICS:
+            mean, lo, hi = self.interval(name, level)
+            out[name] = {"mean": mean, "lower": lo, "upper": hi}
+        for name in ("system_time", "queue_wait", "running"):
+            out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
+        return out
+
+
+class _Loop(eqx.Module):
+    G: Array  # steps since the start
+    t_busy: Array  # start of the busy period
+    S: Array  # steps since t_busy
+    M: Array  # tokens (sum of batch sizes over steps) since t_busy
+    req: Array  # (slots,) request in each slot, -1 if free
+    target: Array  # (slots,) G at which the slot's request gets its last token
+    first: Array  # (slots,) G at which it gets its first token
+    n: Array
+    qp: Array  # next request to admit (arrival order)
+    departed: Array
+    admit: Array  # (q,) admission time
+    first_token: Array  # (q,) time of the first token
+    depart: Array  # (q,) departure time
+    hist: Array  # (slots + 1,) time with n running
+    overflow: Array
+    events: Array
+
+
+def batching_trajectory(
+    arrivals: Float[Array, " q"],
+    work: Int[Array, " q"],
+    first_steps: Int[Array, " q"],
+    tau0,
+    tau1,
+    slots: int,
+    limit: int | None,
+):
+    """Admission, first-token and departure times of one stream (module docstring).
+
+    `arrivals` (sorted), `work` (steps per request, >= 1), `first_steps` (steps from admission
+    to the first token, 1..work), the step time, `slots` (the size of the running set) and
+    `limit` (`max_batch`, or None: unlimited, and `overflow` reports a stream that needed
+    more than `slots`). Returns `(admit, first_token, depart, batch-size time histogram,
+    overflow)`.
+    """
+    q = arrivals.shape[0]
+    dtype = arrivals.dtype
+    big = jnp.iinfo(work.dtype).max
+    cap = slots if limit is None else min(slots, limit)
+    tau0 = jnp.asarray(tau0, dtype)
+    tau1 = jnp.asarray(tau1, dtype)
+    arrivals_ext = jnp.concatenate([arrivals, jnp.full((1,), jnp.inf, dtype)])
+
+    def time_at(s: _Loop, S, M):
+        return s.t_busy + S.astype(dtype) * tau0 + M.astype(dtype) * tau1
+
+    def body(s: _Loop) -> _Loop:
+        idle = s.n == 0
+        t_busy = jnp.where(idle, arrivals_ext[s.qp], s.t_busy)
+        S = jnp.where(idle, 0, s.S)
+        M = jnp.where(idle, 0, s.M)
+        s = eqx.tree_at(lambda x: (x.t_busy, x.S, x.M), s, (t_busy, S, M))
+        T = time_at(s, s.S, s.M)
+        # admit the arrivals of time <= T, FIFO, while slots are free
+        arrived = jnp.searchsorted(arrivals, T, side="right").astype(s.qp.dtype)
+        room = cap - s.n
+        k = jnp.minimum(room, arrived - s.qp)
+        overflow = s.overflow | ((limit is None) & (arrived - s.qp > room))
+        free = s.req < 0
+        rank = (jnp.cumsum(free) - 1).astype(work.dtype)
+        take = free & (rank < k)
+        idx = jnp.clip(s.qp + rank, 0, q - 1)
+        req = jnp.where(take, idx, s.req)
+        target = jnp.where(take, s.G + work[idx], s.target)
+        first = jnp.where(take, s.G + first_steps[idx], s.first)
+        admit = s.admit.at[jnp.where(take, idx, q)].set(T, mode="drop")
+        n = s.n + k
+        qp = s.qp + k
+        # jump to the next completion, or the first boundary at or after the next arrival
+        d = tau0 + tau1 * n.astype(dtype)
+        occupied = req >= 0
+        kc = jnp.min(jnp.where(occupied, target, big)) - s.G
+        nxt = arrivals_ext[qp]
+        j = jnp.maximum(1, jnp.ceil((nxt - T) / d)).astype(kc.dtype)
+        j = jnp.where(time_at(s, s.S + j - 1, s.M + (j - 1) * n) >= nxt, jnp.maximum(j - 1, 1), j)
+        j = jnp.where(time_at(s, s.S + j, s.M + j * n) < nxt, j + 1, j)
+        wait_arrival = (n < cap) & (qp < q) & jnp.isfinite(nxt)
+        kj = jnp.where(wait_arrival, jnp.minimum(kc, j), kc)
+        G = s.G + kj
+        S2, M2 = s.S + kj, s.M + kj * n
+        T2 = time_at(s, S2, M2)
+        # first tokens within (G_old, G]: the step length was d throughout
+        hit = occupied & (first > s.G) & (first <= G)
+        f_time = time_at(s, s.S + (first - s.G), s.M + (first - s.G) * n)
+        first_token = s.first_token.at[jnp.where(hit, req, q)].set(f_time, mode="drop")
+        done = occupied & (target == G)
+        depart = s.depart.at[jnp.where(done, req, q)].set(T2, mode="drop")
+        hist = s.hist.at[n].add(T2 - T)
+        return _Loop(
+            G=G,
+            t_busy=s.t_busy,
+            S=S2,
+            M=M2,
+            req=jnp.where(done, -1, req),
+            target=jnp.where(done, big, target),
+            first=jnp.where(done, big, first),
+            n=n - jnp.sum(done, dtype=work.dtype),
+            qp=qp,
+            departed=s.departed + jnp.sum(done, dtype=work.dtype),
+            admit=admit,
+            first_token=first_token,
+            depart=depart,
+            hist=hist,
+            overflow=overflow,
+            events=s.events + 1,
+        )
+
+    zero = jnp.zeros((), work.dtype)
+    start = _Loop(
+        G=zero,
+        t_busy=jnp.zeros((), dtype),
+        S=zero,
+        M=zero,
+        req=jnp.full((cap,), -1, work.dtype),
+        target=jnp.full((cap,), big, work.dtype),
+        first=jnp.full((cap,), big, work.dtype),
+        n=zero,
+        qp=zero,
+        departed=zero,
+        admit=jnp.zeros((q,), dtype),
+        first_token=jnp.zeros((q,), dtype),
+        depart=jnp.zeros((q,), dtype),
+        hist=jnp.zeros((cap + 1,), dtype),
+        overflow=jnp.asarray(False),
+        events=zero,
+    )
+    end = jax.lax.while_loop(lambda s: (s.departed < q) & (s.events < 3 * q + 10), body, start)
+    return end.admit, end.first_token, end.depart, end.hist, end.overflow
+
+
+def _work(model: ContinuousBatching, tokens, w: Workload):
+    """Integer steps per task and steps to the first token."""
+    pre = jnp.broadcast_to(jnp.asarray(model.prefill, w.dtype), w.A.shape)
+    ints = jnp.int64 if w.dtype == jnp.float64 else jnp.int32  # step counts of long runs
+    total = jnp.maximum(jnp.round(model.work(tokens, w)), 1).astype(ints)
+    first = jnp.clip(jnp.round(pre).astype(ints) + 1, 1, total)
+    return total, first
+
+
+def simulate_batching(
+    w: Workload,
+    tokens: Float[Array, "*p n"],
+    model: ContinuousBatching,
+    num_queries: int = 10_000,
+    num_replications: int = 20,
+    key: PRNGKeyArray | None = None,
+    *,
+    warmup: int | None = None,
+    slots: int | None = None,
+) -> BatchingSimulation:
+    """Simulate policies `tokens` (one per row) on the batching server `model`.
+
+    **Arguments:** `num_queries` per replication, `num_replications`, `key` (default
+    `PRNGKey(0)`), `warmup` (queries dropped at the start; default 10%), `slots` (the size of
+    the running set when `max_batch` is None; default: the model's mean number present plus
+    ten standard deviations, as a power of two; a stream that needs more raises `InputError`).
+
+    **Returns:** a `BatchingSimulation` with per-replication statistics and the model's
+    predictions. A policy the server cannot sustain (load >= 1) raises
+    `UnstableQueueWarning`; its simulated means are finite but have no steady state.
+    """
+    if not isinstance(model, ContinuousBatching):
+        raise InputError(f"model: must be ContinuousBatching, got {type(model).__name__}")
+    model.check(w.num_tasks)
+    num_queries = check_int("num_queries", num_queries, 2)
+    num_replications = check_int("num_replications", num_replications, 1)
+    warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
+    if warmup >= num_queries - 1:
+        raise InputError(f"warmup: must be below num_queries - 1, got {warmup}")
+    tokens = jnp.asarray(tokens, w.dtype)
+    if tokens.shape[-1:] != (w.num_tasks,):
+        raise InputError(
+            f"tokens: the last axis must have {w.num_tasks} values, got {tokens.shape}"
+        )
+    if not bool(jnp.all(jnp.isfinite(tokens) & (tokens >= 0))):
+        raise InputError("tokens: must be finite and >= 0")
+    policies = tokens.shape[:-1]
+    flat = tokens.reshape(-1, w.num_tasks)
+    if slots is None:
+        if model.max_batch is not None:
+            slots = model.max_batch
+        else:  # the number present is negative binomial: mean + 10 sd covers any run
+            stats = model.stats(flat, w)
+            mean = np.nan_to_num(np.asarray(stats["in_system"]), nan=0.0, posinf=1e6)
+            tau0, tau1 = (float(np.asarray(t)) for t in model.step_time)
+            q = np.clip(mean / (mean + tau0 / tau1 + 1), 0, 1 - 1e-9)
+            sd = np.sqrt(mean / np.maximum(1 - q, 1e-9))
+            need = float(np.max(mean + 10 * sd + 16))
+            slots = int(2 ** math.ceil(math.log2(min(max(need, 16), 1 << 16))))
+    slots = check_int("slots", slots, 1)
+    cap = slots if model.max_batch is None else model.max_batch
+    check_memory(
+        8.0 * flat.shape[0] * num_queries * 6 + 8.0 * flat.shape[0] * cap * 4,
+        f"simulating {flat.shape[0]} policies x {num_queries} queries",
+        "simulate fewer policies or queries at once",
+    )
+    key = jax.random.PRNGKey(0) if key is None else key
+    load = np.asarray(model.load(flat, w))
+    if np.any(~(load < 1)):
+        warnings.warn(
+            f"{int(np.sum(~(load < 1)))} policies load the batching server to >= its capacity: "
+            "the queue grows without bound and the simulated means have no steady state",
+            UnstableQueueWarning,
+            stacklevel=2,
+        )
+    out = _simulate(w, flat, model, num_queries, num_replications, key, warmup, slots)
+    *stats, overflow = out
+    if bool(jnp.any(overflow)):
+        raise InputError(
+            f"slots: more than {slots} requests were running at once; raise slots (the load "
+            "is close to the capacity) or set max_batch"
+        )
+    pred = model.stats(flat, w)
+    by_task = model.system_times(flat, w)
+
+    def shape(x):  # (P, R, ...) -> (*policies, R, ...)
+        return x.reshape(*policies, *x.shape[1:])
+
+    names = (
+        "system_time",
+        "queue_wait",
+        "ttft",
+        "system_time_p50",
+        "system_time_p95",
+        "system_time_p99",
+        "ttft_p95",
+        "running",
+        "throughput",
+        "token_throughput",
+        "accuracy",
+        "system_time_by_task",
+        "batch_size",
+    )
+    fields = {n: shape(v) for n, v in zip(names, stats)}
+    return BatchingSimulation(
+        **fields,
+        predicted_system_time=pred["system_time"].reshape(policies),
+        predicted_queue_wait=pred["queue_wait"].reshape(policies),
+        predicted_running=pred["running"].reshape(policies),
+        predicted_load=pred["load"].reshape(policies),
+        predicted_system_time_by_task=by_task.reshape(*policies, w.num_tasks),
+        num_queries=num_queries,
+        warmup=warmup,
+    )
+
+
+@eqx.filter_jit
+def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slots):
+    tau0, tau1 = model._tau(w.dtype)
+    replica = w.replace(arrival_rate=model.arrival_rate(w))
+
+    def replication(r):
+        stream = sample_stream(jax.random.fold_in(key, r), replica, num_queries)
+        arrivals = jnp.cumsum(stream.gaps)
+        onehot = jax.nn.one_hot(stream.task[warmup:], w.num_tasks, dtype=w.dtype)
+        per_type = jnp.sum(onehot, 0)
+
+        def policy(l):
+            total, first = _work(model, l, w)
+            work, first_steps = total[stream.task], first[stream.task]
+            admit, first_t, depart, hist, overflow = batching_trajectory(
+                arrivals, work, first_steps, tau0, tau1, slots, model.max_batch
+            )
+            T = (depart - arrivals)[warmup:]
+            Q = (admit - arrivals)[warmup:]
+            F = (first_t - arrivals)[warmup:]
+            span = depart[-1] - arrivals[warmup]
+            measured = (arrivals >= arrivals[warmup]) & (depart <= depart[-1])
+            tokens_done = jnp.sum(jnp.where(measured, work, 0)).astype(w.dtype)
+            frac = hist / jnp.sum(hist)
+            sizes = jnp.arange(hist.shape[0], dtype=w.dtype)
+            correct = stream.uniform < task_accuracy(l, w)[stream.task]
+            return (
+                jnp.mean(T),
+                jnp.mean(Q),
+                jnp.mean(F),
+                *sample_quantiles(T),
+                sample_quantiles(F)[1],
+                jnp.sum(frac * sizes),
+                (num_queries - warmup) / span,
+                tokens_done / span,
+                jnp.mean(correct[warmup:].astype(w.dtype)),
+                (T @ onehot) / jnp.where(per_type > 0, per_type, jnp.nan),
+                frac,
+                overflow,
+            )
+
+        return jax.vmap(policy)(tokens)
+
+    out = jax.lax.map(replication, jnp.arange(num_replications))
+    # (R, P, ...) -> (P, R, ...)
+    return tuple(jnp.swapaxes(x, 0, 1) if x.ndim >= 2 else x for x in out)

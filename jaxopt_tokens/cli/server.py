@@ -1,0 +1,242 @@
+"""`jaxopt-tokens fit-server | plan`: a batching server from benchmarks; replicas for a target."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .._deploy.fit import FitWarning
+from .._deploy.step_time import fit_step_time
+from .._errors import InputError
+from .._objective import mean_accuracy
+from .._queue.batching_sim import simulate_batching
+from .._solver.solve import solve_latency
+from .._status import Status
+from ._common import (
+    add_force_option,
+    add_server_options,
+    add_workload_options,
+    int_at_least,
+    loaded_workload,
+    positive_float,
+    server_from_args,
+)
+from ._output import Outputs, check_figure_format, emit_json
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser(
+        "fit-server",
+        help="fit a batching server's step time tau0 + tau1 n from benchmark results",
+        description="Fit the decode step time of a continuously batching server from vLLM "
+        "serving-benchmark result files (`vllm bench serve --save-result`, one per "
+        "--max-concurrency) or a CSV of concurrency, tpot (s) / tpot_ms.",
+    )
+    f.add_argument("files", nargs="+", metavar="FILE", help="benchmark JSON files or CSV files")
+    f.add_argument("--format", choices=("table", "json"), default="table")
+    f.set_defaults(func=run_fit)
+
+    p = sub.add_parser(
+        "plan",
+        help="fewest replicas of a batching server, with their budgets, that meet a latency target",
+        description="For 1, 2, ... replicas (random routing), solve the budgets under the "
+        "batching model and report E[T], accuracy and (with --target-p95) simulated p95; the "
+        "answer is the fewest replicas meeting every target.",
+    )
+    add_workload_options(p)
+    add_server_options(p, default="batching")
+    p.add_argument(
+        "--target-latency", type=positive_float, required=True, metavar="S", help="mean E[T] (s)"
+    )
+    p.add_argument(
+        "--target-p95", type=positive_float, metavar="S", help="simulated p95 system time (s)"
+    )
+    p.add_argument("--max-replicas", type=int_at_least(1), default=32, metavar="C")
+    p.add_argument(
+        "--num-queries",
+        type=int_at_least(100),
+        default=5000,
+        metavar="Q",
+        help="queries per simulated replication (default: %(default)s)",
+    )
+    p.add_argument("--num-replications", type=int_at_least(2), default=5, metavar="R")
+    p.add_argument("--plot", metavar="FIG.png", help="save accuracy and latency vs replicas")
+    add_force_option(p)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run_plan)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FitWarning)
+        fit = fit_step_time(*args.files)
+    lo0, hi0 = fit.interval("tau0")
+    lo1, hi1 = fit.interval("tau1")
+    report = {
+        "files": args.files,
+        "tau0": fit.tau0,
+        "tau1": fit.tau1,
+        "se_tau0": fit.se_tau0,
+        "se_tau1": fit.se_tau1,
+        "interval_95": {"tau0": [lo0, hi0], "tau1": [lo1, hi1]},
+        "points": int(fit.concurrency.size),
+        "step_time_arg": f"{fit.tau0:.6g},{fit.tau1:.6g}",
+        "warnings": [str(w.message) for w in caught],
+    }
+    if args.format == "json":
+        emit_json(report)
+        return 0
+    console = Console()
+    t = Table(title=f"Step time tau0 + tau1 n from {fit.concurrency.size} measurements")
+    for col in ("parameter", "estimate", "SE", "95% interval"):
+        t.add_column(col, justify="right")
+    t.add_row("tau0 (s)", f"{fit.tau0:.5g}", f"{fit.se_tau0:.2g}", f"[{lo0:.5g}, {hi0:.5g}]")
+    t.add_row(
+        "tau1 (s/request)", f"{fit.tau1:.5g}", f"{fit.se_tau1:.2g}", f"[{lo1:.5g}, {hi1:.5g}]"
+    )
+    console.print(t)
+    for w in report["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    console.print(f"use: --server batching --step-time {report['step_time_arg']}")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    outputs = Outputs(args.force)
+    plot = None
+    if args.plot is not None:
+        check_figure_format(args.plot, "--plot")
+        plot = outputs.file(args.plot, "--plot")
+    try:
+        return _plan(args, outputs, plot)
+    finally:
+        outputs.abort()
+
+
+def _plan(args, outputs: Outputs, plot: Path | None) -> int:
+    server = server_from_args(args)
+    if server is None:
+        raise InputError("plan: --server must be batching (replicas of the M/G/1 model: no)")
+    counts = np.arange(1, args.max_replicas + 1)
+    rows = []
+    with loaded_workload(args) as w:
+        # c replicas with random routing = one replica at rate lambda / c: one batched solve
+        batch = jax.vmap(lambda c: w.replace(arrival_rate=w.arrival_rate / c))(
+            jnp.asarray(counts, w.dtype)
+        )
+        sols = solve_latency(batch, server)
+        tokens = np.asarray(sols.tokens)
+        et = np.asarray(server.mean_system_time(sols.tokens, batch))
+        acc = np.asarray(jax.vmap(mean_accuracy)(sols.tokens, batch))
+        load = np.asarray(server.load(sols.tokens, batch))
+        status = np.asarray(sols.status)
+        chosen = None
+        for i, c in enumerate(counts):
+            ok = status[i] == Status.CONVERGED
+            row = {
+                "replicas": int(c),
+                "status": Status(int(status[i])).name.lower(),
+                "tokens": tokens[i].tolist() if ok else None,
+                "mean_system_time": float(et[i]) if ok else None,
+                "accuracy": float(acc[i]) if ok else None,
+                "load": float(load[i]) if ok else None,
+                "p95_system_time": None,
+                "meets": False,
+            }
+            meets = ok and et[i] <= args.target_latency
+            if meets and args.target_p95 is not None and chosen is None:
+                wi = w.replace(arrival_rate=w.arrival_rate / c)
+                sim = simulate_batching(
+                    wi, sols.tokens[i][None], server, args.num_queries, args.num_replications
+                )
+                p95 = float(sim.interval("system_time_p95")[0][0])
+                row["p95_system_time"] = p95
+                meets = p95 <= args.target_p95
+            row["meets"] = bool(meets)
+            if meets and chosen is None:
+                chosen = row
+            rows.append(row)
+    report = {
+        "target_latency": args.target_latency,
+        "target_p95": args.target_p95,
+        "arrival_rate": float(np.asarray(w.arrival_rate)),
+        "tasks": list(w.task_names),
+        "replicas": None if chosen is None else chosen["replicas"],
+        "budgets": None if chosen is None else chosen["tokens"],
+        "rows": rows,
+    }
+    if plot is not None:
+        _figure(rows, args, plot)
+        outputs.commit()
+    if args.format == "json":
+        emit_json(report)
+    else:
+        _print(report)
+    return 0 if chosen is not None else 1
+
+
+def _figure(rows, args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = [r["replicas"] for r in rows if r["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(c, [r["accuracy"] for r in rows if r["accuracy"] is not None], "o-", label="accuracy")
+    ax.set(xlabel="replicas", ylabel="mean accuracy at the optimal budgets")
+    ax2 = ax.twinx()
+    ax2.plot(
+        c,
+        [r["mean_system_time"] for r in rows if r["accuracy"] is not None],
+        "s--",
+        color="C1",
+        label="E[T]",
+    )
+    ax2.axhline(args.target_latency, color="C1", lw=0.8, ls=":")
+    ax2.set(ylabel="mean system time E[T] (s)")
+    ax.set_title("Accuracy and latency vs replicas (batching server, random routing)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _print(report: dict) -> None:
+    console = Console()
+    t = Table(
+        title=f"Replicas for E[T] <= {report['target_latency']:g} s"
+        + (f" and p95 <= {report['target_p95']:g} s" if report["target_p95"] else "")
+        + f" at {report['arrival_rate']:g} queries/s"
+    )
+    for col in ("replicas", "E[T] (s)", "sim. p95 (s)", "accuracy", "load", "meets"):
+        t.add_column(col, justify="right")
+    for r in report["rows"]:
+        if r["mean_system_time"] is None:
+            t.add_row(str(r["replicas"]), "-", "-", "-", "-", r["status"])
+            continue
+        p95 = "-" if r["p95_system_time"] is None else f"{r['p95_system_time']:.3f}"
+        t.add_row(
+            str(r["replicas"]),
+            f"{r['mean_system_time']:.3f}",
+            p95,
+            f"{r['accuracy']:.4f}",
+            f"{r['load']:.3f}",
+            "yes" if r["meets"] else "",
+        )
+        if r["meets"]:
+            break
+    console.print(t)
+    if report["replicas"] is None:
+        console.print("[red]no replica count up to --max-replicas meets the target[/red]")
+    else:
+        budgets = ", ".join(f"{n} {x:.0f}" for n, x in zip(report["tasks"], report["budgets"]))
+        console.print(f"fewest replicas: {report['replicas']}; budgets: {budgets}")
