@@ -158,6 +158,16 @@ class ContinuousBatching(LatencyModel):
         `queue_wait` (waiting for a batch slot), `step_residual` (waiting for a step boundary),
         `service_time` (admission to departure, averaged over requests), `running` (mean batch
         size), `in_system` (mean number present per replica), `load`, `capacity`."""
+        out, stable = self._finite_stats(tokens, w)
+        inf = jnp.asarray(jnp.inf, out["system_time"].dtype)
+        out = {k: jnp.where(stable, v, inf) for k, v in out.items()}
+        out["load"] = self.load(tokens, w)
+        out["capacity"] = self.capacity(tokens, w)
+        return out
+
+    def _finite_stats(self, tokens, w: Workload) -> tuple[dict[str, Array], Array]:
+        """The means with finite stand-ins where unstable, and the stability mask (callers
+        mask them, so gradients stay finite)."""
         shares = w.share
         work = self.work(tokens, w)
         m = jnp.sum(shares * work, -1)
@@ -181,7 +191,6 @@ class ContinuousBatching(LatencyModel):
                 lam, m, cw2, tau0, tau1, B, stable
             )
         total = queue + residual + service
-        inf = jnp.asarray(jnp.inf, m.dtype)
         out = {
             "system_time": total,
             "queue_wait": queue,
@@ -190,18 +199,15 @@ class ContinuousBatching(LatencyModel):
             "running": running,
             "in_system": in_system,
         }
-        out = {k: jnp.where(stable, v, inf) for k, v in out.items()}
-        out["load"] = load
-        out["capacity"] = self.capacity(tokens, w)
-        return out
+        return out, stable
 
     def system_times(self, tokens, w):
-        s = self.stats(tokens, w)
+        s, stable = self._finite_stats(tokens, w)
         work = self.work(tokens, w)
         m = jnp.sum(w.share * work, -1, keepdims=True)
         before = (s["queue_wait"] + s["step_residual"])[..., None]
         per_work = s["service_time"][..., None] / m
-        return before + work * per_work
+        return jnp.where(stable[..., None], before + work * per_work, jnp.inf)
 
 
 def _limited(lam, m, cw2, tau0, tau1, B: int, stable):

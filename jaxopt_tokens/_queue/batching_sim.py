@@ -156,14 +156,15 @@ def batching_trajectory(
     tau1,
     slots: int,
     limit: int | None,
+    window: tuple = (-jnp.inf, jnp.inf),
 ):
     """Admission, first-token and departure times of one stream (module docstring).
 
     `arrivals` (sorted), `work` (steps per request, >= 1), `first_steps` (steps from admission
     to the first token, 1..work), the step time, `slots` (the size of the running set) and
     `limit` (`max_batch`, or None: unlimited, and `overflow` reports a stream that needed
-    more than `slots`). Returns `(admit, first_token, depart, batch-size time histogram,
-    overflow)`.
+    more than `slots`), `window` (the time interval the batch-size histogram covers).
+    Returns `(admit, first_token, depart, batch-size time histogram, overflow)`.
     """
     q = arrivals.shape[0]
     dtype = arrivals.dtype
@@ -217,7 +218,8 @@ def batching_trajectory(
         first_token = s.first_token.at[jnp.where(hit, req, q)].set(f_time, mode="drop")
         done = occupied & (target == G)
         depart = s.depart.at[jnp.where(done, req, q)].set(T2, mode="drop")
-        hist = s.hist.at[n].add(T2 - T)
+        overlap = jnp.maximum(jnp.minimum(T2, window[1]) - jnp.maximum(T, window[0]), 0)
+        hist = s.hist.at[n].add(overlap)
         return _Loop(
             G=G,
             t_busy=s.t_busy,
@@ -390,8 +392,9 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
         def policy(l):
             total, first = _work(model, l, w)
             work, first_steps = total[stream.task], first[stream.task]
+            window = (arrivals[warmup], arrivals[-1])  # steady state: after warm-up, before drain
             admit, first_t, depart, hist, overflow = batching_trajectory(
-                arrivals, work, first_steps, tau0, tau1, slots, model.max_batch
+                arrivals, work, first_steps, tau0, tau1, slots, model.max_batch, window
             )
             T = (depart - arrivals)[warmup:]
             Q = (admit - arrivals)[warmup:]

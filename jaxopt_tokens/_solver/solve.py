@@ -133,7 +133,8 @@ def solve(
 def _unstable_batching(sol: Solution, model: ContinuousBatching, w: Workload) -> Solution:
     """Members the batching server cannot sustain even at zero budgets: `UNSTABLE_INPUT`,
     with NaN outputs like every rejected member."""
-    unstable = ~(model.load(jnp.zeros_like(w.A), w) < 1) & (sol.status <= Status.MAX_ITERATIONS)
+    solved = (sol.status <= Status.MAX_ITERATIONS) | (sol.status == Status.UNSTABLE_INPUT)
+    unstable = ~(model.load(jnp.zeros_like(w.A), w) < 1) & solved
     nan = jnp.asarray(jnp.nan, sol.tokens.dtype)
     return eqx.tree_at(
         lambda s: (s.tokens, s.objective, s.status),
