@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
+from jaxopt_tokens._solver.aggregate import AggregateNewton
+from jaxopt_tokens._solver.base import run  # the per-member loop, tested on purpose
 from jaxopt_tokens._solver.staged import MIN_STAGED_BATCH
 
 
@@ -22,12 +24,18 @@ def batch():
 
 
 def plain(w):
-    return jax.jit(jax.vmap(jt.solve))(w)  # each member solved alone: no staging
+    """Members in vmapped blocks below the staging size: one while_loop per block, no stages."""
+    return jax.jit(lambda w: jax.lax.map(jt.solve, w, batch_size=MIN_STAGED_BATCH // 2))(w)
+
+
+def one_loop(w):
+    """The whole batch in one vmapped while_loop (every member as long as the slowest)."""
+    return jax.jit(jax.vmap(lambda wi: run(AggregateNewton(), wi)))(w)
 
 
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_staged_batch_takes_the_same_steps_as_plain_vmap(batch):
-    staged, ref = jt.solve(batch), plain(batch)
+    staged, ref = jt.solve(batch), one_loop(batch)
     np.testing.assert_array_equal(staged.status, ref.status)
     np.testing.assert_array_equal(staged.iterations, ref.iterations)
     np.testing.assert_allclose(staged.tokens, ref.tokens, rtol=1e-12, atol=1e-9)
@@ -73,3 +81,48 @@ def test_staged_float32(batch):
     np.testing.assert_allclose(
         np.asarray(staged.tokens)[both], np.asarray(ref.tokens)[both], rtol=1e-3, atol=0.5
     )
+
+
+@pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
+def test_every_spelling_takes_the_staged_path(batch):
+    """`solve(batch)`, `jit(vmap(solve))(batch)` and `vmap` of a user's function that calls
+    `solve` give the same answers, statuses, iteration counts and implicit gradients."""
+    direct = jt.solve(batch)
+    spelled = jax.jit(jax.vmap(jt.solve))(batch)
+
+    def users(w):
+        sol = jt.solve(w)
+        return sol.tokens @ w.share, sol
+
+    inside = jax.jit(jax.vmap(users))(batch)[1]
+    for other in (spelled, inside):
+        np.testing.assert_array_equal(other.status, direct.status)
+        np.testing.assert_array_equal(other.iterations, direct.iterations)
+        np.testing.assert_array_equal(np.asarray(other.tokens), np.asarray(direct.tokens))
+    ok = np.asarray(direct.status) == 0
+    g_direct = jax.grad(
+        lambda a: jnp.sum(jnp.where(ok, jt.solve(batch.replace(alpha=a)).objective, 0))
+    )
+    g_vmap = jax.grad(
+        lambda a: jnp.sum(jnp.where(ok, jax.vmap(jt.solve)(batch.replace(alpha=a)).objective, 0))
+    )
+    np.testing.assert_allclose(g_vmap(batch.alpha), g_direct(batch.alpha), rtol=1e-12, atol=0)
+
+
+def test_solve_compiles_once_and_moves_nothing_to_the_host():
+    """No host round trip inside the solvers: a jitted batched solve runs under
+    `jax.transfer_guard("disallow")` on device-resident inputs, and new values of the same
+    shape reuse the one compilation."""
+    f = jax.jit(jt.solve)
+    a = jax.device_put(jt.random_workloads(jax.random.PRNGKey(1), 256, 6, dtype=jnp.float64))
+    b = jax.device_put(jt.random_workloads(jax.random.PRNGKey(2), 256, 6, dtype=jnp.float64))
+    jax.block_until_ready(f(a))
+    with jax.transfer_guard("disallow"):
+        out = jax.block_until_ready(f(b))
+        vm = jax.jit(jax.vmap(jt.solve))
+    assert f._cache_size() == 1
+    assert out.tokens.shape == (256, 6)
+    jax.block_until_ready(vm(a))
+    with jax.transfer_guard("disallow"):
+        jax.block_until_ready(vm(b))
+    assert vm._cache_size() == 1

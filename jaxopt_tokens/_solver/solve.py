@@ -74,18 +74,48 @@ def _with_gradient(solver: AbstractSolver, sol: Solution, w: Workload) -> Soluti
     )
 
 
+def _forward_batch(solver: AbstractSolver, flat: Workload) -> Solution:
+    """Solve a flat batch (no derivatives): in stages when large, else one vmapped loop."""
+    if flat.A.shape[0] >= MIN_STAGED_BATCH:  # each member iterates only as long as it needs
+        return staged_run(solver, flat)
+    return jax.vmap(lambda wi: run(solver, wi))(flat)
+
+
+def _forward_member(solver: AbstractSolver, w: Workload) -> Solution:
+    """Solve one member (no derivatives), and the same batch path when vmapped.
+
+    `jax.vmap` of a function that calls `solve` on one workload would otherwise batch the
+    member's `while_loop`: every member iterating as long as the slowest. The custom batching
+    rule sends the batch to `_forward_batch` instead, so `solve(batch)`, `vmap(solve)(batch)`
+    and a user's `vmap` over a function calling `solve` take the same steps. (Only the
+    derivative-free forward solve is custom-batched; the implicit derivative is attached
+    outside it, so `grad` and `vmap` compose as usual.)
+    """
+
+    @jax.custom_batching.custom_vmap
+    def forward(w):
+        return run(solver, w)
+
+    @forward.def_vmap
+    def forward_batched(axis_size, in_batched, w):
+        (batched,) = in_batched
+        w = jax.tree_util.tree_map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), w, batched
+        )
+        sol = _forward_batch(solver, w)
+        return sol, jax.tree_util.tree_map(lambda _: True, sol)
+
+    return forward(w)
+
+
 @eqx.filter_jit
 def _drive(solver: AbstractSolver, w: Workload) -> Solution:
     shape = w.batch_shape
     if not shape:
-        return _with_gradient(solver, run(solver, jax.lax.stop_gradient(w)), w)
+        return _with_gradient(solver, _forward_member(solver, jax.lax.stop_gradient(w)), w)
     size = math.prod(shape)
     flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape) :]), w)
-    frozen = jax.lax.stop_gradient(flat)
-    if size >= MIN_STAGED_BATCH:  # large batches: each member iterates only as long as it needs
-        sol = staged_run(solver, frozen)
-    else:
-        sol = jax.vmap(lambda wi: run(solver, wi))(frozen)
+    sol = _forward_batch(solver, jax.lax.stop_gradient(flat))
     sol = jax.vmap(lambda s, wi: _with_gradient(solver, s, wi))(sol, flat)
     return jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
 
