@@ -56,7 +56,7 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
     t = time.perf_counter()
     out = jax.block_until_ready(fn())
     first = time.perf_counter() - t
-    best = float("inf")
+    best = first if repeats < 1 else float("inf")  # --repeats 0: a smoke run
     for _ in range(repeats):
         t = time.perf_counter()
         out = jax.block_until_ready(fn())

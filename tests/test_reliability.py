@@ -303,13 +303,13 @@ def test_figures_refuse_a_non_converged_optimum(table1):
 def test_sweep_cli_outputs(files, tmp_path):
     out = tmp_path / "s"
     rc, _, _ = run_cli(["sweep", "--alpha", "1,2", "--out", out, "--quiet"])
-    assert rc == 0 and (out / "sweep.csv").exists()
-    assert_refused(["sweep", "--alpha", "1,2", "--out", out, "--quiet"], "--force")
-    (out / "sweep.parquet").write_text("stale")  # a stale file this command owns
+    assert rc == 0 and (out / "_manifest.json").exists() and (out / "part-00000.parquet").exists()
+    assert_refused(["sweep", "--alpha", "1,2", "--out", out, "--quiet"], "--resume")
+    assert_refused(["sweep", "--alpha", "1,2,3", "--out", out, "--quiet"], "--force")
+    (out / "part-00007.parquet").write_text("stale")  # a stale part of an older sweep
     rc, _, _ = run_cli(["sweep", "--alpha", "1,2,3", "--out", out, "--quiet", "--force"])
-    assert rc == 0
-    parquet = out / "sweep.parquet"
-    assert not parquet.exists() or parquet.read_bytes() != b"stale"
+    assert rc == 0 and not (out / "part-00007.parquet").exists()
+    assert len(jt.read_sweep(out)) == 3
     assert_refused(["sweep", "--alpha", "1", "--out", files / "keep.txt"], "not a directory")
 
 

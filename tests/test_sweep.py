@@ -157,7 +157,7 @@ def test_cli_sweep_and_figures(tmp_path):
         )
         == 0
     )
-    assert len(pd.read_csv(tmp_path / "sweep.csv", comment="#")) == 12
+    assert len(jt.read_sweep(tmp_path)) == 12 and len(pd.read_parquet(tmp_path)) == 12
 
 
 def test_progress_bar_does_not_change_results(table1):
