@@ -110,7 +110,7 @@ def _against_scipy_and_cvxpy(per_size: int, cvxpy_upto: int) -> int:
 
 
 def test_random_instances_against_scipy_and_cvxpy():
-    assert _against_scipy_and_cvxpy(per_size=10, cvxpy_upto=12) == 70
+    assert _against_scipy_and_cvxpy(per_size=8, cvxpy_upto=6) == 56
 
 
 @pytest.mark.slow
