@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 from ._errors import InputError
 
-__all__ = ["read_text"]
+__all__ = ["read_text", "csv_rows"]
 
 
 def read_text(path: str | Path, what: str, error: type[InputError] = InputError) -> str:
@@ -25,3 +27,28 @@ def read_text(path: str | Path, what: str, error: type[InputError] = InputError)
         raise error(
             f"{p}: the {what} file is not UTF-8 text (byte {e.start}: {e.reason})"
         ) from None
+
+
+def csv_rows(text: str, source: str):
+    """`(header line, header, rows)` of a CSV text: `rows` holds (line number, row dict) for each
+    data row; comment (`#`) and blank lines are skipped, and errors name the line."""
+    lines = [
+        (i + 1, line)
+        for i, line in enumerate(text.splitlines())
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise InputError(f"{source}: no header row (the file is empty)")
+    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
+    header = [h.strip().lower() for h in next(reader)]
+    if len(set(header)) != len(header):
+        raise InputError(f"{source}, line {lines[0][0]}: duplicate column names in header {header}")
+    out = []
+    for (lineno, _), values in zip(lines[1:], reader):
+        if len(values) != len(header):
+            raise InputError(
+                f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
+                f"got {len(values)}"
+            )
+        out.append((lineno, dict(zip(header, (v.strip() for v in values)))))
+    return lines[0][0], header, out

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike
 
-__all__ = ["student_t_quantile"]
+__all__ = ["student_t_quantile", "replication_interval"]
 
 
 @jax.jit
@@ -30,3 +33,17 @@ def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
 
     lo, hi = jax.lax.fori_loop(0, 200, body, (jnp.zeros_like(p), jnp.full_like(p, 1e4)))
     return (lo + hi) / 2
+
+
+def replication_interval(x, level: float = 0.95):
+    """(mean, lower, upper) over the last axis (independent replications): a Student-t
+    interval at confidence `level`; NaN bounds with fewer than two replications."""
+    x = np.asarray(x, dtype=np.float64)
+    r = x.shape[-1]
+    mean = x.mean(axis=-1)
+    if r < 2:
+        nan = np.full_like(mean, np.nan)
+        return mean, nan, nan
+    q = float(student_t_quantile(0.5 + level / 2, r - 1))
+    half = q * x.std(axis=-1, ddof=1) / math.sqrt(r)
+    return mean, mean - half, mean + half

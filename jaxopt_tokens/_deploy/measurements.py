@@ -16,7 +16,6 @@ request (shares are then the empirical frequencies); an optional `arrival_time` 
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
-from .._files import read_text
+from .._files import csv_rows, read_text
 from .._objective import task_accuracy
 from .._workload import Workload
 
@@ -60,30 +59,6 @@ class Measurements:
         return np.flatnonzero(self.task_index == k)
 
 
-def _rows(text: str, source: str):
-    """(line number, row dict) for each data row; comment and blank lines skipped."""
-    lines = [
-        (i + 1, line)
-        for i, line in enumerate(text.splitlines())
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if not lines:
-        raise InputError(f"{source}: no header row (the file is empty)")
-    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
-    header = [h.strip().lower() for h in next(reader)]
-    if len(set(header)) != len(header):
-        raise InputError(f"{source}, line {lines[0][0]}: duplicate column names in header {header}")
-    out = []
-    for (lineno, _), values in zip(lines[1:], reader):
-        if len(values) != len(header):
-            raise InputError(
-                f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
-                f"got {len(values)}"
-            )
-        out.append((lineno, dict(zip(header, (v.strip() for v in values)))))
-    return lines[0][0], header, out
-
-
 def _float(row: dict, column: str, lineno: int, source: str) -> float:
     text = row[column]
     try:
@@ -99,7 +74,7 @@ def _float(row: dict, column: str, lineno: int, source: str) -> float:
 
 def parse_measurements(text: str, source: str = "<text>") -> Measurements:
     """Parse and check a measurement CSV (see the module docstring); errors name the line."""
-    header_line, header, rows = _rows(text, source)
+    header_line, header, rows = csv_rows(text, source)
     where0 = f"{source}, line {header_line}"
     for col in ("task", "budget"):
         if col not in header:
@@ -184,7 +159,7 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
     """Task shares (in the order of `tasks`) and, if the log has arrival times, the arrival rate."""
     text = read_text(path, "request log")
     source = str(path)
-    header_line, header, rows = _rows(text, source)
+    header_line, header, rows = csv_rows(text, source)
     if "task" not in header:
         raise InputError(f"{source}, line {header_line}: missing column 'task'")
     weight = np.zeros(len(tasks))

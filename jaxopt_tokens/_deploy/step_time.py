@@ -17,8 +17,6 @@ not clearly positive. Docs: *Continuous batching*.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import warnings
@@ -29,7 +27,7 @@ import jax
 import numpy as np
 
 from .._errors import InputError
-from .._files import read_text
+from .._files import csv_rows, read_text
 from .._queue.batching import ContinuousBatching
 from .._stats import student_t_quantile
 from .fit import FitWarning
@@ -96,29 +94,16 @@ def _from_benchmark_json(path: Path, text: str) -> tuple[float, float]:
 
 
 def _from_csv(path: Path, text: str) -> list[tuple[float, float]]:
-    lines = [
-        (i + 1, line)
-        for i, line in enumerate(text.splitlines())
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if not lines:
-        raise InputError(f"{path}: no header row (the file is empty)")
-    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
-    header = [h.strip().lower() for h in next(reader)]
+    header_line, header, rows = csv_rows(text, str(path))
     if "concurrency" not in header or not ({"tpot", "tpot_ms"} & set(header)):
         raise InputError(
-            f"{path}, line {lines[0][0]}: need columns 'concurrency' and 'tpot' (seconds) or "
+            f"{path}, line {header_line}: need columns 'concurrency' and 'tpot' (seconds) or "
             f"'tpot_ms' (header: {', '.join(header)})"
         )
     col = "tpot" if "tpot" in header else "tpot_ms"
     scale = 1.0 if col == "tpot" else 1e-3
     out = []
-    for (lineno, _), row in zip(lines[1:], reader):
-        if len(row) != len(header):
-            raise InputError(
-                f"{path}, line {lineno}: expected {len(header)} fields, got {len(row)}"
-            )
-        values = dict(zip(header, (v.strip() for v in row)))
+    for lineno, values in rows:
         try:
             n, t = float(values["concurrency"]), float(values[col])
         except ValueError:

@@ -33,7 +33,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
-from .._stats import student_t_quantile
+from .._stats import replication_interval
 from .._status import HasStatus
 from .._validate import check_int, check_memory
 from .._workload import Workload
@@ -101,14 +101,8 @@ class BatchingSimulation(HasStatus):
         """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
         x = np.asarray(getattr(self, name), dtype=np.float64)
         if name in ("system_time_by_task", "batch_size"):
-            x = np.moveaxis(x, -1, -2)
-        r = x.shape[-1]
-        mean = x.mean(axis=-1)
-        if r < 2:
-            return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
-        q = float(student_t_quantile(0.5 + level / 2, r - 1))
-        half = q * x.std(axis=-1, ddof=1) / math.sqrt(r)
-        return mean, mean - half, mean + half
+            x = np.moveaxis(x, -1, -2)  # replications last
+        return replication_interval(x, level)
 
     @property
     def status(self) -> Int[Array, "*p"]:
@@ -350,21 +344,7 @@ def simulate_batching(
     def shape(x):  # (P, R, ...) -> (*policies, R, ...)
         return x.reshape(*policies, *x.shape[1:])
 
-    names = (
-        "system_time",
-        "queue_wait",
-        "ttft",
-        "system_time_p50",
-        "system_time_p95",
-        "system_time_p99",
-        "ttft_p95",
-        "running",
-        "throughput",
-        "token_throughput",
-        "accuracy",
-        "system_time_by_task",
-        "batch_size",
-    )
+    names = (*BatchingSimulation.STATISTICS, "system_time_by_task", "batch_size")
     fields = {n: shape(v) for n, v in zip(names, stats)}
     return BatchingSimulation(
         **fields,

@@ -19,7 +19,6 @@ confidence intervals come from the independent replications (Student t).
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import ClassVar, Literal
 
@@ -31,7 +30,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
-from .._stats import student_t_quantile
+from .._stats import replication_interval
 from .._status import HasStatus, StatusEnum
 from .._validate import check_int, check_memory
 from .._workload import Workload
@@ -209,17 +208,7 @@ class SimulationResult(HasStatus):
         x = np.asarray(getattr(self, name), dtype=np.float64)
         if name == "system_time_by_task":
             x = np.moveaxis(x, -1, -2)  # replications last
-        r = x.shape[-1]
-        mean = x.mean(axis=-1)
-        if r < 2:
-            nan = np.full_like(mean, np.nan)
-            return mean, nan, nan
-        half = (
-            float(student_t_quantile(0.5 + level / 2, r - 1))
-            * x.std(axis=-1, ddof=1)
-            / math.sqrt(r)
-        )
-        return mean, mean - half, mean + half
+        return replication_interval(x, level)
 
     @property
     def status(self) -> Int[Array, "*p"]:
