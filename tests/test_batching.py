@@ -311,6 +311,27 @@ def test_cli_fit_server_solve_and_plan(tmp_path, capsys):
     rows = out["rows"]
     assert rows[chosen - 1]["meets"] and not any(r["meets"] for r in rows[: chosen - 1])
     assert rows[chosen - 1]["mean_system_time"] <= 12
+    sim = [
+        "simulate",
+        "--server",
+        "batching",
+        "--step-time",
+        step,
+        "--max-batch",
+        "32",
+        "--arrival-rate",
+        "2",
+        "--num-queries",
+        "1500",
+        "--num-replications",
+        "3",
+        "--format",
+        "json",
+    ]
+    assert main(sim) == 0
+    stats = json.loads(capsys.readouterr().out)["statistics"]
+    mean, model = stats["system_time"]["mean"][0], stats["system_time"]["predicted"][0]
+    assert stats["system_time_p95"]["mean"][0] > mean > 0 and model == pytest.approx(mean, rel=0.1)
     # bad settings: one line naming the flag
     assert main(["solve", "--server", "batching"]) == 2
     assert "--step-time" in capsys.readouterr().err

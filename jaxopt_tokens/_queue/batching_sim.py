@@ -29,7 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
@@ -267,7 +267,7 @@ def _work(model: ContinuousBatching, tokens, w: Workload):
 
 def simulate_batching(
     w: Workload,
-    tokens: Float[Array, "*p n"],
+    tokens: Float[ArrayLike, "*p n"],
     model: ContinuousBatching,
     num_queries: int = 10_000,
     num_replications: int = 20,

@@ -12,17 +12,21 @@ from rich.table import Table
 
 from .._deploy.export import load_tokens
 from .._errors import InputError
+from .._queue.batching import ContinuousBatching
+from .._queue.batching_sim import simulate_batching
 from .._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing
 from .._queue.simulate import DISCIPLINES, simulate
 from .._solver.solve import solve, solve_latency
 from .._status import Status
 from .._workload import Workload
 from ._common import (
+    add_server_options,
     add_workload_options,
     int_at_least,
     loaded_workload,
     positive_float,
     random_seed,
+    server_from_args,
 )
 from ._output import emit_json
 
@@ -94,7 +98,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--level", type=positive_float, default=0.95, help="confidence level (default 0.95)"
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
+    add_server_options(p)
+    p.add_argument(
+        "--replicas",
+        type=int_at_least(1),
+        default=1,
+        metavar="C",
+        help="batching: replicas with random routing (each simulated at lambda / C)",
+    )
     p.set_defaults(func=run)
+
+
+BATCHING_ROWS = (
+    ("system_time", "mean system time E[T] (s)"),
+    ("queue_wait", "waiting for a batch slot (s)"),
+    ("ttft", "time to first token (s)"),
+    ("system_time_p50", "p50 system time (s)"),
+    ("system_time_p95", "p95 system time (s)"),
+    ("system_time_p99", "p99 system time (s)"),
+    ("running", "mean batch size"),
+    ("throughput", "throughput (requests/s per replica)"),
+    ("token_throughput", "decode tokens/s per replica"),
+    ("accuracy", "accuracy"),
+)
 
 
 def _latency_model(args, w: Workload, order) -> LatencyModel | None:
@@ -151,6 +177,11 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.level < 1:
         raise InputError(f"--level: must be in (0, 1), got {args.level}")
     specs = args.tokens or ["optimal"]
+    server = server_from_args(args, replicas=args.replicas)
+    if server is not None:
+        if args.discipline != "fifo" or args.service_cv:
+            raise InputError("--server batching: --discipline and --service-cv are M/G/1 options")
+        return _run_batching(args, specs, server)
     with loaded_workload(args) as w:
         order = _priority_order(args, w)
         model = _latency_model(args, w, order)
@@ -188,19 +219,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(r: dict) -> None:
+def _run_batching(args, specs, server: ContinuousBatching) -> int:
+    with loaded_workload(args) as w:
+        policies = np.stack([_policy(s, w, server) for s in specs])
+        result = simulate_batching(
+            w,
+            policies,
+            server,
+            args.num_queries,
+            args.num_replications,
+            jax.random.PRNGKey(args.seed),
+            warmup=args.warmup,
+        )
+        summary = result.summary(args.level)
+    report = {
+        "policies": specs,
+        "tasks": list(w.task_names),
+        "tokens": policies.tolist(),
+        "num_queries": args.num_queries,
+        "replications": args.num_replications,
+        "warmup": result.warmup,
+        "discipline": f"continuous batching, max batch {server.max_batch or 'unlimited'}, "
+        f"{server.replicas} replica(s)",
+        "confidence_level": args.level,
+        "statistics": {
+            name: {k: np.asarray(v).tolist() for k, v in summary[name].items()}
+            for name, _ in BATCHING_ROWS
+        },
+    }
+    if args.format == "json":
+        emit_json(report)
+    else:
+        _print_table(report, BATCHING_ROWS, "batching server")
+    return 0
+
+
+def _print_table(r: dict, rows=ROWS, server: str = "M/G/1 server") -> None:
 
     console = Console()
     pct = round(100 * r["confidence_level"])
     t = Table(
-        title=f"Simulated M/G/1 server ({r['discipline']}): "
+        title=f"Simulated {server} ({r['discipline']}): "
         f"{r['replications']} x {r['num_queries']} queries "
         f"(warm-up {r['warmup']}), mean [{pct}% CI] | model"
     )
     t.add_column("statistic")
     for spec in r["policies"]:
         t.add_column(spec, justify="right")
-    for name, label in ROWS:
+    for name, label in rows:
         s = r["statistics"][name]
         cells = []
         for i in range(len(r["policies"])):
