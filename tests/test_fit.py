@@ -10,7 +10,7 @@ from importlib import resources
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
@@ -289,6 +289,7 @@ def test_loglik_is_finite_at_the_boundary():
     t0=st.floats(0.0, 0.5),
     c=st.floats(1e-3, 5e-2),
 )
+@example(A=0.75, frac_D=0.001, log_b=-1.0, t0=0.0, c=0.03125)  # D stuck at its bound, fixed
 def test_noise_free_curves_are_recovered_exactly(A, frac_D, log_b, t0, c):
     """Exact expected rates (fractional counts) make the truth the maximum of the likelihood."""
     D = frac_D * (1 - A)

@@ -189,7 +189,11 @@ def _project(theta):
 
 def _loglik(theta, l, y, n):
     eps = jnp.finfo(l.dtype).eps
-    p = jnp.clip(_curve(theta, l), eps, 1 - eps)
+    raw = _curve(theta, l)
+    # the value is clipped away from 0 and 1, the gradient is not: at D = 0 with correct
+    # answers at budget 0, a plain clip would zero the pull of that row and leave D stuck at
+    # its bound (found by the noise-free recovery property test)
+    p = raw + jax.lax.stop_gradient(jnp.clip(raw, eps, 1 - eps) - raw)
     return jnp.sum(
         jnp.where(y > 0, y * jnp.log(p), 0) + jnp.where(n - y > 0, (n - y) * jnp.log1p(-p), 0)
     )
