@@ -156,7 +156,9 @@ def test_solve_latency_matches_scipy_and_differentiates(table1, max_batch, dtype
     assert ours >= -best.fun - (1e-9 if dtype == np.float64 else 1e-4) * abs(best.fun)
     if dtype == np.float64:
         np.testing.assert_allclose(sol.tokens, best.x, atol=0.05)
-        # implicit derivative against central finite differences
+    # the implicit derivative against central finite differences (the limited-batch solve
+    # attaches the same dense model derivative that test_solvers checks for every model)
+    if dtype == np.float64 and max_batch is None:
         grad = jax.grad(lambda a: jt.solve_latency(w.replace(alpha=a), m).tokens[1])(30.0)
         h = 1e-2  # the solves stop at a relative residual of 1e-9: keep h well above that
         fd = (
