@@ -210,8 +210,9 @@ def solve_latency(
         # derivatives); neutral values keep the paper's stability rule from judging them
         workload = workload.replace(t0=jnp.zeros_like(workload.t0), c=jnp.ones_like(workload.c))
         if model.unlimited:
-            kw = {} if max_steps == 20_000 else {"max_steps": max_steps}
-            sol = solve(workload, BatchingNewton(model=model, rtol=rtol, **kw))
+            # bracketed Newton on one scalar needs far fewer steps than the first-order limit
+            steps = min(max_steps, BatchingNewton.__dataclass_fields__["max_steps"].default)
+            sol = solve(workload, BatchingNewton(model=model, rtol=rtol, max_steps=steps))
         else:
             sol = solve(
                 workload,
