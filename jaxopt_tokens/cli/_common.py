@@ -147,8 +147,10 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_server_options(p: argparse.ArgumentParser, default: str = "mg1") -> None:
-    """`--server mg1|batching` and the batching server's settings."""
+def add_server_options(
+    p: argparse.ArgumentParser, default: str = "mg1", replicas: bool = False
+) -> None:
+    """`--server mg1|batching` and the batching server's settings (`--replicas` too)."""
     g = p.add_argument_group(
         "server model",
         "mg1: the paper's M/G/1 server (t0, c from the workload); batching: a continuously "
@@ -178,9 +180,18 @@ def add_server_options(p: argparse.ArgumentParser, default: str = "mg1") -> None
         metavar="P",
         help="batching: prefill cost per request in decode-step equivalents (default: 0)",
     )
+    if replicas:
+        g.add_argument(
+            "--replicas",
+            type=int_at_least(1),
+            default=1,
+            metavar="C",
+            help="batching: identical replicas with random routing, each at lambda / C "
+            "(default: 1)",
+        )
 
 
-def server_from_args(args: argparse.Namespace, replicas: int = 1) -> ContinuousBatching | None:
+def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
     """The batching server the options describe, or None for the paper's M/G/1."""
     if args.server != "batching":
         for flag, value in (("--step-time", args.step_time), ("--max-batch", args.max_batch)):
@@ -194,5 +205,5 @@ def server_from_args(args: argparse.Namespace, replicas: int = 1) -> ContinuousB
         max_batch=args.max_batch,
         answer_tokens=args.answer_tokens,
         prefill=args.prefill,
-        replicas=replicas,
+        replicas=getattr(args, "replicas", 1),
     )

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from .._deploy.export import load_tokens
 from .._errors import InputError
-from .._queue.batching import ContinuousBatching
 from .._queue.batching_sim import simulate_batching
 from .._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing
 from .._queue.simulate import DISCIPLINES, simulate
@@ -98,14 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--level", type=positive_float, default=0.95, help="confidence level (default 0.95)"
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_server_options(p)
-    p.add_argument(
-        "--replicas",
-        type=int_at_least(1),
-        default=1,
-        metavar="C",
-        help="batching: replicas with random routing (each simulated at lambda / C)",
-    )
+    add_server_options(p, replicas=True)
     p.set_defaults(func=run)
 
 
@@ -177,27 +169,44 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.level < 1:
         raise InputError(f"--level: must be in (0, 1), got {args.level}")
     specs = args.tokens or ["optimal"]
-    server = server_from_args(args, replicas=args.replicas)
-    if server is not None:
-        if args.discipline != "fifo" or args.service_cv:
-            raise InputError("--server batching: --discipline and --service-cv are M/G/1 options")
-        return _run_batching(args, specs, server)
+    server = server_from_args(args)
+    if server is not None and (args.discipline != "fifo" or args.service_cv):
+        raise InputError("--server batching: --discipline and --service-cv are M/G/1 options")
+    key = jax.random.PRNGKey(args.seed)
     with loaded_workload(args) as w:
-        order = _priority_order(args, w)
-        model = _latency_model(args, w, order)
-        policies = np.stack([_policy(s, w, model) for s in specs])
-        result = simulate(
-            w,
-            policies,
-            args.num_queries,
-            args.num_replications,
-            jax.random.PRNGKey(args.seed),
-            warmup=args.warmup,
-            service_cv=args.service_cv,
-            noise=args.noise,
-            discipline=args.discipline,
-            priority=order,
-        )
+        if server is None:
+            order = _priority_order(args, w)
+            model = _latency_model(args, w, order)
+            policies = np.stack([_policy(s, w, model) for s in specs])
+            result = simulate(
+                w,
+                policies,
+                args.num_queries,
+                args.num_replications,
+                key,
+                warmup=args.warmup,
+                service_cv=args.service_cv,
+                noise=args.noise,
+                discipline=args.discipline,
+                priority=order,
+            )
+            rows, discipline, what = ROWS, args.discipline, "M/G/1 server"
+        else:
+            policies = np.stack([_policy(s, w, server) for s in specs])
+            result = simulate_batching(
+                w,
+                policies,
+                server,
+                args.num_queries,
+                args.num_replications,
+                key,
+                warmup=args.warmup,
+            )
+            rows, what = BATCHING_ROWS, "batching server"
+            discipline = (
+                f"continuous batching, max batch {server.max_batch or 'unlimited'}, "
+                f"{server.replicas} replica(s)"
+            )
         summary = result.summary(args.level)
     report = {
         "policies": specs,
@@ -206,51 +215,16 @@ def run(args: argparse.Namespace) -> int:
         "num_queries": args.num_queries,
         "replications": args.num_replications,
         "warmup": result.warmup,
-        "discipline": args.discipline,
+        "discipline": discipline,
         "confidence_level": args.level,
         "statistics": {
-            name: {k: np.asarray(v).tolist() for k, v in summary[name].items()} for name, _ in ROWS
+            name: {k: np.asarray(v).tolist() for k, v in summary[name].items()} for name, _ in rows
         },
     }
     if args.format == "json":
         emit_json(report)
     else:
-        _print_table(report)
-    return 0
-
-
-def _run_batching(args, specs, server: ContinuousBatching) -> int:
-    with loaded_workload(args) as w:
-        policies = np.stack([_policy(s, w, server) for s in specs])
-        result = simulate_batching(
-            w,
-            policies,
-            server,
-            args.num_queries,
-            args.num_replications,
-            jax.random.PRNGKey(args.seed),
-            warmup=args.warmup,
-        )
-        summary = result.summary(args.level)
-    report = {
-        "policies": specs,
-        "tasks": list(w.task_names),
-        "tokens": policies.tolist(),
-        "num_queries": args.num_queries,
-        "replications": args.num_replications,
-        "warmup": result.warmup,
-        "discipline": f"continuous batching, max batch {server.max_batch or 'unlimited'}, "
-        f"{server.replicas} replica(s)",
-        "confidence_level": args.level,
-        "statistics": {
-            name: {k: np.asarray(v).tolist() for k, v in summary[name].items()}
-            for name, _ in BATCHING_ROWS
-        },
-    }
-    if args.format == "json":
-        emit_json(report)
-    else:
-        _print_table(report, BATCHING_ROWS, "batching server")
+        _print_table(report, rows, what)
     return 0
 
 

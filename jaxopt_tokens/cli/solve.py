@@ -13,7 +13,6 @@ from .._status import Status
 from ._common import (
     add_server_options,
     add_workload_options,
-    int_at_least,
     loaded_workload,
     server_from_args,
 )
@@ -34,19 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")
-    add_server_options(p)
-    p.add_argument(
-        "--replicas",
-        type=int_at_least(1),
-        default=1,
-        metavar="C",
-        help="batching: identical replicas with random routing (default: 1)",
-    )
+    add_server_options(p, replicas=True)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    server = server_from_args(args, replicas=args.replicas)
+    server = server_from_args(args)
     if server is not None and args.solver != "default":
         raise InputError("--solver: a batching server has its own solver; leave --solver out")
     with loaded_workload(args, float32=args.float32) as w:
