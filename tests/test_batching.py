@@ -1,6 +1,7 @@
 """The continuously batching server: formulas, solver, simulator, calibration, planning."""
 
 import json
+import math
 import warnings
 
 import jax
@@ -12,39 +13,120 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._queue.batching_sim import batching_trajectory
+from jaxopt_tokens._queue.batching_sim import batching_trajectory, routed_trajectory
 
 TAU = (0.02, 0.0005)
 POLICY = jnp.asarray([0.0, 300.0, 0.0, 0.0, 250.0, 30.0])
 TRAJECTORY = jax.jit(batching_trajectory, static_argnums=(5, 6))  # one compilation per limit
+ROUTED = jax.jit(routed_trajectory, static_argnums=(5, 6, 7, 8))
 
 
-def reference_trajectory(arrivals, work, first_steps, tau0, tau1, limit):
-    """An independent plain-Python simulation of the same rules, one decode step at a time."""
+def reference_trajectory(
+    arrivals,
+    work,
+    first_steps,
+    tau0,
+    tau1,
+    limit,
+    replicas=1,
+    routing="shortest_queue",
+    window=None,
+):
+    """An independent plain-Python simulation of the same rules, one decode step at a time:
+    `replicas` servers, each arrival routed on arrival to the replica with the fewest requests
+    present (or decode steps outstanding), ties to the lowest index; at equal times a step
+    ends before an arrival is routed. Returns admission, first-token and departure times and
+    the replicas' summed time with n running inside `window`."""
     q = len(arrivals)
     admit, first, depart = [None] * q, [None] * q, [None] * q
-    running: dict[int, int] = {}
-    qp = done = 0
-    t_busy, S, M = 0.0, 0, 0
+    lo, hi = window if window is not None else (arrivals[0], arrivals[-1])
+    hist: dict[int, float] = {}
+
+    def add(n, a, b):
+        hist[n] = hist.get(n, 0.0) + max(min(b, hi) - max(a, lo), 0.0)
+
+    class Replica:
+        def __init__(self):
+            self.running: dict[int, int] = {}  # request -> tokens so far
+            self.queue: list[int] = []
+            self.t_busy, self.S, self.M = 0.0, 0, 0
+            self.idle_since = arrivals[0]
+            self.starting = False  # idle, a request routed to it: a step starts now
+
+        def now(self):
+            return self.t_busy + self.S * tau0 + self.M * tau1
+
+        def next_event(self):
+            if self.starting:
+                return self.t_busy
+            if self.running:  # the end of the current step
+                return self.t_busy + (self.S + 1) * tau0 + (self.M + len(self.running)) * tau1
+            return math.inf
+
+        def admit_waiting(self, T):
+            while self.queue and (limit is None or len(self.running) < limit):
+                r = self.queue.pop(0)
+                self.running[r] = 0
+                admit[r] = T
+
+    servers = [Replica() for _ in range(replicas)]
+    ap = done = 0
     while done < q:
-        if not running:  # idle: a step starts at the next arrival
-            t_busy, S, M = arrivals[qp], 0, 0
-        T = t_busy + S * tau0 + M * tau1
-        while qp < q and arrivals[qp] <= T and (limit is None or len(running) < limit):
-            running[qp] = 0
-            admit[qp] = T
-            qp += 1
-        S, M = S + 1, M + len(running)
-        T = t_busy + S * tau0 + M * tau1
-        for r in list(running):
-            running[r] += 1
-            if running[r] == first_steps[r]:
+        ends = [srv.next_event() for srv in servers]
+        e = min(range(replicas), key=lambda i: (ends[i], i))
+        if ap < q and arrivals[ap] < ends[e]:  # route the arrival
+            if routing == "shortest_queue":
+                score = [len(x.running) + len(x.queue) for x in servers]
+            else:
+                score = [
+                    sum(work[r] - k for r, k in x.running.items()) + sum(work[r] for r in x.queue)
+                    for x in servers
+                ]
+            i = min(range(replicas), key=lambda j: (score[j], j))
+            srv = servers[i]
+            if not srv.running and not srv.queue:
+                add(0, srv.idle_since, arrivals[ap])
+                srv.t_busy, srv.S, srv.M, srv.starting = arrivals[ap], 0, 0, True
+            srv.queue.append(ap)
+            ap += 1
+            continue
+        srv = servers[e]
+        if srv.starting:
+            srv.starting = False
+            srv.admit_waiting(srv.now())
+            continue
+        n = len(srv.running)
+        t0 = srv.now()
+        srv.S, srv.M = srv.S + 1, srv.M + n
+        T = srv.now()
+        add(n, t0, T)
+        for r in list(srv.running):
+            srv.running[r] += 1
+            if srv.running[r] == first_steps[r]:
                 first[r] = T
-            if running[r] == work[r]:
+            if srv.running[r] == work[r]:
                 depart[r] = T
-                del running[r]
+                del srv.running[r]
                 done += 1
-    return np.asarray(admit), np.asarray(first), np.asarray(depart)
+        srv.admit_waiting(T)
+        if not srv.running:
+            srv.idle_since = T
+    for srv in servers:
+        add(0, srv.idle_since, hi)
+    size = max(hist) + 1
+    h = np.zeros(size)
+    for n, t in hist.items():
+        h[n] = t
+    return np.asarray(admit), np.asarray(first), np.asarray(depart), h
+
+
+def _assert_same_trajectory(got, ref):
+    for a, b in zip(got[:3], ref[:3]):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-9)
+    hist = np.asarray(got[3])
+    assert np.all(hist[len(ref[3]) :] == 0)
+    np.testing.assert_allclose(hist[: len(ref[3])], ref[3], rtol=0, atol=1e-9)
+    assert not bool(got[4])
 
 
 @settings(max_examples=15, deadline=None)
@@ -61,19 +143,41 @@ def test_event_simulator_equals_a_step_by_step_reference(seed, limit, rate, tau0
     arrivals = np.cumsum(rng.exponential(1 / rate, q))
     work = rng.integers(1, 30, q)
     first = np.minimum(rng.integers(1, 6, q), work)
-    ref = reference_trajectory(list(arrivals), list(work), list(first), tau0, tau1, limit)
-    got = TRAJECTORY(
-        jnp.asarray(arrivals),
-        jnp.asarray(work, jnp.int64),
-        jnp.asarray(first, jnp.int64),
-        tau0,
-        tau1,
-        128,  # room for every request: the reference has no slot limit
-        limit,
+    window = (float(arrivals[10]), float(arrivals[-1]))
+    ref = reference_trajectory(
+        list(arrivals), list(work), list(first), tau0, tau1, limit, window=window
     )
-    for a, b in zip(got[:3], ref):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-9)
-    assert not bool(got[4])
+    args = (jnp.asarray(arrivals), jnp.asarray(work, jnp.int64), jnp.asarray(first, jnp.int64))
+    # 128 slots: room for every request (the reference has no slot limit)
+    _assert_same_trajectory(TRAJECTORY(*args, tau0, tau1, 128, limit, window), ref)
+    # one replica under state-dependent routing is the same server
+    _assert_same_trajectory(ROUTED(*args, tau0, tau1, 128, limit, 1, "shortest_queue", window), ref)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    limit=st.sampled_from([None, 1, 3, 8]),
+    replicas=st.sampled_from([2, 3, 5]),
+    routing=st.sampled_from(["shortest_queue", "least_loaded"]),
+    rate=st.floats(1.0, 150.0),
+    tau0=st.floats(0.0, 0.05),
+    tau1=st.floats(1e-5, 0.01),
+)
+def test_routed_simulator_equals_a_step_by_step_reference(
+    seed, limit, replicas, routing, rate, tau0, tau1
+):
+    rng = np.random.default_rng(seed)
+    q = 150
+    arrivals = np.cumsum(rng.exponential(1 / rate, q))
+    work = rng.integers(1, 40, q)
+    first = np.minimum(rng.integers(1, 6, q), work)
+    window = (float(arrivals[10]), float(arrivals[-1]))
+    ref = reference_trajectory(
+        list(arrivals), list(work), list(first), tau0, tau1, limit, replicas, routing, window
+    )
+    args = (jnp.asarray(arrivals), jnp.asarray(work, jnp.int64), jnp.asarray(first, jnp.int64))
+    _assert_same_trajectory(ROUTED(*args, tau0, tau1, 160, limit, replicas, routing, window), ref)
 
 
 def test_unlimited_batching_is_the_negative_binomial_symmetric_queue(table1):
@@ -120,6 +224,7 @@ def test_unstable_servers_give_inf_and_a_status_never_nan(table1):
         (dict(max_batch=0), "max_batch"),
         (dict(max_batch=2.5), "max_batch"),
         (dict(replicas=0), "replicas"),
+        (dict(routing="round_robin"), "routing"),
         (dict(answer_tokens=-1.0), "answer_tokens"),
         (dict(prefill=float("inf")), "prefill"),
     ],
@@ -179,7 +284,7 @@ def test_unlimited_solve_is_vmapped_with_a_status_per_member(table1):
 
 
 @pytest.mark.parametrize(
-    "max_batch,loads", [(None, (0.1, 0.5, 0.8)), (16, (0.3, 0.7, 0.9)), (4, (0.5, 0.9))]
+    "max_batch,loads", [(None, (0.1, 0.5, 0.8)), (16, (0.3, 0.7, 0.9)), (4, (0.05, 0.5, 0.9))]
 )
 def test_model_within_the_simulators_intervals(table1, max_batch, loads):
     """The model against the simulator across loads, with and without a binding max_batch
@@ -194,16 +299,94 @@ def test_model_within_the_simulators_intervals(table1, max_batch, loads):
         pred = float(r.predicted_system_time[0])
         tolerance = 0.0 if max_batch is None else 0.05 * pred
         assert lo - tolerance <= pred <= hi + tolerance, (load, pred, mean, lo, hi)
-        # the mean batch size: exact for unlimited batches; with a small max_batch the chain's
-        # number running is the rougher part of the approximation (E[T] is what is corrected)
+        # the time-average batch size, idle time included (a histogram that skipped idle
+        # periods read 1.10 for the model's 0.19 at 5% load, B = 4)
         assert float(r.summary()["running"]["mean"][0]) == pytest.approx(
-            float(r.predicted_running[0]), rel=0.1 if max_batch is None else 0.2
+            float(r.predicted_running[0]), rel=0.1 if load >= 0.8 else 0.03
         )
         frac = np.asarray(r.batch_size)[0].mean(0)
         assert frac.sum() == pytest.approx(1.0) and (
             max_batch is None or frac.size == max_batch + 1
         )
+        if max_batch is None:  # P(N = 0) of the negative binomial
+            q = float(w.arrival_rate) * TAU[1] * float(jnp.sum(w.share * m.work(POLICY, w)))
+            p0 = (1 - q) ** (TAU[0] / TAU[1] + 1)
+            assert frac[0] == pytest.approx(p0, abs=0.02)
         assert float(r.summary()["ttft"]["mean"][0]) < mean
+
+
+def _chain_mean(lam, m, c, B, rates=None, N=60_000):
+    """E[N] of the pooled birth-death chain by brute force on a truncated state space."""
+    n = np.arange(1, N + 1)
+    k, s = n // c, n % c
+    if B is None:
+        phi = n / (TAU[0] + TAU[1] * np.maximum(1, n / c))
+    else:
+        g = lambda j: np.minimum(j, B) / (TAU[0] + TAU[1] * np.minimum(j, B))  # noqa: E731
+        phi = s * g(k + 1) + (c - s) * g(k)
+    log_u = np.concatenate([[0.0], np.cumsum(np.log(lam * m) - np.log(phi))])
+    p = np.exp(log_u - log_u.max())
+    p /= p.sum()
+    assert p[-1] < 1e-12  # the truncation is harmless
+    return float(np.arange(N + 1) @ p)
+
+
+@pytest.mark.parametrize("max_batch", [None, 8])
+def test_pooled_routing_model_is_its_birth_death_chain(table1, max_batch):
+    """State-dependent routing is modelled as the pooled server: its closed forms equal the
+    chain summed by brute force; one replica is the single-server model; routing by state
+    never predicts more than random routing; gradients stay finite."""
+    kw = dict(step_time=TAU, max_batch=max_batch, answer_tokens=50.0)
+    m_work = float(jnp.sum(table1.share * (POLICY + 50.0)))
+    for c in (2, 5):
+        pooled = jt.ContinuousBatching(**kw, replicas=c, routing="shortest_queue")
+        random_ = jt.ContinuousBatching(**kw, replicas=c)
+        cap = float(pooled.capacity(POLICY, table1.replace(arrival_rate=1.0)))
+        for load in (0.2, 0.7, 0.95):
+            w = table1.replace(arrival_rate=load * cap)
+            st = pooled.stats(POLICY, w)
+            lam = float(w.arrival_rate)
+            assert c * float(st["in_system"]) == pytest.approx(
+                _chain_mean(lam, m_work, c, max_batch), rel=1e-9
+            )
+            assert float(st["system_time"]) <= float(random_.stats(POLICY, w)["system_time"])
+            g = jax.grad(lambda l: pooled.mean_system_time(l, w))(POLICY)
+            assert np.all(np.isfinite(np.asarray(g))) and np.all(np.asarray(g) > 0)
+    one = jt.ContinuousBatching(**kw, replicas=1, routing="least_loaded")
+    w = table1.replace(arrival_rate=1.0)
+    assert float(one.mean_system_time(POLICY, w)) == float(
+        jt.ContinuousBatching(**kw).mean_system_time(POLICY, w)
+    )
+    # unstable: +inf, never NaN
+    w = table1.replace(arrival_rate=10 * cap)
+    assert np.isinf(float(pooled.mean_system_time(POLICY, w)))
+    g = jax.grad(lambda l: pooled.mean_system_time(l, w))(POLICY)
+    assert not np.any(np.isnan(np.asarray(g)))
+
+
+@pytest.mark.parametrize("routing", ["shortest_queue", "least_loaded"])
+def test_routed_replicas_against_the_pooled_model_and_random_routing(table1, routing):
+    """Three replicas with a binding max_batch at 90% of capacity: routing by state pools the
+    waiting rooms (far below random routing, simulated on the same arrivals); the pooled
+    model is within 6% of the simulated mean (see the docs page for the measured table)."""
+    kw = dict(step_time=TAU, max_batch=8, answer_tokens=50.0, replicas=3)
+    m = jt.ContinuousBatching(**kw, routing=routing)
+    cap = float(m.capacity(POLICY, table1.replace(arrival_rate=1.0)))
+    w = table1.replace(arrival_rate=0.9 * cap)
+    r = jt.simulate_batching(w, POLICY[None], m, num_queries=6000, num_replications=4)
+    base = jt.simulate_batching(w, POLICY[None], jt.ContinuousBatching(**kw), 6000, 4)
+    mean, lo, hi = (float(x[0]) for x in r.interval("system_time", 0.99))
+    pred = float(r.predicted_system_time[0])
+    assert lo - 0.06 * pred <= pred <= hi + 0.06 * pred, (pred, mean, lo, hi)
+    assert mean < 0.85 * float(base.interval("system_time")[0][0])
+    # throughput is the whole system's under either routing
+    for sim in (r, base):
+        assert float(sim.summary()["throughput"]["mean"][0]) == pytest.approx(
+            float(w.arrival_rate), rel=0.05
+        )
+    assert float(r.summary()["running"]["mean"][0]) == pytest.approx(
+        float(r.predicted_running[0]), rel=0.03
+    )
 
 
 def test_simulator_refuses_and_warns(table1):

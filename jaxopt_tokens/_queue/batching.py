@@ -31,7 +31,20 @@ $\lambda E[w] (\tau_0 + \tau_1 B) / B < 1$. Per type,
 $E[T_k] = W_q + R + w_k \cdot (\text{time in service}) / E[w]$. Checked against the
 simulator (`simulate_batching`) in the tests; docs: *Continuous batching*.
 
-**Replicas** (`replicas` $= c$, random routing): every replica sees $\lambda / c$.
+**Replicas** (`replicas` $= c$). `routing="random"`: every replica sees $\lambda / c$
+(exact from the one-server model). `routing="shortest_queue"` (join the replica with the
+fewest requests present) or `"least_loaded"` (the fewest decode steps of work outstanding):
+an approximation, the *pooled* server, as if the $N$ requests present were always spread
+evenly over the replicas. Its total rate is the balanced split's,
+$\phi(n) = \sum_j \min(m_j, B)/(\tau_0 + \tau_1 \min(m_j, B))$ with the $m_j$ differing by at
+most one; with a `max_batch` the chain on $n \le cB$ is solved exactly and a geometric tail
+added (the waiting room corrected as above); unlimited, $\phi(n) = n / (\tau_0 + \tau_1
+\max(1, n/c))$ (the balanced split at $n \le c$ and at multiples of $c$, Jensen's bound in
+between), whose distribution is Poisson below $c$ and negative binomial above (regularized
+incomplete beta tails). An arrival waits for a step boundary when the replica it joins,
+holding $\lfloor n/c \rfloor$ requests, is busy. Measured against the simulator on the
+docs page; with an unlimited batch the routing changes the mean by at most a fraction
+$\tau_1 / (\tau_0 + \tau_1)$, with a binding `max_batch` it pools the waiting rooms.
 
 Everything is a pure JAX function of the budgets, with gradients; an unstable configuration
 gives `+inf`, never NaN. Left out: KV-cache preemption and swapping, speculative decoding,
@@ -53,9 +66,10 @@ from .._errors import InputError
 from .._workload import Workload
 from .models import LatencyModel
 
-__all__ = ["ContinuousBatching", "DEFAULT_ANSWER_TOKENS"]
+__all__ = ["ContinuousBatching", "DEFAULT_ANSWER_TOKENS", "ROUTINGS"]
 
 DEFAULT_ANSWER_TOKENS = 256.0  # decode steps of the visible answer (the export's reserve)
+ROUTINGS = ("random", "shortest_queue", "least_loaded")  # how arrivals pick a replica
 
 
 def _concrete(x) -> np.ndarray | None:
@@ -75,7 +89,10 @@ class ContinuousBatching(LatencyModel):
     - `max_batch`: the most requests running at once (static; `None`: unlimited).
     - `answer_tokens`: decode steps of the answer after the thinking, scalar or per task.
     - `prefill`: prefill cost of the prompt in decode-step equivalents, scalar or per task.
-    - `replicas`: identical servers with random routing (static).
+    - `replicas`: identical servers (static).
+    - `routing`: how an arrival picks a replica (static): `"random"` (each replica sees
+      `lambda / replicas`), `"shortest_queue"` (the fewest requests present) or
+      `"least_loaded"` (the fewest decode steps of work outstanding).
     """
 
     step_time: tuple[ArrayLike, ArrayLike] = (0.02, 0.0005)
@@ -83,8 +100,11 @@ class ContinuousBatching(LatencyModel):
     answer_tokens: ArrayLike = DEFAULT_ANSWER_TOKENS
     prefill: ArrayLike = 0.0
     replicas: int = eqx.field(static=True, default=1)
+    routing: str = eqx.field(static=True, default="random")
 
     def __check_init__(self):
+        if self.routing not in ROUTINGS:
+            raise InputError(f"routing: one of {', '.join(ROUTINGS)}, got {self.routing!r}")
         if self.max_batch is not None and (
             isinstance(self.max_batch, bool)
             or not isinstance(self.max_batch, (int, np.integer))
@@ -128,7 +148,8 @@ class ContinuousBatching(LatencyModel):
 
     # ---------------------------------------------------------------- ingredients
 
-    def _tau(self, dtype):
+    def step_coefficients(self, dtype) -> tuple[Array, Array]:
+        """`(tau0, tau1)` as arrays of `dtype`."""
         return (jnp.asarray(self.step_time[0], dtype), jnp.asarray(self.step_time[1], dtype))
 
     def work(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
@@ -136,13 +157,18 @@ class ContinuousBatching(LatencyModel):
         extra = jnp.asarray(self.prefill, w.dtype) + jnp.asarray(self.answer_tokens, w.dtype)
         return tokens + extra
 
+    @property
+    def pooled(self) -> bool:
+        """Whether arrivals are routed by the replicas' state (the pooled approximation)."""
+        return self.replicas > 1 and self.routing != "random"
+
     def arrival_rate(self, w: Workload):
-        """The arrival rate one replica sees."""
+        """The arrival rate one replica sees (on average, under state-dependent routing)."""
         return w.arrival_rate / self.replicas
 
     def capacity(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
         """The largest total arrival rate (all replicas) the server sustains at these budgets."""
-        tau0, tau1 = self._tau(w.dtype)
+        tau0, tau1 = self.step_coefficients(w.dtype)
         m = jnp.sum(w.share * self.work(tokens, w), -1)
         B = self.max_batch
         if B is None:
@@ -168,38 +194,45 @@ class ContinuousBatching(LatencyModel):
     def _finite_stats(self, tokens, w: Workload) -> tuple[dict[str, Array], Array]:
         """The means with finite stand-ins where unstable, and the stability mask (callers
         mask them, so gradients stay finite)."""
-        shares = w.share
         work = self.work(tokens, w)
-        m = jnp.sum(shares * work, -1)
-        cw2 = jnp.sum(shares * work * work, -1) / (m * m) - 1
-        lam = self.arrival_rate(w)
-        tau0, tau1 = self._tau(w.dtype)
-        load = self.load(tokens, w)
-        stable = load < 1
-        B = self.max_batch
-        if B is None:
-            q = jnp.where(stable, lam * tau1 * m, 0.5)
+        m = jnp.sum(w.share * work, -1)
+        cw2 = jnp.sum(w.share * work * work, -1) / (m * m) - 1
+        return self.stats_of_work(m, cw2, w), self.load(tokens, w) < 1
+
+    def stats_of_work(self, m: Array, cw2: Array, w: Workload) -> dict[str, Array]:
+        """The means (as in `stats`) as functions of the mean work `m` and its squared
+        coefficient of variation `cw2` (unused with an unlimited batch), finite where
+        unstable."""
+        tau0, tau1 = self.step_coefficients(w.dtype)
+        B, c = self.max_batch, self.replicas
+        # random routing: one replica at lambda / c; pooled: the whole system at lambda
+        lam, servers = (w.arrival_rate, c) if self.pooled else (self.arrival_rate(w), 1)
+        if B is None and servers == 1:
+            q = lam * tau1 * m
+            q = jnp.where(q < 1, q, 0.5)
             r = tau0 / tau1 + 1
             in_system = r * q / (1 - q)
             p0 = jnp.exp(r * jnp.log1p(-q))
             residual = 0.5 * (tau0 * (1 - p0) + tau1 * in_system)
             service = (tau0 + tau1) * m / (1 - q)
-            queue = jnp.zeros_like(m)
-            running = in_system
+            queue, running = jnp.zeros_like(m), in_system
+        elif B is None:
+            residual, in_system = _pooled_unlimited(lam, m, tau0, tau1, servers)
+            service = in_system / lam
+            queue, running = jnp.zeros_like(m), in_system / servers
+            in_system = running
         else:
-            queue, residual, service, running, in_system = _limited(
-                lam, m, cw2, tau0, tau1, B, stable
+            queue, residual, service, running, in_system = _pooled_limited(
+                lam, m, cw2, tau0, tau1, B, servers
             )
-        total = queue + residual + service
-        out = {
-            "system_time": total,
+        return {
+            "system_time": queue + residual + service,
             "queue_wait": queue,
             "step_residual": residual,
             "service_time": service,
             "running": running,
             "in_system": in_system,
         }
-        return out, stable
 
     def system_times(self, tokens, w):
         s, stable = self._finite_stats(tokens, w)
@@ -210,35 +243,88 @@ class ContinuousBatching(LatencyModel):
         return jnp.where(stable[..., None], before + work * per_work, jnp.inf)
 
 
-def _limited(lam, m, cw2, tau0, tau1, B: int, stable):
-    """Birth-death approximation with at most B running (module docstring)."""
-    dtype = m.dtype
-    n = jnp.arange(B + 1, dtype=dtype)
-    a = tau0 / tau1
-    lam_, m_ = lam[..., None], m[..., None]
-    # log of the unnormalised probabilities u_n, n <= B: prod_{i<=n} lam m (tau0 + tau1 i) / i
-    log_q = jnp.log(lam_ * tau1 * m_)
-    log_u = (
-        n * log_q
-        + jax.lax.lgamma(n + 1 + a)
-        - jax.lax.lgamma(jnp.asarray(1, dtype) + a)
-        - jax.lax.lgamma(n + 1)
+def _balanced_rates(tau0, tau1, B: int, c: int, dtype):
+    """Total service rate (tokens/s) with n = 1..cB requests spread evenly over c replicas."""
+    n = np.arange(1, c * B + 1)
+    k, s = n // c, n % c  # s replicas hold k + 1 requests, c - s hold k
+    k1, k0 = jnp.asarray(k + 1, dtype), jnp.asarray(k, dtype)
+    return jnp.asarray(s, dtype) * k1 / (tau0 + tau1 * k1) + jnp.asarray(c - s, dtype) * k0 / (
+        tau0 + tau1 * k0
     )
-    rho = jnp.where(stable, lam * m * (tau0 + tau1 * B) / B, 0.5)[..., None]
-    # the geometric tail beyond B: u_B rho / (1 - rho)
-    log_tail = log_u[..., -1:] + jnp.log(rho) - jnp.log1p(-rho)
+
+
+def _pooled_limited(lam, m, cw2, tau0, tau1, B: int, c: int):
+    """The birth-death chain of c pooled replicas with at most B running on each (module
+    docstring; c = 1 is one replica). Returns per-request queue wait, step residual and time
+    in service, and per-replica mean numbers running and present."""
+    dtype = m.dtype
+    n = jnp.arange(c * B + 1, dtype=dtype)
+    lam_, m_ = lam[..., None], m[..., None]
+    top_rate = c * B / (tau0 + tau1 * B)
+    rho = lam * m / top_rate
+    stable = rho < 1
+    rho = jnp.where(stable, rho, 0.5)
+    # log u_n = sum_{i <= n} log(lam m / phi(i)), the geometric tail beyond cB: u_cB rho/(1-rho)
+    log_phi = jnp.log(_balanced_rates(tau0, tau1, B, c, dtype))
+    head = jnp.zeros(m.shape + (1,), dtype)
+    log_u = jnp.concatenate(
+        [head, jnp.cumsum(jnp.log(jnp.maximum(lam_ * m_, jnp.finfo(dtype).tiny)) - log_phi, -1)],
+        axis=-1,
+    )
+    rho_ = rho[..., None]
+    log_tail = log_u[..., -1:] + jnp.log(rho_) - jnp.log1p(-rho_)
     top = jnp.maximum(jnp.max(log_u, -1, keepdims=True), log_tail)
     u = jnp.exp(log_u - top)
     tail = jnp.exp(log_tail - top)
     Z = jnp.sum(u, -1, keepdims=True) + tail
-    p = u / Z  # P(N = n), n <= B
-    p_tail = (tail / Z)[..., 0]  # P(N > B)
-    rho = rho[..., 0]
-    running = jnp.sum(n * p, -1) + B * p_tail
+    p = u / Z  # P(N = n), n <= cB
+    p_tail = (tail / Z)[..., 0]  # P(N > cB)
+    running = jnp.sum(n * p, -1) + c * B * p_tail
     waiting = p[..., -1] * rho / (1 - rho) ** 2  # E[number waiting for a slot]
-    in_system = running + waiting
     queue = waiting / lam * (1 + cw2) / 2
-    free = n < B  # arrivals that find a free slot wait for the current step (if any)
-    residual = 0.5 * jnp.sum(jnp.where(free & (n >= 1), p * (tau0 + tau1 * n), 0), -1)
+    # an arrival that finds a free slot joins a replica holding floor(n / c) and, if that one
+    # is busy, waits for its current step to end
+    k = jnp.asarray(np.arange(c * B + 1) // c, dtype)
+    busy_free = (k >= 1) & (n < c * B)
+    residual = 0.5 * jnp.sum(jnp.where(busy_free, p * (tau0 + tau1 * k), 0), -1)
     service = running / lam
-    return queue, residual, service, running, in_system
+    return queue, residual, service, running / c, (running + waiting) / c
+
+
+def _pooled_unlimited(lam, m, tau0, tau1, c: int):
+    """The pooled unlimited server (module docstring): step residual and mean number present
+    in the whole system. The distribution is Poisson with mean x = lam m (tau0 + tau1) below
+    c and proportional to a negative binomial NB(r, q), r = c tau0/tau1 + 1,
+    q = lam m tau1 / c, from c on."""
+    dtype = m.dtype
+    tiny = jnp.finfo(dtype).tiny  # no work at all: keep the logs finite
+    q = jnp.maximum(lam * m * tau1 / c, tiny)
+    q = jnp.where(q < 1, q, 0.5)
+    x = jnp.maximum(lam * m * (tau0 + tau1), tiny)
+    r = c * tau0 / tau1 + 1
+    cf = jnp.asarray(c, dtype)
+    n = jnp.arange(c, dtype=dtype)
+    x_ = x[..., None]
+    log_u = n * jnp.log(x_) - jax.lax.lgamma(n + 1)  # n < c
+    log_uc = cf * jnp.log(x) - jax.lax.lgamma(cf + 1)
+    log_fc = (
+        jax.lax.lgamma(r + cf)
+        - jax.lax.lgamma(r)
+        - jax.lax.lgamma(cf + 1)
+        + cf * jnp.log(q)
+        + r * jnp.log1p(-q)
+    )
+    log_k = log_uc - log_fc  # u_n = K f(n) for n >= c, f the NB pmf
+    above = jax.scipy.special.betainc(cf, r, q)  # P_NB(N >= c)
+    nb_mean = r * q / (1 - q)
+    mean_above = nb_mean * jax.scipy.special.betainc(cf - 1, r + 1, q) if c > 1 else nb_mean
+    top = jnp.maximum(jnp.max(log_u, -1), log_k)
+    below = jnp.exp(log_u - top[..., None])
+    scale = jnp.exp(log_k - top)
+    Z = jnp.sum(below, -1) + scale * above
+    p_above = scale * above / Z
+    in_system = (jnp.sum(n * below, -1) + scale * mean_above) / Z
+    # the joined replica holds floor(n / c) >= 1 from n = c on: E[floor(N/c); N >= c]
+    floor_mean = jnp.maximum((scale * mean_above / Z) / cf - (cf - 1) / (2 * cf) * p_above, p_above)
+    residual = 0.5 * (tau0 * p_above + tau1 * floor_mean)
+    return residual, in_system

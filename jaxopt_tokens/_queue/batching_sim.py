@@ -16,7 +16,9 @@ the same rules to rounding (the tests compare with an independent plain-Python o
 Each replication runs one `while_loop` over at most $3 \times$ `num_queries` events; policies
 and replications are vmapped, on common random numbers (`sample_stream`). With `replicas`,
 random routing is simulated as one replica at arrival rate $\lambda / c$ (the same in
-distribution). Docs: *Continuous batching*.
+distribution; throughputs are scaled to the whole system), and routing by the replicas' state
+(`"shortest_queue"`, `"least_loaded"`) by `routed_trajectory`: all replicas at once, each
+arrival routed when it arrives. Docs: *Continuous batching*.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from .simulate import (
     sample_stream,
 )
 
-__all__ = ["BatchingSimulation", "simulate_batching", "batching_trajectory"]
+__all__ = ["BatchingSimulation", "simulate_batching", "batching_trajectory", "routed_trajectory"]
 
 
 class BatchingSimulation(HasStatus):
@@ -138,8 +140,14 @@ class _Loop(eqx.Module):
     first_token: Array  # (q,) time of the first token
     depart: Array  # (q,) departure time
     hist: Array  # (slots + 1,) time with n running
+    t_last: Array  # end of the last event (the histogram is filled up to it)
     overflow: Array
     events: Array
+
+
+def _overlap(a, b, window):
+    """Length of [a, b] inside the window."""
+    return jnp.maximum(jnp.minimum(b, window[1]) - jnp.maximum(a, window[0]), 0)
 
 
 def batching_trajectory(
@@ -173,10 +181,13 @@ def batching_trajectory(
 
     def body(s: _Loop) -> _Loop:
         idle = s.n == 0
-        t_busy = jnp.where(idle, arrivals_ext[s.qp], s.t_busy)
+        # (a request that arrived during the step that emptied the server starts at its end)
+        t_busy = jnp.where(idle, jnp.maximum(arrivals_ext[s.qp], s.t_last), s.t_busy)
         S = jnp.where(idle, 0, s.S)
         M = jnp.where(idle, 0, s.M)
-        s = eqx.tree_at(lambda x: (x.t_busy, x.S, x.M), s, (t_busy, S, M))
+        idle_time = jnp.where(idle, _overlap(s.t_last, t_busy, window), 0)
+        hist0 = s.hist.at[0].add(idle_time)
+        s = eqx.tree_at(lambda x: (x.t_busy, x.S, x.M, x.hist), s, (t_busy, S, M, hist0))
         T = time_at(s, s.S, s.M)
         # admit the arrivals of time <= T, FIFO, while slots are free
         arrived = jnp.searchsorted(arrivals, T, side="right").astype(s.qp.dtype)
@@ -212,8 +223,7 @@ def batching_trajectory(
         first_token = s.first_token.at[jnp.where(hit, req, q)].set(f_time, mode="drop")
         done = occupied & (target == G)
         depart = s.depart.at[jnp.where(done, req, q)].set(T2, mode="drop")
-        overlap = jnp.maximum(jnp.minimum(T2, window[1]) - jnp.maximum(T, window[0]), 0)
-        hist = s.hist.at[n].add(overlap)
+        hist = s.hist.at[n].add(_overlap(T, T2, window))
         return _Loop(
             G=G,
             t_busy=s.t_busy,
@@ -229,6 +239,7 @@ def batching_trajectory(
             first_token=first_token,
             depart=depart,
             hist=hist,
+            t_last=T2,
             overflow=overflow,
             events=s.events + 1,
         )
@@ -249,11 +260,254 @@ def batching_trajectory(
         first_token=jnp.zeros((q,), dtype),
         depart=jnp.zeros((q,), dtype),
         hist=jnp.zeros((cap + 1,), dtype),
+        t_last=arrivals[0],
         overflow=jnp.asarray(False),
         events=zero,
     )
     end = jax.lax.while_loop(lambda s: (s.departed < q) & (s.events < 3 * q + 10), body, start)
-    return end.admit, end.first_token, end.depart, end.hist, end.overflow
+    end_idle = _overlap(end.t_last, window[1], window)  # idle after the last departure
+    hist = end.hist.at[0].add(jnp.where(jnp.isfinite(end_idle), end_idle, 0))
+    return end.admit, end.first_token, end.depart, hist, end.overflow
+
+
+class _Routed(eqx.Module):
+    # per replica (leading axis c): the single-replica loop's fields
+    G: Array
+    t_busy: Array
+    S: Array
+    M: Array
+    n: Array
+    req: Array  # (c, slots)
+    target: Array  # (c, slots)
+    first: Array  # (c, slots)
+    queue: Array  # (c, q) requests routed to the replica, in arrival order
+    head: Array  # next to admit from `queue`
+    tail: Array  # next free place in `queue`
+    present: Array  # routed and not yet departed
+    left: Array  # decode steps of work outstanding as of the replica's last event
+    t_last: Array
+    # shared
+    ap: Array  # next arrival to route
+    departed: Array
+    admit: Array
+    first_token: Array
+    depart: Array
+    hist: Array
+    overflow: Array
+    events: Array
+
+
+def routed_trajectory(
+    arrivals: Float[Array, " q"],
+    work: Int[Array, " q"],
+    first_steps: Int[Array, " q"],
+    tau0,
+    tau1,
+    slots: int,
+    limit: int | None,
+    replicas: int,
+    routing: str,
+    window: tuple = (-jnp.inf, jnp.inf),
+):
+    """`batching_trajectory` for `replicas` servers, each arrival routed on arrival by
+    `routing` (`"shortest_queue"`: the fewest requests present; `"least_loaded"`: the fewest
+    decode steps outstanding after the replicas' last step boundaries; ties to the lowest
+    index).
+
+    Every replica follows the one-server rules on its own FIFO queue. One event per
+    iteration: an arrival is routed, or the replica with the earliest event (its next
+    completion, the end of its current step when a routed request waits for a free slot, or
+    the start of a step when it was idle) advances; at equal times the replica goes first.
+    The histogram sums the replicas' time with n running. Same returns as
+    `batching_trajectory`.
+    """
+    q = arrivals.shape[0]
+    c = replicas
+    dtype = arrivals.dtype
+    idt = work.dtype
+    big = jnp.iinfo(idt).max
+    cap = slots if limit is None else min(slots, limit)
+    tau0 = jnp.asarray(tau0, dtype)
+    tau1 = jnp.asarray(tau1, dtype)
+    arrivals_ext = jnp.concatenate([arrivals, jnp.full((1,), jnp.inf, dtype)])
+
+    def times(s: _Routed, S, M):
+        return s.t_busy + S.astype(dtype) * tau0 + M.astype(dtype) * tau1
+
+    def next_events(s: _Routed):
+        """Steps to each replica's next event and its time."""
+        busy = s.n > 0
+        waiting = s.tail > s.head
+        kc = jnp.min(jnp.where(s.req >= 0, s.target, big), -1) - s.G
+        # a routed request waiting for a free slot: the first boundary at or after its arrival
+        a = arrivals[s.queue[jnp.arange(c), jnp.clip(s.head, 0, q - 1)]]
+        T = times(s, s.S, s.M)
+        d = tau0 + tau1 * s.n.astype(dtype)
+        j = jnp.maximum(1, jnp.ceil((a - T) / d)).astype(idt)
+        j = jnp.where(times(s, s.S + j - 1, s.M + (j - 1) * s.n) >= a, jnp.maximum(j - 1, 1), j)
+        j = jnp.where(times(s, s.S + j, s.M + j * s.n) < a, j + 1, j)
+        k = jnp.where(busy, jnp.where(waiting & (s.n < cap), jnp.minimum(kc, j), kc), 0)
+        at = jnp.where(busy | waiting, times(s, s.S + k, s.M + k * s.n), jnp.inf)
+        return k, at
+
+    def route(s: _Routed) -> _Routed:
+        t = arrivals[s.ap]
+        if routing == "shortest_queue":
+            score = s.present
+        else:  # the work left at t: the steps each replica has finished since its last event
+            T = times(s, s.S, s.M)
+            d = tau0 + tau1 * s.n.astype(dtype)
+            j = jnp.maximum(jnp.floor((t - T) / d), 0).astype(idt)
+            j = jnp.where(times(s, s.S + j, s.M + j * s.n) > t, jnp.maximum(j - 1, 0), j)
+            j = jnp.where(times(s, s.S + j + 1, s.M + (j + 1) * s.n) <= t, j + 1, j)
+            score = s.left - jnp.where(s.n > 0, j, 0) * s.n
+        r = jnp.argmin(score)
+        idle = (s.n[r] == 0) & (s.tail[r] == s.head[r])
+        hist = s.hist.at[0].add(jnp.where(idle, _overlap(s.t_last[r], t, window), 0))
+        return eqx.tree_at(
+            lambda x: (
+                x.queue,
+                x.tail,
+                x.present,
+                x.left,
+                x.t_busy,
+                x.S,
+                x.M,
+                x.t_last,
+                x.ap,
+                x.hist,
+            ),
+            s,
+            (
+                s.queue.at[r, s.tail[r]].set(s.ap),
+                s.tail.at[r].add(1),
+                s.present.at[r].add(1),
+                s.left.at[r].add(work[s.ap]),
+                s.t_busy.at[r].set(jnp.where(idle, t, s.t_busy[r])),
+                s.S.at[r].set(jnp.where(idle, 0, s.S[r])),
+                s.M.at[r].set(jnp.where(idle, 0, s.M[r])),
+                s.t_last.at[r].set(jnp.where(idle, t, s.t_last[r])),
+                s.ap + 1,
+                hist,
+            ),
+        )
+
+    def advance(s: _Routed, r, k) -> _Routed:
+        G, S, M, n = s.G[r], s.S[r], s.M[r], s.n[r]
+        req, target, first = s.req[r], s.target[r], s.first[r]
+        t_busy = s.t_busy[r]
+
+        def at(S_, M_):
+            return t_busy + S_.astype(dtype) * tau0 + M_.astype(dtype) * tau1
+
+        T = at(S, M)
+        G2, S2, M2 = G + k, S + k, M + k * n
+        T2 = at(S2, M2)
+        occupied = req >= 0
+        hit = occupied & (first > G) & (first <= G2)
+        f_time = at(S + (first - G), M + (first - G) * n)
+        first_token = s.first_token.at[jnp.where(hit, req, q)].set(f_time, mode="drop")
+        done = occupied & (target == G2)
+        depart = s.depart.at[jnp.where(done, req, q)].set(T2, mode="drop")
+        hist = s.hist.at[n].add(_overlap(T, T2, window))
+        ndone = jnp.sum(done, dtype=idt)
+        req = jnp.where(done, -1, req)
+        target = jnp.where(done, big, target)
+        first = jnp.where(done, big, first)
+        n2 = n - ndone
+        # admit from the replica's queue at T2, FIFO, while slots are free
+        waiting = s.tail[r] - s.head[r]
+        kk = jnp.minimum(cap - n2, waiting)
+        overflow = s.overflow | ((limit is None) & (waiting > cap - n2))
+        free = req < 0
+        rank = (jnp.cumsum(free) - 1).astype(idt)
+        take = free & (rank < kk)
+        idx = s.queue[r, jnp.clip(s.head[r] + rank, 0, q - 1)]
+        idx = jnp.where(take, idx, q)
+        work_ext = jnp.concatenate([work, jnp.zeros((1,), idt)])
+        first_ext = jnp.concatenate([first_steps, jnp.zeros((1,), idt)])
+        req = jnp.where(take, idx, req)
+        target = jnp.where(take, G2 + work_ext[idx], target)
+        first = jnp.where(take, G2 + first_ext[idx], first)
+        admit = s.admit.at[idx].set(T2, mode="drop")
+        return eqx.tree_at(
+            lambda x: (
+                x.G,
+                x.S,
+                x.M,
+                x.n,
+                x.req,
+                x.target,
+                x.first,
+                x.head,
+                x.present,
+                x.left,
+                x.t_last,
+                x.departed,
+                x.admit,
+                x.first_token,
+                x.depart,
+                x.hist,
+                x.overflow,
+            ),
+            s,
+            (
+                s.G.at[r].set(G2),
+                s.S.at[r].set(S2),
+                s.M.at[r].set(M2),
+                s.n.at[r].set(n2 + kk),
+                s.req.at[r].set(req),
+                s.target.at[r].set(target),
+                s.first.at[r].set(first),
+                s.head.at[r].add(kk),
+                s.present.at[r].add(-ndone),
+                s.left.at[r].add(-k * n),
+                s.t_last.at[r].set(T2),
+                s.departed + ndone,
+                admit,
+                first_token,
+                depart,
+                hist,
+                overflow,
+            ),
+        )
+
+    def body(s: _Routed) -> _Routed:
+        k, at = next_events(s)
+        r = jnp.argmin(at)
+        arrival = arrivals_ext[s.ap]
+        s = jax.lax.cond(arrival < at[r], route, lambda s: advance(s, r, k[r]), s)
+        return eqx.tree_at(lambda x: x.events, s, s.events + 1)
+
+    zeros = jnp.zeros((c,), idt)
+    start = _Routed(
+        G=zeros,
+        t_busy=jnp.zeros((c,), dtype),
+        S=zeros,
+        M=zeros,
+        n=zeros,
+        req=jnp.full((c, cap), -1, idt),
+        target=jnp.full((c, cap), big, idt),
+        first=jnp.full((c, cap), big, idt),
+        queue=jnp.zeros((c, q), idt),
+        head=zeros,
+        tail=zeros,
+        present=zeros,
+        left=zeros,
+        t_last=jnp.full((c,), arrivals[0], dtype),
+        ap=jnp.zeros((), idt),
+        departed=jnp.zeros((), idt),
+        admit=jnp.zeros((q,), dtype),
+        first_token=jnp.zeros((q,), dtype),
+        depart=jnp.zeros((q,), dtype),
+        hist=jnp.zeros((cap + 1,), dtype),
+        overflow=jnp.asarray(False),
+        events=jnp.zeros((), idt),
+    )
+    end = jax.lax.while_loop(lambda s: (s.departed < q) & (s.events < 4 * q + 10), body, start)
+    end_idle = jnp.sum(_overlap(end.t_last, window[1], window))
+    hist = end.hist.at[0].add(jnp.where(jnp.isfinite(end_idle), end_idle, 0))
+    return end.admit, end.first_token, end.depart, hist, end.overflow
 
 
 def _work(model: ContinuousBatching, tokens, w: Workload):
@@ -308,7 +562,8 @@ def simulate_batching(
         if model.max_batch is not None:
             slots = model.max_batch
         else:  # the number present is negative binomial: mean + 10 sd covers any run
-            stats = model.stats(flat, w)
+            # (per replica under random routing: routing by state only narrows it)
+            stats = model.replace(routing="random").stats(flat, w)
             mean = np.nan_to_num(np.asarray(stats["in_system"]), nan=0.0, posinf=1e6)
             tau0, tau1 = (float(np.asarray(t)) for t in model.step_time)
             q = np.clip(mean / (mean + tau0 / tau1 + 1), 0, 1 - 1e-9)
@@ -317,8 +572,10 @@ def simulate_batching(
             slots = int(2 ** math.ceil(math.log2(min(max(need, 16), 1 << 16))))
     slots = check_int("slots", slots, 1)
     cap = slots if model.max_batch is None else model.max_batch
+    queues = model.replicas if model.pooled else 0  # routed_trajectory's per-replica queues
     check_memory(
-        8.0 * flat.shape[0] * num_queries * 6 + 8.0 * flat.shape[0] * cap * 4,
+        8.0 * flat.shape[0] * num_queries * (6 + queues)
+        + 8.0 * flat.shape[0] * cap * 4 * max(queues, 1),
         f"simulating {flat.shape[0]} policies x {num_queries} queries",
         "simulate fewer policies or queries at once",
     )
@@ -360,11 +617,34 @@ def simulate_batching(
 
 @eqx.filter_jit
 def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slots):
-    tau0, tau1 = model._tau(w.dtype)
-    replica = w.replace(arrival_rate=model.arrival_rate(w))
+    tau0, tau1 = model.step_coefficients(w.dtype)
+    # random routing: one replica at lambda / c is the same in distribution; otherwise the
+    # whole system at lambda, every arrival routed by the replicas' state
+    c = model.replicas
+    pooled = model.pooled
+    stream_w = w if pooled else w.replace(arrival_rate=model.arrival_rate(w))
+    share = 1 if pooled else c  # throughputs of the whole system
+
+    def trajectory(arrivals, work, first_steps, window):
+        if pooled:
+            return routed_trajectory(
+                arrivals,
+                work,
+                first_steps,
+                tau0,
+                tau1,
+                slots,
+                model.max_batch,
+                c,
+                model.routing,
+                window,
+            )
+        return batching_trajectory(
+            arrivals, work, first_steps, tau0, tau1, slots, model.max_batch, window
+        )
 
     def replication(r):
-        stream = sample_stream(jax.random.fold_in(key, r), replica, num_queries)
+        stream = sample_stream(jax.random.fold_in(key, r), stream_w, num_queries)
         arrivals = jnp.cumsum(stream.gaps)
         onehot = jax.nn.one_hot(stream.task[warmup:], w.num_tasks, dtype=w.dtype)
         per_type = jnp.sum(onehot, 0)
@@ -373,9 +653,7 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
             total, first = _work(model, l, w)
             work, first_steps = total[stream.task], first[stream.task]
             window = (arrivals[warmup], arrivals[-1])  # steady state: after warm-up, before drain
-            admit, first_t, depart, hist, overflow = batching_trajectory(
-                arrivals, work, first_steps, tau0, tau1, slots, model.max_batch, window
-            )
+            admit, first_t, depart, hist, overflow = trajectory(arrivals, work, first_steps, window)
             T = (depart - arrivals)[warmup:]
             Q = (admit - arrivals)[warmup:]
             F = (first_t - arrivals)[warmup:]
@@ -392,8 +670,8 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
                 *sample_quantiles(T),
                 sample_quantiles(F)[1],
                 jnp.sum(frac * sizes),
-                (num_queries - warmup) / span,
-                tokens_done / span,
+                share * (num_queries - warmup) / span,
+                share * tokens_done / span,
                 jnp.mean(correct[warmup:].astype(w.dtype)),
                 (T @ onehot) / jnp.where(per_type > 0, per_type, jnp.nan),
                 frac,

@@ -60,17 +60,11 @@ class BatchingNewton(AbstractSolver):
     # -- the aggregate problem
 
     def _g(self, m, w: Workload):
-        """E[T] as a function of the mean work (one replica's arrival rate)."""
-        model = self.model
-        tau0, tau1 = model._tau(w.dtype)
-        lam = model.arrival_rate(w)
-        q = lam * tau1 * m
-        stable = q < 1
-        qs = jnp.where(stable, q, 0.5)
-        r = tau0 / tau1 + 1
-        in_system = r * qs / (1 - qs)
-        residual = 0.5 * (tau0 * (1 - jnp.exp(r * jnp.log1p(-qs))) + tau1 * in_system)
-        return jnp.where(stable, residual + (tau0 + tau1) * m / (1 - qs), jnp.inf)
+        """E[T] as a function of the mean work (`+inf` where the server is unstable)."""
+        _, tau1 = self.model.step_coefficients(w.dtype)
+        stable = self.model.arrival_rate(w) * tau1 * m < 1
+        total = self.model.stats_of_work(m, jnp.zeros_like(m), w)["system_time"]
+        return jnp.where(stable, total, jnp.inf)
 
     def _price(self, m, w):
         g1 = jax.grad(self._g)(m, w)
@@ -92,7 +86,7 @@ class BatchingNewton(AbstractSolver):
         full = jnp.broadcast_to(w.max_tokens, w.A.shape).astype(w.dtype)
         lo = jnp.sum(w.share * self.model.work(zeros, w))
         top = jnp.sum(w.share * self.model.work(full, w))
-        _, tau1 = self.model._tau(w.dtype)
+        _, tau1 = self.model.step_coefficients(w.dtype)
         limit = 1 / (self.model.arrival_rate(w) * tau1)
         hi = jnp.minimum(top, limit * (1 - 4 * jnp.finfo(w.dtype).eps))
         return lo, hi

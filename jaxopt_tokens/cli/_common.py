@@ -11,7 +11,7 @@ import jax
 
 from .._errors import InputError
 from .._io import default_workload, load_workload
-from .._queue.batching import DEFAULT_ANSWER_TOKENS, ContinuousBatching
+from .._queue.batching import DEFAULT_ANSWER_TOKENS, ROUTINGS, ContinuousBatching
 from .._workload import Workload
 
 __all__ = [
@@ -186,15 +186,26 @@ def add_server_options(
             type=int_at_least(1),
             default=1,
             metavar="C",
-            help="batching: identical replicas with random routing, each at lambda / C "
-            "(default: 1)",
+            help="batching: identical replicas sharing the arrivals (default: 1)",
         )
+    g.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default="random",
+        help="batching with replicas: random (each replica sees lambda / C), shortest_queue "
+        "(join the replica with the fewest requests) or least_loaded (the least work left); "
+        "the last two are the pooled approximation, checked by simulation (default: random)",
+    )
 
 
 def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
     """The batching server the options describe, or None for the paper's M/G/1."""
     if args.server != "batching":
-        for flag, value in (("--step-time", args.step_time), ("--max-batch", args.max_batch)):
+        for flag, value in (
+            ("--step-time", args.step_time),
+            ("--max-batch", args.max_batch),
+            ("--routing", None if args.routing == "random" else args.routing),
+        ):
             if value is not None:
                 raise InputError(f"{flag} describes a batching server: add --server batching")
         return None
@@ -206,4 +217,5 @@ def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
         answer_tokens=args.answer_tokens,
         prefill=args.prefill,
         replicas=getattr(args, "replicas", 1),
+        routing=args.routing,
     )

@@ -72,6 +72,7 @@ def server_report(w: Workload, sol: Solution, model: ContinuousBatching) -> dict
             "answer_tokens": np.asarray(model.answer_tokens).tolist(),
             "prefill": np.asarray(model.prefill).tolist(),
             "replicas": model.replicas,
+            "routing": model.routing,
         },
         "tokens": [float(v) for v in np.asarray(tokens)],
         "tokens_int": [int(v) if np.isfinite(v) else None for v in np.asarray(tokens_int)],

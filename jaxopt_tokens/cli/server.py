@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plan",
         help="fewest replicas of a batching server, with their budgets, that meet a latency target",
-        description="For 1, 2, ... replicas (random routing), solve the budgets under the "
+        description="For 1, 2, ... replicas (--routing), solve the budgets under the "
         "batching model and report E[T], accuracy and (with --target-p95) simulated p95; the "
         "answer is the fewest replicas meeting every target.",
     )
@@ -126,37 +126,26 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
     server = server_from_args(args)
     if server is None:
         raise InputError("plan: --server must be batching (replicas of the M/G/1 model: no)")
-    counts = np.arange(1, args.max_replicas + 1)
-    rows = []
+    rows: list[dict] = []
+    chosen = None
     with loaded_workload(args) as w:
-        # c replicas with random routing = one replica at rate lambda / c: one batched solve
-        batch = jax.vmap(lambda c: w.replace(arrival_rate=w.arrival_rate / c))(
-            jnp.asarray(counts, w.dtype)
-        )
-        sols = solve_latency(batch, server)
-        tokens = np.asarray(sols.tokens)
-        et = np.asarray(server.mean_system_time(sols.tokens, batch))
-        acc = np.asarray(jax.vmap(mean_accuracy)(sols.tokens, batch))
-        load = np.asarray(server.load(sols.tokens, batch))
-        status = np.asarray(sols.status)
-        chosen = None
-        for i, c in enumerate(counts):
-            ok = status[i] == Status.CONVERGED
+        for c, model, wc, tokens, status in _plans(w, server, args.max_replicas):
+            ok = status == Status.CONVERGED
+            et = float(model.mean_system_time(tokens, wc))
             row = {
                 "replicas": int(c),
-                "status": Status(int(status[i])).name.lower(),
-                "tokens": tokens[i].tolist() if ok else None,
-                "mean_system_time": float(et[i]) if ok else None,
-                "accuracy": float(acc[i]) if ok else None,
-                "load": float(load[i]) if ok else None,
+                "status": Status(int(status)).name.lower(),
+                "tokens": np.asarray(tokens).tolist() if ok else None,
+                "mean_system_time": et if ok else None,
+                "accuracy": float(mean_accuracy(tokens, wc)) if ok else None,
+                "load": float(model.load(tokens, wc)) if ok else None,
                 "p95_system_time": None,
                 "meets": False,
             }
-            meets = ok and et[i] <= args.target_latency
+            meets = ok and et <= args.target_latency
             if meets and args.target_p95 is not None and chosen is None:
-                wi = w.replace(arrival_rate=w.arrival_rate / c)
                 sim = simulate_batching(
-                    wi, sols.tokens[i][None], server, args.num_queries, args.num_replications
+                    wc, tokens[None], model, args.num_queries, args.num_replications
                 )
                 p95 = float(sim.interval("system_time_p95")[0][0])
                 row["p95_system_time"] = p95
@@ -165,7 +154,10 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
             if meets and chosen is None:
                 chosen = row
             rows.append(row)
+            if model.routing != "random" and _enough(rows, chosen):
+                break  # routed by state, every count is a new solve (and compilation)
     report = {
+        "routing": server.routing,
         "target_latency": args.target_latency,
         "target_p95": args.target_p95,
         "arrival_rate": float(np.asarray(w.arrival_rate)),
@@ -182,6 +174,39 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
     else:
         _print(report)
     return 0 if chosen is not None else 1
+
+
+def _enough(rows: list[dict], chosen: dict | None) -> bool:
+    """Stop the scan: two counts shown beyond the answer, or (no answer yet) the mean latency
+    has stopped falling (under 0.1% over each of the last three counts: the latency floor)."""
+    if chosen is not None:
+        return rows[-1]["replicas"] >= chosen["replicas"] + 2
+    et = [r["mean_system_time"] for r in rows[-4:]]
+    if len(et) < 4 or any(t is None for t in et):
+        return False
+    return all(a - b < 1e-3 * a for a, b in zip(et, et[1:]))
+
+
+def _plans(w, server, max_replicas: int):
+    """`(c, model, workload, tokens, status)` for c = 1, 2, ... replicas. Random routing: c
+    replicas = one replica at lambda / c, so every count is one member of a batched solve;
+    routing by state: one solve of the pooled model per count (generated lazily)."""
+    counts = np.arange(1, max_replicas + 1)
+    if server.routing == "random":
+        single = server.replace(replicas=1)
+        batch = jax.vmap(lambda c: w.replace(arrival_rate=w.arrival_rate / c))(
+            jnp.asarray(counts, w.dtype)
+        )
+        sols = solve_latency(batch, single)
+        status = np.asarray(sols.status)
+        for i, c in enumerate(counts):
+            wc = w.replace(arrival_rate=w.arrival_rate / c)
+            yield int(c), single, wc, sols.tokens[i], int(status[i])
+        return
+    for c in counts:
+        model = server.replace(replicas=int(c))
+        sol = solve_latency(w, model)
+        yield int(c), model, w, sol.tokens, int(np.asarray(sol.status))
 
 
 def _figure(rows, args, path: Path) -> None:
@@ -204,7 +229,7 @@ def _figure(rows, args, path: Path) -> None:
     )
     ax2.axhline(args.target_latency, color="C1", lw=0.8, ls=":")
     ax2.set(ylabel="mean system time E[T] (s)")
-    ax.set_title("Accuracy and latency vs replicas (batching server, random routing)")
+    ax.set_title(f"Accuracy and latency vs replicas (batching server, {args.routing} routing)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
             rows, what = BATCHING_ROWS, "batching server"
             discipline = (
                 f"continuous batching, max batch {server.max_batch or 'unlimited'}, "
-                f"{server.replicas} replica(s)"
+                f"{server.replicas} replica(s), {server.routing} routing"
             )
         summary = result.summary(args.level)
     report = {
