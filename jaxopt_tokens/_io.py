@@ -57,20 +57,20 @@ def default_workload(dtype=None) -> Workload:
     return w if dtype is None else w.astype(dtype)
 
 
-def load_workload(path: str | Path, dtype=None) -> Workload:
+def load_workload(path: str | Path, dtype=None, *, stability: bool = True) -> Workload:
     """Load and validate a workload from a `.toml` or `.json` file.
 
     Raises `WorkloadError` (a `ValueError`) naming the file, the field, the task and, for
-    TOML, the line of the task's `[[tasks]]` entry.
+    TOML, the line of the task's `[[tasks]]` entry. `stability` as in `Workload.validate`.
     """
     text = read_text(path, "workload", WorkloadError)
     path = Path(path)
     fmt = "json" if path.suffix.lower() == ".json" else "toml"
-    w = _parse(text, str(path), fmt)
+    w = _parse(text, str(path), fmt, stability)
     return w if dtype is None else w.astype(dtype)
 
 
-def _parse(text: str, source: str, fmt: str) -> Workload:
+def _parse(text: str, source: str, fmt: str, stability: bool = True) -> Workload:
     try:
         data = json.loads(text) if fmt == "json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
@@ -80,7 +80,7 @@ def _parse(text: str, source: str, fmt: str) -> Workload:
         for i, line in enumerate(text.splitlines())
         if re.match(r"\s*\[\[\s*tasks\s*\]\]", line)
     ]
-    return workload_from_dict(data, source=source, task_lines=task_lines)
+    return workload_from_dict(data, source=source, task_lines=task_lines, stability=stability)
 
 
 def _number(value: Any, where: str) -> float:
@@ -93,9 +93,14 @@ def _number(value: Any, where: str) -> float:
 
 
 def workload_from_dict(
-    data: dict[str, Any], *, source: str = "<dict>", task_lines: list[int] | None = None
+    data: dict[str, Any],
+    *,
+    source: str = "<dict>",
+    task_lines: list[int] | None = None,
+    stability: bool = True,
 ) -> Workload:
-    """Build and validate a workload from the file layout above (already parsed)."""
+    """Build and validate a workload from the file layout above (already parsed);
+    `stability` as in `Workload.validate`."""
     if not isinstance(data, dict):
         raise WorkloadError(f"{source}: the top level must be a table/object")
     tasks = data.get("tasks")
@@ -151,7 +156,7 @@ def workload_from_dict(
         names=tuple(names),
     )
     try:
-        return w.validate()
+        return w.validate(stability)
     except WorkloadError as e:
         msg = str(e)
         m = re.search(r"task '([^']*)'", msg)

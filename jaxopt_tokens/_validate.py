@@ -161,8 +161,12 @@ def _check_shapes(
         raise WorkloadError(f"'names' has {len(names)} entries for {n} tasks")
 
 
-def check_values(fields: Mapping[str, Any], names: tuple[str, ...], dtype) -> None:
-    """Raise `WorkloadError` at the first violation of `RULES` (concrete values only)."""
+def check_values(
+    fields: Mapping[str, Any], names: tuple[str, ...], dtype, stability: bool = True
+) -> None:
+    """Raise `WorkloadError` at the first violation of `RULES` (concrete values only).
+    `stability=False` skips the M/G/1 server's stability rule (for a workload served by
+    another model, such as a batching server, which has its own)."""
     try:
         arrays = {f: np.asarray(fields[f], dtype=np.float64) for f in PER_TASK_FIELDS}
         scalars = {f: np.asarray(fields[f], dtype=np.float64) for f in SCALAR_FIELDS}
@@ -181,6 +185,8 @@ def check_values(fields: Mapping[str, Any], names: tuple[str, ...], dtype) -> No
         if bad.any():
             _raise(f, "must be a finite number", bad, every, names)
     for rule in RULES:
+        if not stability and rule.status == Status.UNSTABLE_INPUT:
+            continue
         bad = np.asarray(rule.bad(every, dtype))
         if bad.any():
             _raise(rule.field, rule.what, bad, every, names, rule, dtype)

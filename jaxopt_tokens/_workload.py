@@ -111,14 +111,20 @@ class Workload(eqx.Module):
             **{f: getattr(self, f).astype(dtype) for f in PER_TASK_FIELDS + SCALAR_FIELDS}
         )
 
-    def validate(self) -> Workload:
+    def validate(self, stability: bool = True) -> Workload:
         """Check every value eagerly; raise `WorkloadError` naming the field and task.
 
         Accepts a single workload or a batch (leading axes); for a batch the message names
-        the first offending member. Returns `self` so that calls can be chained.
+        the first offending member. `stability=False` skips the check that the paper's
+        M/G/1 server is stable at zero tokens (for a workload served by another model, such
+        as `ContinuousBatching`, whose stability is its own). Returns `self` so that calls
+        can be chained.
         """
         check_values(
-            {f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS}, self.names, self.dtype
+            {f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS},
+            self.names,
+            self.dtype,
+            stability,
         )
         return self
 

@@ -527,6 +527,32 @@ def test_cli_fit_server_solve_and_plan(tmp_path, capsys):
     assert "tau1" in capsys.readouterr().err
 
 
+def test_cli_routing_by_state_plans_solves_and_simulates(capsys):
+    """`plan --routing shortest_queue` at an arrival rate the paper's M/G/1 server could not
+    take (the batching server judges its own stability), and `simulate --replicas`."""
+    from jaxopt_tokens.cli.main import main
+
+    server = ["--step-time", "0.02,0.0005", "--routing", "shortest_queue"]
+    plan = ["plan", *server, "--arrival-rate", "15", "--target-latency", "20"]
+    assert main([*plan, "--max-replicas", "8", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["routing"] == "shortest_queue" and out["replicas"] == 3
+    rows = out["rows"]
+    assert rows[0]["status"] == "unstable_input" and not rows[1]["meets"]
+    # the scan stops two counts past the answer (each count is a new solve)
+    assert len(rows) == 5 and rows[2]["mean_system_time"] <= 20
+    sim = ["simulate", "--server", "batching", *server, "--max-batch", "8", "--replicas", "3"]
+    sim += ["--arrival-rate", "3", "--num-queries", "1500", "--num-replications", "2"]
+    assert main([*sim, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "shortest_queue routing" in report["discipline"]
+    assert main(["solve", "--routing", "least_loaded"]) == 2
+    assert "--server batching" in capsys.readouterr().err
+    # the M/G/1 server still refuses the arrival rate it cannot take
+    assert main(["solve", "--arrival-rate", "15"]) == 2
+    assert "unstable" in capsys.readouterr().err
+
+
 def test_budgets_differ_between_mg1_and_batching_for_a_reason(table1):
     """M/G/1 charges the second moment of service time (a long request delays everyone
     behind it); batching charges mean work. At the same mean load, batching gives the long

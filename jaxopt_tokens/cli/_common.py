@@ -44,8 +44,14 @@ def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> 
 
 
 def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
-    """The workload the options name, with overrides applied and validated."""
-    w = load_workload(args.workload) if args.workload is not None else default_workload()
+    """The workload the options name, with overrides applied and validated (a batching
+    server judges its own stability: the M/G/1 rule is not applied to it)."""
+    stability = getattr(args, "server", "mg1") != "batching"
+    w = (
+        load_workload(args.workload, stability=stability)
+        if args.workload is not None
+        else default_workload()
+    )
     changes = {}
     for opt, field in (
         ("arrival_rate", "arrival_rate"),
@@ -58,7 +64,7 @@ def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
     if changes:
         w = w.replace(**changes)
         try:
-            w.validate()
+            w.validate(stability)
         except InputError as e:
             raise InputError(f"{e} (from the command-line override)") from None
     return w if dtype is None else w.astype(dtype)
