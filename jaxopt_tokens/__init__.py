@@ -8,6 +8,7 @@ Implementation lives in private modules; see the documentation site for the arch
 """
 
 from . import clear, strategy
+from ._deploy.capacity import ReplicaCount, ReplicaPlan, plan_replicas
 from ._deploy.export import (
     DEFAULT_ANSWER_RESERVE,
     DEFAULT_EFFORT_BOUNDS,
@@ -153,6 +154,9 @@ __all__ = [
     "ContinuousBatching",
     "simulate_batching",
     "BatchingSimulation",
+    "plan_replicas",
+    "ReplicaPlan",
+    "ReplicaCount",
     "latency_objective",
     "simulate",
     "SimulationResult",

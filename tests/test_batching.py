@@ -527,6 +527,29 @@ def test_cli_fit_server_solve_and_plan(tmp_path, capsys):
     assert "tau1" in capsys.readouterr().err
 
 
+def test_plan_replicas_api_answers_the_fewest_and_refuses_bad_targets(table1):
+    server = jt.ContinuousBatching(step_time=TAU)
+    w = table1.replace(arrival_rate=15.0)
+    plan = jt.plan_replicas(w, server, 20.0, max_replicas=6)
+    assert plan.routing == "random" and len(plan.rows) == 6  # one batched solve: every count
+    first = plan.replicas
+    assert first is not None and plan.rows[first - 1].meets
+    assert not any(r.meets for r in plan.rows[: first - 1])
+    assert plan.budgets == plan.rows[first - 1].tokens
+    # c random replicas are one replica at lambda / c
+    alone = jt.solve_latency(w.replace(arrival_rate=15.0 / first), server)
+    np.testing.assert_allclose(plan.budgets, np.asarray(alone.tokens), rtol=1e-9)
+    with pytest.raises(jt.InputError, match="target_latency"):
+        jt.plan_replicas(w, server, -1.0)
+    with pytest.raises(jt.InputError, match="server"):
+        jt.plan_replicas(w, jt.FIFO(), 1.0)
+    with pytest.raises(jt.InputError, match="max_replicas"):
+        jt.plan_replicas(w, server, 1.0, max_replicas=0)
+    batch = jax.vmap(lambda r: table1.replace(arrival_rate=r))(jnp.asarray([1.0, 2.0]))
+    with pytest.raises(jt.InputError, match="one workload"):
+        jt.plan_replicas(batch, server, 1.0)
+
+
 def test_cli_routing_by_state_plans_solves_and_simulates(capsys):
     """`plan --routing shortest_queue` at an arrival rate the paper's M/G/1 server could not
     take (the batching server judges its own stability), and `simulate --replicas`."""

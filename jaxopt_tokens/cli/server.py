@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import warnings
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .._deploy.capacity import plan_replicas
 from .._deploy.fit import FitWarning
 from .._deploy.step_time import fit_step_time
 from .._errors import InputError
-from .._objective import mean_accuracy
-from .._queue.batching_sim import simulate_batching
-from .._solver.solve import solve_latency
-from .._status import Status
 from ._common import (
     add_force_option,
     add_server_options,
@@ -126,44 +122,32 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
     server = server_from_args(args)
     if server is None:
         raise InputError("plan: --server must be batching (replicas of the M/G/1 model: no)")
-    rows: list[dict] = []
-    chosen = None
     with loaded_workload(args) as w:
-        for c, model, wc, tokens, status in _plans(w, server, args.max_replicas):
-            ok = status == Status.CONVERGED
-            et = float(model.mean_system_time(tokens, wc))
-            row = {
-                "replicas": int(c),
-                "status": Status(int(status)).name.lower(),
-                "tokens": np.asarray(tokens).tolist() if ok else None,
-                "mean_system_time": et if ok else None,
-                "accuracy": float(mean_accuracy(tokens, wc)) if ok else None,
-                "load": float(model.load(tokens, wc)) if ok else None,
-                "p95_system_time": None,
-                "meets": False,
-            }
-            meets = ok and et <= args.target_latency
-            if meets and args.target_p95 is not None and chosen is None:
-                sim = simulate_batching(
-                    wc, tokens[None], model, args.num_queries, args.num_replications
-                )
-                p95 = float(sim.interval("system_time_p95")[0][0])
-                row["p95_system_time"] = p95
-                meets = p95 <= args.target_p95
-            row["meets"] = bool(meets)
-            if meets and chosen is None:
-                chosen = row
-            rows.append(row)
-            if model.routing != "random" and _enough(rows, chosen):
-                break  # routed by state, every count is a new solve (and compilation)
+        result = plan_replicas(
+            w,
+            server,
+            args.target_latency,
+            target_p95=args.target_p95,
+            max_replicas=args.max_replicas,
+            num_queries=args.num_queries,
+            num_replications=args.num_replications,
+        )
+    rows = [
+        {
+            **{f.name: getattr(r, f.name) for f in dataclasses.fields(r)},
+            "status": r.status.name.lower(),
+            "tokens": None if r.tokens is None else list(r.tokens),
+        }
+        for r in result.rows
+    ]
     report = {
-        "routing": server.routing,
-        "target_latency": args.target_latency,
-        "target_p95": args.target_p95,
+        "routing": result.routing,
+        "target_latency": result.target_latency,
+        "target_p95": result.target_p95,
         "arrival_rate": float(np.asarray(w.arrival_rate)),
         "tasks": list(w.task_names),
-        "replicas": None if chosen is None else chosen["replicas"],
-        "budgets": None if chosen is None else chosen["tokens"],
+        "replicas": result.replicas,
+        "budgets": None if result.budgets is None else list(result.budgets),
         "rows": rows,
     }
     if plot is not None:
@@ -173,40 +157,7 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
         emit_json(report)
     else:
         _print(report)
-    return 0 if chosen is not None else 1
-
-
-def _enough(rows: list[dict], chosen: dict | None) -> bool:
-    """Stop the scan: two counts shown beyond the answer, or (no answer yet) the mean latency
-    has stopped falling (under 0.1% over each of the last three counts: the latency floor)."""
-    if chosen is not None:
-        return rows[-1]["replicas"] >= chosen["replicas"] + 2
-    et = [r["mean_system_time"] for r in rows[-4:]]
-    if len(et) < 4 or any(t is None for t in et):
-        return False
-    return all(a - b < 1e-3 * a for a, b in zip(et, et[1:]))
-
-
-def _plans(w, server, max_replicas: int):
-    """`(c, model, workload, tokens, status)` for c = 1, 2, ... replicas. Random routing: c
-    replicas = one replica at lambda / c, so every count is one member of a batched solve;
-    routing by state: one solve of the pooled model per count (generated lazily)."""
-    counts = np.arange(1, max_replicas + 1)
-    if server.routing == "random":
-        single = server.replace(replicas=1)
-        batch = jax.vmap(lambda c: w.replace(arrival_rate=w.arrival_rate / c))(
-            jnp.asarray(counts, w.dtype)
-        )
-        sols = solve_latency(batch, single)
-        status = np.asarray(sols.status)
-        for i, c in enumerate(counts):
-            wc = w.replace(arrival_rate=w.arrival_rate / c)
-            yield int(c), single, wc, sols.tokens[i], int(status[i])
-        return
-    for c in counts:
-        model = server.replace(replicas=int(c))
-        sol = solve_latency(w, model)
-        yield int(c), model, w, sol.tokens, int(np.asarray(sol.status))
+    return 0 if result.replicas is not None else 1
 
 
 def _figure(rows, args, path: Path) -> None:
