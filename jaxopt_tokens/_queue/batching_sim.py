@@ -13,8 +13,10 @@ next completion, or the first step boundary at or after the next arrival (when a
 free). Time is kept as $t_{\text{busy}} + S \tau_0 + M \tau_1$ with integer counts of steps
 $S$ and of tokens $M$ since the busy period began, so it equals a step-by-step simulation of
 the same rules to rounding (the tests compare with an independent plain-Python one to 1e-9).
-Each replication runs one `while_loop` over at most $3 \times$ `num_queries` events; policies
-and replications are vmapped, on common random numbers (`sample_stream`). With `replicas`,
+Each replication runs one `while_loop` over at most $3 \times$ `num_queries` events, the
+policies on common random numbers (`sample_stream`): one after another on the CPU, in vmapped
+chunks on accelerators (a vmapped `while_loop` selects its whole carry, the per-request arrays,
+at every event: linear per event on the CPU, parallel on an accelerator). With `replicas`,
 random routing is simulated as one replica at arrival rate $\lambda / c$ (the same in
 distribution; throughputs are scaled to the whole system), and routing by the replicas' state
 (`"shortest_queue"`, `"least_loaded"`) by `routed_trajectory`: all replicas at once, each
@@ -350,7 +352,8 @@ def routed_trajectory(
         at = jnp.where(busy | waiting, times(s, s.S + k, s.M + k * s.n), jnp.inf)
         return k, at
 
-    def route(s: _Routed) -> _Routed:
+    def route(s: _Routed, on) -> _Routed:
+        """Route the next arrival (a no-op unless `on`)."""
         t = arrivals[s.ap]
         if routing == "shortest_queue":
             score = s.present
@@ -363,7 +366,9 @@ def routed_trajectory(
             score = s.left - jnp.where(s.n > 0, j, 0) * s.n
         r = jnp.argmin(score)
         idle = (s.n[r] == 0) & (s.tail[r] == s.head[r])
-        hist = s.hist.at[0].add(jnp.where(idle, _overlap(s.t_last[r], t, window), 0))
+        hist = s.hist.at[0].add(jnp.where(on & idle, _overlap(s.t_last[r], t, window), 0))
+        r = jnp.where(on, r, c)  # out of range: every per-replica write below is dropped
+        rc = jnp.minimum(r, c - 1)
         return eqx.tree_at(
             lambda x: (
                 x.queue,
@@ -379,20 +384,22 @@ def routed_trajectory(
             ),
             s,
             (
-                s.queue.at[r, s.tail[r]].set(s.ap),
-                s.tail.at[r].add(1),
-                s.present.at[r].add(1),
-                s.left.at[r].add(work[s.ap]),
-                s.t_busy.at[r].set(jnp.where(idle, t, s.t_busy[r])),
-                s.S.at[r].set(jnp.where(idle, 0, s.S[r])),
-                s.M.at[r].set(jnp.where(idle, 0, s.M[r])),
-                s.t_last.at[r].set(jnp.where(idle, t, s.t_last[r])),
-                s.ap + 1,
+                s.queue.at[r, s.tail[rc]].set(s.ap, mode="drop"),
+                s.tail.at[r].add(1, mode="drop"),
+                s.present.at[r].add(1, mode="drop"),
+                s.left.at[r].add(work[jnp.minimum(s.ap, q - 1)], mode="drop"),
+                s.t_busy.at[r].set(jnp.where(idle, t, s.t_busy[rc]), mode="drop"),
+                s.S.at[r].set(jnp.where(idle, 0, s.S[rc]), mode="drop"),
+                s.M.at[r].set(jnp.where(idle, 0, s.M[rc]), mode="drop"),
+                s.t_last.at[r].set(jnp.where(idle, t, s.t_last[rc]), mode="drop"),
+                s.ap + on.astype(idt),
                 hist,
             ),
         )
 
-    def advance(s: _Routed, r, k) -> _Routed:
+    def advance(s: _Routed, r, k, on) -> _Routed:
+        """Advance replica `r` by `k` steps to its event (a no-op unless `on`)."""
+        k = jnp.where(on, k, 0)
         G, S, M, n = s.G[r], s.S[r], s.M[r], s.n[r]
         req, target, first = s.req[r], s.target[r], s.first[r]
         t_busy = s.t_busy[r]
@@ -417,8 +424,8 @@ def routed_trajectory(
         n2 = n - ndone
         # admit from the replica's queue at T2, FIFO, while slots are free
         waiting = s.tail[r] - s.head[r]
-        kk = jnp.minimum(cap - n2, waiting)
-        overflow = s.overflow | ((limit is None) & (waiting > cap - n2))
+        kk = jnp.where(on, jnp.minimum(cap - n2, waiting), 0)
+        overflow = s.overflow | (on & (limit is None) & (waiting > cap - n2))
         free = req < 0
         rank = (jnp.cumsum(free) - 1).astype(idt)
         take = free & (rank < kk)
@@ -430,6 +437,7 @@ def routed_trajectory(
         target = jnp.where(take, G2 + work_ext[idx], target)
         first = jnp.where(take, G2 + first_ext[idx], first)
         admit = s.admit.at[idx].set(T2, mode="drop")
+        w_r = jnp.where(on, r, c)  # out of range when off: the writes are dropped
         return eqx.tree_at(
             lambda x: (
                 x.G,
@@ -452,17 +460,17 @@ def routed_trajectory(
             ),
             s,
             (
-                s.G.at[r].set(G2),
-                s.S.at[r].set(S2),
-                s.M.at[r].set(M2),
-                s.n.at[r].set(n2 + kk),
-                s.req.at[r].set(req),
-                s.target.at[r].set(target),
-                s.first.at[r].set(first),
-                s.head.at[r].add(kk),
-                s.present.at[r].add(-ndone),
-                s.left.at[r].add(-k * n),
-                s.t_last.at[r].set(T2),
+                s.G.at[w_r].set(G2, mode="drop"),
+                s.S.at[w_r].set(S2, mode="drop"),
+                s.M.at[w_r].set(M2, mode="drop"),
+                s.n.at[w_r].set(n2 + kk, mode="drop"),
+                s.req.at[w_r].set(req, mode="drop"),
+                s.target.at[w_r].set(target, mode="drop"),
+                s.first.at[w_r].set(first, mode="drop"),
+                s.head.at[w_r].add(kk, mode="drop"),
+                s.present.at[w_r].add(-ndone, mode="drop"),
+                s.left.at[w_r].add(-k * n, mode="drop"),
+                s.t_last.at[w_r].set(T2, mode="drop"),
                 s.departed + ndone,
                 admit,
                 first_token,
@@ -476,7 +484,9 @@ def routed_trajectory(
         k, at = next_events(s)
         r = jnp.argmin(at)
         arrival = arrivals_ext[s.ap]
-        s = jax.lax.cond(arrival < at[r], route, lambda s: advance(s, r, k[r]), s)
+        # both branches, masked (a `cond` would copy the loop's large arrays every event)
+        routing_now = arrival < at[r]
+        s = advance(route(s, routing_now), r, k[r], ~routing_now)
         return eqx.tree_at(lambda x: x.events, s, s.events + 1)
 
     zeros = jnp.zeros((c,), idt)
@@ -678,7 +688,11 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
                 overflow,
             )
 
-        return jax.vmap(policy)(tokens)
+        # a vmapped while_loop selects its whole carry (the per-request arrays) every event:
+        # O(queries) per event. On the CPU policies go one at a time; accelerators take
+        # vmapped chunks, where the select is parallel
+        chunk = 1 if jax.default_backend() == "cpu" else 64
+        return jax.lax.map(policy, tokens, batch_size=chunk)
 
     out = jax.lax.map(replication, jnp.arange(num_replications))
     # (R, P, ...) -> (P, R, ...)
