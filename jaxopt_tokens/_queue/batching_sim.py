@@ -690,9 +690,11 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
 
         # a vmapped while_loop selects its whole carry (the per-request arrays) every event:
         # O(queries) per event. On the CPU policies go one at a time; accelerators take
-        # vmapped chunks, where the select is parallel
-        chunk = 1 if jax.default_backend() == "cpu" else 64
-        return jax.lax.map(policy, tokens, batch_size=chunk)
+        # vmapped chunks, where the select is parallel (lax.map's batch_size=1 would still
+        # vmap, over chunks of one).
+        if jax.default_backend() == "cpu":
+            return jax.lax.map(policy, tokens)
+        return jax.lax.map(policy, tokens, batch_size=64)
 
     out = jax.lax.map(replication, jnp.arange(num_replications))
     # (R, P, ...) -> (P, R, ...)
