@@ -152,6 +152,16 @@ def _overlap(a, b, window):
     return jnp.maximum(jnp.minimum(b, window[1]) - jnp.maximum(a, window[0]), 0)
 
 
+def _steps_to_reach(at, S, M, n, a, idt):
+    """The fewest steps j >= 1 from the boundary (S, M) whose end `at(S + j, M + j n)` is at or
+    after time `a` (the division's estimate, corrected by one either way for rounding)."""
+    T = at(S, M)
+    d = at(S + 1, M + n) - T
+    j = jnp.maximum(1, jnp.ceil((a - T) / d)).astype(idt)
+    j = jnp.where(at(S + j - 1, M + (j - 1) * n) >= a, jnp.maximum(j - 1, 1), j)
+    return jnp.where(at(S + j, M + j * n) < a, j + 1, j)
+
+
 def batching_trajectory(
     arrivals: Float[Array, " q"],
     work: Int[Array, " q"],
@@ -207,13 +217,10 @@ def batching_trajectory(
         n = s.n + k
         qp = s.qp + k
         # jump to the next completion, or the first boundary at or after the next arrival
-        d = tau0 + tau1 * n.astype(dtype)
         occupied = req >= 0
         kc = jnp.min(jnp.where(occupied, target, big)) - s.G
         nxt = arrivals_ext[qp]
-        j = jnp.maximum(1, jnp.ceil((nxt - T) / d)).astype(kc.dtype)
-        j = jnp.where(time_at(s, s.S + j - 1, s.M + (j - 1) * n) >= nxt, jnp.maximum(j - 1, 1), j)
-        j = jnp.where(time_at(s, s.S + j, s.M + j * n) < nxt, j + 1, j)
+        j = _steps_to_reach(lambda S_, M_: time_at(s, S_, M_), s.S, s.M, n, nxt, kc.dtype)
         wait_arrival = (n < cap) & (qp < q) & jnp.isfinite(nxt)
         kj = jnp.where(wait_arrival, jnp.minimum(kc, j), kc)
         G = s.G + kj
@@ -343,11 +350,7 @@ def routed_trajectory(
         kc = jnp.min(jnp.where(s.req >= 0, s.target, big), -1) - s.G
         # a routed request waiting for a free slot: the first boundary at or after its arrival
         a = arrivals[s.queue[jnp.arange(c), jnp.clip(s.head, 0, q - 1)]]
-        T = times(s, s.S, s.M)
-        d = tau0 + tau1 * s.n.astype(dtype)
-        j = jnp.maximum(1, jnp.ceil((a - T) / d)).astype(idt)
-        j = jnp.where(times(s, s.S + j - 1, s.M + (j - 1) * s.n) >= a, jnp.maximum(j - 1, 1), j)
-        j = jnp.where(times(s, s.S + j, s.M + j * s.n) < a, j + 1, j)
+        j = _steps_to_reach(lambda S_, M_: times(s, S_, M_), s.S, s.M, s.n, a, idt)
         k = jnp.where(busy, jnp.where(waiting & (s.n < cap), jnp.minimum(kc, j), kc), 0)
         at = jnp.where(busy | waiting, times(s, s.S + k, s.M + k * s.n), jnp.inf)
         return k, at

@@ -31,7 +31,7 @@ from jaxtyping import Array
 
 from .._errors import InputError
 from .._kkt import gradient_lipschitz, kkt_residual, objective_gradient, provable_box
-from .._objective import objective
+from .._objective import mean_accuracy, objective
 from .._queue.batching import ContinuousBatching
 from .._queue.models import LatencyModel
 from .._status import Status
@@ -187,8 +187,16 @@ class ProjectedGradient(AbstractSolver):
         Hf = jnp.where(mask, H, -eye)  # fixed coordinates: a unit step of zero gradient
         d = jnp.linalg.solve(Hf, -jnp.where(free, g, 0))
         cand = jnp.clip(s.tokens + jnp.where(free, d, 0), 0, upper)
-        better = model.objective(cand, w) > model.objective(spectral, w)
-        better &= jnp.all(jnp.isfinite(cand))
+        j_cand, j_spec = model.objective(cand, w), model.objective(spectral, w)
+        # near the optimum J cannot tell the two apart: its changes fall below the rounding
+        # of its two terms (J is their small difference). There the smaller KKT residual
+        # decides, or Newton's quadratic steps are refused
+        size = jnp.abs(w.alpha * mean_accuracy(spectral, w)) + jnp.abs(
+            model.mean_system_time(spectral, w)
+        )
+        slack = 16 * jnp.finfo(g.dtype).eps * size
+        tie = (j_cand >= j_spec - slack) & (self._residual(cand, w) < self._residual(spectral, w))
+        better = ((j_cand > j_spec) | tie) & jnp.all(jnp.isfinite(cand))
         return jnp.where(better, cand, spectral)
 
     def terminate(self, w: Workload, s: _State):
