@@ -162,6 +162,22 @@ def _steps_to_reach(at, S, M, n, a, idt):
     return jnp.where(at(S + j, M + j * n) < a, j + 1, j)
 
 
+def _fill_slots(req, target, first, G, count, index_of_rank, work, first_steps):
+    """Admit `count` requests into the free slots, in slot order: the one of rank j among the
+    free slots gets request `index_of_rank(j)`, its last and first tokens at steps
+    `G + work`, `G + first_steps`. Returns the slot arrays and each slot's admitted request
+    (`q`, out of range, where none: for dropped scatters)."""
+    q = work.shape[0]
+    free = req < 0
+    rank = (jnp.cumsum(free) - 1).astype(work.dtype)
+    take = free & (rank < count)
+    idx = jnp.clip(index_of_rank(rank), 0, q - 1)
+    req = jnp.where(take, idx, req)
+    target = jnp.where(take, G + work[idx], target)
+    first = jnp.where(take, G + first_steps[idx], first)
+    return req, target, first, jnp.where(take, idx, q)
+
+
 def batching_trajectory(
     arrivals: Float[Array, " q"],
     work: Int[Array, " q"],
@@ -206,14 +222,10 @@ def batching_trajectory(
         room = cap - s.n
         k = jnp.minimum(room, arrived - s.qp)
         overflow = s.overflow | ((limit is None) & (arrived - s.qp > room))
-        free = s.req < 0
-        rank = (jnp.cumsum(free) - 1).astype(work.dtype)
-        take = free & (rank < k)
-        idx = jnp.clip(s.qp + rank, 0, q - 1)
-        req = jnp.where(take, idx, s.req)
-        target = jnp.where(take, s.G + work[idx], s.target)
-        first = jnp.where(take, s.G + first_steps[idx], s.first)
-        admit = s.admit.at[jnp.where(take, idx, q)].set(T, mode="drop")
+        req, target, first, admitted = _fill_slots(
+            s.req, s.target, s.first, s.G, k, lambda j: s.qp + j, work, first_steps
+        )
+        admit = s.admit.at[admitted].set(T, mode="drop")
         n = s.n + k
         qp = s.qp + k
         # jump to the next completion, or the first boundary at or after the next arrival
@@ -429,17 +441,17 @@ def routed_trajectory(
         waiting = s.tail[r] - s.head[r]
         kk = jnp.where(on, jnp.minimum(cap - n2, waiting), 0)
         overflow = s.overflow | (on & (limit is None) & (waiting > cap - n2))
-        free = req < 0
-        rank = (jnp.cumsum(free) - 1).astype(idt)
-        take = free & (rank < kk)
-        idx = s.queue[r, jnp.clip(s.head[r] + rank, 0, q - 1)]
-        idx = jnp.where(take, idx, q)
-        work_ext = jnp.concatenate([work, jnp.zeros((1,), idt)])
-        first_ext = jnp.concatenate([first_steps, jnp.zeros((1,), idt)])
-        req = jnp.where(take, idx, req)
-        target = jnp.where(take, G2 + work_ext[idx], target)
-        first = jnp.where(take, G2 + first_ext[idx], first)
-        admit = s.admit.at[idx].set(T2, mode="drop")
+        req, target, first, admitted = _fill_slots(
+            req,
+            target,
+            first,
+            G2,
+            kk,
+            lambda j: s.queue[r, jnp.clip(s.head[r] + j, 0, q - 1)],
+            work,
+            first_steps,
+        )
+        admit = s.admit.at[admitted].set(T2, mode="drop")
         w_r = jnp.where(on, r, c)  # out of range when off: the writes are dropped
         return eqx.tree_at(
             lambda x: (
