@@ -27,10 +27,12 @@ residual of the budgets themselves (`kkt_residual`).
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
+from jaxtyping import Array, Bool, Float
 
 from .._kkt import kkt_residual
 from .._lambertw import wright_omega
@@ -38,73 +40,107 @@ from .._objective import objective, service_moments
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
-from .base import AbstractSolver, Iterate, certified
+from .base import AbstractSolver, Iterate, certified, usable_start
 from .implicit import newton_polish
 
-__all__ = ["AggregateNewton", "budgets_at_prices"]
+__all__ = [
+    "AggregateNewton",
+    "TaskConstants",
+    "budgets_at_prices",
+    "task_constants",
+    "unclipped_budgets",
+]
 
 POLISH_STEPS = 8  # final Newton steps on the budgets (quadratic near l*; O(N) each)
 
 
-def unclipped_budgets(d, y, w: Workload):
+class TaskConstants(eqx.Module):
+    """The parts of eqs. (19)-(23) that depend on the workload alone, computed once per solve
+    (a step then takes one logarithm and one omega per task)."""
+
+    has_gain: Bool[Array, "*b n"]  # A_k > 0
+    log_q0: Float[Array, "*b n"]  # log(alpha A b^2 / c^2), in pieces ((b/c)^2 overflows)
+    log_b_over_c: Float[Array, "*b n"]
+    b_over_c: Float[Array, "*b n"]
+    gain: Float[Array, "*b n"]  # alpha A b: the marginal accuracy value at zero tokens
+    gain_at_cap: Float[Array, "*b n"]  # ... and at max_tokens
+
+
+def task_constants(w: Workload) -> TaskConstants:
+    """The `TaskConstants` of `w`."""
+    has_gain = w.A > 0
+    log_b_over_c = jnp.log(w.b) - jnp.log(w.c)
+    gain = w.alpha[..., None] * w.A * w.b
+    return TaskConstants(
+        has_gain=has_gain,
+        log_q0=jnp.log(jnp.where(has_gain, w.alpha[..., None] * w.A, 1)) + 2 * log_b_over_c,
+        log_b_over_c=log_b_over_c,
+        b_over_c=w.b / w.c,
+        gain=gain,
+        gain_at_cap=gain * jnp.exp(-w.b * w.max_tokens[..., None]),
+    )
+
+
+def unclipped_budgets(d, y, w: Workload, k: TaskConstants | None = None):
     """The budgets of eq. (22) at prices $(d, y)$ before the box projection (23).
 
-    `-inf` for a task with $A_k = 0$ (no accuracy to gain).
+    `-inf` for a task with $A_k = 0$ (no accuracy to gain). `k`: `task_constants(w)`, when
+    the caller has it.
     """
+    k = task_constants(w) if k is None else k
     lam = w.arrival_rate
-    has_gain = w.A > 0
-    # per-task constants (hoisted by XLA out of the solver loop): only scalars change per step
-    # log(alpha A b^2 / c^2) in pieces: (b/c)^2 overflows for b beyond ~1e154
-    log_q0 = jnp.log(jnp.where(has_gain, w.alpha[..., None] * w.A, 1)) + 2 * (
-        jnp.log(w.b) - jnp.log(w.c)
-    )
-    b_over_c = w.b / w.c
     u = lam / d
     v = 1 + lam * y
-    log_q = log_q0 - jnp.log(u)[..., None]
+    log_u = jnp.log(u)[..., None]
+    log_q = k.log_q0 - log_u
+    u, v = u[..., None], v[..., None]
+    z = v + u * w.t0
     # beta = (b/c)(v/u + t0) overflows when u is tiny (an arrival rate near the smallest normal
-    # number); there omega(log q + beta) = beta to rounding, so log omega = log beta
-    log_beta = jnp.log(w.b) - jnp.log(w.c) + jnp.log(v[..., None] + u[..., None] * w.t0)
-    log_beta = log_beta - jnp.log(u)[..., None]
-    huge = log_beta > jnp.log(jnp.finfo(log_q.dtype).max) - 20
-    beta = jnp.where(huge, 1.0, b_over_c * ((v / u)[..., None] + w.t0))
+    # number) or b/c is huge; there omega(log q + beta) = beta to rounding, and the budget is
+    # (log q - log beta)/b with log beta = log(b/c) + log z - log u
+    beta = k.b_over_c * (z / u)
+    huge = ~(beta <= jnp.finfo(log_q.dtype).max * math.exp(-20))  # NaN (inf * 0) counts too
+    beta = jnp.where(huge, 1.0, beta)
     omega = wright_omega(jnp.where(huge, 1.0, log_q + beta))
-    log_omega = jnp.log(omega)
+    # one logarithm per task serves both branches: of omega, or of z where beta is huge
+    log_arg = jnp.log(jnp.where(huge, z, omega))
+    log_omega = log_arg
     # Two exact forms of the same budget (omega + log omega = x): (log q - log omega)/b and
     # (omega - beta)/b. Each cancels differently; take the one with the smaller operands, so
     # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
     use_linear = jnp.maximum(omega, beta) < jnp.maximum(jnp.abs(log_q), jnp.abs(log_omega))
-    raw = jnp.where(use_linear, omega - beta, log_q - log_omega) / w.b
-    raw = jnp.where(huge, (log_q - log_beta) / w.b, raw)
-    return jnp.where(has_gain, raw, -jnp.inf)
+    raw = jnp.where(use_linear, omega - beta, log_q - log_omega)
+    raw = jnp.where(huge, log_q - (k.log_b_over_c + log_arg - log_u), raw) / w.b
+    return jnp.where(k.has_gain, raw, -jnp.inf)
 
 
-def budgets_at_prices(d, y, w: Workload):
+def budgets_at_prices(d, y, w: Workload, k: TaskConstants | None = None):
     r"""Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
 
     `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\partial l_k/\partial v = -g_k$,
     $\partial l_k/\partial u = -t_k g_k$ for a free budget.
     """
-    raw = unclipped_budgets(d, y, w)
-    has_gain = w.A > 0
+    k = task_constants(w) if k is None else k
+    raw = unclipped_budgets(d, y, w, k)
     u = w.arrival_rate / d
     v = 1 + w.arrival_rate * y
     lmax = w.max_tokens[..., None]
-    tokens = jnp.where(has_gain, jnp.clip(raw, 0, lmax), 0)
-    free = has_gain & (raw > 0) & (raw < lmax)
+    tokens = jnp.where(k.has_gain, jnp.clip(raw, 0, lmax), 0)
+    free = k.has_gain & (raw > 0) & (raw < lmax)
     t = w.t0 + w.c * tokens
     u, v = u[..., None], v[..., None]
     g = jnp.where(free, 1 / (w.b * (v + u * t) + u * w.c), 0)
     return tokens, t, g
 
 
-def _equations(d, y, w):
+def _equations(d, y, w, k):
     lam = w.arrival_rate
-    tokens, t, g = budgets_at_prices(d, y, w)
-    m1, m2 = service_moments(tokens, w)
+    tokens, t, g = budgets_at_prices(d, y, w, k)
+    m1 = jnp.sum(w.share * t, -1)
+    m2 = jnp.sum(w.share * t * t, -1)
     e1 = 1 - lam * m1 - d
     e2 = lam * m2 / (2 * d * d) - y
-    return tokens, t, g, e1, e2
+    return tokens, t, g, m2, e1, e2
 
 
 def _jacobian(d, w, t, g, m2):
@@ -166,6 +202,13 @@ def _polish(w: Workload, tokens, residual, rtol):
     return tokens, residual
 
 
+class _Problem(eqx.Module):
+    """A member's workload with its `TaskConstants` (`AggregateNewton.prepare`)."""
+
+    w: Workload
+    k: TaskConstants
+
+
 class _State(eqx.Module):
     y: Array
     y_lo: Array
@@ -213,18 +256,15 @@ class AggregateNewton(AbstractSolver):
     stall_steps: int = 12
     model: None = None
 
-    def _constants(self, w: Workload):
-        lam = w.arrival_rate
-        m1_0, m2_0 = service_moments(jnp.zeros_like(w.A), w)
-        gain = w.alpha[..., None] * w.A * w.b
-        gain_at_cap = gain * jnp.exp(-w.b * w.max_tokens[..., None])
-        return lam, m1_0, m2_0, 1 - lam * m1_0, gain, gain_at_cap
+    def prepare(self, w: Workload) -> _Problem:
+        return _Problem(w, task_constants(w))
 
-    def _cheap_residual(self, w, d, y, tokens, t, e1, e2):
+    def _cheap_residual(self, p: _Problem, d, y, tokens, t, e1, e2):
         """`kkt_residual` without an exponential: a free budget's marginal accuracy value
         equals the iteration's price c(v_it + u_it t) by construction; at a bound it is a
         constant. Only the true prices, from the moments, are new."""
-        lam, _, _, _, gain, gain_at_cap = self._constants(w)
+        w = p.w
+        lam, gain, gain_at_cap = w.arrival_rate, p.k.gain, p.k.gain_at_cap
         lmax = w.max_tokens[..., None]
         d_true = e1 + d  # 1 - lam E[S]
         stable = d_true > 0
@@ -240,8 +280,11 @@ class AggregateNewton(AbstractSolver):
         res = jnp.max(w.b * jnp.abs(tokens - step), axis=-1)
         return jnp.where(stable, res, jnp.inf)
 
-    def init(self, w: Workload) -> _State:
-        lam, m1_0, m2_0, d_top, _, _ = self._constants(w)
+    def init(self, p: _Problem, start=None) -> _State:
+        w = p.w
+        lam = w.arrival_rate
+        m1_0, m2_0 = service_moments(jnp.zeros_like(w.A), w)
+        d_top = 1 - lam * m1_0
         # A lower bound on the optimal d from J(l*) >= J(0): with Gamma = alpha sum pi A + E[T](0),
         # lam E[S]^2 / (2d) <= E[W] <= Gamma and E[S] = (1 - d)/lam give (1-d)^2 <= 2 lam Gamma d.
         gamma = w.alpha * jnp.sum(w.share * w.A, -1) + lam * m2_0 / (2 * d_top) + m1_0
@@ -251,8 +294,18 @@ class AggregateNewton(AbstractSolver):
         y0 = lam * m2_0 / (2 * d0 * d0)
         # with no service time at zero tokens (every t0 = 0) that price is 0, a poor start for
         # Newton in log y: start instead from F(0) = lam E[S^2](l(d0, 0)) / (2 d0^2) >= y(d0)
-        F0 = _equations(d0, jnp.zeros_like(y0), w)[4]
+        F0 = _equations(d0, jnp.zeros_like(y0), w, p.k)[5]
         y0 = jnp.where(y0 > jnp.finfo(w.dtype).tiny, y0, F0)
+        d_lo = 0.5 * d_floor
+        if start is not None:  # a warm start: the prices its budgets imply, inside the bracket
+            tokens, finite = usable_start(start, w)
+            m1_s, m2_s = service_moments(tokens, w)
+            d_s = 1 - lam * m1_s
+            ok = finite & (d_s > d_lo) & (d_s <= d_top)
+            d_s = jnp.where(ok, d_s, d0)
+            y_s = lam * m2_s / (2 * d_s * d_s)
+            ok = ok & jnp.isfinite(y_s) & (y_s > jnp.finfo(w.dtype).tiny)
+            d0, y0 = jnp.where(ok, d_s, d0), jnp.where(ok, y_s, y0)
         zero = jnp.zeros_like(y0)
         inf = jnp.full_like(y0, jnp.inf)
         return _State(
@@ -260,7 +313,7 @@ class AggregateNewton(AbstractSolver):
             y_lo=zero,
             y_hi=inf,
             d=d0,
-            d_lo=0.5 * d_floor,
+            d_lo=d_lo,
             d_hi=d_top,
             y_step=inf,
             d_step=inf,
@@ -273,7 +326,8 @@ class AggregateNewton(AbstractSolver):
             outer=jnp.zeros((), jnp.int32),
         )
 
-    def terminate(self, w: Workload, s: _State):
+    def terminate(self, p: _Problem, s: _State):
+        w = p.w
         eps = jnp.finfo(w.dtype).eps
         rtol = default_rtol(w.dtype, self.rtol)
 
@@ -283,14 +337,14 @@ class AggregateNewton(AbstractSolver):
         done = (s.residual <= 0.5 * rtol) | (collapsed(s.d_lo, s.d_hi) & collapsed(s.y_lo, s.y_hi))
         return done | (s.stall >= self.stall_steps)  # no progress: rounding is all that is left
 
-    def step(self, w: Workload, s: _State) -> _State:
+    def step(self, p: _Problem, s: _State) -> _State:
+        w = p.w
         eps = jnp.finfo(w.dtype).eps
         tiny = jnp.finfo(w.dtype).tiny
         rtol = default_rtol(w.dtype, self.rtol)
-        tokens, t, g, e1, e2 = _equations(s.d, s.y, w)
-        m2 = jnp.sum(w.share * t * t, -1)
+        tokens, t, g, m2, e1, e2 = _equations(s.d, s.y, w, p.k)
         j11, j12, j21, j22 = _jacobian(s.d, w, t, g, m2)
-        residual = self._cheap_residual(w, s.d, s.y, tokens, t, e1, e2)
+        residual = self._cheap_residual(p, s.d, s.y, tokens, t, e1, e2)
         # Log forms: chi = log G - log d, psi = log F - log y with G = 1 - lam E[S] and
         # F = lam E[S^2] / (2 d^2): same roots and monotonicity, nearly linear in logs.
         G = e1 + s.d
@@ -354,9 +408,10 @@ class AggregateNewton(AbstractSolver):
             outer=s.outer + move_d.astype(jnp.int32),
         )
 
-    def postprocess(self, w: Workload, s: _State) -> Iterate:
+    def postprocess(self, p: _Problem, s: _State) -> Iterate:
+        w = p.w
         rtol = default_rtol(w.dtype, self.rtol)
-        tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w)
+        tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w, p.k)
         residual = kkt_residual(tokens, w)
         tokens, residual = _polish(w, tokens, residual, rtol)
         status = jnp.where(

@@ -4,12 +4,17 @@ A solver is an `eqx.Module` whose fields are its settings (static configuration)
 it works on, a `Workload`, is traced. It solves *one* unbatched workload through four
 methods, in the spirit of optimistix:
 
-- `init(w) -> state`: the loop carry before the first step (an `eqx.Module` with an int32
-  `iterations` counter);
-- `step(w, state) -> state`: one iteration;
-- `terminate(w, state) -> Bool[]`: whether the member has finished (converged, stalled or
-  broken down; the step limit is the driver's);
-- `postprocess(w, state) -> Iterate`: the budgets, status, residual and statistics.
+- `prepare(w) -> problem`: what the iteration works on: the workload, with whatever
+  depends on it alone (per-task constants) computed once, outside the loop; by default the
+  workload itself;
+- `init(problem, start) -> state`: the loop carry before the first step (an `eqx.Module`
+  with an int32 `iterations` counter); `start` is `None` or budgets to start from (a warm
+  start: the solver uses what it can of them and falls back to its own start where they are
+  not finite, or not a stable allocation);
+- `step(problem, state) -> state`: one iteration;
+- `terminate(problem, state) -> Bool[]`: whether the member has finished (converged, stalled
+  or broken down; the step limit is the driver's);
+- `postprocess(problem, state) -> Iterate`: the budgets, status, residual and statistics.
 
 `run` drives one member with a `while_loop`; `staged_run` drives a large batch in stages
 (`staged.py`); `solve` (in `solve.py`) picks one of them, masks rejected members and
@@ -34,7 +39,16 @@ from .._validate import prepare
 from .._workload import Workload
 from .solution import Solution, masked_solution
 
-__all__ = ["AbstractSolver", "Iterate", "run", "run_until", "running", "complete", "certified"]
+__all__ = [
+    "AbstractSolver",
+    "Iterate",
+    "run",
+    "run_until",
+    "running",
+    "complete",
+    "certified",
+    "usable_start",
+]
 
 State = TypeVar("State")
 
@@ -63,9 +77,17 @@ class AbstractSolver(eqx.Module, Generic[State]):
     #: M/G/1 with deterministic service, eq. (7)); it decides the implicit derivative.
     model: eqx.AbstractVar[Any]
 
+    def prepare(self, w: Workload) -> Any:
+        """The problem `init`/`step`/`terminate`/`postprocess` receive: by default `w`.
+
+        Computed once per member before the loop (and gathered with the state in the staged
+        driver), so that a step does no work that depends on the workload alone.
+        """
+        return w
+
     @abc.abstractmethod
-    def init(self, w: Workload) -> State:
-        """The loop state before the first step."""
+    def init(self, w: Workload, start: Array | None = None) -> State:
+        """The loop state before the first step, from the budgets `start` where given."""
 
     @abc.abstractmethod
     def step(self, w: Workload, state: State) -> State:
@@ -86,20 +108,21 @@ def certified(w: Workload, tokens, residual, rtol: float) -> Bool[Array, ""]:
     return jnp.isfinite(residual) & (residual <= jnp.maximum(rtol, residual_floor(tokens, w)))
 
 
-def running(solver: AbstractSolver, w: Workload, state) -> Bool[Array, ""]:
+def running(solver: AbstractSolver, w, state) -> Bool[Array, ""]:
     """Whether the driver would take another step."""
     return ~solver.terminate(w, state) & (state.iterations < solver.max_steps)
 
 
-def run_until(solver: AbstractSolver, w: Workload, state, cap) -> Any:
+def run_until(solver: AbstractSolver, w, state, cap) -> Any:
     """Continue one member's loop until it stops or its step count reaches `cap`."""
     return jax.lax.while_loop(
         lambda s: running(solver, w, s) & (s.iterations < cap), lambda s: solver.step(w, s), state
     )
 
 
-def complete(solver: AbstractSolver, w: Workload, status_in, ok_in, state) -> Solution:
-    """The `Solution` of one member from its final state (rejected members masked)."""
+def complete(solver: AbstractSolver, w, status_in, ok_in, state) -> Solution:
+    """The `Solution` of one member from its final state (rejected members masked); `w` is
+    the member's prepared problem."""
     it = solver.postprocess(w, state)
     return masked_solution(
         ok_in,
@@ -113,10 +136,24 @@ def complete(solver: AbstractSolver, w: Workload, status_in, ok_in, state) -> So
     )
 
 
-def run(solver: AbstractSolver, w: Workload) -> Solution:
-    """Solve one unbatched workload with `solver` (no implicit derivative; see `solve`)."""
+def usable_start(start, w: Workload):
+    r"""`start` where it can seed a solver: finite budgets, projected onto $[0, l_{\max}]$;
+    `None` stays `None`. Returns (budgets, whether every budget was finite)."""
+    if start is None:
+        return None, None
+    finite = jnp.all(jnp.isfinite(start), axis=-1)
+    tokens = jnp.clip(jnp.where(jnp.isfinite(start), start, 0), 0, w.max_tokens[..., None])
+    return tokens.astype(w.dtype), finite
+
+
+def run(solver: AbstractSolver, w: Workload, start: Array | None = None) -> Solution:
+    """Solve one unbatched workload with `solver`, from the budgets `start` where given (no
+    implicit derivative; see `solve`)."""
     status_in, ok_in, safe = prepare(w)
+    problem = solver.prepare(safe)
     state = jax.lax.while_loop(
-        lambda s: running(solver, safe, s), lambda s: solver.step(safe, s), solver.init(safe)
+        lambda s: running(solver, problem, s),
+        lambda s: solver.step(problem, s),
+        solver.init(problem, start),
     )
-    return complete(solver, safe, status_in, ok_in, state)
+    return complete(solver, problem, status_in, ok_in, state)

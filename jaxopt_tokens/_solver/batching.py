@@ -29,7 +29,7 @@ from .._queue.batching import ContinuousBatching
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
-from .base import AbstractSolver, Iterate
+from .base import AbstractSolver, Iterate, usable_start
 
 __all__ = ["BatchingNewton"]
 
@@ -97,11 +97,16 @@ class BatchingNewton(AbstractSolver):
 
     # -- the protocol
 
-    def init(self, w: Workload) -> _State:
+    def init(self, w: Workload, start=None) -> _State:
         lo, hi = self._bracket(w)
-        _, tokens = self._h(lo, w)
+        m = lo
+        if start is not None:  # from the mean work of a warm start, inside the bracket
+            warm, finite = usable_start(start, w)
+            m_s = jnp.sum(w.share * self.model.work(warm, w))
+            m = jnp.where(finite & (m_s > lo) & (m_s < hi), m_s, lo)
+        _, tokens = self._h(m, w)
         zero = jnp.zeros((), jnp.int32)
-        return _State(lo, lo, hi, self._residual(tokens, w), zero)
+        return _State(m, lo, hi, self._residual(tokens, w), zero)
 
     def step(self, w: Workload, s: _State) -> _State:
         h, _ = self._h(s.m, w)

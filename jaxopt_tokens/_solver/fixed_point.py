@@ -22,7 +22,7 @@ from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
 from .aggregate import budgets_at_prices
-from .base import AbstractSolver, Iterate, certified
+from .base import AbstractSolver, Iterate, certified, usable_start
 
 __all__ = ["FixedPoint"]
 
@@ -45,9 +45,13 @@ class FixedPoint(AbstractSolver):
     max_steps: int = 1000
     model: None = None
 
-    def init(self, w: Workload) -> _State:
-        zeros = jnp.zeros_like(w.A)
-        return _State(zeros, kkt_residual(zeros, w), jnp.bool_(True), jnp.zeros((), jnp.int32))
+    def init(self, w: Workload, start=None) -> _State:
+        tokens = jnp.zeros_like(w.A)
+        if start is not None:  # from finite budgets that the server sustains
+            warm, finite = usable_start(start, w)
+            ok = finite & (w.arrival_rate * service_moments(warm, w)[0] < 1)
+            tokens = jnp.where(ok, warm, tokens)
+        return _State(tokens, kkt_residual(tokens, w), jnp.bool_(True), jnp.zeros((), jnp.int32))
 
     def step(self, w: Workload, s: _State) -> _State:
         lam = w.arrival_rate

@@ -31,14 +31,14 @@ from jaxtyping import Array
 
 from .._errors import InputError
 from .._kkt import gradient_lipschitz, kkt_residual, objective_gradient, provable_box
-from .._objective import mean_accuracy, objective
+from .._objective import mean_accuracy, objective, service_moments
 from .._queue.batching import ContinuousBatching
 from .._queue.models import LatencyModel
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
 from .aggregate import AggregateNewton
-from .base import AbstractSolver, Iterate, certified, run
+from .base import AbstractSolver, Iterate, certified, run, usable_start
 from .batching import BatchingNewton
 
 __all__ = ["ProjectedGradient"]
@@ -115,7 +115,8 @@ class ProjectedGradient(AbstractSolver):
 
     # -- the protocol
 
-    def init(self, w: Workload) -> _State:
+    def init(self, w: Workload, start=None) -> _State:
+        warm, finite = usable_start(start, w)
         if self.model is None:
             start = jnp.zeros_like(w.A)
         elif isinstance(self.model, ContinuousBatching):
@@ -125,6 +126,13 @@ class ProjectedGradient(AbstractSolver):
             start = jnp.where(self.model.load(free, w) < 1, free, jnp.zeros_like(free))
         else:  # the paper's optimum: a stable point near the model's
             start = jnp.clip(jnp.nan_to_num(run(AggregateNewton(), w).tokens), 0, self._upper(w))
+        if warm is not None:  # a warm start replaces the solver's own where the server takes it
+            warm = jnp.minimum(warm, self._upper(w))
+            if isinstance(self.model, ContinuousBatching):
+                load = self.model.load(warm, w)
+            else:  # the M/G/1 service line of the paper and of the other latency models
+                load = w.arrival_rate * service_moments(warm, w)[0]
+            start = jnp.where(finite & (load < 1), warm, start)
         value, grad = self._value_and_grad(start, w)
         eta0, has_L = self._first_step(w)
         first = eta0

@@ -14,6 +14,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import ArrayLike
 
 from .._errors import InputError
 from .._objective import objective
@@ -74,14 +75,14 @@ def _with_gradient(solver: AbstractSolver, sol: Solution, w: Workload) -> Soluti
     )
 
 
-def _forward_batch(solver: AbstractSolver, flat: Workload) -> Solution:
+def _forward_batch(solver: AbstractSolver, flat: Workload, start) -> Solution:
     """Solve a flat batch (no derivatives): in stages when large, else one vmapped loop."""
     if flat.A.shape[0] >= MIN_STAGED_BATCH:  # each member iterates only as long as it needs
-        return staged_run(solver, flat)
-    return jax.vmap(lambda wi: run(solver, wi))(flat)
+        return staged_run(solver, flat, start)
+    return jax.vmap(lambda wi, si: run(solver, wi, si))(flat, start)
 
 
-def _forward_member(solver: AbstractSolver, w: Workload) -> Solution:
+def _forward_member(solver: AbstractSolver, w: Workload, start) -> Solution:
     """Solve one member (no derivatives), and the same batch path when vmapped.
 
     `jax.vmap` of a function that calls `solve` on one workload would otherwise batch the
@@ -93,29 +94,34 @@ def _forward_member(solver: AbstractSolver, w: Workload) -> Solution:
     """
 
     @jax.custom_batching.custom_vmap
-    def forward(w):
-        return run(solver, w)
+    def forward(w, start):
+        return run(solver, w, start)
 
     @forward.def_vmap
-    def forward_batched(axis_size, in_batched, w):
-        (batched,) = in_batched
-        w = jax.tree_util.tree_map(
-            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)), w, batched
+    def forward_batched(axis_size, in_batched, w, start):
+        w, start = jax.tree_util.tree_map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
+            (w, start),
+            tuple(in_batched),
         )
-        sol = _forward_batch(solver, w)
+        sol = _forward_batch(solver, w, start)
         return sol, jax.tree_util.tree_map(lambda _: True, sol)
 
-    return forward(w)
+    return forward(w, start)
 
 
 @eqx.filter_jit
-def _drive(solver: AbstractSolver, w: Workload) -> Solution:
+def _drive(solver: AbstractSolver, w: Workload, start) -> Solution:
     shape = w.batch_shape
+    start = jax.lax.stop_gradient(start)  # the answer does not depend on where it started
     if not shape:
-        return _with_gradient(solver, _forward_member(solver, jax.lax.stop_gradient(w)), w)
+        sol = _forward_member(solver, jax.lax.stop_gradient(w), start)
+        return _with_gradient(solver, sol, w)
     size = math.prod(shape)
     flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape) :]), w)
-    sol = _forward_batch(solver, jax.lax.stop_gradient(flat))
+    if start is not None:
+        start = start.reshape(size, w.num_tasks)
+    sol = _forward_batch(solver, jax.lax.stop_gradient(flat), start)
     sol = jax.vmap(lambda s, wi: _with_gradient(solver, s, wi))(sol, flat)
     return jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
 
@@ -126,6 +132,7 @@ def solve(
     *,
     rtol: float | None = None,
     max_steps: int | None = None,
+    start: ArrayLike | None = None,
 ) -> Solution:
     r"""Optimal continuous token budgets $l^*$ of problem (9), with a certificate.
 
@@ -138,6 +145,10 @@ def solve(
       (the paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or
       `"pga-safeguarded"` (spectral steps with backtracking).
     - `rtol`, `max_steps`: settings for a method name (a solver instance carries its own).
+    - `start`: budgets to start from, shaped like the answer (a warm start, e.g. the solution
+      at a nearby operating point or the previous step of a training loop). Only where the
+      iteration begins changes, never the answer or its certificate; a member whose start is
+      not finite, or not a stable allocation, starts as it would without one.
 
     **Returns:** a `Solution` (tokens, objective, status, residual, iterations, stats). Never
     raises for bad values: members the validity contract rejects get a status and NaN
@@ -157,7 +168,16 @@ def solve(
         raise InputError(f"solver: expected a method name or a solver, got {type(solver).__name__}")
     elif rtol is not None or max_steps is not None:
         raise InputError("rtol/max_steps: set them on the solver instance, not beside it")
-    return _drive(solver, workload)
+    if start is not None:
+        start = jnp.asarray(start)
+        if start.shape != workload.A.shape:
+            raise InputError(
+                f"start: expected budgets of shape {workload.A.shape} (like the workload's A), "
+                f"got {start.shape}"
+            )
+        if not jnp.issubdtype(start.dtype, jnp.floating):
+            start = start.astype(workload.dtype)
+    return _drive(solver, workload, start)
 
 
 def _unstable_batching(sol: Solution, model: ContinuousBatching, w: Workload) -> Solution:

@@ -2,14 +2,20 @@
 
 Under `vmap`, a `while_loop` runs until its *last* member stops: on 1e5 random workloads the
 default solver's median member needs 5-6 steps and the slowest about 40, so a plain vmapped
-solve does ~40 steps of work for every member. `staged_solve` runs the same per-member loop in
-stages instead: every member for the first few steps, then rounds in which only members still
-running are gathered into a buffer of fixed size (shapes stay static, so it compiles once and
-runs unchanged on accelerators) and take a few more steps, until none is left. Each member
-takes exactly the same steps as in the plain solve; only which members share a vectorised step
-changes, so the result does not depend on the buffers.
+solve does ~40 steps of work for every member. `staged_run` runs the same per-member loop in
+stages instead: every member for the first `FIRST_STEPS` steps, then rounds in which the
+members still running are gathered into a buffer and take `ROUND_STEPS` more steps, until none
+is left. The buffer of a round is the smallest of a few fixed sizes (a quarter, a sixteenth
+and a sixty-fourth of the batch) that holds every running member, chosen by `lax.switch`:
+shapes stay static, so the solve compiles once and runs unchanged on accelerators, and the
+last rounds, with few members left, cost little. Each member takes exactly the same steps as
+in the plain solve; only which members share a vectorised step changes, so the result does
+not depend on the buffers.
 
-Any solver of the protocol in `base.py` runs this way (its state counts `iterations`).
+Any solver of the protocol in `base.py` runs this way (its state counts `iterations`). The
+schedule was chosen by counting member-steps on the iteration counts of 1e5 random members
+(about 10 step-equivalents of the batch, against 13 for one buffer of a sixteenth taking 8
+steps a round); `benchmarks/README.md` has the timings.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from .solution import Solution
 
 __all__ = ["staged_run", "MIN_STAGED_BATCH"]
 
-FIRST_STEPS = 8  # every member takes these steps together
-ROUND_STEPS = 8  # then rounds: up to `buffer` running members take this many more steps
-BUFFER_FRACTION = 1 / 16  # the round buffer, as a fraction of the batch
+FIRST_STEPS = 2  # every member takes these steps together
+ROUND_STEPS = 3  # then rounds: the running members, gathered, take this many more steps
+BUFFER_FRACTIONS = (1 / 4, 1 / 16, 1 / 64)  # the round buffers, as fractions of the batch
 MIN_STAGED_BATCH = 2048
 
 
@@ -34,35 +40,55 @@ def _take(tree, idx):
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
-def _rounds(solver: AbstractSolver, w: Workload, state, buffer: int):
-    """Rounds of `ROUND_STEPS` steps for the first `buffer` running members, until none runs."""
+def buffer_sizes(batch: int) -> tuple[int, ...]:
+    """The round buffers for a batch of `batch` members, largest first (no duplicates)."""
+    sizes = sorted({max(1, int(batch * f)) for f in BUFFER_FRACTIONS}, reverse=True)
+    return tuple(sizes)
+
+
+def _rounds(solver: AbstractSolver, w, state, sizes: tuple[int, ...]):
+    """Rounds of `ROUND_STEPS` steps for the running members, until none runs; each round in
+    the smallest buffer of `sizes` that holds them all (the largest takes the first ones)."""
     batch = state.iterations.shape[0]
     is_running = jax.vmap(lambda wi, si: running(solver, wi, si))
     advance = jax.vmap(lambda wi, si, cap: run_until(solver, wi, si, cap))
 
-    def one_round(carry):
+    def round_in(size):
+        def one_round(state, live):
+            idx = jnp.nonzero(live, size=size, fill_value=0)[0]
+            valid = jnp.arange(size) < jnp.sum(live)
+            part = _take(state, idx)
+            sub = advance(_take(w, idx), part, part.iterations + ROUND_STEPS)
+            target = jnp.where(valid, idx, batch)  # padding rows are dropped, never written
+            return jax.tree_util.tree_map(
+                lambda full, new: full.at[target].set(new, mode="drop"), state, sub
+            )
+
+        return one_round
+
+    branches = [round_in(size) for size in sizes]
+    smaller = jnp.asarray(sizes[1:], jnp.int32)
+
+    def body(carry):
         state, live = carry
-        idx = jnp.nonzero(live, size=buffer, fill_value=0)[0]
-        valid = jnp.arange(buffer) < jnp.sum(live)
-        part = _take(state, idx)
-        sub = advance(_take(w, idx), part, part.iterations + ROUND_STEPS)
-        target = jnp.where(valid, idx, batch)  # padding rows are dropped, never written
-        state = jax.tree_util.tree_map(
-            lambda full, new: full.at[target].set(new, mode="drop"), state, sub
-        )
+        # sizes are decreasing: the number of smaller buffers that still hold every running
+        # member is the index of the smallest one that does
+        k = jnp.sum(jnp.sum(live) <= smaller)
+        state = jax.lax.switch(k, branches, state, live)
         return state, is_running(w, state)
 
-    state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), one_round, (state, is_running(w, state)))
+    state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (state, is_running(w, state)))
     return state
 
 
-def staged_run(solver: AbstractSolver, w: Workload) -> Solution:
-    """`vmap(run)(solver, w)` for a workload with one batch axis, computed in stages."""
+def staged_run(solver: AbstractSolver, w: Workload, start=None) -> Solution:
+    """`vmap(run)(solver, w, start)` for a workload with one batch axis, computed in stages."""
     batch = w.batch_shape[0]
     status_in, ok_in, safe = prepare(w)
-    state = jax.vmap(solver.init)(safe)
-    state = jax.vmap(lambda wi, si: run_until(solver, wi, si, FIRST_STEPS))(safe, state)
-    state = _rounds(solver, safe, state, max(1, int(batch * BUFFER_FRACTION)))
+    problem = jax.vmap(solver.prepare)(safe)
+    state = jax.vmap(solver.init)(problem, start)
+    state = jax.vmap(lambda wi, si: run_until(solver, wi, si, FIRST_STEPS))(problem, state)
+    state = _rounds(solver, problem, state, buffer_sizes(batch))
     return jax.vmap(lambda wi, si, st, ok: complete(solver, wi, st, ok, si))(
-        safe, state, status_in, ok_in
+        problem, state, status_in, ok_in
     )

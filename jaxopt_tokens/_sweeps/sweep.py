@@ -53,6 +53,8 @@ __all__ = ["sweep", "SweepRun", "write_sweep", "read_sweep_metadata", "TRACE_COU
 TRACE_COUNT = {"sweep_chunk": 0}  # incremented when the chunk function is traced (tests check it)
 STATUS_NAMES = [s.name.lower() for s in Status]
 _GRID_VALUES_IN_MANIFEST = 10_000  # larger grids are recorded by size, range and hash
+WARM_STRIDE = 8  # chunks are solved coarse to fine: every 8th point first, then all from them
+WARM_MIN_POINTS = 4096  # below this, one cold solve of the chunk is as fast
 
 
 def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
@@ -73,8 +75,8 @@ def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
     return name, None
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _solve_chunk(specs: tuple, w: Workload, values):
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _solve_chunk(specs: tuple, w: Workload, values, warm_start: bool = True):
     """Solve one chunk of grid points; compiled once per (grid spec, workload shape, chunk size)."""
     TRACE_COUNT["sweep_chunk"] += 1
 
@@ -101,8 +103,17 @@ def _solve_chunk(specs: tuple, w: Workload, values):
         }
 
     batch = jax.vmap(member)(values)
-    # one batched solve (large chunks are solved in stages, see _staged.py), then per point
-    return jax.vmap(point)(solve(batch), batch)
+    # Coarse to fine: neighbouring points (consecutive in C order) have nearly equal budgets,
+    # so every WARM_STRIDE-th point is solved first and starts its block (a warm start: the
+    # answers and certificates are those of a cold solve, in fewer steps; benchmarks/sweep.py).
+    # Each solve is batched, and large ones run in stages (see _solver/staged.py).
+    size = values.shape[0]
+    if warm_start and size >= WARM_MIN_POINTS:
+        coarse = solve(jax.tree_util.tree_map(lambda x: x[::WARM_STRIDE], batch)).tokens
+        sol = solve(batch, start=jnp.repeat(coarse, WARM_STRIDE, axis=0)[:size])
+    else:
+        sol = solve(batch)
+    return jax.vmap(point)(sol, batch)
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,7 @@ def sweep(
     out: None = ...,
     resume: bool = ...,
     force: bool = ...,
+    warm_start: bool = ...,
     **grids,
 ) -> pd.DataFrame: ...
 
@@ -225,6 +237,7 @@ def sweep(
     out: str | Path,
     resume: bool = ...,
     force: bool = ...,
+    warm_start: bool = ...,
     **grids,
 ) -> SweepRun: ...
 
@@ -238,6 +251,7 @@ def sweep(
     out: str | Path | None = None,
     resume: bool = False,
     force: bool = False,
+    warm_start: bool = True,
     **grids,
 ) -> pd.DataFrame | SweepRun:
     """Solve every combination of the given grids: a pandas DataFrame, or a dataset on disk.
@@ -247,7 +261,10 @@ def sweep(
     t0, c, share`; `chunk_size` (points per compiled call and per part file); `quiet` (no
     progress bar); `devices` (default: this process's devices); `out` (a directory: stream the
     sweep to a Parquet dataset there, see the module docstring); `resume` (complete the sweep
-    already in `out`); `force` (replace whatever sweep is in `out`).
+    already in `out`); `force` (replace whatever sweep is in `out`); `warm_start` (default
+    True: each chunk is solved coarse to fine, every 8th point first and the others started
+    from it, which changes only the number of steps; False: every point from the solver's own
+    start).
 
     **Returns:** without `out`, one row per point: the grid values, `l_<task>` and
     `l_int_<task>` per task, `objective`, `accuracy`, `mean_wait`, `mean_system_time`,
@@ -276,7 +293,7 @@ def sweep(
         if values.shape[0] < padded:
             block = np.concatenate([values, np.repeat(values[-1:], padded - values.shape[0], 0)])
         result = _solve_chunk(
-            grid.specs, workload, jax.device_put(jnp.asarray(block, dtype), sharding)
+            grid.specs, workload, jax.device_put(jnp.asarray(block, dtype), sharding), warm_start
         )
         return i, start, values, result
 
