@@ -136,11 +136,9 @@ def complete(solver: AbstractSolver, w, status_in, ok_in, state) -> Solution:
     )
 
 
-def usable_start(start, w: Workload):
-    r"""`start` where it can seed a solver: finite budgets, projected onto $[0, l_{\max}]$;
-    `None` stays `None`. Returns (budgets, whether every budget was finite)."""
-    if start is None:
-        return None, None
+def usable_start(start: Array, w: Workload) -> tuple[Array, Array]:
+    r"""`start` where it can seed a solver: finite budgets, projected onto $[0, l_{\max}]$.
+    Returns (budgets, whether every budget was finite)."""
     finite = jnp.all(jnp.isfinite(start), axis=-1)
     tokens = jnp.clip(jnp.where(jnp.isfinite(start), start, 0), 0, w.max_tokens[..., None])
     return tokens.astype(w.dtype), finite

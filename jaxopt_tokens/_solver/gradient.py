@@ -116,30 +116,30 @@ class ProjectedGradient(AbstractSolver):
     # -- the protocol
 
     def init(self, w: Workload, start=None) -> _State:
-        warm, finite = usable_start(start, w)
         if self.model is None:
-            start = jnp.zeros_like(w.A)
+            tokens = jnp.zeros_like(w.A)
         elif isinstance(self.model, ContinuousBatching):
             # the optimum without the batch limit, if the limited server sustains it, else 0
             free = run(BatchingNewton(model=self.model.replace(max_batch=None)), w).tokens
             free = jnp.clip(jnp.nan_to_num(free), 0, self._upper(w))
-            start = jnp.where(self.model.load(free, w) < 1, free, jnp.zeros_like(free))
+            tokens = jnp.where(self.model.load(free, w) < 1, free, jnp.zeros_like(free))
         else:  # the paper's optimum: a stable point near the model's
-            start = jnp.clip(jnp.nan_to_num(run(AggregateNewton(), w).tokens), 0, self._upper(w))
-        if warm is not None:  # a warm start replaces the solver's own where the server takes it
+            tokens = jnp.clip(jnp.nan_to_num(run(AggregateNewton(), w).tokens), 0, self._upper(w))
+        if start is not None:  # a warm start replaces the solver's own where the server takes it
+            warm, finite = usable_start(start, w)
             warm = jnp.minimum(warm, self._upper(w))
             if isinstance(self.model, ContinuousBatching):
                 load = self.model.load(warm, w)
             else:  # the M/G/1 service line of the paper and of the other latency models
                 load = w.arrival_rate * service_moments(warm, w)[0]
-            start = jnp.where(finite & (load < 1), warm, start)
-        value, grad = self._value_and_grad(start, w)
+            tokens = jnp.where(finite & (load < 1), warm, tokens)
+        value, grad = self._value_and_grad(tokens, w)
         eta0, has_L = self._first_step(w)
         first = eta0
         if self.model is not None:  # no L_J: size the first step from the gradient
-            first = 1e-6 * (1 + jnp.max(jnp.abs(start))) / (1 + jnp.max(jnp.abs(grad)))
+            first = 1e-6 * (1 + jnp.max(jnp.abs(tokens))) / (1 + jnp.max(jnp.abs(grad)))
         zero = jnp.zeros((), jnp.int32)
-        return _State(start, grad, value, first, self._residual(start, w), zero, eta0, has_L)
+        return _State(tokens, grad, value, first, self._residual(tokens, w), zero, eta0, has_L)
 
     def step(self, w: Workload, s: _State) -> _State:
         upper = self._upper(w)
