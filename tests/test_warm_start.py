@@ -36,11 +36,18 @@ def test_start_at_the_optimum_is_certified_at_once(table1, method):
     np.testing.assert_allclose(warm.tokens, cold.tokens, rtol=1e-8, atol=1e-8)
 
 
-def test_nearby_starts_take_fewer_steps_and_give_the_cold_answer():
-    w = family(MIN_STAGED_BATCH)  # staged, like a sweep chunk
-    cold = jt.solve(w)
-    neighbour = jt.solve(family(MIN_STAGED_BATCH, scale=1.02)).tokens  # alpha 2% away
-    warm = jt.solve(w, start=neighbour)
+@pytest.fixture(scope="module")
+def nearby():
+    """A staged batch (like a sweep chunk), its cold solution, and starts from the solution at
+    alpha 2% higher."""
+    w = family(MIN_STAGED_BATCH)
+    neighbour = jt.solve(family(MIN_STAGED_BATCH, scale=1.02)).tokens
+    return w, neighbour, jt.solve(w), jt.solve(w, start=neighbour)
+
+
+@pytest.mark.xdist_group("warm_nearby")  # one worker builds the shared batch
+def test_nearby_starts_take_fewer_steps_and_give_the_cold_answer(nearby):
+    w, neighbour, cold, warm = nearby
     np.testing.assert_array_equal(warm.status, cold.status)
     assert np.all(np.asarray(warm.status) == Status.CONVERGED)
     np.testing.assert_allclose(warm.tokens, cold.tokens, rtol=1e-7, atol=1e-6)
@@ -74,10 +81,9 @@ def test_start_shape_and_type_are_checked(table1):
     assert int(sol.status) == Status.CONVERGED
 
 
-def test_warm_start_spellings_agree_member_by_member():
-    w = family(MIN_STAGED_BATCH, key=2)
-    start = jt.solve(family(MIN_STAGED_BATCH, key=2, scale=0.97)).tokens
-    batched = jax.jit(lambda w, s: jt.solve(w, start=s))(w, start)
+@pytest.mark.xdist_group("warm_nearby")  # one worker builds the shared batch
+def test_warm_start_spellings_agree_member_by_member(nearby):
+    w, start, _, batched = nearby
     mapped = jax.jit(jax.vmap(lambda wi, si: jt.solve(wi, start=si)))(w, start)
     for field in ("status", "iterations", "tokens", "residual"):
         np.testing.assert_array_equal(getattr(batched, field), getattr(mapped, field))

@@ -48,6 +48,7 @@ __all__ = [
     "complete",
     "certified",
     "usable_start",
+    "initial_state",
 ]
 
 State = TypeVar("State")
@@ -136,6 +137,12 @@ def complete(solver: AbstractSolver, w, status_in, ok_in, state) -> Solution:
     )
 
 
+def initial_state(solver: AbstractSolver, problem, start: Array | None = None):
+    """`solver.init(problem, start)`; without a start, `solver.init(problem)`, so that a
+    solver written before warm starts (an `init` without `start`) runs unchanged."""
+    return solver.init(problem) if start is None else solver.init(problem, start)
+
+
 def usable_start(start: Array, w: Workload) -> tuple[Array, Array]:
     r"""`start` where it can seed a solver: finite budgets, projected onto $[0, l_{\max}]$.
     Returns (budgets, whether every budget was finite)."""
@@ -152,6 +159,6 @@ def run(solver: AbstractSolver, w: Workload, start: Array | None = None) -> Solu
     state = jax.lax.while_loop(
         lambda s: running(solver, problem, s),
         lambda s: solver.step(problem, s),
-        solver.init(problem, start),
+        initial_state(solver, problem, start),
     )
     return complete(solver, problem, status_in, ok_in, state)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from .._validate import prepare
 from .._workload import Workload
-from .base import AbstractSolver, complete, run_until, running
+from .base import AbstractSolver, complete, initial_state, run_until, running
 from .solution import Solution
 
 __all__ = ["staged_run", "MIN_STAGED_BATCH"]
@@ -86,7 +86,7 @@ def staged_run(solver: AbstractSolver, w: Workload, start=None) -> Solution:
     batch = w.batch_shape[0]
     status_in, ok_in, safe = prepare(w)
     problem = jax.vmap(solver.prepare)(safe)
-    state = jax.vmap(solver.init)(problem, start)
+    state = jax.vmap(lambda p, s: initial_state(solver, p, s))(problem, start)
     state = jax.vmap(lambda wi, si: run_until(solver, wi, si, FIRST_STEPS))(problem, state)
     state = _rounds(solver, problem, state, buffer_sizes(batch))
     return jax.vmap(lambda wi, si, st, ok: complete(solver, wi, st, ok, si))(

@@ -1,0 +1,113 @@
+"""Where a batched solve's time goes: the parts of one step, the stages, and warm starts.
+
+    python benchmarks/step_cost.py [--size 100000]
+
+1e5 random instances (N = 6), float64 and float32, on whatever device JAX finds. Each part is
+jitted alone and timed as the best of 7 warm calls (CPU seconds of the process are printed
+beside the wall time, since a shared machine's wall clock is noisy):
+
+- `omega`: the Wright omega kernel over as many elements as one step evaluates;
+- `budgets`: the budgets of eq. (22) at the current prices (the step's elementwise work);
+- `one step`: one iteration of the default solver for every member;
+- `postprocess`: the budgets at the best prices, their KKT residual and objective;
+- `solve`: the whole staged solve, and the same solve warm-started from the solution at
+  alpha 2% higher (a neighbour in a sweep).
+
+Reads the solver's internals on purpose (the parts are not public API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import jaxopt_tokens as jt  # noqa: E402
+from jaxopt_tokens._lambertw import wright_omega  # noqa: E402
+from jaxopt_tokens._solver.aggregate import AggregateNewton, unclipped_budgets  # noqa: E402
+from jaxopt_tokens._validate import prepare  # noqa: E402
+
+
+def best(fn, *args, repeats=7):
+    jax.block_until_ready(fn(*args))
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        jax.block_until_ready(fn(*args))
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return min(wall), min(cpu)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=100_000)
+    size = ap.parse_args().size
+    solver = AggregateNewton()
+    table = Table(title=f"Parts of a batched solve, {size:,} random instances, N = 6")
+    for col in ("dtype", "part", "wall (ms)", "CPU (ms)", "step-equivalents", "note"):
+        table.add_column(col, justify="left" if col in ("part", "note") else "right")
+    for dtype in (jnp.float64, jnp.float32):
+        w = jt.random_workloads(jax.random.key(0), size, num_tasks=6).astype(dtype)
+        _, _, safe = jax.jit(prepare)(w)
+        problem = jax.jit(jax.vmap(solver.prepare))(safe)
+        state = jax.jit(jax.vmap(solver.init))(problem)
+        x = jax.random.uniform(jax.random.key(1), (size, 6), dtype, -30, 30)
+        solve = jax.jit(jt.solve)
+        sol = solve(w)
+        neighbour = solve(w.replace(alpha=w.alpha * 1.02)).tokens
+        warm = jax.jit(lambda w, s: jt.solve(w, start=s))
+        sol_warm = warm(w, neighbour)
+        parts = [
+            ("omega", jax.jit(wright_omega), (x,), "6 elements a member"),
+            (
+                "budgets",
+                jax.jit(jax.vmap(lambda p, s: unclipped_budgets(s.d, s.y, p.w, p.k))),
+                (problem, state),
+                "1 omega + 1 log a task",
+            ),
+            ("one step", jax.jit(jax.vmap(solver.step)), (problem, state), ""),
+            ("postprocess", jax.jit(jax.vmap(solver.postprocess)), (problem, state), ""),
+            (
+                "solve",
+                solve,
+                (w,),
+                "iterations mean {:.2f}, max {}".format(
+                    float(jnp.mean(sol.iterations)), int(jnp.max(sol.iterations))
+                ),
+            ),
+            (
+                "solve, warm start",
+                warm,
+                (w, neighbour),
+                "iterations mean {:.2f}, max {}".format(
+                    float(jnp.mean(sol_warm.iterations)), int(jnp.max(sol_warm.iterations))
+                ),
+            ),
+        ]
+        timed = [(name, *best(fn, *args), note) for name, fn, args, note in parts]
+        step_cpu = next(cpu for name, _, cpu, _ in timed if name == "one step")
+        for name, wall, cpu, note in timed:  # step-equivalents in CPU time (less noisy)
+            table.add_row(
+                jnp.dtype(dtype).name,
+                name,
+                f"{wall * 1e3:.1f}",
+                f"{cpu * 1e3:.1f}",
+                f"{cpu / step_cpu:.1f}",
+                note,
+            )
+        agree = np.max(np.abs(np.asarray(sol.tokens) - np.asarray(sol_warm.tokens)))
+        table.add_row(jnp.dtype(dtype).name, "warm - cold budgets, max", "", "", "", f"{agree:.1e}")
+    Console(width=130).print(table)
+
+
+if __name__ == "__main__":
+    main()
