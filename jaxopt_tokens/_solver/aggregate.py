@@ -202,6 +202,13 @@ def _polish(w: Workload, tokens, residual, rtol):
     return tokens, residual
 
 
+def _certify(w: Workload, tokens, residual, rtol, stats) -> Iterate:
+    status = jnp.where(
+        certified(w, tokens, residual, rtol), Status.CONVERGED, Status.MAX_ITERATIONS
+    ).astype(jnp.int32)
+    return Iterate(tokens, objective(tokens, w), status, residual, stats)
+
+
 class _Problem(eqx.Module):
     """A member's workload with its `TaskConstants` (`AggregateNewton.prepare`)."""
 
@@ -413,11 +420,11 @@ class AggregateNewton(AbstractSolver):
         rtol = default_rtol(w.dtype, self.rtol)
         tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w, p.k)
         residual = kkt_residual(tokens, w)
-        tokens, residual = _polish(w, tokens, residual, rtol)
-        status = jnp.where(
-            certified(w, tokens, residual, rtol), Status.CONVERGED, Status.MAX_ITERATIONS
-        )
-        status = status.astype(jnp.int32)
-        return Iterate(
-            tokens, objective(tokens, w), status, residual, {"outer_iterations": s.outer}
-        )
+        return _certify(w, tokens, residual, rtol, {"outer_iterations": s.outer})
+
+    def refine(self, p: _Problem, it: Iterate) -> Iterate:
+        """Newton steps on the budgets themselves for a member the price iteration left
+        uncertified (`_polish`), then its certificate anew."""
+        rtol = default_rtol(p.w.dtype, self.rtol)
+        tokens, residual = _polish(p.w, it.tokens, it.residual, rtol)
+        return _certify(p.w, tokens, residual, rtol, it.stats)

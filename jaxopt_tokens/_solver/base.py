@@ -14,7 +14,10 @@ methods, in the spirit of optimistix:
 - `step(problem, state) -> state`: one iteration;
 - `terminate(problem, state) -> Bool[]`: whether the member has finished (converged, stalled
   or broken down; the step limit is the driver's);
-- `postprocess(problem, state) -> Iterate`: the budgets, status, residual and statistics.
+- `postprocess(problem, state) -> Iterate`: the budgets, status, residual and statistics;
+- `refine(problem, iterate) -> Iterate`: more work on a member `postprocess` left
+  unconverged (by default none). The staged driver runs it only for those members, gathered,
+  so a few hard members do not cost a pass over the whole batch.
 
 `run` drives one member with a `while_loop`; `staged_run` drives a large batch in stages
 (`staged.py`); `solve` (in `solve.py`) picks one of them, masks rejected members and
@@ -102,6 +105,11 @@ class AbstractSolver(eqx.Module, Generic[State]):
     def postprocess(self, w: Workload, state: State) -> Iterate:
         """The member's budgets, status, residual and statistics."""
 
+    def refine(self, w: Workload, it: Iterate) -> Iterate:
+        """A better `Iterate` for a member whose `postprocess` did not converge: by default
+        `it` itself. Called for every such member, and may be called for others."""
+        return it
+
 
 def certified(w: Workload, tokens, residual, rtol: float) -> Bool[Array, ""]:
     """Whether `residual` (the KKT residual of `tokens`) certifies an optimum: at most `rtol`,
@@ -121,10 +129,12 @@ def run_until(solver: AbstractSolver, w, state, cap) -> Any:
     )
 
 
-def complete(solver: AbstractSolver, w, status_in, ok_in, state) -> Solution:
+def complete(solver: AbstractSolver, w, status_in, ok_in, state, it=None) -> Solution:
     """The `Solution` of one member from its final state (rejected members masked); `w` is
-    the member's prepared problem."""
-    it = solver.postprocess(w, state)
+    the member's prepared problem. `it`: the member's final `Iterate` where the caller has
+    made it (postprocessed and refined), else it is made here."""
+    if it is None:
+        it = solver.refine(w, solver.postprocess(w, state))
     return masked_solution(
         ok_in,
         status_in,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._status import Status
 from .._validate import prepare
 from .._workload import Workload
 from .base import AbstractSolver, complete, initial_state, run_until, running
@@ -81,6 +82,28 @@ def _rounds(solver: AbstractSolver, w, state, sizes: tuple[int, ...]):
     return state
 
 
+def _refine(solver: AbstractSolver, w, its, ok_in, buffer: int):
+    """`solver.refine` for the valid members `postprocess` left unconverged, `buffer` at a
+    time (a few members, usually none: a pass over the whole batch would cost a step)."""
+    batch = ok_in.shape[0]
+    todo = ok_in & (its.status != Status.CONVERGED)
+    refine = jax.vmap(solver.refine)
+
+    def body(carry):
+        its, todo = carry
+        idx = jnp.nonzero(todo, size=buffer, fill_value=0)[0]
+        valid = jnp.arange(buffer) < jnp.sum(todo)
+        sub = refine(_take(w, idx), _take(its, idx))
+        target = jnp.where(valid, idx, batch)
+        its = jax.tree_util.tree_map(
+            lambda full, new: full.at[target].set(new, mode="drop"), its, sub
+        )
+        return its, todo.at[target].set(False, mode="drop")
+
+    its, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (its, todo))
+    return its
+
+
 def staged_run(solver: AbstractSolver, w: Workload, start=None) -> Solution:
     """`vmap(run)(solver, w, start)` for a workload with one batch axis, computed in stages."""
     batch = w.batch_shape[0]
@@ -88,7 +111,11 @@ def staged_run(solver: AbstractSolver, w: Workload, start=None) -> Solution:
     problem = jax.vmap(solver.prepare)(safe)
     state = jax.vmap(lambda p, s: initial_state(solver, p, s))(problem, start)
     state = jax.vmap(lambda wi, si: run_until(solver, wi, si, FIRST_STEPS))(problem, state)
-    state = _rounds(solver, problem, state, buffer_sizes(batch))
-    return jax.vmap(lambda wi, si, st, ok: complete(solver, wi, st, ok, si))(
-        problem, state, status_in, ok_in
+    sizes = buffer_sizes(batch)
+    state = _rounds(solver, problem, state, sizes)
+    its = jax.vmap(solver.postprocess)(problem, state)
+    if type(solver).refine is not AbstractSolver.refine:  # skip the loop for the default
+        its = _refine(solver, problem, its, ok_in, sizes[-1])
+    return jax.vmap(lambda wi, si, st, ok, it: complete(solver, wi, st, ok, si, it))(
+        problem, state, status_in, ok_in, its
     )
