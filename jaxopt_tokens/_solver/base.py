@@ -1,8 +1,8 @@
 r"""The solver protocol and the one driver that runs every solver.
 
 A solver is an `eqx.Module` whose fields are its settings (static configuration); the data
-it works on, a `Workload`, is traced. It solves *one* unbatched workload through four
-methods, in the spirit of optimistix:
+it works on, a `Workload`, is traced. It solves *one* unbatched workload through these
+methods, in the spirit of optimistix (`init`, `step`, `terminate`, `postprocess` required):
 
 - `prepare(w) -> problem`: what the iteration works on: the workload, with whatever
   depends on it alone (per-task constants) computed once, outside the loop; by default the

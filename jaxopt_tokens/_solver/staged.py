@@ -12,10 +12,15 @@ last rounds, with few members left, cost little. Each member takes exactly the s
 in the plain solve; only which members share a vectorised step changes, so the result does
 not depend on the buffers.
 
+After the rounds, `postprocess` runs for every member and the solver's `refine` only for the
+members it left unconverged, gathered the same way (a `while_loop` inside `postprocess` would
+make every member pay for the hardest one).
+
 Any solver of the protocol in `base.py` runs this way (its state counts `iterations`). The
 schedule was chosen by counting member-steps on the iteration counts of 1e5 random members
-(about 10 step-equivalents of the batch, against 13 for one buffer of a sixteenth taking 8
-steps a round); `benchmarks/README.md` has the timings.
+(10.4 step-equivalents of the batch, against 13.2 for one buffer of a sixteenth taking 8
+steps a round); measured side by side the two take the same time within noise
+(`benchmarks/README.md`): what a solve costs beyond its steps lies elsewhere.
 """
 
 from __future__ import annotations
