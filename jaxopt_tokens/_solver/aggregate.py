@@ -104,7 +104,7 @@ def unclipped_budgets(d, y, w: Workload, k: TaskConstants | None = None):
     omega = wright_omega(jnp.where(huge, 1.0, log_q + beta))
     # one logarithm per task serves both branches: of omega, or of z where beta is huge
     log_arg = jnp.log(jnp.where(huge, z, omega))
-    log_omega = log_arg
+    log_omega = log_arg  # where beta is not huge
     # Two exact forms of the same budget (omega + log omega = x): (log q - log omega)/b and
     # (omega - beta)/b. Each cancels differently; take the one with the smaller operands, so
     # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
@@ -136,8 +136,7 @@ def budgets_at_prices(d, y, w: Workload, k: TaskConstants | None = None):
 def _equations(d, y, w, k):
     lam = w.arrival_rate
     tokens, t, g = budgets_at_prices(d, y, w, k)
-    m1 = jnp.sum(w.share * t, -1)
-    m2 = jnp.sum(w.share * t * t, -1)
+    m1, m2 = service_moments(tokens, w)  # its t0 + c l is the same expression as t (CSE)
     e1 = 1 - lam * m1 - d
     e2 = lam * m2 / (2 * d * d) - y
     return tokens, t, g, m2, e1, e2

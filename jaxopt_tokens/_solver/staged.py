@@ -46,6 +46,21 @@ def _take(tree, idx):
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
+def _on_members(fn, mask, size: int, w, tree):
+    """`tree` with `fn(w_i, tree_i)` written for the first `size` members where `mask` holds
+    (gathered into a buffer of `size` rows, so shapes stay static); also returns the indices
+    written, padding rows pointing past the batch."""
+    batch = mask.shape[0]
+    idx = jnp.nonzero(mask, size=size, fill_value=0)[0]
+    valid = jnp.arange(size) < jnp.sum(mask)
+    sub = fn(_take(w, idx), _take(tree, idx))
+    target = jnp.where(valid, idx, batch)  # padding rows are dropped, never written
+    tree = jax.tree_util.tree_map(
+        lambda full, new: full.at[target].set(new, mode="drop"), tree, sub
+    )
+    return tree, target
+
+
 def buffer_sizes(batch: int) -> tuple[int, ...]:
     """The round buffers for a batch of `batch` members, largest first (no duplicates)."""
     sizes = sorted({max(1, int(batch * f)) for f in BUFFER_FRACTIONS}, reverse=True)
@@ -55,20 +70,12 @@ def buffer_sizes(batch: int) -> tuple[int, ...]:
 def _rounds(solver: AbstractSolver, w, state, sizes: tuple[int, ...]):
     """Rounds of `ROUND_STEPS` steps for the running members, until none runs; each round in
     the smallest buffer of `sizes` that holds them all (the largest takes the first ones)."""
-    batch = state.iterations.shape[0]
     is_running = jax.vmap(lambda wi, si: running(solver, wi, si))
-    advance = jax.vmap(lambda wi, si, cap: run_until(solver, wi, si, cap))
+    advance = jax.vmap(lambda wi, si: run_until(solver, wi, si, si.iterations + ROUND_STEPS))
 
     def round_in(size):
         def one_round(state, live):
-            idx = jnp.nonzero(live, size=size, fill_value=0)[0]
-            valid = jnp.arange(size) < jnp.sum(live)
-            part = _take(state, idx)
-            sub = advance(_take(w, idx), part, part.iterations + ROUND_STEPS)
-            target = jnp.where(valid, idx, batch)  # padding rows are dropped, never written
-            return jax.tree_util.tree_map(
-                lambda full, new: full.at[target].set(new, mode="drop"), state, sub
-            )
+            return _on_members(advance, live, size, w, state)[0]
 
         return one_round
 
@@ -90,19 +97,12 @@ def _rounds(solver: AbstractSolver, w, state, sizes: tuple[int, ...]):
 def _refine(solver: AbstractSolver, w, its, ok_in, buffer: int):
     """`solver.refine` for the valid members `postprocess` left unconverged, `buffer` at a
     time (a few members, usually none: a pass over the whole batch would cost a step)."""
-    batch = ok_in.shape[0]
     todo = ok_in & (its.status != Status.CONVERGED)
     refine = jax.vmap(solver.refine)
 
     def body(carry):
         its, todo = carry
-        idx = jnp.nonzero(todo, size=buffer, fill_value=0)[0]
-        valid = jnp.arange(buffer) < jnp.sum(todo)
-        sub = refine(_take(w, idx), _take(its, idx))
-        target = jnp.where(valid, idx, batch)
-        its = jax.tree_util.tree_map(
-            lambda full, new: full.at[target].set(new, mode="drop"), its, sub
-        )
+        its, target = _on_members(refine, todo, buffer, w, its)
         return its, todo.at[target].set(False, mode="drop")
 
     its, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (its, todo))

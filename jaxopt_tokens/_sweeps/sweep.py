@@ -264,8 +264,8 @@ def sweep(
     sweep to a Parquet dataset there, see the module docstring); `resume` (complete the sweep
     already in `out`); `force` (replace whatever sweep is in `out`); `warm_start` (True: each
     chunk is solved coarse to fine, every 8th point first and the others started from it,
-    which changes only the number of steps (1.7 a point instead of 5.0 on the Table-I grid)
-    but compiles a second solver, ~10 s; False: every point from the solver's own start;
+    which changes only the number of steps (about a third, benchmarks/step_cost.py) but
+    compiles a second solver, ~10 s; False: every point from the solver's own start;
     default None: True for grids of `WARM_AUTO_POINTS` (4e6) points or more, where the
     saving outgrows the compilation).
 
