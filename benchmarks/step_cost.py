@@ -11,6 +11,11 @@ beside the wall time, since a shared machine's wall clock is noisy):
 - `one step`: one iteration of the default solver for every member;
 - `postprocess`: at the final state, the budgets at the best prices, their KKT residual and
   objective;
+- the phases of the staged solve (`staged.py`), each jitted alone: `prepare + init`
+  (validation, per-task constants, starting prices), `first stage` (`FIRST_STEPS` steps for
+  every member), `rounds` (the gathered rounds until no member runs; the note gives the
+  member-steps they do, a lower bound in step-equivalents) and `derivative` (attaching the
+  implicit derivative: the objective and masks at the answer);
 - `solve`: the whole staged solve, and the same solve warm-started from the solution at
   alpha 2% higher (a neighbour in a sweep); the last row is the largest difference between the
   two answers in the certificate's units, b_k |l_warm - l_cold| (the KKT residual bounds it
@@ -35,8 +40,10 @@ from rich.table import Table  # noqa: E402
 
 import jaxopt_tokens as jt  # noqa: E402
 from jaxopt_tokens._lambertw import wright_omega  # noqa: E402
+from jaxopt_tokens._solver import staged  # noqa: E402
 from jaxopt_tokens._solver.aggregate import AggregateNewton, unclipped_budgets  # noqa: E402
 from jaxopt_tokens._solver.base import run_until  # noqa: E402
+from jaxopt_tokens._solver.solve import _with_gradient  # noqa: E402
 from jaxopt_tokens._validate import prepare  # noqa: E402
 
 
@@ -68,8 +75,12 @@ def main():
             problem, state
         )
         x = jax.random.uniform(jax.random.key(1), (size, 6), dtype, -30, 30)
+        first = jax.jit(jax.vmap(lambda p, s: run_until(solver, p, s, staged.FIRST_STEPS)))(
+            problem, state
+        )
         solve = jax.jit(jt.solve)
         sol = solve(w)
+        rest = np.maximum(np.asarray(sol.iterations) - staged.FIRST_STEPS, 0).mean()
         neighbour = solve(w.replace(alpha=w.alpha * 1.02)).tokens
         warm = jax.jit(lambda w, s: jt.solve(w, start=s))
         sol_warm = warm(w, neighbour)
@@ -83,6 +94,30 @@ def main():
             ),
             ("one step", jax.jit(jax.vmap(solver.step)), (problem, state), ""),
             ("postprocess", jax.jit(jax.vmap(solver.postprocess)), (problem, final), ""),
+            (
+                "phase: prepare + init",
+                jax.jit(lambda w: jax.vmap(solver.init)(jax.vmap(solver.prepare)(prepare(w)[2]))),
+                (w,),
+                "",
+            ),
+            (
+                "phase: first stage",
+                jax.jit(jax.vmap(lambda p, s: run_until(solver, p, s, staged.FIRST_STEPS))),
+                (problem, state),
+                f"{staged.FIRST_STEPS} steps for every member",
+            ),
+            (
+                "phase: rounds",
+                jax.jit(lambda p, s: staged._rounds(solver, p, s, staged.buffer_sizes(size))),
+                (problem, first),
+                f"{rest:.2f} member-steps a member",
+            ),
+            (
+                "phase: derivative",
+                jax.jit(jax.vmap(lambda s, wi: _with_gradient(solver, s, wi))),
+                (jax.lax.stop_gradient(sol), w),
+                "objective and masks at the answer",
+            ),
             (
                 "solve",
                 solve,
