@@ -16,6 +16,9 @@ beside the wall time, since a shared machine's wall clock is noisy):
   every member), `rounds` (the gathered rounds until no member runs; the note gives the
   member-steps they do, a lower bound in step-equivalents) and `derivative` (attaching the
   implicit derivative: the objective and masks at the answer);
+- a second table replays the staged rounds on the float64 iteration counts under other
+  buffer schedules and prices them with a cost model fitted in the same run (one step and one
+  gather + scatter timed at each buffer size); the current schedule is the first row;
 - `solve`: the whole staged solve, and the same solve warm-started from the solution at
   alpha 2% higher (a neighbour in a sweep); the last row is the largest difference between the
   two answers in the certificate's units, b_k |l_warm - l_cold| (the KKT residual bounds it
@@ -156,7 +159,84 @@ def main():
             "",
             f"{np.max(gap[both]):.1e} ({both.mean():.2%} converged both ways)",
         )
+        if dtype == jnp.float64:
+            schedules = schedule_table(solver, problem, first, np.asarray(sol.iterations))
     Console(width=130).print(table)
+    Console(width=130).print(schedules)
+
+
+CANDIDATES = (
+    staged.BUFFER_FRACTIONS,
+    (1 / 4, 1 / 8, 1 / 32),
+    (1 / 4, 1 / 8, 1 / 16, 1 / 64),
+    (1 / 4, 1 / 8, 1 / 16, 1 / 64, 1 / 256),
+    (1 / 4, 3 / 16, 1 / 8, 1 / 16, 1 / 64, 1 / 256),
+)
+
+
+def _fraction(f: float) -> str:
+    return f"1/{round(1 / f)}" if abs(round(1 / f) * f - 1) < 1e-12 else f"{f:.4g}"
+
+
+def replay(iterations, batch: int, fractions, round_steps: int):
+    """The rounds `staged._rounds` runs for members needing `iterations` steps: a list of
+    (buffer size, members in it), by the same rule (smallest buffer holding every running
+    member, else the largest, filled in index order)."""
+    sizes = sorted({max(1, int(batch * f)) for f in fractions}, reverse=True)
+    left = np.maximum(iterations - staged.FIRST_STEPS, 0)
+    rounds = []
+    while (left > 0).any():
+        live = np.nonzero(left > 0)[0]
+        size = sizes[sum(len(live) <= s for s in sizes[1:])]
+        take = live[:size]
+        left[take] -= np.minimum(round_steps, left[take])
+        rounds.append((size, len(take)))
+    return rounds
+
+
+def schedule_table(solver, problem, first, iterations):
+    """Rounds' CPU time under other buffer schedules, from a cost model fitted here: one step
+    and one gather + scatter timed at each buffer size (interpolated in log-log between)."""
+    batch = iterations.shape[0]
+    live = np.asarray(jax.vmap(lambda p, s: staged.running(solver, p, s))(problem, first))
+    step = jax.jit(jax.vmap(solver.step))
+    probe = sorted({max(1, int(batch * f)) for c in CANDIDATES for f in c})
+    step_ms, move_ms = [], []
+    for size in probe:
+        sub = jax.tree_util.tree_map(lambda x: x[:size], (problem, first))
+        step_ms.append(best(step, *sub)[1] * 1e3)
+        move = jax.jit(
+            lambda p, s, m, size=size: staged._on_members(lambda a, b: b, m, size, p, s)[0]
+        )
+        move_ms.append(best(move, problem, first, jnp.asarray(live))[1] * 1e3)
+
+    def cost(size):
+        x = np.log(size)
+        return np.exp(np.interp(x, np.log(probe), np.log(step_ms))), np.exp(
+            np.interp(x, np.log(probe), np.log(move_ms))
+        )
+
+    full_step = best(step, problem, first)[1] * 1e3
+    table = Table(
+        title="The rounds under other buffer schedules (float64; model fitted to timings)"
+    )
+    for col in ("buffers (fractions of the batch)", "round steps", "rounds", "model CPU (ms)"):
+        table.add_column(col, justify="left" if col.startswith("buffers") else "right")
+    table.add_column("step-equivalents", justify="right")
+    for fractions in CANDIDATES:
+        for round_steps in (2, 3):
+            rounds = replay(iterations, batch, fractions, round_steps)
+            ms = sum(round_steps * cost(size)[0] + cost(size)[1] for size, _ in rounds)
+            table.add_row(
+                ", ".join(
+                    f"1/{round(1 / f)}" if round(1 / f) * f == 1 else f"{f:.4g}" for f in fractions
+                ),
+                str(round_steps),
+                str(len(rounds)),
+                f"{ms:.0f}",
+                f"{ms / full_step:.1f}",
+            )
+    return table
 
 
 if __name__ == "__main__":
