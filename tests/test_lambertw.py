@@ -75,17 +75,20 @@ def test_subnormal_and_tiny_inputs_are_finite(value):
 
 def test_derivatives():
     assert float(jax.grad(lambertw)(0.0)) == 1.0  # exactly
+    # jitted once each (run eagerly, every primitive compiles on its own for every shape)
+    w_of, dw_of = jax.jit(lambertw), jax.jit(jax.vmap(jax.grad(lambertw)))
+    om_of, dom_of = jax.jit(wright_omega), jax.jit(jax.vmap(jax.grad(wright_omega)))
     z = jnp.asarray(np.concatenate([np.linspace(-0.35, 4, 50), np.logspace(1, 100, 20)]))
-    w = lambertw(z)
-    np.testing.assert_allclose(jax.vmap(jax.grad(lambertw))(z), w / (z * (1 + w)), rtol=1e-12)
+    w, dw = w_of(z), dw_of(z)
+    np.testing.assert_allclose(dw, w / (z * (1 + w)), rtol=1e-12)
     h = 1e-6 * np.maximum(1, np.abs(np.asarray(z)))
-    fd = (np.asarray(lambertw(z + h)) - np.asarray(lambertw(z - h))) / (2 * h)
-    np.testing.assert_allclose(jax.vmap(jax.grad(lambertw))(z), fd, rtol=1e-7)
+    fd = (np.asarray(w_of(z + h)) - np.asarray(w_of(z - h))) / (2 * h)
+    np.testing.assert_allclose(dw, fd, rtol=1e-7)
     x = jnp.asarray(np.linspace(-50, 50, 101))
-    om = wright_omega(x)
-    np.testing.assert_allclose(jax.vmap(jax.grad(wright_omega))(x), om / (1 + om), rtol=1e-13)
-    fd = (np.asarray(wright_omega(x + 1e-6)) - np.asarray(wright_omega(x - 1e-6))) / 2e-6
-    np.testing.assert_allclose(jax.vmap(jax.grad(wright_omega))(x), fd, rtol=1e-7, atol=1e-12)
+    om, dom = om_of(x), dom_of(x)
+    np.testing.assert_allclose(dom, om / (1 + om), rtol=1e-13)
+    fd = (np.asarray(om_of(x + 1e-6)) - np.asarray(om_of(x - 1e-6))) / 2e-6
+    np.testing.assert_allclose(dom, fd, rtol=1e-7, atol=1e-12)
     assert float(jax.grad(wright_omega)(1e10)) == pytest.approx(1.0, rel=1e-9)
     g2 = jax.grad(jax.grad(wright_omega))(jnp.asarray([-30.0, 0.0, 30.0]).sum())
     assert np.isfinite(float(g2))

@@ -23,14 +23,16 @@ def batch():
     return w.replace(arrival_rate=lam)
 
 
+@jax.jit  # one compiled function for every test (a new jit closure per call recompiles)
 def plain(w):
     """Members in vmapped blocks below the staging size: one while_loop per block, no stages."""
-    return jax.jit(lambda w: jax.lax.map(jt.solve, w, batch_size=MIN_STAGED_BATCH // 2))(w)
+    return jax.lax.map(jt.solve, w, batch_size=MIN_STAGED_BATCH // 2)
 
 
+@jax.jit
 def one_loop(w):
     """The whole batch in one vmapped while_loop (every member as long as the slowest)."""
-    return jax.jit(jax.vmap(lambda wi: run(AggregateNewton(), wi)))(w)
+    return jax.vmap(lambda wi: run(AggregateNewton(), wi))(w)
 
 
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
@@ -69,8 +71,7 @@ def test_staged_batch_keeps_batch_shape_and_gradients(batch):
     np.testing.assert_allclose(g_staged(batch.alpha), g_plain(batch.alpha), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
-def test_staged_float32(batch):
+def test_staged_float32(batch):  # shares no compilation with the group: either worker
     """In float32 a different fusion can tip a member at the rounding floor either way."""
     w32 = batch.astype(jnp.float32)
     staged, ref = jt.solve(w32), plain(w32)
