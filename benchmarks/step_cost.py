@@ -228,9 +228,7 @@ def schedule_table(solver, problem, first, iterations):
             rounds = replay(iterations, batch, fractions, round_steps)
             ms = sum(round_steps * cost(size)[0] + cost(size)[1] for size, _ in rounds)
             table.add_row(
-                ", ".join(
-                    f"1/{round(1 / f)}" if round(1 / f) * f == 1 else f"{f:.4g}" for f in fractions
-                ),
+                ", ".join(_fraction(f) for f in fractions),
                 str(round_steps),
                 str(len(rounds)),
                 f"{ms:.0f}",

@@ -20,11 +20,11 @@ Any solver of the protocol in `base.py` runs this way (its state counts `iterati
 schedule was chosen by counting member-steps on the iteration counts of 1e5 random members
 (10.4 step-equivalents of the batch, against 13.2 for one buffer of a sixteenth taking 8
 steps a round); measured side by side the two take the same time within noise. The rounds
-cost about twice the member-steps they do (9.9 step-equivalents for 4.3 a member, float64):
-members that stop inside a 3-step round leave their slots idle, partly filled buffers run
+cost about twice the member-steps they do (8.7-9.9 step-equivalents for 4.3 a member in
+float64): members that stop inside a 3-step round leave their slots idle, partly filled buffers run
 full, and each round pays a gather and a scatter. A cost model of the schedule fitted to the
-measured rounds finds at most 16% less with twice the buffer sizes (twice the compiled
-branches), so the schedule stays (`benchmarks/README.md`).
+measured rounds finds at most 13% less with twice the buffer sizes (twice the compiled
+branches), so the schedule stays (`benchmarks/step_cost.py`, `benchmarks/README.md`).
 """
 
 from __future__ import annotations
