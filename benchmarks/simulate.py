@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._queue.simulate import lindley_waits, sample_stream
+from jaxopt_tokens._queue.simulate import lindley_waits, sample_query_stream
 
 
 def simpy_seconds(arrivals, service):
@@ -83,7 +83,7 @@ def main():
     # peers: one policy's stream, float64 to compare waits exactly
     with jax.enable_x64(True):
         w64 = w.astype(np.float64)
-        stream = sample_stream(
+        stream = sample_query_stream(
             jax.random.PRNGKey(1), w64.replace(arrival_rate=0.4), args.peer_queries
         )
         tokens = np.asarray(jt.solve(w64).tokens)

@@ -66,15 +66,23 @@ from ._objective import (
 from ._queue.batching import ContinuousBatching
 from ._queue.batching_sim import BatchingSimulation, simulate_batching
 from ._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing, latency_objective
-from ._queue.simulate import SimulationResult, UnstableQueueWarning, simulate
+from ._queue.simulate import (
+    Simulation,
+    SimulationResult,
+    SimulationStatus,
+    UnstableQueueWarning,
+    lindley_waits,
+    sample_query_stream,
+)
+from ._queue.simulation import simulate
 from ._random import random_workloads
 from ._solver.aggregate import AggregateNewton
-from ._solver.base import AbstractSolver
+from ._solver.base import AbstractSolver, Iterate, Problem
 from ._solver.batching import BatchingNewton
 from ._solver.fixed_point import FixedPoint
-from ._solver.gradient import ProjectedGradient
+from ._solver.gradient import ProjectedGradient, SpectralGradient
 from ._solver.solution import Solution
-from ._solver.solve import METHODS, solve, solve_latency
+from ._solver.solve import SOLVER_NAMES, default_solver, solve, solve_latency
 from ._status import Status, StatusEnum
 from ._sweeps.dataset import read_sweep
 from ._sweeps.figures import all_figures
@@ -131,11 +139,15 @@ __all__ = [
     "solve",
     "solve_latency",
     "BatchingNewton",
-    "METHODS",
+    "SOLVER_NAMES",
+    "default_solver",
     "AbstractSolver",
+    "Problem",
+    "Iterate",
     "AggregateNewton",
     "FixedPoint",
     "ProjectedGradient",
+    "SpectralGradient",
     "Solution",
     "Status",
     "StatusEnum",
@@ -159,7 +171,11 @@ __all__ = [
     "ReplicaCount",
     "latency_objective",
     "simulate",
+    "Simulation",
     "SimulationResult",
+    "SimulationStatus",
+    "lindley_waits",
+    "sample_query_stream",
     "UnstableQueueWarning",
     # from measurements to deployed budgets
     "Measurements",

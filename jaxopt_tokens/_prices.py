@@ -2,7 +2,7 @@ r"""The marginal latency prices of the paper's model at a budget vector.
 
 With $d = 1 - \lambda E[S]$, $\partial E[T] / \partial l_k = \pi_k c_k (v + u\, t_k)$ where
 $u = \lambda / d$ and $v = 1 + \tfrac12 u^2 E[S^2]$ (eq. (10)). The certificate (`_kkt.py`)
-and the implicit derivative (`_solver/implicit.py`) both price tokens this way. Docs: *Model*.
+and the implicit derivative (`_implicit.py`) both price tokens this way. Docs: *Model*.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ at zero tokens). The same rules are evaluated two ways:
 - `check_values` on concrete arrays (host side, `Workload.validate()`, the loaders, the
   CLI): the first violation raises a `WorkloadError` naming the field, the task and the batch
   member;
-- `member_status` on traced arrays (inside every solver, under `jit`/`vmap`): each member
-  gets the `Status` of its first violated rule, so a member outside the model is never
-  reported as converged, and `prepare`/`sanitise` swap it for a harmless stand-in so the
-  loops stay finite.
+- `member_status` on traced arrays (under `jit`/`vmap`; `validate_members` runs it once per
+  solve): each member gets the `Status` of its first violated rule, so a member outside the
+  model is never reported as converged, and `sanitise` swaps it for a harmless stand-in so
+  the loops stay finite.
 
 It also holds the eager checks shared by the other systems (`as_float_array`,
 `check_finite`, `check_nonnegative`, `check_probability`). Docs: *Workloads and validity*.
@@ -35,8 +35,9 @@ __all__ = [
     "RULES",
     "share_tolerance",
     "check_values",
+    "VALID",
     "member_status",
-    "prepare",
+    "validate_members",
     "sanitise",
     "default_rtol",
     "as_float_array",
@@ -204,13 +205,21 @@ def _raise(field, what, bad, every, names, rule: Rule | None = None, dtype=np.fl
     raise WorkloadError(f"field '{field}'{_member(idx)}: {what} (got {value:g})")
 
 
-def member_status(w) -> Int[Array, "*batch"]:
-    """The input status of every member under `RULES` (jit/vmap safe): `CONVERGED` when the
-    member may be solved, else `NONFINITE_INPUT`, `INVALID_INPUT` or `UNSTABLE_INPUT`."""
+#: what `member_status` gives a member that passes every rule (it is not a `Status`: a
+#: valid member has not been solved yet)
+VALID = -1
+
+
+def member_status(w, stability: bool = True) -> Int[Array, "*batch"]:
+    """The input status of every member under `RULES` (jit/vmap safe): `VALID` when the
+    member may be solved, else `NONFINITE_INPUT`, `INVALID_INPUT` or `UNSTABLE_INPUT`.
+    `stability=False` skips the M/G/1 stability rule (for a server with its own)."""
     every = {f: getattr(w, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS}
     batch = w.batch_shape
-    status = jnp.full(batch, Status.CONVERGED, jnp.int32)
+    status = jnp.full(batch, VALID, jnp.int32)
     for rule in reversed(RULES):  # the first violated rule wins
+        if not stability and rule.status == Status.UNSTABLE_INPUT:
+            continue
         bad = rule.bad(every, w.dtype)
         if bad.ndim > len(batch):
             bad = jnp.any(bad, axis=-1)
@@ -229,11 +238,21 @@ def default_rtol(dtype, rtol: float | None) -> float:
     return 1e-9 if dtype == jnp.float64 else 1e-4
 
 
-def prepare(w):
-    """`(status_in, ok_in, safe)`: the input status per member, whether it may be solved, and the
-    workload with rejected members swapped for a harmless one so the loops stay finite."""
-    status_in = member_status(w)
-    ok_in = status_in == Status.CONVERGED
+def validate_members(w, load: Callable[[Any, Any], Any] | None = None):
+    """Validate every member of `w` once, under jit/vmap: `(status_in, ok_in, safe)`, the
+    input status per member (`VALID` or the rejecting `Status`), whether it may be solved,
+    and the workload with rejected members swapped for a harmless one so that the loops that
+    follow stay finite.
+
+    `load(tokens, w)`: the server's load; a member whose load at zero tokens is not below 1
+    is `UNSTABLE_INPUT`. `None`: the M/G/1 rule of `RULES`.
+    """
+    status_in = member_status(w, stability=load is None)
+    if load is not None:
+        ok = status_in == VALID
+        unstable = ok & ~(load(jnp.zeros_like(w.A), sanitise(w, ok)) < 1)
+        status_in = jnp.where(unstable, Status.UNSTABLE_INPUT, status_in).astype(jnp.int32)
+    ok_in = status_in == VALID
     return status_in, ok_in, sanitise(w, ok_in)
 
 

@@ -103,15 +103,16 @@ def test_ps_overflow_is_flagged_not_silent():
 
 
 @pytest.mark.parametrize(
-    "discipline, model, cv",
+    "model",
     [
-        ("fifo", jt.FIFO(service_cv=0.5), 0.5),
-        ("priority", jt.Priority(order=ORDER, service_cv=0.5), 0.5),
-        ("ps", jt.ProcessorSharing(), 1.0),
+        jt.FIFO(service_cv=0.5),
+        jt.Priority(order=ORDER, service_cv=0.5),
+        jt.ProcessorSharing(service_cv=1.0),
     ],
+    ids=lambda m: m.discipline,
 )
 @pytest.mark.parametrize("rho", [0.3, 0.7])
-def test_per_type_system_times_match_the_simulator(table1, discipline, model, cv, rho):
+def test_per_type_system_times_match_the_simulator(table1, model, rho):
     w = _at_load(table1, rho)
     r = jt.simulate(
         w,
@@ -119,9 +120,7 @@ def test_per_type_system_times_match_the_simulator(table1, discipline, model, cv
         num_queries=20_000,
         num_replications=20,
         key=jax.random.PRNGKey(3),
-        discipline=discipline,
-        priority=ORDER if discipline == "priority" else None,
-        service_cv=cv,
+        model=model,
         capacity=256,
     )
     predicted = np.asarray(model.system_times(jnp.asarray(TOKENS), w))
@@ -218,9 +217,9 @@ def test_solve_latency_vmaps_with_a_status_per_member(table1):
 
 
 def test_bad_priority_order_names_the_field(table1):
-    with pytest.raises(jt.InputError, match="priority"):
-        jt.simulate(table1, TOKENS, discipline="priority", priority=(0, 1, 2))
+    with pytest.raises(jt.InputError, match="order"):
+        jt.simulate(table1, TOKENS, model=jt.Priority(order=(0, 1, 2)))
     with pytest.raises(jt.InputError, match="order"):
         jt.solve_latency(table1, jt.Priority(order=(0, 0, 1, 2, 3, 4)))
-    with pytest.raises(jt.InputError, match="discipline"):
-        jt.simulate(table1, TOKENS, discipline="lifo")
+    with pytest.raises(jt.InputError, match="model"):
+        jt.simulate(table1, TOKENS, model="lifo")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._queue.simulate import lindley_waits, sample_quantiles, sample_stream
+from jaxopt_tokens._queue.simulate import lindley_waits, sample_quantiles, sample_query_stream
 from jaxopt_tokens._stats import student_t_quantile
 
 
@@ -34,7 +34,7 @@ def _stream(table1, num=2000, key=3, cv=0.5):
     """A stream at Table I's optimum, with service noise and a load high enough to queue."""
     w = table1.replace(arrival_rate=0.5)
     tokens = np.asarray(jt.solve(table1).tokens)
-    s = sample_stream(jax.random.PRNGKey(key), w, num, service_cv=cv, noise="gamma")
+    s = sample_query_stream(jax.random.PRNGKey(key), w, num, service_cv=cv, noise="gamma")
     service = np.asarray((w.t0 + w.c * tokens)[s.task] * s.noise)
     return np.asarray(s.gaps), service
 
@@ -94,7 +94,7 @@ def test_mean_system_time_within_99pct_interval_of_pk(table1, rho):
         num_queries=200_000 if long_run else 20_000,
         num_replications=30,
         key=jax.random.PRNGKey(int(rho * 100)),
-        service_cv=0.3,
+        model=jt.FIFO(service_cv=0.3),
     )
     mean, lo, hi = r.interval("system_time", level=0.99)
     assert lo <= float(r.predicted_system_time) <= hi, (rho, mean, lo, hi, r.predicted_system_time)
@@ -106,7 +106,7 @@ def test_mean_system_time_within_99pct_interval_of_pk(table1, rho):
 def test_littles_law_on_one_long_trajectory(table1):
     w = table1.replace(arrival_rate=0.4)
     tokens = np.asarray(jt.solve(table1).tokens)
-    s = sample_stream(jax.random.PRNGKey(11), w, 100_000, service_cv=1.0)
+    s = sample_query_stream(jax.random.PRNGKey(11), w, 100_000, service_cv=1.0)
     service = np.asarray((w.t0 + w.c * tokens)[s.task] * s.noise)
     arrivals = np.cumsum(np.asarray(s.gaps))
     departures = arrivals + np.asarray(lindley_waits(s.gaps, service)) + service
@@ -165,7 +165,7 @@ def test_float32_simulation_agrees_with_pk(table1):
 
 @pytest.mark.parametrize("noise", ["lognormal", "gamma"])
 def test_noise_has_mean_one_and_requested_cv(table1, noise):
-    s = sample_stream(jax.random.PRNGKey(0), table1, 400_000, service_cv=0.7, noise=noise)
+    s = sample_query_stream(jax.random.PRNGKey(0), table1, 400_000, service_cv=0.7, noise=noise)
     x = np.asarray(s.noise)
     assert x.mean() == pytest.approx(1.0, abs=0.01)
     assert x.std() == pytest.approx(0.7, rel=0.02)
@@ -197,8 +197,10 @@ def test_student_t_quantile_matches_scipy():
         ({"tokens": np.zeros(6), "num_queries": 1}, "num_queries"),
         ({"tokens": np.zeros(6), "num_replications": 0}, "num_replications"),
         ({"tokens": np.zeros(6), "warmup": 5000, "num_queries": 5000}, "warmup"),
-        ({"tokens": np.zeros(6), "service_cv": -0.1}, "service_cv"),
-        ({"tokens": np.zeros(6), "service_cv": [0.1, 0.2]}, "service_cv"),
+        ({"tokens": np.zeros(6), "model": jt.FIFO(service_cv=-0.1)}, "service_cv"),
+        ({"tokens": np.zeros(6), "model": jt.FIFO(service_cv=[0.1, 0.2])}, "service_cv"),
+        ({"tokens": np.zeros(6), "model": "fifo"}, "model"),
+        ({"tokens": np.zeros(6), "model": jt.ContinuousBatching(), "noise": "gamma"}, "noise"),
         ({"tokens": np.zeros(6), "noise": "pareto"}, "noise"),
     ],
 )

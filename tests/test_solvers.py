@@ -216,7 +216,7 @@ def test_solve_rejects_non_workload():
     [
         jt.AggregateNewton(rtol=1e-12),
         jt.FixedPoint(rtol=1e-10),
-        jt.ProjectedGradient(safeguarded=True),
+        jt.SpectralGradient(),
     ],
     ids=lambda s: type(s).__name__,
 )
@@ -247,12 +247,12 @@ def test_a_custom_solver_gets_masking_and_gradients_from_the_driver(table1):
     class Ascent(jt.AbstractSolver):
         rtol: float | None = 1e-9
         max_steps: int = 200_000
-        model: None = None
 
-        def init(self, w):
-            return State(jnp.zeros_like(w.A), jnp.zeros((), jnp.int32))
+        def init(self, p, start=None):
+            return State(jnp.zeros_like(p.workload.A), jnp.zeros((), jnp.int32))
 
-        def step(self, w, s):
+        def step(self, p, s):
+            w = p.workload
             g = jt.objective_gradient(s.tokens, w)
             new = jnp.clip(
                 s.tokens + 0.9 / jt.gradient_lipschitz(w, jt.provable_box(w)) * g,
@@ -261,15 +261,15 @@ def test_a_custom_solver_gets_masking_and_gradients_from_the_driver(table1):
             )
             return State(new, s.iterations + 1)
 
-        def terminate(self, w, s):
-            return jt.kkt_residual(s.tokens, w) <= self.rtol
+        def terminate(self, p, s):
+            return jt.kkt_residual(s.tokens, p.workload) <= self.rtol
 
-        def postprocess(self, w, s):
-            from jaxopt_tokens._solver.base import Iterate
-
+        def postprocess(self, p, s):
+            w = p.workload
             res = jt.kkt_residual(s.tokens, w)
             status = jnp.where(res <= self.rtol, jt.Status.CONVERGED, jt.Status.MAX_ITERATIONS)
-            return Iterate(s.tokens, jt.objective(s.tokens, w), status.astype(jnp.int32), res, {})
+            value = jt.objective(s.tokens, w)
+            return jt.Iterate(s.tokens, value, status.astype(jnp.int32), res, {})
 
     bad = table1.replace(alpha=-1.0)
     batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), table1, bad)

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._solver.aggregate import AggregateNewton
-from jaxopt_tokens._solver.base import run  # the per-member loop, tested on purpose
+
+# the per-member loop and the driver's validation, tested on purpose against the stages
+from jaxopt_tokens._solver.base import run
+from jaxopt_tokens._solver.solution import masked_solution
 from jaxopt_tokens._solver.staged import MIN_STAGED_BATCH
+from jaxopt_tokens._validate import validate_members
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,9 @@ def plain(w):
 @jax.jit
 def one_loop(w):
     """The whole batch in one vmapped while_loop (every member as long as the slowest)."""
-    return jax.vmap(lambda wi: run(AggregateNewton(), wi))(w)
+    status, ok, safe = validate_members(w)
+    sol = jax.vmap(lambda wi: run(jt.AggregateNewton(), jt.Problem(wi, jt.FIFO())))(safe)
+    return masked_solution(sol, ok, status)
 
 
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch

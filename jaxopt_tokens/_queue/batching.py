@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -101,6 +102,7 @@ class ContinuousBatching(LatencyModel):
     prefill: ArrayLike = 0.0
     replicas: int = eqx.field(static=True, default=1)
     routing: str = eqx.field(static=True, default="random")
+    discipline: ClassVar[str] = "batching"
 
     def __check_init__(self):
         if self.routing not in ROUTINGS:
@@ -131,8 +133,9 @@ class ContinuousBatching(LatencyModel):
             if v is not None and (v.ndim > 1 or not np.all(np.isfinite(v)) or np.any(v < 0)):
                 raise InputError(f"{name}: finite and >= 0 (a scalar or one per task), got {v}")
 
-    def check(self, num_tasks: int) -> None:
-        """`InputError` unless the per-task fields fit `num_tasks` tasks."""
+    def check(self, w: Workload) -> None:
+        """`InputError` unless the per-task fields fit the workload's tasks."""
+        num_tasks = w.num_tasks
         for name in ("answer_tokens", "prefill"):
             v = np.shape(getattr(self, name))
             if v not in ((), (num_tasks,)):
@@ -141,6 +144,21 @@ class ContinuousBatching(LatencyModel):
     @property
     def unlimited(self) -> bool:
         return self.max_batch is None
+
+    @property
+    def structure(self) -> str:
+        """`"mean_work"` with an unlimited batch (E[T] depends on the budgets only through the
+        mean work: `BatchingNewton`), else `"general"`."""
+        return "mean_work" if self.unlimited else "general"
+
+    def effective_workload(self, w: Workload) -> Workload:
+        """`w` with neutral `t0 = 0`, `c = 1`: the step time replaces the M/G/1 service line,
+        which plays no part (and gets zero derivatives)."""
+        return w.replace(t0=jnp.zeros_like(w.t0), c=jnp.ones_like(w.c))
+
+    def relaxation(self) -> ContinuousBatching:
+        """The same server without the batch limit (its optimum starts the general solver)."""
+        return self.replace(max_batch=None)
 
     def replace(self, **changes) -> ContinuousBatching:
         """A copy with some settings changed (e.g. `replicas=4`)."""
@@ -162,7 +180,7 @@ class ContinuousBatching(LatencyModel):
         """Whether arrivals are routed by the replicas' state (the pooled approximation)."""
         return self.replicas > 1 and self.routing != "random"
 
-    def arrival_rate(self, w: Workload):
+    def replica_arrival_rate(self, w: Workload):
         """The arrival rate one replica sees (on average, under state-dependent routing)."""
         return w.arrival_rate / self.replicas
 
@@ -206,7 +224,7 @@ class ContinuousBatching(LatencyModel):
         tau0, tau1 = self.step_coefficients(w.dtype)
         B, c = self.max_batch, self.replicas
         # random routing: one replica at lambda / c; pooled: the whole system at lambda
-        lam, servers = (w.arrival_rate, c) if self.pooled else (self.arrival_rate(w), 1)
+        lam, servers = (w.arrival_rate, c) if self.pooled else (self.replica_arrival_rate(w), 1)
         if B is None and servers == 1:
             q = lam * tau1 * m
             q = jnp.where(q < 1, q, 0.5)

@@ -14,7 +14,7 @@ free). Time is kept as $t_{\text{busy}} + S \tau_0 + M \tau_1$ with integer coun
 $S$ and of tokens $M$ since the busy period began, so it equals a step-by-step simulation of
 the same rules to rounding (the tests compare with an independent plain-Python one to 1e-9).
 Each replication runs one `while_loop` over at most $3 \times$ `num_queries` events, the
-policies on common random numbers (`sample_stream`): one after another on the CPU, in vmapped
+policies on common random numbers (`sample_query_stream`): one after another on the CPU, in vmapped
 chunks on accelerators (a vmapped `while_loop` selects its whole carry, the per-request arrays,
 at every event: linear per event on the CPU, parallel on an accelerator). With `replicas`,
 random routing is simulated as one replica at arrival rate $\lambda / c$ (the same in
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -37,22 +36,20 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
-from .._stats import replication_interval
-from .._status import HasStatus
 from .._validate import check_int, check_memory
 from .._workload import Workload
 from .batching import ContinuousBatching
 from .simulate import (
-    SimulationStatus,
+    Simulation,
     UnstableQueueWarning,
     sample_quantiles,
-    sample_stream,
+    sample_query_stream,
 )
 
 __all__ = ["BatchingSimulation", "simulate_batching", "batching_trajectory", "routed_trajectory"]
 
 
-class BatchingSimulation(HasStatus):
+class BatchingSimulation(Simulation):
     r"""Per-replication statistics of simulated policies on a batching server.
 
     Array fields have shape `(*policies, replications)`: the mean `system_time` (arrival to
@@ -63,8 +60,6 @@ class BatchingSimulation(HasStatus):
     `batch_size` (shape `(*policies, replications, slots + 1)`) is the fraction of time with
     n requests running. `predicted_*` (shape `(*policies,)`) are the model's values.
     """
-
-    STATUS: ClassVar[type[SimulationStatus]] = SimulationStatus
 
     system_time: Float[Array, "*p r"]
     queue_wait: Float[Array, "*p r"]
@@ -101,30 +96,12 @@ class BatchingSimulation(HasStatus):
         "accuracy",
     )
 
-    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
-        x = np.asarray(getattr(self, name), dtype=np.float64)
-        if name in ("system_time_by_task", "batch_size"):
-            x = np.moveaxis(x, -1, -2)  # replications last
-        return replication_interval(x, level)
+    PER_TASK_STATISTICS = ("system_time_by_task", "batch_size")
+    PREDICTED = ("system_time", "queue_wait", "running")
 
     @property
-    def status(self) -> Int[Array, "*p"]:
-        """`SimulationStatus` per policy, from the model's load."""
-        unstable = ~(self.predicted_load < 1)
-        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
-            jnp.int32
-        )
-
-    def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
-        """Every statistic as `{"mean", "lower", "upper"}`, predictions beside the means."""
-        out = {}
-        for name in self.STATISTICS:
-            mean, lo, hi = self.interval(name, level)
-            out[name] = {"mean": mean, "lower": lo, "upper": hi}
-        for name in ("system_time", "queue_wait", "running"):
-            out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
-        return out
+    def load(self) -> Float[Array, "*p"]:
+        return self.predicted_load
 
 
 class _Loop(eqx.Module):
@@ -568,7 +545,7 @@ def simulate_batching(
     """
     if not isinstance(model, ContinuousBatching):
         raise InputError(f"model: must be ContinuousBatching, got {type(model).__name__}")
-    model.check(w.num_tasks)
+    model.check(w)
     num_queries = check_int("num_queries", num_queries, 2)
     num_replications = check_int("num_replications", num_replications, 1)
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
@@ -647,7 +624,7 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
     # whole system at lambda, every arrival routed by the replicas' state
     c = model.replicas
     pooled = model.pooled
-    stream_w = w if pooled else w.replace(arrival_rate=model.arrival_rate(w))
+    stream_w = w if pooled else w.replace(arrival_rate=model.replica_arrival_rate(w))
     share = 1 if pooled else c  # throughputs of the whole system
 
     def trajectory(arrivals, work, first_steps, window):
@@ -669,7 +646,7 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
         )
 
     def replication(r):
-        stream = sample_stream(jax.random.fold_in(key, r), stream_w, num_queries)
+        stream = sample_query_stream(jax.random.fold_in(key, r), stream_w, num_queries)
         arrivals = jnp.cumsum(stream.gaps)
         onehot = jax.nn.one_hot(stream.task[warmup:], w.num_tasks, dtype=w.dtype)
         per_type = jnp.sum(onehot, 0)

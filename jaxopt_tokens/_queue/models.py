@@ -14,15 +14,15 @@ arrivals and the accuracy term and change the latency term $E[T] = \sum_k \pi_k 
   $E[T_k] = t_k / (1 - \rho)$ (insensitive to the service-time distribution).
 
 Each model gives per-type mean system times `system_times(tokens, w)`; `objective` is
-$\alpha \sum_k \pi_k p_k(l_k) - \sum_k \pi_k E[T_k]$, and `solve_latency` maximises it by
-spectral projected gradient (J need not be concave under priority). `simulate(...,
-discipline=...)` simulates each model; the tests check the formulas against it.
-Docs: *Latency models*.
+$\alpha \sum_k \pi_k p_k(l_k) - \sum_k \pi_k E[T_k]$, and `solve(w, model=...)` maximises
+it (J need not be concave under priority). `simulate(w, tokens, model=...)` simulates each
+model; the tests check the formulas against it. Docs: *Latency models*.
 """
 
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -31,7 +31,11 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._errors import InputError
-from .._objective import mean_accuracy
+from .._implicit import dense_tangent, mg1_tangent
+from .._integer import MAX_EXHAUSTIVE_TASKS
+from .._kkt import kkt_residual, objective_gradient, residual_floor
+from .._objective import mean_accuracy, objective, service_moments
+from .._validate import is_concrete
 from .._workload import Workload
 
 __all__ = [
@@ -49,40 +53,104 @@ def _cv(service_cv, w: Workload):
 
 
 class LatencyModel(eqx.Module):
-    """Mean system time per task type as a function of the budgets."""
+    r"""A server's mean system time per task type as a function of the budgets.
+
+    A model is part of the *problem* a solver is given (`solve(w, model=...)`), never a
+    setting of the solver. Besides `system_times` (the one method a model must define) it
+    supplies what the solvers and the implicit derivative need, each with a default that
+    holds for any smooth model:
+
+    - `check(w)`: eager checks of the model against a workload (`InputError`);
+    - `effective_workload(w)`: the workload the model reads (e.g. a batching server ignores
+      the M/G/1 service line);
+    - `objective`, `value_and_grad`, `mean_system_time`: J and its gradient;
+    - `load(tokens, w)`: the server's load; the model is stable where it is below 1 (validity
+      requires it at zero tokens);
+    - `residual`, `residual_floor`: the certificate on the box $[0, l_{\max}]$ and the rounding
+      floor below which it cannot be pushed;
+    - `implicit_tangent`: the derivative of the optimal budgets (dense KKT system);
+    - `structure`: how J couples the tasks, which decides the default solver;
+    - `relaxation()`: a simpler model whose optimum starts the general solver.
+
+    Docs: *Latency models*.
+    """
+
+    #: which simulator `simulate` runs for this model (`"fifo"`, `"priority"`, `"ps"` or
+    #: `"batching"`)
+    discipline: ClassVar[str] = ""
 
     @abc.abstractmethod
     def system_times(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
         """$E[T_k]$ per task type; `+inf` where the queue is unstable."""
 
+    @property
+    def structure(self) -> str:
+        """How J couples the tasks: `"mg1"` (through $E[S]$ and $E[S^2]$ as in eq. (7): the
+        budgets are closed-form given two prices), `"mean_work"` (through the mean work alone:
+        one price) or `"general"`."""
+        return "general"
+
+    def check(self, w: Workload) -> None:
+        """Raise `InputError` when the model cannot serve `w` (shape or settings)."""
+
+    def effective_workload(self, w: Workload) -> Workload:
+        """The workload this model reads: `w` itself by default."""
+        return w
+
     def objective(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
         """J under this model (`latency_objective`)."""
         return latency_objective(tokens, w, self)
 
-    def residual(
-        self, tokens: Float[Array, " n"], upper: Float[Array, " n"], w: Workload
-    ) -> Float[Array, ""]:
-        """Scale-free projected KKT residual of J on the box $[0, u]$: per task, the imbalance
-        between the marginal value of accuracy and the marginal latency cost relative to
-        their size, in the directions the box allows (what `kkt_residual` is for FIFO)."""
-        gain = jax.grad(lambda l: jnp.sum(w.alpha * mean_accuracy(l, w)))(tokens)
-        cost = jax.grad(lambda l: jnp.sum(self.mean_system_time(l, w)))(tokens)
-        g = gain - cost
-        blocked = ((tokens <= 0) & (g <= 0)) | ((tokens >= upper) & (g >= 0))
-        rel = jnp.abs(g) / (jnp.abs(gain) + jnp.abs(cost) + jnp.finfo(tokens.dtype).tiny)
-        return jnp.max(jnp.where(blocked, 0, rel))
+    def value_and_grad(
+        self, tokens: Float[Array, " n"], w: Workload
+    ) -> tuple[Float[Array, ""], Float[Array, " n"]]:
+        """J and its gradient in the budgets at `tokens` (one member)."""
+        return jax.value_and_grad(self.objective)(tokens, w)
 
     def mean_system_time(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
         r"""$\sum_k \pi_k E[T_k]$; `+inf` when the queue is unstable."""
         return jnp.sum(w.share * self.system_times(tokens, w), axis=-1)
 
+    def load(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
+        r"""The server's load: $\lambda E[S]$ of the M/G/1 service line by default. Stable
+        where below 1."""
+        return w.arrival_rate * service_moments(tokens, w)[0]
+
+    def residual(self, tokens: Float[Array, " n"], w: Workload) -> Float[Array, ""]:
+        r"""Scale-free projected KKT residual of J on the box $[0, l_{\max}]$: per task, the
+        imbalance between the marginal value of accuracy and the marginal latency cost relative
+        to their size, in the directions the box allows (what `kkt_residual` is for the
+        paper's model); `+inf` where J is not finite."""
+        gain = jax.grad(lambda l: jnp.sum(w.alpha * mean_accuracy(l, w)))(tokens)
+        cost = jax.grad(lambda l: jnp.sum(self.mean_system_time(l, w)))(tokens)
+        g = gain - cost
+        blocked = ((tokens <= 0) & (g <= 0)) | ((tokens >= w.max_tokens) & (g >= 0))
+        rel = jnp.abs(g) / (jnp.abs(gain) + jnp.abs(cost) + jnp.finfo(tokens.dtype).tiny)
+        res = jnp.max(jnp.where(blocked, 0, rel))
+        finite = jnp.isfinite(self.mean_system_time(tokens, w))
+        return jnp.where(finite & jnp.isfinite(res), res, jnp.inf)
+
+    def residual_floor(self, tokens: Float[Array, " n"], w: Workload) -> Float[Array, ""]:
+        """The smallest residual the dtype can certify at `tokens` (0 by default)."""
+        return jnp.zeros((), jnp.result_type(tokens, w.dtype))
+
+    def implicit_tangent(self, w: Workload, tokens, ok, w_dot: Workload) -> Float[Array, " n"]:
+        r"""$\dot l^*$ in the direction `w_dot` at the optimum `tokens` of one member (zero where
+        `ok` is false): the dense Newton system of $\nabla_l J = 0$ on the free budgets."""
+        return dense_tangent(self.objective, w, tokens, ok, w_dot)
+
+    def relaxation(self) -> LatencyModel:
+        """A model with a closed-form structure whose optimum starts the general solver: the
+        paper's (`FIFO()`) by default."""
+        return FIFO()
+
     def integer_budgets(self, tokens: Float[Array, " n"], w: Workload) -> Float[Array, " n"]:
         """The best floor/ceil combination of `tokens` under this model's J (eq. (39) with the
-        model's objective); more than 16 tasks: rounded to nearest."""
+        model's objective); above `MAX_EXHAUSTIVE_TASKS` tasks: rounded to nearest."""
         n = w.num_tasks
         lo = jnp.floor(tokens)
         cap = jnp.floor(w.max_tokens)
-        if n > 16:
+        if n > MAX_EXHAUSTIVE_TASKS:
             return jnp.clip(jnp.round(tokens), 0, cap)
         bits = (jnp.arange(2**n)[:, None] >> jnp.arange(n)[None, :]) & 1
         combos = jnp.clip(lo + bits.astype(tokens.dtype), 0, cap)
@@ -98,9 +166,54 @@ def _moments(tokens, w: Workload, service_cv):
 
 class FIFO(LatencyModel):
     """First come, first served; service time of type k has coefficient of variation
-    `service_cv`."""
+    `service_cv` (a scalar or one value per task).
+
+    `FIFO()` (deterministic service) is the paper's model, eq. (7), and the default of
+    every solver: its objective, gradient, certificate and implicit derivative are the
+    closed forms of eqs. (10)-(17), and its default solver is `AggregateNewton`.
+    """
 
     service_cv: ArrayLike = 0.0
+    discipline: ClassVar[str] = "fifo"
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the service is deterministic (`service_cv` a Python zero): the paper's model."""
+        cv = self.service_cv
+        return isinstance(cv, (int, float)) and not isinstance(cv, bool) and cv == 0
+
+    @property
+    def structure(self) -> str:
+        return "mg1" if self.deterministic else "general"
+
+    def check(self, w: Workload) -> None:
+        if is_concrete(self.service_cv):
+            check_service_cv(self.service_cv, w.num_tasks)
+
+    def objective(self, tokens, w):
+        if self.deterministic:
+            return objective(tokens, w)
+        return super().objective(tokens, w)
+
+    def value_and_grad(self, tokens, w):
+        if self.deterministic:
+            return objective(tokens, w), objective_gradient(tokens, w)
+        return super().value_and_grad(tokens, w)
+
+    def residual(self, tokens, w):
+        if self.deterministic:
+            return kkt_residual(tokens, w)
+        return super().residual(tokens, w)
+
+    def residual_floor(self, tokens, w):
+        if self.deterministic:
+            return residual_floor(tokens, w)
+        return super().residual_floor(tokens, w)
+
+    def implicit_tangent(self, w, tokens, ok, w_dot):
+        if self.deterministic:
+            return mg1_tangent(w, tokens, ok, w_dot)
+        return super().implicit_tangent(w, tokens, ok, w_dot)
 
     def system_times(self, tokens, w):
         t, rho_k, m2_k = _moments(tokens, w, self.service_cv)
@@ -125,16 +238,22 @@ class Priority(LatencyModel):
 
     order: tuple[int, ...] = eqx.field(static=True)
     service_cv: ArrayLike = 0.0
+    discipline: ClassVar[str] = "priority"
 
-    def check(self, num_tasks: int) -> None:
-        """`InputError` unless `order` is a permutation of the `num_tasks` task indices."""
-        if sorted(self.order) != list(range(num_tasks)):
+    def check(self, w: Workload) -> None:
+        """`InputError` unless `order` is a permutation of the task indices (and the
+        coefficients of variation are valid)."""
+        n = w.num_tasks
+        if sorted(self.order) != list(range(n)):
             raise InputError(
-                f"order: must be a permutation of the {num_tasks} task indices, got {self.order}"
+                f"order: must be a permutation of the {n} task indices, got {self.order}"
             )
+        if is_concrete(self.service_cv):
+            check_service_cv(self.service_cv, n)
 
     def system_times(self, tokens, w):
-        self.check(w.num_tasks)
+        if sorted(self.order) != list(range(w.num_tasks)):
+            self.check(w)
         t, rho_k, m2_k = _moments(tokens, w, self.service_cv)
         perm = jnp.asarray(self.order)
         sigma = jnp.cumsum(rho_k[..., perm], -1)  # load served before or with each class, in order
@@ -148,7 +267,19 @@ class Priority(LatencyModel):
 
 
 class ProcessorSharing(LatencyModel):
-    r"""Egalitarian processor sharing: $E[T_k] = t_k / (1 - \rho)$ (M/G/1-PS)."""
+    r"""Egalitarian processor sharing: $E[T_k] = t_k / (1 - \rho)$ (M/G/1-PS).
+
+    The mean does not depend on the service-time distribution; `service_cv` (the coefficient
+    of variation of the service times, scalar or per task) matters only to the simulator and
+    the tails.
+    """
+
+    service_cv: ArrayLike = 0.0
+    discipline: ClassVar[str] = "ps"
+
+    def check(self, w: Workload) -> None:
+        if is_concrete(self.service_cv):
+            check_service_cv(self.service_cv, w.num_tasks)
 
     def system_times(self, tokens, w):
         t, rho_k, _ = _moments(tokens, w, 0.0)

@@ -35,21 +35,25 @@ from .._status import HasStatus, StatusEnum
 from .._validate import check_int, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
-from .models import FIFO, LatencyModel, Priority, ProcessorSharing, check_service_cv
+from .models import LatencyModel, check_service_cv
 
 __all__ = [
     "UnstableQueueWarning",
     "Stream",
     "SimulationResult",
     "SimulationStatus",
-    "sample_stream",
+    "sample_query_stream",
     "lindley_waits",
     "sample_quantiles",
-    "simulate",
+    "simulate_server",
+    "Simulation",
+    "DISCIPLINES",
+    "MAX_BATCH_ELEMENTS",
 ]
 
 NoiseKind = Literal["lognormal", "gamma"]
 QUANTILES = (0.5, 0.95, 0.99)
+#: the single-server disciplines `simulate_server` simulates (`LatencyModel.discipline`)
 DISCIPLINES = ("fifo", "priority", "ps")
 MAX_BATCH_ELEMENTS = (
     1 << 26
@@ -94,7 +98,7 @@ def _noise(key, num: int, cv, kind: NoiseKind, dtype):
     raise InputError(f"noise: unknown kind {kind!r}; choose 'lognormal' or 'gamma'")
 
 
-def sample_stream(
+def sample_query_stream(
     key: PRNGKeyArray,
     w: Workload,
     num_queries: int,
@@ -144,7 +148,67 @@ class SimulationStatus(StatusEnum):
     UNSTABLE = 1, "the policy loads the server to utilization >= 1: the means have no steady state"
 
 
-class SimulationResult(HasStatus):
+class Simulation(HasStatus):
+    """What every simulation returns: per-replication statistics of simulated policies with
+    the latency model's predictions beside them (`SimulationResult` for the single-server
+    disciplines, `BatchingSimulation` for a batching server).
+
+    Array fields have shape `(*policies, replications)`; the statistics in
+    `PER_TASK_STATISTICS` add a trailing axis after the replications. `summary()` turns the
+    replications into means with Student-t confidence intervals (with the model's prediction
+    beside each statistic in `PREDICTED`), `interval(name)` does one, and `status` (per
+    policy, `SimulationStatus`) says whether the policy has a steady state at all: it does
+    when the model's `load` is below 1.
+    """
+
+    STATUS: ClassVar[type[SimulationStatus]] = SimulationStatus
+    #: statistics averaged over replications by `summary()`
+    STATISTICS: ClassVar[tuple[str, ...]] = ()
+    #: statistics with a trailing axis after the replications (by task, histograms)
+    PER_TASK_STATISTICS: ClassVar[tuple[str, ...]] = ("system_time_by_task",)
+    #: statistics with a `predicted_<name>` field
+    PREDICTED: ClassVar[tuple[str, ...]] = ()
+
+    num_queries: eqx.AbstractVar[int]
+    warmup: eqx.AbstractVar[int]
+
+    @property
+    def load(self) -> Float[Array, "*p"]:
+        """The model's load per policy (utilization; stable below 1)."""
+        raise NotImplementedError
+
+    @property
+    def num_replications(self) -> int:
+        return getattr(self, "system_time").shape[-1]
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
+        x = np.asarray(getattr(self, name), dtype=np.float64)
+        if name in self.PER_TASK_STATISTICS:
+            x = np.moveaxis(x, -1, -2)  # replications last
+        return replication_interval(x, level)
+
+    @property
+    def status(self) -> Int[Array, "*p"]:
+        """`SimulationStatus` per policy, from the model's load."""
+        unstable = ~(self.load < 1)
+        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
+            jnp.int32
+        )
+
+    def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
+        """Every statistic as `{"mean", "lower", "upper"}` (confidence `level`), with
+        `"predicted"` beside those the model predicts."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for name in (*self.STATISTICS, "system_time_by_task"):
+            mean, lo, hi = self.interval(name, level)
+            out[name] = {"mean": mean, "lower": lo, "upper": hi}
+        for name in self.PREDICTED:
+            out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
+        return out
+
+
+class SimulationResult(Simulation):
     r"""Per-replication statistics of simulated policies, with the PK predictions beside them.
 
     Every array field has shape `(*policies, replications)`: means over the measured queries
@@ -160,8 +224,6 @@ class SimulationResult(HasStatus):
     `summary()` turns the replications into means with confidence intervals; `status`
     (per policy, `SimulationStatus`) says whether the policy has a steady state at all.
     """
-
-    STATUS: ClassVar[type[SimulationStatus]] = SimulationStatus
 
     wait: Float[Array, "*p r"]
     system_time: Float[Array, "*p r"]
@@ -198,44 +260,18 @@ class SimulationResult(HasStatus):
         "accuracy",
         "objective",
     )
+    PREDICTED = (
+        "system_time",
+        "wait",
+        "utilization",
+        "accuracy",
+        "objective",
+        "system_time_by_task",
+    )
 
     @property
-    def num_replications(self) -> int:
-        return self.wait.shape[-1]
-
-    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mean, lower, upper) over replications of statistic `name`: a Student-t interval."""
-        x = np.asarray(getattr(self, name), dtype=np.float64)
-        if name == "system_time_by_task":
-            x = np.moveaxis(x, -1, -2)  # replications last
-        return replication_interval(x, level)
-
-    @property
-    def status(self) -> Int[Array, "*p"]:
-        """`SimulationStatus` per policy, from the predicted utilization."""
-        unstable = ~(self.predicted_utilization < 1)
-        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
-            jnp.int32
-        )
-
-    def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
-        """Every statistic as `{"mean", "lower", "upper"}` (confidence `level`) plus predictions."""
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for name in self.STATISTICS:
-            mean, lo, hi = self.interval(name, level)
-            out[name] = {"mean": mean, "lower": lo, "upper": hi}
-        mean, lo, hi = self.interval("system_time_by_task", level)
-        out["system_time_by_task"] = {"mean": mean, "lower": lo, "upper": hi}
-        for name in (
-            "system_time",
-            "wait",
-            "utilization",
-            "accuracy",
-            "objective",
-            "system_time_by_task",
-        ):
-            out[name]["predicted"] = np.asarray(getattr(self, f"predicted_{name}"))
-        return out
+    def load(self) -> Float[Array, "*p"]:
+        return self.predicted_utilization
 
 
 def sample_quantiles(x: Float[Array, " q"]) -> Float[Array, " 3"]:
@@ -314,14 +350,6 @@ def _replication(
     return jax.lax.map(one_policy, tokens, batch_size=policy_batch)
 
 
-def _model(discipline: str, order, service_cv) -> LatencyModel:
-    if discipline == "fifo":
-        return FIFO(service_cv)
-    if discipline == "priority":
-        return Priority(tuple(order), service_cv)
-    return ProcessorSharing()
-
-
 def _predictions(w: Workload, tokens, model: LatencyModel):
     by_task = model.system_times(tokens, w)
     service = w.t0 + w.c * tokens
@@ -365,37 +393,35 @@ def _check(
     check_service_cv(service_cv, w.num_tasks)
 
 
-def simulate(
+def simulate_server(
     workload: Workload,
     tokens: ArrayLike,
+    model: LatencyModel,
     num_queries: int = 10_000,
     num_replications: int = 20,
     key: PRNGKeyArray | None = None,
     *,
     warmup: int | None = None,
-    service_cv: ArrayLike = 0.0,
     noise: NoiseKind = "lognormal",
-    discipline: str = "fifo",
-    priority=None,
     capacity: int = 512,
 ) -> SimulationResult:
-    """Simulate the M/G/1 server under one or many token policies.
+    """Simulate the single server of `model` (`FIFO`, `Priority` or `ProcessorSharing`) under
+    one or many token policies; `simulate` is the entry point for every model.
 
     **Arguments:**
 
     - `workload`: one `Workload` (no batch axes).
     - `tokens`: budgets of shape `(N,)` or `(*P, N)`; every policy is simulated on the same
       arrival, type, noise and correctness streams (common random numbers).
+    - `model`: `FIFO(service_cv)` (the paper with `service_cv=0`; the parallel Lindley form),
+      `Priority(order, service_cv)` (non-preemptive by task type, `order` highest first) or
+      `ProcessorSharing(service_cv)` (at most `capacity` queries in the system at once, else
+      `InputError`). Its `service_cv` is the coefficient of variation of a mean-one
+      service-time factor of family `noise` (`"lognormal"` or `"gamma"`); its formulas give
+      the predictions.
     - `num_queries` per replication (the paper: 10,000), `num_replications` independent
       replications (confidence intervals), `key` (default `PRNGKey(0)`).
     - `warmup`: queries dropped at the start of each replication (default 10%).
-    - `service_cv`, `noise`: coefficient of variation (scalar or per task) and family
-      (`"lognormal"` or `"gamma"`) of a mean-one service-time factor; 0 is the paper's model.
-    - `discipline`: `"fifo"` (the paper; parallel Lindley form), `"priority"` (non-preemptive
-      by task type; `priority` is the task order, highest first) or `"ps"` (processor
-      sharing; at most `capacity` queries in the system at once, else `InputError`).
-      The predictions come from the matching latency model (`FIFO`, `Priority`,
-      `ProcessorSharing` in `_latency.py`).
 
     Memory: one replication at a time; within it, policies are vmapped in batches of at most
     `MAX_BATCH_ELEMENTS / num_queries` (about 64M queries x policies per batch), so large
@@ -408,6 +434,12 @@ def simulate(
     w = workload
     if not isinstance(w, Workload):
         raise InputError(f"workload: expected a Workload, got {type(w).__name__}")
+    discipline = getattr(model, "discipline", None)
+    if discipline not in DISCIPLINES:
+        raise InputError(
+            "model: simulate_server takes FIFO, Priority or ProcessorSharing, got "
+            f"{type(model).__name__}"
+        )
     try:
         tok = np.asarray(tokens, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
@@ -416,7 +448,7 @@ def simulate(
         ) from None
     num_queries = check_int("num_queries", num_queries, 2)
     num_replications = check_int("num_replications", num_replications, 1)
-    capacity = check_int("capacity", capacity, 1)
+    capacity = check_int("capacity", capacity, 2)
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
     if key is not None and not (
         isinstance(key, jax.Array)
@@ -432,22 +464,12 @@ def simulate(
         f"simulating {num_queries:,} queries",
         "use fewer queries per replication and more replications",
     )
+    service_cv = model.service_cv
     _check(w, tok, num_queries, num_replications, warmup, service_cv)
+    model.check(w)
     if noise not in ("lognormal", "gamma"):
         raise InputError(f"noise: unknown kind {noise!r}; choose 'lognormal' or 'gamma'")
-    if discipline not in DISCIPLINES:
-        raise InputError(f"discipline: unknown {discipline!r}; choose one of {DISCIPLINES}")
-    if discipline == "priority":
-        if priority is None or sorted(int(k) for k in priority) != list(range(w.num_tasks)):
-            raise InputError(
-                f"priority: give the order of the {w.num_tasks} task indices, highest first "
-                f"(a permutation of 0..{w.num_tasks - 1}), got {priority!r}"
-            )
-        order = tuple(int(k) for k in priority)
-    else:
-        order = tuple(range(w.num_tasks))
-    if capacity < 2:
-        raise InputError(f"capacity: must be >= 2, got {capacity}")
+    order = tuple(getattr(model, "order", range(w.num_tasks)))
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = w.dtype
     policies = tok.shape[:-1]
@@ -479,7 +501,7 @@ def simulate(
             f"capacity: more than {capacity} queries were in the processor-sharing system at "
             "once; raise capacity (the load is close to 1)"
         )
-    preds = _predictions(w, flat, _model(discipline, order, cv))
+    preds = _predictions(w, flat, model)
     unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
     if unstable.size:
         warnings.warn(
@@ -538,7 +560,7 @@ def _simulate_flat(
     policy_batch: int,
 ):
     def replication(r):
-        stream = sample_stream(
+        stream = sample_query_stream(
             jax.random.fold_in(key, r), w, num_queries, service_cv=service_cv, noise=noise
         )
         return _replication(w, tokens, stream, warmup, discipline, rank, capacity, policy_batch)

@@ -34,18 +34,20 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from .._errors import InputError
+from .._implicit import newton_polish
 from .._kkt import kkt_residual
 from .._lambertw import wright_omega
 from .._objective import objective, service_moments
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
-from .base import AbstractSolver, Iterate, certified, usable_start
-from .implicit import newton_polish
+from .base import AbstractSolver, Iterate, Problem, certified, usable_start
 
 __all__ = [
     "AggregateNewton",
     "TaskConstants",
+    "check_mg1",
     "budgets_at_prices",
     "task_constants",
     "unclipped_budgets",
@@ -176,13 +178,15 @@ def _safeguarded(x, x_new, lo, hi, last_step):
     return out, jnp.abs(jnp.log(out) - jnp.log(x))
 
 
-def _polish(w: Workload, tokens, residual, rtol):
+def _polish(p: Problem, tokens, residual, rtol):
     """Damped Newton steps on the budgets themselves while the certificate is not met and each
     step lowers the residual (none at all for a batch the price iteration has solved)."""
+    w = p.workload
 
     def cond(c):
         tokens, residual, k = c
-        return ~certified(w, tokens, residual, rtol) & (k < POLISH_STEPS)
+        value = objective(tokens, w)
+        return ~certified(p, tokens, residual, value, rtol) & (k < POLISH_STEPS)
 
     def body(c):
         tokens, residual, k = c
@@ -201,18 +205,21 @@ def _polish(w: Workload, tokens, residual, rtol):
     return tokens, residual
 
 
-def _certify(w: Workload, tokens, residual, rtol, stats) -> Iterate:
+def _certify(p: Problem, tokens, residual, rtol, stats) -> Iterate:
+    value = objective(tokens, p.workload)
     status = jnp.where(
-        certified(w, tokens, residual, rtol), Status.CONVERGED, Status.MAX_ITERATIONS
+        certified(p, tokens, residual, value, rtol), Status.CONVERGED, Status.MAX_ITERATIONS
     ).astype(jnp.int32)
-    return Iterate(tokens, objective(tokens, w), status, residual, stats)
+    return Iterate(tokens, value, status, residual, stats)
 
 
-class _Problem(eqx.Module):
-    """A member's workload with its `TaskConstants` (`AggregateNewton.prepare`)."""
-
-    w: Workload
-    k: TaskConstants
+def check_mg1(solver, model) -> None:
+    """`InputError` unless `model` has the paper's two-price structure (`FIFO()`)."""
+    if model.structure != "mg1":
+        raise InputError(
+            f"solver: {type(solver).__name__} solves the paper's model (FIFO with deterministic "
+            f"service) only, not {type(model).__name__}; use solver='default'"
+        )
 
 
 class _State(eqx.Module):
@@ -262,17 +269,19 @@ class AggregateNewton(AbstractSolver):
     max_steps: int = 200
     joint_threshold: float = 0.03
     stall_steps: int = 12
-    model: None = None
 
-    def prepare(self, w: Workload) -> _Problem:
-        return _Problem(w, task_constants(w))
+    def check(self, model) -> None:
+        check_mg1(self, model)
 
-    def _cheap_residual(self, p: _Problem, d, y, tokens, t, e1, e2):
+    def prepare(self, problem: Problem) -> TaskConstants:
+        return task_constants(problem.workload)
+
+    def _cheap_residual(self, p: Problem, d, y, tokens, t, e1, e2):
         """`kkt_residual` without an exponential: a free budget's marginal accuracy value
         equals the iteration's price c(v_it + u_it t) by construction; at a bound it is a
         constant. Only the true prices, from the moments, are new."""
-        w = p.w
-        lam, gain, gain_at_cap = w.arrival_rate, p.k.gain, p.k.gain_at_cap
+        w = p.workload
+        lam, gain, gain_at_cap = w.arrival_rate, p.constants.gain, p.constants.gain_at_cap
         lmax = w.max_tokens[..., None]
         d_true = e1 + d  # 1 - lam E[S]
         stable = d_true > 0
@@ -288,8 +297,8 @@ class AggregateNewton(AbstractSolver):
         res = jnp.max(w.b * jnp.abs(tokens - step), axis=-1)
         return jnp.where(stable, res, jnp.inf)
 
-    def init(self, p: _Problem, start=None) -> _State:
-        w = p.w
+    def init(self, p: Problem, start=None) -> _State:
+        w = p.workload
         lam = w.arrival_rate
         m1_0, m2_0 = service_moments(jnp.zeros_like(w.A), w)
         d_top = 1 - lam * m1_0
@@ -306,7 +315,7 @@ class AggregateNewton(AbstractSolver):
         y0 = lam * m2_0 / (2 * d0 * d0)
         # with no service time at zero tokens (every t0 = 0) that price is 0, a poor start for
         # Newton in log y: start instead from F(0) = lam E[S^2](l(d0, 0)) / (2 d0^2) >= y(d0)
-        F0 = _equations(d0, jnp.zeros_like(y0), w, p.k)[5]
+        F0 = _equations(d0, jnp.zeros_like(y0), w, p.constants)[5]
         y0 = jnp.where(y0 > jnp.finfo(w.dtype).tiny, y0, F0)
         d_lo = 0.5 * d_floor
         if start is not None:  # a warm start: the prices its budgets imply, inside the bracket
@@ -338,8 +347,8 @@ class AggregateNewton(AbstractSolver):
             outer=jnp.zeros((), jnp.int32),
         )
 
-    def terminate(self, p: _Problem, s: _State):
-        w = p.w
+    def terminate(self, p: Problem, s: _State):
+        w = p.workload
         eps = jnp.finfo(w.dtype).eps
         rtol = default_rtol(w.dtype, self.rtol)
 
@@ -349,12 +358,12 @@ class AggregateNewton(AbstractSolver):
         done = (s.residual <= 0.5 * rtol) | (collapsed(s.d_lo, s.d_hi) & collapsed(s.y_lo, s.y_hi))
         return done | (s.stall >= self.stall_steps)  # no progress: rounding is all that is left
 
-    def step(self, p: _Problem, s: _State) -> _State:
-        w = p.w
+    def step(self, p: Problem, s: _State) -> _State:
+        w = p.workload
         eps = jnp.finfo(w.dtype).eps
         tiny = jnp.finfo(w.dtype).tiny
         rtol = default_rtol(w.dtype, self.rtol)
-        tokens, t, g, m2, e1, e2 = _equations(s.d, s.y, w, p.k)
+        tokens, t, g, m2, e1, e2 = _equations(s.d, s.y, w, p.constants)
         j11, j12, j21, j22 = _jacobian(s.d, w, t, g, m2)
         residual = self._cheap_residual(p, s.d, s.y, tokens, t, e1, e2)
         # Log forms: chi = log G - log d, psi = log F - log y with G = 1 - lam E[S] and
@@ -420,16 +429,16 @@ class AggregateNewton(AbstractSolver):
             outer=s.outer + move_d.astype(jnp.int32),
         )
 
-    def postprocess(self, p: _Problem, s: _State) -> Iterate:
-        w = p.w
+    def postprocess(self, p: Problem, s: _State) -> Iterate:
+        w = p.workload
         rtol = default_rtol(w.dtype, self.rtol)
-        tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w, p.k)
+        tokens, _, _ = budgets_at_prices(s.best_d, s.best_y, w, p.constants)
         residual = kkt_residual(tokens, w)
-        return _certify(w, tokens, residual, rtol, {"outer_iterations": s.outer})
+        return _certify(p, tokens, residual, rtol, {"outer_iterations": s.outer})
 
-    def refine(self, p: _Problem, it: Iterate) -> Iterate:
+    def refine(self, p: Problem, it: Iterate) -> Iterate:
         """Newton steps on the budgets themselves for a member the price iteration left
         uncertified (`_polish`), then its certificate anew."""
-        rtol = default_rtol(p.w.dtype, self.rtol)
-        tokens, residual = _polish(p.w, it.tokens, it.residual, rtol)
-        return _certify(p.w, tokens, residual, rtol, it.stats)
+        rtol = default_rtol(p.workload.dtype, self.rtol)
+        tokens, residual = _polish(p, it.tokens, it.residual, rtol)
+        return _certify(p, tokens, residual, rtol, it.stats)

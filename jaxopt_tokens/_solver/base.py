@@ -1,12 +1,14 @@
-r"""The solver protocol and the one driver that runs every solver.
+r"""The solver protocol, the problem it is given, and the loop that runs one member.
 
-A solver is an `eqx.Module` whose fields are its settings (static configuration); the data
-it works on, a `Workload`, is traced. It solves *one* unbatched workload through these
-methods, in the spirit of optimistix (`init`, `step`, `terminate`, `postprocess` required):
+A solver is an `eqx.Module` whose fields are its settings (static configuration) and nothing
+else; the data it works on is a `Problem`: one member's workload (traced) and the latency
+model whose J it maximises (shared by the batch). It solves one unbatched problem through
+these methods, in the spirit of optimistix (`init`, `step`, `terminate`, `postprocess`
+required):
 
-- `prepare(w) -> problem`: what the iteration works on: the workload, with whatever
-  depends on it alone (per-task constants) computed once, outside the loop; by default the
-  workload itself;
+- `check(model)`: refuse, eagerly, a model the method cannot solve (by default none);
+- `prepare(problem) -> constants`: what depends on the problem alone (per-task constants),
+  computed once outside the loop and handed back as `problem.constants`; by default `None`;
 - `init(problem, start) -> state`: the loop carry before the first step (an `eqx.Module`
   with an int32 `iterations` counter); `start` is `None` or budgets to start from (a warm
   start: the solver uses what it can of them and falls back to its own start where they are
@@ -20,9 +22,10 @@ methods, in the spirit of optimistix (`init`, `step`, `terminate`, `postprocess`
   so a few hard members do not cost a pass over the whole batch.
 
 `run` drives one member with a `while_loop`; `staged_run` drives a large batch in stages
-(`staged.py`); `solve` (in `solve.py`) picks one of them, masks rejected members and
-attaches the implicit derivative of the budgets. The workload a solver sees has been
-checked (`member_status`) and sanitised: its methods never see values outside the model.
+(`staged.py`); `solve` (in `solve.py`) validates the workload once, picks one of them, masks
+rejected members and attaches the implicit derivative the model supplies. The workload a
+solver sees has been validated and sanitised: its methods never see values outside the
+model.
 
 See the docs page *Solvers* for the protocol and the list of solvers.
 """
@@ -37,21 +40,20 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._kkt import residual_floor
-from .._validate import prepare
+from .._queue.models import LatencyModel
 from .._workload import Workload
-from .solution import Solution, masked_solution
+from .solution import Solution
 
 __all__ = [
     "AbstractSolver",
+    "Problem",
     "Iterate",
     "run",
     "run_until",
     "running",
-    "complete",
+    "finish",
     "certified",
     "usable_start",
-    "initial_state",
 ]
 
 State = TypeVar("State")
@@ -67,90 +69,97 @@ class Iterate(eqx.Module):
     stats: dict[str, Array]
 
 
+class Problem(eqx.Module):
+    """What a solver is given for one member: the workload, the latency model whose J it
+    maximises, and the solver's own `constants` (from `prepare`; `None` until then)."""
+
+    workload: Workload
+    model: LatencyModel
+    constants: Any = None
+
+
 class AbstractSolver(eqx.Module, Generic[State]):
     """The protocol every solver of problem (9) implements (module docstring).
 
     Subclasses declare `rtol` (target residual; `None` for the dtype's default) and
-    `max_steps`, plus their own settings, as fields.
+    `max_steps`, plus their own settings, as fields. A solver holds no data and no model.
     """
 
     rtol: eqx.AbstractVar[float | None]
     max_steps: eqx.AbstractVar[int]
 
-    #: the latency model whose objective the solver maximises (`None`: the paper's FIFO
-    #: M/G/1 with deterministic service, eq. (7)); it decides the implicit derivative.
-    model: eqx.AbstractVar[Any]
+    def check(self, model: LatencyModel) -> None:
+        """Raise `InputError` when this method cannot solve problems under `model` (by
+        default every model is accepted)."""
 
-    def prepare(self, w: Workload) -> Any:
-        """The problem `init`/`step`/`terminate`/`postprocess` receive: by default `w`.
+    def prepare(self, problem: Problem) -> Any:
+        """Constants the iteration needs that depend on the problem alone (default `None`).
 
         Computed once per member before the loop (and gathered with the state in the staged
-        driver), so that a step does no work that depends on the workload alone.
+        driver), so that a step does no work that depends on the workload alone; the methods
+        below find them in `problem.constants`.
         """
-        return w
+        return None
 
     @abc.abstractmethod
-    def init(self, w: Workload, start: Array | None = None) -> State:
+    def init(self, problem: Problem, start: Array | None = None) -> State:
         """The loop state before the first step, from the budgets `start` where given."""
 
     @abc.abstractmethod
-    def step(self, w: Workload, state: State) -> State:
+    def step(self, problem: Problem, state: State) -> State:
         """One iteration."""
 
     @abc.abstractmethod
-    def terminate(self, w: Workload, state: State) -> Bool[Array, ""]:
+    def terminate(self, problem: Problem, state: State) -> Bool[Array, ""]:
         """True once the member needs no further step (the step limit is the driver's)."""
 
     @abc.abstractmethod
-    def postprocess(self, w: Workload, state: State) -> Iterate:
+    def postprocess(self, problem: Problem, state: State) -> Iterate:
         """The member's budgets, status, residual and statistics."""
 
-    def refine(self, w: Workload, it: Iterate) -> Iterate:
+    def refine(self, problem: Problem, it: Iterate) -> Iterate:
         """A better `Iterate` for a member whose `postprocess` did not converge: by default
         `it` itself. Called for every such member, and may be called for others."""
         return it
 
 
-def certified(w: Workload, tokens, residual, rtol: float) -> Bool[Array, ""]:
-    """Whether `residual` (the KKT residual of `tokens`) certifies an optimum: at most `rtol`,
-    or at most the dtype's rounding floor near saturation (`residual_floor`)."""
-    return jnp.isfinite(residual) & (residual <= jnp.maximum(rtol, residual_floor(tokens, w)))
+def certified(problem: Problem, tokens, residual, value, rtol: float) -> Bool[Array, ""]:
+    """Whether `residual` (the model's KKT residual at `tokens`, where J is `value`)
+    certifies an optimum: J finite (a latency the model calls infinite is never an optimum)
+    and the residual at most `rtol`, or at most the model's rounding floor
+    (`LatencyModel.residual_floor`)."""
+    floor = problem.model.residual_floor(tokens, problem.workload)
+    return jnp.isfinite(residual) & jnp.isfinite(value) & (residual <= jnp.maximum(rtol, floor))
 
 
-def running(solver: AbstractSolver, w, state) -> Bool[Array, ""]:
+def running(solver: AbstractSolver, problem: Problem, state) -> Bool[Array, ""]:
     """Whether the driver would take another step."""
-    return ~solver.terminate(w, state) & (state.iterations < solver.max_steps)
+    return ~solver.terminate(problem, state) & (state.iterations < solver.max_steps)
 
 
-def run_until(solver: AbstractSolver, w, state, cap) -> Any:
+def run_until(solver: AbstractSolver, problem: Problem, state, cap) -> Any:
     """Continue one member's loop until it stops or its step count reaches `cap`."""
     return jax.lax.while_loop(
-        lambda s: running(solver, w, s) & (s.iterations < cap), lambda s: solver.step(w, s), state
+        lambda s: running(solver, problem, s) & (s.iterations < cap),
+        lambda s: solver.step(problem, s),
+        state,
     )
 
 
-def complete(solver: AbstractSolver, w, status_in, ok_in, state, it=None) -> Solution:
-    """The `Solution` of one member from its final state (rejected members masked); `w` is
-    the member's prepared problem. `it`: the member's final `Iterate` where the caller has
-    made it (postprocessed and refined), else it is made here."""
+def finish(solver: AbstractSolver, problem: Problem, state, it: Iterate | None = None) -> Solution:
+    """The (unmasked) `Solution` of one member from its final state. `it`: the member's
+    final `Iterate` where the caller has made it (postprocessed and refined), else it is
+    made here."""
     if it is None:
-        it = solver.refine(w, solver.postprocess(w, state))
-    return masked_solution(
-        ok_in,
-        status_in,
-        it.status,
-        it.tokens,
-        it.objective,
-        it.residual,
-        state.iterations,
-        it.stats,
+        it = solver.refine(problem, solver.postprocess(problem, state))
+    return Solution(
+        tokens=it.tokens,
+        objective=it.objective,
+        status=it.status.astype(jnp.int32),
+        residual=it.residual,
+        iterations=state.iterations,
+        stats=it.stats,
     )
-
-
-def initial_state(solver: AbstractSolver, problem, start: Array | None = None):
-    """`solver.init(problem, start)`; without a start, `solver.init(problem)`, so that a
-    solver written before warm starts (an `init` without `start`) runs unchanged."""
-    return solver.init(problem) if start is None else solver.init(problem, start)
 
 
 def usable_start(start: Array, w: Workload) -> tuple[Array, Array]:
@@ -161,14 +170,14 @@ def usable_start(start: Array, w: Workload) -> tuple[Array, Array]:
     return tokens.astype(w.dtype), finite
 
 
-def run(solver: AbstractSolver, w: Workload, start: Array | None = None) -> Solution:
-    """Solve one unbatched workload with `solver`, from the budgets `start` where given (no
-    implicit derivative; see `solve`)."""
-    status_in, ok_in, safe = prepare(w)
-    problem = solver.prepare(safe)
+def run(solver: AbstractSolver, problem: Problem, start: Array | None = None) -> Solution:
+    """Solve one unbatched, validated problem with `solver`, from the budgets `start` where
+    given: `prepare`, the loop, `postprocess` and `refine` (no masking, no implicit
+    derivative: see `solve`)."""
+    problem = Problem(problem.workload, problem.model, solver.prepare(problem))
     state = jax.lax.while_loop(
         lambda s: running(solver, problem, s),
         lambda s: solver.step(problem, s),
-        initial_state(solver, problem, start),
+        solver.init(problem, start),
     )
-    return complete(solver, problem, status_in, ok_in, state)
+    return finish(solver, problem, state)

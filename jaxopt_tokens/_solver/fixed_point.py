@@ -20,9 +20,8 @@ from .._kkt import contraction_constant, kkt_residual, provable_box
 from .._objective import objective, service_moments
 from .._status import Status
 from .._validate import default_rtol
-from .._workload import Workload
-from .aggregate import budgets_at_prices
-from .base import AbstractSolver, Iterate, certified, usable_start
+from .aggregate import budgets_at_prices, check_mg1
+from .base import AbstractSolver, Iterate, Problem, certified, usable_start
 
 __all__ = ["FixedPoint"]
 
@@ -43,9 +42,12 @@ class FixedPoint(AbstractSolver):
 
     rtol: float | None = None
     max_steps: int = 1000
-    model: None = None
 
-    def init(self, w: Workload, start=None) -> _State:
+    def check(self, model) -> None:
+        check_mg1(self, model)
+
+    def init(self, p: Problem, start=None) -> _State:
+        w = p.workload
         tokens = jnp.zeros_like(w.A)
         if start is not None:  # from finite budgets that the server sustains
             warm, finite = usable_start(start, w)
@@ -53,7 +55,8 @@ class FixedPoint(AbstractSolver):
             tokens = jnp.where(ok, warm, tokens)
         return _State(tokens, kkt_residual(tokens, w), jnp.bool_(True), jnp.zeros((), jnp.int32))
 
-    def step(self, w: Workload, s: _State) -> _State:
+    def step(self, p: Problem, s: _State) -> _State:
+        w = p.workload
         lam = w.arrival_rate
         m1, m2 = service_moments(s.tokens, w)
         d = 1 - lam * m1
@@ -63,12 +66,14 @@ class FixedPoint(AbstractSolver):
         tokens = jnp.where(stable, new, s.tokens)
         return _State(tokens, kkt_residual(tokens, w), stable, s.iterations + 1)
 
-    def terminate(self, w: Workload, s: _State):
-        return ~s.stable | (s.residual <= default_rtol(w.dtype, self.rtol))
+    def terminate(self, p: Problem, s: _State):
+        return ~s.stable | (s.residual <= default_rtol(p.workload.dtype, self.rtol))
 
-    def postprocess(self, w: Workload, s: _State) -> Iterate:
+    def postprocess(self, p: Problem, s: _State) -> Iterate:
+        w = p.workload
+        value = objective(s.tokens, w)
         status = jnp.where(
-            certified(w, s.tokens, s.residual, default_rtol(w.dtype, self.rtol)),
+            certified(p, s.tokens, s.residual, value, default_rtol(w.dtype, self.rtol)),
             Status.CONVERGED,
             jnp.where(
                 s.stable & jnp.isfinite(s.residual), Status.MAX_ITERATIONS, Status.NOT_CONTRACTIVE
@@ -80,4 +85,4 @@ class FixedPoint(AbstractSolver):
             "contraction_constant_box": L_box,
             "contraction_guaranteed": L_box < 1,
         }
-        return Iterate(s.tokens, objective(s.tokens, w), status, s.residual, stats)
+        return Iterate(s.tokens, value, status, s.residual, stats)

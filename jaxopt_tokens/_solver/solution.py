@@ -40,18 +40,17 @@ class Solution(HasStatus):
         return self.status == Status.CONVERGED
 
 
-def masked_solution(
-    ok_in, status_in, status, tokens, objective, residual, iterations, stats
-) -> Solution:
-    """A `Solution` whose rejected members carry their input status and NaN outputs."""
-    nan = jnp.array(jnp.nan, tokens.dtype)
+def masked_solution(sol: Solution, ok_in, status_in) -> Solution:
+    """`sol` with its rejected members (`ok_in` false) carrying their input status and NaN
+    outputs."""
+    nan = jnp.array(jnp.nan, sol.tokens.dtype)
     return Solution(
-        tokens=jnp.where(ok_in[..., None], tokens, nan),
-        objective=jnp.where(ok_in, objective, nan),
-        status=jnp.where(ok_in, status, status_in).astype(jnp.int32),
-        residual=jnp.where(ok_in, residual, nan),
-        iterations=iterations,
-        stats={k: _mask(ok_in, v) for k, v in stats.items()},
+        tokens=jnp.where(ok_in[..., None], sol.tokens, nan),
+        objective=jnp.where(ok_in, sol.objective, nan),
+        status=jnp.where(ok_in, sol.status, status_in).astype(jnp.int32),
+        residual=jnp.where(ok_in, sol.residual, nan),
+        iterations=sol.iterations,
+        stats={k: _mask(ok_in, v) for k, v in sol.stats.items()},
     )
 
 

@@ -1,10 +1,12 @@
-r"""`solve` and `solve_latency`: the one driver that runs every solver of problem (9).
+r"""`solve`: the one driver that runs every solver of problem (9) under every latency model.
 
-The driver takes a solver instance (or a method name as shorthand), runs it member by
-member (`base.run` under `vmap`, or `staged.staged_run` for a large batch, which takes the
-same steps), masks the members the validity contract rejects, and attaches the implicit
-derivative of the budgets: the Woodbury KKT system of the paper's model (`implicit.py`), or
-the dense one of the solver's latency model. Docs: *Solvers*.
+The problem (a workload and a latency model) goes to the driver; the solver holds only its
+settings. The driver validates the workload once (`validate_members`, with the model's own
+stability rule), runs the solver member by member on the validated, sanitised problem
+(`base.run` under `vmap`, or `staged.staged_run` for a large batch, which takes the same
+steps), masks the members the validity contract rejects, and attaches the implicit
+derivative of the budgets that the model supplies (`LatencyModel.implicit_tangent`).
+Docs: *Solvers*.
 """
 
 from __future__ import annotations
@@ -17,57 +19,80 @@ import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
 from .._errors import InputError
-from .._objective import objective
-from .._queue.batching import ContinuousBatching
-from .._queue.models import LatencyModel, Priority
-from .._status import Status
-from .._validate import sanitise
+from .._queue.models import FIFO, LatencyModel
+from .._validate import validate_members
 from .._workload import Workload
 from .aggregate import AggregateNewton
-from .base import AbstractSolver, run
+from .base import AbstractSolver, Problem, run
 from .batching import BatchingNewton
 from .fixed_point import FixedPoint
-from .gradient import ProjectedGradient
-from .implicit import attach_implicit_gradient, attach_model_gradient
-from .solution import Solution
+from .gradient import ProjectedGradient, SpectralGradient
+from .solution import Solution, masked_solution
 from .staged import MIN_STAGED_BATCH, staged_run
 
-__all__ = ["solve", "solve_latency", "METHODS", "solver_from_name"]
+__all__ = ["solve", "solve_latency", "SOLVER_NAMES", "solver_from_name", "default_solver"]
 
-METHODS = ("default", "fixed-point", "pga", "pga-safeguarded")
+#: the method names `solve` takes as shorthand for a solver instance
+SOLVER_NAMES = ("default", "fixed-point", "pga", "pga-safeguarded")
+
+#: the general solver's step limit when it is the default for a model
+_GENERAL_MAX_STEPS = 20_000
+
+
+def default_solver(
+    model: LatencyModel, rtol: float | None = None, max_steps: int | None = None
+) -> AbstractSolver:
+    """The solver `"default"` stands for under `model`, chosen by the model's `structure`:
+    `AggregateNewton` for the paper's two prices (`"mg1"`), `BatchingNewton` for one price
+    on the mean work (`"mean_work"`), `SpectralGradient` otherwise."""
+    kw = {} if rtol is None else {"rtol": rtol}
+    if model.structure == "mg1":
+        return (
+            AggregateNewton(**kw)
+            if max_steps is None
+            else AggregateNewton(max_steps=max_steps, **kw)
+        )
+    if model.structure == "mean_work":
+        # bracketed Newton on one scalar needs far fewer steps than a first-order limit
+        limit = BatchingNewton.__dataclass_fields__["max_steps"].default
+        return BatchingNewton(max_steps=limit if max_steps is None else min(max_steps, limit), **kw)
+    return SpectralGradient(max_steps=_GENERAL_MAX_STEPS if max_steps is None else max_steps, **kw)
 
 
 def solver_from_name(
-    method: str, rtol: float | None = None, max_steps: int | None = None
+    method: str,
+    rtol: float | None = None,
+    max_steps: int | None = None,
+    model: LatencyModel | None = None,
 ) -> AbstractSolver:
-    """The solver a method name stands for, with `rtol` / `max_steps` where given."""
+    """The solver a method name stands for (`SOLVER_NAMES`), with `rtol` / `max_steps` where
+    given; `"default"` depends on the `model` (`default_solver`)."""
+    if method == "default":
+        return default_solver(FIFO() if model is None else model, rtol, max_steps)
     kw = {}
     if rtol is not None:
         kw["rtol"] = rtol
     if max_steps is not None:
         kw["max_steps"] = max_steps
-    if method == "default":
-        return AggregateNewton(**kw)
     if method == "fixed-point":
         return FixedPoint(**kw)
     if method == "pga":
-        return ProjectedGradient(safeguarded=False, **kw)
+        return ProjectedGradient(**kw)
     if method == "pga-safeguarded":
-        return ProjectedGradient(safeguarded=True, **kw)
-    raise InputError(f"solver: unknown method {method!r}; choose one of {METHODS} or pass a solver")
+        return SpectralGradient(**kw)
+    raise InputError(
+        f"solver: unknown method {method!r}; choose one of {SOLVER_NAMES} or pass a solver"
+    )
 
 
-def _with_gradient(solver: AbstractSolver, sol: Solution, w: Workload) -> Solution:
-    """`sol` (computed without gradients) with the implicit derivative of its budgets attached."""
+def _attach_gradient(problem: Problem, sol: Solution) -> Solution:
+    """`sol` (one member, computed without gradients, on the validated problem) with the
+    implicit derivative of its budgets attached; members that did not converge get zero."""
     ok = sol.converged
-    safe = sanitise(w, ok)  # finite stand-ins so that masked members give zero, not NaN, gradients
     start = jnp.where(ok, sol.tokens, 0)
-    if solver.model is None:
-        tokens = attach_implicit_gradient(safe, start, ok)
-        value = objective(tokens, safe)
-    else:
-        tokens = attach_model_gradient(solver.model, safe, start, ok)
-        value = solver.model.objective(tokens, safe)
+    model, w = problem.model, problem.workload
+    tokens = _attach(model, w, start, ok)
+    value = model.objective(tokens, w)
     return eqx.tree_at(
         lambda s: (s.tokens, s.objective),
         sol,
@@ -75,14 +100,27 @@ def _with_gradient(solver: AbstractSolver, sol: Solution, w: Workload) -> Soluti
     )
 
 
-def _forward_batch(solver: AbstractSolver, flat: Workload, start) -> Solution:
+@jax.custom_jvp
+def _attach(model: LatencyModel, w: Workload, tokens, ok):
+    return tokens
+
+
+@_attach.defjvp
+def _attach_jvp(primals, tangents):
+    model, w, tokens, ok = primals
+    _, w_dot, _, _ = tangents  # the solve is a stop-gradient: its own tangents are ignored
+    return tokens, model.implicit_tangent(w, tokens, ok, w_dot)
+
+
+def _forward_batch(solver: AbstractSolver, problem: Problem, start, active) -> Solution:
     """Solve a flat batch (no derivatives): in stages when large, else one vmapped loop."""
-    if flat.A.shape[0] >= MIN_STAGED_BATCH:  # each member iterates only as long as it needs
-        return staged_run(solver, flat, start)
-    return jax.vmap(lambda wi, si: run(solver, wi, si))(flat, start)
+    if problem.workload.A.shape[0] >= MIN_STAGED_BATCH:  # each member iterates as it needs
+        return staged_run(solver, problem, start, active)
+    model = problem.model
+    return jax.vmap(lambda wi, si: run(solver, Problem(wi, model), si))(problem.workload, start)
 
 
-def _forward_member(solver: AbstractSolver, w: Workload, start) -> Solution:
+def _forward_member(solver: AbstractSolver, problem: Problem, start, active) -> Solution:
     """Solve one member (no derivatives), and the same batch path when vmapped.
 
     `jax.vmap` of a function that calls `solve` on one workload would otherwise batch the
@@ -90,46 +128,75 @@ def _forward_member(solver: AbstractSolver, w: Workload, start) -> Solution:
     rule sends the batch to `_forward_batch` instead, so `solve(batch)`, `vmap(solve)(batch)`
     and a user's `vmap` over a function calling `solve` take the same steps. (Only the
     derivative-free forward solve is custom-batched; the implicit derivative is attached
-    outside it, so `grad` and `vmap` compose as usual.)
+    outside it, so `grad` and `vmap` compose as usual.) A model whose arrays are themselves
+    batched is solved by the plain vmapped loop.
     """
+    dynamic, static = eqx.partition(problem.model, eqx.is_array)
 
     @jax.custom_batching.custom_vmap
-    def forward(w, start):
-        return run(solver, w, start)
+    def forward(w, dynamic, start, active):
+        return run(solver, Problem(w, eqx.combine(dynamic, static)), start)
 
     @forward.def_vmap
-    def forward_batched(axis_size, in_batched, w, start):
-        w, start = jax.tree_util.tree_map(
-            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
-            (w, start),
-            tuple(in_batched),
-        )
-        sol = _forward_batch(solver, w, start)
+    def forward_batched(axis_size, in_batched, w, dynamic, start, active):
+        w_b, model_b, start_b, active_b = in_batched
+
+        def broadcast(tree, batched):
+            return jax.tree_util.tree_map(
+                lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *x.shape)),
+                tree,
+                batched,
+            )
+
+        w, start, active = broadcast((w, start, active), (w_b, start_b, active_b))
+        if any(jax.tree_util.tree_leaves(model_b)):
+            dynamic = broadcast(dynamic, model_b)
+            sol = jax.vmap(
+                lambda wi, di, si: run(solver, Problem(wi, eqx.combine(di, static)), si)
+            )(w, dynamic, start)
+        else:
+            model = eqx.combine(dynamic, static)
+            sol = _forward_batch(solver, Problem(w, model), start, active)
         return sol, jax.tree_util.tree_map(lambda _: True, sol)
 
-    return forward(w, start)
+    return forward(problem.workload, dynamic, start, active)
+
+
+def _stop_gradient(problem: Problem) -> Problem:
+    """`problem` without derivatives (its arrays only: the model's Python settings stay)."""
+    dynamic, static = eqx.partition(problem, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(dynamic), static)
 
 
 @eqx.filter_jit
-def _drive(solver: AbstractSolver, w: Workload, start) -> Solution:
-    shape = w.batch_shape
+def _drive(solver: AbstractSolver, model: LatencyModel, w: Workload, start) -> Solution:
+    w = model.effective_workload(w)
+    status_in, ok_in, safe = validate_members(w, model.load)  # the only validation
     start = jax.lax.stop_gradient(start)  # the answer does not depend on where it started
+    shape = w.batch_shape
     if not shape:
-        sol = _forward_member(solver, jax.lax.stop_gradient(w), start)
-        return _with_gradient(solver, sol, w)
+        problem = Problem(safe, model)
+        sol = _forward_member(solver, _stop_gradient(problem), start, ok_in)
+        return masked_solution(_attach_gradient(problem, sol), ok_in, status_in)
     size = math.prod(shape)
-    flat = jax.tree_util.tree_map(lambda x: x.reshape(size, *x.shape[len(shape) :]), w)
+
+    def flat(x):
+        return x.reshape(size, *x.shape[len(shape) :])
+
+    safe, ok_flat = jax.tree_util.tree_map(flat, (safe, ok_in))
     if start is not None:
         start = start.reshape(size, w.num_tasks)
-    sol = _forward_batch(solver, jax.lax.stop_gradient(flat), start)
-    sol = jax.vmap(lambda s, wi: _with_gradient(solver, s, wi))(sol, flat)
-    return jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
+    sol = _forward_batch(solver, _stop_gradient(Problem(safe, model)), start, ok_flat)
+    sol = jax.vmap(lambda s, wi: _attach_gradient(Problem(wi, model), s))(sol, safe)
+    sol = jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
+    return masked_solution(sol, ok_in, status_in)
 
 
 def solve(
     workload: Workload,
     solver: str | AbstractSolver = "default",
     *,
+    model: LatencyModel | None = None,
     rtol: float | None = None,
     max_steps: int | None = None,
     start: ArrayLike | None = None,
@@ -140,10 +207,14 @@ def solve(
 
     - `workload`: a `Workload`; leading batch axes are solved member by member.
     - `solver`: a solver instance (`AggregateNewton(rtol=...)`, `FixedPoint()`,
-      `ProjectedGradient(...)`), or a method name as shorthand: `"default"` (bracketed
-      Newton on the aggregate prices, converges on every valid instance), `"fixed-point"`
-      (the paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or
-      `"pga-safeguarded"` (spectral steps with backtracking).
+      `ProjectedGradient()`, `SpectralGradient()`, `BatchingNewton()`), or a method name
+      as shorthand: `"default"` (the model's own: bracketed Newton on the aggregate prices
+      for the paper's model, converging on every valid instance), `"fixed-point"` (the
+      paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or `"pga-safeguarded"`
+      (spectral steps with backtracking).
+    - `model`: the latency model whose J is maximised (`FIFO`, `Priority`,
+      `ProcessorSharing`, `ContinuousBatching`); `None` is `FIFO()`, the paper's M/G/1 with
+      deterministic service, eq. (7).
     - `rtol`, `max_steps`: settings for a method name (a solver instance carries its own).
     - `start`: budgets to start from, shaped like the answer (a warm start, e.g. the solution
       at a nearby operating point or the previous step of a training loop). Only where the
@@ -152,22 +223,33 @@ def solve(
 
     **Returns:** a `Solution` (tokens, objective, status, residual, iterations, stats). Never
     raises for bad values: members the validity contract rejects get a status and NaN
-    outputs. Works under `jit` and `vmap`; compiled once per workload shape, dtype and solver.
+    outputs. Works under `jit` and `vmap`; compiled once per workload shape, dtype, model
+    settings and solver.
 
-    Differentiable with respect to every workload field: derivatives of `tokens` (and of
-    anything computed from them, such as `objective`) come from the KKT conditions at the
-    solution (implicit differentiation), not from the iterations; budgets held at a bound
-    have zero derivative (at `max_tokens`, they follow `max_tokens`). Members that did not
-    converge get zero derivatives. Docs: *Solvers*.
+    Differentiable with respect to every workload field (and the model's array parameters):
+    derivatives of `tokens` (and of anything computed from them, such as `objective`) come
+    from the KKT conditions at the solution (implicit differentiation), not from the
+    iterations; budgets held at a bound have zero derivative (at `max_tokens`, they follow
+    `max_tokens`). Members that did not converge get zero derivatives. Docs: *Solvers*,
+    *Latency models*.
     """
     if not isinstance(workload, Workload):
         raise InputError(f"workload: solve expects a Workload, got {type(workload).__name__}")
+    if model is None:
+        model = FIFO()
+    elif not isinstance(model, LatencyModel):
+        raise InputError(
+            "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing, "
+            f"ContinuousBatching), got {type(model).__name__}"
+        )
+    model.check(workload)
     if isinstance(solver, str):
-        solver = solver_from_name(solver, rtol, max_steps)
+        solver = solver_from_name(solver, rtol, max_steps, model)
     elif not isinstance(solver, AbstractSolver):
         raise InputError(f"solver: expected a method name or a solver, got {type(solver).__name__}")
     elif rtol is not None or max_steps is not None:
         raise InputError("rtol/max_steps: set them on the solver instance, not beside it")
+    solver.check(model)
     if start is not None:
         start = jnp.asarray(start)
         if start.shape != workload.A.shape:
@@ -177,24 +259,7 @@ def solve(
             )
         if not jnp.issubdtype(start.dtype, jnp.floating):
             start = start.astype(workload.dtype)
-    return _drive(solver, workload, start)
-
-
-def _unstable_batching(sol: Solution, model: ContinuousBatching, w: Workload) -> Solution:
-    """Members the batching server cannot sustain even at zero budgets: `UNSTABLE_INPUT`,
-    with NaN outputs like every rejected member."""
-    solved = (sol.status <= Status.MAX_ITERATIONS) | (sol.status == Status.UNSTABLE_INPUT)
-    unstable = ~(model.load(jnp.zeros_like(w.A), w) < 1) & solved
-    nan = jnp.asarray(jnp.nan, sol.tokens.dtype)
-    return eqx.tree_at(
-        lambda s: (s.tokens, s.objective, s.status),
-        sol,
-        (
-            jnp.where(unstable[..., None], nan, sol.tokens),
-            jnp.where(unstable, nan, sol.objective),
-            jnp.where(unstable, Status.UNSTABLE_INPUT, sol.status).astype(sol.status.dtype),
-        ),
-    )
+    return _drive(solver, model, workload, start)
 
 
 def solve_latency(
@@ -202,43 +267,23 @@ def solve_latency(
     model: LatencyModel,
     *,
     rtol: float | None = None,
-    max_steps: int = 20_000,
+    max_steps: int | None = None,
 ) -> Solution:
-    r"""Budgets maximising J under a latency `model`, with a certificate.
+    r"""`solve(workload, model=model, rtol=rtol, max_steps=max_steps)`: budgets maximising J
+    under a latency `model` with the model's default solver (`default_solver`).
 
-    Spectral (Barzilai-Borwein) projected gradient ascent with Armijo backtracking on
-    $[0, l_{\max}]$ (`ProjectedGradient(safeguarded=True, model=model)`), started from the
-    optimum of the paper's model; the residual is the model's scale-free projected gradient.
-    Under `FIFO` and `ProcessorSharing` J is concave on the stable region, so the point is the
-    optimum; under `Priority` it is a KKT point. Under `ContinuousBatching(max_batch=None)`
-    the latency depends on the budgets only through the mean work, and `BatchingNewton`
-    solves its single-price KKT conditions directly (as fast as the default solve); with a
-    `max_batch` the spectral method runs from that solution. Runs through `solve`: the same
-    statuses, staging and implicit derivatives. Docs: *Latency models*, *Continuous
+    Under `FIFO()` that is the default solve; under a model whose J couples the tasks in
+    general (`FIFO(service_cv)`, `Priority`, `ProcessorSharing`, a limited
+    `ContinuousBatching`) the spectral projected gradient method with Newton steps
+    (`SpectralGradient`), started from the optimum of the model's `relaxation()`; under an
+    unlimited `ContinuousBatching`, bracketed Newton on its one price (`BatchingNewton`).
+    Under `FIFO` and `ProcessorSharing` J is concave on the stable region, so the point is
+    the optimum; under `Priority` it is a KKT point. Docs: *Latency models*, *Continuous
     batching*.
     """
     if not isinstance(model, LatencyModel):
         raise InputError(
-            "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing), got "
-            f"{type(model).__name__}"
+            "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing, "
+            f"ContinuousBatching), got {type(model).__name__}"
         )
-    if isinstance(model, Priority):
-        model.check(workload.num_tasks)
-    if isinstance(model, ContinuousBatching):
-        model.check(workload.num_tasks)
-        # the step time replaces the M/G/1 service line: t0 and c play no part (and get zero
-        # derivatives); neutral values keep the paper's stability rule from judging them
-        workload = workload.replace(t0=jnp.zeros_like(workload.t0), c=jnp.ones_like(workload.c))
-        if model.unlimited:
-            # bracketed Newton on one scalar needs far fewer steps than the first-order limit
-            steps = min(max_steps, BatchingNewton.__dataclass_fields__["max_steps"].default)
-            sol = solve(workload, BatchingNewton(model=model, rtol=rtol, max_steps=steps))
-        else:
-            sol = solve(
-                workload,
-                ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps),
-            )
-        return _unstable_batching(sol, model, workload)
-    return solve(
-        workload, ProjectedGradient(safeguarded=True, model=model, rtol=rtol, max_steps=max_steps)
-    )
+    return solve(workload, model=model, rtol=rtol, max_steps=max_steps)

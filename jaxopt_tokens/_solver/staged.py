@@ -33,9 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from .._status import Status
-from .._validate import prepare
-from .._workload import Workload
-from .base import AbstractSolver, complete, initial_state, run_until, running
+from .base import AbstractSolver, Problem, finish, run_until, running
 from .solution import Solution
 
 __all__ = ["staged_run", "MIN_STAGED_BATCH"]
@@ -71,15 +69,21 @@ def buffer_sizes(batch: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _rounds(solver: AbstractSolver, w, state, sizes: tuple[int, ...]):
+def _per_member(fn, model):
+    """`fn(problem, *rest)` vmapped over members given as `(workload, constants)` data; the
+    model is shared by the batch."""
+    return jax.vmap(lambda data, *rest: fn(Problem(data[0], model, data[1]), *rest))
+
+
+def _rounds(solver: AbstractSolver, model, data, state, sizes: tuple[int, ...]):
     """Rounds of `ROUND_STEPS` steps for the running members, until none runs; each round in
     the smallest buffer of `sizes` that holds them all (the largest takes the first ones)."""
-    is_running = jax.vmap(lambda wi, si: running(solver, wi, si))
-    advance = jax.vmap(lambda wi, si: run_until(solver, wi, si, si.iterations + ROUND_STEPS))
+    is_running = _per_member(lambda p, s: running(solver, p, s), model)
+    advance = _per_member(lambda p, s: run_until(solver, p, s, s.iterations + ROUND_STEPS), model)
 
     def round_in(size):
         def one_round(state, live):
-            return _on_members(advance, live, size, w, state)[0]
+            return _on_members(advance, live, size, data, state)[0]
 
         return one_round
 
@@ -92,39 +96,39 @@ def _rounds(solver: AbstractSolver, w, state, sizes: tuple[int, ...]):
         # member is the index of the smallest one that does
         k = jnp.sum(jnp.sum(live) <= smaller)
         state = jax.lax.switch(k, branches, state, live)
-        return state, is_running(w, state)
+        return state, is_running(data, state)
 
-    state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (state, is_running(w, state)))
+    state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (state, is_running(data, state)))
     return state
 
 
-def _refine(solver: AbstractSolver, w, its, ok_in, buffer: int):
-    """`solver.refine` for the valid members `postprocess` left unconverged, `buffer` at a
+def _refine(solver: AbstractSolver, model, data, its, active, buffer: int):
+    """`solver.refine` for the active members `postprocess` left unconverged, `buffer` at a
     time (a few members, usually none: a pass over the whole batch would cost a step)."""
-    todo = ok_in & (its.status != Status.CONVERGED)
-    refine = jax.vmap(solver.refine)
+    todo = active & (its.status != Status.CONVERGED)
+    refine = _per_member(solver.refine, model)
 
     def body(carry):
         its, todo = carry
-        its, target = _on_members(refine, todo, buffer, w, its)
+        its, target = _on_members(refine, todo, buffer, data, its)
         return its, todo.at[target].set(False, mode="drop")
 
     its, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (its, todo))
     return its
 
 
-def staged_run(solver: AbstractSolver, w: Workload, start=None) -> Solution:
-    """`vmap(run)(solver, w, start)` for a workload with one batch axis, computed in stages."""
+def staged_run(solver: AbstractSolver, problem: Problem, start, active) -> Solution:
+    """`vmap(run)` for a validated problem whose workload has one batch axis (the model is
+    shared), computed in stages; `active`: the members worth refining (valid ones)."""
+    model, w = problem.model, problem.workload
     batch = w.batch_shape[0]
-    status_in, ok_in, safe = prepare(w)
-    problem = jax.vmap(solver.prepare)(safe)
-    state = jax.vmap(lambda p, s: initial_state(solver, p, s))(problem, start)
-    state = jax.vmap(lambda wi, si: run_until(solver, wi, si, FIRST_STEPS))(problem, state)
+    constants = jax.vmap(lambda wi: solver.prepare(Problem(wi, model)))(w)
+    data = (w, constants)
+    state = _per_member(solver.init, model)(data, start)
+    state = _per_member(lambda p, s: run_until(solver, p, s, FIRST_STEPS), model)(data, state)
     sizes = buffer_sizes(batch)
-    state = _rounds(solver, problem, state, sizes)
-    its = jax.vmap(solver.postprocess)(problem, state)
+    state = _rounds(solver, model, data, state, sizes)
+    its = _per_member(solver.postprocess, model)(data, state)
     if type(solver).refine is not AbstractSolver.refine:  # skip the loop for the default
-        its = _refine(solver, problem, its, ok_in, sizes[-1])
-    return jax.vmap(lambda wi, si, st, ok, it: complete(solver, wi, st, ok, si, it))(
-        problem, state, status_in, ok_in, its
-    )
+        its = _refine(solver, model, data, its, active, sizes[-1])
+    return _per_member(lambda p, state, it: finish(solver, p, state, it), model)(data, state, its)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._errors import InputError
 from .._objective import mean_accuracy, mean_system_time
-from .._queue.simulate import simulate
+from .._queue.simulation import simulate
 from .._workload import Workload
 from .dataset import MANIFEST, SweepDirectory, read_sweep
 from .sweep import sweep

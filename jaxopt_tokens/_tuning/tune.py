@@ -25,7 +25,7 @@ from .._objective import mean_accuracy, mean_system_time
 from .._solver.solution import Solution
 from .._solver.solve import solve
 from .._status import HasStatus, Status, StatusEnum
-from .._validate import PER_TASK_FIELDS, SCALAR_FIELDS, member_status
+from .._validate import PER_TASK_FIELDS, SCALAR_FIELDS, VALID, member_status
 from .._workload import Workload
 
 __all__ = ["TuneStatus", "AlphaTuning", "tune_alpha", "tune"]
@@ -129,7 +129,7 @@ def tune_alpha(
     status = jnp.where(sol.status != Status.CONVERGED, TuneStatus.SOLVE_FAILED, status)
     status = jnp.where(above, TuneStatus.TARGET_ABOVE_MAXIMUM, status)
     status = jnp.where(below, TuneStatus.TARGET_BELOW_MINIMUM, status)
-    status = jnp.where(member_status(w) != Status.CONVERGED, TuneStatus.SOLVE_FAILED, status)
+    status = jnp.where(member_status(w) != VALID, TuneStatus.SOLVE_FAILED, status)
     target_ok = jnp.isfinite(tau) & (tau > 0)
     status = jnp.where(target_ok, status, TuneStatus.INVALID_INPUT).astype(jnp.int32)
     alpha = jnp.exp(la)

@@ -10,6 +10,7 @@ from .._integer import integer_budgets
 from .._objective import mean_accuracy, mean_system_time, mean_wait, task_accuracy, utilization
 from .._queue.batching import ContinuousBatching
 from .._solver.solution import Solution
+from .._solver.solve import default_solver
 from .._status import Status
 from .._workload import Workload
 
@@ -89,7 +90,7 @@ def server_report(w: Workload, sol: Solution, model: ContinuousBatching) -> dict
         "status_message": status.message,
         "residual": f(sol.residual),
         "iterations": int(sol.iterations),
-        "method": "batching-newton" if model.unlimited else "pga-safeguarded",
+        "method": type(default_solver(model)).__name__,
         "arrival_rate": float(np.asarray(w.arrival_rate)),
         "alpha": float(np.asarray(w.alpha)),
         "max_tokens": float(np.asarray(w.max_tokens)),

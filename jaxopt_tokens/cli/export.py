@@ -20,7 +20,7 @@ from .._deploy.export import (
 from .._errors import InputError
 from .._files import read_text
 from .._queue.simulate import UnstableQueueWarning
-from .._solver.solve import METHODS, solve
+from .._solver.solve import SOLVER_NAMES, solve
 from .._status import Status
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
 from ._output import Outputs
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_workload_options(p)
     p.add_argument(
-        "--solver", choices=METHODS, default="default", help="solver (default: %(default)s)"
+        "--solver", choices=SOLVER_NAMES, default="default", help="solver (default: %(default)s)"
     )
     p.add_argument(
         "--answer-reserve",

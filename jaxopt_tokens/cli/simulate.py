@@ -12,10 +12,10 @@ from rich.table import Table
 
 from .._deploy.export import load_tokens
 from .._errors import InputError
-from .._queue.batching_sim import simulate_batching
 from .._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing
-from .._queue.simulate import DISCIPLINES, simulate
-from .._solver.solve import solve, solve_latency
+from .._queue.simulate import DISCIPLINES
+from .._queue.simulation import simulate
+from .._solver.solve import solve
 from .._status import Status
 from .._workload import Workload
 from ._common import (
@@ -44,10 +44,12 @@ ROWS = (
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
-        help="simulate the M/G/1 server under token policies; compare with the PK prediction",
-        description="Simulate a stream of Poisson queries served FIFO under one or more token "
-        "policies (common random numbers), with confidence intervals from independent "
-        "replications, next to the Pollaczek-Khinchine prediction.",
+        help="simulate a server under token policies; compare with its latency model",
+        description="Simulate a stream of Poisson queries under one or more token policies "
+        "(common random numbers), with confidence intervals from independent replications, "
+        "next to the latency model's prediction: the M/G/1 server served FIFO (the paper; "
+        "the Pollaczek-Khinchine prediction), by priority or by processor sharing "
+        "(--discipline, --service-cv), or a continuously batching engine (--server batching).",
     )
     p.add_argument(
         "--tokens",
@@ -115,13 +117,14 @@ BATCHING_ROWS = (
 )
 
 
-def _latency_model(args, w: Workload, order) -> LatencyModel | None:
-    """The latency model 'optimal' is optimal for; None for the paper's (deterministic FIFO)."""
+def _latency_model(args, w: Workload, order) -> LatencyModel:
+    """The single-server model `--discipline` and `--service-cv` name: the one place where
+    the command's strings become model objects."""
     if args.discipline == "priority":
         return Priority(order, args.service_cv)
     if args.discipline == "ps":
-        return ProcessorSharing()
-    return FIFO(args.service_cv) if args.service_cv > 0 else None
+        return ProcessorSharing(args.service_cv)
+    return FIFO(args.service_cv)
 
 
 def _priority_order(args, w: Workload):
@@ -144,9 +147,9 @@ def _priority_order(args, w: Workload):
     return tuple(w.task_names.index(n) for n in names)
 
 
-def _policy(spec: str, w: Workload, model: LatencyModel | None = None) -> np.ndarray:
+def _policy(spec: str, w: Workload, model: LatencyModel) -> np.ndarray:
     if spec == "optimal":
-        sol = solve(w) if model is None else solve_latency(w, model)
+        sol = solve(w, model=model)
         if int(sol.status) != Status.CONVERGED:
             raise InputError(
                 f"--tokens optimal: the solver did not converge ({Status(int(sol.status)).message})"
@@ -174,34 +177,22 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--server batching: --discipline and --service-cv are M/G/1 options")
     key = jax.random.PRNGKey(args.seed)
     with loaded_workload(args) as w:
+        model = _latency_model(args, w, _priority_order(args, w)) if server is None else server
+        policies = np.stack([_policy(s, w, model) for s in specs])
+        kwargs = {"noise": args.noise} if server is None else {}
+        result = simulate(
+            w,
+            policies,
+            args.num_queries,
+            args.num_replications,
+            key,
+            model=model,
+            warmup=args.warmup,
+            **kwargs,
+        )
         if server is None:
-            order = _priority_order(args, w)
-            model = _latency_model(args, w, order)
-            policies = np.stack([_policy(s, w, model) for s in specs])
-            result = simulate(
-                w,
-                policies,
-                args.num_queries,
-                args.num_replications,
-                key,
-                warmup=args.warmup,
-                service_cv=args.service_cv,
-                noise=args.noise,
-                discipline=args.discipline,
-                priority=order,
-            )
             rows, discipline, what = ROWS, args.discipline, "M/G/1 server"
         else:
-            policies = np.stack([_policy(s, w, server) for s in specs])
-            result = simulate_batching(
-                w,
-                policies,
-                server,
-                args.num_queries,
-                args.num_replications,
-                key,
-                warmup=args.warmup,
-            )
             rows, what = BATCHING_ROWS, "batching server"
             discipline = (
                 f"continuous batching, max batch {server.max_batch or 'unlimited'}, "

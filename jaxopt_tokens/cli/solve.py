@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._errors import InputError
-from .._solver.solve import METHODS, solve, solve_latency
+from .._solver.solve import SOLVER_NAMES, solve, solve_latency
 from .._status import Status
 from ._common import (
     add_server_options,
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_workload_options(p)
     p.add_argument(
-        "--solver", choices=METHODS, default="default", help="solver (default: %(default)s)"
+        "--solver", choices=SOLVER_NAMES, default="default", help="solver (default: %(default)s)"
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--float32", action="store_true", help="solve in float32 (default float64)")

@@ -10,18 +10,22 @@ $\partial_l G\, \dot l = -\partial_\theta G\, \dot\theta$. The Jacobian $\partia
 diagonal plus rank two (the tasks couple only through $u$ and $v$), so the Woodbury identity solves
 it in O(N). The tangent is linear in $\dot\theta$, so JAX transposes it for reverse mode: `grad`,
 `jacfwd` and `jacrev` all work, under `jit` and `vmap`, and nothing is unrolled.
+
+`mg1_tangent` is that tangent for the paper's model; `dense_tangent` the same construction
+with the dense Hessian of any latency model's J. Each `LatencyModel` names its own through
+`LatencyModel.implicit_tangent`, and the solver driver attaches it. Docs: *Solvers*.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float
 
-from .._prices import latency_prices
-from .._workload import Workload
+from ._prices import latency_prices
+from ._workload import Workload
 
-__all__ = ["attach_implicit_gradient", "attach_model_gradient", "newton_polish"]
+__all__ = ["mg1_tangent", "dense_tangent", "newton_polish"]
 
 
 def _prices(tokens, w):
@@ -76,8 +80,9 @@ def newton_polish(tokens: Float[Array, " n"], w: Workload) -> Float[Array, " n"]
     return jnp.clip(tokens + fraction * step, 0, w.max_tokens)
 
 
-def _tangent(w: Workload, tokens, ok, w_dot: Workload):
-    r"""$\dot l$ for one (unbatched) workload; zero for members that did not converge."""
+def mg1_tangent(w: Workload, tokens, ok, w_dot: Workload) -> Float[Array, " n"]:
+    r"""$\dot l$ of the paper's model for one (unbatched) workload in the direction `w_dot`
+    (Woodbury on the KKT system above); zero where `ok` is false (not converged)."""
     free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
     capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
     l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
@@ -89,59 +94,18 @@ def _tangent(w: Workload, tokens, ok, w_dot: Workload):
     return jnp.where(ok, l_dot, 0.0)
 
 
-@jax.custom_jvp
-def _attach(w: Workload, tokens: Float[Array, " n"], ok: Bool[Array, ""]) -> Float[Array, " n"]:
-    return tokens
-
-
-@_attach.defjvp
-def _attach_jvp(primals, tangents):
-    w, tokens, ok = primals
-    w_dot, _, _ = tangents  # tangents of tokens (a stop-gradient solve) and of ok are ignored
-    return tokens, _tangent(w, tokens, ok, w_dot)
-
-
-def attach_implicit_gradient(
-    w: Workload, tokens: Float[Array, " n"], ok: Bool[Array, ""]
-) -> Float[Array, " n"]:
-    """Return `tokens` unchanged, with derivatives with respect to `w` from the KKT system.
-
-    `w` and `tokens` must be a sanitised, unbatched workload and its optimal budgets (finite),
-    `ok` whether they converged (else the derivative is zero).
-    """
-    return _attach(w, tokens, ok)
-
-
-def _model_tangent(model, w: Workload, tokens, ok, w_dot: Workload):
-    r"""$\dot l$ for a latency model: the dense Newton system of $\nabla_l J = 0$ on the free
-    budgets (N is small); budgets at 0 stay, budgets at $l_{\max}$ follow it."""
-    grad = jax.grad(model.objective)
+def dense_tangent(objective, w: Workload, tokens, ok, w_dot: Workload) -> Float[Array, " n"]:
+    r"""$\dot l$ for any smooth `objective(tokens, w)`: the dense Newton system of
+    $\nabla_l J = 0$ on the free budgets (N is small); budgets at 0 stay, budgets at
+    $l_{\max}$ follow it; zero where `ok` is false."""
+    grad = jax.grad(objective)
     free = ok & (tokens > 0) & (tokens < w.max_tokens) & (w.A > 0)
     capped = ok & (tokens >= w.max_tokens) & (w.max_tokens > 0)
     l_dot_bound = jnp.where(capped, w_dot.max_tokens, 0.0)
     _, g_dot = jax.jvp(grad, (tokens, w), (l_dot_bound, w_dot))
     rhs = jnp.where(free, -g_dot, 0.0)
-    H = jax.hessian(model.objective)(tokens, w)
+    H = jax.hessian(objective)(tokens, w)
     both = free[:, None] & free[None, :]
     H = jnp.where(both, H, jnp.eye(tokens.shape[-1], dtype=tokens.dtype))
     l_dot = jnp.where(free, jnp.linalg.solve(H, rhs), l_dot_bound)
     return jnp.where(ok, l_dot, 0.0)
-
-
-@jax.custom_jvp
-def _attach_model(model, w: Workload, tokens, ok):
-    return tokens
-
-
-@_attach_model.defjvp
-def _attach_model_jvp(primals, tangents):
-    model, w, tokens, ok = primals
-    _, w_dot, _, _ = tangents
-    return tokens, _model_tangent(model, w, tokens, ok, w_dot)
-
-
-def attach_model_gradient(
-    model, w: Workload, tokens: Float[Array, " n"], ok: Bool[Array, ""]
-) -> Float[Array, " n"]:
-    """`attach_implicit_gradient` for the objective of a latency `model` (`LatencyModel`)."""
-    return _attach_model(model, w, tokens, ok)

@@ -1,0 +1,79 @@
+"""`simulate`: one entry point that simulates policies under any latency model.
+
+The model object says which server to simulate (`LatencyModel.discipline`): the single
+server of `FIFO`, `Priority` and `ProcessorSharing` (`simulate_server`, the Lindley and
+event-driven kernels of `simulate.py`) or the continuously batching server of
+`ContinuousBatching` (`simulate_batching`). Both return a `Simulation`. Docs: *Simulation*.
+"""
+
+from __future__ import annotations
+
+from jaxtyping import ArrayLike, PRNGKeyArray
+
+from .._errors import InputError
+from .._workload import Workload
+from .batching_sim import simulate_batching
+from .models import FIFO, LatencyModel
+from .simulate import DISCIPLINES, NoiseKind, Simulation, simulate_server
+
+__all__ = ["simulate"]
+
+
+def simulate(
+    workload: Workload,
+    tokens: ArrayLike,
+    num_queries: int = 10_000,
+    num_replications: int = 20,
+    key: PRNGKeyArray | None = None,
+    *,
+    model: LatencyModel | None = None,
+    warmup: int | None = None,
+    noise: NoiseKind = "lognormal",
+    capacity: int = 512,
+    slots: int | None = None,
+) -> Simulation:
+    """Simulate one or many token policies on the server of `model`.
+
+    **Arguments:**
+
+    - `workload`: one `Workload` (no batch axes); `tokens`: budgets of shape `(N,)` or
+      `(*P, N)`, every policy on the same random streams (common random numbers).
+    - `num_queries` per replication, `num_replications` independent replications, `key`
+      (default `PRNGKey(0)`), `warmup` (queries dropped at the start; default 10%).
+    - `model`: `FIFO(service_cv)` (default `FIFO()`, the paper's server), `Priority(order,
+      service_cv)`, `ProcessorSharing(service_cv)` or `ContinuousBatching(...)`.
+    - `noise`: the family of the service-time factor of the single-server models
+      (`"lognormal"` or `"gamma"`); `capacity`: the most queries a processor-sharing server
+      holds; `slots`: the running-set size of an unlimited batching server (see
+      `simulate_batching`).
+
+    **Returns:** a `SimulationResult` (single server) or `BatchingSimulation`, both
+    `Simulation`s with `summary()`, `interval()` and a `status` per policy.
+    """
+    model = FIFO() if model is None else model
+    if not isinstance(model, LatencyModel):
+        raise InputError(
+            "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing, "
+            f"ContinuousBatching), got {type(model).__name__}"
+        )
+    if model.discipline == "batching":
+        if noise != "lognormal" or capacity != 512:
+            raise InputError("noise/capacity: settings of the single-server simulator only")
+        return simulate_batching(
+            workload, tokens, model, num_queries, num_replications, key, warmup=warmup, slots=slots
+        )
+    if model.discipline not in DISCIPLINES:
+        raise InputError(f"model: {type(model).__name__} has no simulator")
+    if slots is not None:
+        raise InputError("slots: a setting of the batching simulator only")
+    return simulate_server(
+        workload,
+        tokens,
+        model,
+        num_queries,
+        num_replications,
+        key,
+        warmup=warmup,
+        noise=noise,
+        capacity=capacity,
+    )
