@@ -11,8 +11,8 @@ beside the wall time, since a shared machine's wall clock is noisy):
 - `one step`: one iteration of the default solver for every member;
 - `postprocess`: at the final state, the budgets at the best prices, their KKT residual and
   objective;
-- the phases of the staged solve (`staged.py`), each jitted alone: `prepare + init`
-  (validation, per-task constants, starting prices), `first stage` (`FIRST_STEPS` steps for
+- the phases of the staged solve (`_solver/staged.py`), each jitted alone: `validate + prepare +
+  init` (validation, per-task constants, starting prices), `first stage` (`FIRST_STEPS` steps for
   every member), `rounds` (the gathered rounds until no member runs; the note gives the
   member-steps they do, a lower bound in step-equivalents) and `derivative` (attaching the
   implicit derivative: the objective and masks at the answer);
@@ -24,12 +24,13 @@ beside the wall time, since a shared machine's wall clock is noisy):
   two answers in the certificate's units, b_k |l_warm - l_cold| (the KKT residual bounds it
   by about the tolerance: a task with a tiny b_k may move many tokens at no cost to J).
 
-Reads the solver's internals on purpose (the parts are not public API).
+Reads the solver's parts through `jaxopt_tokens.internal` (public, not stable).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -42,12 +43,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import jaxopt_tokens as jt  # noqa: E402
-from jaxopt_tokens._lambertw import wright_omega  # noqa: E402
-from jaxopt_tokens._solver import staged  # noqa: E402
-from jaxopt_tokens._solver.aggregate import AggregateNewton, unclipped_budgets  # noqa: E402
-from jaxopt_tokens._solver.base import run_until  # noqa: E402
-from jaxopt_tokens._solver.solve import _with_gradient  # noqa: E402
-from jaxopt_tokens._validate import prepare  # noqa: E402
+from jaxopt_tokens import internal  # noqa: E402
 
 
 def best(fn, *args, repeats=7):
@@ -61,64 +57,81 @@ def best(fn, *args, repeats=7):
     return min(wall), min(cpu)
 
 
+def prepare_and_init(solver, model, w):
+    """Validation, per-task constants and starting prices of every member."""
+    _, _, safe = internal.validate_members(w)
+    data = (safe, jax.vmap(lambda wi: solver.prepare(jt.Problem(wi, model)))(safe))
+    return internal.per_member(solver.init, model)(data)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=100_000)
     size = ap.parse_args().size
-    solver = AggregateNewton()
+    solver = jt.AggregateNewton()
+    model = jt.FIFO()
     table = Table(title=f"Parts of a batched solve, {size:,} random instances, N = 6")
     for col in ("dtype", "part", "wall (ms)", "CPU (ms)", "step-equivalents", "note"):
         table.add_column(col, justify="left" if col in ("part", "note") else "right")
     for dtype in (jnp.float64, jnp.float32):
         w = jt.random_workloads(jax.random.key(0), size, num_tasks=6).astype(dtype)
-        _, _, safe = jax.jit(prepare)(w)
-        problem = jax.jit(jax.vmap(solver.prepare))(safe)
-        state = jax.jit(jax.vmap(solver.init))(problem)
-        final = jax.jit(jax.vmap(lambda p, s: run_until(solver, p, s, solver.max_steps)))(
-            problem, state
+        _, _, safe = jax.jit(internal.validate_members)(w)
+        member = functools.partial(internal.per_member, model=model)
+        data = (safe, jax.jit(jax.vmap(lambda wi: solver.prepare(jt.Problem(wi, model))))(safe))
+        state = jax.jit(member(solver.init))(data)
+        final = jax.jit(member(lambda p, s: internal.run_until(solver, p, s, solver.max_steps)))(
+            data, state
         )
         x = jax.random.uniform(jax.random.key(1), (size, 6), dtype, -30, 30)
-        first = jax.jit(jax.vmap(lambda p, s: run_until(solver, p, s, staged.FIRST_STEPS)))(
-            problem, state
-        )
+        first = jax.jit(
+            member(lambda p, s: internal.run_until(solver, p, s, internal.FIRST_STEPS))
+        )(data, state)
         solve = jax.jit(jt.solve)
         sol = solve(w)
-        rest = np.maximum(np.asarray(sol.iterations) - staged.FIRST_STEPS, 0).mean()
+        rest = np.maximum(np.asarray(sol.iterations) - internal.FIRST_STEPS, 0).mean()
         neighbour = solve(w.replace(alpha=w.alpha * 1.02)).tokens
         warm = jax.jit(lambda w, s: jt.solve(w, start=s))
         sol_warm = warm(w, neighbour)
         parts = [
-            ("omega", jax.jit(wright_omega), (x,), "6 elements a member"),
+            ("omega", jax.jit(jt.wright_omega), (x,), "6 elements a member"),
             (
                 "budgets",
-                jax.jit(jax.vmap(lambda p, s: unclipped_budgets(s.d, s.y, p.w, p.k))),
-                (problem, state),
+                jax.jit(
+                    member(
+                        lambda p, s: internal.unclipped_budgets(s.d, s.y, p.workload, p.constants)
+                    )
+                ),
+                (data, state),
                 "1 omega + 1 log a task",
             ),
-            ("one step", jax.jit(jax.vmap(solver.step)), (problem, state), ""),
-            ("postprocess", jax.jit(jax.vmap(solver.postprocess)), (problem, final), ""),
+            ("one step", jax.jit(member(solver.step)), (data, state), ""),
+            ("postprocess", jax.jit(member(solver.postprocess)), (data, final), ""),
             (
-                "phase: prepare + init",
-                jax.jit(lambda w: jax.vmap(solver.init)(jax.vmap(solver.prepare)(prepare(w)[2]))),
+                "phase: validate + prepare + init",
+                jax.jit(lambda w: prepare_and_init(solver, model, w)),
                 (w,),
                 "",
             ),
             (
                 "phase: first stage",
-                jax.jit(jax.vmap(lambda p, s: run_until(solver, p, s, staged.FIRST_STEPS))),
-                (problem, state),
-                f"{staged.FIRST_STEPS} steps for every member",
+                jax.jit(
+                    member(lambda p, s: internal.run_until(solver, p, s, internal.FIRST_STEPS))
+                ),
+                (data, state),
+                f"{internal.FIRST_STEPS} steps for every member",
             ),
             (
                 "phase: rounds",
-                jax.jit(lambda p, s: staged._rounds(solver, p, s, staged.buffer_sizes(size))),
-                (problem, first),
+                jax.jit(
+                    lambda d, s: internal.rounds(solver, model, d, s, internal.buffer_sizes(size))
+                ),
+                (data, first),
                 f"{rest:.2f} member-steps a member",
             ),
             (
                 "phase: derivative",
-                jax.jit(jax.vmap(lambda s, wi: _with_gradient(solver, s, wi))),
-                (jax.lax.stop_gradient(sol), w),
+                jax.jit(jax.vmap(lambda s, wi: internal.attach_gradient(jt.Problem(wi, model), s))),
+                (jax.lax.stop_gradient(sol), safe),
                 "objective and masks at the answer",
             ),
             (
@@ -160,13 +173,13 @@ def main():
             f"{np.max(gap[both]):.1e} ({both.mean():.2%} converged both ways)",
         )
         if dtype == jnp.float64:
-            schedules = schedule_table(solver, problem, first, np.asarray(sol.iterations))
+            schedules = schedule_table(solver, model, data, first, np.asarray(sol.iterations))
     Console(width=130).print(table)
     Console(width=130).print(schedules)
 
 
 CANDIDATES = (
-    staged.BUFFER_FRACTIONS,
+    internal.BUFFER_FRACTIONS,
     (1 / 4, 1 / 8, 1 / 32),
     (1 / 4, 1 / 8, 1 / 16, 1 / 64),
     (1 / 4, 1 / 8, 1 / 16, 1 / 64, 1 / 256),
@@ -179,11 +192,11 @@ def _fraction(f: float) -> str:
 
 
 def replay(iterations, batch: int, fractions, round_steps: int):
-    """The rounds `staged._rounds` runs for members needing `iterations` steps: a list of
+    """The rounds `internal.rounds` runs for members needing `iterations` steps: a list of
     (buffer size, members in it), by the same rule (smallest buffer holding every running
     member, else the largest, filled in index order)."""
     sizes = sorted({max(1, int(batch * f)) for f in fractions}, reverse=True)
-    left = np.maximum(iterations - staged.FIRST_STEPS, 0)
+    left = np.maximum(iterations - internal.FIRST_STEPS, 0)
     rounds = []
     while (left > 0).any():
         live = np.nonzero(left > 0)[0]
@@ -194,21 +207,23 @@ def replay(iterations, batch: int, fractions, round_steps: int):
     return rounds
 
 
-def schedule_table(solver, problem, first, iterations):
+def schedule_table(solver, model, data, first, iterations):
     """Rounds' CPU time under other buffer schedules, from a cost model fitted here: one step
     and one gather + scatter timed at each buffer size (interpolated in log-log between)."""
     batch = iterations.shape[0]
-    live = np.asarray(jax.vmap(lambda p, s: staged.running(solver, p, s))(problem, first))
-    step = jax.jit(jax.vmap(solver.step))
+    live = np.asarray(
+        internal.per_member(lambda p, s: internal.running(solver, p, s), model)(data, first)
+    )
+    step = jax.jit(internal.per_member(solver.step, model))
     probe = sorted({max(1, int(batch * f)) for c in CANDIDATES for f in c})
     step_ms, move_ms = [], []
     for size in probe:
-        sub = jax.tree_util.tree_map(lambda x: x[:size], (problem, first))
+        sub = jax.tree_util.tree_map(lambda x: x[:size], (data, first))
         step_ms.append(best(step, *sub)[1] * 1e3)
         move = jax.jit(
-            lambda p, s, m, size=size: staged._on_members(lambda a, b: b, m, size, p, s)[0]
+            lambda d, s, m, size=size: internal.on_members(lambda a, b: b, m, size, d, s)[0]
         )
-        move_ms.append(best(move, problem, first, jnp.asarray(live))[1] * 1e3)
+        move_ms.append(best(move, data, first, jnp.asarray(live))[1] * 1e3)
 
     def cost(size):
         x = np.log(size)
@@ -216,7 +231,7 @@ def schedule_table(solver, problem, first, iterations):
             np.interp(x, np.log(probe), np.log(move_ms))
         )
 
-    full_step = best(step, problem, first)[1] * 1e3
+    full_step = best(step, data, first)[1] * 1e3
     table = Table(
         title="The rounds under other buffer schedules (float64; model fitted to timings)"
     )

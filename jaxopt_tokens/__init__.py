@@ -85,7 +85,13 @@ from ._solver.solution import Solution
 from ._solver.solve import SOLVER_NAMES, default_solver, solve, solve_latency
 from ._status import Status, StatusEnum
 from ._sweeps.dataset import read_sweep
-from ._sweeps.figures import all_figures
+from ._sweeps.figures import (
+    all_figures,
+    figure_budget_sensitivity,
+    figure_frontier,
+    figure_heatmaps,
+    figure_uniform_vs_optimal,
+)
 from ._sweeps.frontier import (
     frontier_by_alpha,
     frontier_by_arrival_rate,
@@ -212,6 +218,10 @@ __all__ = [
     "uniform_curve",
     "with_simulated_tail",
     "all_figures",
+    "figure_budget_sensitivity",
+    "figure_frontier",
+    "figure_heatmaps",
+    "figure_uniform_vs_optimal",
     # tuning and learned routers
     "tune_alpha",
     "tune",

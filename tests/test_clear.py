@@ -38,20 +38,20 @@ def test_total_within_budget_and_binding_when_cleared():
         statuses.add(int(a.status))
         assert total <= budget * (1 + 1e-12)
         assert float(a.unused) == pytest.approx(budget - total, abs=1e-6)
-        if a.status == clear.Status.CLEARED:
+        if a.status == clear.AllocationStatus.CLEARED:
             assert abs(total - budget) <= 1.0
-        if a.status == clear.Status.INDIVISIBLE:
+        if a.status == clear.AllocationStatus.INDIVISIBLE:
             # remainder below the threshold of every abandoned query: nobody could use it
             assert float(a.unused) <= np.min(tau[~np.asarray(a.admitted)]) + 1e-9
         assert np.all(np.asarray(a.tokens)[~np.asarray(a.admitted)] == 0)
         assert np.all(np.asarray(a.tokens)[np.asarray(a.admitted)] > tau[np.asarray(a.admitted)])
-    assert clear.Status.CLEARED in statuses
+    assert clear.AllocationStatus.CLEARED in statuses
 
 
 def test_admitted_tokens_follow_lambert_policy_and_abandon_hardest():
     tau, budget = np.linspace(50, 1000, 30), 30 * 300.0
     a = clear.allocate(tau, budget)
-    assert a.status == clear.Status.CLEARED and 0 < float(a.price) < 1
+    assert a.status == clear.AllocationStatus.CLEARED and 0 < float(a.price) < 1
     adm = np.asarray(a.admitted)
     assert 0 < adm.sum() < tau.size
     # rational abandonment keeps the easiest queries
@@ -112,7 +112,7 @@ def test_adaptive_decay_is_explicit():
     )  # floor
     a = clear.allocate(tau, 3 * 1200.0)  # surplus regime: everyone gets tau + (B/n - mean tau)
     np.testing.assert_allclose(np.asarray(a.tokens), tau + 1000.0, rtol=1e-9)
-    assert int(a.status) in (clear.Status.SLACK, clear.Status.CLEARED)
+    assert int(a.status) in (clear.AllocationStatus.SLACK, clear.AllocationStatus.CLEARED)
     f = clear.allocate(tau, 3 * 100.0, decay=0.01)
     assert float(f.beta) == pytest.approx(0.01)
 
@@ -120,7 +120,7 @@ def test_adaptive_decay_is_explicit():
 def test_slack_and_cap():
     tau = np.array([100.0, 200.0, 300.0])
     a = clear.allocate(tau, 1e5, query_cap=500.0)
-    assert a.status == clear.Status.SLACK and float(a.price) == 0.0
+    assert a.status == clear.AllocationStatus.SLACK and float(a.price) == 0.0
     np.testing.assert_allclose(np.asarray(a.tokens), 500.0)
     assert float(a.unused) == pytest.approx(1e5 - 1500.0)
     # a cap below a threshold abandons that query
@@ -131,15 +131,15 @@ def test_slack_and_cap():
 def test_leftover_goes_to_cheapest_abandoned_query_when_it_can_cross():
     # KKT abandons the second query; the remainder 589 > its threshold 500 is still given to it.
     a = clear.allocate(np.array([10.0, 500.0]), 600.0)
-    assert a.status == clear.Status.CLEARED
+    assert a.status == clear.AllocationStatus.CLEARED
     assert float(a.tokens.sum()) == pytest.approx(600.0)
     assert np.all(np.asarray(a.admitted))
     # ... but not when it is below the threshold: INDIVISIBLE, remainder kept
     b = clear.allocate(np.array([10.0, 1000.0]), 700.0)
-    assert b.status == clear.Status.INDIVISIBLE and not bool(b.admitted[1])
+    assert b.status == clear.AllocationStatus.INDIVISIBLE and not bool(b.admitted[1])
     assert 0 < float(b.unused) <= 1000.0
     c = clear.allocate(np.array([10.0, 1000.0]), 700.0, spread_remainder=True)
-    assert c.status == clear.Status.INDIVISIBLE and float(c.unused) == pytest.approx(0.0, abs=1e-9)
+    assert c.status == clear.AllocationStatus.INDIVISIBLE and float(c.unused) == pytest.approx(0.0, abs=1e-9)
     np.testing.assert_allclose(np.asarray(c.tokens), [700.0, 0.0])
 
 
@@ -152,12 +152,12 @@ def test_batched_jit_vmap_and_invalid_members_do_not_raise():
     a = clear_jit(tau, budget)
     assert a.tokens.shape == (3, 4, 16) and a.status.shape == (3, 4)
     assert (
-        int(a.status[1, 2]) == clear.Status.INVALID and int(a.status[2, 0]) == clear.Status.INVALID
+        int(a.status[1, 2]) == clear.AllocationStatus.INVALID and int(a.status[2, 0]) == clear.AllocationStatus.INVALID
     )
     assert np.all(np.asarray(a.tokens[1, 2]) == 0)
     one = clear.allocate(tau[0, 1], budget[0, 1])
     np.testing.assert_allclose(np.asarray(a.tokens[0, 1]), np.asarray(one.tokens), rtol=1e-12)
-    valid = np.asarray(a.status) != clear.Status.INVALID
+    valid = np.asarray(a.status) != clear.AllocationStatus.INVALID
     assert np.all(np.asarray(a.tokens.sum(-1))[valid] <= budget[valid] * (1 + 1e-12))
     # float32 keeps its dtype and still clears
     f = clear_jit(tau[0].astype(np.float32), budget[0].astype(np.float32))
@@ -185,7 +185,7 @@ def test_integer_tokens():
         k = np.asarray(clear.integer_tokens(a, budget))
         assert k.sum() <= budget and np.all(k[~np.asarray(a.admitted)] == 0)
         assert np.all(np.abs(k - np.asarray(a.tokens)) <= 1.0)
-        if a.status == clear.Status.CLEARED:
+        if a.status == clear.AllocationStatus.CLEARED:
             assert k.sum() == np.floor(budget)
 
 
@@ -197,7 +197,7 @@ def test_gradients_match_finite_differences(decay):
     tau = np.linspace(80.0, 2400.0, 15) + np.random.default_rng(6).uniform(0, 30, 15)
     budget = 15 * 500.0
     a = clear.allocate(tau, budget, decay=decay)
-    assert a.status == clear.Status.CLEARED
+    assert a.status == clear.AllocationStatus.CLEARED
     adm = np.asarray(a.admitted)
     assert 0 < adm.sum() < tau.size
 
@@ -227,7 +227,7 @@ def test_gradients_match_finite_differences(decay):
 
 def test_gradient_of_price_wrt_velocity_and_budget_signs():
     tau, budget = np.linspace(50, 1000, 30), 30 * 300.0
-    assert clear.allocate(tau, budget).status == clear.Status.CLEARED
+    assert clear.allocate(tau, budget).status == clear.AllocationStatus.CLEARED
     dp_db = jax.grad(lambda b: clear.allocate(tau, b).price)(budget)
     assert float(dp_db) < 0  # more supply, lower price
     h = 1e-4
@@ -423,7 +423,7 @@ def test_clearing_invariants_hold_on_arbitrary_batches(tau, per_query, grow, dty
     total = float(np.sum(np.asarray(a.tokens, np.float64)))
     assert np.all(np.asarray(a.tokens) >= 0)
     assert total <= budget * (1 + rtol) + 1e-6
-    if int(a.status) == clear.Status.CLEARED:
+    if int(a.status) == clear.AllocationStatus.CLEARED:
         assert total == pytest.approx(budget, rel=rtol, abs=1.0)
     # more budget never means fewer tokens handed out in total
     b = clear_jit(tau_d, dtype(budget * grow), decay=0.004)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._tuning.router import _smoothed_tokens, _workload
+from jaxopt_tokens._tuning.router import _smoothed_tokens
 
 
 def held_out_setup():
@@ -34,7 +34,7 @@ def test_decision_focused_beats_two_stage_on_held_out_types():
     J_two = float(jnp.mean(jt.realised_objective(two, pool, test_idx)))
 
     def oracle(i):
-        w = _workload(pool, i, pool.A[i], pool.b[i], 0.1, 30.0, 4096.0)
+        w = pool.workload(i, arrival_rate=0.1, alpha=30.0, max_tokens=4096.0)
         return jt.objective(jt.solve(w).tokens, w)
 
     J_oracle = float(jnp.mean(jax.vmap(oracle)(test_idx)))

@@ -31,6 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 from .._errors import InputError
 from .._solver.solve import solve
 from .._stats import student_t_quantile
-from .._status import StatusEnum
+from .._status import HasStatus, StatusEnum
 from .._workload import Workload
 from .measurements import Measurements
 
@@ -116,15 +117,15 @@ class TaskFit:
         return self.params[name] - q * self.se[name], self.params[name] + q * self.se[name]
 
 
-@dataclass(frozen=True)
-class FitResult:
-    """The fitted workload and per-task fits (`tasks`), in the measurements' task order."""
+class FitResult(HasStatus):
+    """The fitted workload and per-task fits (`tasks`), in the measurements' task order;
+    `status` holds one `FitStatus` per task."""
 
     workload: Workload
     tasks: tuple[TaskFit, ...]
-    measurements: Measurements = field(repr=False)
+    measurements: Measurements = eqx.field(repr=False)
     #: the fitted fields as float64 numpy values, whatever the JAX dtype of `workload`
-    fields: dict = field(default_factory=dict, repr=False)
+    fields: dict = eqx.field(default_factory=dict, repr=False)
 
     def workload_float64(self) -> Workload:
         """The fitted workload in float64 (for writing it at full precision)."""
@@ -141,10 +142,6 @@ class FitResult:
     def status(self) -> np.ndarray:
         """The `FitStatus` code of every task (int32, in task order)."""
         return np.asarray([int(t.status) for t in self.tasks], dtype=np.int32)
-
-    def messages(self) -> np.ndarray:
-        """The status message of every task."""
-        return FitStatus.describe(self.status)
 
     def covariance(self) -> np.ndarray:
         """(N, 5, 5) covariance of (A, b, D, t0, c) per task (accuracy and latency independent)."""
@@ -357,7 +354,7 @@ def _fit_latency(l, t, n):
 
         def at_shape(th):
             beta = beta0
-            for _ in range(3):
+            for _ in range(_LATENCY_PASSES):
                 mu = jnp.maximum(X @ beta, tiny)
                 v = th + (1 - th) * mu**2 / scale
                 wt = jnp.where(live, n / v, 0)

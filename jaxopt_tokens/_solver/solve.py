@@ -30,7 +30,14 @@ from .gradient import ProjectedGradient, SpectralGradient
 from .solution import Solution, masked_solution
 from .staged import MIN_STAGED_BATCH, staged_run
 
-__all__ = ["solve", "solve_latency", "SOLVER_NAMES", "solver_from_name", "default_solver"]
+__all__ = [
+    "solve",
+    "solve_latency",
+    "SOLVER_NAMES",
+    "solver_from_name",
+    "default_solver",
+    "attach_gradient",
+]
 
 #: the method names `solve` takes as shorthand for a solver instance
 SOLVER_NAMES = ("default", "fixed-point", "pga", "pga-safeguarded")
@@ -85,7 +92,7 @@ def solver_from_name(
     )
 
 
-def _attach_gradient(problem: Problem, sol: Solution) -> Solution:
+def attach_gradient(problem: Problem, sol: Solution) -> Solution:
     """`sol` (one member, computed without gradients, on the validated problem) with the
     implicit derivative of its budgets attached; members that did not converge get zero."""
     ok = sol.converged
@@ -177,7 +184,7 @@ def _drive(solver: AbstractSolver, model: LatencyModel, w: Workload, start) -> S
     if not shape:
         problem = Problem(safe, model)
         sol = _forward_member(solver, _stop_gradient(problem), start, ok_in)
-        return masked_solution(_attach_gradient(problem, sol), ok_in, status_in)
+        return masked_solution(attach_gradient(problem, sol), ok_in, status_in)
     size = math.prod(shape)
 
     def flat(x):
@@ -187,7 +194,7 @@ def _drive(solver: AbstractSolver, model: LatencyModel, w: Workload, start) -> S
     if start is not None:
         start = start.reshape(size, w.num_tasks)
     sol = _forward_batch(solver, _stop_gradient(Problem(safe, model)), start, ok_flat)
-    sol = jax.vmap(lambda s, wi: _attach_gradient(Problem(wi, model), s))(sol, safe)
+    sol = jax.vmap(lambda s, wi: attach_gradient(Problem(wi, model), s))(sol, safe)
     sol = jax.tree_util.tree_map(lambda x: x.reshape(*shape, *x.shape[1:]), sol)
     return masked_solution(sol, ok_in, status_in)
 

@@ -36,7 +36,17 @@ from .._status import Status
 from .base import AbstractSolver, Problem, finish, run_until, running
 from .solution import Solution
 
-__all__ = ["staged_run", "MIN_STAGED_BATCH"]
+__all__ = [
+    "staged_run",
+    "rounds",
+    "on_members",
+    "per_member",
+    "buffer_sizes",
+    "MIN_STAGED_BATCH",
+    "FIRST_STEPS",
+    "ROUND_STEPS",
+    "BUFFER_FRACTIONS",
+]
 
 FIRST_STEPS = 2  # every member takes these steps together
 ROUND_STEPS = 3  # then rounds: the running members, gathered, take this many more steps
@@ -48,7 +58,7 @@ def _take(tree, idx):
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
-def _on_members(fn, mask, size: int, w, tree):
+def on_members(fn, mask, size: int, w, tree):
     """`tree` with `fn(w_i, tree_i)` written for the first `size` members where `mask` holds
     (gathered into a buffer of `size` rows, so shapes stay static); also returns the indices
     written, padding rows pointing past the batch."""
@@ -69,21 +79,21 @@ def buffer_sizes(batch: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _per_member(fn, model):
+def per_member(fn, model):
     """`fn(problem, *rest)` vmapped over members given as `(workload, constants)` data; the
     model is shared by the batch."""
     return jax.vmap(lambda data, *rest: fn(Problem(data[0], model, data[1]), *rest))
 
 
-def _rounds(solver: AbstractSolver, model, data, state, sizes: tuple[int, ...]):
+def rounds(solver: AbstractSolver, model, data, state, sizes: tuple[int, ...]):
     """Rounds of `ROUND_STEPS` steps for the running members, until none runs; each round in
     the smallest buffer of `sizes` that holds them all (the largest takes the first ones)."""
-    is_running = _per_member(lambda p, s: running(solver, p, s), model)
-    advance = _per_member(lambda p, s: run_until(solver, p, s, s.iterations + ROUND_STEPS), model)
+    is_running = per_member(lambda p, s: running(solver, p, s), model)
+    advance = per_member(lambda p, s: run_until(solver, p, s, s.iterations + ROUND_STEPS), model)
 
     def round_in(size):
         def one_round(state, live):
-            return _on_members(advance, live, size, data, state)[0]
+            return on_members(advance, live, size, data, state)[0]
 
         return one_round
 
@@ -106,11 +116,11 @@ def _refine(solver: AbstractSolver, model, data, its, active, buffer: int):
     """`solver.refine` for the active members `postprocess` left unconverged, `buffer` at a
     time (a few members, usually none: a pass over the whole batch would cost a step)."""
     todo = active & (its.status != Status.CONVERGED)
-    refine = _per_member(solver.refine, model)
+    refine = per_member(solver.refine, model)
 
     def body(carry):
         its, todo = carry
-        its, target = _on_members(refine, todo, buffer, data, its)
+        its, target = on_members(refine, todo, buffer, data, its)
         return its, todo.at[target].set(False, mode="drop")
 
     its, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), body, (its, todo))
@@ -124,11 +134,11 @@ def staged_run(solver: AbstractSolver, problem: Problem, start, active) -> Solut
     batch = w.batch_shape[0]
     constants = jax.vmap(lambda wi: solver.prepare(Problem(wi, model)))(w)
     data = (w, constants)
-    state = _per_member(solver.init, model)(data, start)
-    state = _per_member(lambda p, s: run_until(solver, p, s, FIRST_STEPS), model)(data, state)
+    state = per_member(solver.init, model)(data, start)
+    state = per_member(lambda p, s: run_until(solver, p, s, FIRST_STEPS), model)(data, state)
     sizes = buffer_sizes(batch)
-    state = _rounds(solver, model, data, state, sizes)
-    its = _per_member(solver.postprocess, model)(data, state)
+    state = rounds(solver, model, data, state, sizes)
+    its = per_member(solver.postprocess, model)(data, state)
     if type(solver).refine is not AbstractSolver.refine:  # skip the loop for the default
         its = _refine(solver, model, data, its, active, sizes[-1])
-    return _per_member(lambda p, state, it: finish(solver, p, state, it), model)(data, state, its)
+    return per_member(lambda p, state, it: finish(solver, p, state, it), model)(data, state, its)

@@ -48,9 +48,8 @@ from .dataset import FORMAT, SweepDirectory, fingerprint, versions
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["sweep", "SweepRun", "write_sweep", "read_sweep_metadata", "TRACE_COUNT"]
+__all__ = ["sweep", "SweepRun", "write_sweep", "read_sweep_metadata"]
 
-TRACE_COUNT = {"sweep_chunk": 0}  # incremented when the chunk function is traced (tests check it)
 STATUS_NAMES = [s.name.lower() for s in Status]
 _GRID_VALUES_IN_MANIFEST = 10_000  # larger grids are recorded by size, range and hash
 WARM_STRIDE = 8  # chunks are solved coarse to fine: every 8th point first, then all from them
@@ -79,8 +78,6 @@ def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _solve_chunk(specs: tuple, w: Workload, values, warm_start: bool = True):
     """Solve one chunk of grid points; compiled once per (grid spec, workload shape, chunk size)."""
-    TRACE_COUNT["sweep_chunk"] += 1
-
     def member(row):
         changes: dict[str, Any] = {}
         for (field, k), v in zip(specs, row):

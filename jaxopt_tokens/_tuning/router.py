@@ -42,6 +42,33 @@ class TaskPool(eqx.Module):
     A_observed: Float[Array, " m"]  # noisy measurements the two-stage baseline fits
     log_b_observed: Float[Array, " m"]
 
+    def workload(
+        self,
+        idx: Int[Array, " n"],
+        A: Float[Array, " n"] | None = None,
+        b: Float[Array, " n"] | None = None,
+        *,
+        arrival_rate,
+        alpha,
+        max_tokens,
+    ) -> Workload:
+        """The workload of the task types `idx` in equal shares, with accuracy curves `A, b`
+        (by default the pool's true ones; a router passes its predictions)."""
+        n = idx.shape[0]
+        A = self.A[idx] if A is None else A
+        b = self.b[idx] if b is None else b
+        return Workload(
+            A=A,
+            b=b,
+            D=self.D[idx],
+            t0=self.t0[idx],
+            c=self.c[idx],
+            share=jnp.full(n, 1.0 / n, A.dtype),
+            arrival_rate=arrival_rate,
+            alpha=alpha,
+            max_tokens=max_tokens,
+        )
+
 
 def synthetic_task_pool(
     key: PRNGKeyArray, num_types: int = 60, num_features: int = 4, noise: float = 0.15, dtype=None
@@ -94,23 +121,6 @@ class CurveModel(eqx.Module):
         return A, b
 
 
-def _workload(
-    pool: TaskPool, idx: Int[Array, " n"], A, b, arrival_rate, alpha, max_tokens
-) -> Workload:
-    n = idx.shape[0]
-    return Workload(
-        A=A,
-        b=b,
-        D=pool.D[idx],
-        t0=pool.t0[idx],
-        c=pool.c[idx],
-        share=jnp.full(n, 1.0 / n, A.dtype),
-        arrival_rate=arrival_rate,
-        alpha=alpha,
-        max_tokens=max_tokens,
-    )
-
-
 def _smoothed_tokens(tokens, w: Workload, temperature: float):
     m1, m2 = service_moments(tokens, w)
     d = 1 - w.arrival_rate * m1
@@ -134,11 +144,13 @@ def realised_objective(
 
     def one(i):
         A_hat, b_hat = model(pool.features[i], pool.D[i])
-        w_hat = _workload(pool, i, A_hat, b_hat, arrival_rate, alpha, max_tokens)
+        w_hat = pool.workload(
+            i, A_hat, b_hat, arrival_rate=arrival_rate, alpha=alpha, max_tokens=max_tokens
+        )
         tokens = solve(w_hat).tokens
         if temperature > 0:
             tokens = _smoothed_tokens(tokens, w_hat, temperature)
-        w_true = _workload(pool, i, pool.A[i], pool.b[i], arrival_rate, alpha, max_tokens)
+        w_true = pool.workload(i, arrival_rate=arrival_rate, alpha=alpha, max_tokens=max_tokens)
         return objective(tokens, w_true)
 
     return jax.vmap(one)(idx)

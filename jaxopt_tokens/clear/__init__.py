@@ -9,7 +9,7 @@ the paper's evaluation are beside it. Docs: *CLEAR*.
 
 from ._allocate import (
     Allocation,
-    Status,
+    AllocationStatus,
     adaptive_inverse_decay,
     allocate,
     check_inputs,
@@ -44,7 +44,7 @@ from ._evaluate import (
 __all__ = [
     "allocate",
     "Allocation",
-    "Status",
+    "AllocationStatus",
     "check_inputs",
     "integer_tokens",
     "surge_utility",

@@ -71,7 +71,7 @@ from .._status import HasStatus, StatusEnum
 
 __all__ = [
     "Allocation",
-    "Status",
+    "AllocationStatus",
     "allocate",
     "check_inputs",
     "adaptive_inverse_decay",
@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 
-class Status(StatusEnum):
+class AllocationStatus(StatusEnum):
     """Outcome of `allocate` per batch member (see the module docstring)."""
 
     CLEARED = 0, "cleared: the budget binds and the allocations spend it exactly"
@@ -103,10 +103,10 @@ class Allocation(HasStatus):
     price: Float[Array, " *batch"]  # clearing shadow price mu (of the admitted set)
     admitted: Bool[Array, "*batch n"]  # queries with positive allocation
     beta: Float[Array, " *batch"]  # decay used (adaptive or given)
-    status: Int[Array, " *batch"]  # Status codes
+    status: Int[Array, " *batch"]  # AllocationStatus codes
     unused: Float[Array, " *batch"]  # budget - total tokens (>= 0 up to rounding)
 
-    STATUS: ClassVar[type[Status]] = Status
+    STATUS: ClassVar[type[AllocationStatus]] = AllocationStatus
 
 
 def surge_utility(
@@ -300,11 +300,15 @@ def _clear_one(
     tol = 64 * jnp.finfo(dtype).eps * jnp.maximum(budget, 1.0)
     status = jnp.where(
         ~valid,
-        Status.INVALID,
+        AllocationStatus.INVALID,
         jnp.where(
             slack,
-            Status.SLACK,
-            jnp.where(binding | (remainder_after <= tol), Status.CLEARED, Status.INDIVISIBLE),
+            AllocationStatus.SLACK,
+            jnp.where(
+                binding | (remainder_after <= tol),
+                AllocationStatus.CLEARED,
+                AllocationStatus.INDIVISIBLE,
+            ),
         ),
     )
     tokens = jnp.where(valid, tokens, 0.0)

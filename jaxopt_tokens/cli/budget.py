@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .._errors import InputError
 from .._files import read_text
-from ..clear._allocate import Status, allocate, check_inputs
+from ..clear._allocate import AllocationStatus, allocate, check_inputs
 from ..clear._baselines import BASELINES
 from ..clear._evaluate import default_pool, evaluate_streams, load_pool
 from ._common import positive_float, random_seed
@@ -140,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
             )
             tokens = np.asarray(a.tokens)
             report.update(
-                price=float(a.price), beta=float(a.beta), status=Status(int(a.status)).name.lower()
+                price=float(a.price),
+                beta=float(a.beta),
+                status=AllocationStatus(int(a.status)).name.lower(),
             )
         else:
             tokens = np.asarray(BASELINES[args.policy](t, args.budget, query_cap=args.query_cap))
