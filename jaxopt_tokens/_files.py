@@ -5,11 +5,54 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ._errors import InputError
 
-__all__ = ["read_text", "csv_rows"]
+__all__ = ["read_text", "csv_rows", "parse_number"]
+
+
+def parse_number(
+    value: Any,
+    where: str,
+    *,
+    finite: bool = True,
+    minimum: float | None = None,
+    positive: bool = False,
+    error: type[InputError] = InputError,
+) -> float:
+    """`value` as a float: a number from a JSON or TOML file, or the text of a CSV field.
+
+    Raises `error` (an `InputError`) whose message starts with `where` (the file, line,
+    column or field) when the value is not a number (booleans are not numbers), is too large
+    for a float, is not finite (unless `finite=False`), is below `minimum`, or is not above
+    zero with `positive`.
+    """
+    if isinstance(value, str):
+        try:
+            x = float(value)
+        except ValueError:
+            raise error(f"{where}: {value!r} is not a number") from None
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise error(f"{where}: expected a number, got {value!r}")
+    else:
+        try:
+            x = float(value)
+        except OverflowError:
+            raise error(f"{where}: {str(value)[:20]}... is too large for a float") from None
+    if finite and not math.isfinite(x):
+        raise error(f"{where}: must be finite, got {value!r}")
+    if positive and not x > 0:
+        raise error(f"{where}: must be > 0, got {value!r}")
+    if minimum is not None and not x >= minimum:
+        raise error(f"{where}: must be >= {minimum:g}, got {value!r}")
+    return x
 
 
 def read_text(path: str | Path, what: str, error: type[InputError] = InputError) -> str:

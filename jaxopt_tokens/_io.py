@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import InputError, WorkloadError
-from ._files import read_text
+from ._files import parse_number, read_text
 from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS
 from ._workload import Workload
 
@@ -83,15 +83,6 @@ def _parse(text: str, source: str, fmt: str, stability: bool = True) -> Workload
     return workload_from_dict(data, source=source, task_lines=task_lines, stability=stability)
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise WorkloadError(f"{where}: expected a number, got {value!r}")
-    try:
-        return float(value)
-    except OverflowError:
-        raise WorkloadError(f"{where}: {str(value)[:20]}... is too large for a float") from None
-
-
 def workload_from_dict(
     data: dict[str, Any],
     *,
@@ -116,7 +107,9 @@ def workload_from_dict(
     for f in SCALAR_FIELDS:
         if f not in data:
             raise WorkloadError(f"{source}: missing field '{f}'")
-        scalars[f] = _number(data[f], f"{source}: field '{f}'")
+        scalars[f] = parse_number(
+            data[f], f"{source}: field '{f}'", finite=False, error=WorkloadError
+        )
 
     def where(k: int, name: str) -> str:
         line = f", line {task_lines[k]}" if task_lines and k < len(task_lines) else ""
@@ -138,7 +131,11 @@ def workload_from_dict(
                 continue
             if f not in task:
                 raise WorkloadError(f"{where(k, name)}: missing field '{f}'")
-            columns[f].append(_number(task[f], f"{where(k, name)}: field '{f}'"))
+            columns[f].append(
+                parse_number(
+                    task[f], f"{where(k, name)}: field '{f}'", finite=False, error=WorkloadError
+                )
+            )
         has_share.append("share" in task)
     if not any(has_share):
         columns["share"] = [1.0 / len(tasks)] * len(tasks)

@@ -3,7 +3,7 @@ r"""Principal-branch Lambert W and the Wright omega function, in JAX.
 `lambertw(z)` solves $w e^w = z$ for $z \ge -1/e$ (principal branch, $w \ge -1$);
 `wright_omega(x)` solves $\omega + \log\omega = x$, i.e. $\omega(x) = W(e^x)$, for every real
 x without forming $e^x$ (it overflows for $x > 709$ in float64). The token solver uses
-$\omega$ in the closed form of eq. (22) (see `_aggregate.py`).
+$\omega$ in the closed form of eq. (22) (see `_solver/aggregate.py`).
 
 Both are branch-free (fixed iteration counts, `jnp.where` by region), so they `jit`, `vmap`
 and run on accelerators unchanged, and keep the input's floating dtype. Derivatives come from
@@ -12,11 +12,11 @@ $+\infty$ at the branch point) and $\omega'(x) = \omega/(1+\omega)$.
 
 Wright omega takes no float64 logarithm (on the CPU it costs several exponentials): a start
 good to about 2e-5 computed in float32 (series below -4 and above 20, polynomials between)
-and one fourth-order correction through `exp` (`_exp_step`), within 1 ulp of the exact value
-in float64 and float32 (measured against mpmath in the tests), about 14 ns per float64
-element on a 2-core CPU where `exp` takes ~2.
+and one fourth-order correction through `exp` (`_exp_step`), to within an ulp or two of the
+exact value in float64 and float32 (the tests hold it to mpmath; its cost is in
+`benchmarks/README.md`).
 
-Accuracy: a few ulp against `scipy.special.lambertw` / `wrightomega` (measured in the tests),
+Accuracy: a few ulp against `scipy.special.lambertw` / `wrightomega` (held by the tests),
 except within about $\sqrt{\epsilon}$ of the branch point $z = -1/e$, where W is
 ill-conditioned ($W' \to \infty$): there the input's own rounding of $e z + 1$ limits any
 method to an absolute error of order $\sqrt{\epsilon}$.

@@ -32,17 +32,19 @@ def _float_field(name: str):
 class Workload(eqx.Module):
     r"""N task types served FIFO by one server (the queueing paper, Section II).
 
-    **Arguments** (per task, shape `(..., N)`):
+    Per-task fields have shape `(..., N)`, scalar fields shape `(...)`.
 
-    - `A`, `b`, `D`: accuracy curve $p_k(l) = A_k (1 - e^{-b_k l}) + D_k$, eq. (2).
-    - `t0`, `c`: service time $t_k(l) = t_{0k} + c_k l$ in seconds, eq. (1).
-    - `share`: the probability $\pi_k$ that a query is of type k (sums to 1).
-
-    **Arguments** (scalars, shape `(...)`):
-
-    - `arrival_rate`: Poisson arrival rate $\lambda$ (queries per second).
-    - `alpha`: weight of mean accuracy against mean system time in J, eq. (7) (seconds).
-    - `max_tokens`: the architectural cap $l_{\max}$.
+    Args:
+        A: accuracy gain of each task's curve $p_k(l) = A_k (1 - e^{-b_k l}) + D_k$, eq. (2).
+        b: the curve's rate per token.
+        D: the curve's accuracy at zero tokens.
+        t0: service time at zero tokens, seconds: $t_k(l) = t_{0k} + c_k l$, eq. (1).
+        c: seconds per reasoning token.
+        share: the probability $\pi_k$ that a query is of type k (sums to 1).
+        arrival_rate: Poisson arrival rate $\lambda$ (queries per second).
+        alpha: weight of mean accuracy against mean system time in J, eq. (7) (seconds).
+        max_tokens: the architectural cap $l_{\max}$.
+        names: the task names (static).
 
     `names` are static labels. Leading axes (`...`) make a batch of workloads for `vmap`.
     Values are not checked on construction (so that jit and vmap can build workloads);

@@ -1,16 +1,17 @@
 """Test configuration: float64 available (tests choose float32 explicitly where they test it),
-and one XLA compilation cache for the whole run.
+no persistent compilation cache shared between processes, and fixtures shared by the suite.
 
-Most of the suite's time is compilation, and much of it is the same program compiled again:
-by the other xdist worker, by each CLI subprocess and notebook kernel (a fresh interpreter),
-and by functions that build a new `jax.jit` closure per call. JAX's persistent cache keys an
-executable by its program, so every repeat after the first is a cache read. The directory is
-made once by the controlling process, inherited through the environment by workers,
-subprocesses and kernels, and removed when the run ends; a caller's own
-`JAX_COMPILATION_CACHE_DIR` is used as is. What is compiled, and so what is tested, does not
-change.
+Writing every executable of both xdist workers into one persistent XLA cache crashed a worker
+inside the cache's serialisation (`executable.serialize()`, an abort, not an exception), and
+concurrent writers to one cache directory are not supported by JAX. So the workers compile in
+memory only; the CLI subprocesses and notebook kernels a worker starts (fresh interpreters
+that compile the same programs again) share a persistent cache private to that worker, so one
+process at a time writes it. A per-test time limit (`timeout` in `pyproject.toml`) and
+`--max-worker-restart=0` make a crashed or stuck worker fail the run at once instead of
+hanging it.
 """
 
+import collections
 import os
 import shutil
 import tempfile
@@ -29,17 +30,15 @@ _made_cache = pytest.StashKey[str]()  # the directory this process made, to remo
 
 
 def pytest_configure(config):
-    if _CACHE_ENV not in os.environ:  # the controller (or a run without xdist) makes it
-        path = tempfile.mkdtemp(prefix="jaxopt-tokens-xla-cache-")
-        os.environ[_CACHE_ENV] = path
-        config.stash[_made_cache] = path
-    # every program, however quick to compile: the suite compiles thousands of small ones
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
-    jax.config.update(
-        "jax_persistent_cache_min_compile_time_secs",
-        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
-    )
+    # this process compiles in memory only, whatever it inherited
+    jax.config.update("jax_enable_compilation_cache", False)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # the subprocesses this process starts (CLI commands, notebook kernels) share a cache that
+    # no other process writes
+    path = tempfile.mkdtemp(prefix=f"jaxopt-tokens-xla-{worker}-")
+    config.stash[_made_cache] = path
+    os.environ[_CACHE_ENV] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 def pytest_unconfigure(config):
@@ -53,6 +52,21 @@ def pytest_unconfigure(config):
 def table1():
     """The paper's Table I workload in float64."""
     return jt.default_workload().astype(np.float64)
+
+
+@pytest.fixture
+def traces():
+    """How many times each function was traced to a jaxpr while the test runs, by name (JAX's
+    own monitoring events): a compile-once check without a counter in the package."""
+    counts: collections.Counter = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            counts[kwargs.get("fun_name")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield counts
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 TABLE1_TOKENS = np.array([0.0, 340.89, 0.0, 0.0, 346.24, 30.14])

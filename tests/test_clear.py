@@ -139,7 +139,9 @@ def test_leftover_goes_to_cheapest_abandoned_query_when_it_can_cross():
     assert b.status == clear.AllocationStatus.INDIVISIBLE and not bool(b.admitted[1])
     assert 0 < float(b.unused) <= 1000.0
     c = clear.allocate(np.array([10.0, 1000.0]), 700.0, spread_remainder=True)
-    assert c.status == clear.AllocationStatus.INDIVISIBLE and float(c.unused) == pytest.approx(0.0, abs=1e-9)
+    assert c.status == clear.AllocationStatus.INDIVISIBLE and float(c.unused) == pytest.approx(
+        0.0, abs=1e-9
+    )
     np.testing.assert_allclose(np.asarray(c.tokens), [700.0, 0.0])
 
 
@@ -152,7 +154,8 @@ def test_batched_jit_vmap_and_invalid_members_do_not_raise():
     a = clear_jit(tau, budget)
     assert a.tokens.shape == (3, 4, 16) and a.status.shape == (3, 4)
     assert (
-        int(a.status[1, 2]) == clear.AllocationStatus.INVALID and int(a.status[2, 0]) == clear.AllocationStatus.INVALID
+        int(a.status[1, 2]) == clear.AllocationStatus.INVALID
+        and int(a.status[2, 0]) == clear.AllocationStatus.INVALID
     )
     assert np.all(np.asarray(a.tokens[1, 2]) == 0)
     one = clear.allocate(tau[0, 1], budget[0, 1])

@@ -57,42 +57,11 @@ see `openai_client_kwargs`):
   it, e.g. gpt-oss, honour the bands; Qwen3's does not).
 - `"json"`: engine-neutral `max_tokens`, `thinking_budget` (or `enable_thinking: false`).
 
-**Engine versions checked** (read from the engines' source, not only their docs):
-
-- vLLM 0.33.0 (PyPI wheel, commit 4ba787ec9):
-  `vllm/entrypoints/openai/chat_completion/protocol.py` `ChatCompletionRequest`:
-  `max_tokens` is deprecated in favour of `max_completion_tokens`, which wins when both are
-  sent (`serving.py`, `build_tok_params`); unknown fields are accepted (`extra="allow"`),
-  logged at debug level only. `vllm/sampling_params.py` `validate_thinking_token_budget`:
-  a non-negative int, or -1 for unlimited (stored as unset); bools and floats are refused.
-  `build_chat_params`: `reasoning_effort` sets `enable_thinking = effort != "none"` unless
-  the request sets it. `vllm/config/reasoning.py` `ReasoningConfig.initialize_token_ids`
-  fills the start/end strings from the reasoning parser; `vllm/v1/engine/input_processor.py`
-  rejects a budget when no reasoning config exists. Enforcement: `ThinkingBudgetStateHolder`
-  (`vllm/v1/sample/thinking_budget_state.py`) forces the end string; with 0 at once.
-- SGLang (files of the sgl-project/sglang repository at the commits named):
-  `python/sglang/srt/sampling/custom_logit_processor.py` @ 065927d1
-  (`ThinkingBudgetLogitProcessor.__call__` reads `custom_params["thinking_budget"]` and
-  skips values that are missing, not an int, or negative; `CustomLogitProcessor.to_str`
-  serialises the class as `json.dumps({"callable": dill.dumps(cls).hex()})`, and dill pickles
-  an importable class by reference, the same bytes as `pickle` protocol 4, which is what
-  `_sglang_processor_reference` writes without needing sglang installed);
-  `tokenizer_manager.py` @ 001067ff (`_validate_one_request` refuses a processor when
-  `--enable-custom-logit-processor` is off); `constrained/grammar_manager.py` @ 18cc7bf2
-  (`_get_request_thinking_budget`: the strict-thinking route reads the same custom param);
-  `entrypoints/openai/protocol.py` @ 004c82e0 (`ChatCompletionRequest`:
-  `max_new_tokens = max_completion_tokens or max_tokens`; `normalize_reasoning_inputs` sets
-  `enable_thinking = effort != "none"` unless the request sets it; unknown fields are
-  silently dropped).
-- OpenAI: the official API reference was not among the stored sources;
-  `reasoning_effort` ("none", "minimal", "low", "medium", "high") and
-  `max_completion_tokens` (reasoning plus visible output) as mirrored by SDK and gateway
-  documentation.
-
-The request bodies are checked in the tests against pinned copies of these request models'
-fields (`tests/engine_schemas.py`, with their source files and commits), against SGLang
-0.5.23's own pydantic `ChatCompletionRequest` (vLLM's needs torch, so only its pinned copy is
-checked), and sent with the real `openai` client to a loopback server.
+What each engine accepts was read from its own request models and sources (the files and
+versions are listed on the docs page *Fitting and export*). The request bodies are checked in
+the tests against pinned copies of these request models' fields (`tests/engine_schemas.py`),
+against SGLang's own pydantic `ChatCompletionRequest`, and sent with the real `openai` client
+to a loopback server.
 """
 
 from __future__ import annotations
@@ -379,30 +348,30 @@ def export_policy(
 ) -> dict[str, Any]:
     """Per-task request parameters enforcing the budgets `tokens` on a serving engine.
 
-    **Arguments:**
+    Args:
+        workload: an unbatched `Workload` (its task names key the policy).
+        tokens: a `Solution`, a sequence of budgets in task order, or a mapping task -> budget
+            (`None` or `inf`: no thinking limit for that task).
+        engine: `"vllm"`, `"sglang"`, `"openai"` or `"json"` (see the module docstring).
+        answer_reserve: tokens kept for the visible answer; request limit = budget + reserve.
+        min_budget: positive budgets below it are raised to it (0 stays 0).
+        rounding: `"integer"` (`integer_budgets`, eq. (39)), `"ceil"` or `"round"`.
+        zero_budget: `"disable"` (0 -> thinking switched off) or `"budget"` (send 0).
+        effort_bounds: `"openai"` only; ordered level -> inclusive upper token bound,
+            `"high"` above the last (default `DEFAULT_EFFORT_BOUNDS`).
+        sglang_processor: `"sglang"` only; `"qwen3"`, `"deepseek-r1"` (the logit processor
+            sent with each request) or `"strict"` (none: the server's strict thinking).
+        uncertainty: standard errors of `tokens` per task (e.g. the second result of
+            `budget_uncertainty`), recorded as `tokens_se`.
+        conservative: a probability q in (0, 1); export the q-quantile
+            `tokens + z_q * tokens_se` (needs `uncertainty`; q < 0.5 exports less thinking).
+        source: where the workload came from, recorded in the metadata.
 
-    - `workload`: an unbatched `Workload` (its task names key the policy).
-    - `tokens`: a `Solution`, a sequence of budgets in task order, or a mapping task -> budget
-      (`None` or `inf`: no thinking limit for that task).
-    - `engine`: `"vllm"`, `"sglang"`, `"openai"` or `"json"` (see the module docstring).
-    - `answer_reserve`: tokens kept for the visible answer; request limit = budget + reserve.
-    - `min_budget`: positive budgets below it are raised to it (0 stays 0).
-    - `rounding`: `"integer"` (`integer_budgets`, eq. (39)), `"ceil"` or `"round"`.
-    - `zero_budget`: `"disable"` (0 -> thinking switched off) or `"budget"` (send 0).
-    - `effort_bounds`: `"openai"` only; ordered level -> inclusive upper token bound,
-      `"high"` above the last (default `DEFAULT_EFFORT_BOUNDS`).
-    - `sglang_processor`: `"sglang"` only; `"qwen3"`, `"deepseek-r1"` (the logit processor
-      sent with each request) or `"strict"` (none: the server's strict thinking).
-    - `uncertainty`: standard errors of `tokens` per task (e.g. the second result of
-      `budget_uncertainty`), recorded as `tokens_se`.
-    - `conservative`: a probability q in (0, 1); export the q-quantile
-      `tokens + z_q * tokens_se` (needs `uncertainty`; q < 0.5 exports less thinking).
-    - `source`: where the workload came from, recorded in the metadata.
-
-    **Returns:** a JSON-serialisable dict with `engine`, `generated_by`, `source` (workload
-    metadata and the objective J at the exported budgets), `settings` and `tasks`
-    (`{name: {"tokens", "budget", "clamped", "request"}}`, plus `"tokens_se"` with
-    `uncertainty`).
+    Returns:
+        a JSON-serialisable dict with `engine`, `generated_by`, `source` (workload
+        metadata and the objective J at the exported budgets), `settings` and `tasks`
+        (`{name: {"tokens", "budget", "clamped", "request"}}`, plus `"tokens_se"` with
+        `uncertainty`).
 
     Raises `InputError` naming the offending field for bad options or budgets.
     """

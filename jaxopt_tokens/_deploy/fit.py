@@ -429,15 +429,20 @@ def fit(
 ) -> FitResult:
     """Fit $A_k, b_k, D_k$ (eq. (2)) and $t_{0k}, c_k$ (eq. (1)) for every measured task.
 
-    **Arguments:** `measurements` (from `read_measurements` / `parse_measurements`),
-    `shares` (one per task in the measurements' order; default equal shares),
-    `arrival_rate`, `alpha`, `max_tokens` for the workload, `min_p_value` (a deviance
-    goodness-of-fit p-value below it triggers a `FitWarning`).
+    Args:
+        measurements: from `read_measurements` / `parse_measurements`.
+        shares: one per task in the measurements' order (default equal shares).
+        arrival_rate: the workload's arrival rate.
+        alpha: the workload's accuracy weight.
+        max_tokens: the workload's budget cap.
+        min_p_value: a deviance goodness-of-fit p-value below it triggers a `FitWarning`.
 
-    **Returns:** a `FitResult` with the fitted (validated) `Workload`, per-task `TaskFit`s
-    (estimates, SEs, covariances, deviance, monotonicity). Emits `FitWarning` for curves that
-    are not monotone, fit poorly or sit at a constraint. Raises `InputError` naming the task
-    when a task has too few budgets or no latency.
+    Returns:
+        a `FitResult` with the fitted (validated) `Workload` and per-task `TaskFit`s
+        (estimates, SEs, covariances, deviance, monotonicity).
+
+    Emits `FitWarning` for curves that are not monotone, fit poorly or sit at a constraint.
+    Raises `InputError` naming the task when a task has too few budgets or no latency.
     """
     m = measurements
     K = len(m.tasks)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
-from .._files import csv_rows, read_text
+from .._files import csv_rows, parse_number, read_text
 from .._objective import task_accuracy
 from .._workload import Workload
 
@@ -60,16 +60,7 @@ class Measurements:
 
 
 def _float(row: dict, column: str, lineno: int, source: str) -> float:
-    text = row[column]
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(
-            f"{source}, line {lineno}: column '{column}': {text!r} is not a number"
-        ) from None
-    if not math.isfinite(value):
-        raise InputError(f"{source}, line {lineno}: column '{column}' must be finite, got {text!r}")
-    return value
+    return parse_number(row[column], f"{source}, line {lineno}: column '{column}'")
 
 
 def parse_measurements(text: str, source: str = "<text>") -> Measurements:

@@ -6,7 +6,7 @@ returns) saves one JSON file per run with the run's concurrency limit `max_concu
 (the observed peak is `max_concurrent_requests`) and the time per output token in
 milliseconds, `mean_tpot_ms` / `median_tpot_ms` (per request: (latency - TTFT) / (output
 tokens - 1)). At concurrency n, a decode step runs n requests, so TPOT is the step time at
-batch size n. Read at vLLM 0.33.0 (commit 4ba787ec9).
+batch size n (the version read is named on the docs page *Continuous batching*).
 
 `fit_step_time` takes such files (one per concurrency) or a CSV with columns
 `concurrency, tpot` (seconds; or `tpot_ms`), and fits the line by least squares, with
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from .._errors import InputError
-from .._files import csv_rows, read_text
+from .._files import csv_rows, parse_number, read_text
 from .._queue.batching import ContinuousBatching
 from .._stats import student_t_quantile
 from .fit import FitWarning
@@ -60,14 +60,6 @@ class StepTimeFit:
         return ContinuousBatching(step_time=(self.tau0, self.tau1), **kwargs)
 
 
-def _number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where}: expected a number, got {value!r}")
-    if not math.isfinite(value):
-        raise InputError(f"{where}: must be finite, got {value!r}")
-    return float(value)
-
-
 def _from_benchmark_json(path: Path, text: str) -> tuple[float, float]:
     try:
         data = json.loads(text)
@@ -83,13 +75,11 @@ def _from_benchmark_json(path: Path, text: str) -> tuple[float, float]:
             f"{path}: no 'max_concurrency' (or 'max_concurrent_requests'): run the benchmark "
             "with --max-concurrency N"
         )
-    tpot = data.get("median_tpot_ms", data.get("mean_tpot_ms"))
-    if tpot is None:
+    field = "median_tpot_ms" if "median_tpot_ms" in data else "mean_tpot_ms"
+    if field not in data:
         raise InputError(f"{path}: no 'median_tpot_ms' or 'mean_tpot_ms' field")
-    n = _number(n, f"{path}: field 'max_concurrency'")
-    tpot = _number(tpot, f"{path}: field 'median_tpot_ms'")
-    if n < 1 or tpot <= 0:
-        raise InputError(f"{path}: need max_concurrency >= 1 and a positive TPOT, got {n}, {tpot}")
+    n = parse_number(n, f"{path}: field 'max_concurrency'", minimum=1)
+    tpot = parse_number(data[field], f"{path}: field '{field}'", positive=True)
     return n, tpot / 1000.0
 
 
@@ -104,16 +94,9 @@ def _from_csv(path: Path, text: str) -> list[tuple[float, float]]:
     scale = 1.0 if col == "tpot" else 1e-3
     out = []
     for lineno, values in rows:
-        try:
-            n, t = float(values["concurrency"]), float(values[col])
-        except ValueError:
-            raise InputError(
-                f"{path}, line {lineno}: 'concurrency' and '{col}' must be numbers"
-            ) from None
-        if not (math.isfinite(n) and n >= 1):
-            raise InputError(f"{path}, line {lineno}: column 'concurrency' must be >= 1, got {n}")
-        if not (math.isfinite(t) and t > 0):
-            raise InputError(f"{path}, line {lineno}: column '{col}' must be > 0, got {t}")
+        where = f"{path}, line {lineno}: column"
+        n = parse_number(values["concurrency"], f"{where} 'concurrency'", minimum=1)
+        t = parse_number(values[col], f"{where} '{col}'", positive=True)
         out.append((n, t * scale))
     if not out:
         raise InputError(f"{path}: no data rows")

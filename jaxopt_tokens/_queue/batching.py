@@ -24,8 +24,9 @@ step to end: on average half a step, $R = \tfrac12 \sum_{n \ge 1} P(n) (\tau_0 +
 the birth-death chain with death rate $\min(n, B) / (E[w] (\tau_0 + \tau_1 \min(n, B)))$
 (exact in distribution for exponential work, and for any work when no request ever waits for
 a slot). Its waiting-room delay $W_q$ is scaled by $(1 + c_w^2)/2$, $c_w$ the coefficient of
-variation of the work (an M/G/c-style correction: the chain alone is off by up to 35-40%
-at loads above 0.9 of capacity with $B = 8$), the step residual is counted only for arrivals
+variation of the work (an M/G/c-style correction: the chain alone misses the waiting room's
+dependence on the work's variability near capacity; the docs page shows both against the
+simulator), the step residual is counted only for arrivals
 that find a free slot, and the time in service is $E[\min(N, B)]/\lambda$. Stable iff
 $\lambda E[w] (\tau_0 + \tau_1 B) / B < 1$. Per type,
 $E[T_k] = W_q + R + w_k \cdot (\text{time in service}) / E[w]$. Checked against the
@@ -83,17 +84,16 @@ def _concrete(x) -> np.ndarray | None:
 class ContinuousBatching(LatencyModel):
     r"""An iteration-level (continuously) batching server (module docstring).
 
-    **Arguments:**
-
-    - `step_time`: `(tau0, tau1)` seconds: a decode step with `n` running requests takes
-      `tau0 + tau1 * n` (fit it with `fit_step_time`).
-    - `max_batch`: the most requests running at once (static; `None`: unlimited).
-    - `answer_tokens`: decode steps of the answer after the thinking, scalar or per task.
-    - `prefill`: prefill cost of the prompt in decode-step equivalents, scalar or per task.
-    - `replicas`: identical servers (static).
-    - `routing`: how an arrival picks a replica (static): `"random"` (each replica sees
-      `lambda / replicas`), `"shortest_queue"` (the fewest requests present) or
-      `"least_loaded"` (the fewest decode steps of work outstanding).
+    Args:
+        step_time: `(tau0, tau1)` seconds: a decode step with `n` running requests takes
+            `tau0 + tau1 * n` (fit it with `fit_step_time`).
+        max_batch: the most requests running at once (static; `None`: unlimited).
+        answer_tokens: decode steps of the answer after the thinking, scalar or per task.
+        prefill: prefill cost of the prompt in decode-step equivalents, scalar or per task.
+        replicas: identical servers (static).
+        routing: how an arrival picks a replica (static): `"random"` (each replica sees
+            `lambda / replicas`), `"shortest_queue"` (the fewest requests present) or
+            `"least_loaded"` (the fewest decode steps of work outstanding).
     """
 
     step_time: tuple[ArrayLike, ArrayLike] = (0.02, 0.0005)

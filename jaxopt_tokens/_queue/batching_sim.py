@@ -534,14 +534,22 @@ def simulate_batching(
 ) -> BatchingSimulation:
     """Simulate policies `tokens` (one per row) on the batching server `model`.
 
-    **Arguments:** `num_queries` per replication, `num_replications`, `key` (default
-    `PRNGKey(0)`), `warmup` (queries dropped at the start; default 10%), `slots` (the size of
-    the running set when `max_batch` is None; default: the model's mean number present plus
-    ten standard deviations, as a power of two; a stream that needs more raises `InputError`).
+    Args:
+        w: one `Workload` (no batch axes).
+        tokens: budgets of shape `(N,)` or `(*P, N)`, one policy per row.
+        model: the `ContinuousBatching` server.
+        num_queries: queries per replication.
+        num_replications: independent replications.
+        key: a JAX PRNG key (default `PRNGKey(0)`).
+        warmup: queries dropped at the start (default 10%).
+        slots: the size of the running set when `max_batch` is None (default: the model's
+            mean number present plus ten standard deviations, as a power of two; a stream
+            that needs more raises `InputError`).
 
-    **Returns:** a `BatchingSimulation` with per-replication statistics and the model's
-    predictions. A policy the server cannot sustain (load >= 1) raises
-    `UnstableQueueWarning`; its simulated means are finite but have no steady state.
+    Returns:
+        a `BatchingSimulation` with per-replication statistics and the model's predictions.
+        A policy the server cannot sustain (load >= 1) raises `UnstableQueueWarning`; its
+        simulated means are finite but have no steady state.
     """
     if not isinstance(model, ContinuousBatching):
         raise InputError(f"model: must be ContinuousBatching, got {type(model).__name__}")

@@ -408,28 +408,31 @@ def simulate_server(
     """Simulate the single server of `model` (`FIFO`, `Priority` or `ProcessorSharing`) under
     one or many token policies; `simulate` is the entry point for every model.
 
-    **Arguments:**
+    Args:
+        workload: one `Workload` (no batch axes).
+        tokens: budgets of shape `(N,)` or `(*P, N)`; every policy is simulated on the same
+            arrival, type, noise and correctness streams (common random numbers).
+        model: `FIFO(service_cv)` (the paper with `service_cv=0`; the parallel Lindley form),
+            `Priority(order, service_cv)` (non-preemptive by task type, `order` highest first) or
+            `ProcessorSharing(service_cv)` (at most `capacity` queries in the system at once, else
+            `InputError`). Its `service_cv` is the coefficient of variation of a mean-one
+            service-time factor of family `noise` (`"lognormal"` or `"gamma"`); its formulas give
+            the predictions.
+        num_queries: queries per replication (the paper: 10,000).
+        num_replications: independent replications (confidence intervals).
+        key: a JAX PRNG key (default `PRNGKey(0)`).
+        warmup: queries dropped at the start of each replication (default 10%).
+        noise: the family of the service-time factor, `"lognormal"` or `"gamma"`.
+        capacity: the most queries the processor-sharing simulator holds at once.
 
-    - `workload`: one `Workload` (no batch axes).
-    - `tokens`: budgets of shape `(N,)` or `(*P, N)`; every policy is simulated on the same
-      arrival, type, noise and correctness streams (common random numbers).
-    - `model`: `FIFO(service_cv)` (the paper with `service_cv=0`; the parallel Lindley form),
-      `Priority(order, service_cv)` (non-preemptive by task type, `order` highest first) or
-      `ProcessorSharing(service_cv)` (at most `capacity` queries in the system at once, else
-      `InputError`). Its `service_cv` is the coefficient of variation of a mean-one
-      service-time factor of family `noise` (`"lognormal"` or `"gamma"`); its formulas give
-      the predictions.
-    - `num_queries` per replication (the paper: 10,000), `num_replications` independent
-      replications (confidence intervals), `key` (default `PRNGKey(0)`).
-    - `warmup`: queries dropped at the start of each replication (default 10%).
+    Returns:
+        a `SimulationResult` (fields of shape `(*P, num_replications)`). Validates
+        its inputs eagerly and raises `InputError` naming the field; the simulation itself is
+        one jitted, vmapped computation.
 
     Memory: one replication at a time; within it, policies are vmapped in batches of at most
-    `MAX_BATCH_ELEMENTS / num_queries` (about 64M queries x policies per batch), so large
-    policy grids stay within memory.
-
-    **Returns:** a `SimulationResult` (fields of shape `(*P, num_replications)`). Validates
-    its inputs eagerly and raises `InputError` naming the field; the simulation itself is
-    one jitted, vmapped computation.
+    `MAX_BATCH_ELEMENTS / num_queries` queries x policies, so large policy grids stay within
+    memory.
     """
     w = workload
     if not isinstance(w, Workload):

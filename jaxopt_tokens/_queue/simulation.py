@@ -34,21 +34,25 @@ def simulate(
 ) -> Simulation:
     """Simulate one or many token policies on the server of `model`.
 
-    **Arguments:**
+    Args:
+        workload: one `Workload` (no batch axes).
+        tokens: budgets of shape `(N,)` or `(*P, N)`, every policy on the same random streams
+            (common random numbers).
+        num_queries: queries per replication.
+        num_replications: independent replications (confidence intervals).
+        key: a JAX PRNG key (default `PRNGKey(0)`).
+        model: `FIFO(service_cv)` (default `FIFO()`, the paper's server), `Priority(order,
+            service_cv)`, `ProcessorSharing(service_cv)` or `ContinuousBatching(...)`.
+        warmup: queries dropped at the start of each replication (default 10%).
+        noise: the family of the single-server models' service-time factor (`"lognormal"` or
+            `"gamma"`).
+        capacity: the most queries a processor-sharing server holds.
+        slots: the running-set size of an unlimited batching server (see
+            `simulate_batching`).
 
-    - `workload`: one `Workload` (no batch axes); `tokens`: budgets of shape `(N,)` or
-      `(*P, N)`, every policy on the same random streams (common random numbers).
-    - `num_queries` per replication, `num_replications` independent replications, `key`
-      (default `PRNGKey(0)`), `warmup` (queries dropped at the start; default 10%).
-    - `model`: `FIFO(service_cv)` (default `FIFO()`, the paper's server), `Priority(order,
-      service_cv)`, `ProcessorSharing(service_cv)` or `ContinuousBatching(...)`.
-    - `noise`: the family of the service-time factor of the single-server models
-      (`"lognormal"` or `"gamma"`); `capacity`: the most queries a processor-sharing server
-      holds; `slots`: the running-set size of an unlimited batching server (see
-      `simulate_batching`).
-
-    **Returns:** a `SimulationResult` (single server) or `BatchingSimulation`, both
-    `Simulation`s with `summary()`, `interval()` and a `status` per policy.
+    Returns:
+        a `SimulationResult` (single server) or `BatchingSimulation`, both
+        `Simulation`s with `summary()`, `interval()` and a `status` per policy.
     """
     model = FIFO() if model is None else model
     if not isinstance(model, LatencyModel):

@@ -256,13 +256,16 @@ class AggregateNewton(AbstractSolver):
     `vmap` the batch runs for the largest *total* number of steps rather than the product of
     the two loops' worst cases.
 
-    **Arguments:** `rtol` (target projected KKT residual; default 1e-9 in float64,
-    1e-4 in float32), `max_steps`, `joint_threshold` (how well the inner equation must be
-    solved before the outer price moves, as a bound on `|log F - log y|`: 0.03 takes fewer
-    steps than 0.01 with every member still certified, while from 0.1 the outer bracket can
-    close on a wrong sign for heavily loaded members), `stall_steps` (in the endgame, stop
-    after this many steps that fail to halve the best residual: the rounding floor of the
-    dtype has been reached).
+    Args:
+        rtol: target projected KKT residual (default 1e-9 in float64, 1e-4 in float32).
+        max_steps: the step limit (default 200).
+        joint_threshold: how well the inner equation must be solved before the outer price
+            moves, as a bound on `|log F - log y|`. Smaller values solve the inner equation
+            more tightly at each outer step; too large a value (0.1) lets the outer bracket
+            close on a wrong sign for heavily loaded members (the choice of the default is
+            measured in `benchmarks/README.md`).
+        stall_steps: in the endgame, stop after this many steps that fail to halve the best
+            residual (the rounding floor of the dtype has been reached).
     """
 
     rtol: float | None = None
@@ -307,10 +310,9 @@ class AggregateNewton(AbstractSolver):
         gamma = w.alpha * jnp.sum(w.share * w.A, -1) + lam * m2_0 / (2 * d_top) + m1_0
         lg = lam * gamma
         d_floor = 1 / ((1 + lg) + jnp.sqrt((1 + lg) ** 2 - 1))  # the smaller root, stably
-        # start three quarters of the way up the bracket in log d: the optimum sits at 0.6-1.0
-        # of [log d_floor, log d_top] on random and Table-I workloads (the floor is loose), and
-        # from there the first step overshoots less (mean steps 6.9 -> 5.8 on 1e5 random
-        # members, 5.0 -> 4.0 on the Table-I family; benchmarks/step_cost.py)
+        # start three quarters of the way up the bracket in log d: the floor is loose and the
+        # optimum sits in the upper part of [log d_floor, log d_top], so from there the first
+        # step overshoots less (the steps saved are in benchmarks/README.md)
         d0 = d_floor**0.25 * d_top**0.75
         y0 = lam * m2_0 / (2 * d0 * d0)
         # with no service time at zero tokens (every t0 = 0) that price is 0, a poor start for

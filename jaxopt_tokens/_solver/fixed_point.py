@@ -36,8 +36,9 @@ class _State(eqx.Module):
 class FixedPoint(AbstractSolver):
     """Projected fixed-point iteration (24) from `l = 0`.
 
-    **Arguments:** `rtol` (projected KKT residual; default 1e-9 float64 / 1e-4 float32),
-    `max_steps` (default 1000).
+    Args:
+        rtol: target projected KKT residual (default 1e-9 in float64, 1e-4 in float32).
+        max_steps: the step limit (default 1000).
     """
 
     rtol: float | None = None

@@ -55,9 +55,11 @@ class _FixedState(eqx.Module):
 class ProjectedGradient(AbstractSolver):
     """The paper's projected gradient ascent (29) with a fixed step (module docstring).
 
-    **Arguments:** `step_fraction` (the step as a fraction of $2/L_J$; default 0.95),
-    `rtol` (default 1e-9 in float64, 1e-4 in float32), `max_steps` (default 100000: a
-    first-order method on a problem whose curvature spans decades).
+    Args:
+        step_fraction: the step as a fraction of $2/L_J$ (default 0.95).
+        rtol: target projected KKT residual (default 1e-9 in float64, 1e-4 in float32).
+        max_steps: the step limit (default 100000: a first-order method on a problem whose
+            curvature spans decades).
     """
 
     step_fraction: float = 0.95
@@ -140,8 +142,11 @@ class SpectralGradient(AbstractSolver):
     """Spectral projected gradient with Armijo backtracking and Newton steps, under any latency
     model (module docstring).
 
-    **Arguments:** `rtol` (default 1e-9 in float64, 1e-4 in float32), `max_steps` (default
-    100000), `max_backtracks` (step halvings per step; default 60).
+    Args:
+        rtol: target residual (default 1e-9 in float64, 1e-4 in float32).
+        max_steps: the step limit (default 100000; `solve` uses 20000 when it is the default
+            solver of a model).
+        max_backtracks: step halvings per step (default 60).
     """
 
     rtol: float | None = None

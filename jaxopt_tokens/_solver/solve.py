@@ -210,28 +210,29 @@ def solve(
 ) -> Solution:
     r"""Optimal continuous token budgets $l^*$ of problem (9), with a certificate.
 
-    **Arguments:**
+    Args:
+        workload: a `Workload`; leading batch axes are solved member by member.
+        solver: a solver instance (`AggregateNewton(rtol=...)`, `FixedPoint()`,
+            `ProjectedGradient()`, `SpectralGradient()`, `BatchingNewton()`), or a method name
+            as shorthand: `"default"` (the model's own: bracketed Newton on the aggregate prices
+            for the paper's model, converging on every valid instance), `"fixed-point"` (the
+            paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or `"pga-safeguarded"`
+            (spectral steps with backtracking).
+        model: the latency model whose J is maximised (`FIFO`, `Priority`,
+            `ProcessorSharing`, `ContinuousBatching`); `None` is `FIFO()`, the paper's M/G/1 with
+            deterministic service, eq. (7).
+        rtol: the target residual, for a method name (a solver instance carries its own).
+        max_steps: the step limit, for a method name.
+        start: budgets to start from, shaped like the answer (a warm start, e.g. the solution
+            at a nearby operating point or the previous step of a training loop). Only where the
+            iteration begins changes, never the answer or its certificate; a member whose start is
+            not finite, or not a stable allocation, starts as it would without one.
 
-    - `workload`: a `Workload`; leading batch axes are solved member by member.
-    - `solver`: a solver instance (`AggregateNewton(rtol=...)`, `FixedPoint()`,
-      `ProjectedGradient()`, `SpectralGradient()`, `BatchingNewton()`), or a method name
-      as shorthand: `"default"` (the model's own: bracketed Newton on the aggregate prices
-      for the paper's model, converging on every valid instance), `"fixed-point"` (the
-      paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or `"pga-safeguarded"`
-      (spectral steps with backtracking).
-    - `model`: the latency model whose J is maximised (`FIFO`, `Priority`,
-      `ProcessorSharing`, `ContinuousBatching`); `None` is `FIFO()`, the paper's M/G/1 with
-      deterministic service, eq. (7).
-    - `rtol`, `max_steps`: settings for a method name (a solver instance carries its own).
-    - `start`: budgets to start from, shaped like the answer (a warm start, e.g. the solution
-      at a nearby operating point or the previous step of a training loop). Only where the
-      iteration begins changes, never the answer or its certificate; a member whose start is
-      not finite, or not a stable allocation, starts as it would without one.
-
-    **Returns:** a `Solution` (tokens, objective, status, residual, iterations, stats). Never
-    raises for bad values: members the validity contract rejects get a status and NaN
-    outputs. Works under `jit` and `vmap`; compiled once per workload shape, dtype, model
-    settings and solver.
+    Returns:
+        a `Solution` (tokens, objective, status, residual, iterations, stats). Never
+        raises for bad values: members the validity contract rejects get a status and NaN
+        outputs. Works under `jit` and `vmap`; compiled once per workload shape, dtype, model
+        settings and solver.
 
     Differentiable with respect to every workload field (and the model's array parameters):
     derivatives of `tokens` (and of anything computed from them, such as `objective`) come

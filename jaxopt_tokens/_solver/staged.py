@@ -1,8 +1,8 @@
 """Solving a large batch without iterating every member as long as the slowest one.
 
-Under `vmap`, a `while_loop` runs until its *last* member stops: on 1e5 random workloads the
-default solver's median member needs 4 steps and the slowest about 35, so a plain vmapped
-solve does ~35 steps of work for every member. `staged_run` runs the same per-member loop in
+Under `vmap`, a `while_loop` runs until its *last* member stops, so a plain vmapped solve does
+the slowest member's steps of work for every member (on random workloads the slowest member
+needs several times the median's steps). `staged_run` runs the same per-member loop in
 stages instead: every member for the first `FIRST_STEPS` steps, then rounds in which the
 members still running are gathered into a buffer and take `ROUND_STEPS` more steps, until none
 is left. The buffer of a round is the smallest of a few fixed sizes (a quarter, a sixteenth
@@ -17,14 +17,10 @@ members it left unconverged, gathered the same way (a `while_loop` inside `postp
 make every member pay for the hardest one).
 
 Any solver of the protocol in `base.py` runs this way (its state counts `iterations`). The
-schedule was chosen by counting member-steps on the iteration counts of 1e5 random members
-(10.4 step-equivalents of the batch, against 13.2 for one buffer of a sixteenth taking 8
-steps a round); measured side by side the two take the same time within noise. The rounds
-cost about twice the member-steps they do (8.7-9.9 step-equivalents for 4.3 a member in
-float64): members that stop inside a 3-step round leave their slots idle, partly filled buffers run
-full, and each round pays a gather and a scatter. A cost model of the schedule fitted to the
-measured rounds finds at most 13% less with twice the buffer sizes (twice the compiled
-branches), so the schedule stays (`benchmarks/step_cost.py`, `benchmarks/README.md`).
+rounds cost more than the member-steps they do: members that stop inside a round leave their
+slots idle, partly filled buffers run full, and each round pays a gather and a scatter. How
+the schedule was chosen, and what each phase costs, is measured by `benchmarks/step_cost.py`
+and recorded in `benchmarks/README.md`.
 """
 
 from __future__ import annotations

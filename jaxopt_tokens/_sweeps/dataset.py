@@ -184,13 +184,18 @@ class SweepDirectory:
 def read_sweep(path: str | Path, *, columns: list[str] | None = None, lazy: bool = False):
     """The table of a sweep directory written by `sweep(..., out=path)`.
 
-    **Arguments:** `path`; `columns` (read only these; `point` and the grid columns are always
-    available); `lazy` (return a `pyarrow.dataset.Dataset` instead of reading).
+    Args:
+        path: the sweep directory.
+        columns: read only these (`point` and the grid columns are always available).
+        lazy: return a `pyarrow.dataset.Dataset` instead of reading.
 
-    **Returns:** a pandas DataFrame in grid order (the `point` column is the index into the
-    grid), with the manifest in `df.attrs["sweep"]` and the base workload in
-    `df.attrs["workload"]`; `status` is a categorical. Raises `InputError` when the directory
-    is not a sweep or is incomplete (it names the missing parts and says to resume).
+    Returns:
+        a pandas DataFrame in grid order (the `point` column is the index into the grid),
+        with the manifest in `df.attrs["sweep"]` and the base workload in
+        `df.attrs["workload"]`; `status` is a categorical.
+
+    Raises `InputError` when the directory is not a sweep or is incomplete (it names the
+    missing parts and says to resume).
     """
     pa, pq = _pyarrow()
     import pyarrow.dataset as ds

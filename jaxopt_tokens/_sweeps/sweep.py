@@ -78,6 +78,7 @@ def _parse_grid(w: Workload, name: str) -> tuple[str, int | None]:
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _solve_chunk(specs: tuple, w: Workload, values, warm_start: bool = True):
     """Solve one chunk of grid points; compiled once per (grid spec, workload shape, chunk size)."""
+
     def member(row):
         changes: dict[str, Any] = {}
         for (field, k), v in zip(specs, row):
@@ -103,7 +104,7 @@ def _solve_chunk(specs: tuple, w: Workload, values, warm_start: bool = True):
     batch = jax.vmap(member)(values)
     # Coarse to fine: neighbouring points (consecutive in C order) have nearly equal budgets,
     # so every WARM_STRIDE-th point is solved first and starts its block (a warm start: the
-    # answers and certificates are those of a cold solve, in fewer steps; benchmarks/sweep.py).
+    # answers and certificates are those of a cold solve, in fewer steps).
     # Each solve is batched, and large ones run in stages (see _solver/staged.py).
     size = values.shape[0]
     if warm_start and size >= WARM_MIN_POINTS:
@@ -254,22 +255,27 @@ def sweep(
 ) -> pd.DataFrame | SweepRun:
     """Solve every combination of the given grids: a pandas DataFrame, or a dataset on disk.
 
-    **Arguments:** `workload` (the base point); `grids`: `field=values` for a scalar field
-    (`arrival_rate`, `alpha`, `max_tokens`) or `<field>__<task>=values` for one task's `A, b, D,
-    t0, c, share`; `chunk_size` (points per compiled call and per part file); `quiet` (no
-    progress bar); `devices` (default: this process's devices); `out` (a directory: stream the
-    sweep to a Parquet dataset there, see the module docstring); `resume` (complete the sweep
-    already in `out`); `force` (replace whatever sweep is in `out`); `warm_start` (True: each
-    chunk is solved coarse to fine, every 8th point first and the others started from it,
-    which changes only the number of steps (about a third, benchmarks/step_cost.py) but
-    compiles a second solver, ~10 s; False: every point from the solver's own start;
-    default None: True for grids of `WARM_AUTO_POINTS` (4e6) points or more, where the
-    saving outgrows the compilation).
+    Args:
+        workload: the base point.
+        **grids: `field=values` for a scalar field (`arrival_rate`, `alpha`, `max_tokens`)
+            or `<field>__<task>=values` for one task's `A, b, D, t0, c, share`.
+        chunk_size: points per compiled call and per part file.
+        quiet: no progress bar.
+        devices: the devices to shard over (default: this process's devices).
+        out: a directory: stream the sweep to a Parquet dataset there (module docstring).
+        resume: complete the sweep already in `out`.
+        force: replace whatever sweep is in `out`.
+        warm_start: True: each chunk is solved coarse to fine, every 8th point first and the
+            others started from it, which changes only the number of steps but compiles a
+            second solver; False: every point from the solver's own start; None (default):
+            True for grids of `WARM_AUTO_POINTS` points or more, where the saving outgrows
+            the compilation (measured in `benchmarks/README.md`).
 
-    **Returns:** without `out`, one row per point: the grid values, `l_<task>` and
-    `l_int_<task>` per task, `objective`, `accuracy`, `mean_wait`, `mean_system_time`,
-    `utilization`, `status` (name), `residual`; members that fail keep their row, with their
-    status and NaN results. With `out`, a `SweepRun` (read the table with `read_sweep`).
+    Returns:
+        without `out`, one row per point: the grid values, `l_<task>` and `l_int_<task>`
+        per task, `objective`, `accuracy`, `mean_wait`, `mean_system_time`, `utilization`,
+        `status` (name), `residual`; members that fail keep their row, with their status and
+        NaN results. With `out`, a `SweepRun` (read the table with `read_sweep`).
     """
     grid = _Grid(workload, grids)
     if warm_start is None:

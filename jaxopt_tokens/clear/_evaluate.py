@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
-from .._files import read_text
+from .._files import parse_number, read_text
 from ._allocate import allocate
 from ._baselines import BASELINES, oracle_allocation
 
@@ -133,17 +133,6 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 
 
-def _number(text: str, field: str, where: str, *, positive: bool) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: {field} must be a number, got {text!r}") from None
-    if not np.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise InputError(f"{where}: {field} must be finite and {bound}, got {text!r}")
-    return value
-
-
 def load_pool(path) -> Pool:
     """Read a pool CSV with header columns `threshold, true_length, solvable` and an optional
     `tier` (moderate / hard / very_hard). Without `tier`, queries are put in tiers by threshold
@@ -165,8 +154,10 @@ def load_pool(path) -> Pool:
         where = f"{path}:{lineno}"
         if len(row) != len(header):
             raise InputError(f"{where}: expected {len(header)} fields, got {len(row)}")
-        thr.append(_number(row[col["threshold"]].strip(), "threshold", where, positive=False))
-        length.append(_number(row[col["true_length"]].strip(), "true_length", where, positive=True))
+        thr.append(parse_number(row[col["threshold"]].strip(), f"{where}: threshold", minimum=0))
+        length.append(
+            parse_number(row[col["true_length"]].strip(), f"{where}: true_length", positive=True)
+        )
         s = row[col["solvable"]].strip().lower()
         if s not in _TRUE | _FALSE:
             raise InputError(
