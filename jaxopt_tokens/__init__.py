@@ -13,6 +13,7 @@ from ._deploy.export import (
     DEFAULT_ANSWER_RESERVE,
     DEFAULT_EFFORT_BOUNDS,
     EXPORT_FORMATS,
+    ROUNDINGS,
     SGLANG_PROCESSORS,
     export_policy,
     load_tokens,
@@ -30,6 +31,7 @@ from ._deploy.measurements import (
 )
 from ._deploy.step_time import StepTimeFit, fit_step_time, read_step_times
 from ._errors import InputError, WorkloadError
+from ._files import read_text
 from ._integer import (
     best_floor_ceil,
     integer_budgets,
@@ -63,10 +65,11 @@ from ._objective import (
     task_accuracy,
     utilization,
 )
-from ._queue.batching import ContinuousBatching
+from ._queue.batching import DEFAULT_ANSWER_TOKENS, ROUTINGS, ContinuousBatching
 from ._queue.batching_sim import BatchingSimulation, simulate_batching
 from ._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing, latency_objective
 from ._queue.simulate import (
+    DISCIPLINES,
     Simulation,
     SimulationResult,
     SimulationStatus,
@@ -87,10 +90,13 @@ from ._status import Status, StatusEnum
 from ._sweeps.dataset import read_sweep
 from ._sweeps.figures import (
     all_figures,
+    converged_optimum,
     figure_budget_sensitivity,
     figure_frontier,
     figure_heatmaps,
+    figure_names,
     figure_uniform_vs_optimal,
+    save_figure,
 )
 from ._sweeps.frontier import (
     frontier_by_alpha,
@@ -124,6 +130,7 @@ __all__ = [
     "workload_to_dict",
     "random_workloads",
     "InputError",
+    "read_text",
     "WorkloadError",
     # the objective, eqs. (1)-(7), and its certificate
     "objective",
@@ -170,6 +177,8 @@ __all__ = [
     "Priority",
     "ProcessorSharing",
     "ContinuousBatching",
+    "ROUTINGS",
+    "DEFAULT_ANSWER_TOKENS",
     "simulate_batching",
     "BatchingSimulation",
     "plan_replicas",
@@ -177,6 +186,7 @@ __all__ = [
     "ReplicaCount",
     "latency_objective",
     "simulate",
+    "DISCIPLINES",
     "Simulation",
     "SimulationResult",
     "SimulationStatus",
@@ -204,6 +214,7 @@ __all__ = [
     "tokens_from_data",
     "openai_client_kwargs",
     "EXPORT_FORMATS",
+    "ROUNDINGS",
     "DEFAULT_ANSWER_RESERVE",
     "DEFAULT_EFFORT_BOUNDS",
     "SGLANG_PROCESSORS",
@@ -218,6 +229,9 @@ __all__ = [
     "uniform_curve",
     "with_simulated_tail",
     "all_figures",
+    "figure_names",
+    "save_figure",
+    "converged_optimum",
     "figure_budget_sensitivity",
     "figure_frontier",
     "figure_heatmaps",

@@ -541,7 +541,7 @@ def test_plan_replicas_api_answers_the_fewest_and_refuses_bad_targets(table1):
     np.testing.assert_allclose(plan.budgets, np.asarray(alone.tokens), rtol=1e-9)
     with pytest.raises(jt.InputError, match="target_latency"):
         jt.plan_replicas(w, server, -1.0)
-    with pytest.raises(jt.InputError, match="server"):
+    with pytest.raises(jt.InputError, match="model"):
         jt.plan_replicas(w, jt.FIFO(), 1.0)
     with pytest.raises(jt.InputError, match="max_replicas"):
         jt.plan_replicas(w, server, 1.0, max_replicas=0)
@@ -567,11 +567,11 @@ def test_limited_batch_solves_converge_at_every_replica_count():
 
 
 def test_cli_routing_by_state_plans_solves_and_simulates(capsys):
-    """`plan --routing shortest_queue` at an arrival rate the paper's M/G/1 server could not
+    """`plan --routing shortest-queue` at an arrival rate the paper's M/G/1 server could not
     take (the batching server judges its own stability), and `simulate --replicas`."""
     from jaxopt_tokens.cli.main import main
 
-    server = ["--step-time", "0.02,0.0005", "--routing", "shortest_queue"]
+    server = ["--step-time", "0.02,0.0005", "--routing", "shortest-queue"]
     plan = ["plan", *server, "--arrival-rate", "15", "--target-latency", "200"]
     assert main([*plan, "--max-replicas", "8", "--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -585,7 +585,7 @@ def test_cli_routing_by_state_plans_solves_and_simulates(capsys):
     assert main([*sim, "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "shortest_queue routing" in report["discipline"]
-    assert main(["solve", "--routing", "least_loaded"]) == 2
+    assert main(["solve", "--routing", "least-loaded"]) == 2
     assert "--server batching" in capsys.readouterr().err
     # the M/G/1 server still refuses the arrival rate it cannot take
     assert main(["solve", "--arrival-rate", "15"]) == 2

@@ -63,8 +63,8 @@ class ReplicaPlan:
 
 
 def plan_replicas(
-    w: Workload,
-    server: ContinuousBatching,
+    workload: Workload,
+    model: ContinuousBatching,
     target_latency: float,
     *,
     target_p95: float | None = None,
@@ -73,14 +73,17 @@ def plan_replicas(
     num_replications: int = 5,
     key: PRNGKeyArray | None = None,
 ) -> ReplicaPlan:
-    """The fewest replicas of `server` (its `routing`; its `replicas` is ignored) whose optimal
-    budgets for the single workload `w` meet a mean system time of `target_latency` seconds
-    and, with `target_p95`, a simulated p95 (`num_queries` x `num_replications`, `key`).
-    Module docstring for the scan."""
+    """The fewest replicas of the batching server `model` (its `routing`; its `replicas` is
+    ignored) whose optimal budgets for the single `workload` meet a mean system time of
+    `target_latency` seconds and, with `target_p95`, a simulated p95 (`num_queries` x
+    `num_replications`, `key`). Module docstring for the scan. The command line's `plan`."""
+    w, server = workload, model
     if not isinstance(server, ContinuousBatching):
-        raise InputError(f"server: must be ContinuousBatching, got {type(server).__name__}")
+        raise InputError(
+            f"model: plan_replicas needs a ContinuousBatching server, got {type(server).__name__}"
+        )
     if w.batch_shape:
-        raise InputError(f"w: plan one workload at a time, got batch shape {w.batch_shape}")
+        raise InputError(f"workload: plan one workload at a time, got batch shape {w.batch_shape}")
     for name, value in (("target_latency", target_latency), ("target_p95", target_p95)):
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
             raise InputError(f"{name}: a positive number of seconds, got {value!r}")

@@ -9,10 +9,15 @@ from collections.abc import Iterator
 
 import jax
 
-from .._errors import InputError
-from .._io import default_workload, load_workload
-from .._queue.batching import DEFAULT_ANSWER_TOKENS, ROUTINGS, ContinuousBatching
-from .._workload import Workload
+from .. import (
+    DEFAULT_ANSWER_TOKENS,
+    ROUTINGS,
+    ContinuousBatching,
+    InputError,
+    Workload,
+    default_workload,
+    load_workload,
+)
 
 __all__ = [
     "add_force_option",
@@ -196,10 +201,10 @@ def add_server_options(
         )
     g.add_argument(
         "--routing",
-        choices=ROUTINGS,
+        choices=tuple(r.replace("_", "-") for r in ROUTINGS),
         default="random",
-        help="batching with replicas: random (each replica sees lambda / C), shortest_queue "
-        "(join the replica with the fewest requests) or least_loaded (the least work left); "
+        help="batching with replicas: random (each replica sees lambda / C), shortest-queue "
+        "(join the replica with the fewest requests) or least-loaded (the least work left); "
         "the last two are the pooled approximation, checked by simulation (default: random)",
     )
 
@@ -223,5 +228,5 @@ def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
         answer_tokens=args.answer_tokens,
         prefill=args.prefill,
         replicas=getattr(args, "replicas", 1),
-        routing=args.routing,
+        routing=args.routing.replace("-", "_"),  # the model's spelling of the choice
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import InputError
+from .. import InputError
 
 __all__ = ["Outputs", "emit_json", "strict_json", "finite_or_none", "check_figure_format"]
 

@@ -6,13 +6,19 @@ from typing import Any
 
 import numpy as np
 
-from .._integer import integer_budgets
-from .._objective import mean_accuracy, mean_system_time, mean_wait, task_accuracy, utilization
-from .._queue.batching import ContinuousBatching
-from .._solver.solution import Solution
-from .._solver.solve import default_solver
-from .._status import Status
-from .._workload import Workload
+from .. import (
+    ContinuousBatching,
+    Solution,
+    Status,
+    Workload,
+    default_solver,
+    integer_budgets,
+    mean_accuracy,
+    mean_system_time,
+    mean_wait,
+    task_accuracy,
+    utilization,
+)
 
 __all__ = ["allocation_report", "server_report"]
 

@@ -17,11 +17,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .._errors import InputError
-from .._files import read_text
-from ..clear._allocate import AllocationStatus, allocate, check_inputs
-from ..clear._baselines import BASELINES
-from ..clear._evaluate import default_pool, evaluate_streams, load_pool
+from .. import InputError, read_text
+from ..clear import (
+    BASELINES,
+    AllocationStatus,
+    allocate,
+    check_inputs,
+    default_pool,
+    evaluate_streams,
+    load_pool,
+)
 from ._common import positive_float, random_seed
 from ._output import emit_json
 

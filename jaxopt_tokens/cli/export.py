@@ -7,21 +7,22 @@ import json
 import sys
 import warnings
 
-from .._deploy.export import (
+from .. import (
     DEFAULT_ANSWER_RESERVE,
     EXPORT_FORMATS,
     ROUNDINGS,
     SGLANG_PROCESSORS,
+    SOLVER_NAMES,
+    InputError,
+    Status,
+    UnstableQueueWarning,
     export_policy,
     load_tokens,
+    read_text,
+    solve,
     tokens_from_data,
     write_policy,
 )
-from .._errors import InputError
-from .._files import read_text
-from .._queue.simulate import UnstableQueueWarning
-from .._solver.solve import SOLVER_NAMES, solve
-from .._status import Status
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
 from ._output import Outputs
 

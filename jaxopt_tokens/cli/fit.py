@@ -9,9 +9,15 @@ import jax
 from rich.console import Console
 from rich.table import Table
 
-from .._deploy.fit import FitWarning, budget_uncertainty, fit, plot_fit
-from .._deploy.measurements import read_measurements, read_request_log
-from .._io import dump_workload
+from .. import (
+    FitWarning,
+    budget_uncertainty,
+    dump_workload,
+    fit,
+    plot_fit,
+    read_measurements,
+    read_request_log,
+)
 from ._common import add_force_option, positive_float
 from ._output import Outputs, check_figure_format, emit_json
 

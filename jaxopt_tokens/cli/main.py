@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._errors import InputError
-from .._version import __version__
+from .. import InputError, __version__
 from . import budget, export, fit, server, simulate, solve, sweep, tune
 
 # Optional packages some subcommands import, and the extra that installs them.

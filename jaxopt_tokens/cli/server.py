@@ -11,10 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .._deploy.capacity import plan_replicas
-from .._deploy.fit import FitWarning
-from .._deploy.step_time import fit_step_time
-from .._errors import InputError
+from .. import FitWarning, InputError, fit_step_time, plan_replicas
 from ._common import (
     add_force_option,
     add_server_options,

@@ -10,14 +10,19 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .._deploy.export import load_tokens
-from .._errors import InputError
-from .._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing
-from .._queue.simulate import DISCIPLINES
-from .._queue.simulation import simulate
-from .._solver.solve import solve
-from .._status import Status
-from .._workload import Workload
+from .. import (
+    DISCIPLINES,
+    FIFO,
+    InputError,
+    LatencyModel,
+    Priority,
+    ProcessorSharing,
+    Status,
+    Workload,
+    load_tokens,
+    simulate,
+    solve,
+)
 from ._common import (
     add_server_options,
     add_workload_options,

@@ -7,9 +7,7 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from .._errors import InputError
-from .._solver.solve import SOLVER_NAMES, solve, solve_latency
-from .._status import Status
+from .. import SOLVER_NAMES, InputError, Status, solve, solve_latency
 from ._common import (
     add_server_options,
     add_workload_options,

@@ -9,17 +9,20 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .._errors import InputError
-from .._sweeps.dataset import read_sweep
-from .._sweeps.figures import (
+from .. import (
+    InputError,
     all_figures,
     converged_optimum,
     figure_frontier,
     figure_names,
+    frontier_by_alpha,
+    read_sweep,
     save_figure,
+    sweep,
+    uniform_curve,
+    with_simulated_tail,
+    write_sweep,
 )
-from .._sweeps.frontier import frontier_by_alpha, uniform_curve, with_simulated_tail
-from .._sweeps.sweep import sweep, write_sweep
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
 from ._output import Outputs
 

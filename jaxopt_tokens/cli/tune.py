@@ -6,7 +6,7 @@ import argparse
 
 import jax
 
-from .._tuning.tune import TuneStatus, tune_alpha
+from .. import TuneStatus, tune_alpha
 from ._common import add_workload_options, loaded_workload, positive_float
 from ._output import emit_json
 from ._report import allocation_report
