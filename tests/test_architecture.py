@@ -1,0 +1,147 @@
+"""The architecture's rules, checked on the source: what a user-facing layer may import, where
+each public name is documented, and that solvers read latency models only through their
+methods. A change that breaks one of these fails here, not in review."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens import clear, internal, strategy
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "jaxopt_tokens"
+
+
+def _imports(source: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """`(module, level, names)` of every import statement in `source`."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(a.name, 0, ()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.module or "", node.level, tuple(a.name for a in node.names)))
+    return out
+
+
+def _private(module: str) -> bool:
+    return any(part.startswith("_") for part in module.split("."))
+
+
+def _notebook_code(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    # IPython magics are not Python; notebooks here have none, but skip them if they come
+    return "\n".join(line for c in code for line in c.splitlines() if not line.startswith("%"))
+
+
+USER_FACING = sorted(
+    [*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("benchmarks/*.py")], key=lambda p: p.name
+)
+
+
+@pytest.mark.parametrize("path", USER_FACING, ids=lambda p: p.name)
+def test_notebooks_and_benchmarks_import_only_public_names(path):
+    source = _notebook_code(path) if path.suffix == ".ipynb" else path.read_text()
+    for module, level, names in _imports(source):
+        if module.startswith("jaxopt_tokens"):
+            assert not _private(module), f"{path.name} imports the private module {module}"
+            assert not any(n.startswith("_") for n in names), f"{path.name}: {module} {names}"
+    assert not re.search(r"\bjt\._[a-z]", source), f"{path.name} reaches a private jt._ name"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("cli/*.py")), ids=lambda p: p.name)
+def test_the_cli_imports_only_the_public_api(path):
+    for module, level, names in _imports(path.read_text()):
+        if level == 2:  # from the package: only its public namespaces
+            assert not _private(module), f"cli/{path.name} imports the private module ..{module}"
+
+
+def _documented() -> dict[str, list[str]]:
+    """Every `::: jaxopt_tokens.X` directive in the API pages, by target."""
+    found: dict[str, list[str]] = {}
+    for page in sorted((ROOT / "docs" / "api").glob("*.md")):
+        for target in re.findall(r"^::: (jaxopt_tokens[\w.]*)", page.read_text(), re.M):
+            found.setdefault(target, []).append(page.name)
+    return found
+
+
+def test_every_public_name_is_on_exactly_one_api_page():
+    documented = _documented()
+    for name in jt.__all__:
+        if name in ("__version__", "clear", "strategy"):
+            continue
+        pages = documented.get(f"jaxopt_tokens.{name}", [])
+        assert len(pages) == 1, f"jaxopt_tokens.{name} is documented on {pages or 'no page'}"
+    for sub in ("clear", "strategy", "internal"):  # whole-module pages
+        assert len(documented.get(f"jaxopt_tokens.{sub}", [])) == 1, sub
+    assert clear.__all__ and strategy.__all__ and internal.__all__
+
+
+def _solver_classes():
+    seen, todo = set(), [jt.AbstractSolver]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen and sub.__module__.startswith("jaxopt_tokens"):
+                seen.add(sub)
+                todo.append(sub)
+    return sorted(seen, key=lambda c: c.__name__)
+
+
+def test_solvers_hold_settings_only():
+    solvers = _solver_classes()
+    assert {c.__name__ for c in solvers} >= {
+        "AggregateNewton",
+        "FixedPoint",
+        "ProjectedGradient",
+        "SpectralGradient",
+        "BatchingNewton",
+    }
+    for cls in solvers:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert "model" not in fields, f"{cls.__name__} holds a latency model"
+
+
+MODEL_CLASSES = ("FIFO", "Priority", "ProcessorSharing", "ContinuousBatching", "LatencyModel")
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("_solver/*.py")), ids=lambda p: p.name)
+def test_solvers_never_ask_which_model_they_have(path):
+    """A solver reads a model through `LatencyModel`'s methods; the only `isinstance` on a
+    model is the driver's check of its argument's type."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+            kinds = ast.unparse(node.args[1])
+            for model in MODEL_CLASSES:
+                if re.search(rf"\b{model}\b", kinds):
+                    allowed = path.name == "solve.py" and kinds == "LatencyModel"
+                    assert allowed, f"{path.name}:{node.lineno}: isinstance(..., {kinds})"
+
+
+def test_validation_runs_once_per_solve(monkeypatch):
+    """The driver validates a workload once; the staged path, the gradient and the solvers
+    work on the validated problem (counted while the solve is traced)."""
+    import jax
+
+    import jaxopt_tokens._solver.solve as driver
+
+    calls = []
+    original = driver.validate_members
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "validate_members", counted)
+    # a shape no other test solves, so that this solve is traced here
+    w = jt.random_workloads(jax.random.key(5), 3, num_tasks=7)
+    grads = jax.grad(lambda a: jt.solve(w.replace(alpha=a)).objective.sum())(w.alpha)
+    assert len(calls) == 1 and grads.shape == (3,)
