@@ -107,16 +107,25 @@ def attach_gradient(problem: Problem, sol: Solution) -> Solution:
     )
 
 
-@jax.custom_jvp
 def _attach(model: LatencyModel, w: Workload, tokens, ok):
-    return tokens
+    """`tokens`, whose derivative with respect to `w` is the model's implicit tangent. The
+    model's Python settings stay Python values (a custom JVP would turn them into arrays,
+    and `FIFO(0.0)` would stop being the paper's model); its arrays pass as data, with zero
+    derivative."""
+    dynamic, static = eqx.partition(model, eqx.is_array)
 
+    @jax.custom_jvp
+    def attach(dynamic, w, tokens, ok):
+        return tokens
 
-@_attach.defjvp
-def _attach_jvp(primals, tangents):
-    model, w, tokens, ok = primals
-    _, w_dot, _, _ = tangents  # the solve is a stop-gradient: its own tangents are ignored
-    return tokens, model.implicit_tangent(w, tokens, ok, w_dot)
+    @attach.defjvp
+    def attach_jvp(primals, tangents):
+        dynamic, w, tokens, ok = primals
+        _, w_dot, _, _ = tangents  # the solve is a stop-gradient: its own tangents are ignored
+        tangent = eqx.combine(dynamic, static).implicit_tangent(w, tokens, ok, w_dot)
+        return tokens, tangent
+
+    return attach(jax.lax.stop_gradient(dynamic), w, tokens, ok)
 
 
 def _forward_batch(solver: AbstractSolver, problem: Problem, start, active) -> Solution:
@@ -234,9 +243,8 @@ def solve(
         outputs. Works under `jit` and `vmap`; compiled once per workload shape, dtype, model
         settings and solver.
 
-    Differentiable with respect to every workload field (and the model's array parameters):
-    derivatives of `tokens` (and of anything computed from them, such as `objective`) come
-    from the KKT conditions at the solution (implicit differentiation), not from the
+    Differentiable with respect to every workload field: derivatives of `tokens` (and of
+    anything computed from them, such as `objective`) come from the KKT conditions at the solution (implicit differentiation), not from the
     iterations; budgets held at a bound have zero derivative (at `max_tokens`, they follow
     `max_tokens`). Members that did not converge get zero derivatives. Docs: *Solvers*,
     *Latency models*.
