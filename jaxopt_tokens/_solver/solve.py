@@ -244,10 +244,10 @@ def solve(
         settings and solver.
 
     Differentiable with respect to every workload field: derivatives of `tokens` (and of
-    anything computed from them, such as `objective`) come from the KKT conditions at the solution (implicit differentiation), not from the
-    iterations; budgets held at a bound have zero derivative (at `max_tokens`, they follow
-    `max_tokens`). Members that did not converge get zero derivatives. Docs: *Solvers*,
-    *Latency models*.
+    anything computed from them, such as `objective`) come from the KKT conditions at the
+    solution (implicit differentiation), not from the iterations; budgets held at a bound
+    have zero derivative (at `max_tokens`, they follow `max_tokens`). Members that did not
+    converge get zero derivatives. Docs: *Solvers*, *Latency models*.
     """
     if not isinstance(workload, Workload):
         raise InputError(f"workload: solve expects a Workload, got {type(workload).__name__}")
