@@ -12,6 +12,9 @@ hanging it.
 """
 
 import collections
+import contextlib
+import io
+import json
 import os
 import shutil
 import tempfile
@@ -20,10 +23,12 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxopt_tokens as jt  # noqa: E402
+from jaxopt_tokens.cli import main  # noqa: E402
 
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _made_cache = pytest.StashKey[str]()  # the directory this process made, to remove at the end
@@ -71,3 +76,72 @@ def traces():
 
 TABLE1_TOKENS = np.array([0.0, 340.89, 0.0, 0.0, 346.24, 30.14])
 TABLE1_J = 9.754203
+
+
+# ---------------------------------------------------------- shared by several modules
+
+TAU = (0.02, 0.0005)
+
+
+POLICY = jnp.asarray([0.0, 300.0, 0.0, 0.0, 250.0, 30.0])
+
+
+def table1_dict():
+    """Table I as the dict a workload file holds."""
+    return jt.workload_to_dict(jt.default_workload())
+
+
+BAD_BYTES = b"\xff\xfe\x00\x81not utf-8"
+
+
+FAST = ["--num-queries", "200", "--num-replications", "2"]
+
+
+def run_cli(argv):
+    """`(exit code, stdout, stderr)` of one in-process CLI call."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+def strict_loads(text):
+    def refuse(name):
+        raise ValueError(f"non-finite number {name} in JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_refused(argv, *words):
+    rc, out, err = run_cli(argv)
+    assert rc == 2, (argv, rc, out[-300:], err[-300:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "bad.bin").write_bytes(BAD_BYTES)
+    (tmp_path / "keep.txt").write_text("keep me")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "other.txt").write_text("keep me too")
+    return tmp_path
+
+
+def table1_measurements(tmp_path, edit=None, name="m.csv"):
+    """The shipped synthetic Table I measurements, optionally edited row by row."""
+    from importlib import resources
+
+    text = resources.files("jaxopt_tokens").joinpath("data", "synthetic_measurements_table1.csv")
+    rows = [r for r in text.read_text().splitlines() if not r.startswith("#")]
+    if edit:
+        rows = [rows[0]] + [edit(r) for r in rows[1:]]
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n")
+    return path

@@ -1,6 +1,8 @@
 """CLEAR global token budgets (MATH.md section 2): clearing invariants, implicit gradients,
 baselines, exact DP optimum, evaluation harness and the `budget` / `evaluate-budget` CLI."""
 
+from __future__ import annotations
+
 import argparse
 import itertools
 import json
@@ -9,7 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    assert_refused,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import jaxopt_tokens as jt
 from jaxopt_tokens import InputError, clear, lambertw
 from jaxopt_tokens.cli import budget as cli_budget
 
@@ -401,8 +409,6 @@ def test_cli_evaluate_budget(tmp_path, capsys):
 
 # --- property-based: the invariants on arbitrary inputs, float64 and float32 ---------------------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra.numpy import arrays  # noqa: E402
 
 
@@ -437,3 +443,24 @@ def test_clearing_invariants_hold_on_arbitrary_batches(tau, per_query, grow, dty
     np.testing.assert_allclose(
         np.asarray(c.tokens), np.asarray(a.tokens)[perm], rtol=rtol * 10, atol=1e-3
     )
+
+
+def test_clear_inputs(tmp_path):
+    with pytest.raises(jt.InputError, match="budget"):
+        jt.clear.uniform_allocation(jnp.ones(3), jnp.ones(4))
+    with pytest.raises(jt.InputError, match="min_scale"):
+        jt.clear.allocate(jnp.ones(3), 10.0, min_scale=-1.0)
+    assert np.all(np.isnan(np.asarray(jt.clear.uniform_allocation(jnp.ones(3), -5.0))))
+    tau = jnp.array([np.nan, 2.0, 3.0])
+    for baseline in jt.clear.BASELINES.values():
+        assert np.all(np.isnan(np.asarray(baseline(tau, 10.0))))
+    with pytest.raises(jt.InputError, match="thresholds"):
+        jt.clear.heuristic_allocation(jnp.array([]), 10.0)
+    with pytest.raises(jt.InputError, match="budget"):
+        jt.clear.allocate(jnp.ones((2, 3)), jnp.ones(4))
+
+
+def test_budget_and_evaluate_cli(files):
+    assert_refused(["budget", "--budget", "100", "--thresholds", files / "bad.bin"], "UTF-8")
+    assert_refused(["evaluate-budget", "--seed", "-1"], "--seed")
+    assert_refused(["evaluate-budget", "--pool", files / "bad.bin"], "UTF-8")

@@ -1,11 +1,18 @@
 """Policy export for serving engines: field names, clamps, zero budgets, JSON, CLI."""
 
+from __future__ import annotations
+
 import argparse
 import json
 
 import jax
 import numpy as np
 import pytest
+from conftest import (
+    assert_refused,
+    run_cli,
+    strict_loads,
+)
 
 import jaxopt_tokens as jt
 from jaxopt_tokens import (
@@ -509,3 +516,23 @@ def test_cli_exports_budgets_with_the_fits_standard_errors(tmp_path, capsys):
     assert "belong to another workload" in capsys.readouterr().err
     assert main(["export", "--conservative", "0.1"]) == 2
     assert "--conservative needs --uncertainty" in capsys.readouterr().err
+
+
+def test_export_cli(files, tmp_path):
+    assert_refused(["export", "-o", files / "keep.txt"], "--force")
+    assert (files / "keep.txt").read_text() == "keep me"
+    rc, _, _ = run_cli(["export", "-o", files / "keep.txt", "--force"])
+    assert rc == 0 and strict_loads((files / "keep.txt").read_text())["engine"] == "vllm"
+    (tmp_path / "bool.json").write_text(json.dumps([True, 1, 2, 3, 4, 5]))
+    assert_refused(["export", "--tokens", tmp_path / "bool.json"], "number")
+    (tmp_path / "solve.json").write_text(
+        json.dumps({"status": "max_iterations", "tokens": [1] * 6})
+    )
+    assert_refused(["export", "--tokens", tmp_path / "solve.json"], "did not converge")
+    (tmp_path / "huge.json").write_text(json.dumps([30000] * 6))
+    assert_refused(["export", "--tokens", tmp_path / "huge.json"], "utilization")
+    assert_refused(["export", "--min-budget", "1000000"], "utilization")
+    with pytest.warns(jt.UnstableQueueWarning, match="utilization"):
+        policy = jt.export_policy(jt.default_workload(), [30000] * 6, engine="json")
+    assert policy["source"]["utilization"] >= 1
+    assert_refused(["export", "--tokens", files / "bad.bin"], "UTF-8")

@@ -3,18 +3,28 @@
 Recovery of Table I, scipy cross-checks, warnings, bad files.
 """
 
+from __future__ import annotations
+
 import json
 import warnings
 from importlib import resources
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    assert_refused,
+    run_cli,
+    strict_loads,
+    table1_measurements,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
 from jaxopt_tokens._deploy.fit import _loglik
+from jaxopt_tokens.cli import main
 
 SHIPPED = str(
     resources.files("jaxopt_tokens").joinpath("data", "synthetic_measurements_table1.csv")
@@ -222,7 +232,6 @@ def test_request_log_gives_shares_and_arrival_rate(tmp_path):
 
 
 def test_cli_fit_writes_a_workload_that_solves(tmp_path, capsys, table1):
-    from jaxopt_tokens.cli import main
 
     shares = tmp_path / "shares.csv"
     shares.write_text("task,share\n" + "".join(f"{n},1\n" for n in table1.task_names))
@@ -255,7 +264,6 @@ def test_cli_fit_writes_a_workload_that_solves(tmp_path, capsys, table1):
 
 
 def test_cli_fit_bad_file_is_one_line(tmp_path, capsys):
-    from jaxopt_tokens.cli import main
 
     bad = tmp_path / "bad.csv"
     bad.write_text("task,budget,n_correct,n_total\nx,10,9,5\n")
@@ -265,7 +273,6 @@ def test_cli_fit_bad_file_is_one_line(tmp_path, capsys):
 
 
 def test_loglik_is_finite_at_the_boundary():
-    import jax.numpy as jnp
 
     with jax.enable_x64(True):
         l = jnp.asarray([0.0, 10.0])
@@ -394,3 +401,48 @@ def test_constant_and_falling_latency_warn_about_the_latency_line():
             assert "latency" in str(e) and "'down'" in str(e)
     messages = " ".join(str(w.message) for w in record)
     assert "'down'" in messages and "clamped" in messages and "not clearly positive" in messages
+
+
+def test_fit_cli_inputs_and_outputs(files):
+    m = table1_measurements(files)
+    assert_refused(["fit", files / "bad.bin"], "UTF-8")
+    assert_refused(["fit", m, "--shares", files / "bad.bin"], "UTF-8")
+    huge = files / "shares.csv"
+    huge.write_text(
+        "task,count\n" + "".join(f"{t},1e308\n" for t in jt.default_workload().task_names)
+    )
+    rc, out, err = run_cli(["fit", m, "--shares", huge, "--format", "json"])
+    assert rc == 0, err  # equal huge counts are equal shares, not "shares sum to 0"
+    # JSON is strict even where a standard error is infinite
+    rc, out, _ = run_cli(["fit", m, "--format", "json"])
+    assert rc == 0
+    strict_loads(out)
+    # constant latency: a FitWarning, not a silent 14,000-token budget
+    const = table1_measurements(
+        files,
+        lambda r: ",".join(r.split(",")[:4] + ["0.5"]) if r.startswith("GSM8K") else r,
+        "const.csv",
+    )
+    rc, out, _ = run_cli(["fit", const, "--format", "json"])
+    assert rc == 0 and any("does not grow" in w for w in strict_loads(out)["warnings"])
+    # decreasing latency: the error names the latency line, not the arrival rate alone
+    dec = table1_measurements(
+        files,
+        lambda r: (
+            ",".join(r.split(",")[:4] + [str(100 - 0.01 * float(r.split(",")[1]))])
+            if r.startswith("GSM8K")
+            else r
+        ),
+        "dec.csv",
+    )
+    assert_refused(["fit", dec], "GSM8K", "t0")
+    # full precision in the written workload
+    rc, _, _ = run_cli(["fit", m, "-o", files / "w.toml"])
+    assert rc == 0 and "arrival_rate = 0.1\n" in (files / "w.toml").read_text()
+    # nothing replaced without --force, nothing half-written when the plot fails
+    assert_refused(["fit", m, "-o", files / "keep.txt"], "--force")
+    assert_refused(["fit", m, "-o", files / "new.toml", "--plot", files / "fig.xyz"], "xyz")
+    assert not (files / "new.toml").exists()
+    assert_refused(["fit", m, "-o", files / "keep.txt" / "w.toml"], "not a directory")
+    assert_refused(["fit", m, "-o", files / "full"], "directory")
+    assert (files / "keep.txt").read_text() == "keep me"

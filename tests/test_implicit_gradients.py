@@ -162,3 +162,14 @@ def test_implicit_equals_unrolled_fixed_point(table1):
         np.testing.assert_allclose(
             getattr(through_loop, field), getattr(implicit, field), rtol=1e-6, atol=1e-8
         )
+
+
+def test_solve_latency_has_implicit_gradients(table1):
+    model = jt.FIFO(service_cv=0.5)
+
+    def J(alpha):
+        return jt.solve_latency(table1.replace(alpha=alpha), model, rtol=1e-12).objective
+
+    h = 1e-5
+    fd = (J(table1.alpha + h) - J(table1.alpha - h)) / (2 * h)
+    np.testing.assert_allclose(jax.grad(J)(table1.alpha), fd, rtol=1e-5)

@@ -1,15 +1,26 @@
 """The JAX queue simulator against the recursion, simpy, ciw and the Pollaczek-Khinchine formula."""
 
+from __future__ import annotations
+
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import (
+    FAST,
+    assert_refused,
+    run_cli,
+    strict_loads,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
 from jaxopt_tokens._queue.simulate import lindley_waits, sample_quantiles, sample_query_stream
 from jaxopt_tokens._stats import student_t_quantile
+from jaxopt_tokens.cli import main
 
 
 def recursion_waits(gaps, service):
@@ -210,7 +221,6 @@ def test_bad_input_names_the_field(table1, kwargs, field):
 
 
 def test_cli_simulate_json_compares_policies(tmp_path, capsys):
-    import json
 
     from jaxopt_tokens.cli import main
 
@@ -259,33 +269,13 @@ def test_cli_simulate_json_compares_policies(tmp_path, capsys):
     ],
 )
 def test_cli_simulate_bad_input_is_one_line(capsys, argv, needle):
-    from jaxopt_tokens.cli import main
 
     assert main(["simulate", "--num-queries", "100", "--num-replications", "2", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
 
 
-def test_frontier_with_simulated_tail(table1):
-    df = jt.with_simulated_tail(
-        jt.frontier_by_alpha(table1, points=6, alpha_range=(1.0, 300.0)),
-        table1,
-        num_queries=4000,
-        num_replications=4,
-    )
-    assert np.all(np.isfinite(df["sim_p95_system_time"]))
-    # the simulated mean agrees with the model's and the tail sits above the mean
-    np.testing.assert_allclose(df["sim_mean_system_time"], df["mean_system_time"], rtol=0.1)
-    assert np.all(df["sim_p95_system_time"] > df["sim_mean_system_time"])
-    assert np.all(np.diff(df["sim_p95_system_time"]) >= -0.05 * df["sim_p95_system_time"][1:])
-    assert np.all(
-        (df["sim_p95_lower"] <= df["sim_p95_system_time"])
-        & (df["sim_p95_system_time"] <= df["sim_p95_upper"])
-    )
-
-
 def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
-    import json
 
     from jaxopt_tokens.cli import main
 
@@ -344,15 +334,21 @@ def test_unstable_policy_warns_and_reports_infinite_prediction(table1):
     assert np.all(np.isfinite(np.asarray(r.system_time)))  # finite simulated waits, never NaN
 
 
-def test_cli_frontier_with_simulated_tail(tmp_path, capsys):
-    import pandas as pd
+def test_simulate_api_types(table1):
+    tokens = np.zeros(6)
+    for kw, field in [({"num_queries": 100.5}, "num_queries"), ({"key": 5}, "key")]:
+        with pytest.raises(jt.InputError, match=field):
+            jt.simulate(table1, tokens, **{"num_replications": 2, **kw})
+    with pytest.raises(jt.InputError, match="tokens"):
+        jt.simulate(table1, ["a"] * 6, 100, 2)
 
-    from jaxopt_tokens.cli import main
 
-    assert (
-        main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "2000"]) == 0
+def test_simulate_cli_strict_json_and_limits(files):
+    rc, out, _ = run_cli(
+        ["simulate", "--num-queries", "200", "--num-replications", "1", "--format", "json"]
     )
-    df = pd.read_csv(tmp_path / "frontier_optimal.csv", comment="#")
-    assert {"sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time"} <= set(df.columns)
-    assert np.all(df["sim_p99_system_time"] >= df["sim_p95_system_time"])
-    assert main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "1"]) == 2
+    assert rc == 0
+    strict_loads(out)
+    assert_refused(["simulate", "--seed", "99999999999999999999"], "--seed")
+    assert_refused(["simulate", "--num-queries", "1000000000"], "GiB")
+    assert_refused(["simulate", *FAST, "--tokens", files / "bad.bin"], "UTF-8")

@@ -1,18 +1,23 @@
 """Sweeps: same answers as solving point by point, no recompilation, metadata, devices, figures."""
 
+from __future__ import annotations
+
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    assert_refused,
+)
 
 import jaxopt_tokens as jt
+from jaxopt_tokens.cli import main
 
 
 def test_sweep_matches_pointwise_solves(table1):
@@ -106,40 +111,7 @@ def test_eight_devices_match_one(tmp_path):
     np.testing.assert_allclose(eight, one, rtol=1e-12)
 
 
-def test_frontier_dominates_uniform(table1):
-    df = jt.frontier_by_alpha(table1, points=200)
-    _, et_u, acc_u = jt.uniform_curve(table1)
-    ok = df["status"] == "converged"
-    et, acc = df.loc[ok, "mean_system_time"].to_numpy(), df.loc[ok, "accuracy"].to_numpy()
-    order = np.argsort(et)
-    # at every uniform point's latency, the optimal frontier is at least as accurate
-    inside = (et_u >= et.min()) & (et_u <= et.max())
-    assert np.all(np.interp(et_u[inside], et[order], acc[order]) >= acc_u[inside] - 1e-9)
-
-
-def test_figures_written_and_shapes(table1, tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    paths = jt.all_figures(table1, tmp_path)
-    names = {p.name for p in paths}
-    for stem in ("fig3_uniform_vs_optimal", "fig4_gsm8k_sensitivity", "heatmaps", "frontier"):
-        assert {f"{stem}.png", f"{stem}.svg"} <= names
-    assert all(p.stat().st_size > 1000 for p in paths)
-    # Fig. 4 is unimodal with its peak at the GSM8K optimum; Fig. 3: uniform 500 is worst
-    sol = jt.solve(table1)
-    grid = jnp.linspace(0.0, 1000.0, 1001)
-    J = jax.vmap(lambda g: jt.objective(sol.tokens.at[1].set(g), table1))(grid)
-    peak = int(jnp.argmax(J))
-    assert abs(float(grid[peak]) - float(sol.tokens[1])) <= 1.0
-    d = np.diff(np.asarray(J))
-    assert np.all(d[: peak - 1] > 0) and np.all(d[peak + 1 :] < 0)
-    uniform = [float(jt.objective(jnp.full(6, float(u)), table1)) for u in (0, 100, 500)]
-    assert min(uniform) == uniform[2] and max(uniform) < float(sol.objective)
-
-
 def test_cli_sweep_and_figures(tmp_path):
-    from jaxopt_tokens.cli import main
 
     assert (
         main(
@@ -172,3 +144,31 @@ def test_repeated_sweeps_reuse_the_compilation(table1, traces):
     before = traces["_solve_chunk"]
     jt.sweep(table1.replace(arrival_rate=2 * table1.arrival_rate), **kw)  # same dtype and weak type
     assert traces["_solve_chunk"] == before
+
+
+def test_sweep_empty_grid_is_an_input_error(table1):
+    with pytest.raises(jt.InputError, match="alpha"):
+        jt.sweep(table1, alpha=[])
+
+
+def test_sweep_per_task_grids_mark_invalid_members(table1):
+    df = jt.sweep(table1, share__GSM8K=[1 / 6, 0.5], A__GSM8K=[0.5, 0.95], quiet=True)
+    status = dict(zip(zip(df["share__GSM8K"], df["A__GSM8K"]), df["status"]))
+    assert status[(1 / 6, 0.5)] == "converged"
+    assert status[(0.5, 0.5)] == "invalid_input"  # shares no longer sum to 1
+    assert status[(1 / 6, 0.95)] == "invalid_input"  # A + D > 1
+
+
+def test_sweep_cli_huge_grid_and_conflicting_flags(tmp_path):
+    assert_refused(
+        ["sweep", "--arrival-rate", "0.1:0.2:99999999999", "--out", tmp_path / "s"], "NUM"
+    )
+    assert_refused(
+        ["sweep", "--alpha", "1,2", "--grid", "alpha=3,4,5", "--out", tmp_path / "s"], "alpha"
+    )
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_memory_estimate(table1):
+    with pytest.raises(jt.InputError, match="GiB"):
+        jt.sweep(table1, alpha=np.ones(100_000), arrival_rate=np.full(100_000, 0.1))

@@ -1,5 +1,7 @@
 """Sweeps streamed to a Parquet dataset: same table, resumable after a kill, several processes."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -12,6 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    assert_refused,
+    run_cli,
+)
 
 import jaxopt_tokens as jt
 from jaxopt_tokens._sweeps.dataset import SweepDirectory
@@ -229,3 +235,16 @@ def test_frontier_and_heatmaps_read_a_sweep_directory(table1, tmp_path):
         jt.frontier_by_arrival_rate(alpha_only)
     with pytest.raises(jt.InputError, match="exactly arrival_rate and alpha"):
         figure_heatmaps(table1, sweep_dir=alpha_only)
+
+
+def test_sweep_cli_outputs(files, tmp_path):
+    out = tmp_path / "s"
+    rc, _, _ = run_cli(["sweep", "--alpha", "1,2", "--out", out, "--quiet"])
+    assert rc == 0 and (out / "_manifest.json").exists() and (out / "part-00000.parquet").exists()
+    assert_refused(["sweep", "--alpha", "1,2", "--out", out, "--quiet"], "--resume")
+    assert_refused(["sweep", "--alpha", "1,2,3", "--out", out, "--quiet"], "--force")
+    (out / "part-00007.parquet").write_text("stale")  # a stale part of an older sweep
+    rc, _, _ = run_cli(["sweep", "--alpha", "1,2,3", "--out", out, "--quiet", "--force"])
+    assert rc == 0 and not (out / "part-00007.parquet").exists()
+    assert len(jt.read_sweep(out)) == 3
+    assert_refused(["sweep", "--alpha", "1", "--out", files / "keep.txt"], "not a directory")

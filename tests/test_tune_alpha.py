@@ -1,5 +1,7 @@
 """Tuning alpha to a latency target, checked against an independent constrained solve (cvxpy)."""
 
+from __future__ import annotations
+
 import json
 import warnings
 
@@ -103,3 +105,22 @@ def test_general_tune_vmaps_over_targets(table1):
         return jt.mean_system_time(jt.solve(w).tokens, w)
 
     np.testing.assert_allclose(jax.jit(jax.vmap(tuned_latency))(taus), taus, rtol=1e-3)
+
+
+def test_tune_alpha_statuses(table1):
+    assert jt.tune_alpha(table1, float("nan")).status == jt.TuneStatus.INVALID_INPUT
+    assert jt.tune_alpha(table1, -1.0).status == jt.TuneStatus.INVALID_INPUT
+    bad = table1.replace(share=table1.share * 2)
+    assert jt.tune_alpha(bad, 2.0).status == jt.TuneStatus.SOLVE_FAILED
+
+
+def test_tune_alpha_float32_tolerance(table1):
+    r = jt.tune_alpha(table1.astype(jnp.float32), 2.0)
+    assert r.status == jt.TuneStatus.CONVERGED and float(r.mean_system_time) == pytest.approx(
+        2.0, rel=1e-4
+    )
+
+
+def test_tune_unknown_field_is_an_input_error(table1):
+    with pytest.raises(jt.InputError, match="names"):
+        jt.tune(table1, lambda s, w: s.objective, ["names"], steps=1)
