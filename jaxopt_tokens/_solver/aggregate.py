@@ -83,24 +83,24 @@ def task_constants(w: Workload) -> TaskConstants:
     )
 
 
-def unclipped_budgets(d, y, w: Workload, k: TaskConstants | None = None):
+def unclipped_budgets(d, y, w: Workload, constants: TaskConstants | None = None):
     """The budgets of eq. (22) at prices $(d, y)$ before the box projection (23).
 
-    `-inf` for a task with $A_k = 0$ (no accuracy to gain). `k`: `task_constants(w)`, when
-    the caller has it.
+    `-inf` for a task with $A_k = 0$ (no accuracy to gain). `constants`: `task_constants(w)`,
+    when the caller has it.
     """
-    k = task_constants(w) if k is None else k
+    tc = task_constants(w) if constants is None else constants
     lam = w.arrival_rate
     u = lam / d
     v = 1 + lam * y
     log_u = jnp.log(u)[..., None]
-    log_q = k.log_q0 - log_u
+    log_q = tc.log_q0 - log_u
     u, v = u[..., None], v[..., None]
     z = v + u * w.t0
     # beta = (b/c)(v/u + t0) overflows when u is tiny (an arrival rate near the smallest normal
     # number) or b/c is huge; there omega(log q + beta) = beta to rounding, and the budget is
     # (log q - log beta)/b with log beta = log(b/c) + log z - log u
-    beta = k.b_over_c * (z / u)
+    beta = tc.b_over_c * (z / u)
     huge = ~(beta <= jnp.finfo(log_q.dtype).max * math.exp(-20))  # NaN (inf * 0) counts too
     beta = jnp.where(huge, 1.0, beta)
     omega = wright_omega(jnp.where(huge, 1.0, log_q + beta))
@@ -112,32 +112,32 @@ def unclipped_budgets(d, y, w: Workload, k: TaskConstants | None = None):
     # that budgets with a tiny b_k l_k keep full relative accuracy in float32.
     use_linear = jnp.maximum(omega, beta) < jnp.maximum(jnp.abs(log_q), jnp.abs(log_omega))
     raw = jnp.where(use_linear, omega - beta, log_q - log_omega)
-    raw = jnp.where(huge, log_q - (k.log_b_over_c + log_arg - log_u), raw) / w.b
-    return jnp.where(k.has_gain, raw, -jnp.inf)
+    raw = jnp.where(huge, log_q - (tc.log_b_over_c + log_arg - log_u), raw) / w.b
+    return jnp.where(tc.has_gain, raw, -jnp.inf)
 
 
-def budgets_at_prices(d, y, w: Workload, k: TaskConstants | None = None):
+def budgets_at_prices(d, y, w: Workload, constants: TaskConstants | None = None):
     r"""Budgets $l_k(d, y)$ and their sensitivities `g_k` (zero where a bound is active).
 
     `g_k = 1 / (b_k (v + u t_k) + u c_k)`: $\partial l_k/\partial v = -g_k$,
     $\partial l_k/\partial u = -t_k g_k$ for a free budget.
     """
-    k = task_constants(w) if k is None else k
-    raw = unclipped_budgets(d, y, w, k)
+    tc = task_constants(w) if constants is None else constants
+    raw = unclipped_budgets(d, y, w, tc)
     u = w.arrival_rate / d
     v = 1 + w.arrival_rate * y
     lmax = w.max_tokens[..., None]
-    tokens = jnp.where(k.has_gain, jnp.clip(raw, 0, lmax), 0)
-    free = k.has_gain & (raw > 0) & (raw < lmax)
+    tokens = jnp.where(tc.has_gain, jnp.clip(raw, 0, lmax), 0)
+    free = tc.has_gain & (raw > 0) & (raw < lmax)
     t = w.t0 + w.c * tokens
     u, v = u[..., None], v[..., None]
     g = jnp.where(free, 1 / (w.b * (v + u * t) + u * w.c), 0)
     return tokens, t, g
 
 
-def _equations(d, y, w, k):
+def _equations(d, y, w, tc: TaskConstants):
     lam = w.arrival_rate
-    tokens, t, g = budgets_at_prices(d, y, w, k)
+    tokens, t, g = budgets_at_prices(d, y, w, tc)
     m1, m2 = service_moments(tokens, w)  # its t0 + c l is the same expression as t (CSE)
     e1 = 1 - lam * m1 - d
     e2 = lam * m2 / (2 * d * d) - y

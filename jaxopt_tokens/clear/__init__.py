@@ -26,9 +26,9 @@ from ._baselines import (
     uniform_allocation,
 )
 from ._evaluate import (
+    PAPER_DATASETS,
     POLICIES,
     STREAMS,
-    TABLE6_DATASETS,
     TIERS,
     Pool,
     default_pool,
@@ -59,7 +59,7 @@ __all__ = [
     "Pool",
     "POLICIES",
     "STREAMS",
-    "TABLE6_DATASETS",
+    "PAPER_DATASETS",
     "TIERS",
     "default_pool",
     "synthetic_pool",

@@ -36,7 +36,7 @@ from ._baselines import BASELINES, oracle_allocation
 
 __all__ = [
     "Pool",
-    "TABLE6_DATASETS",
+    "PAPER_DATASETS",
     "TIERS",
     "STREAMS",
     "POLICIES",
@@ -52,8 +52,9 @@ __all__ = [
 
 TIERS: tuple[str, ...] = ("moderate", "hard", "very_hard")
 
-# Evaluation rows of the paper's Table 6 (Qwen2.5-Math-7B): name, count, pass@1, avg. length, tier.
-TABLE6_DATASETS: tuple[tuple[str, int, float, float, str], ...] = (
+#: the evaluation datasets of the CLEAR paper (its Table 6, Qwen2.5-Math-7B) from which the
+#: synthetic pool is drawn: name, count, pass@1, average length, tier
+PAPER_DATASETS: tuple[tuple[str, int, float, float, str], ...] = (
     ("MATH-500", 500, 0.708, 1074.0, "moderate"),
     ("OlympiadBench", 675, 0.130, 1059.0, "hard"),
     ("AMC-23", 40, 0.475, 1490.0, "hard"),
@@ -101,7 +102,7 @@ def synthetic_pool(
     seed)."""
     rng = np.random.default_rng(seed)
     lengths, solvable, tiers = [], [], []
-    for _, count, pass1, avg_len, tier in TABLE6_DATASETS:
+    for _, count, pass1, avg_len, tier in PAPER_DATASETS:
         mu = np.log(avg_len) - length_sigma**2 / 2
         lengths.append(np.clip(np.round(rng.lognormal(mu, length_sigma, count)), 16, MAX_TOKENS))
         solvable.append(rng.random(count) < pass1)
