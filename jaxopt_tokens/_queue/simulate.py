@@ -467,7 +467,7 @@ def simulate_server(
         f"simulating {num_queries:,} queries",
         "use fewer queries per replication and more replications",
     )
-    service_cv = model.service_cv
+    service_cv = getattr(model, "service_cv", 0.0)  # every single-server model has one
     _check(w, tok, num_queries, num_replications, warmup, service_cv)
     model.check(w)
     if noise not in ("lognormal", "gamma"):

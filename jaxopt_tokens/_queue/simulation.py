@@ -12,6 +12,7 @@ from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._errors import InputError
 from .._workload import Workload
+from .batching import ContinuousBatching
 from .batching_sim import simulate_batching
 from .models import FIFO, LatencyModel
 from .simulate import DISCIPLINES, NoiseKind, Simulation, simulate_server
@@ -60,7 +61,7 @@ def simulate(
             "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing, "
             f"ContinuousBatching), got {type(model).__name__}"
         )
-    if model.discipline == "batching":
+    if isinstance(model, ContinuousBatching):
         if noise != "lognormal" or capacity != 512:
             raise InputError("noise/capacity: settings of the single-server simulator only")
         return simulate_batching(

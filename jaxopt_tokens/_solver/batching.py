@@ -20,6 +20,8 @@ Docs: *Continuous batching*.
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -58,10 +60,11 @@ class BatchingNewton(AbstractSolver):
 
     def check(self, model) -> None:
         if model.structure != "mean_work":
+            limit = getattr(model, "max_batch", None)
             raise InputError(
                 "solver: BatchingNewton solves an unlimited continuously batching server "
                 f"(ContinuousBatching(max_batch=None)) only, not {type(model).__name__}"
-                + (f"(max_batch={model.max_batch})" if hasattr(model, "max_batch") else "")
+                + ("" if limit is None else f" with max_batch={limit}")
             )
 
     # -- the aggregate problem
@@ -100,7 +103,8 @@ class BatchingNewton(AbstractSolver):
     # -- the protocol
 
     def init(self, p: Problem, start=None) -> _State:
-        model, w = p.model, p.workload
+        model: Any = p.model  # a "mean_work" model: ContinuousBatching's interface
+        w = p.workload
         lo, hi = self._bracket(model, w)
         m = lo
         if start is not None:  # from the mean work of a warm start, inside the bracket

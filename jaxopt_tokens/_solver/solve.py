@@ -52,18 +52,16 @@ def default_solver(
     """The solver `"default"` stands for under `model`, chosen by the model's `structure`:
     `AggregateNewton` for the paper's two prices (`"mg1"`), `BatchingNewton` for one price
     on the mean work (`"mean_work"`), `SpectralGradient` otherwise."""
-    kw = {} if rtol is None else {"rtol": rtol}
     if model.structure == "mg1":
-        return (
-            AggregateNewton(**kw)
-            if max_steps is None
-            else AggregateNewton(max_steps=max_steps, **kw)
-        )
+        default = AggregateNewton(rtol=rtol)
+        return default if max_steps is None else AggregateNewton(rtol=rtol, max_steps=max_steps)
     if model.structure == "mean_work":
         # bracketed Newton on one scalar needs far fewer steps than a first-order limit
-        limit = BatchingNewton.__dataclass_fields__["max_steps"].default
-        return BatchingNewton(max_steps=limit if max_steps is None else min(max_steps, limit), **kw)
-    return SpectralGradient(max_steps=_GENERAL_MAX_STEPS if max_steps is None else max_steps, **kw)
+        limit = BatchingNewton().max_steps
+        steps = limit if max_steps is None else min(max_steps, limit)
+        return BatchingNewton(rtol=rtol, max_steps=steps)
+    steps = _GENERAL_MAX_STEPS if max_steps is None else max_steps
+    return SpectralGradient(rtol=rtol, max_steps=steps)
 
 
 def solver_from_name(
