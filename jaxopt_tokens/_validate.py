@@ -245,12 +245,14 @@ def validate_members(w, load: Callable[[Any, Any], Any] | None = None):
     follow stay finite.
 
     `load(tokens, w)`: the server's load; a member whose load at zero tokens is not below 1
-    is `UNSTABLE_INPUT`. `None`: the M/G/1 rule of `RULES`.
+    by more than the dtype's rounding (a load computed as 1 - 2 eps is a server at its
+    capacity) is `UNSTABLE_INPUT`. `None`: the M/G/1 rule of `RULES`.
     """
     status_in = member_status(w, stability=load is None)
     if load is not None:
         ok = status_in == VALID
-        unstable = ok & ~(load(jnp.zeros_like(w.A), sanitise(w, ok)) < 1)
+        margin = 1 - 16 * jnp.finfo(w.dtype).eps
+        unstable = ok & ~(load(jnp.zeros_like(w.A), sanitise(w, ok)) < margin)
         status_in = jnp.where(unstable, Status.UNSTABLE_INPUT, status_in).astype(jnp.int32)
     ok_in = status_in == VALID
     return status_in, ok_in, sanitise(w, ok_in)

@@ -256,3 +256,60 @@ def test_budgets_differ_between_mg1_and_batching_for_a_reason(table1):
     gain = np.asarray(table1.alpha * table1.A * table1.b * np.exp(-np.asarray(table1.b) * l))
     np.testing.assert_allclose(gain[free], float(sol.stats["price"]), rtol=1e-8)
     assert not np.allclose(l, np.asarray(mg1.tokens))
+
+
+# ------------------------------------------------ regressions of the second reliability trial
+
+
+def test_an_unstable_point_is_never_certified(table1):
+    """S1: at alpha 1e18 the unlimited server's budgets load it past capacity; the answer
+    is not certified (J would be -inf there)."""
+    m = jt.ContinuousBatching(step_time=TAU)
+    sol = jt.solve(table1.replace(alpha=1e18), model=m)
+    stable = float(m.load(sol.tokens, table1)) < 1
+    assert (int(sol.status) != jt.Status.CONVERGED) or (stable and np.isfinite(sol.objective))
+
+
+def test_a_server_at_capacity_at_zero_tokens_is_unstable(table1):
+    """S13: capacity exactly 1/(tau1 E[w]) at zero tokens, computed a hair above the arrival
+    rate: the server is at capacity, not certified with a latency of 4.7e16 s."""
+    m = jt.ContinuousBatching(step_time=TAU)
+    sol = jt.solve(table1.replace(arrival_rate=1 / (TAU[1] * 256)), model=m)
+    assert int(sol.status) == jt.Status.UNSTABLE_INPUT
+
+
+def test_budgets_outside_the_model_give_inf_never_a_negative_or_nan_latency(table1):
+    """S12: negative or NaN budgets are outside the model: +inf latency and load."""
+    for m in (
+        jt.ContinuousBatching(step_time=TAU),
+        jt.ContinuousBatching(step_time=TAU, max_batch=8),
+    ):
+        for bad in (jnp.full(6, -300.0), jnp.full(6, jnp.nan)):
+            assert float(m.mean_system_time(bad, table1)) == np.inf
+            assert float(m.stats(bad, table1)["load"]) == np.inf
+
+
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"step_time": (True, 0.0005)}, "tau0"),  # S14: booleans are not seconds
+        ({"answer_tokens": True}, "answer_tokens"),
+        ({"step_time": (jnp.array([0.02, 0.03]), 0.0005)}, "tau0"),  # T4
+        ({"step_time": ("a", 0.0005)}, "tau0"),
+        ({"step_time": (1j, 0.0005)}, "tau0"),
+        ({"answer_tokens": "256"}, "answer_tokens"),
+        ({"max_batch": 10**7}, "max_batch"),  # H1: refused before allocating the chain
+        ({"replicas": 10**9, "routing": "shortest_queue"}, "replicas"),  # T1
+    ],
+)
+def test_server_settings_outside_the_model_are_refused(settings, field):
+    with pytest.raises(jt.InputError, match=field):
+        jt.ContinuousBatching(**settings)
+
+
+def test_a_step_time_the_dtype_cannot_hold_is_refused(table1):
+    """S8: tau1 = 1e-40 s is zero in float32: refused, not a certified zero load."""
+    m = jt.ContinuousBatching(step_time=(0.02, 1e-40))
+    with pytest.raises(jt.InputError, match="tau1"):
+        jt.solve(table1.astype(jnp.float32), model=m)
+    assert int(jt.solve(table1, model=m).status) == jt.Status.CONVERGED  # float64 holds it

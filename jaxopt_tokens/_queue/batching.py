@@ -74,6 +74,29 @@ DEFAULT_ANSWER_TOKENS = 256.0  # decode steps of the visible answer (the export'
 ROUTINGS = ("random", "shortest_queue", "least_loaded")  # how arrivals pick a replica
 
 
+#: the most states of the birth-death chain the limited or state-routed model solves
+#: (`max_batch` x `replicas`); larger servers are refused before anything is allocated
+MAX_CHAIN_STATES = 1 << 20
+
+
+def _number_setting(name: str, value, scalar: bool) -> np.ndarray | None:
+    """A numeric setting as float64 values, `None` for a traced one; `InputError` naming
+    `name` for booleans, strings, complex numbers and (with `scalar`) arrays."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.iscomplexobj(value):
+        raise InputError(f"{name}: expected a number, got {value!r}")
+    try:
+        arr = np.asarray(value)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise InputError(f"{name}: expected a number, got {value!r}")
+    if scalar and arr.ndim:
+        raise InputError(f"{name}: expected one number, got shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
 def _concrete(x) -> np.ndarray | None:
     try:
         return np.asarray(x, dtype=np.float64)
@@ -121,20 +144,46 @@ class ContinuousBatching(LatencyModel):
             raise InputError(f"replicas: a positive integer, got {self.replicas!r}")
         if not isinstance(self.step_time, (tuple, list)) or len(self.step_time) != 2:
             raise InputError(f"step_time: expected (tau0, tau1) in seconds, got {self.step_time!r}")
-        tau = [_concrete(t) for t in self.step_time]
+        tau = [
+            _number_setting(f"step_time: {n}", t, True)
+            for n, t in zip(("tau0", "tau1"), self.step_time)
+        ]
         if all(t is not None for t in tau):
-            tau0, tau1 = (float(np.asarray(t).reshape(-1)[0]) for t in tau)  # type: ignore[union-attr]
+            tau0, tau1 = (float(t) for t in tau)  # type: ignore[arg-type]
             if not (math.isfinite(tau0) and tau0 >= 0):
                 raise InputError(f"step_time: tau0 must be finite and >= 0 seconds, got {tau0}")
             if not (math.isfinite(tau1) and tau1 > 0):
                 raise InputError(f"step_time: tau1 must be finite and > 0 seconds, got {tau1}")
         for name in ("answer_tokens", "prefill"):
-            v = _concrete(getattr(self, name))
+            v = _number_setting(name, getattr(self, name), False)
             if v is not None and (v.ndim > 1 or not np.all(np.isfinite(v)) or np.any(v < 0)):
                 raise InputError(f"{name}: finite and >= 0 (a scalar or one per task), got {v}")
+        pooled = self.replicas > 1 and self.routing != "random"
+        states = (self.max_batch or 1) * (self.replicas if pooled else 1)
+        if (self.max_batch is not None or pooled) and states > MAX_CHAIN_STATES:
+            if self.max_batch is None:
+                what, hint = "replicas", "route them at random, or model fewer of them"
+            else:
+                what = "max_batch x replicas" if pooled else "max_batch"
+                hint = "a batch limit that large never binds: use max_batch=None (unlimited)"
+            raise InputError(
+                f"{what}: the model's chain would have {states:,} states (at most "
+                f"{MAX_CHAIN_STATES:,}); {hint}"
+            )
 
     def check(self, w: Workload) -> None:
-        """`InputError` unless the per-task fields fit the workload's tasks."""
+        """`InputError` unless the per-task fields fit the workload's tasks and the step time
+        is representable in the workload's dtype (a `tau1` that is zero or subnormal there
+        would make every load zero)."""
+        tiny = float(jnp.finfo(w.dtype).tiny)
+        for name, t in zip(("tau0", "tau1"), self.step_time):
+            v = _concrete(t)
+            if v is not None and 0 < float(np.max(v)) < tiny:
+                raise InputError(
+                    f"step_time: {name} = {float(np.max(v)):g} s is below the smallest normal "
+                    f"{jnp.dtype(w.dtype).name} number ({tiny:g}); use seconds of a larger unit "
+                    "or float64"
+                )
         num_tasks = w.num_tasks
         for name in ("answer_tokens", "prefill"):
             v = np.shape(getattr(self, name))
@@ -194,8 +243,10 @@ class ContinuousBatching(LatencyModel):
         return self.replicas * B / (m * (tau0 + tau1 * B))
 
     def load(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-        """Arrival rate over capacity: the stability margin (stable iff < 1)."""
-        return w.arrival_rate / self.capacity(tokens, w)
+        """Arrival rate over capacity: the stability margin (stable iff < 1); `+inf` for
+        budgets outside the model (negative or NaN)."""
+        inside = jnp.all(tokens >= 0, axis=-1)
+        return jnp.where(inside, w.arrival_rate / self.capacity(tokens, w), jnp.inf)
 
     def stats(self, tokens: Float[Array, "*b n"], w: Workload) -> dict[str, Array]:
         """The model's mean quantities at these budgets (`+inf` where unstable): `system_time`,
