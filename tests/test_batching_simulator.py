@@ -11,12 +11,14 @@ import pytest
 from conftest import (
     POLICY,
     TAU,
+    strict_loads,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
 from jaxopt_tokens._queue.batching_sim import batching_trajectory, routed_trajectory
+from jaxopt_tokens.cli import main
 
 TRAJECTORY = jax.jit(batching_trajectory, static_argnums=(5, 6))  # one compilation per limit
 
@@ -191,3 +193,41 @@ def test_simulator_refuses_and_warns(table1):
         jt.simulate_batching(table1.replace(arrival_rate=2.0), POLICY[None], m, 500, 2, slots=2)
     with pytest.raises(jt.InputError, match="tokens"):
         jt.simulate_batching(table1, jnp.asarray([[1.0, -1, 0, 0, 0, 0]]), m, 100, 2)
+
+
+# ------------------------------------------------ regressions of the second reliability trial
+
+
+@pytest.mark.parametrize(
+    "step_time, arrival_rate",
+    [((0.0, 1e-18), 0.1), ((0.02, 0.0005), 1e-16)],  # S2: steps float64 time cannot resolve
+)
+def test_times_float64_cannot_resolve_are_refused(table1, step_time, arrival_rate):
+    m = jt.ContinuousBatching(step_time=step_time)
+    w = table1.replace(arrival_rate=arrival_rate)
+    with pytest.raises(jt.InputError, match="cannot be resolved"):
+        jt.simulate(w, POLICY, 500, 3, model=m)
+
+
+def test_budgets_beyond_the_cap_are_refused(table1):
+    """S3: 1e30 tokens a request overflowed the step counts into negative times."""
+    with pytest.raises(jt.InputError, match="max_tokens"):
+        jt.simulate(table1, jnp.full(6, 1e30), 300, 2, model=jt.ContinuousBatching(step_time=TAU))
+
+
+def test_cli_reports_whole_system_throughput_a_status_and_one_line_warnings(capsys):
+    """S4: the throughput rows are the whole system's (labelled so); U5: an unstable policy
+    gives one warning line and a status per policy in the JSON."""
+    argv = ["simulate", "--server", "batching", "--step-time", "0.02,0.0005"]
+    argv += ["--num-queries", "400", "--num-replications", "2"]
+    rc = main([*argv, "--arrival-rate", "2", "--replicas", "4", "--format", "json"])
+    out = strict_loads(capsys.readouterr().out)
+    assert rc == 0 and out["status"] == ["steady"]
+    assert out["statistics"]["throughput"]["mean"][0] == pytest.approx(2.0, rel=0.25)
+    assert main([*argv, "--arrival-rate", "2", "--replicas", "4"]) == 0
+    assert "requests/s, all replicas" in capsys.readouterr().out
+    rc = main([*argv, "--tokens", "uniform:30000", "--format", "json"])
+    captured = capsys.readouterr()
+    assert rc == 0 and strict_loads(captured.out)["status"] == ["unstable"]
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "UnstableQueueWarning" in lines[0], captured.err

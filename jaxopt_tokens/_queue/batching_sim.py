@@ -521,6 +521,20 @@ def _work(model: ContinuousBatching, tokens, w: Workload):
     return total, first
 
 
+def _check_time_resolution(w: Workload, model: ContinuousBatching, num_queries: int) -> None:
+    """`InputError` when float64 time cannot resolve one decode step over the simulated
+    horizon: the clock would round steps away (and differences of times turn negative)."""
+    tau0, tau1 = (float(np.asarray(t)) for t in model.step_time)
+    rate = float(np.asarray(w.arrival_rate)) / (1 if model.pooled else model.replicas)
+    horizon = num_queries / rate if rate > 0 else math.inf
+    if not horizon * float(np.finfo(np.float64).eps) < tau0 + tau1:
+        raise InputError(
+            f"step_time / arrival_rate: a decode step of {tau0 + tau1:.3g} s cannot be resolved "
+            f"in float64 over the {horizon:.3g} s that {num_queries:,} arrivals at "
+            f"{rate:.3g}/s take; use a larger step time or arrival rate, or fewer queries"
+        )
+
+
 def simulate_batching(
     w: Workload,
     tokens: Float[ArrayLike, "*p n"],
@@ -564,8 +578,9 @@ def simulate_batching(
         raise InputError(
             f"tokens: the last axis must have {w.num_tasks} values, got {tokens.shape}"
         )
-    if not bool(jnp.all(jnp.isfinite(tokens) & (tokens >= 0))):
-        raise InputError("tokens: must be finite and >= 0")
+    if not bool(jnp.all(jnp.isfinite(tokens) & (tokens >= 0) & (tokens <= w.max_tokens))):
+        raise InputError(f"tokens: must be finite and in [0, max_tokens={float(w.max_tokens):g}]")
+    _check_time_resolution(w, model, num_queries)
     policies = tokens.shape[:-1]
     flat = tokens.reshape(-1, w.num_tasks)
     if slots is None:

@@ -191,7 +191,8 @@ class Simulation(HasStatus):
     @property
     def status(self) -> Int[Array, "*p"]:
         """`SimulationStatus` per policy, from the model's load."""
-        unstable = ~(self.load < 1)
+        load = jnp.asarray(self.load, jnp.result_type(float))  # the default float, no warning
+        unstable = ~(load < 1)
         return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
             jnp.int32
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .. import InputError, __version__
 from . import budget, export, fit, server, simulate, solve, sweep, tune
@@ -41,11 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as the commands do: its class and message on one line, no source."""
+    text = " ".join(str(message).split())
+    print(f"jaxopt-tokens: {category.__name__}: {text}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # restored when the command ends
+            return int(args.func(args) or 0)
     except InputError as e:
         print(f"jaxopt-tokens {args.command}: error: {e}", file=sys.stderr)
         return 2

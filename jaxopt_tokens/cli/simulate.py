@@ -17,6 +17,7 @@ from .. import (
     LatencyModel,
     Priority,
     ProcessorSharing,
+    SimulationStatus,
     Status,
     Workload,
     load_tokens,
@@ -116,8 +117,8 @@ BATCHING_ROWS = (
     ("system_time_p95", "p95 system time (s)"),
     ("system_time_p99", "p99 system time (s)"),
     ("running", "mean batch size"),
-    ("throughput", "throughput (requests/s per replica)"),
-    ("token_throughput", "decode tokens/s per replica"),
+    ("throughput", "throughput (requests/s, all replicas)"),
+    ("token_throughput", "decode tokens/s, all replicas"),
     ("accuracy", "accuracy"),
 )
 
@@ -213,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup": result.warmup,
         "discipline": discipline,
         "confidence_level": args.level,
+        "status": [s.name.lower() for s in map(SimulationStatus, np.asarray(result.status))],
         "statistics": {
             name: {k: np.asarray(v).tolist() for k, v in summary[name].items()} for name, _ in rows
         },
