@@ -54,7 +54,7 @@ class Status(StatusEnum):
             "here (use the default solver)"
         ),
     )
-    UNSTABLE_INPUT = 3, "the queue is unstable even with zero tokens (arrival_rate * E[S] >= 1)"
+    UNSTABLE_INPUT = 3, "the queue is unstable even with zero tokens (its load at zero tokens >= 1)"
     NONFINITE_INPUT = 4, "the workload holds NaN or infinite values"
     INVALID_INPUT = 5, "the workload holds values outside the model (see Workload.validate)"
 

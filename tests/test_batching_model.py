@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from conftest import POLICY, TAU
+from conftest import POLICY, TAU, assert_refused
 
 import jaxopt_tokens as jt
 
@@ -313,3 +313,22 @@ def test_a_step_time_the_dtype_cannot_hold_is_refused(table1):
     with pytest.raises(jt.InputError, match="tau1"):
         jt.solve(table1.astype(jnp.float32), model=m)
     assert int(jt.solve(table1, model=m).status) == jt.Status.CONVERGED  # float64 holds it
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["solve", "--replicas", "3"],  # S6: batching flags are refused without the server
+        ["solve", "--prefill", "100", "--format", "json"],
+        ["solve", "--answer-tokens", "3"],
+        ["simulate", "--replicas", "4", "--num-queries", "300", "--num-replications", "2"],
+    ],
+)
+def test_batching_flags_without_a_batching_server_are_refused(argv):
+    assert_refused(argv, "add --server batching")
+
+
+def test_a_batching_server_unstable_at_zero_tokens_is_refused_in_one_line():
+    """U4: refused like the M/G/1 server's workload, naming the capacity."""
+    argv = ["solve", "--server", "batching", "--step-time", "0.02,0.0005", "--arrival-rate", "8"]
+    assert_refused(argv, "unstable even with zero reasoning tokens", "7.8125")

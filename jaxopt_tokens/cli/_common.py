@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 
 from .. import (
     DEFAULT_ANSWER_TOKENS,
@@ -29,6 +30,7 @@ __all__ = [
     "random_seed",
     "add_server_options",
     "server_from_args",
+    "refuse_unstable_server",
     "step_time_pair",
     "non_negative_float",
 ]
@@ -180,14 +182,13 @@ def add_server_options(
     g.add_argument(
         "--answer-tokens",
         type=non_negative_float,
-        default=DEFAULT_ANSWER_TOKENS,
         metavar="A",
-        help="batching: decode steps of the answer after thinking (default: %(default)s)",
+        help="batching: decode steps of the answer after thinking (default: "
+        f"{DEFAULT_ANSWER_TOKENS:g})",
     )
     g.add_argument(
         "--prefill",
         type=non_negative_float,
-        default=0.0,
         metavar="P",
         help="batching: prefill cost per request in decode-step equivalents (default: 0)",
     )
@@ -195,7 +196,6 @@ def add_server_options(
         g.add_argument(
             "--replicas",
             type=int_at_least(1),
-            default=1,
             metavar="C",
             help="batching: identical replicas sharing the arrivals (default: 1)",
         )
@@ -209,6 +209,20 @@ def add_server_options(
     )
 
 
+def refuse_unstable_server(server: ContinuousBatching, w: Workload) -> None:
+    """`InputError` when the batching server cannot sustain the arrivals even with zero
+    reasoning tokens (as the M/G/1 server's workload check does)."""
+    zeros = jnp.zeros_like(w.A)
+    load = float(server.load(zeros, w))
+    if not load < 1 - 16 * float(jnp.finfo(w.dtype).eps):
+        capacity = float(server.capacity(zeros, w))
+        raise InputError(
+            f"--arrival-rate: the batching server is unstable even with zero reasoning tokens "
+            f"(load {load:.4g} >= 1); no budget can help. The arrival rate must be below "
+            f"{capacity:.6g} requests/s for this step time, answer length and prefill"
+        )
+
+
 def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
     """The batching server the options describe, or None for the paper's M/G/1."""
     if args.server != "batching":
@@ -216,6 +230,9 @@ def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
             ("--step-time", args.step_time),
             ("--max-batch", args.max_batch),
             ("--routing", None if args.routing == "random" else args.routing),
+            ("--answer-tokens", args.answer_tokens),
+            ("--prefill", args.prefill),
+            ("--replicas", getattr(args, "replicas", None)),
         ):
             if value is not None:
                 raise InputError(f"{flag} describes a batching server: add --server batching")
@@ -225,8 +242,8 @@ def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
     return ContinuousBatching(
         step_time=args.step_time,
         max_batch=args.max_batch,
-        answer_tokens=args.answer_tokens,
-        prefill=args.prefill,
-        replicas=getattr(args, "replicas", 1),
+        answer_tokens=DEFAULT_ANSWER_TOKENS if args.answer_tokens is None else args.answer_tokens,
+        prefill=0.0 if args.prefill is None else args.prefill,
+        replicas=getattr(args, "replicas", None) or 1,
         routing=args.routing.replace("-", "_"),  # the model's spelling of the choice
     )

@@ -12,6 +12,7 @@ from ._common import (
     add_server_options,
     add_workload_options,
     loaded_workload,
+    refuse_unstable_server,
     server_from_args,
 )
 from ._output import emit_json
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
             sol = solve(w, args.solver)
             report = allocation_report(w, sol, args.solver)
         else:
+            refuse_unstable_server(server, w)
             sol = solve_latency(w, server)
             report = server_report(w, sol, server)
     if args.format == "json":
