@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from ._errors import InputError
 
-__all__ = ["read_text", "csv_rows", "parse_number"]
+__all__ = ["read_text", "csv_rows", "parse_number", "MAX_TEXT_BYTES"]
 
 
 def parse_number(
@@ -55,15 +56,34 @@ def parse_number(
     return x
 
 
+#: the largest text file a reader takes (a workload, measurements, a benchmark result)
+MAX_TEXT_BYTES = 256 << 20
+
+
 def read_text(path: str | Path, what: str, error: type[InputError] = InputError) -> str:
-    """The UTF-8 text of `path`; `error` (an `InputError`) naming the file and `what` it holds."""
+    """The UTF-8 text of `path` (a byte-order mark is dropped); `error` (an `InputError`)
+    naming the file and `what` it holds when it is missing, not a regular file (a
+    directory, a device, a FIFO), larger than `MAX_TEXT_BYTES`, unreadable or not UTF-8."""
     if str(path) == "":
         raise error(f"{what}: the file name is empty")
     p = Path(path)
     if p.is_dir():
         raise error(f"{p}: is a directory, expected a {what} file")
     try:
-        return p.read_bytes().decode("utf-8")
+        info = p.stat()
+    except OSError as e:
+        raise error(f"{p}: cannot read {what} file ({e.strerror or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{p}: is not a regular file, expected a {what} file")
+    if info.st_size > MAX_TEXT_BYTES:
+        raise error(
+            f"{p}: {info.st_size / 2**20:,.0f} MiB is too large for a {what} file (at most "
+            f"{MAX_TEXT_BYTES >> 20} MiB)"
+        )
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        return data.decode("utf-8-sig")
     except OSError as e:
         raise error(f"{p}: cannot read {what} file ({e.strerror or e})") from None
     except UnicodeDecodeError as e:

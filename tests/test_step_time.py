@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import assert_refused
 
 import jaxopt_tokens as jt
 
@@ -72,3 +73,83 @@ def test_bad_benchmark_files_name_the_field_and_line(tmp_path, text, needle):
     f.write_text(text)
     with pytest.raises(jt.InputError, match=needle):
         jt.fit_step_time(f, f, f)
+
+
+# ------------------------------------------------ regressions of the second reliability trial
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, text, words",
+    [
+        (
+            "both.csv",
+            "concurrency,tpot,tpot_ms\n1,0.02,99\n4,0.022,99\n16,0.028,99\n",
+            "both",
+        ),  # S10
+        (
+            "bigint.json",
+            '{"max_concurrency": 1' + "0" * 400 + ', "median_tpot_ms": 22}',
+            "too large",
+        ),  # T2
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),  # T2
+        (
+            "huge.csv",
+            "concurrency,tpot_ms\n1,1e300\n4,1.1e300\n16,1.3e300\n",
+            "not a decode step",
+        ),  # U11
+        (
+            "rate.jsonl",  # U1: a request-rate sweep in JSON Lines: said so, not 'Extra data'
+            '{"max_concurrency": null, "median_tpot_ms": 20}\n'
+            '{"max_concurrency": null, "median_tpot_ms": 24}\n',
+            "request-rate run",
+        ),
+    ],
+)
+def test_bad_benchmark_files_are_refused_in_one_line(tmp_path, name, text, words):
+    assert_refused(["fit-server", _write(tmp_path, name, text)], words)
+
+
+def test_non_regular_and_empty_paths_are_refused():
+    """H4: a device is never read; U7: an empty name is not the current directory."""
+    assert_refused(["fit-server", "/dev/zero"], "not a regular file")
+    assert_refused(["fit-server", ""], "empty")
+
+
+def test_json_lines_null_median_and_a_bom_are_read(tmp_path):
+    """U1: JSON Lines hold one result a line; U2: a null median falls back to the mean;
+    U8: a UTF-8 byte-order mark is not part of the header."""
+    runs = _write(
+        tmp_path,
+        "runs.jsonl",
+        '{"max_concurrency": 1, "median_tpot_ms": 20}\n'
+        '{"max_concurrency": 8, "median_tpot_ms": null, "mean_tpot_ms": 24}\n',
+    )
+    bom = _write(tmp_path, "bom.csv", b"\xef\xbb\xbfconcurrency,tpot_ms\n64,50\n")
+    n, t = jt.read_step_times(runs, bom)
+    np.testing.assert_allclose(n, [1, 8, 64])
+    np.testing.assert_allclose(t, [0.020, 0.024, 0.050])
+
+
+def test_a_slope_whose_interval_holds_zero_is_flagged():
+    """S9: the warning follows the reported 95% interval, not a 2-SE rule."""
+    n = np.array([1.0, 4.0, 16.0, 64.0, 2.0])
+    t = np.array([20.0, 60.0, 25.0, 90.0, 10.0]) / 1e3
+    with pytest.warns(jt.FitWarning, match="does not clearly grow"):
+        fit = jt.fit_step_time(concurrency=n, step_time=t)
+    assert fit.interval("tau1")[0] < 0
+
+
+def test_fit_arguments_outside_their_domain_are_refused():
+    """S14, T4: a level outside (0, 1), an unknown parameter, strings for numbers."""
+    fit = jt.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
+    for name, level in (("tau0", 2.0), ("tau0", True), ("tau2", 0.95)):
+        with pytest.raises(jt.InputError, match="level|name"):
+            fit.interval(name, level)
+    with pytest.raises(jt.InputError, match="concurrency"):
+        jt.fit_step_time(concurrency=["a", 2, 4], step_time=[0.02, 0.022, 0.028])

@@ -35,6 +35,10 @@ from .fit import FitWarning
 __all__ = ["StepTimeFit", "fit_step_time", "read_step_times"]
 
 
+#: a decode step longer than this is not a measurement of one (units gone wrong)
+MAX_STEP_SECONDS = 1e4
+
+
 @dataclass(frozen=True)
 class StepTimeFit:
     """The fitted step time `tau0 + tau1 * n` with standard errors and diagnostics."""
@@ -49,8 +53,13 @@ class StepTimeFit:
     warnings: tuple[str, ...] = ()
 
     def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
-        """Student-t interval for `tau0` or `tau1`."""
-        value, se = {"tau0": (self.tau0, self.se_tau0), "tau1": (self.tau1, self.se_tau1)}[name]
+        """Student-t interval for `tau0` or `tau1` at confidence `level` in (0, 1)."""
+        params = {"tau0": (self.tau0, self.se_tau0), "tau1": (self.tau1, self.se_tau1)}
+        if name not in params:
+            raise InputError(f"name: 'tau0' or 'tau1', got {name!r}")
+        if isinstance(level, bool) or not (isinstance(level, (int, float)) and 0 < level < 1):
+            raise InputError(f"level: a confidence level in (0, 1), got {level!r}")
+        value, se = params[name]
         with jax.enable_x64(True):
             q = float(student_t_quantile(0.5 + level / 2, max(self.dof, 1)))
         return value - q * se, value + q * se
@@ -60,11 +69,29 @@ class StepTimeFit:
         return ContinuousBatching(step_time=(self.tau0, self.tau1), **kwargs)
 
 
-def _from_benchmark_json(path: Path, text: str) -> tuple[float, float]:
+def _json_records(path: Path, text: str) -> list[tuple[str, object]]:
+    """The JSON value of `text`, or of each line of a JSON Lines file, with where it is."""
     try:
-        data = json.loads(text)
+        return [(str(path), json.loads(text))]
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to be a benchmark result") from None
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        if e.msg != "Extra data" or len(lines) < 2:
+            raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    records = []  # JSON Lines: one result a line
+    for lineno, line in lines:
+        where = f"{path}, line {lineno}"
+        try:
+            records.append((where, json.loads(line)))
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg}; a JSON Lines file)") from None
+    return records
+
+
+def _from_benchmark_result(path: str, data) -> tuple[float, float]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected the JSON object of `vllm bench serve --save-result`")
     n = data.get("max_concurrency")
@@ -72,12 +99,13 @@ def _from_benchmark_json(path: Path, text: str) -> tuple[float, float]:
         n = data.get("max_concurrent_requests")
     if n is None:
         raise InputError(
-            f"{path}: no 'max_concurrency' (or 'max_concurrent_requests'): run the benchmark "
-            "with --max-concurrency N"
+            f"{path}: no 'max_concurrency' (or 'max_concurrent_requests'): a request-rate run "
+            "has no fixed batch size, so no step time can be fitted from it; run the "
+            "benchmark with --max-concurrency N"
         )
-    field = "median_tpot_ms" if "median_tpot_ms" in data else "mean_tpot_ms"
-    if field not in data:
-        raise InputError(f"{path}: no 'median_tpot_ms' or 'mean_tpot_ms' field")
+    field = "median_tpot_ms" if data.get("median_tpot_ms") is not None else "mean_tpot_ms"
+    if data.get(field) is None:
+        raise InputError(f"{path}: no 'median_tpot_ms' or 'mean_tpot_ms' value")
     n = parse_number(n, f"{path}: field 'max_concurrency'", minimum=1)
     tpot = parse_number(data[field], f"{path}: field '{field}'", positive=True)
     return n, tpot / 1000.0
@@ -89,6 +117,11 @@ def _from_csv(path: Path, text: str) -> list[tuple[float, float]]:
         raise InputError(
             f"{path}, line {header_line}: need columns 'concurrency' and 'tpot' (seconds) or "
             f"'tpot_ms' (header: {', '.join(header)})"
+        )
+    if {"tpot", "tpot_ms"} <= set(header):
+        raise InputError(
+            f"{path}, line {header_line}: both 'tpot' and 'tpot_ms' columns; keep one (which "
+            "one holds the measurement is ambiguous)"
         )
     col = "tpot" if "tpot" in header else "tpot_ms"
     scale = 1.0 if col == "tpot" else 1e-3
@@ -110,11 +143,12 @@ def read_step_times(*paths: str | Path) -> tuple[np.ndarray, np.ndarray]:
     n, t = [], []
     for p in paths:
         path = Path(p)
-        text = read_text(path, "step-time measurements")
-        if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-            a, b = _from_benchmark_json(path, text)
-            n.append(a)
-            t.append(b)
+        text = read_text(p, "step-time measurements")
+        if path.suffix.lower() in (".json", ".jsonl") or text.lstrip().startswith("{"):
+            for where, record in _json_records(path, text):
+                a, b = _from_benchmark_result(where, record)
+                n.append(a)
+                t.append(b)
         else:
             for a, b in _from_csv(path, text):
                 n.append(a)
@@ -139,8 +173,11 @@ def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
     else:
         if concurrency is None or step_time is None:
             raise InputError("give files, or both concurrency and step_time")
-        n = np.asarray(concurrency, dtype=np.float64).ravel()
-        t = np.asarray(step_time, dtype=np.float64).ravel()
+        try:
+            n = np.asarray(concurrency, dtype=np.float64).ravel()
+            t = np.asarray(step_time, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise InputError("concurrency, step_time: expected sequences of numbers") from None
         where = "measurements"
         if n.shape != t.shape:
             raise InputError(f"concurrency and step_time differ in length: {n.size} vs {t.size}")
@@ -148,6 +185,11 @@ def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
             raise InputError("concurrency: every value must be finite and >= 1")
         if not (np.all(np.isfinite(t)) and np.all(t > 0)):
             raise InputError("step_time: every value must be finite and > 0 seconds")
+    if np.any(t > MAX_STEP_SECONDS):
+        raise InputError(
+            f"{where}: a step time of {float(np.max(t)):.3g} s is not a decode step (at most "
+            f"{MAX_STEP_SECONDS:g} s); check the units (tpot_ms is milliseconds)"
+        )
     if np.unique(n).size < 3:
         raise InputError(
             f"{where}: need step times at 3 or more distinct concurrencies to fit tau0, tau1 "
@@ -177,10 +219,13 @@ def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
                 f"{b2[2]:.3g} s per request^2, {z:.1f} standard errors): the fitted line is "
                 f"an approximation over concurrencies {n.min():g}-{n.max():g}"
             )
-    if not beta[1] > 2 * se[1]:
+    with jax.enable_x64(True):
+        q95 = float(student_t_quantile(0.975, max(dof, 1)))
+    if not beta[1] > q95 * se[1]:  # the reported 95% interval of tau1 holds 0
         notes.append(
             f"{where}: the step time does not clearly grow with the batch size (tau1 = "
-            f"{beta[1]:.3g} s, SE {se[1]:.2g}): a batching model with this slope has almost "
+            f"{beta[1]:.3g} s, 95% interval [{beta[1] - q95 * se[1]:.3g}, "
+            f"{beta[1] + q95 * se[1]:.3g}]): a batching model with this slope may have almost "
             "unlimited capacity; check the measurements"
         )
     for note in notes:
