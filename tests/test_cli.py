@@ -9,8 +9,11 @@ tests here draw arbitrary bytes, text and flags for every command.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 
@@ -227,3 +230,33 @@ def test_strict_json_helper_turns_non_finite_into_null():
 
     text = strict_json({"a": float("nan"), "b": [math.inf, 1.0], "c": np.array([np.nan, 2.0])})
     assert strict_loads(text) == {"a": None, "b": [None, 1.0], "c": [None, 2.0]}
+
+
+def test_outputs_get_the_umask_mode_and_a_replaced_file_keeps_its_own(tmp_path):
+    """S7: outputs were written 0600 (the staging file's mode), even over a 0644 file."""
+    old = os.umask(0o022)
+    try:
+        new = tmp_path / "policy.json"
+        assert run_cli(["export", "-o", new])[0] == 0
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        assert run_cli(["export", "-o", kept, "--force"])[0] == 0
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_a_failed_write_names_the_output(tmp_path, monkeypatch):
+    """U3: a full disk under a writer that does not say which file: the line names it."""
+    from jaxopt_tokens.cli import _output
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_output.Outputs, "commit", full)
+    target = tmp_path / "policy.json"
+    rc, out, err = run_cli(["export", "-o", target])
+    assert rc == 2 and str(target) in err and "No space left" in err and len(err.splitlines()) == 1
+    assert not target.exists() and not list(tmp_path.iterdir())  # nothing half-written

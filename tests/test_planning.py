@@ -21,7 +21,7 @@ def test_cli_fit_server_solve_and_plan(tmp_path, capsys):
     argv = ["solve", "--server", "batching", "--step-time", step, "--arrival-rate", "0.5"]
     assert main([*argv, "--format", "json"]) == 0
     free = json.loads(capsys.readouterr().out)
-    assert free["method"] == "batching-newton" and free["load"] < 1
+    assert free["method"] == "BatchingNewton" and free["load"] < 1
     plan = [
         "plan",
         "--step-time",

@@ -72,6 +72,8 @@ def _write_atomically(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # name the file (a full disk under pyarrow says only "writing bytes")
+        raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +29,13 @@ import numpy as np
 
 from .. import InputError
 
-__all__ = ["Outputs", "emit_json", "strict_json", "finite_or_none", "check_figure_format"]
+__all__ = [
+    "Outputs",
+    "emit_json",
+    "strict_json",
+    "finite_or_none",
+    "check_figure_format",
+]
 
 
 def finite_or_none(x: Any) -> Any:
@@ -68,6 +75,17 @@ def _check_parent(path: Path, flag: str) -> None:
             break
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {path}: cannot write in {parent}")
+
+
+def _mode_for(target: Path) -> int:
+    """The permission bits an output written to `target` gets: the replaced file's, or those
+    a new file gets under the process's umask (the staging file's own are 0600)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 class Outputs:
@@ -120,9 +138,11 @@ class Outputs:
         return tmp
 
     def commit(self) -> list[Path]:
-        """Put every staged output in place; return the paths written."""
+        """Put every staged output in place; return the paths written. A new file gets the
+        mode the umask gives; a replaced file keeps its mode."""
         written = []
         for tmp, target in self._files:
+            os.chmod(tmp, _mode_for(target))
             os.replace(tmp, target)
             written.append(target)
         for tmp, target, owned in self._dirs:
@@ -151,8 +171,13 @@ class Outputs:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
-        if kind is not None:
-            self.abort()
+        """Remove whatever is staged and not committed (all of it when the block failed)."""
+        targets = ", ".join(str(staged[1]) for staged in (*self._files, *self._dirs))
+        self.abort()
+        if isinstance(value, OSError) and not value.filename and targets:
+            # a writer that does not say which file failed (a full disk under pyarrow or
+            # matplotlib): name the outputs
+            raise InputError(f"writing {targets}: {value.strerror or value}") from None
 
 
 def check_figure_format(path: str | Path, flag: str) -> None:

@@ -152,15 +152,13 @@ def load_uncertainty(path: str, tokens, task_names) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     outputs = Outputs(args.force)
     target = outputs.file(args.output, "-o") if args.output is not None else None
-    try:
+    with outputs:  # removes what was staged if anything fails, naming a failed write
         text = _policy_text(args)
         if target is None:
             sys.stdout.write(text)
         else:
             target.write_text(text)
             outputs.commit()
-    finally:
-        outputs.abort()
     return 0
 
 

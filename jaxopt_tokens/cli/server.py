@@ -109,10 +109,8 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.plot is not None:
         check_figure_format(args.plot, "--plot")
         plot = outputs.file(args.plot, "--plot")
-    try:
+    with outputs:  # removes what was staged if anything fails, naming a failed write
         return _plan(args, outputs, plot)
-    finally:
-        outputs.abort()
 
 
 def _plan(args, outputs: Outputs, plot: Path | None) -> int:
