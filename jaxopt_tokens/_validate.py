@@ -48,6 +48,7 @@ __all__ = [
     "is_concrete",
     "check_int",
     "check_memory",
+    "check_key",
 ]
 
 PER_TASK_FIELDS = ("A", "b", "D", "t0", "c", "share")
@@ -339,6 +340,19 @@ def check_int(name: str, x, minimum: int, maximum: int | None = None) -> int:
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise InputError(f"{name}: must be {bound}, got {value}")
     return value
+
+
+def check_key(key) -> None:
+    """`InputError` unless `key` is `None` or a JAX PRNG key (`jax.random.key(0)`, or the
+    legacy `PRNGKey(0)`, shape (2,) uint32)."""
+    if key is None:
+        return
+    ok = isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.shape == (2,) and key.dtype == jnp.uint32)
+    )
+    if not ok:
+        raise InputError(f"key: expected a JAX PRNG key (jax.random.key(0)), got {key!r}")
 
 
 def _physical_memory() -> int:

@@ -536,3 +536,46 @@ def test_export_cli(files, tmp_path):
         policy = jt.export_policy(jt.default_workload(), [30000] * 6, engine="json")
     assert policy["source"]["utilization"] >= 1
     assert_refused(["export", "--tokens", files / "bad.bin"], "UTF-8")
+
+
+# ------------------------------------------------ regressions of the second reliability trial
+
+
+@pytest.mark.parametrize(
+    "policy, task, words",
+    [
+        ({"tasks": {"GSM8K": {}}}, "GSM8K", "has no request"),  # U12
+        ({"tasks": {"GSM8K": {"request": None}}}, "GSM8K", "has no request"),  # T4
+        (None, "GSM8K", "policy"),
+        ([], "GSM8K", "policy"),
+        ('{"tasks": {}}', "GSM8K", "policy"),
+        ({"tasks": {"GSM8K": {"request": {}}}}, "AIME", "not in the policy"),
+    ],
+)
+def test_openai_client_kwargs_names_what_is_wrong(policy, task, words):
+    with pytest.raises(jt.InputError, match=words):
+        jt.openai_client_kwargs(policy, task)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None, "10", -1.0, True])
+def test_standard_errors_follow_one_rule(bad):
+    """U10, S11: NaN, inf, null, strings and negatives are all refused by one rule."""
+    w = jt.default_workload()
+    se = {name: 1.0 for name in w.task_names} | {"AIME": bad}
+    with pytest.raises(jt.InputError, match=r"uncertainty\[AIME\] must be a finite"):
+        jt.export_policy(w, jt.solve(w), engine="json", uncertainty=se, conservative=0.9)
+
+
+def test_an_uncertainty_file_with_a_task_twice_is_refused(tmp_path):
+    """S11: a duplicate row silently won (a 999-token standard error)."""
+    w = jt.default_workload()
+    tokens = np.asarray(jt.solve(w).tokens)
+    rows = [
+        {"task": n, "optimal_tokens": float(t), "optimal_tokens_se": 1.0}
+        for n, t in zip(w.task_names, tokens)
+    ]
+    rows.append({"task": "GSM8K", "optimal_tokens": float(tokens[1]), "optimal_tokens_se": 999})
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"tasks": rows}))
+    argv = ["export", "--engine", "json", "--uncertainty", path, "--conservative", "0.9"]
+    assert_refused(argv, "appears twice")

@@ -122,3 +122,18 @@ def test_cli_routing_by_state_plans_solves_and_simulates(capsys):
     # the M/G/1 server still refuses the arrival rate it cannot take
     assert main(["solve", "--arrival-rate", "15"]) == 2
     assert "unstable" in capsys.readouterr().err
+
+
+def test_the_scan_stops_where_the_problem_says_not_at_max_replicas(table1):
+    """H2: a million allowed replicas under random routing took minutes; the scan stops two
+    counts past the answer. S14, T4: a boolean target and a bad key are refused."""
+    server = jt.ContinuousBatching(step_time=TAU)
+    w = table1.replace(arrival_rate=8.0)
+    plan = jt.plan_replicas(w, server, 12.0, max_replicas=1_000_000)
+    assert plan.replicas == 2 and len(plan.rows) <= plan.replicas + 2
+    with pytest.raises(jt.InputError, match="target_latency"):
+        jt.plan_replicas(w, server, True)
+    with pytest.raises(jt.InputError, match="key"):
+        jt.plan_replicas(w, server, 12.0, key=5)
+    with pytest.raises(jt.InputError, match="key"):
+        jt.simulate(w, jnp.zeros(6), 100, 2, key=5, model=server)

@@ -13,6 +13,7 @@ Docs: *Continuous batching*.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from .._queue.batching import ContinuousBatching
 from .._queue.batching_sim import simulate_batching
 from .._solver.solve import solve_latency
 from .._status import Status
-from .._validate import check_int
+from .._validate import check_int, check_key
 from .._workload import Workload
 
 __all__ = ["ReplicaCount", "ReplicaPlan", "plan_replicas"]
@@ -85,9 +86,13 @@ def plan_replicas(
     if w.batch_shape:
         raise InputError(f"workload: plan one workload at a time, got batch shape {w.batch_shape}")
     for name, value in (("target_latency", target_latency), ("target_p95", target_p95)):
-        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, (bool, np.bool_)
+        )
+        if value is not None and not (number and math.isfinite(value) and value > 0):
             raise InputError(f"{name}: a positive number of seconds, got {value!r}")
     max_replicas = check_int("max_replicas", max_replicas, 1)
+    check_key(key)
     rows: list[ReplicaCount] = []
     chosen: ReplicaCount | None = None
     for c, model, wc, tokens, status in _solves(w, server, max_replicas):
@@ -112,7 +117,7 @@ def plan_replicas(
         if row.meets and chosen is None:
             chosen = row
         rows.append(row)
-        if server.routing != "random" and _enough(rows, chosen):
+        if _enough(rows, chosen):  # the scan's bound follows from the problem, not max_replicas
             break
     return ReplicaPlan(
         replicas=None if chosen is None else chosen.replicas,
@@ -122,6 +127,9 @@ def plan_replicas(
         target_latency=float(target_latency),
         target_p95=None if target_p95 is None else float(target_p95),
     )
+
+
+_RANDOM_BLOCK = 16  # replica counts solved together under random routing
 
 
 def _enough(rows: list[ReplicaCount], chosen: ReplicaCount | None) -> bool:
@@ -139,19 +147,22 @@ def _solves(
 ) -> Iterator[tuple[int, ContinuousBatching, Workload, jax.Array, int]]:
     """`(c, model, workload, tokens, status)` for c = 1, 2, ...: random routing as one batched
     solve of one replica at lambda / c, routing by state one solve per count (lazily)."""
-    counts = np.arange(1, max_replicas + 1)
     if server.routing == "random":
         single = server.replace(replicas=1)
-        batch = jax.vmap(lambda c: w.replace(arrival_rate=w.arrival_rate / c))(
-            jnp.asarray(counts, w.dtype)
-        )
-        sols = solve_latency(batch, single)
-        status = np.asarray(sols.status)
-        for i, c in enumerate(counts):
-            wc = w.replace(arrival_rate=w.arrival_rate / c)
-            yield int(c), single, wc, sols.tokens[i], int(status[i])
+        # counts in blocks, each one batched solve, solved only as far as the scan goes
+        for first in range(1, max_replicas + 1, _RANDOM_BLOCK):
+            counts = np.arange(first, min(first + _RANDOM_BLOCK, max_replicas + 1))
+            padded = np.pad(counts, (0, _RANDOM_BLOCK - counts.size), constant_values=counts[-1])
+            batch = jax.vmap(lambda c: w.replace(arrival_rate=w.arrival_rate / c))(
+                jnp.asarray(padded, w.dtype)
+            )
+            sols = solve_latency(batch, single)  # one compilation: the block size is fixed
+            status = np.asarray(sols.status)
+            for i, c in enumerate(counts):
+                wc = w.replace(arrival_rate=w.arrival_rate / c)
+                yield int(c), single, wc, sols.tokens[i], int(status[i])
         return
-    for c in counts:
+    for c in range(1, max_replicas + 1):
         model = server.replace(replicas=int(c))
         sol = solve_latency(w, model)
         yield int(c), model, w, sol.tokens, int(np.asarray(sol.status))

@@ -69,7 +69,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -315,14 +315,18 @@ def _request(
 
 
 def _standard_errors(uncertainty: Any, workload: Workload) -> np.ndarray:
-    """Per-task standard errors of the budgets (a sequence in task order or a mapping)."""
+    """Per-task standard errors of the budgets (a sequence in task order or a mapping). One
+    rule: each is a finite number >= 0 (null, NaN and inf are all refused with it)."""
+    values = uncertainty.values() if isinstance(uncertainty, Mapping) else uncertainty
+    names = list(uncertainty) if isinstance(uncertainty, Mapping) else workload.task_names
+    for name, v in zip(names, values if isinstance(values, Iterable) else ()):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        if not ok:
+            raise InputError(f"uncertainty[{name}] must be a finite standard error >= 0, got {v!r}")
     try:
         se = tokens_from_data(uncertainty, workload)
     except InputError as e:
         raise InputError(str(e).replace("tokens", "uncertainty", 1)) from None
-    bad = [n for n, x in zip(workload.task_names, se) if not math.isfinite(x)]
-    if bad:
-        raise InputError(f"uncertainty[{bad[0]}] must be a finite standard error")
     return se
 
 
@@ -530,11 +534,18 @@ def write_policy(policy: Mapping[str, Any], path: str | Path | None = None) -> s
 def openai_client_kwargs(policy: Mapping[str, Any], task: str) -> dict[str, Any]:
     """Keyword arguments for `client.chat.completions.create(...)` of the `openai` client for
     one task type: standard fields as keywords, engine-specific ones under `extra_body`."""
-    try:
-        request = policy["tasks"][task]["request"]
-    except KeyError:
-        known = list(policy.get("tasks", {})) if isinstance(policy, Mapping) else []
-        raise InputError(f"task {task!r} is not in the policy (tasks: {known})") from None
+    tasks = policy.get("tasks") if isinstance(policy, Mapping) else None
+    if not isinstance(tasks, Mapping):
+        raise InputError(
+            "policy: expected the dict `export_policy` returns (a 'tasks' mapping), got "
+            f"{type(policy).__name__}"
+        )
+    if task not in tasks:
+        raise InputError(f"task {task!r} is not in the policy (tasks: {list(tasks)})")
+    entry = tasks[task]
+    request = entry.get("request") if isinstance(entry, Mapping) else None
+    if not isinstance(request, Mapping):
+        raise InputError(f"policy: task {task!r} has no request (a mapping of request fields)")
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for k, v in request.items():

@@ -36,7 +36,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
-from .._validate import check_int, check_memory
+from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .batching import ContinuousBatching
 from .simulate import (
@@ -568,6 +568,7 @@ def simulate_batching(
     if not isinstance(model, ContinuousBatching):
         raise InputError(f"model: must be ContinuousBatching, got {type(model).__name__}")
     model.check(w)
+    check_key(key)
     num_queries = check_int("num_queries", num_queries, 2)
     num_replications = check_int("num_replications", num_replications, 1)
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)

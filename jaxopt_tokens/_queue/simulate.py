@@ -32,7 +32,7 @@ from .._errors import InputError
 from .._objective import task_accuracy
 from .._stats import replication_interval
 from .._status import HasStatus, StatusEnum
-from .._validate import check_int, check_memory
+from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
 from .models import LatencyModel, check_service_cv
@@ -454,11 +454,7 @@ def simulate_server(
     num_replications = check_int("num_replications", num_replications, 1)
     capacity = check_int("capacity", capacity, 2)
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
-    if key is not None and not (
-        isinstance(key, jax.Array)
-        and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,))
-    ):
-        raise InputError(f"key: expected a JAX PRNG key (jax.random.key(0)), got {key!r}")
+    check_key(key)
     # one replication at a time: about a dozen arrays of num_queries values per policy batch
     per_batch = min(
         max(1, tok.size // max(w.num_tasks, 1)), max(1, MAX_BATCH_ELEMENTS // num_queries)

@@ -126,7 +126,13 @@ def load_uncertainty(path: str, tokens, task_names) -> dict[str, float]:
     text = read_text(path, "uncertainty JSON")
     try:
         data = json.loads(text)
-        rows = {row["task"]: row for row in data["tasks"]}
+        rows = {}
+        for row in data["tasks"]:
+            if row["task"] in rows:
+                raise InputError(
+                    f"--uncertainty: {path}: task {row['task']!r} appears twice; keep one row"
+                )
+            rows[row["task"]] = row
         se = {name: rows[name]["optimal_tokens_se"] for name in task_names}
         fitted = {name: rows[name]["optimal_tokens"] for name in task_names}
     except json.JSONDecodeError as e:
