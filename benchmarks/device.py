@@ -123,7 +123,7 @@ def cases(sizes: dict, dtype):
             sizes["clear"],
             "queries",
             lambda: allocate(thresholds, budget),
-            lambda a: float(a.status == clear.Status.CLEARED),
+            lambda a: float(a.status == clear.AllocationStatus.CLEARED),
         ),
     ]
 
