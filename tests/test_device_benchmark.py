@@ -9,6 +9,7 @@ import pytest
 BENCH = Path(__file__).parent.parent / "benchmarks" / "device.py"
 
 
+@pytest.mark.slow  # a subprocess compiling every benchmark part: run by CI's slow step
 @pytest.mark.xdist_group("device_benchmark")
 def test_device_benchmark_runs_small_and_writes_json(tmp_path):
     spec = importlib.util.spec_from_file_location("device_benchmark", BENCH)

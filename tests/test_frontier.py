@@ -44,6 +44,7 @@ def test_frontier_dominates_uniform(table1):
     assert np.all(np.interp(et_u[inside], et[order], acc[order]) >= acc_u[inside] - 1e-9)
 
 
+@pytest.mark.slow  # draws every figure (the CLI's figures test keeps one in the fast suite)
 def test_figures_written_and_shapes(table1, tmp_path):
     import matplotlib
 

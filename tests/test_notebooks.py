@@ -7,9 +7,17 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+#: executed by the README's test command; the others (a kernel each, minutes together) run in
+#: CI's slow step. Every notebook's imports are checked in the fast suite
+#: (tests/test_architecture.py).
+FAST = ("01_table1.ipynb", "04_sensitivity_and_frontiers.ipynb")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [p if p.name in FAST else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=[p.name for p in NOTEBOOKS],
+)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXOPT_TOKENS_NB_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -98,6 +98,7 @@ def test_plan_replicas_api_answers_the_fewest_and_refuses_bad_targets(table1):
         jt.plan_replicas(batch, server, 1.0)
 
 
+@pytest.mark.slow  # three commands each compiling the routed model and simulator
 def test_cli_routing_by_state_plans_solves_and_simulates(capsys):
     """`plan --routing shortest-queue` at an arrival rate the paper's M/G/1 server could not
     take (the batching server judges its own stability), and `simulate --replicas`."""

@@ -134,6 +134,7 @@ def _cold(w):
     return _COLD["table1"]
 
 
+@pytest.mark.slow  # compiles the sweep's second (warm) solver; warm starts keep their tests
 def test_sweep_coarse_to_fine_matches_cold_sweep():
     w = jt.default_workload()
     grids = dict(arrival_rate=np.linspace(0.02, 0.45, 64), alpha=np.geomspace(1, 100, 64))
