@@ -61,7 +61,7 @@ def test_same_sweep_again_needs_resume_or_force_and_another_sweep_needs_force(ta
     other = dict(GRIDS, alpha=GRIDS["alpha"][:3])
     with pytest.raises(jt.InputError, match="different sweep.*--force"):
         jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **other)
-    with pytest.raises(jt.InputError, match="different sweep"):  # another chunking is another sweep
+    with pytest.raises(jt.InputError, match="in parts of 10 points"):  # another chunking: named
         jt.sweep(table1, quiet=True, chunk_size=9, out=out, resume=True, **GRIDS)
     jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **other)
     assert len(jt.read_sweep(out)) == 21 and len(SweepDirectory(out).parts()) == 3
@@ -248,3 +248,105 @@ def test_sweep_cli_outputs(files, tmp_path):
     assert rc == 0 and not (out / "part-00007.parquet").exists()
     assert len(jt.read_sweep(out)) == 3
     assert_refused(["sweep", "--alpha", "1", "--out", files / "keep.txt"], "not a directory")
+
+
+# ------------------------------------------------ regressions of the second reliability trial
+
+
+@pytest.fixture
+def finished(table1, tmp_path):
+    """A finished 63-point sweep in 7 parts, and another sweep of the same shape."""
+    ref = tmp_path / "ref"
+    jt.sweep(table1, quiet=True, chunk_size=10, out=ref, **GRIDS)
+    other = tmp_path / "other"
+    jt.sweep(table1.replace(alpha=7.0), quiet=True, chunk_size=10, out=other, **GRIDS)
+    return ref, other
+
+
+def _resume(table1, out):
+    return jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda part, other: part.write_bytes(part.read_bytes()[: part.stat().st_size // 2]),
+        lambda part, other: part.write_text("ROWS!\n"),
+        lambda part, other: part.write_bytes(b""),
+        lambda part, other: part.write_bytes((other / part.name).read_bytes()),  # L3: foreign
+        lambda part, other: part.write_bytes((other / "part-00004.parquet").read_bytes()),
+    ],
+    ids=["truncated", "text", "empty", "another-sweeps", "another-part"],
+)
+def test_a_damaged_or_foreign_part_is_refused_by_readers_and_recomputed_by_resume(
+    table1, finished, damage
+):
+    """L2, L3: a truncated part counted as done (resume wrote nothing, then a traceback); a
+    foreign part was read silently."""
+    ref, other = finished
+    before = jt.read_sweep(ref)
+    part = ref / "part-00003.parquet"
+    damage(part, other)
+    with pytest.raises(jt.InputError, match="part-00003.parquet: not part 3 of this sweep"):
+        jt.read_sweep(ref)
+    run = _resume(table1, ref)
+    assert run.computed == (3,)
+    pd.testing.assert_frame_equal(jt.read_sweep(ref), before)
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: m.pop("fingerprint"), "fingerprint"),  # T3
+        (lambda m: m.pop("grids"), "grids"),
+        (lambda m: m.pop("workload"), "workload"),
+        (lambda m: m.update(parts="7"), "parts"),
+        (lambda m: m.update(parts=-1), "parts"),
+        (lambda m: m.update(parts=10**9), "parts"),  # H3: was an out-of-memory kill
+        (lambda m: m.update(parts=3), "parts"),  # L3: 27 of 63 rows returned as the sweep
+        (lambda m: m.update(points=7), "points"),
+    ],
+)
+def test_a_manifest_that_does_not_hold_together_is_refused_in_one_line(
+    table1, finished, edit, words
+):
+    ref, _ = finished
+    manifest = json.loads((ref / "_manifest.json").read_text())
+    edit(manifest)
+    (ref / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(jt.InputError, match=f"not a valid sweep manifest.*{words}"):
+        jt.read_sweep(ref)
+    with pytest.raises(jt.InputError, match="not a valid sweep manifest"):
+        _resume(table1, ref)
+    assert_refused(["frontier", "--from", ref, "--out", ref.parent / "f"], "manifest")
+
+
+def test_resume_removes_the_packages_own_temporaries(table1, finished):
+    """L4: a leftover temporary manifest blocked --resume."""
+    ref, _ = finished
+    (ref / "part-00005.parquet").unlink()
+    (ref / "._manifest.json.0123456789ab.tmp").write_text("{}")
+    assert _resume(table1, ref).computed == (5,)
+    assert not list(ref.glob("*.tmp"))
+
+
+def test_a_different_chunk_size_is_named(table1, finished):
+    """U9: 'holds a different sweep' for the same grid in other parts."""
+    ref, _ = finished
+    with pytest.raises(jt.InputError, match="parts of 10 points.*--chunk-size 10"):
+        jt.sweep(table1, quiet=True, chunk_size=20, out=ref, resume=True, **GRIDS)
+
+
+def test_a_second_writer_is_refused_naming_the_first(table1, tmp_path):
+    """L1: two writers in one directory both succeeded and mixed their parts."""
+    out = tmp_path / "d"
+    with SweepDirectory(out).lock():  # another process writing here
+        with pytest.raises(jt.InputError, match=rf"another process \(pid {os.getpid()}\)"):
+            jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **GRIDS)
+    jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **GRIDS)  # free again
+    assert len(jt.read_sweep(out)) == 63
+
+
+def test_an_empty_out_path_is_refused():
+    """U7: '' was taken for the current directory."""
+    assert_refused(["sweep", "--alpha", "1:100:40", "--out", ""], "empty")

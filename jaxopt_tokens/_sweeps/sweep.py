@@ -20,6 +20,7 @@ ever held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -364,53 +365,57 @@ def sweep(
     }
     directory = SweepDirectory(out)
     rank, size = jax.process_index(), jax.process_count()
-    _barrier("jaxopt_tokens.sweep: check")
-    todo = directory.prepare(manifest, resume=resume, force=force, writer=False)
-    _barrier("jaxopt_tokens.sweep: checked")
-    if rank == 0:
-        directory.prepare(manifest, resume=resume, force=force, writer=True)
-    _barrier("jaxopt_tokens.sweep: prepared")
-    mine = sorted(todo)[rank::size]
-    skipped = parts - len(todo)
-    progress = _progress(quiet or rank != 0, grid.total)
-    rows_of = [min(part_size, grid.total - i * part_size) for i in range(parts)]
-    begun = time.perf_counter()
-    computed: list[int] = []
+    with contextlib.ExitStack() as held:
+        if rank == 0:  # one writer a directory: a second sweep into it is refused, naming us
+            held.enter_context(directory.lock())
+        _barrier("jaxopt_tokens.sweep: check")
+        todo = directory.prepare(manifest, resume=resume, force=force, writer=False)
+        _barrier("jaxopt_tokens.sweep: checked")
+        if rank == 0:
+            directory.prepare(manifest, resume=resume, force=force, writer=True)
+        _barrier("jaxopt_tokens.sweep: prepared")
+        mine = sorted(todo)[rank::size]
+        skipped = parts - len(todo)
+        progress = _progress(quiet or rank != 0, grid.total)
+        rows_of = [min(part_size, grid.total - i * part_size) for i in range(parts)]
+        begun = time.perf_counter()
+        computed: list[int] = []
 
-    def write(i, cols):
-        directory.write_part(i, cols, manifest["fingerprint"])
-        computed.append(i)
-        if progress is not None:
-            on_disk = directory.parts()
-            done = sum(rows_of[j] for j in on_disk if j < parts)
-            new = done - sum(rows_of[j] for j in range(parts) if j not in todo)
-            rate = new / max(time.perf_counter() - begun, 1e-9)
-            progress.update(progress.task_ids[0], completed=done, rate=f"{rate:,.0f} points/s")
+        def write(i, cols):
+            directory.write_part(i, cols, manifest["fingerprint"])
+            computed.append(i)
+            if progress is not None:
+                on_disk = directory.parts()
+                done = sum(rows_of[j] for j in on_disk if j < parts)
+                new = done - sum(rows_of[j] for j in range(parts) if j not in todo)
+                rate = new / max(time.perf_counter() - begun, 1e-9)
+                progress.update(progress.task_ids[0], completed=done, rate=f"{rate:,.0f} points/s")
 
-    if progress is not None:
-        progress.start()
-        progress.update(
-            progress.task_ids[0], completed=sum(rows_of[j] for j in range(parts) if j not in todo)
-        )
-    try:
-        pipeline(mine, write)
-    except BaseException as e:
-        e.add_note(
-            f"sweep into {directory.path}: process {rank} of {size} stopped after writing "
-            f"{len(computed)} of its {len(mine)} parts; every finished part is kept. Run the "
-            "same sweep again with resume=True (--resume) to compute only what is missing."
-        )
-        raise
-    finally:
         if progress is not None:
-            progress.stop()
-    return SweepRun(
-        path=directory.path,
-        points=grid.total,
-        parts=parts,
-        computed=tuple(computed),
-        skipped=skipped,
-    )
+            progress.start()
+            progress.update(
+                progress.task_ids[0],
+                completed=sum(rows_of[j] for j in range(parts) if j not in todo),
+            )
+        try:
+            pipeline(mine, write)
+        except BaseException as e:
+            e.add_note(
+                f"sweep into {directory.path}: process {rank} of {size} stopped after writing "
+                f"{len(computed)} of its {len(mine)} parts; every finished part is kept. Run the "
+                "same sweep again with resume=True (--resume) to compute only what is missing."
+            )
+            raise
+        finally:
+            if progress is not None:
+                progress.stop()
+        return SweepRun(
+            path=directory.path,
+            points=grid.total,
+            parts=parts,
+            computed=tuple(computed),
+            skipped=skipped,
+        )
 
 
 def _dummy(names) -> dict:

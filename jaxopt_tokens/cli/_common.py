@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ __all__ = [
     "random_seed",
     "add_server_options",
     "server_from_args",
+    "path_arg",
     "refuse_unstable_server",
     "step_time_pair",
     "non_negative_float",
@@ -95,6 +97,14 @@ def add_force_option(p: argparse.ArgumentParser) -> None:
         help="replace existing output files (without it, an existing file or a non-empty "
         "output directory is refused)",
     )
+
+
+def path_arg(text: str) -> Path:
+    """An argparse `type` for a path: refuses the empty string (which `Path` would read as
+    the current directory)."""
+    if text == "":
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
 
 
 def positive_float(text: str) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,7 +22,7 @@ from .. import (
     with_simulated_tail,
     write_sweep,
 )
-from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
+from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload, path_arg
 from ._output import Outputs
 
 
@@ -80,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         required=True,
-        type=Path,
+        type=path_arg,
         metavar="DIR",
         help="the sweep's directory: a Parquet dataset (one part file per chunk, written as it "
         "computes) that jt.read_sweep, pandas, pyarrow or DuckDB read",
@@ -128,12 +127,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--from",
         dest="from_sweep",
-        type=Path,
+        type=path_arg,
         metavar="SWEEP_DIR",
         help="read the optimal points from a sweep directory with an alpha grid (only the "
         "columns a frontier needs) instead of solving",
     )
-    f.add_argument("--out", required=True, type=Path, metavar="DIR")
+    f.add_argument("--out", required=True, type=path_arg, metavar="DIR")
     add_force_option(f)
     f.add_argument(
         "--simulate-tail",
@@ -149,11 +148,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "figures", help="all figures for a workload (Fig. 3, Fig. 4, heatmaps, frontier)"
     )
     add_workload_options(g)
-    g.add_argument("--out", required=True, type=Path, metavar="DIR")
+    g.add_argument("--out", required=True, type=path_arg, metavar="DIR")
     g.add_argument(
         "--from",
         dest="from_sweep",
-        type=Path,
+        type=path_arg,
         metavar="SWEEP_DIR",
         help="draw the heatmaps from a sweep directory over arrival_rate and alpha",
     )
