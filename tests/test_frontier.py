@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import (
     assert_refused,
+    run_cli,
 )
 
 import jaxopt_tokens as jt
@@ -93,3 +94,24 @@ def test_cli_frontier_with_simulated_tail(tmp_path, capsys):
     assert {"sim_mean_system_time", "sim_p95_system_time", "sim_p99_system_time"} <= set(df.columns)
     assert np.all(df["sim_p99_system_time"] >= df["sim_p95_system_time"])
     assert main(["frontier", "--out", str(tmp_path), "--points", "4", "--simulate-tail", "1"]) == 2
+
+
+def test_frontier_from_a_sweep_uses_its_own_workload_and_refuses_a_2d_sweep(tmp_path):
+    """S5: `frontier --from` drew a 2-D sweep as one zig-zag line against a uniform curve at
+    another arrival rate, and ignored --points."""
+    grid2 = ["--alpha", "1:100:12", "--arrival-rate", "0.01:0.2:3", "--quiet"]
+    assert run_cli(["sweep", *grid2, "--chunk-size", "12", "--out", tmp_path / "two"])[0] == 0
+    argv = ["frontier", "--from", tmp_path / "two", "--out", tmp_path / "f2"]
+    assert_refused(argv, "alpha alone")
+    one = ["--alpha", "1:100:12", "--arrival-rate", "0.3", "--quiet", "--chunk-size", "12"]
+    assert run_cli(["sweep", *one, "--out", tmp_path / "one"])[0] == 0
+    for flag in (["--arrival-rate", "0.3"], ["--points", "5"]):
+        argv = ["frontier", "--from", tmp_path / "one", "--out", tmp_path / "f", *flag]
+        assert_refused(argv, flag[0])
+    assert run_cli(["frontier", "--from", tmp_path / "one", "--out", tmp_path / "f"])[0] == 0
+    optimal = pd.read_csv(tmp_path / "f" / "frontier_optimal.csv", comment="#")
+    uniform = pd.read_csv(tmp_path / "f" / "frontier_uniform.csv")
+    assert len(optimal) == 12 and set(optimal["arrival_rate"]) == {0.3}
+    w = jt.default_workload().replace(arrival_rate=0.3)
+    _, et, _ = jt.uniform_curve(w)
+    np.testing.assert_allclose(uniform["mean_system_time"], et, rtol=1e-9)  # at the sweep's rate

@@ -470,8 +470,14 @@ def write_sweep(df, path: str | Path) -> list[Path]:
 
 
 def read_sweep_metadata(path: str | Path) -> dict:
-    """The metadata `write_sweep` stored in a .csv or .parquet file."""
+    """The metadata `write_sweep` stored in a .csv or .parquet file, or the manifest of a
+    sweep directory (`sweep(..., out=DIR)`), checked: `InputError` when it is neither."""
     path = Path(path)
+    if path.is_dir():
+        manifest = SweepDirectory(path).manifest()
+        if manifest is None:
+            raise InputError(f"{path}: not a sweep directory (no _manifest.json)")
+        return manifest
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 

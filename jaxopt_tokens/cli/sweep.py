@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,10 +17,12 @@ from .. import (
     figure_names,
     frontier_by_alpha,
     read_sweep,
+    read_sweep_metadata,
     save_figure,
     sweep,
     uniform_curve,
     with_simulated_tail,
+    workload_from_dict,
     write_sweep,
 )
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload, path_arg
@@ -123,7 +126,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "frontier", help="accuracy vs mean system time frontier (alpha swept) vs uniform budgets"
     )
     add_workload_options(f)
-    f.add_argument("--points", type=int_at_least(2), default=1000, metavar="N")
+    f.add_argument(
+        "--points",
+        type=int_at_least(2),
+        metavar="N",
+        help="alphas on the frontier (default 1000; with --from, the sweep's own)",
+    )
     f.add_argument(
         "--from",
         dest="from_sweep",
@@ -263,14 +271,21 @@ def run_frontier(args: argparse.Namespace) -> int:
         "frontier.png",
         "frontier.svg",
     )
+    if args.from_sweep is not None:
+        _refuse_with_from(args)
     with Outputs(args.force) as outputs, loaded_workload(args) as w:
         staging = outputs.directory(args.out, "--out", owned=owned)
+        if args.from_sweep is not None:  # the sweep's own workload, at its own points
+            w, points = _sweep_workload(args.from_sweep), None
+        else:
+            points = 1000 if args.points is None else args.points
         converged_optimum(w)
-        df = frontier_by_alpha(args.from_sweep or w, args.points)
+        df = frontier_by_alpha(args.from_sweep or w, points or 1000)
+        points = points or len(df)
         if args.simulate_tail:
             df = with_simulated_tail(df, w, num_queries=args.simulate_tail)
         uniform = uniform_curve(w)
-        fig = figure_frontier(w, args.points, frontier=df, uniform=uniform)
+        fig = figure_frontier(w, points, frontier=df, uniform=uniform)
         write_sweep(df, staging / "frontier_optimal")
         budgets, et, acc = uniform
         pd.DataFrame({"budget": budgets, "mean_system_time": et, "accuracy": acc}).to_csv(
@@ -281,6 +296,42 @@ def run_frontier(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _refuse_with_from(args: argparse.Namespace) -> None:
+    """`frontier --from DIR` draws the sweep's own workload and points: flags that would
+    describe another are refused, not ignored."""
+    for flag, value in (
+        ("--workload", args.workload),
+        ("--arrival-rate", args.arrival_rate),
+        ("--alpha", getattr(args, "alpha", None)),
+        ("--max-tokens", args.max_tokens),
+        ("--points", args.points),
+    ):
+        if value is not None:
+            raise InputError(
+                f"{flag}: --from draws the sweep's own workload and points; leave it out"
+            )
+
+
+def _sweep_workload(path):
+    """The base workload a sweep directory records, refusing sweeps that are not a frontier:
+    a frontier is drawn along alpha at one operating point."""
+    if not Path(path).is_dir():
+        raise InputError(f"--from {path}: not a sweep directory")
+    manifest = read_sweep_metadata(path)
+    grids = manifest["grids"]
+    varied = [g for g, spec in grids.items() if spec.get("size") != 1]
+    if "alpha" not in grids or varied not in ([], ["alpha"]):
+        raise InputError(
+            f"--from {path}: a frontier needs a sweep over alpha alone; this one varies "
+            f"{varied} (draw heatmaps of a 2-D sweep with `figures --from`)"
+        )
+    data = manifest["workload"]
+    for field, spec in grids.items():  # a one-value grid is part of the operating point
+        if field != "alpha" and "__" not in field and spec.get("values"):
+            data = {**data, field: spec["values"][0]}
+    return workload_from_dict(data, source=str(path))
 
 
 def run_figures(args: argparse.Namespace) -> int:
