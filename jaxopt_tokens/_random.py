@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
 
+from ._validate import check_int, check_memory
 from ._workload import Workload
 
 __all__ = ["random_workloads"]
@@ -38,6 +39,13 @@ def random_workloads(
     the dtype's smallest normal number, `alpha = 1e12`, a tiny `c`, a huge `b`, or `A = 0`
     on some tasks. Every member stays valid.
     """
+    num = check_int("num", num, 1)
+    num_tasks = check_int("num_tasks", num_tasks, 1)
+    check_memory(
+        8.0 * 12 * num * num_tasks,
+        f"{num:,} random workloads of {num_tasks:,} tasks",
+        "draw fewer at a time",
+    )
     dtype = dtype or jnp.result_type(float)
     ks = jax.random.split(key, 9)
     shape = (num, num_tasks)

@@ -92,6 +92,8 @@ def plan_replicas(
         if value is not None and not (number and math.isfinite(value) and value > 0):
             raise InputError(f"{name}: a positive number of seconds, got {value!r}")
     max_replicas = check_int("max_replicas", max_replicas, 1)
+    num_queries = check_int("num_queries", num_queries, 2)
+    num_replications = check_int("num_replications", num_replications, 1)
     check_key(key)
     rows: list[ReplicaCount] = []
     chosen: ReplicaCount | None = None

@@ -601,9 +601,12 @@ def simulate_batching(
     queues = model.replicas if model.pooled else 0  # routed_trajectory's per-replica queues
     check_memory(
         8.0 * flat.shape[0] * num_queries * (6 + queues)
-        + 8.0 * flat.shape[0] * cap * 4 * max(queues, 1),
-        f"simulating {flat.shape[0]} policies x {num_queries} queries",
-        "simulate fewer policies or queries at once",
+        + 8.0 * flat.shape[0] * cap * 4 * max(queues, 1)
+        # the statistics kept per replication: a dozen numbers, one per task, the histogram
+        + 8.0 * flat.shape[0] * num_replications * (16 + w.num_tasks + cap),
+        f"simulating {flat.shape[0]} policies x {num_queries} queries x {num_replications} "
+        "replications",
+        "simulate fewer policies, queries or replications at once",
     )
     key = jax.random.PRNGKey(0) if key is None else key
     load = np.asarray(model.load(flat, w))

@@ -111,6 +111,10 @@ def sample_query_stream(
     `service_cv` is a scalar or one value per task type: the coefficient of variation of the
     service time of that type (0 gives the paper's deterministic $t_k(l_k)$).
     """
+    num_queries = check_int("num_queries", num_queries, 1)
+    check_memory(
+        8.0 * 4 * num_queries, f"a stream of {num_queries:,} queries", "draw fewer queries"
+    )
     dtype = w.dtype
     k_arr, k_type, k_noise, k_correct = (jax.random.fold_in(key, s) for s in range(4))
     gaps = jax.random.exponential(k_arr, (num_queries,), dtype) / w.arrival_rate
@@ -453,16 +457,21 @@ def simulate_server(
     num_queries = check_int("num_queries", num_queries, 2)
     num_replications = check_int("num_replications", num_replications, 1)
     capacity = check_int("capacity", capacity, 2)
+    # never more present than simulated: a larger capacity changes nothing but the memory
+    capacity = min(capacity, max(num_queries, 2))
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
     check_key(key)
     # one replication at a time: about a dozen arrays of num_queries values per policy batch
     per_batch = min(
         max(1, tok.size // max(w.num_tasks, 1)), max(1, MAX_BATCH_ELEMENTS // num_queries)
     )
+    policies = max(1, tok.size // max(w.num_tasks, 1))
     check_memory(
-        16.0 * 8 * num_queries * per_batch,
-        f"simulating {num_queries:,} queries",
-        "use fewer queries per replication and more replications",
+        16.0 * 8 * num_queries * per_batch
+        # the statistics kept per replication: a dozen numbers and one per task, per policy
+        + 8.0 * policies * num_replications * (16 + w.num_tasks),
+        f"simulating {num_queries:,} queries x {num_replications:,} replications",
+        "use fewer queries or replications",
     )
     service_cv = getattr(model, "service_cv", 0.0)  # every single-server model has one
     _check(w, tok, num_queries, num_replications, warmup, service_cv)

@@ -12,6 +12,7 @@ from .._errors import InputError
 from .._integer import integer_lower_bound, paper_integer_lower_bound
 from .._objective import objective
 from .._solver.solve import solve
+from .._validate import check_int
 from .._workload import Workload
 from .dataset import SweepDirectory, read_sweep
 from .frontier import frontier_by_alpha, uniform_curve
@@ -165,6 +166,7 @@ def figure_frontier(w: Workload, points: int = 1000, frontier=None, uniform=None
     when not given."""
     import matplotlib.pyplot as plt
 
+    points = check_int("points", points, 2)
     df = frontier_by_alpha(w, points) if frontier is None else frontier
     ok = df["status"] == "converged"
     _, et_u, acc_u = uniform_curve(w) if uniform is None else uniform

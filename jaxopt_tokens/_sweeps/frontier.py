@@ -17,6 +17,7 @@ import numpy as np
 from .._errors import InputError
 from .._objective import mean_accuracy, mean_system_time
 from .._queue.simulation import simulate
+from .._validate import check_int, check_memory
 from .._workload import Workload
 from .dataset import MANIFEST, SweepDirectory, read_sweep
 from .sweep import sweep
@@ -52,6 +53,8 @@ def frontier_by_alpha(
     the other grids."""
     if isinstance(w, (str, Path)):
         return _from_dataset(w, "alpha")
+    points = check_int("points", points, 1)
+    check_memory(8.0 * 64 * points, f"a frontier of {points:,} points", "use fewer points")
     return sweep(w, alpha=np.geomspace(alpha_range[0], alpha_range[1], points), quiet=quiet)
 
 
@@ -61,6 +64,8 @@ def frontier_by_arrival_rate(w: Workload | str | Path, points: int = 200, quiet:
     `w` may also be a sweep directory with an `arrival_rate` grid (see `frontier_by_alpha`)."""
     if isinstance(w, (str, Path)):
         return _from_dataset(w, "arrival_rate")
+    points = check_int("points", points, 1)
+    check_memory(8.0 * 64 * points, f"a frontier of {points:,} points", "use fewer points")
     limit = 1.0 / float(jnp.sum(w.share * w.t0))
     return sweep(w, arrival_rate=np.linspace(0.01 * limit, 0.98 * limit, points), quiet=quiet)
 

@@ -36,6 +36,7 @@ import numpy as np
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .._errors import InputError
+from .._files import read_text
 from .._integer import integer_budgets
 from .._io import workload_to_dict
 from .._objective import mean_accuracy, mean_system_time, mean_wait, utilization
@@ -478,9 +479,26 @@ def read_sweep_metadata(path: str | Path) -> dict:
         if manifest is None:
             raise InputError(f"{path}: not a sweep directory (no _manifest.json)")
         return manifest
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
 
-        return json.loads(pq.read_schema(path).metadata[b"jaxopt_tokens"])
-    first = path.open().readline()
-    return json.loads(first.split("metadata: ", 1)[1])
+            if not path.is_file():
+                raise InputError(f"{path}: not a file")
+            raw = (pq.read_schema(path).metadata or {}).get(b"jaxopt_tokens")
+            if raw is None:
+                raise InputError(f"{path}: no jaxopt_tokens metadata (not written by write_sweep)")
+            data = json.loads(raw)
+        else:
+            first = read_text(path, "sweep CSV").partition("\n")[0]
+            if "metadata: " not in first:
+                raise InputError(f"{path}: no metadata line (not written by write_sweep)")
+            data = json.loads(first.split("metadata: ", 1)[1])
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 (damaged JSON or Parquet: pyarrow has its own types)
+        why = " ".join(str(e).split())[:120]
+        raise InputError(f"{path}: unreadable sweep metadata ({why})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: the sweep metadata is not a JSON object")
+    return data

@@ -25,6 +25,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from .._objective import objective, service_moments
 from .._solver.aggregate import unclipped_budgets
 from .._solver.solve import solve
+from .._validate import check_int, check_memory
 from .._workload import Workload
 
 __all__ = ["TaskPool", "CurveModel", "synthetic_task_pool", "train_router", "realised_objective"]
@@ -80,6 +81,11 @@ def synthetic_task_pool(
     Gaussian noise of scale `noise`. A linear model cannot represent these curves exactly, which is
     the regime where fitting for decisions and fitting for accuracy of the parameters differ.
     """
+    num_types = check_int("num_types", num_types, 1)
+    num_features = check_int("num_features", num_features, 1, 1 << 12)
+    check_memory(
+        8.0 * num_types * (num_features + 16), f"{num_types:,} task types", "draw fewer types"
+    )
     dtype = dtype or jnp.result_type(float)
     ks = jax.random.split(key, 10)
     x = jax.random.normal(ks[0], (num_types, num_features), dtype)

@@ -31,6 +31,7 @@ import numpy as np
 
 from .._errors import InputError
 from .._files import parse_number, read_text
+from .._validate import check_int, check_memory
 from ._allocate import allocate
 from ._baselines import BASELINES, oracle_allocation
 
@@ -187,6 +188,9 @@ def sample_stream(pool: Pool, stream: str, size: int = 500, seed: int = 0) -> Po
     (with replacement within a tier only if the tier is smaller than its share)."""
     if stream not in STREAMS:
         raise InputError(f"stream: must be one of {', '.join(STREAMS)}, got {stream!r}")
+    size = check_int("size", size, 1)
+    check_memory(8.0 * 8 * size, f"a stream of {size:,} queries", "draw a smaller stream")
+    seed = check_int("seed", seed, 0, 2**32 - 1)
     rng = np.random.default_rng(seed)
     shares = np.asarray(STREAMS[stream])
     counts = np.floor(shares * size).astype(int)

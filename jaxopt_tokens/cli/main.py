@@ -8,6 +8,7 @@ Bad input (`InputError`) becomes a one-line message and exit code 2, never a tra
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 
@@ -48,9 +49,26 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"jaxopt-tokens: {category.__name__}: {text}", file=file or sys.stderr)
 
 
+_NEGATIVE_LIST = re.compile(r"^-\.?\d[^,]*(,.*)$")
+
+
+def _attach_negative_lists(argv: list[str]) -> list[str]:
+    """`--step-time -1,0.0005` as `--step-time=-1,0.0005`: argparse takes a value that starts
+    with '-' and is not a plain number for an option, and the user would see only 'expected
+    one argument' instead of what is wrong with the value."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_LIST.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(_attach_negative_lists([str(a) for a in argv]))
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # restored when the command ends

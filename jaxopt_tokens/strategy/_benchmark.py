@@ -31,8 +31,8 @@ import numpy as np
 from jax.scipy.special import gammaln
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._errors import InputError
 from .._io import default_workload
+from .._validate import check_int, check_memory
 from ._probe import AccuracyProbe, train_probe
 from ._select import Table, default_table, select, select_queueing
 
@@ -109,8 +109,14 @@ def synthetic_queries(
 
     Use the same `rotation_key` for train and test sets (the feature map must be shared).
     """
-    if num_queries < 1 or num_features < 1 or samples_per_label < 1:
-        raise InputError("num_queries, num_features, samples_per_label: must all be >= 1")
+    num_queries = check_int("num_queries", num_queries, 1)
+    num_features = check_int("num_features", num_features, 1, 1 << 12)
+    samples_per_label = check_int("samples_per_label", samples_per_label, 1, 1 << 12)
+    check_memory(
+        8.0 * num_queries * (num_features + 4 * samples_per_label + 16),
+        f"{num_queries:,} synthetic queries",
+        "draw fewer queries",
+    )
     rotation_key = jax.random.key(12345) if rotation_key is None else rotation_key
     return _synthetic_queries(
         key,

@@ -18,7 +18,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._errors import InputError
-from .._validate import as_float_array, check_finite, check_probability
+from .._validate import as_float_array, check_finite, check_int, check_probability
 
 __all__ = ["AccuracyProbe", "train_probe", "probe_log_loss", "soft_log_loss"]
 
@@ -138,10 +138,10 @@ def train_probe(
     """
     x, p, y = _validate_training(features, strategy_params, soft_labels, holdout_fraction)
     n, d = x.shape
-    if int(steps) < 1:
-        raise InputError(f"steps: must be >= 1, got {steps}")
-    if int(width) < 1:
-        raise InputError(f"width: must be >= 1, got {width}")
+    steps = check_int("steps", steps, 1)
+    width = check_int("width", width, 1, 1 << 16)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size, 1)
     n_hold = max(1, int(round(holdout_fraction * n)))
     if n - n_hold < 1:
         raise InputError("holdout_fraction: leaves no training queries")

@@ -1,0 +1,330 @@
+"""The fuzz suite: every command and every public function that reads a file or takes a
+user's size is driven with arbitrary input (hypothesis), and a meta-test refuses a new
+surface that has no such test.
+
+The contract under fuzz: a command exits 0, 1 (`solve`/`tune` printed a result that did not
+converge) or 2 with one line on stderr, never a traceback, and its `--format json` is strict;
+a function returns or raises `InputError` (never another exception, a NaN size, a hang or an
+allocation that cannot fit: sizes are checked before anything is allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+
+import jax
+import numpy as np
+from conftest import FAST, run_cli, strict_loads, table1_measurements
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jaxopt_tokens as jt
+from jaxopt_tokens import clear, strategy
+from jaxopt_tokens.cli import build_parser
+
+FIXTURES = [HealthCheck.function_scoped_fixture]
+
+# ------------------------------------------------------------------------------ commands
+
+#: every command that reads a file, and how to hand it one
+FILE_COMMANDS = {
+    "solve": lambda p: ["solve", "--workload", p, "--format", "json"],
+    "tune": lambda p: ["tune", "--target-latency", "2", "--workload", p, "--format", "json"],
+    "sweep": lambda p: ["sweep", "--alpha", "1,2", "--quiet", "--workload", p, "--out", "OUT"],
+    "frontier": lambda p: ["frontier", "--from", p, "--out", "OUT"],
+    "figures": lambda p: ["figures", "--from", p, "--out", "OUT"],
+    "fit": lambda p: ["fit", p, "--format", "json"],
+    "simulate": lambda p: ["simulate", *FAST, "--tokens", p, "--format", "json"],
+    "export": lambda p: ["export", "--tokens", p],
+    "budget": lambda p: ["budget", "--budget", "1000", "--thresholds", p, "--format", "json"],
+    "evaluate-budget": lambda p: ["evaluate-budget", "--pool", p, "--format", "json"],
+    "fit-server": lambda p: ["fit-server", p, "--format", "json"],
+    "plan": lambda p: [
+        *("plan", "--step-time", "0.02,0.0005", "--target-latency", "20"),
+        *("--max-replicas", "2", "--num-queries", "200", "--num-replications", "2"),
+        *("--workload", p, "--format", "json"),
+    ],
+}
+
+#: every command, with the flags that make one run cheap; arbitrary flags are added to them
+FLAG_COMMANDS = {
+    "solve": [],
+    "tune": ["--target-latency", "2"],
+    "sweep": ["--quiet", "--out", "OUT"],
+    "frontier": ["--out", "OUT"],
+    "figures": ["--out", "OUT"],
+    "fit": ["MEASUREMENTS"],
+    "simulate": FAST,
+    "export": [],
+    "budget": ["--thresholds", "THRESHOLDS"],
+    "evaluate-budget": [],
+    "fit-server": ["STEPTIMES"],
+    "plan": ["--step-time", "0.02,0.0005", "--target-latency", "20", "--num-queries", "200"],
+}
+
+FLAGS = st.lists(
+    st.sampled_from(
+        [
+            *("--seed", "-1", "0", "1e99", "--points", "--num-queries", "--num-replications"),
+            *("--alpha", "--arrival-rate", "--max-tokens", "nan", "inf", "-inf", "", "1:2:0"),
+            *("--format", "json", "--level", "2", "--service-cv", "-0.5", "--discipline", "ps"),
+            *("--server", "batching", "--step-time", "0,1e-300", "-1,2", "--max-batch", "10"),
+            *("--replicas", "1000000000", "--chunk-size", "--budget", "--max-replicas", "3"),
+            *("--engine", "sglang", "--conservative", "0.5", "--simulate-tail", "True"),
+        ]
+    ),
+    max_size=6,
+)
+
+
+def _check_cli(argv, rc, out, err):
+    assert rc in (0, 1, 2), (argv, rc, err)
+    assert "Traceback" not in err, (argv, err)
+    if rc == 2:
+        assert len(err.strip().splitlines()) == 1, (argv, err)
+    elif rc == 0 and "json" in argv and out.strip() and "-o" not in argv:
+        strict_loads(out)
+
+
+def _argv(tmp_path, words, path=None):
+    """Fill the placeholders of a command line (files that exist, a fresh output)."""
+    thresholds = tmp_path / "thresholds.csv"
+    thresholds.write_text("threshold\n100\n400\n")
+    steps = tmp_path / "steps.csv"
+    steps.write_text("concurrency,tpot_ms\n1,20\n4,22\n16,28\n")
+    fill = {
+        "OUT": tmp_path / "out",
+        "MEASUREMENTS": table1_measurements(tmp_path),
+        "THRESHOLDS": thresholds,
+        "STEPTIMES": steps,
+    }
+    return [fill.get(w, w) if isinstance(w, str) else w for w in words]
+
+
+@settings(max_examples=48, deadline=None, suppress_health_check=FIXTURES)
+@given(command=st.sampled_from(sorted(FILE_COMMANDS)), data=st.binary(max_size=200))
+def test_arbitrary_file_bytes_never_give_a_traceback(tmp_path, command, data):
+    path = tmp_path / "input.dat"
+    path.write_bytes(data)
+    argv = _argv(tmp_path, FILE_COMMANDS[command](path))
+    _check_cli(argv, *run_cli(argv))
+
+
+TEXT_FILES = st.one_of(
+    st.text(max_size=120),
+    st.builds(
+        lambda rows: (
+            "task,budget,n_correct,n_total,latency\n" + "\n".join(",".join(r) for r in rows)
+        ),
+        st.lists(
+            st.lists(
+                st.sampled_from(["GSM8K", "0", "10", "-1", "1e308", "nan", "x", ""]),
+                min_size=5,
+                max_size=5,
+            ),
+            max_size=6,
+        ),
+    ),
+    st.builds(
+        lambda v: json.dumps(v),
+        st.one_of(
+            st.lists(st.one_of(st.floats(), st.integers(), st.booleans()), max_size=7),
+            st.dictionaries(
+                st.sampled_from(["max_concurrency", "median_tpot_ms", "mean_tpot_ms", "tasks"]),
+                st.one_of(st.none(), st.floats(), st.integers(), st.text(max_size=3)),
+                max_size=4,
+            ),
+        ),
+    ),
+)
+
+
+@settings(max_examples=48, deadline=None, suppress_health_check=FIXTURES)
+@given(command=st.sampled_from(sorted(FILE_COMMANDS)), text=TEXT_FILES)
+def test_arbitrary_text_files_never_give_a_traceback(tmp_path, command, text):
+    path = tmp_path / "input.txt"
+    path.write_text(text)
+    argv = _argv(tmp_path, FILE_COMMANDS[command](path))
+    _check_cli(argv, *run_cli(argv))
+
+
+@settings(max_examples=48, deadline=None, suppress_health_check=FIXTURES)
+@given(command=st.sampled_from(sorted(FLAG_COMMANDS)), flags=FLAGS)
+def test_arbitrary_flags_never_give_a_traceback(tmp_path, command, flags):
+    argv = _argv(tmp_path, [command, *FLAG_COMMANDS[command], *flags])
+    _check_cli(argv, *run_cli(argv))
+
+
+# ------------------------------------------------------------------------------ the API
+
+BYTES_OR_TEXT = st.one_of(st.binary(max_size=160), st.text(max_size=160).map(str.encode))
+
+
+def _w():
+    return jt.default_workload()
+
+
+#: every public function that reads a file: how to call it on one
+FILE_FUNCTIONS = {
+    "load_workload": lambda p: jt.load_workload(p),
+    "read_text": lambda p: jt.read_text(p, "fuzz"),
+    "read_measurements": lambda p: jt.read_measurements(p),
+    "read_request_log": lambda p: jt.read_request_log(p, _w().task_names),
+    "read_step_times": lambda p: jt.read_step_times(p),
+    "fit_step_time": lambda p: jt.fit_step_time(p),
+    "load_tokens": lambda p: jt.load_tokens(p, _w()),
+    "read_sweep": lambda p: jt.read_sweep(p),
+    "read_sweep_metadata": lambda p: jt.read_sweep_metadata(p),
+    "clear.load_pool": lambda p: clear.load_pool(p),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES)
+@given(
+    name=st.sampled_from(sorted(FILE_FUNCTIONS)),
+    data=BYTES_OR_TEXT,
+    suffix=st.sampled_from([".toml", ".json", ".csv", ".parquet", ".jsonl", ""]),
+)
+def test_file_readers_return_or_raise_input_error(tmp_path, name, data, suffix):
+    path = tmp_path / f"input{suffix}"
+    path.write_bytes(data)
+    try:
+        FILE_FUNCTIONS[name](path)
+    except jt.InputError:
+        pass
+
+
+SIZES = st.sampled_from([-1, 0, 1, 2, 3, 2.5, 10**15, True, "3", None, float("nan"), 1e300])
+
+
+#: every public function that takes a user's size, and how to call it with one drawn size
+SIZE_FUNCTIONS = {
+    "random_workloads": lambda n: jt.random_workloads(jax.random.key(0), n, 3),
+    "random_workloads.num_tasks": lambda n: jt.random_workloads(jax.random.key(0), 2, n),
+    "simulate": lambda n: jt.simulate(_w(), np.zeros(6), n, 2),
+    "simulate.num_replications": lambda n: jt.simulate(_w(), np.zeros(6), 200, n),
+    "simulate.capacity": lambda n: jt.simulate(
+        _w(), np.zeros(6), 200, 2, model=jt.ProcessorSharing(), capacity=n
+    ),
+    "simulate_batching": lambda n: jt.simulate_batching(
+        _w(), np.zeros(6), jt.ContinuousBatching(), n, 2
+    ),
+    "simulate_batching.num_replications": lambda n: jt.simulate_batching(
+        _w(), np.zeros(6), jt.ContinuousBatching(), 200, n
+    ),
+    "simulate_batching.slots": lambda n: jt.simulate_batching(
+        _w(), np.zeros(6), jt.ContinuousBatching(), 200, 2, slots=n
+    ),
+    "simulate.slots": lambda n: jt.simulate(
+        _w(), np.zeros(6), 200, 2, model=jt.ContinuousBatching(), slots=n
+    ),
+    "plan_replicas": lambda n: jt.plan_replicas(
+        _w(), jt.ContinuousBatching(), 20.0, max_replicas=n, num_queries=200, num_replications=2
+    ),
+    "plan_replicas.num_queries": lambda n: jt.plan_replicas(
+        _w(), jt.ContinuousBatching(), 20.0, target_p95=40.0, num_queries=n, num_replications=2
+    ),
+    "plan_replicas.num_replications": lambda n: jt.plan_replicas(
+        _w(), jt.ContinuousBatching(), 20.0, target_p95=40.0, num_queries=200, num_replications=n
+    ),
+    "sample_query_stream": lambda n: jt.sample_query_stream(jax.random.key(0), _w(), n),
+    "sweep": lambda n: jt.sweep(_w(), alpha=[1.0, 2.0], chunk_size=n, quiet=True),
+    "frontier_by_alpha": lambda n: jt.frontier_by_alpha(_w(), n),
+    "frontier_by_arrival_rate": lambda n: jt.frontier_by_arrival_rate(_w(), n),
+    "with_simulated_tail": lambda n: jt.with_simulated_tail(
+        jt.frontier_by_alpha(_w(), 2), _w(), num_queries=n, num_replications=2
+    ),
+    "with_simulated_tail.num_replications": lambda n: jt.with_simulated_tail(
+        jt.frontier_by_alpha(_w(), 2), _w(), num_queries=200, num_replications=n
+    ),
+    "figure_frontier": lambda n: jt.figure_frontier(_w(), n),
+    "synthetic_task_pool": lambda n: jt.synthetic_task_pool(jax.random.key(0), n),
+    "clear.sample_stream": lambda n: clear.sample_stream(clear.default_pool(), "Balanced", n),
+    "strategy.synthetic_queries": lambda n: strategy.synthetic_queries(
+        jax.random.key(0), n, strategy.default_table()
+    ),
+    "strategy.train_probe": lambda n: strategy.train_probe(
+        jax.random.key(0),
+        np.zeros((8, 2)),
+        np.zeros((2, 1)),
+        np.full((8, 2), 0.5),
+        steps=2,
+        batch_size=n,
+    ),
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(sorted(SIZE_FUNCTIONS)), size=SIZES)
+def test_sizes_are_checked_before_anything_is_allocated(name, size):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        SIZE_FUNCTIONS[name](size)
+    except jt.InputError:
+        pass
+
+
+# ------------------------------------------------------------------------------ the rule
+
+SIZE_PARAMETERS = {
+    "num",
+    "num_tasks",
+    "num_queries",
+    "num_replications",
+    "num_types",
+    "size",
+    "points",
+    "chunk_size",
+    "max_replicas",
+    "slots",
+    "capacity",
+    "batch_size",
+}
+
+
+def _public_functions():
+    for prefix, module in (("", jt), ("clear.", clear), ("strategy.", strategy)):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj):
+                yield prefix + name, obj
+
+
+def _reads_a_file(name: str, fn) -> bool:
+    params = inspect.signature(fn).parameters
+    short = name.split(".")[-1]
+    return short.startswith(("read_", "load_")) or (
+        not short.startswith(("write_", "dump_", "save_", "plot_"))  # these write files
+        and bool({"path", "paths", "sources"} & set(params))
+    )
+
+
+def test_every_surface_has_its_fuzz():
+    """A new command, or a new public function that reads a file or takes a size, fails
+    here until the fuzz tests above drive it."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = set(sub.choices)
+    assert commands <= set(FLAG_COMMANDS), f"no flags fuzz for {commands - set(FLAG_COMMANDS)}"
+    readers = {
+        name
+        for name, p in sub.choices.items()
+        for a in p._actions
+        if a.dest in ("workload", "from_sweep", "measurements", "tokens", "thresholds", "pool")
+        or a.dest in ("files", "uncertainty", "shares")
+    }
+    assert readers <= set(FILE_COMMANDS), f"no file fuzz for {readers - set(FILE_COMMANDS)}"
+    missing_files, missing_sizes = [], []
+    for name, fn in _public_functions():
+        if _reads_a_file(name, fn) and name not in FILE_FUNCTIONS:
+            missing_files.append(name)
+        params = [p for p in inspect.signature(fn).parameters if p in SIZE_PARAMETERS]
+        for i, size in enumerate(params):  # the plain entry draws the first size argument
+            if f"{name}.{size}" not in SIZE_FUNCTIONS and not (i == 0 and name in SIZE_FUNCTIONS):
+                missing_sizes.append(f"{name}({size})")
+    assert not missing_files, f"file readers without a fuzz test: {missing_files}"
+    assert not missing_sizes, f"size arguments without a fuzz test: {missing_sizes}"
