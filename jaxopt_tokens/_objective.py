@@ -7,6 +7,7 @@ mean wait is `+inf` and J is `-inf`; gradients there are zero, never NaN ("doubl
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -64,9 +65,24 @@ def mean_system_time(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, 
     return pk_wait(w.arrival_rate, m1, m2) + m1
 
 
+@jax.custom_jvp
+def _saturation(x):
+    """$1 - e^{-x}$, accurate for small x (`expm1`) and with the derivative $e^{-x}$ itself:
+    JAX's rule for `expm1` differentiates as `expm1(-x) + 1`, which cancels for large x (a
+    relative error of eps / e^{-x}, 1e-7 at x = 23) and would corrupt gradients and the
+    certificate of budgets deep in the flat part of a curve."""
+    return -jnp.expm1(-x)
+
+
+@_saturation.defjvp
+def _saturation_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return _saturation(x), jnp.exp(-x) * dx
+
+
 def task_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
     """Per-type accuracy $p_k = A_k (1 - e^{-b_k l_k}) + D_k$, eq. (2)."""
-    return -w.A * jnp.expm1(-w.b * tokens) + w.D
+    return w.A * _saturation(w.b * tokens) + w.D
 
 
 def mean_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:

@@ -332,3 +332,40 @@ def test_a_batching_server_unstable_at_zero_tokens_is_refused_in_one_line():
     """U4: refused like the M/G/1 server's workload, naming the capacity."""
     argv = ["solve", "--server", "batching", "--step-time", "0.02,0.0005", "--arrival-rate", "8"]
     assert_refused(argv, "unstable even with zero reasoning tokens", "7.8125")
+
+
+def test_a_negative_step_time_is_named_not_taken_for_an_option():
+    """U6: `--step-time -1,0.0005` read as an option gave 'expected one argument'."""
+    argv = ["solve", "--server", "batching", "--step-time", "-1,0.0005"]
+    assert_refused(argv, "tau0 must be finite and >= 0")
+
+
+@pytest.mark.parametrize(
+    "step_time, alpha, settings",
+    [
+        ((0.0, 1e-300), 30.0, {}),  # F1: a step time far below the token scale
+        (TAU, 1e12, {}),  # F1: optima within a few percent of capacity
+        (TAU, 1e15, {}),
+        (TAU, 1e8, {"replicas": 4, "routing": "shortest_queue"}),
+        (TAU, 1e20, {"replicas": 4, "routing": "shortest_queue"}),
+        (TAU, 1e12, {"max_batch": 64}),  # started inside the limited server's capacity
+    ],
+)
+def test_heavy_weights_and_tiny_steps_converge(table1, step_time, alpha, settings):
+    """F1: budgets deep in the flat part of a curve (b l ~ 20) certified wrongly, because the
+    derivative of expm1 lost its relative precision there; the solves stalled at residuals
+    of 1e-8 to 1."""
+    m = jt.ContinuousBatching(step_time=step_time, **settings)
+    sol = jt.solve(table1.replace(alpha=alpha), model=m)
+    assert int(sol.status) == jt.Status.CONVERGED, (float(sol.residual), int(sol.iterations))
+    assert float(m.load(sol.tokens, table1)) < 1
+
+
+def test_accuracy_gradients_keep_their_precision_deep_in_the_curve():
+    """The mechanism behind F1: d/dl A (1 - e^{-b l}) = A b e^{-b l} to full relative
+    precision where e^{-b l} is tiny (autodiff of expm1 gave 1e-7 relative errors)."""
+    w = jt.default_workload()
+    tokens = jnp.asarray([0.0, 0.0, 0.0, 0.0, 0.0, 140.0])  # b l = 23 for the last task
+    grad = jax.grad(lambda l: jt.mean_accuracy(l, w))(tokens)
+    exact = w.share * w.A * w.b * jnp.exp(-w.b * tokens)
+    np.testing.assert_allclose(grad, exact, rtol=1e-13)

@@ -164,7 +164,19 @@ class SpectralGradient(AbstractSolver):
         solver = AggregateNewton() if relaxed.structure == "mg1" else BatchingNewton()
         free = run(solver, Problem(relaxed.effective_workload(w), relaxed)).tokens
         free = jnp.clip(jnp.nan_to_num(free), 0, w.max_tokens)
-        return jnp.where(model.load(free, w) < 1, free, zeros)
+
+        # where the model's server cannot sustain it, shrink it towards 0 until it can (the
+        # load grows along the ray): the largest fraction with load <= 1 - 1e-3, by bisection
+        def shrink(_, bracket):
+            lo, hi = bracket
+            mid = 0.5 * (lo + hi)
+            ok = model.load(mid * free, w) <= 1 - 1e-3
+            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+        one = jnp.ones((), free.dtype)
+        fraction, _ = jax.lax.fori_loop(0, 40, shrink, (0 * one, one))
+        inside = model.load(free, w) < 1
+        return jnp.where(inside, free, jnp.where(model.load(zeros, w) < 1, fraction * free, zeros))
 
     def init(self, p: Problem, start=None) -> _State:
         model, w = p.model, p.workload
