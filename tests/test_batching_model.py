@@ -68,7 +68,10 @@ def test_bad_server_settings_name_the_field(kw, needle):
         jt.ContinuousBatching(**kw)
 
 
-@pytest.mark.parametrize("max_batch,dtype", [(None, np.float64), (8, np.float64), (8, np.float32)])
+@pytest.mark.parametrize(
+    "max_batch,dtype",
+    [(None, np.float64), (8, np.float64), pytest.param(8, np.float32, marks=pytest.mark.slow)],
+)
 def test_solve_latency_matches_scipy_and_differentiates(table1, max_batch, dtype):
     m = jt.ContinuousBatching(step_time=TAU, max_batch=max_batch)
     w = table1.replace(arrival_rate=0.5).astype(dtype)

@@ -103,7 +103,7 @@ def _argv(tmp_path, words, path=None):
     return [fill.get(w, w) if isinstance(w, str) else w for w in words]
 
 
-@settings(max_examples=48, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=36, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FILE_COMMANDS)), data=st.binary(max_size=200))
 def test_arbitrary_file_bytes_never_give_a_traceback(tmp_path, command, data):
     path = tmp_path / "input.dat"
@@ -141,7 +141,7 @@ TEXT_FILES = st.one_of(
 )
 
 
-@settings(max_examples=48, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=36, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FILE_COMMANDS)), text=TEXT_FILES)
 def test_arbitrary_text_files_never_give_a_traceback(tmp_path, command, text):
     path = tmp_path / "input.txt"
@@ -150,7 +150,7 @@ def test_arbitrary_text_files_never_give_a_traceback(tmp_path, command, text):
     _check_cli(argv, *run_cli(argv))
 
 
-@settings(max_examples=48, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FLAG_COMMANDS)), flags=FLAGS)
 def test_arbitrary_flags_never_give_a_traceback(tmp_path, command, flags):
     argv = _argv(tmp_path, [command, *FLAG_COMMANDS[command], *flags])
@@ -256,7 +256,7 @@ SIZE_FUNCTIONS = {
 }
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(name=st.sampled_from(sorted(SIZE_FUNCTIONS)), size=SIZES)
 def test_sizes_are_checked_before_anything_is_allocated(name, size):
     import matplotlib

@@ -141,6 +141,7 @@ def test_float32_gradients_finite(table1):
     assert float(g.alpha) == pytest.approx(0.39775, rel=1e-4)
 
 
+@pytest.mark.slow  # jacfwd through 80 unrolled iterations
 def test_implicit_equals_unrolled_fixed_point(table1):
     """Where the paper's fixed point (24) converges (Table I), differentiating through its
     iterations gives the same derivatives as the implicit ones."""

@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 #: executed by the README's test command; the others (a kernel each, minutes together) run in
 #: CI's slow step. Every notebook's imports are checked in the fast suite
 #: (tests/test_architecture.py).
-FAST = ("01_table1.ipynb", "04_sensitivity_and_frontiers.ipynb")
+FAST = ("01_table1.ipynb",)
 
 
 @pytest.mark.parametrize(

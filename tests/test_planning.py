@@ -11,6 +11,7 @@ from conftest import TAU
 import jaxopt_tokens as jt
 
 
+@pytest.mark.slow  # four commands, each compiling the batching model
 def test_cli_fit_server_solve_and_plan(tmp_path, capsys):
     from jaxopt_tokens.cli.main import main
 

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxopt_tokens as jt
 from jaxopt_tokens._tuning.router import _smoothed_tokens
@@ -17,6 +18,7 @@ def held_out_setup():
     return pool, train, test_idx
 
 
+@pytest.mark.slow  # trains two routers
 def test_decision_focused_beats_two_stage_on_held_out_types():
     pool, train, test_idx = held_out_setup()
     dfl, hist = jt.train_router(

@@ -275,6 +275,7 @@ def test_cli_simulate_bad_input_is_one_line(capsys, argv, needle):
     assert needle in err and "\n" not in err
 
 
+@pytest.mark.slow  # a priority solve and simulation through the CLI
 def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
 
     from jaxopt_tokens.cli import main

@@ -109,6 +109,7 @@ def _against_scipy_and_cvxpy(per_size: int, cvxpy_upto: int, sizes=SIZES) -> int
     return total
 
 
+@pytest.mark.slow  # scipy and cvxpy per instance; the _full version adds sizes
 def test_random_instances_against_scipy_and_cvxpy():
     assert _against_scipy_and_cvxpy(per_size=8, cvxpy_upto=6, sizes=SIZES[:5]) == 40
 

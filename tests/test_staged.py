@@ -56,6 +56,7 @@ def test_staged_batch_takes_the_same_steps_as_plain_vmap(batch):
     ]
 
 
+@pytest.mark.slow  # a staged solve and its gradient over a grid batch
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_staged_batch_keeps_batch_shape_and_gradients(batch):
     grid = jax.tree_util.tree_map(lambda x: x.reshape(64, -1, *x.shape[1:]), batch)
@@ -76,6 +77,7 @@ def test_staged_batch_keeps_batch_shape_and_gradients(batch):
     np.testing.assert_allclose(g_staged(batch.alpha), g_plain(batch.alpha), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow  # the staged solve compiled again in float32
 def test_staged_float32(batch):  # shares no compilation with the group: either worker
     """In float32 a different fusion can tip a member at the rounding floor either way."""
     w32 = batch.astype(jnp.float32)
@@ -89,6 +91,7 @@ def test_staged_float32(batch):  # shares no compilation with the group: either 
     )
 
 
+@pytest.mark.slow  # every vmap spelling compiles its own staged solve
 @pytest.mark.xdist_group("staged_batch")  # one worker builds the shared batch
 def test_every_spelling_takes_the_staged_path(batch):
     """`solve(batch)`, `jit(vmap(solve))(batch)` and `vmap` of a user's function that calls

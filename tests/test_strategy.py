@@ -156,6 +156,7 @@ def strategy_benchmark():
     )
 
 
+@pytest.mark.slow  # shares a probe trained on the synthetic benchmark
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_probe_learns_strategy_accuracy_and_beats_constant_baseline(strategy_benchmark):
     _, probe, test = strategy_benchmark
@@ -209,6 +210,7 @@ def test_true_accuracy_closed_forms():
     np.testing.assert_allclose(acc[2, mv4], 0.5)  # symmetric at p = 1/2
 
 
+@pytest.mark.slow  # shares a probe trained on the synthetic benchmark
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_adaptive_frontier_dominates_every_static_strategy(strategy_benchmark):
     frontier, _, _ = strategy_benchmark
@@ -219,6 +221,7 @@ def test_adaptive_frontier_dominates_every_static_strategy(strategy_benchmark):
     assert np.sum(gaps["interpolated"] > 0.01) >= 5
 
 
+@pytest.mark.slow  # shares a probe trained on the synthetic benchmark
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_oracle_is_at_least_as_good_as_adaptive(strategy_benchmark):
     frontier, probe, test = strategy_benchmark

@@ -77,6 +77,7 @@ def test_bad_grid_names(table1):
         jt.sweep(table1, b__MMLU=[1.0])
 
 
+@pytest.mark.slow  # a subprocess with eight host devices
 def test_eight_devices_match_one(tmp_path):
     script = textwrap.dedent("""
         import json, sys

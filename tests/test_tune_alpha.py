@@ -44,6 +44,7 @@ def test_matches_constrained_optimum(table1, tau):
     assert float(r.accuracy) == pytest.approx(max_accuracy_under_latency(table1, tau), abs=1e-6)
 
 
+@pytest.mark.slow  # scipy reference per random workload
 def test_random_workloads_match_constrained_optimum():
     wb = jt.random_workloads(
         jax.random.key(8), 4, 4, dtype=jnp.float64, load=(0.05, 0.6), alpha=(1.0, 100.0)
@@ -66,6 +67,7 @@ def test_unreachable_targets(table1):
     assert TuneStatus(int(_tune(capped, 2 * top).status)) == TuneStatus.TARGET_ABOVE_MAXIMUM
 
 
+@pytest.mark.slow  # a thousand tuned targets
 def test_vmap_over_targets(table1):
     taus = jnp.linspace(0.5, 8.0, 64)
     r = jax.jit(jax.vmap(jt.tune_alpha, in_axes=(None, 0)))(table1, taus)
