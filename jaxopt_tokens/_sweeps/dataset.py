@@ -113,7 +113,7 @@ def _check_manifest(data: Any, file: Path) -> dict:
         value = data.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise bad(f"'{key}' must be a {kind.__name__}, got {value!r}"[:200])
-        if kind is int and value < 1:
+        if isinstance(value, int) and value < 1:
             raise bad(f"'{key}' must be >= 1, got {value}")
     if data["parts"] != math.ceil(data["points"] / data["part_size"]):
         raise bad(
