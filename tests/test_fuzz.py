@@ -103,7 +103,7 @@ def _argv(tmp_path, words, path=None):
     return [fill.get(w, w) if isinstance(w, str) else w for w in words]
 
 
-@settings(max_examples=36, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=24, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FILE_COMMANDS)), data=st.binary(max_size=200))
 def test_arbitrary_file_bytes_never_give_a_traceback(tmp_path, command, data):
     path = tmp_path / "input.dat"
@@ -141,7 +141,7 @@ TEXT_FILES = st.one_of(
 )
 
 
-@settings(max_examples=36, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=24, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FILE_COMMANDS)), text=TEXT_FILES)
 def test_arbitrary_text_files_never_give_a_traceback(tmp_path, command, text):
     path = tmp_path / "input.txt"
@@ -181,7 +181,7 @@ FILE_FUNCTIONS = {
 }
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURES)
 @given(
     name=st.sampled_from(sorted(FILE_FUNCTIONS)),
     data=BYTES_OR_TEXT,
@@ -256,7 +256,7 @@ SIZE_FUNCTIONS = {
 }
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(name=st.sampled_from(sorted(SIZE_FUNCTIONS)), size=SIZES)
 def test_sizes_are_checked_before_anything_is_allocated(name, size):
     import matplotlib

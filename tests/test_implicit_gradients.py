@@ -61,6 +61,7 @@ def test_table1_every_field(table1):
     check_all_fields(table1)
 
 
+@pytest.mark.slow  # finite differences of capped budgets
 def test_upper_bound_active(table1):
     w = table1.replace(max_tokens=200.0)  # GSM8K and BBH pinned at the cap
     tokens = np.asarray(jt.solve(w).tokens)
@@ -105,6 +106,7 @@ def test_envelope_theorem_and_modes(table1):
         np.testing.assert_allclose(getattr(fwd, field), getattr(rev, field), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # second derivatives through the solver
 def test_hessian_in_arrival_rate_and_alpha(table1):
     def J_of(p):
         return J_star(table1.replace(arrival_rate=p[0], alpha=p[1]))

@@ -15,6 +15,7 @@ def test_table1_integer(table1):
     assert float(jt.objective(li, table1)) <= float(sol.objective)
 
 
+@pytest.mark.slow  # integer bounds on a random batch, each solved
 def test_bounds_on_random_instances():
     wb = jt.random_workloads(jax.random.key(4), 500, 6, dtype=jnp.float64)
     sol = jt.solve(wb)

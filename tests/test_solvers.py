@@ -120,6 +120,7 @@ def test_random_instances_against_scipy_and_cvxpy_full():
     assert _against_scipy_and_cvxpy(per_size=30, cvxpy_upto=24) == 210
 
 
+@pytest.mark.slow  # a Python loop of solves against the vmapped one
 def test_vmap_equals_loop():
     wb = jt.random_workloads(jax.random.key(5), 12, 5, dtype=jnp.float64)
     batched = jt.solve(wb)
@@ -255,7 +256,8 @@ def test_a_custom_solver_gets_masking_and_gradients_from_the_driver(table1):
     np.testing.assert_allclose(sol.tokens[0], jt.solve(table1).tokens, rtol=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, pytest.param(jnp.float32, marks=pytest.mark.slow)])
+@pytest.mark.slow  # thousands of corner workloads, in both dtypes
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 def test_default_solver_converges_on_degenerate_corners(dtype):
     """Every t0 = 0, some t0 = 0, a tiny arrival rate, a tiny c, a huge b, A = 0 on some
     tasks, alpha = 1e12 (see `random_workloads(corners=...)`), for 1 to 64 tasks."""

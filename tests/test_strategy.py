@@ -237,6 +237,7 @@ def test_oracle_is_at_least_as_good_as_adaptive(strategy_benchmark):
     assert float(frontier.oracle_accuracy[0]) >= float(jnp.max(frontier.static_accuracy))
 
 
+@pytest.mark.slow  # shares the trained probe
 @pytest.mark.xdist_group("strategy_benchmark")  # one worker trains the shared probe
 def test_frontier_moves_to_cheaper_strategies_as_prices_rise(strategy_benchmark):
     frontier, _, _ = strategy_benchmark

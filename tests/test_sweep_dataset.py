@@ -210,6 +210,7 @@ def test_jax_distributed_processes_write_the_one_process_table(tmp_path, n, one_
     pd.testing.assert_frame_equal(jt.read_sweep(tmp_path / "many"), one_process, check_exact=True)
 
 
+@pytest.mark.slow  # two sweeps and two figures
 def test_frontier_and_heatmaps_read_a_sweep_directory(table1, tmp_path):
     import matplotlib
 
