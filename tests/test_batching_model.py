@@ -70,7 +70,11 @@ def test_bad_server_settings_name_the_field(kw, needle):
 
 @pytest.mark.parametrize(
     "max_batch,dtype",
-    [(None, np.float64), (8, np.float64), pytest.param(8, np.float32, marks=pytest.mark.slow)],
+    [
+        (None, np.float64),
+        pytest.param(8, np.float64, marks=pytest.mark.slow),
+        pytest.param(8, np.float32, marks=pytest.mark.slow),
+    ],
 )
 def test_solve_latency_matches_scipy_and_differentiates(table1, max_batch, dtype):
     m = jt.ContinuousBatching(step_time=TAU, max_batch=max_batch)

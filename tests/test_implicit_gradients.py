@@ -89,6 +89,7 @@ def test_near_degenerate(table1):
         check_all_fields(w)
 
 
+@pytest.mark.slow  # finite differences for every field of random instances
 def test_random_instances_every_field():
     wb = jt.random_workloads(
         jax.random.key(21), 6, 4, dtype=jnp.float64, load=(0.05, 0.8), alpha=(1.0, 300.0)

@@ -7,10 +7,10 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-#: executed by the README's test command; the others (a kernel each, minutes together) run in
+#: executed by the README's test command (none: a kernel each, minutes together); all run in
 #: CI's slow step. Every notebook's imports are checked in the fast suite
 #: (tests/test_architecture.py).
-FAST = ("01_table1.ipynb",)
+FAST: tuple[str, ...] = ()
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ def recursion_waits(gaps, service):
     return waits
 
 
+@pytest.mark.slow  # the recursion in a Python loop over long streams
 @settings(max_examples=40, deadline=None)
 @given(st.integers(2, 300), st.floats(0.05, 3.0), st.integers(0, 2**31 - 1))
 def test_parallel_lindley_equals_recursion(n, load, seed):

@@ -45,6 +45,7 @@ def nearby():
     return w, neighbour, jt.solve(w), jt.solve(w, start=neighbour)
 
 
+@pytest.mark.slow  # shares a 2e4-member batch solved cold and warm
 @pytest.mark.xdist_group("warm_nearby")  # one worker builds the shared batch
 def test_nearby_starts_take_fewer_steps_and_give_the_cold_answer(nearby):
     w, neighbour, cold, warm = nearby
@@ -81,6 +82,7 @@ def test_start_shape_and_type_are_checked(table1):
     assert int(sol.status) == Status.CONVERGED
 
 
+@pytest.mark.slow  # shares a 2e4-member batch solved cold and warm
 @pytest.mark.xdist_group("warm_nearby")  # one worker builds the shared batch
 def test_warm_start_spellings_agree_member_by_member(nearby):
     w, start, _, batched = nearby
