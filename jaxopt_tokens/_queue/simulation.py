@@ -15,7 +15,7 @@ from .._workload import Workload
 from .batching import ContinuousBatching
 from .batching_sim import simulate_batching
 from .models import FIFO, LatencyModel
-from .simulate import DISCIPLINES, NoiseKind, Simulation, simulate_server
+from .simulate import NoiseKind, Simulation, simulate_server
 
 __all__ = ["simulate"]
 
@@ -67,8 +67,6 @@ def simulate(
         return simulate_batching(
             workload, tokens, model, num_queries, num_replications, key, warmup=warmup, slots=slots
         )
-    if model.discipline not in DISCIPLINES:
-        raise InputError(f"model: {type(model).__name__} has no simulator")
     if slots is not None:
         raise InputError("slots: a setting of the batching simulator only")
     return simulate_server(
