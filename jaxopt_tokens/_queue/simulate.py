@@ -36,6 +36,8 @@ from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
 from .models import LatencyModel, check_service_cv
+from .replay import Replay, no_replay_settings, prepare_replay
+from .._traffic.trace import Trace
 
 __all__ = [
     "UnstableQueueWarning",
@@ -43,6 +45,7 @@ __all__ = [
     "SimulationResult",
     "SimulationStatus",
     "sample_query_stream",
+    "replay_stream",
     "lindley_waits",
     "sample_quantiles",
     "simulate_server",
@@ -70,13 +73,19 @@ class Stream(eqx.Module):
 
     `gaps[i]` is the time between arrivals i-1 and i (`gaps[0]` is the first arrival time),
     `task[i]` the query's type, `noise[i]` its mean-one service-time factor and `uniform[i]`
-    the uniform draw that decides whether it is answered correctly.
+    the uniform draw that decides whether it is answered correctly. `window[i]` (None
+    unless budgets change with time) is the window whose budgets query i gets.
     """
 
     gaps: Float[Array, " q"]
     task: Int[Array, " q"]
     noise: Float[Array, " q"]
     uniform: Float[Array, " q"]
+    window: Int[Array, " q"] | None = None
+
+    def budgets(self, tokens: Float[Array, "k n"]) -> Float[Array, " q"]:
+        """Each query's value of a per-task (per-window) array of shape `(K, N)`."""
+        return tokens[0 if self.window is None else self.window, self.task]
 
     @property
     def arrival_times(self) -> Float[Array, " q"]:
@@ -125,6 +134,39 @@ def sample_query_stream(
         task=task,
         noise=_noise(k_noise, num_queries, cv, noise, dtype),
         uniform=jax.random.uniform(k_correct, (num_queries,), dtype),
+    )
+
+
+def replay_stream(
+    key: PRNGKeyArray,
+    w: Workload,
+    replay: Replay,
+    *,
+    service_cv: ArrayLike = 0.0,
+    noise: NoiseKind = "lognormal",
+) -> Stream:
+    """One replication's stream on a recorded arrival sequence (`Replay`): the gaps (and task
+    types, work factors where the trace gives them) are the trace's; task types are drawn by
+    the shares otherwise, and noise and correctness draws are random as in
+    `sample_query_stream`."""
+    dtype = w.dtype
+    k_type, k_noise, k_correct = (jax.random.fold_in(key, s) for s in (1, 2, 3))
+    q = replay.num_queries
+    if replay.task is None:
+        task = jax.random.categorical(k_type, jnp.log(w.share), shape=(q,))
+    else:
+        task = replay.task
+    if replay.work is None:
+        cv = jnp.broadcast_to(jnp.asarray(service_cv, dtype), (w.num_tasks,))[task]
+        factor = _noise(k_noise, q, cv, noise, dtype)
+    else:
+        factor = replay.work
+    return Stream(
+        gaps=replay.gaps,
+        task=task,
+        noise=factor,
+        uniform=jax.random.uniform(k_correct, (q,), dtype),
+        window=replay.window,
     )
 
 
@@ -322,11 +364,10 @@ def _replication(
     onehot = jax.nn.one_hot(measured_task, w.num_tasks, dtype=dtype)  # (q', N)
     per_type = jnp.sum(onehot, 0)
 
-    def one_policy(l):
-        t = w.t0 + w.c * l
-        service = t[stream.task] * stream.noise
+    def one_policy(l):  # (K, N): budgets per window (K = 1 without a schedule)
+        service = stream.budgets(w.t0 + w.c * l) * stream.noise
         waits, overflow = _delays(discipline, stream, service, rank, capacity)
-        correct = stream.uniform < task_accuracy(l, w)[stream.task]
+        correct = stream.uniform < stream.budgets(task_accuracy(l, w))
         W = jnp.maximum(waits[warmup:], 0)
         T = W + service[warmup:]
         S = service[warmup:]
@@ -355,7 +396,22 @@ def _replication(
     return jax.lax.map(one_policy, tokens, batch_size=policy_batch)
 
 
-def _predictions(w: Workload, tokens, model: LatencyModel):
+def _predictions(w: Workload, tokens, model: LatencyModel, replay: Replay | None = None):
+    """The model's predictions for `tokens` of shape (P, K, N); with a schedule (K > 1), the
+    arrival-weighted mean over windows, each window at its own rate."""
+    if replay is None or replay.window is None:
+        return _predict(w, tokens[:, 0], model)
+    wk = w.replace(arrival_rate=jnp.asarray(replay.window_rates, w.dtype))
+    q = jnp.asarray(replay.window_weights, w.dtype)
+    T, wait, _, acc, _, by_task = _predict(wk, tokens, model)
+    T, wait, acc = (x @ q for x in (T, wait, acc))
+    by_task = jnp.einsum("k,pkn->pn", q, by_task)
+    # the busy fraction: the replayed rate times the arrival-weighted mean service time
+    rho = replay.rate * (jnp.sum(w.share * (w.t0 + w.c * tokens), -1) @ q)
+    return T, wait, rho, acc, w.alpha * acc - T, by_task
+
+
+def _predict(w: Workload, tokens, model: LatencyModel):
     by_task = model.system_times(tokens, w)
     service = w.t0 + w.c * tokens
     T = jnp.sum(w.share * by_task, -1)
@@ -402,13 +458,19 @@ def simulate_server(
     workload: Workload,
     tokens: ArrayLike,
     model: LatencyModel,
-    num_queries: int = 10_000,
+    num_queries: int | None = None,
     num_replications: int = 20,
     key: PRNGKeyArray | None = None,
     *,
     warmup: int | None = None,
     noise: NoiseKind = "lognormal",
     capacity: int = 512,
+    arrivals: Trace | None = None,
+    rate: float | None = None,
+    utilization: float | None = None,
+    service: str = "tasks",
+    task_types: str = "shares",
+    window: float | None = None,
 ) -> SimulationResult:
     """Simulate the single server of `model` (`FIFO`, `Priority` or `ProcessorSharing`) under
     one or many token policies; `simulate` is the entry point for every model.
@@ -423,12 +485,15 @@ def simulate_server(
             `InputError`). Its `service_cv` is the coefficient of variation of a mean-one
             service-time factor of family `noise` (`"lognormal"` or `"gamma"`); its formulas give
             the predictions.
-        num_queries: queries per replication (the paper: 10,000).
+        num_queries: queries per replication (default 10,000, the paper's; a replay takes
+            the whole trace).
         num_replications: independent replications (confidence intervals).
         key: a JAX PRNG key (default `PRNGKey(0)`).
         warmup: queries dropped at the start of each replication (default 10%).
         noise: the family of the service-time factor, `"lognormal"` or `"gamma"`.
         capacity: the most queries the processor-sharing simulator holds at once.
+        arrivals, rate, utilization, service, task_types, window: replay a recorded trace
+            instead of Poisson arrivals (`simulate`).
 
     Returns:
         a `SimulationResult` (fields of shape `(*P, num_replications)`). Validates
@@ -454,7 +519,36 @@ def simulate_server(
         raise InputError(
             f"tokens: expected numbers (one budget per task), got {tokens!r}"
         ) from None
-    num_queries = check_int("num_queries", num_queries, 2)
+    replay = None
+    if arrivals is None:
+        no_replay_settings(num_queries, rate, utilization, service, task_types, window)
+        num_queries = check_int("num_queries", 10_000 if num_queries is None else num_queries, 2)
+    else:
+        if num_queries is not None:
+            raise InputError(
+                "num_queries: a replay simulates the whole trace (take part of it with "
+                "Trace.head or Trace.between)"
+            )
+        w.validate()
+        if tok.ndim < 1 or tok.shape[-1] != w.num_tasks:
+            raise InputError(f"tokens: expected shape (..., {w.num_tasks}), got {tok.shape}")
+        unit = w.replace(arrival_rate=jnp.ones((), w.dtype))
+        replay = prepare_replay(
+            arrivals,
+            w,
+            tok,
+            lambda l: model.load(l, unit),
+            rate=rate,
+            utilization=utilization,
+            service=service,
+            task_types=task_types,
+            window=window,
+        )
+        num_queries = replay.num_queries
+        w = w.replace(arrival_rate=jnp.asarray(replay.rate, w.dtype))
+    num_windows = 1 if replay is None else replay.num_windows
+    if window is not None and tok.ndim < 2:
+        raise InputError(f"tokens: with window=, expected shape (..., K, {w.num_tasks})")
     num_replications = check_int("num_replications", num_replications, 1)
     capacity = check_int("capacity", capacity, 2)
     # never more present than simulated: a larger capacity changes nothing but the memory
@@ -462,10 +556,9 @@ def simulate_server(
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
     check_key(key)
     # one replication at a time: about a dozen arrays of num_queries values per policy batch
-    per_batch = min(
-        max(1, tok.size // max(w.num_tasks, 1)), max(1, MAX_BATCH_ELEMENTS // num_queries)
-    )
-    policies = max(1, tok.size // max(w.num_tasks, 1))
+    per_policy = max(w.num_tasks * num_windows, 1)
+    per_batch = min(max(1, tok.size // per_policy), max(1, MAX_BATCH_ELEMENTS // num_queries))
+    policies = max(1, tok.size // per_policy)
     check_memory(
         16.0 * 8 * num_queries * per_batch
         # the statistics kept per replication: a dozen numbers and one per task, per policy
@@ -481,8 +574,8 @@ def simulate_server(
     order = tuple(getattr(model, "order", range(w.num_tasks)))
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = w.dtype
-    policies = tok.shape[:-1]
-    flat = jnp.asarray(tok.reshape(-1, w.num_tasks), dtype)
+    policies = tok.shape[:-1] if window is None else tok.shape[:-2]
+    flat = jnp.asarray(tok.reshape(-1, num_windows, w.num_tasks), dtype)
     rank = (
         jnp.zeros(w.num_tasks, jnp.int32)
         .at[jnp.asarray(order)]
@@ -503,6 +596,7 @@ def simulate_server(
         rank,
         capacity,
         policy_batch,
+        replay,
     )
     (mw, mt, qw, qt, busy, acc, obj, by_task, overflow) = stats
     if bool(jnp.any(overflow)):
@@ -510,7 +604,7 @@ def simulate_server(
             f"capacity: more than {capacity} queries were in the processor-sharing system at "
             "once; raise capacity (the load is close to 1)"
         )
-    preds = _predictions(w, flat, model)
+    preds = _predictions(w, flat, model, replay)
     unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
     if unstable.size:
         warnings.warn(
@@ -567,11 +661,17 @@ def _simulate_flat(
     rank,
     capacity: int,
     policy_batch: int,
+    replay: Replay | None = None,
 ):
     def replication(r):
-        stream = sample_query_stream(
-            jax.random.fold_in(key, r), w, num_queries, service_cv=service_cv, noise=noise
-        )
+        if replay is None:
+            stream = sample_query_stream(
+                jax.random.fold_in(key, r), w, num_queries, service_cv=service_cv, noise=noise
+            )
+        else:
+            stream = replay_stream(
+                jax.random.fold_in(key, r), w, replay, service_cv=service_cv, noise=noise
+            )
         return _replication(w, tokens, stream, warmup, discipline, rank, capacity, policy_batch)
 
     # replications one after another (lax.map) keeps memory at one stream x all policies

@@ -1,0 +1,477 @@
+r"""Recorded request traces: arrival times and, where the file has them, token counts and labels.
+
+`read_trace` reads the public production traces an operator is likely to have and the
+simplest file a gateway or load balancer can write:
+
+- `"azure"`: the Azure LLM inference traces (`TIMESTAMP` a date-time string, `ContextTokens`,
+  `GeneratedTokens`);
+- `"mooncake"`: Mooncake's JSON Lines traces (`timestamp` in milliseconds, `input_length`,
+  `output_length`);
+- `"burstgpt"`: BurstGPT's CSV (`Timestamp` in seconds, `Request tokens`, `Response tokens`);
+- `"csv"` / `"jsonl"`: any CSV or JSON Lines file with a time column (`arrival_time`,
+  `timestamp` or `time`) in seconds, in milliseconds (a column name ending in `_ms`, or
+  `time_unit="ms"`) or as ISO 8601 date-times, and optionally `input_tokens`,
+  `output_tokens` and `task`.
+
+The sources and commits the formats were confirmed against are on the docs page *Real
+traffic*. Every error names the file, the line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .._errors import InputError
+from .._files import read_text
+
+__all__ = ["Trace", "read_trace", "parse_times", "TRACE_FORMATS", "TIME_UNITS"]
+
+#: the formats `read_trace` reads (`"auto"` chooses among them from the file)
+TRACE_FORMATS = ("azure", "mooncake", "burstgpt", "csv", "jsonl")
+#: how a numeric time column is read: seconds, milliseconds or microseconds
+TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+TimeUnit = Literal["auto", "s", "ms", "us", "iso"]
+
+# column names (lower case) of each format: time, input tokens, output tokens, label
+_TIME_COLUMNS = ("arrival_time", "arrival_time_ms", "timestamp", "timestamp_ms", "time", "time_ms")
+_INPUT_COLUMNS = ("input_tokens", "prompt_tokens", "input_length", "contexttokens", "request tokens")
+_OUTPUT_COLUMNS = (
+    "output_tokens",
+    "completion_tokens",
+    "output_length",
+    "generatedtokens",
+    "response tokens",
+)
+_LABEL_COLUMNS = ("task", "task_type")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A recorded arrival sequence.
+
+    Attributes:
+        arrival_times: seconds from the first request, sorted (float64, shape `(q,)`).
+        input_tokens: prompt tokens per request, or None when the file has none.
+        output_tokens: generated tokens per request, or None.
+        labels: a task name per request (a tuple of strings), or None.
+        format: the format the file was read as (`TRACE_FORMATS`).
+        source: the file (or `"<arrays>"`).
+        dropped: `(reason, rows)` for every kind of row left out.
+        start: the first request's absolute time (ISO 8601) when the file has date-times.
+    """
+
+    arrival_times: np.ndarray
+    input_tokens: np.ndarray | None = None
+    output_tokens: np.ndarray | None = None
+    labels: tuple[str, ...] | None = None
+    format: str = "arrays"
+    source: str = "<arrays>"
+    dropped: tuple[tuple[str, int], ...] = ()
+    start: str | None = field(default=None)
+
+    def __post_init__(self):
+        t = np.asarray(self.arrival_times, dtype=np.float64)
+        if t.ndim != 1 or t.size < 2:
+            raise InputError(
+                f"{self.source}: a trace needs at least two requests, got {t.size if t.ndim == 1 else t.shape}"
+            )
+        if not np.all(np.isfinite(t)):
+            raise InputError(f"{self.source}: arrival_times must be finite")
+        order = np.argsort(t, kind="stable")
+        t = t[order] - t[order[0]]
+        if not t[-1] > 0:
+            raise InputError(f"{self.source}: every request arrives at the same time; no rate")
+        object.__setattr__(self, "arrival_times", t)
+        for name in ("input_tokens", "output_tokens"):
+            x = getattr(self, name)
+            if x is None:
+                continue
+            x = np.asarray(x, dtype=np.float64)
+            if x.shape != (order.size,):
+                raise InputError(f"{self.source}: {name} must have one value per request")
+            if not np.all(np.isfinite(x) & (x >= 0)):
+                raise InputError(f"{self.source}: {name} must be finite and >= 0")
+            object.__setattr__(self, name, x[order])
+        if self.labels is not None:
+            labels = tuple(str(s) for s in self.labels)
+            if len(labels) != order.size:
+                raise InputError(f"{self.source}: labels must have one value per request")
+            object.__setattr__(self, "labels", tuple(labels[i] for i in order))
+
+    def __len__(self) -> int:
+        return int(self.arrival_times.size)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self)
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first request to the last."""
+        return float(self.arrival_times[-1])
+
+    @property
+    def mean_rate(self) -> float:
+        """Requests per second over the trace: (requests - 1) / duration."""
+        return (len(self) - 1) / self.duration
+
+    @property
+    def gaps(self) -> np.ndarray:
+        """Inter-arrival times; `gaps[0]` is 0 (the first request)."""
+        return np.diff(self.arrival_times, prepend=0.0)
+
+    def rescaled(self, rate: float) -> Trace:
+        """The same sequence with time stretched so that its mean rate is `rate` per second."""
+        rate = _positive("rate", rate)
+        return replace(self, arrival_times=self.arrival_times * (self.mean_rate / rate))
+
+    def between(self, start: float, stop: float) -> Trace:
+        """The requests that arrive in `[start, stop)` seconds (times from the new first one)."""
+        keep = (self.arrival_times >= start) & (self.arrival_times < stop)
+        if keep.sum() < 2:
+            raise InputError(f"start, stop: fewer than two requests in [{start:g}, {stop:g}) s")
+        return self._subset(keep)
+
+    def head(self, num_requests: int) -> Trace:
+        """The first `num_requests` requests."""
+        if isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer)):
+            raise InputError(f"num_requests: expected an integer, got {num_requests!r}")
+        if num_requests < 2:
+            raise InputError(f"num_requests: must be >= 2, got {num_requests}")
+        keep = np.arange(len(self)) < num_requests
+        return self._subset(keep)
+
+    def _subset(self, keep: np.ndarray) -> Trace:
+        def pick(x):
+            return None if x is None else x[keep]
+
+        labels = None
+        if self.labels is not None:
+            labels = tuple(s for s, k in zip(self.labels, keep) if k)
+        return replace(
+            self,
+            arrival_times=self.arrival_times[keep],
+            input_tokens=pick(self.input_tokens),
+            output_tokens=pick(self.output_tokens),
+            labels=labels,
+        )
+
+    def labelled(self, bands: dict[str, float], column: str = "output_tokens") -> Trace:
+        """Task labels from bands of a token column: `{"short": 256, "medium": 2048,
+        "long": math.inf}` labels a request by the first band whose upper bound (inclusive)
+        holds its count."""
+        values = getattr(self, column, None) if column in ("input_tokens", "output_tokens") else 0
+        if column not in ("input_tokens", "output_tokens"):
+            raise InputError(f"column: 'input_tokens' or 'output_tokens', got {column!r}")
+        if values is None:
+            raise InputError(f"column: the trace {self.source} has no {column}")
+        if not isinstance(bands, dict) or not bands:
+            raise InputError("bands: a non-empty mapping of label to upper bound")
+        names = list(bands)
+        bounds = np.asarray([float(bands[k]) for k in names])
+        if np.any(np.isnan(bounds)) or np.any(np.diff(bounds) <= 0):
+            raise InputError(f"bands: upper bounds must increase, got {dict(bands)}")
+        index = np.searchsorted(bounds, values, side="left")
+        if np.any(index >= len(names)):
+            worst = float(np.max(values))
+            raise InputError(
+                f"bands: {column} = {worst:g} is above every band (the last bound is "
+                f"{bounds[-1]:g}; use math.inf)"
+            )
+        return replace(self, labels=tuple(names[i] for i in index))
+
+    def window_counts(self, window: float) -> np.ndarray:
+        """Requests per window of `window` seconds, over the whole windows the trace spans
+        (at least one)."""
+        window = _positive("window", window)
+        num = max(int(math.floor(self.duration / window)), 1)
+        idx = np.floor(self.arrival_times / window).astype(np.int64)
+        return np.bincount(idx[idx < num], minlength=num).astype(np.float64)
+
+    def window_index(self, window: float) -> np.ndarray:
+        """The window each request arrives in (the last partial window joins the one before)."""
+        window = _positive("window", window)
+        num = max(int(math.floor(self.duration / window)), 1)
+        return np.minimum(np.floor(self.arrival_times / window).astype(np.int64), num - 1)
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name}: expected a positive number, got {value!r}") from None
+    if isinstance(value, bool) or not (math.isfinite(x) and x > 0):
+        raise InputError(f"{name}: must be finite and > 0, got {value!r}")
+    return x
+
+
+def _iso_seconds(text: str) -> tuple[float, dt.datetime]:
+    """Seconds since the epoch of an ISO 8601 date-time (a naive one is taken as UTC)."""
+    s = text.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    t = dt.datetime.fromisoformat(s)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.timestamp(), t
+
+
+def parse_times(values: list[str], unit: TimeUnit, where) -> tuple[np.ndarray, str | None]:
+    """Seconds (float64) of time fields, and the first one's ISO 8601 form for date-times.
+
+    `unit`: `"s"`, `"ms"`, `"us"`, `"iso"` (date-times) or `"auto"` (numbers as seconds,
+    anything else as a date-time). `where(i)` names the field `values[i]` (file, line,
+    column) in the error a bad value raises. Date-times keep microseconds: the difference of
+    two is exact to 1 us.
+    """
+    if unit not in ("auto", "iso", *TIME_UNITS):
+        raise InputError(f"time_unit: one of auto, s, ms, us, iso; got {unit!r}")
+    if unit != "iso":
+        try:
+            x = np.asarray(values, dtype=np.float64)
+            numeric = True
+        except ValueError:
+            numeric = False
+        if numeric:
+            bad = np.flatnonzero(~np.isfinite(x))
+            if bad.size:
+                raise InputError(f"{where(int(bad[0]))}: {values[bad[0]]!r} is not a finite time")
+            return x * TIME_UNITS.get(unit, 1.0), None
+        if unit != "auto":
+            for i, v in enumerate(values):
+                try:
+                    float(v)
+                except ValueError:
+                    raise InputError(
+                        f"{where(i)}: {v!r} is not a number of {unit} (time_unit={unit!r})"
+                    ) from None
+    # date-times: whole seconds since the first one plus microseconds, so nothing is lost
+    out = np.empty(len(values), dtype=np.float64)
+    first = None
+    base = 0.0
+    for i, v in enumerate(values):
+        try:
+            sec, t = _iso_seconds(str(v))
+        except (ValueError, OverflowError, OSError):
+            raise InputError(
+                f"{where(i)}: {v!r} is not a time (seconds, or an ISO 8601 date-time such as "
+                "2023-11-16 18:15:46.68)"
+            ) from None
+        if first is None:
+            first, base = t, math.floor(sec)
+        out[i] = (math.floor(sec) - base) + t.microsecond * 1e-6
+    return out, None if first is None else first.isoformat()
+
+
+def _column(header: list[str], names: tuple[str, ...]) -> str | None:
+    return next((c for c in names if c in header), None)
+
+
+def _detect(path: Path, text: str) -> str:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        try:
+            keys = set(json.loads(first))
+        except (json.JSONDecodeError, TypeError, RecursionError):
+            return "jsonl"
+        return "mooncake" if {"timestamp", "input_length", "output_length"} <= keys else "jsonl"
+    header = {h.strip().lower() for h in next(csv.reader([first]), [])}
+    if {"timestamp", "contexttokens", "generatedtokens"} <= header:
+        return "azure"
+    if {"timestamp", "request tokens", "response tokens"} <= header:
+        return "burstgpt"
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    return "csv"
+
+
+def _numbers(values: list[str], where, name: str) -> np.ndarray:
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except ValueError:
+        x = None
+    if x is not None:
+        bad = np.flatnonzero(~(np.isfinite(x) & (x >= 0)))
+        if not bad.size:
+            return x
+        i = int(bad[0])
+        raise InputError(f"{where(i)}: {name} must be a finite count >= 0, got {values[i]!r}")
+    for i, v in enumerate(values):
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"{where(i)}: {v!r} is not a number") from None
+    raise AssertionError("unreachable")
+
+
+def _from_columns(
+    source: str,
+    fmt: str,
+    lines: list[int],
+    columns: dict[str, list[Any]],
+    names: dict[str, str | None],
+    unit: TimeUnit,
+    dropped: dict[str, int],
+) -> Trace:
+    def where_of(role):
+        col = names[role]
+        return lambda i: f"{source}, line {lines[i]}, column {col!r}"
+
+    times, start = parse_times(columns["time"], unit, where_of("time"))
+    tokens = {}
+    for role in ("input", "output"):
+        if names[role] is not None:
+            tokens[role] = _numbers(columns[role], where_of(role), f"column {names[role]!r}")
+    labels = tuple(str(v) for v in columns["label"]) if names["label"] is not None else None
+    if len(times) < 2:
+        raise InputError(f"{source}: a trace needs at least two requests, got {len(times)}")
+    return Trace(
+        arrival_times=times,
+        input_tokens=tokens.get("input"),
+        output_tokens=tokens.get("output"),
+        labels=labels,
+        format=fmt,
+        source=source,
+        dropped=tuple(sorted(dropped.items())),
+        start=start,
+    )
+
+
+def _read_csv(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
+    rows = [(i + 1, line) for i, line in enumerate(text.splitlines())]
+    rows = [(n, s) for n, s in rows if s.strip() and not s.lstrip().startswith("#")]
+    if not rows:
+        raise InputError(f"{source}: the file is empty (no header row)")
+    parsed = csv.reader([s for _, s in rows])
+    header = [h.strip().lower() for h in next(parsed)]
+    if len(set(header)) != len(header):
+        raise InputError(f"{source}, line {rows[0][0]}: duplicate column names in {header}")
+    names = {
+        "time": _column(header, _TIME_COLUMNS),
+        "input": _column(header, _INPUT_COLUMNS),
+        "output": _column(header, _OUTPUT_COLUMNS),
+        "label": _column(header, _LABEL_COLUMNS),
+    }
+    if names["time"] is None:
+        raise InputError(
+            f"{source}, line {rows[0][0]}: no time column (one of {', '.join(_TIME_COLUMNS)}); "
+            f"header: {', '.join(header)}"
+        )
+    if unit == "auto" and names["time"].endswith("_ms"):
+        unit = "ms"
+    index = {role: header.index(c) for role, c in names.items() if c is not None}
+    columns: dict[str, list[Any]] = {role: [] for role in names}
+    lines: list[int] = []
+    dropped: dict[str, int] = {}
+    for (lineno, _), values in zip(rows[1:], parsed):
+        if len(values) != len(header):
+            raise InputError(
+                f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
+                f"got {len(values)}"
+            )
+        empty = [names[r] for r, i in index.items() if not values[i].strip()]
+        if empty:
+            reason = f"empty {empty[0]!r}"
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        lines.append(lineno)
+        for role, i in index.items():
+            columns[role].append(values[i].strip())
+    return _from_columns(source, fmt, lines, columns, names, unit, dropped)
+
+
+_MOONCAKE = {"time": "timestamp", "input": "input_length", "output": "output_length", "label": None}
+
+
+def _read_jsonl(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
+    records = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            msg = getattr(e, "msg", "nested too deeply")
+            raise InputError(f"{source}, line {i + 1}: not valid JSON ({msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{source}, line {i + 1}: expected a JSON object per line")
+        records.append((i + 1, {str(k).lower(): v for k, v in rec.items()}))
+    if not records:
+        raise InputError(f"{source}: the file is empty (no JSON lines)")
+    if fmt == "mooncake":
+        names = dict(_MOONCAKE)
+        unit = "ms" if unit == "auto" else unit
+    else:
+        keys = set().union(*(r.keys() for _, r in records[:100]))
+        names = {
+            "time": _column(sorted(keys), _TIME_COLUMNS),
+            "input": _column(sorted(keys), _INPUT_COLUMNS),
+            "output": _column(sorted(keys), _OUTPUT_COLUMNS),
+            "label": _column(sorted(keys), _LABEL_COLUMNS),
+        }
+        if names["time"] is None:
+            raise InputError(
+                f"{source}, line {records[0][0]}: no time field (one of "
+                f"{', '.join(_TIME_COLUMNS)})"
+            )
+        if unit == "auto" and names["time"].endswith("_ms"):
+            unit = "ms"
+    columns: dict[str, list[Any]] = {role: [] for role in names}
+    lines: list[int] = []
+    dropped: dict[str, int] = {}
+    for lineno, rec in records:
+        missing = [c for r, c in names.items() if c is not None and rec.get(c) is None]
+        if missing and missing[0] == names["time"] or (missing and fmt == "mooncake"):
+            reason = f"no {missing[0]!r}"
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        if missing:
+            raise InputError(f"{source}, line {lineno}: missing field {missing[0]!r}")
+        for role, c in names.items():
+            if c is None:
+                continue
+            v = rec[c]
+            if isinstance(v, bool) or isinstance(v, (list, dict)):
+                raise InputError(f"{source}, line {lineno}, field {c!r}: expected a value, got {v!r}")
+            columns[role].append(str(v))
+        lines.append(lineno)
+    return _from_columns(source, fmt, lines, columns, names, unit, dropped)
+
+
+def read_trace(
+    path: str | Path, format: str = "auto", *, time_unit: TimeUnit = "auto"
+) -> Trace:
+    """Read a request trace (formats in the module docstring; `"auto"` detects them).
+
+    Args:
+        path: the file.
+        format: one of `TRACE_FORMATS` or `"auto"` (from the header or first record).
+        time_unit: how the time column is read: `"auto"` (numbers in seconds, or in
+            milliseconds for Mooncake and for columns named `*_ms`; anything else as an ISO 8601
+            date-time), `"s"`, `"ms"`, `"us"` or `"iso"`.
+
+    Returns:
+        a `Trace`, sorted by arrival time, its times in seconds from the first request. Rows
+        with an empty time or token field are left out and counted in `Trace.dropped`.
+
+    Raises:
+        InputError: naming the file, line and column of a value that is not a time or a
+            count, or the missing column.
+    """
+    if format not in ("auto", *TRACE_FORMATS):
+        raise InputError(f"format: one of auto, {', '.join(TRACE_FORMATS)}; got {format!r}")
+    text = read_text(path, "trace")
+    p = Path(path)
+    fmt = _detect(p, text) if format == "auto" else format
+    if fmt in ("mooncake", "jsonl"):
+        return _read_jsonl(str(p), text, fmt, time_unit)
+    return _read_csv(str(p), text, fmt, time_unit)
