@@ -39,9 +39,12 @@ from .._objective import task_accuracy
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .batching import ContinuousBatching
+from .._traffic.trace import Trace
+from .replay import Replay, no_replay_settings, prepare_replay
 from .simulate import (
     Simulation,
     UnstableQueueWarning,
+    replay_stream,
     sample_quantiles,
     sample_query_stream,
 )
@@ -521,12 +524,15 @@ def _work(model: ContinuousBatching, tokens, w: Workload):
     return total, first
 
 
-def _check_time_resolution(w: Workload, model: ContinuousBatching, num_queries: int) -> None:
+def _check_time_resolution(
+    w: Workload, model: ContinuousBatching, num_queries: int, horizon: float | None = None
+) -> None:
     """`InputError` when float64 time cannot resolve one decode step over the simulated
     horizon: the clock would round steps away (and differences of times turn negative)."""
     tau0, tau1 = (float(np.asarray(t)) for t in model.step_time)
     rate = float(np.asarray(w.arrival_rate)) / (1 if model.pooled else model.replicas)
-    horizon = num_queries / rate if rate > 0 else math.inf
+    if horizon is None:
+        horizon = num_queries / rate if rate > 0 else math.inf
     if not horizon * float(np.finfo(np.float64).eps) < tau0 + tau1:
         raise InputError(
             f"step_time / arrival_rate: a decode step of {tau0 + tau1:.3g} s cannot be resolved "
@@ -539,12 +545,17 @@ def simulate_batching(
     w: Workload,
     tokens: Float[ArrayLike, "*p n"],
     model: ContinuousBatching,
-    num_queries: int = 10_000,
+    num_queries: int | None = None,
     num_replications: int = 20,
     key: PRNGKeyArray | None = None,
     *,
     warmup: int | None = None,
     slots: int | None = None,
+    arrivals: Trace | None = None,
+    rate: float | None = None,
+    utilization: float | None = None,
+    service: str = "tasks",
+    task_types: str = "shares",
 ) -> BatchingSimulation:
     """Simulate policies `tokens` (one per row) on the batching server `model`.
 
@@ -552,13 +563,18 @@ def simulate_batching(
         w: one `Workload` (no batch axes).
         tokens: budgets of shape `(N,)` or `(*P, N)`, one policy per row.
         model: the `ContinuousBatching` server.
-        num_queries: queries per replication.
+        num_queries: queries per replication (default 10,000; a replay takes the whole
+            trace).
         num_replications: independent replications.
         key: a JAX PRNG key (default `PRNGKey(0)`).
         warmup: queries dropped at the start (default 10%).
         slots: the size of the running set when `max_batch` is None (default: the model's
             mean number present plus ten standard deviations, as a power of two; a stream
             that needs more raises `InputError`).
+        arrivals, rate, utilization, service, task_types: replay a recorded trace instead of
+            Poisson arrivals, as in `simulate` (with `replicas`, routed by the replicas' state;
+            random routing is refused). Budgets that change by window are a setting of the
+            single-server replay only.
 
     Returns:
         a `BatchingSimulation` with per-replication statistics and the model's predictions.
@@ -569,6 +585,17 @@ def simulate_batching(
         raise InputError(f"model: must be ContinuousBatching, got {type(model).__name__}")
     model.check(w)
     check_key(key)
+    replay = None
+    if arrivals is None:
+        no_replay_settings(num_queries, rate, utilization, service, task_types, None)
+        num_queries = 10_000 if num_queries is None else num_queries
+    elif num_queries is not None:
+        raise InputError(
+            "num_queries: a replay simulates the whole trace (take part of it with "
+            "Trace.head or Trace.between)"
+        )
+    else:
+        num_queries = len(arrivals) if isinstance(arrivals, Trace) else 2
     num_queries = check_int("num_queries", num_queries, 2)
     num_replications = check_int("num_replications", num_replications, 1)
     warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
@@ -581,7 +608,29 @@ def simulate_batching(
         )
     if not bool(jnp.all(jnp.isfinite(tokens) & (tokens >= 0) & (tokens <= w.max_tokens))):
         raise InputError(f"tokens: must be finite and in [0, max_tokens={float(w.max_tokens):g}]")
-    _check_time_resolution(w, model, num_queries)
+    if arrivals is not None:
+        if model.replicas > 1 and not model.pooled:
+            raise InputError(
+                "arrivals: a trace is replayed whole; random routing over replicas would thin "
+                "it at random (use routing='shortest_queue' or 'least_loaded', or replicas=1)"
+            )
+        tok = np.asarray(tokens, dtype=np.float64)
+        unit = w.replace(arrival_rate=jnp.ones((), w.dtype))
+        replay = prepare_replay(
+            arrivals,
+            w,
+            tok,
+            lambda l: model.load(l, unit),
+            rate=rate,
+            utilization=utilization,
+            service=service,
+            task_types=task_types,
+            window=None,
+        )
+        w = w.replace(arrival_rate=jnp.asarray(replay.rate, w.dtype))
+        _check_time_resolution(w, model, num_queries, float(np.sum(np.asarray(replay.gaps))))
+    else:
+        _check_time_resolution(w, model, num_queries)
     policies = tokens.shape[:-1]
     flat = tokens.reshape(-1, w.num_tasks)
     if slots is None:
@@ -617,7 +666,7 @@ def simulate_batching(
             UnstableQueueWarning,
             stacklevel=2,
         )
-    out = _simulate(w, flat, model, num_queries, num_replications, key, warmup, slots)
+    out = _simulate(w, flat, model, num_queries, num_replications, key, warmup, slots, replay)
     *stats, overflow = out
     if bool(jnp.any(overflow)):
         raise InputError(
@@ -645,7 +694,7 @@ def simulate_batching(
 
 
 @eqx.filter_jit
-def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slots):
+def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slots, replay=None):
     tau0, tau1 = model.step_coefficients(w.dtype)
     # random routing: one replica at lambda / c is the same in distribution; otherwise the
     # whole system at lambda, every arrival routed by the replicas' state
@@ -673,7 +722,10 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
         )
 
     def replication(r):
-        stream = sample_query_stream(jax.random.fold_in(key, r), stream_w, num_queries)
+        if replay is None:
+            stream = sample_query_stream(jax.random.fold_in(key, r), stream_w, num_queries)
+        else:
+            stream = replay_stream(jax.random.fold_in(key, r), stream_w, replay)
         arrivals = jnp.cumsum(stream.gaps)
         onehot = jax.nn.one_hot(stream.task[warmup:], w.num_tasks, dtype=w.dtype)
         per_type = jnp.sum(onehot, 0)
@@ -681,6 +733,9 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
         def policy(l):
             total, first = _work(model, l, w)
             work, first_steps = total[stream.task], first[stream.task]
+            if replay is not None and replay.work is not None:  # the trace's own work
+                work = jnp.maximum(jnp.round(work * stream.noise), 1).astype(work.dtype)
+                first_steps = jnp.minimum(first_steps, work)
             window = (arrivals[warmup], arrivals[-1])  # steady state: after warm-up, before drain
             admit, first_t, depart, hist, overflow = trajectory(arrivals, work, first_steps, window)
             T = (depart - arrivals)[warmup:]
