@@ -30,6 +30,7 @@ from ._deploy.measurements import (
     synthetic_measurements,
 )
 from ._deploy.step_time import StepTimeFit, fit_step_time, read_step_times
+from ._deploy.windows import WindowPlan, plan_windows
 from ._errors import InputError, WorkloadError
 from ._files import read_text
 from ._integer import (
@@ -67,7 +68,16 @@ from ._objective import (
 )
 from ._queue.batching import DEFAULT_ANSWER_TOKENS, ROUTINGS, ContinuousBatching
 from ._queue.batching_sim import BatchingSimulation, simulate_batching
-from ._queue.models import FIFO, LatencyModel, Priority, ProcessorSharing, latency_objective
+from ._queue.models import (
+    FIFO,
+    Kingman,
+    LatencyModel,
+    Priority,
+    ProcessorSharing,
+    TimeVarying,
+    latency_objective,
+)
+from ._queue.replay import SERVICES, TASK_SOURCES
 from ._queue.simulate import (
     DISCIPLINES,
     Simulation,
@@ -105,6 +115,15 @@ from ._sweeps.frontier import (
     with_simulated_tail,
 )
 from ._sweeps.sweep import SweepRun, read_sweep_metadata, sweep, write_sweep
+from ._traffic.stats import (
+    DISPERSION_WINDOWS,
+    ArrivalStats,
+    TrafficWarning,
+    arrival_scv,
+    arrival_stats,
+    plot_arrivals,
+)
+from ._traffic.trace import TIME_UNITS, TRACE_FORMATS, Trace, read_trace
 from ._tuning.router import (
     CurveModel,
     TaskPool,
@@ -193,6 +212,23 @@ __all__ = [
     "lindley_waits",
     "sample_query_stream",
     "UnstableQueueWarning",
+    # recorded traffic: traces, burstiness, replay, models of it
+    "Trace",
+    "read_trace",
+    "TRACE_FORMATS",
+    "TIME_UNITS",
+    "arrival_stats",
+    "ArrivalStats",
+    "arrival_scv",
+    "DISPERSION_WINDOWS",
+    "TrafficWarning",
+    "plot_arrivals",
+    "SERVICES",
+    "TASK_SOURCES",
+    "Kingman",
+    "TimeVarying",
+    "plan_windows",
+    "WindowPlan",
     # from measurements to deployed budgets
     "Measurements",
     "read_measurements",

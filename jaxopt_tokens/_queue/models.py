@@ -43,6 +43,8 @@ __all__ = [
     "FIFO",
     "Priority",
     "ProcessorSharing",
+    "Kingman",
+    "TimeVarying",
     "latency_objective",
     "check_service_cv",
 ]
@@ -307,3 +309,134 @@ def check_service_cv(service_cv, num_tasks: int) -> np.ndarray:
     if not np.all(np.isfinite(cv)) or np.any(cv < 0):
         raise InputError(f"service_cv: must be finite and >= 0, got {service_cv!r}")
     return cv
+
+
+class Kingman(FIFO):
+    r"""First come, first served under renewal (non-Poisson) arrivals: Kingman's GI/G/1
+    approximation (Allen-Cunneen for one server).
+
+    $E[W] \approx \frac{c_a^2 + c_s^2}{2} \frac{\rho}{1-\rho} E[S]
+    = \lambda \frac{E[S^2] + (c_a^2 - 1) E[S]^2}{2(1-\rho)}$, with $c_a^2$ = `arrival_scv`
+    the squared coefficient of variation of the inter-arrival times and $c_s^2$ that of the
+    service time (the task mix and `service_cv`). With `arrival_scv=1` it is the
+    Pollaczek-Khinchine mean wait of `FIFO(service_cv)`. `arrival_scv` may be measured from a
+    trace (`arrival_scv`); docs *Real traffic* say at which time scale, and where it holds.
+    """
+
+    arrival_scv: ArrayLike = 1.0
+
+    @property
+    def structure(self) -> str:
+        return "general"
+
+    def check(self, w: Workload) -> None:
+        super().check(w)
+        if is_concrete(self.arrival_scv):
+            ca = np.asarray(self.arrival_scv, dtype=float)
+            if ca.ndim or not (np.isfinite(ca) and ca >= 0):
+                raise InputError(
+                    f"arrival_scv: a finite scalar >= 0, got {self.arrival_scv!r}"
+                )
+
+    def objective(self, tokens, w):
+        return latency_objective(tokens, w, self)
+
+    def value_and_grad(self, tokens, w):
+        return jax.value_and_grad(self.objective)(tokens, w)
+
+    def residual(self, tokens, w):
+        return LatencyModel.residual(self, tokens, w)
+
+    def residual_floor(self, tokens, w):
+        return LatencyModel.residual_floor(self, tokens, w)
+
+    def implicit_tangent(self, w, tokens, ok, w_dot):
+        return LatencyModel.implicit_tangent(self, w, tokens, ok, w_dot)
+
+    def system_times(self, tokens, w):
+        t, rho_k, m2_k = _moments(tokens, w, self.service_cv)
+        lam = w.arrival_rate[..., None]
+        rho = jnp.sum(rho_k, -1, keepdims=True)
+        mean = jnp.sum(w.share * t, -1, keepdims=True)
+        ca2 = jnp.asarray(self.arrival_scv, t.dtype)
+        second = jnp.sum(m2_k, -1, keepdims=True) + (ca2 - 1) * mean * mean
+        stable = rho < 1
+        wait = jnp.where(stable, lam * second / (2 * jnp.where(stable, 1 - rho, 1)), jnp.inf)
+        return wait + t
+
+
+class TimeVarying(LatencyModel):
+    r"""A piecewise-stationary server: the arrival rate is $f_j \lambda$ in window j, and a
+    request sees the steady state of `base` at its window's rate.
+
+    $E[T_k] = \sum_j q_j E[T_k]^{\text{base}}(\lambda f_j)$ with $q_j$ the share of requests
+    that arrive in window j (`weights`); `+inf` when any window with requests is overloaded.
+    It holds when windows are long against the queue's relaxation time and the rate within a
+    window is steady (docs *Real traffic*). `TimeVarying.from_trace` measures $f_j$, $q_j$.
+    The workload's `arrival_rate` is the mean rate $\lambda$; $\sum_j q_j f_j^{-1}$ need not
+    be 1 (windows of different activity).
+    """
+
+    rate_factors: Float[Array, " k"]
+    weights: Float[Array, " k"]
+    base: LatencyModel = eqx.field(default_factory=FIFO)
+    discipline: ClassVar[str] = "fifo"
+
+    def __post_init__(self):
+        f = np.asarray(self.rate_factors, dtype=float)
+        q = np.asarray(self.weights, dtype=float)
+        if f.ndim != 1 or f.shape != q.shape or f.size == 0:
+            raise InputError(
+                f"rate_factors, weights: one value per window each, got {f.shape} and {q.shape}"
+            )
+        if not (np.all(np.isfinite(f)) and np.all(f >= 0)):
+            raise InputError("rate_factors: must be finite and >= 0")
+        if not (np.all(np.isfinite(q)) and np.all(q >= 0) and q.sum() > 0):
+            raise InputError("weights: must be finite, >= 0 and not all zero")
+        keep = q > 0  # windows without requests do not count
+        object.__setattr__(self, "rate_factors", jnp.asarray(f[keep]))
+        object.__setattr__(self, "weights", jnp.asarray(q[keep] / q[keep].sum()))
+        if not isinstance(self.base, (FIFO, Priority, ProcessorSharing)):
+            raise InputError(
+                "base: FIFO, Kingman, Priority or ProcessorSharing (a single server), got "
+                f"{type(self.base).__name__}"
+            )
+
+    @classmethod
+    def from_trace(cls, trace, window: float, base: LatencyModel | None = None) -> TimeVarying:
+        """The windows of `trace` (a `Trace`) of `window` seconds: each one's rate over the
+        trace's mean rate, weighted by its requests."""
+        idx = trace.window_index(window)
+        num = int(idx.max()) + 1
+        counts = np.bincount(idx, minlength=num).astype(float)
+        lengths = np.full(num, float(window))
+        lengths[-1] = max(trace.duration - window * (num - 1), window)
+        return cls(
+            rate_factors=counts / lengths / trace.mean_rate,
+            weights=counts / counts.sum(),
+            base=FIFO() if base is None else base,
+        )
+
+    @property
+    def service_cv(self):
+        """The base server's coefficient of variation of service (what the simulator uses)."""
+        return getattr(self.base, "service_cv", 0.0)
+
+    def check(self, w: Workload) -> None:
+        self.base.check(w)
+
+    def _windows(self, w: Workload):
+        f = jnp.asarray(self.rate_factors, w.dtype)
+        return jax.vmap(lambda fj: w.replace(arrival_rate=w.arrival_rate * fj))(f)
+
+    def system_times(self, tokens, w):
+        f = jnp.asarray(self.rate_factors, w.dtype)
+        q = jnp.asarray(self.weights, w.dtype)
+        per = jax.vmap(
+            lambda fj: self.base.system_times(tokens, w.replace(arrival_rate=w.arrival_rate * fj))
+        )(f)
+        return jnp.tensordot(q, per, axes=1)
+
+    def load(self, tokens, w):
+        f = jnp.asarray(self.rate_factors, w.dtype)
+        return jnp.max(f) * self.base.load(tokens, w)

@@ -23,6 +23,7 @@ __all__ = [
     "ArrivalStats",
     "TrafficWarning",
     "arrival_stats",
+    "arrival_scv",
     "dispersion",
     "DISPERSION_WINDOWS",
     "plot_arrivals",
@@ -87,6 +88,25 @@ def dispersion(trace: Trace, window: float) -> float:
     if counts.size < MIN_WINDOWS or counts.mean() == 0:
         return math.nan
     return float(counts.var(ddof=1) / counts.mean())
+
+
+def arrival_scv(trace: Trace, window: float | None = None) -> float:
+    """The arrival variability $c_a^2$ of `trace` for `Kingman`: the squared coefficient of
+    variation of the inter-arrival times (`window=None`), or the index of dispersion of counts
+    in windows of `window` seconds (the variability a queue feels over that time; for a
+    renewal stream both tend to the same value as the window grows)."""
+    if not isinstance(trace, Trace):
+        raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
+    if window is None:
+        gaps = np.diff(trace.arrival_times)
+        return float(gaps.var() / gaps.mean() ** 2)
+    d = dispersion(trace, window)
+    if math.isnan(d):
+        raise InputError(
+            f"window: the trace ({trace.duration:.4g} s) holds fewer than {MIN_WINDOWS} whole "
+            f"windows of {window:g} s"
+        )
+    return d
 
 
 def rate_warnings(trace: Trace, window: float) -> tuple[str, ...]:
