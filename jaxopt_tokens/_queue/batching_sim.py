@@ -84,6 +84,7 @@ class BatchingSimulation(Simulation):
     predicted_system_time_by_task: Float[Array, "*p n"]
     num_queries: int = eqx.field(static=True)
     warmup: int = eqx.field(static=True)
+    arrival_rate: float = eqx.field(static=True, default=float("nan"))
 
     STATISTICS = (
         "system_time",
@@ -690,6 +691,7 @@ def simulate_batching(
         predicted_system_time_by_task=by_task.reshape(*policies, w.num_tasks),
         num_queries=num_queries,
         warmup=warmup,
+        arrival_rate=float(np.asarray(w.arrival_rate)),
     )
 
 

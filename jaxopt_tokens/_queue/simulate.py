@@ -293,6 +293,8 @@ class SimulationResult(Simulation):
     num_queries: int = eqx.field(static=True)
     warmup: int = eqx.field(static=True)
     discipline: str = eqx.field(static=True, default="fifo")
+    #: the mean arrival rate simulated (requests/s; a replay's after rescaling)
+    arrival_rate: float = eqx.field(static=True, default=float("nan"))
 
     STATISTICS = (
         "wait",
@@ -644,6 +646,7 @@ def simulate_server(
         num_queries=num_queries,
         warmup=warmup,
         discipline=discipline,
+        arrival_rate=float(np.asarray(w.arrival_rate)),
     )
 
 

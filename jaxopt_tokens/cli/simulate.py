@@ -12,6 +12,9 @@ from rich.table import Table
 
 from .. import (
     DISCIPLINES,
+    SERVICES,
+    TASK_SOURCES,
+    TRACE_FORMATS,
     FIFO,
     InputError,
     LatencyModel,
@@ -21,6 +24,7 @@ from .. import (
     Status,
     Workload,
     load_tokens,
+    read_trace,
     simulate,
     solve,
 )
@@ -29,6 +33,7 @@ from ._common import (
     add_workload_options,
     int_at_least,
     loaded_workload,
+    path_arg,
     positive_float,
     random_seed,
     server_from_args,
@@ -69,9 +74,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-queries",
         type=int_at_least(1),
-        default=10_000,
+        default=None,
         metavar="Q",
-        help="queries per replication",
+        help="queries per replication (default 10000; with --arrivals the whole trace)",
+    )
+    r = p.add_argument_group("replaying a recorded trace (python: simulate(..., arrivals=trace))")
+    r.add_argument(
+        "--arrivals",
+        type=path_arg,
+        metavar="FILE",
+        help="replay this trace's arrival times instead of Poisson arrivals (formats as in "
+        "`jaxopt-tokens trace`)",
+    )
+    r.add_argument("--trace-format", choices=("auto", *TRACE_FORMATS), default="auto")
+    rate = r.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--utilization",
+        type=positive_float,
+        metavar="U",
+        help="rescale the trace's times so the (one) policy loads the server to U",
+    )
+    rate.add_argument(
+        "--replay-rate",
+        type=positive_float,
+        metavar="R",
+        help="rescale the trace's times to a mean rate of R requests/s",
+    )
+    r.add_argument(
+        "--service",
+        choices=SERVICES,
+        default="tasks",
+        help="tasks: service by each request's drawn task; trace: scaled by its output tokens",
+    )
+    r.add_argument(
+        "--task-types",
+        choices=TASK_SOURCES,
+        default="shares",
+        help="shares: drawn by the workload's shares; trace: the trace's task labels",
     )
     p.add_argument("--num-replications", type=int_at_least(1), default=20, metavar="R")
     p.add_argument(
@@ -182,6 +221,29 @@ def run(args: argparse.Namespace) -> int:
     if server is not None and (args.discipline != "fifo" or args.service_cv):
         raise InputError("--server batching: --discipline and --service-cv are M/G/1 options")
     key = jax.random.PRNGKey(args.seed)
+    replay: dict = {}
+    if args.arrivals is None:
+        for flag, value, default in (
+            ("--utilization", args.utilization, None),
+            ("--replay-rate", args.replay_rate, None),
+            ("--service", args.service, "tasks"),
+            ("--task-types", args.task_types, "shares"),
+            ("--trace-format", args.trace_format, "auto"),
+        ):
+            if value != default:
+                raise InputError(f"{flag}: a setting of trace replay; give --arrivals FILE")
+    else:
+        if args.num_queries is not None:
+            raise InputError(
+                "--num-queries: a replay simulates the whole trace; cut the file to replay part"
+            )
+        replay = {
+            "arrivals": read_trace(args.arrivals, args.trace_format),
+            "utilization": args.utilization,
+            "rate": args.replay_rate,
+            "service": args.service,
+            "task_types": args.task_types,
+        }
     with loaded_workload(args) as w:
         model = _latency_model(args, w, _priority_order(args, w)) if server is None else server
         policies = np.stack([_policy(s, w, model) for s in specs])
@@ -195,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             model=model,
             warmup=args.warmup,
             **kwargs,
+            **replay,
         )
         if server is None:
             rows, discipline, what = ROWS, args.discipline, "M/G/1 server"
@@ -209,7 +272,9 @@ def run(args: argparse.Namespace) -> int:
         "policies": specs,
         "tasks": list(w.task_names),
         "tokens": policies.tolist(),
-        "num_queries": args.num_queries,
+        "num_queries": result.num_queries,
+        "arrivals": None if args.arrivals is None else str(args.arrivals),
+        "arrival_rate": result.arrival_rate,
         "replications": args.num_replications,
         "warmup": result.warmup,
         "discipline": discipline,
@@ -255,3 +320,4 @@ def _print_table(r: dict, rows=ROWS, server: str = "M/G/1 server") -> None:
     for k, name in enumerate(r["tasks"]):
         b.add_row(name, *(f"{tok[k]:.1f}" for tok in r["tokens"]))
     console.print(b)
+
