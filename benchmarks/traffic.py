@@ -80,9 +80,10 @@ def measure(replications: int) -> list[dict]:
                     model=jt.FIFO(service_cv=cv),
                 )
                 replay = float(np.mean(np.asarray(sim.system_time)))
-                w = w0.replace(arrival_rate=np.asarray(sim.predicted_utilization) / float(
-                    jt.service_moments(tokens, w0)[0]
-                ))
+                w = w0.replace(
+                    arrival_rate=np.asarray(sim.predicted_utilization)
+                    / float(jt.service_moments(tokens, w0)[0])
+                )
                 row = {"trace": name, "service": service, "utilization": u, "replay": replay}
                 for label, model in models(trace, w, tokens, cv).items():
                     row[label] = float(model.mean_system_time(tokens, w)) / replay

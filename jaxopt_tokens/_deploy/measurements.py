@@ -10,15 +10,18 @@ request. Columns (order free, names case-insensitive; lines starting with `#` ar
   `n_latency` if given, else by `n_total`, else 1.
 
 A request log (`--shares`) is a CSV with `task` and either `share`, `count`, or one row per
-request (shares are then the empirical frequencies); an optional `arrival_time` column
-(seconds) also gives the arrival rate, (requests - 1) / (last - first arrival).
+request (shares are then the empirical frequencies); an optional time column
+(`arrival_time`, `timestamp` or `time`: seconds, milliseconds or ISO 8601 date-times) also
+gives the arrival rate, (requests - 1) / (last - first arrival). Without a `task` column a
+request log is one task's, or is labelled by bands of a token column (`read_request_log`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
@@ -28,6 +31,8 @@ import numpy as np
 from .._errors import InputError
 from .._files import csv_rows, parse_number, read_text
 from .._objective import task_accuracy
+from .._traffic.stats import TrafficWarning, rate_warnings
+from .._traffic.trace import TIME_COLUMNS, Trace, read_trace
 from .._workload import Workload
 
 __all__ = [
@@ -146,16 +151,54 @@ def read_measurements(path: str | Path) -> Measurements:
     return parse_measurements(text, str(path))
 
 
-def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarray, float | None]:
-    """Task shares (in the order of `tasks`) and, if the log has arrival times, the arrival rate."""
+def read_request_log(
+    path: str | Path,
+    tasks: tuple[str, ...],
+    *,
+    bands: dict[str, float] | None = None,
+    band_column: str = "output_tokens",
+    window: float = 60.0,
+) -> tuple[np.ndarray, float | None]:
+    """Task shares (in the order of `tasks`) and, if the log has arrival times, the mean
+    arrival rate.
+
+    The log is a CSV with `task` and `share` or `count` (a share table), or one row per
+    request. A request log's time column (`arrival_time`, `timestamp` or `time`) may hold
+    seconds, milliseconds (a name ending in `_ms`) or ISO 8601 date-times, as `read_trace`
+    reads them. Without a `task` column the requests are one task's (when `tasks` has one),
+    or are labelled by `bands` of `band_column` (`Trace.labelled`, e.g. `{"short": 512,
+    "long": math.inf}` on `output_tokens`). A `TrafficWarning` says when one mean rate
+    misrepresents the log (`rate_warnings` at `window` seconds).
+    """
     text = read_text(path, "request log")
     source = str(path)
     header_line, header, rows = csv_rows(text, source)
+    time_col = next((c for c in TIME_COLUMNS if c in header), None)
     if "task" not in header:
-        raise InputError(f"{source}, line {header_line}: missing column 'task'")
-    weight = np.zeros(len(tasks))
-    times = []
+        if time_col is None and bands is None and len(tasks) != 1:
+            raise InputError(
+                f"{source}, line {header_line}: missing column 'task' (a log without one is "
+                f"one task's, or labelled by bands of a token column; {len(tasks)} tasks "
+                "measured)"
+            )
+        trace = read_trace(path, "csv")
+        if bands is not None:
+            trace = trace.labelled(bands, band_column)
+        elif len(tasks) == 1:
+            trace = replace(trace, labels=(tasks[0],) * len(trace))
+        else:
+            raise InputError(
+                f"{source}, line {header_line}: missing column 'task'; with {len(tasks)} "
+                "measured tasks give bands to label the requests"
+            )
+        assert trace.labels is not None
+        _warn_rates(trace, window)
+        return _shares(trace.labels, tasks, source, None), trace.mean_rate
+    if bands is not None:
+        raise InputError(f"{source}: bands label a log without a 'task' column; this one has it")
     column = "share" if "share" in header else "count" if "count" in header else None
+    weights = []
+    names = []
     for lineno, row in rows:
         if row["task"] not in tasks:
             raise InputError(
@@ -167,9 +210,40 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
             raise InputError(
                 f"{source}, line {lineno}: column '{column}' must be >= 0, got {row[column]}"
             )
-        weight[tasks.index(row["task"])] += value
-        if "arrival_time" in header:
-            times.append(_float(row, "arrival_time", lineno, source))
+        names.append(row["task"])
+        weights.append(value)
+    rate = None
+    if time_col is not None:
+        if column is not None:
+            raise InputError(
+                f"{source}, line {header_line}: a share table ('{column}') has no arrival times; "
+                f"drop column '{time_col}' or give one row per request"
+            )
+        trace = read_trace(path, "csv")
+        _warn_rates(trace, window)
+        rate = trace.mean_rate
+    return _shares(tuple(names), tasks, source, np.asarray(weights)), rate
+
+
+def _warn_rates(trace: Trace, window: float) -> None:
+    for note in rate_warnings(trace, window):
+        warnings.warn(
+            f"{note}: the mean rate {trace.mean_rate:.4g}/s misrepresents it (see "
+            "`jaxopt-tokens trace`, plan_windows)",
+            TrafficWarning,
+            stacklevel=3,
+        )
+
+
+def _shares(labels, tasks: tuple[str, ...], source: str, weights) -> np.ndarray:
+    weight = np.zeros(len(tasks))
+    index = {t: k for k, t in enumerate(tasks)}
+    for i, name in enumerate(labels):
+        if name not in index:
+            raise InputError(
+                f"{source}: task {name!r} is not in the measurements ({', '.join(tasks)})"
+            )
+        weight[index[name]] += 1.0 if weights is None else weights[i]
     if not np.any(weight > 0):
         raise InputError(f"{source}: no requests (all shares or counts are zero)")
     missing = [t for t, x in zip(tasks, weight) if x == 0]
@@ -177,14 +251,8 @@ def read_request_log(path: str | Path, tasks: tuple[str, ...]) -> tuple[np.ndarr
         raise InputError(
             f"{source}: no requests for task(s) {missing}; every measured task needs a share > 0"
         )
-    rate = None
-    if times:
-        span = max(times) - min(times)
-        if span <= 0 or len(times) < 2:
-            raise InputError(f"{source}: column 'arrival_time' needs at least two distinct times")
-        rate = (len(times) - 1) / span
     weight = weight / weight.max()  # first, so that huge counts cannot overflow the sum
-    return weight / weight.sum(), rate
+    return weight / weight.sum()
 
 
 def synthetic_measurements(

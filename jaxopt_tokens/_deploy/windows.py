@@ -137,5 +137,3 @@ def plan_windows(
         model=tv,
         workload=wm,
     )
-
-

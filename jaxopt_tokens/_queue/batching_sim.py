@@ -36,11 +36,11 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
+from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .batching import ContinuousBatching
-from .._traffic.trace import Trace
-from .replay import Replay, no_replay_settings, prepare_replay
+from .replay import no_replay_settings, prepare_replay
 from .simulate import (
     Simulation,
     UnstableQueueWarning,

@@ -334,9 +334,7 @@ class Kingman(FIFO):
         if is_concrete(self.arrival_scv):
             ca = np.asarray(self.arrival_scv, dtype=float)
             if ca.ndim or not (np.isfinite(ca) and ca >= 0):
-                raise InputError(
-                    f"arrival_scv: a finite scalar >= 0, got {self.arrival_scv!r}"
-                )
+                raise InputError(f"arrival_scv: a finite scalar >= 0, got {self.arrival_scv!r}")
 
     def objective(self, tokens, w):
         return latency_objective(tokens, w, self)

@@ -32,12 +32,12 @@ from .._errors import InputError
 from .._objective import task_accuracy
 from .._stats import replication_interval
 from .._status import HasStatus, StatusEnum
+from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
 from .models import LatencyModel, check_service_cv
 from .replay import Replay, no_replay_settings, prepare_replay
-from .._traffic.trace import Trace
 
 __all__ = [
     "UnstableQueueWarning",

@@ -32,7 +32,14 @@ import numpy as np
 from .._errors import InputError
 from .._files import read_text
 
-__all__ = ["Trace", "read_trace", "parse_times", "TRACE_FORMATS", "TIME_UNITS"]
+__all__ = [
+    "Trace",
+    "read_trace",
+    "parse_times",
+    "TRACE_FORMATS",
+    "TIME_UNITS",
+    "TIME_COLUMNS",
+]
 
 #: the formats `read_trace` reads (`"auto"` chooses among them from the file)
 TRACE_FORMATS = ("azure", "mooncake", "burstgpt", "csv", "jsonl")
@@ -41,9 +48,15 @@ TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 TimeUnit = Literal["auto", "s", "ms", "us", "iso"]
 
-# column names (lower case) of each format: time, input tokens, output tokens, label
-_TIME_COLUMNS = ("arrival_time", "arrival_time_ms", "timestamp", "timestamp_ms", "time", "time_ms")
-_INPUT_COLUMNS = ("input_tokens", "prompt_tokens", "input_length", "contexttokens", "request tokens")
+#: the names (lower case) a time column may have, in order of preference
+TIME_COLUMNS = ("arrival_time", "arrival_time_ms", "timestamp", "timestamp_ms", "time", "time_ms")
+_INPUT_COLUMNS = (
+    "input_tokens",
+    "prompt_tokens",
+    "input_length",
+    "contexttokens",
+    "request tokens",
+)
 _OUTPUT_COLUMNS = (
     "output_tokens",
     "completion_tokens",
@@ -82,7 +95,8 @@ class Trace:
         t = np.asarray(self.arrival_times, dtype=np.float64)
         if t.ndim != 1 or t.size < 2:
             raise InputError(
-                f"{self.source}: a trace needs at least two requests, got {t.size if t.ndim == 1 else t.shape}"
+                f"{self.source}: a trace needs at least two requests, got "
+                f"{t.size if t.ndim == 1 else t.shape}"
             )
         if not np.all(np.isfinite(t)):
             raise InputError(f"{self.source}: arrival_times must be finite")
@@ -356,14 +370,14 @@ def _read_csv(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
     if len(set(header)) != len(header):
         raise InputError(f"{source}, line {rows[0][0]}: duplicate column names in {header}")
     names = {
-        "time": _column(header, _TIME_COLUMNS),
+        "time": _column(header, TIME_COLUMNS),
         "input": _column(header, _INPUT_COLUMNS),
         "output": _column(header, _OUTPUT_COLUMNS),
         "label": _column(header, _LABEL_COLUMNS),
     }
     if names["time"] is None:
         raise InputError(
-            f"{source}, line {rows[0][0]}: no time column (one of {', '.join(_TIME_COLUMNS)}); "
+            f"{source}, line {rows[0][0]}: no time column (one of {', '.join(TIME_COLUMNS)}); "
             f"header: {', '.join(header)}"
         )
     if unit == "auto" and names["time"].endswith("_ms"):
@@ -413,15 +427,14 @@ def _read_jsonl(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
     else:
         keys = set().union(*(r.keys() for _, r in records[:100]))
         names = {
-            "time": _column(sorted(keys), _TIME_COLUMNS),
+            "time": _column(sorted(keys), TIME_COLUMNS),
             "input": _column(sorted(keys), _INPUT_COLUMNS),
             "output": _column(sorted(keys), _OUTPUT_COLUMNS),
             "label": _column(sorted(keys), _LABEL_COLUMNS),
         }
         if names["time"] is None:
             raise InputError(
-                f"{source}, line {records[0][0]}: no time field (one of "
-                f"{', '.join(_TIME_COLUMNS)})"
+                f"{source}, line {records[0][0]}: no time field (one of {', '.join(TIME_COLUMNS)})"
             )
         if unit == "auto" and names["time"].endswith("_ms"):
             unit = "ms"
@@ -441,15 +454,15 @@ def _read_jsonl(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
                 continue
             v = rec[c]
             if isinstance(v, bool) or isinstance(v, (list, dict)):
-                raise InputError(f"{source}, line {lineno}, field {c!r}: expected a value, got {v!r}")
+                raise InputError(
+                    f"{source}, line {lineno}, field {c!r}: expected a value, got {v!r}"
+                )
             columns[role].append(str(v))
         lines.append(lineno)
     return _from_columns(source, fmt, lines, columns, names, unit, dropped)
 
 
-def read_trace(
-    path: str | Path, format: str = "auto", *, time_unit: TimeUnit = "auto"
-) -> Trace:
+def read_trace(path: str | Path, format: str = "auto", *, time_unit: TimeUnit = "auto") -> Trace:
     """Read a request trace (formats in the module docstring; `"auto"` detects them).
 
     Args:

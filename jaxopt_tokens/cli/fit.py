@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .. import (
     FitWarning,
+    InputError,
     budget_uncertainty,
     dump_workload,
     fit,
@@ -40,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SHARES.csv",
         help="request log or share table (task + share/count, or one row per request; "
         "an arrival_time column also sets the arrival rate). Default: equal shares",
+    )
+    p.add_argument(
+        "--task-bands",
+        metavar="NAME=MAX,...",
+        help="label a request log without a 'task' column by bands of its output tokens, e.g. "
+        "short=512,long=inf (each request: the first band whose MAX holds its count)",
     )
     p.add_argument(
         "-o", "--output", metavar="FILE", help="write the workload TOML here (default: print it)"
@@ -77,7 +84,9 @@ def _run(args, outputs, toml_path, plot_path) -> int:
     m = read_measurements(args.measurements)
     shares, rate = (None, None)
     if args.shares:
-        shares, rate = read_request_log(args.shares, m.tasks)
+        shares, rate = read_request_log(args.shares, m.tasks, bands=_bands(args.task_bands))
+    elif args.task_bands is not None:
+        raise InputError("--task-bands: labels the requests of --shares LOG; give --shares")
     arrival_rate = args.arrival_rate or rate or 0.1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitWarning)
@@ -137,3 +146,22 @@ def _print(report: dict, result) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if report["output"]:
         console.print(f"workload written to {report['output']}")
+
+
+def _bands(text: str | None) -> dict[str, float] | None:
+    """`short=512,long=inf` as `{"short": 512.0, "long": inf}`."""
+    if text is None:
+        return None
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            bound = float(value)
+        except ValueError:
+            bound = None
+        if not sep or not name.strip() or bound is None or bound != bound:
+            raise InputError(
+                f"--task-bands: expected NAME=MAX,... (e.g. short=512,long=inf), got {part!r}"
+            )
+        out[name.strip()] = bound
+    return out

@@ -12,10 +12,10 @@ from rich.table import Table
 
 from .. import (
     DISCIPLINES,
+    FIFO,
     SERVICES,
     TASK_SOURCES,
     TRACE_FORMATS,
-    FIFO,
     InputError,
     LatencyModel,
     Priority,
@@ -320,4 +320,3 @@ def _print_table(r: dict, rows=ROWS, server: str = "M/G/1 server") -> None:
     for k, name in enumerate(r["tasks"]):
         b.add_row(name, *(f"{tok[k]:.1f}" for tok in r["tokens"]))
     console.print(b)
-
