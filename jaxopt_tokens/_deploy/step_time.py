@@ -8,11 +8,19 @@ milliseconds, `mean_tpot_ms` / `median_tpot_ms` (per request: (latency - TTFT) /
 tokens - 1)). At concurrency n, a decode step runs n requests, so TPOT is the step time at
 batch size n (the version read is named on the docs page *Continuous batching*).
 
-`fit_step_time` takes such files (one per concurrency) or a CSV with columns
-`concurrency, tpot` (seconds; or `tpot_ms`), and fits the line by least squares, with
-standard errors from the residual variance and Student-t intervals. A `FitWarning` says when
-the step time is not linear in the batch size (a significant quadratic term) or the slope is
-not clearly positive. Docs: *Continuous batching*.
+SGLang's `python -m sglang.bench_serving --output-file F` appends one JSON line per run
+(`sglang/benchmark/serving.py` in sglang 0.5.23): `max_concurrency`, `duration`,
+`completed`, `request_rate`, `mean_e2e_latency_ms`, the achieved mean `concurrency`, and
+`median_itl_ms` / `median_tpot_ms` (older files have ITL only). A request-rate run (no
+`max_concurrency`) has no fixed batch size: its mean concurrency is estimated (see
+`read_step_times`), and a run that could not keep up with its offered rate is left out.
+
+`fit_step_time` takes such files or a CSV with columns `concurrency, tpot` (seconds; or
+`tpot_ms`), and fits the line by least squares, with standard errors from the residual
+variance and Student-t intervals. A `FitWarning` says when the step time bends (the rule of
+`_bends`, which has power from 3 points: the largest concurrency more than 10% above the line
+through the others), when a quadratic term is significant (4 or more points), or when the
+slope is not clearly positive. Docs: *Continuous batching*.
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ class StepTimeFit:
     concurrency: np.ndarray
     step_time: np.ndarray
     warnings: tuple[str, ...] = ()
+    #: how each kept run's concurrency was obtained (files only)
+    methods: tuple[str, ...] = ()
+    #: the runs left out of the fit, with why (overloaded request-rate runs)
+    excluded: tuple[str, ...] = ()
 
     def interval(self, name: str, level: float = 0.95) -> tuple[float, float]:
         """Student-t interval for `tau0` or `tau1` at confidence `level` in (0, 1)."""
@@ -91,24 +103,82 @@ def _json_records(path: Path, text: str) -> list[tuple[str, object]]:
     return records
 
 
-def _from_benchmark_result(path: str, data) -> tuple[float, float]:
+@dataclass(frozen=True)
+class _Run:
+    """One benchmark run: its concurrency, step time, how the concurrency was obtained, and
+    why it is left out of the fit (None when it is kept)."""
+
+    concurrency: float
+    step_time: float
+    method: str
+    overloaded: str | None = None
+
+
+#: a request-rate run completes fewer requests per second than this fraction of its rate:
+#: the server could not keep up (the queue grew during the run)
+OVERLOAD_FRACTION = 0.9
+
+
+def _optional(data: dict, where: str, *keys: str) -> tuple[str, float] | None:
+    """The first of `keys` present with a non-null value, as a number."""
+    for key in keys:
+        if data.get(key) is not None:
+            return key, parse_number(data[key], f"{where}: field '{key}'", minimum=0)
+    return None
+
+
+def _from_benchmark_result(path: str, data) -> _Run:
+    """A run of `vllm bench serve --save-result` or `sglang.bench_serving --output-file`."""
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected the JSON object of `vllm bench serve --save-result`")
-    n = data.get("max_concurrency")
-    if n is None:  # the run had no concurrency limit: use the peak it reached
-        n = data.get("max_concurrent_requests")
-    if n is None:
         raise InputError(
-            f"{path}: no 'max_concurrency' (or 'max_concurrent_requests'): a request-rate run "
-            "has no fixed batch size, so no step time can be fitted from it; run the "
-            "benchmark with --max-concurrency N"
+            f"{path}: expected the JSON object of a vLLM or SGLang serving benchmark result"
         )
-    field = "median_tpot_ms" if data.get("median_tpot_ms") is not None else "mean_tpot_ms"
-    if data.get(field) is None:
-        raise InputError(f"{path}: no 'median_tpot_ms' or 'mean_tpot_ms' value")
-    n = parse_number(n, f"{path}: field 'max_concurrency'", minimum=1)
-    tpot = parse_number(data[field], f"{path}: field '{field}'", positive=True)
-    return n, tpot / 1000.0
+    step = _optional(data, path, "median_tpot_ms", "mean_tpot_ms", "median_itl_ms", "mean_itl_ms")
+    if step is None:
+        raise InputError(
+            f"{path}: no 'median_tpot_ms' or 'mean_tpot_ms' (vLLM) value, nor "
+            "'median_itl_ms' / 'mean_itl_ms' (SGLang)"
+        )
+    if not step[1] > 0:
+        raise InputError(f"{path}: field '{step[0]}': must be > 0, got {data[step[0]]!r}")
+    tpot = step[1] / 1000.0
+    n = data.get("max_concurrency")
+    if n is not None:
+        n = parse_number(n, f"{path}: field 'max_concurrency'", minimum=1)
+        return _Run(n, tpot, "max_concurrency")
+    # a request-rate run: the mean number in flight, by Little's law or as reported
+    duration = _optional(data, path, "duration")
+    completed = _optional(data, path, "completed")
+    e2e = _optional(data, path, "mean_e2el_ms", "mean_e2e_latency_ms")
+    reported = _optional(data, path, "concurrency")  # SGLang: sum of latencies / duration
+    throughput = _optional(data, path, "output_throughput")
+    if reported is not None and reported[1] > 0:
+        n, method = reported[1], "concurrency (reported)"
+    elif duration and completed and e2e and duration[1] > 0:
+        n = completed[1] / duration[1] * e2e[1] / 1000.0
+        method = "Little's law: completed / duration x mean end-to-end latency"
+    elif throughput is not None and step[0].endswith("tpot_ms"):
+        n, method = throughput[1] * tpot, "output throughput x TPOT"
+    else:
+        raise InputError(
+            f"{path}: no 'max_concurrency': a request-rate run needs 'duration', 'completed' and "
+            "a mean end-to-end latency ('mean_e2el_ms' or 'mean_e2e_latency_ms'), or "
+            "'concurrency', to estimate its batch size; or run the benchmark with "
+            "--max-concurrency N"
+        )
+    if not n >= 1:
+        raise InputError(f"{path}: the estimated concurrency {n:.3g} is below 1 request")
+    overloaded = None
+    rate = data.get("request_rate")
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate):
+        if duration and completed and duration[1] > 0 and rate > 0:
+            achieved = completed[1] / duration[1]
+            if achieved < OVERLOAD_FRACTION * rate:
+                overloaded = (
+                    f"{path}: overloaded: {achieved:.3g} requests/s completed of {rate:g}/s "
+                    "offered (the queue grew during the run); left out of the fit"
+                )
+    return _Run(n, tpot, method, overloaded)
 
 
 def _from_csv(path: Path, text: str) -> list[tuple[float, float]]:
@@ -136,24 +206,45 @@ def _from_csv(path: Path, text: str) -> list[tuple[float, float]]:
     return out
 
 
-def read_step_times(*paths: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(concurrency, step time in seconds) from vLLM benchmark JSON files and/or CSV files."""
+def _read_runs(*paths: str | Path) -> list[_Run]:
     if not paths:
         raise InputError("give at least one benchmark JSON or CSV file")
-    n, t = [], []
+    runs: list[_Run] = []
     for p in paths:
         path = Path(p)
         text = read_text(p, "step-time measurements")
         if path.suffix.lower() in (".json", ".jsonl") or text.lstrip().startswith("{"):
             for where, record in _json_records(path, text):
-                a, b = _from_benchmark_result(where, record)
-                n.append(a)
-                t.append(b)
+                runs.append(_from_benchmark_result(where, record))
         else:
-            for a, b in _from_csv(path, text):
-                n.append(a)
-                t.append(b)
-    return np.asarray(n, dtype=np.float64), np.asarray(t, dtype=np.float64)
+            runs.extend(_Run(a, b, "csv") for a, b in _from_csv(path, text))
+    return runs
+
+
+def read_step_times(*paths: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(concurrency, step time in seconds) from benchmark result files and/or CSV files.
+
+    Reads `vllm bench serve --save-result` output (one JSON object, or JSON Lines with
+    `--append-result`), SGLang `bench_serving --output-file` JSON Lines, and CSV files with
+    `concurrency, tpot` (seconds) or `tpot_ms`. A run with `max_concurrency` gives its batch
+    size; a request-rate run's is estimated (SGLang's reported `concurrency`, else Little's
+    law from `completed`, `duration` and the mean end-to-end latency, else output throughput
+    x TPOT). The step time is the median (else mean) TPOT, or for SGLang files without TPOT the
+    median (else mean) ITL. Request-rate runs that completed fewer than `OVERLOAD_FRACTION` of
+    their offered requests per second were overloaded: they are left out, with a
+    `FitWarning`.
+    """
+    runs = _read_runs(*paths)
+    for run in runs:
+        if run.overloaded:
+            warnings.warn(run.overloaded, FitWarning, stacklevel=2)
+    kept = [r for r in runs if not r.overloaded]
+    if not kept:
+        raise InputError("every run was overloaded: no step time can be fitted from them")
+    return (
+        np.asarray([r.concurrency for r in kept], dtype=np.float64),
+        np.asarray([r.step_time for r in kept], dtype=np.float64),
+    )
 
 
 def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
@@ -167,8 +258,19 @@ def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
     """
     if sources and (concurrency is not None or step_time is not None):
         raise InputError("give files or concurrency/step_time arrays, not both")
+    methods: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
     if sources:
-        n, t = read_step_times(*sources)
+        runs = _read_runs(*sources)
+        excluded = tuple(r.overloaded for r in runs if r.overloaded)
+        kept = [r for r in runs if not r.overloaded]
+        for note in excluded:
+            warnings.warn(note, FitWarning, stacklevel=2)
+        if not kept:
+            raise InputError("every run was overloaded: no step time can be fitted from them")
+        n = np.asarray([r.concurrency for r in kept], dtype=np.float64)
+        t = np.asarray([r.step_time for r in kept], dtype=np.float64)
+        methods = tuple(r.method for r in kept)
         where = ", ".join(str(s) for s in sources)
     else:
         if concurrency is None or step_time is None:
@@ -203,7 +305,14 @@ def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
     cov = sigma2 * np.linalg.inv(X.T @ X)
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     notes = []
-    if np.unique(n).size >= 4:
+    bend = _bends(n, t)
+    if bend is not None:
+        notes.append(
+            f"{where}: the step time bends upward: at concurrency {n.max():g} it is {bend:.0%} "
+            "above the line through the smaller concurrencies (the server saturates, or "
+            "attention cost grows with the batch); the fitted line overstates capacity there"
+        )
+    elif np.unique(n).size >= 4:
         X2 = np.stack([np.ones_like(n), n, n * n], 1)
         b2, *_ = np.linalg.lstsq(X2, t, rcond=None)
         r2 = t - X2 @ b2
@@ -245,4 +354,29 @@ def fit_step_time(*sources, concurrency=None, step_time=None) -> StepTimeFit:
         concurrency=n,
         step_time=t,
         warnings=tuple(notes),
+        methods=methods,
+        excluded=excluded,
     )
+
+
+#: the step time at the largest concurrency exceeds the line through the others by more than
+#: this fraction (and more than three times their relative residual): it bends
+BEND_FRACTION = 0.1
+
+
+def _bends(n: np.ndarray, t: np.ndarray) -> float | None:
+    """How far above the line through the smaller concurrencies the largest one's step time
+    lies (a fraction), when that is more than `BEND_FRACTION` and beyond the noise; else None.
+    Needs 3 distinct concurrencies (2 to draw the line, 1 to test)."""
+    top = n == n.max()
+    if np.unique(n[~top]).size < 2:
+        return None
+    X = np.stack([np.ones_like(n[~top]), n[~top]], 1)
+    beta, *_ = np.linalg.lstsq(X, t[~top], rcond=None)
+    r = t[~top] - X @ beta
+    noise = float(np.sqrt(np.mean((r / t[~top]) ** 2))) if r.size > 2 else 0.0
+    predicted = beta[0] + beta[1] * n.max()
+    if not predicted > 0:
+        return None
+    excess = float(np.mean(t[top]) / predicted - 1)
+    return excess if excess > max(BEND_FRACTION, 3 * noise) else None

@@ -83,6 +83,9 @@ def run_fit(args: argparse.Namespace) -> int:
         "interval_95": {"tau0": [lo0, hi0], "tau1": [lo1, hi1]},
         "points": int(fit.concurrency.size),
         "step_time_arg": f"{fit.tau0:.6g},{fit.tau1:.6g}",
+        "concurrency": fit.concurrency.tolist(),
+        "concurrency_method": list(fit.methods),
+        "excluded": list(fit.excluded),
         "warnings": [str(w.message) for w in caught],
     }
     if args.format == "json":
