@@ -133,7 +133,7 @@ from ._tuning.router import (
 )
 from ._tuning.tune import AlphaTuning, TuneStatus, tune, tune_alpha
 from ._version import __version__
-from ._workload import Workload, make_workload
+from ._workload import SERVERS, Workload, make_workload
 
 __all__ = [
     # systems in their own namespaces
@@ -142,6 +142,7 @@ __all__ = [
     # workloads and bad input
     "Workload",
     "make_workload",
+    "SERVERS",
     "default_workload",
     "load_workload",
     "dump_workload",

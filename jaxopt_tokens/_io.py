@@ -32,7 +32,7 @@ import numpy as np
 from ._errors import InputError, WorkloadError
 from ._files import parse_number, read_text
 from ._validate import PER_TASK_FIELDS, SCALAR_FIELDS
-from ._workload import Workload
+from ._workload import Workload, server_rules
 
 __all__ = [
     "default_workload",
@@ -57,12 +57,16 @@ def default_workload(dtype=None) -> Workload:
     return w if dtype is None else w.astype(dtype)
 
 
-def load_workload(path: str | Path, dtype=None, *, stability: bool = True) -> Workload:
+def load_workload(
+    path: str | Path, dtype=None, *, stability: bool = True, server: str = "mg1"
+) -> Workload:
     """Load and validate a workload from a `.toml` or `.json` file.
 
     Raises `WorkloadError` (a `ValueError`) naming the file, the field, the task and, for
-    TOML, the line of the task's `[[tasks]]` entry. `stability` as in `Workload.validate`.
+    TOML, the line of the task's `[[tasks]]` entry. `server` (`"mg1"` or `"batching"`) says
+    which rules apply, as in `Workload.validate` (`stability=False` is `server="batching"`).
     """
+    stability = stability and server_rules(server)
     text = read_text(path, "workload", WorkloadError)
     path = Path(path)
     fmt = "json" if path.suffix.lower() == ".json" else "toml"
@@ -89,9 +93,11 @@ def workload_from_dict(
     source: str = "<dict>",
     task_lines: list[int] | None = None,
     stability: bool = True,
+    server: str = "mg1",
 ) -> Workload:
-    """Build and validate a workload from the file layout above (already parsed);
-    `stability` as in `Workload.validate`."""
+    """Build and validate a workload from the file layout above (already parsed); `server`
+    and `stability` as in `Workload.validate`."""
+    stability = stability and server_rules(server)
     if not isinstance(data, dict):
         raise WorkloadError(f"{source}: the top level must be a table/object")
     tasks = data.get("tasks")

@@ -95,7 +95,8 @@ def _explain_unstable(f, idx, dtype) -> str:
     return (
         f"the queue is unstable even with zero reasoning tokens (utilization "
         f"{_zero_token_load(f)[idx]:.4g} >= 1); no budget can help. The arrival rate must be "
-        f"below {cap:.6g} queries/s for these prefill times"
+        f"below {cap:.6g} queries/s for these prefill times (this is the single M/G/1 "
+        "server's rule; a workload for a batching server only: server='batching')"
     )
 
 

@@ -113,22 +113,35 @@ class Workload(eqx.Module):
             **{f: getattr(self, f).astype(dtype) for f in PER_TASK_FIELDS + SCALAR_FIELDS}
         )
 
-    def validate(self, stability: bool = True) -> Workload:
+    def validate(self, stability: bool = True, *, server: str = "mg1") -> Workload:
         """Check every value eagerly; raise `WorkloadError` naming the field and task.
 
         Accepts a single workload or a batch (leading axes); for a batch the message names
-        the first offending member. `stability=False` skips the check that the paper's
-        M/G/1 server is stable at zero tokens (for a workload served by another model, such
-        as `ContinuousBatching`, whose stability is its own). Returns `self` so that calls
-        can be chained.
+        the first offending member. Which rules apply depends on the server the workload is
+        for (`SERVERS`): every rule for the single M/G/1 server (`"mg1"`, the paper's and
+        every single-server model's), all but its stability at zero tokens for a continuously
+        batching server (`"batching"`, whose stability is `ContinuousBatching`'s own and is
+        checked when it is solved or simulated). `stability=False` is the same as
+        `server="batching"`. Returns `self` so that calls can be chained.
         """
         check_values(
             {f: getattr(self, f) for f in PER_TASK_FIELDS + SCALAR_FIELDS},
             self.names,
             self.dtype,
-            stability,
+            stability and server_rules(server),
         )
         return self
+
+
+#: the servers a workload may be validated for: which rules apply (`Workload.validate`)
+SERVERS = ("mg1", "batching")
+
+
+def server_rules(server: str) -> bool:
+    """Whether the M/G/1 stability rule applies to a workload for `server`."""
+    if server not in SERVERS:
+        raise WorkloadError(f"server: one of {', '.join(SERVERS)}; got {server!r}")
+    return server == "mg1"
 
 
 def make_workload(
@@ -143,8 +156,10 @@ def make_workload(
     alpha: float,
     max_tokens: float,
     names: Sequence[str] = (),
+    server: str = "mg1",
 ) -> Workload:
-    """Build and validate a single workload; equal shares when `share` is omitted."""
+    """Build and validate a single workload; equal shares when `share` is omitted. `server`
+    (`"mg1"` or `"batching"`) says which rules apply (`Workload.validate`)."""
     try:
         n = len(A)
     except TypeError:
@@ -165,4 +180,4 @@ def make_workload(
         max_tokens=max_tokens,
         names=tuple(names),
     )
-    return w.validate()
+    return w.validate(server=server)

@@ -55,9 +55,10 @@ def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> 
 def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
     """The workload the options name, with overrides applied and validated (a batching
     server judges its own stability: the M/G/1 rule is not applied to it)."""
-    stability = getattr(args, "server", "mg1") != "batching"
+    server = "batching" if getattr(args, "server", "mg1") == "batching" else "mg1"
+    stability = server == "mg1"
     w = (
-        load_workload(args.workload, stability=stability)
+        load_workload(args.workload, server=server)
         if args.workload is not None
         else default_workload()
     )
