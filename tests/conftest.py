@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import jax
 
@@ -95,6 +96,9 @@ BAD_BYTES = b"\xff\xfe\x00\x81not utf-8"
 
 
 FAST = ["--num-queries", "200", "--num-replications", "2"]
+#: the first 300 requests of public traces (licences in tests/data/traces/NOTICE.md)
+TRACES = Path(__file__).parent / "data" / "traces"
+TRACE_EXCERPT = TRACES / "AzureLLMInferenceTrace_conv_excerpt.csv"
 
 
 def run_cli(argv):

@@ -16,7 +16,7 @@ import json
 
 import jax
 import numpy as np
-from conftest import FAST, run_cli, strict_loads, table1_measurements
+from conftest import FAST, TRACE_EXCERPT, run_cli, strict_loads, table1_measurements
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +41,11 @@ FILE_COMMANDS = {
     "budget": lambda p: ["budget", "--budget", "1000", "--thresholds", p, "--format", "json"],
     "evaluate-budget": lambda p: ["evaluate-budget", "--pool", p, "--format", "json"],
     "fit-server": lambda p: ["fit-server", p, "--format", "json"],
+    "fit --shares": lambda p: ["fit", "MEASUREMENTS", "--shares", p, "--format", "json"],
+    "trace": lambda p: ["trace", p, "--format", "json"],
+    "simulate --arrivals": lambda p: [
+        *("simulate", "--arrivals", p, "--num-replications", "2", "--format", "json")
+    ],
     "plan": lambda p: [
         *("plan", "--step-time", "0.02,0.0005", "--target-latency", "20"),
         *("--max-replicas", "2", "--num-queries", "200", "--num-replications", "2"),
@@ -61,6 +66,7 @@ FLAG_COMMANDS = {
     "budget": ["--thresholds", "THRESHOLDS"],
     "evaluate-budget": [],
     "fit-server": ["STEPTIMES"],
+    "trace": ["TRACE"],
     "plan": ["--step-time", "0.02,0.0005", "--target-latency", "20", "--num-queries", "200"],
 }
 
@@ -73,6 +79,8 @@ FLAGS = st.lists(
             *("--server", "batching", "--step-time", "0,1e-300", "-1,2", "--max-batch", "10"),
             *("--replicas", "1000000000", "--chunk-size", "--budget", "--max-replicas", "3"),
             *("--engine", "sglang", "--conservative", "0.5", "--simulate-tail", "True"),
+            *("--arrivals", "TRACE", "--utilization", "0.99", "--replay-rate", "--window"),
+            *("--service", "trace", "--task-types", "--time-unit", "ms", "--plot", "x.png"),
         ]
     ),
     max_size=6,
@@ -99,6 +107,7 @@ def _argv(tmp_path, words, path=None):
         "MEASUREMENTS": table1_measurements(tmp_path),
         "THRESHOLDS": thresholds,
         "STEPTIMES": steps,
+        "TRACE": TRACE_EXCERPT,
     }
     return [fill.get(w, w) if isinstance(w, str) else w for w in words]
 
@@ -178,6 +187,10 @@ FILE_FUNCTIONS = {
     "read_sweep": lambda p: jt.read_sweep(p),
     "read_sweep_metadata": lambda p: jt.read_sweep_metadata(p),
     "clear.load_pool": lambda p: clear.load_pool(p),
+    "read_trace": lambda p: jt.read_trace(p),
+    "read_request_log.bands": lambda p: jt.read_request_log(
+        p, ("a", "b"), bands={"a": 9, "b": 1e9}
+    ),
 }
 
 
@@ -315,9 +328,18 @@ def test_every_surface_has_its_fuzz():
         for name, p in sub.choices.items()
         for a in p._actions
         if a.dest in ("workload", "from_sweep", "measurements", "tokens", "thresholds", "pool")
-        or a.dest in ("files", "uncertainty", "shares")
+        or a.dest in ("files", "uncertainty", "shares", "trace", "arrivals")
     }
-    assert readers <= set(FILE_COMMANDS), f"no file fuzz for {readers - set(FILE_COMMANDS)}"
+    # a command whose file-reading flag is not its main input has an entry "command --flag"
+    fuzzed = {name.split()[0] for name in FILE_COMMANDS}
+    assert readers <= fuzzed, f"no file fuzz for {readers - fuzzed}"
+    flags = {
+        f"{name} {a.option_strings[-1]}"
+        for name, p in sub.choices.items()
+        for a in p._actions
+        if a.dest in ("arrivals", "shares") and a.option_strings
+    }
+    assert flags <= set(FILE_COMMANDS), f"no file fuzz for {flags - set(FILE_COMMANDS)}"
     missing_files, missing_sizes = [], []
     for name, fn in _public_functions():
         if _reads_a_file(name, fn) and name not in FILE_FUNCTIONS:

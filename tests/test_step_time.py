@@ -3,6 +3,7 @@ server`).
 """
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -52,8 +53,11 @@ def test_fit_step_time_from_vllm_benchmark_files_and_csv(tmp_path):
     assert abs(shipped.tau1 - 0.0005) < 3 * shipped.se_tau1 + 1e-5
     # a step time that bends (attention cost growing with the batch) is flagged
     n = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256.0])
-    with pytest.warns(jt.FitWarning, match="not linear"):
+    with pytest.warns(jt.FitWarning, match="bends upward"):
         jt.fit_step_time(concurrency=n, step_time=0.02 + 0.0001 * n + 2e-6 * n**2)
+    # a gentle curvature over many points: the quadratic term's test still speaks
+    with pytest.warns(jt.FitWarning, match="not linear"):
+        jt.fit_step_time(concurrency=n, step_time=0.02 + 0.0001 * n + 5e-8 * n**2 - 1e-10 * n**3)
 
 
 @pytest.mark.parametrize(
@@ -153,3 +157,57 @@ def test_fit_arguments_outside_their_domain_are_refused():
             fit.interval(name, level)
     with pytest.raises(jt.InputError, match="concurrency"):
         jt.fit_step_time(concurrency=["a", 2, 4], step_time=[0.02, 0.022, 0.028])
+
+
+# ------------------------------------------- real benchmark files: SGLang, request-rate sweeps
+
+
+def _sglang_line(rate, completed, duration, e2e_ms, itl_ms, concurrency=None):
+    # the keys sglang/benchmark/serving.py (sglang 0.5.23) appends per run with --output-file;
+    # an infinite rate is written as the bare token Infinity, as json.dumps does
+    line = {
+        "backend": "sglang",
+        "dataset_name": "random",
+        "request_rate": rate,
+        "max_concurrency": None,
+        "duration": duration,
+        "completed": completed,
+        "total_output_tokens": completed * 500,
+        "output_throughput": completed * 500 / duration,
+        "mean_e2e_latency_ms": e2e_ms,
+        "median_e2e_latency_ms": e2e_ms,
+        "median_itl_ms": itl_ms,
+    }
+    if concurrency is not None:
+        line["concurrency"] = concurrency
+    return json.dumps(line)
+
+
+def test_a_request_rate_sweep_in_sglang_json_lines_is_fitted_without_overloaded_runs(tmp_path):
+    """Concurrency by Little's law (L = completed / duration x mean E2E); runs that completed
+    fewer requests per second than offered are left out and said; ITL is the step time."""
+    tau0, tau1 = 0.012, 0.00013
+    lines = []
+    for rate in (1.0, 2.0, 4.0):
+        n = 4 * rate**1.5  # any concurrency: the fit must recover it from the file
+        lines.append(_sglang_line(rate, 300 * rate, 300.0, n / rate * 1e3, 1e3 * (tau0 + tau1 * n)))
+    lines.append(_sglang_line(8.0, 2400, 347.0, 52_000.0, 70.8))  # 6.9/s of 8: overloaded
+    path = _write(tmp_path, "sglang.jsonl", "\n".join(lines) + "\n")
+    with pytest.warns(jt.FitWarning, match="line 4: overloaded"):
+        fit = jt.fit_step_time(path)
+    assert (fit.tau0, fit.tau1) == pytest.approx((tau0, tau1), rel=1e-6)
+    assert fit.concurrency.tolist() == pytest.approx([4.0, 4 * 2**1.5, 32.0])
+    assert "Little's law" in fit.methods[0] and len(fit.excluded) == 1
+    reported = _write(tmp_path, "c.jsonl", _sglang_line("Infinity", 100, 10.0, 1e3, 20.0, 7.5))
+    assert jt.read_step_times(reported)[0].tolist() == [7.5]
+
+
+def test_a_bending_step_time_is_flagged_from_three_points():
+    """The SGLang sweep whose overloaded runs were kept: the t-test had no power there."""
+    n = np.array([8.0, 16.0, 52.0, 360.0])
+    t = np.array([13.6, 14.8, 19.4, 70.8]) / 1e3
+    with pytest.warns(jt.FitWarning, match="bends upward"):
+        jt.fit_step_time(concurrency=n[1:], step_time=t[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jt.FitWarning)
+        jt.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
