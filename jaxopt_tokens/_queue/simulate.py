@@ -219,6 +219,11 @@ class Simulation(HasStatus):
     warmup: eqx.AbstractVar[int]
 
     @property
+    def mean_arrival_rate(self) -> float:
+        """The mean arrival rate simulated (requests/s; a replay's after rescaling)."""
+        return float(getattr(self, "arrival_rate"))
+
+    @property
     def load(self) -> Float[Array, "*p"]:
         """The model's load per policy (utilization; stable below 1)."""
         raise NotImplementedError

@@ -201,7 +201,7 @@ class Trace:
                 f"bands: {column} = {worst:g} is above every band (the last bound is "
                 f"{bounds[-1]:g}; use math.inf)"
             )
-        return replace(self, labels=tuple(names[i] for i in index))
+        return replace(self, labels=tuple(names[int(i)] for i in np.atleast_1d(index)))
 
     def window_counts(self, window: float) -> np.ndarray:
         """Requests per window of `window` seconds, over the whole windows the trace spans
@@ -259,7 +259,7 @@ def parse_times(values: list[str], unit: TimeUnit, where) -> tuple[np.ndarray, s
             bad = np.flatnonzero(~np.isfinite(x))
             if bad.size:
                 raise InputError(f"{where(int(bad[0]))}: {values[bad[0]]!r} is not a finite time")
-            return x * TIME_UNITS.get(unit, 1.0), None
+            return np.asarray(x * TIME_UNITS.get(unit, 1.0), dtype=np.float64), None
         if unit != "auto":
             for i, v in enumerate(values):
                 try:

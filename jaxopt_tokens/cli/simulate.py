@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         "tokens": policies.tolist(),
         "num_queries": result.num_queries,
         "arrivals": None if args.arrivals is None else str(args.arrivals),
-        "arrival_rate": result.arrival_rate,
+        "arrival_rate": result.mean_arrival_rate,
         "replications": args.num_replications,
         "warmup": result.warmup,
         "discipline": discipline,
