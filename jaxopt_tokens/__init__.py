@@ -7,7 +7,7 @@ budget shared by a batch) and `jaxopt_tokens.strategy` (a decoding strategy per 
 Implementation lives in private modules; see the documentation site for the architecture.
 """
 
-from . import clear, strategy
+from . import clear, gateway, strategy
 from ._deploy.capacity import ReplicaCount, ReplicaPlan, plan_replicas
 from ._deploy.export import (
     DEFAULT_ANSWER_RESERVE,
@@ -139,6 +139,7 @@ __all__ = [
     # systems in their own namespaces
     "clear",
     "strategy",
+    "gateway",
     # workloads and bad input
     "Workload",
     "make_workload",

@@ -43,6 +43,9 @@ FILE_COMMANDS = {
     "fit-server": lambda p: ["fit-server", p, "--format", "json"],
     "fit --shares": lambda p: ["fit", "MEASUREMENTS", "--shares", p, "--format", "json"],
     "trace": lambda p: ["trace", p, "--format", "json"],
+    # `--check` solves the starting policy and exits: no server is ever started
+    "serve": lambda p: ["serve", "--upstream", "http://127.0.0.1:9", "--workload", p, "--check"],
+    "serve --config": lambda p: ["serve", "--config", p, "--check"],
     "simulate --arrivals": lambda p: [
         *("simulate", "--arrivals", p, "--num-replications", "2", "--format", "json")
     ],
@@ -67,6 +70,7 @@ FLAG_COMMANDS = {
     "evaluate-budget": [],
     "fit-server": ["STEPTIMES"],
     "trace": ["TRACE"],
+    "serve": ["--upstream", "http://127.0.0.1:9", "--check"],
     "plan": ["--step-time", "0.02,0.0005", "--target-latency", "20", "--num-queries", "200"],
 }
 
@@ -337,7 +341,7 @@ def test_every_surface_has_its_fuzz():
         f"{name} {a.option_strings[-1]}"
         for name, p in sub.choices.items()
         for a in p._actions
-        if a.dest in ("arrivals", "shares") and a.option_strings
+        if a.dest in ("arrivals", "shares", "config") and a.option_strings
     }
     assert flags <= set(FILE_COMMANDS), f"no file fuzz for {flags - set(FILE_COMMANDS)}"
     missing_files, missing_sizes = [], []

@@ -1,0 +1,134 @@
+"""`jaxopt-tokens serve`: the live budget gateway in front of a vLLM, SGLang or OpenAI-compatible
+server (python: `jaxopt_tokens.gateway`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from typing import Any
+
+from .. import InputError
+from ._common import path_arg
+from ._output import emit_json
+
+#: flags that take a list or table in TOML and a compact form on the command line
+_COMPOUND = {"step_time", "models", "rules"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .. import gateway
+
+    p = sub.add_parser(
+        "serve",
+        help="run the budget gateway: an OpenAI-compatible proxy that re-solves the budgets "
+        "from the load it sees",
+        description="Start an OpenAI-compatible HTTP gateway in front of an engine (--upstream): "
+        "each request gets the reasoning budget of its task type, and every --interval seconds "
+        "the budgets are re-solved from the measured arrival rate, task shares and service "
+        "times. Every key of the TOML --config is also a flag (dashes for underscores); flags "
+        "win. Needs the 'serve' extra (pip install 'jaxopt_tokens[serve]').",
+    )
+    p.add_argument("--config", type=path_arg, metavar="serve.toml", help="the TOML configuration")
+    for f in dataclasses.fields(gateway.GatewayConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "upstream":
+            p.add_argument(
+                flag, metavar="URL", default=None, help="the engine, e.g. http://127.0.0.1:8000"
+            )
+        elif f.name in _COMPOUND:
+            helps = {
+                "step_time": "TAU0,TAU1 seconds of the batching server's step",
+                "models": "MODEL=TASK,... (a model name's task type)",
+                "rules": "TASK=REGEX (repeat; a prompt rule, searched in the last user message)",
+            }
+            p.add_argument(
+                flag,
+                metavar=f.name.upper(),
+                action="append" if f.name == "rules" else None,
+                help=helps[f.name],
+            )
+        elif str(f.type) == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, metavar=f.name.upper().replace("_", "-"), default=None)
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the configuration, solve the starting policy, print it as JSON and exit "
+        "(no server is started)",
+    )
+    p.set_defaults(func=run)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration keys given as flags, typed as the configuration's fields."""
+    from .. import gateway
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(gateway.GatewayConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        if f.name == "step_time":
+            try:
+                out[f.name] = [float(x) for x in value.split(",")]
+            except ValueError:
+                raise InputError(f"{flag}: expected TAU0,TAU1 seconds, got {value!r}") from None
+        elif f.name == "models":
+            pairs = [p.partition("=") for p in value.split(",")]
+            if any(not sep or not a or not b for a, sep, b in pairs):
+                raise InputError(f"{flag}: expected MODEL=TASK,..., got {value!r}")
+            out[f.name] = {a: b for a, _, b in pairs}
+        elif f.name == "rules":
+            rules = []
+            for text in value:
+                task, sep, pattern = text.partition("=")
+                if not sep or not task:
+                    raise InputError(f"{flag}: expected TASK=REGEX, got {text!r}")
+                rules.append({"task": task, "pattern": pattern})
+            out[f.name] = rules
+        elif isinstance(value, bool) or kind == "str" or kind == "str | None":
+            out[f.name] = value
+        else:
+            number = int if kind.startswith("int") else float
+            try:
+                out[f.name] = number(value)
+            except ValueError:
+                raise InputError(f"{flag}: expected a number, got {value!r}") from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import gateway
+
+    flags = overrides(args)
+    if args.config is not None:
+        config = gateway.load_config(args.config, flags)
+    else:
+        config = gateway.config_from_dict(flags, "flags")
+    logger = logging.getLogger("jaxopt_tokens.gateway")
+    if not logger.handlers:  # one JSON line per event, on standard error
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(getattr(logging, args.log_level.upper()))
+    app = gateway.create_app(config)
+    if args.check:
+        emit_json(app.state.gateway.controller.state.policy)
+        return 0
+    logging.getLogger("jaxopt_tokens.gateway").info(
+        json.dumps(
+            {
+                "event": "start",
+                "listen": f"{config.host}:{config.port}",
+                "upstream": config.upstream,
+            }
+        )
+    )
+    gateway.run(app, config)
+    return 0

@@ -1,0 +1,341 @@
+r"""The gateway's control loop: measure the load, re-solve the budgets, swap the policy.
+
+- `LoadEstimator`: arrivals by task over a sliding window (or exponentially weighted with a
+  half-life), giving the arrival rate and the task shares.
+- `ServiceEstimator`: each task's service line $t_0 + c \cdot n$ (latency against completion
+  tokens) by recursive least squares on the upstream's responses; for a batching server the
+  step time $\tau_0 + \tau_1 b$ (time per output token against the requests in flight).
+- `Controller.update`: from a snapshot of both, solve the optimal budgets at the measured load
+  (warm-started from the current ones), and replace the current policy only when the new one
+  beats it at the new load by `min_gain` (relative J) or moves a budget by more than
+  `min_change`. When no budget keeps the queue stable, every budget goes to zero and the
+  gateway reports overload (its admission control then bounds the queue). A solve that does
+  not converge keeps the last good policy.
+
+Docs: *Budget gateway*.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._deploy.export import export_policy
+from .._queue.batching import ContinuousBatching
+from .._queue.models import FIFO, LatencyModel
+from .._queue.simulate import UnstableQueueWarning
+from .._solver.solve import solve
+from .._status import Status
+from .._validate import VALID, member_status
+from .._workload import Workload
+from ._config import GatewayConfig
+
+__all__ = ["LoadEstimator", "ServiceEstimator", "Controller", "PolicyState", "Decision"]
+
+
+class LoadEstimator:
+    """Arrivals by task: the rate and shares over the last `window` seconds (or with an
+    exponential weight of half-life `window`)."""
+
+    def __init__(self, num_tasks: int, window: float, smoothing: str = "window"):
+        self.num_tasks = num_tasks
+        self.window = window
+        self.smoothing = smoothing
+        self._events: deque[tuple[float, int]] = deque()
+        self._weights = np.zeros(num_tasks)
+        self._last = None
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+
+    def arrival(self, task: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.smoothing == "ewma":
+                self._decay(now)
+                self._weights[task] += 1.0
+            else:
+                self._events.append((now, task))
+                self._trim(now)
+
+    def _decay(self, now: float) -> None:
+        if self._last is not None:
+            self._weights *= 0.5 ** ((now - self._last) / self.window)
+        self._last = now
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window:
+            self._events.popleft()
+
+    def snapshot(self, now: float | None = None) -> tuple[float, np.ndarray, float]:
+        """(rate per second, shares, effective number of requests behind them)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.smoothing == "ewma":
+                self._decay(now)
+                counts = self._weights.copy()
+                # the integral of the weight over the past: half-life / ln 2 (less at start-up)
+                span = self.window / math.log(2) * (1 - 0.5 ** ((now - self.started) / self.window))
+            else:
+                self._trim(now)
+                counts = np.bincount([k for _, k in self._events], minlength=self.num_tasks).astype(
+                    float
+                )
+                span = min(self.window, now - self.started)
+        total = float(counts.sum())
+        rate = total / span if span > 0 else 0.0
+        shares = counts / total if total > 0 else np.full(self.num_tasks, 1 / self.num_tasks)
+        return rate, shares, total
+
+
+class _RLS:
+    """Recursive least squares of y = a + b x with forgetting factor `lam` (prior: the
+    configured line, weight `prior`)."""
+
+    def __init__(self, a: float, b: float, scale_x: float, lam: float = 0.995, prior: float = 1.0):
+        self.theta = np.array([a, b], dtype=float)
+        self.P = np.diag([1.0 / prior, 1.0 / (prior * scale_x * scale_x)]) * 1e3
+        self.lam = lam
+        self.count = 0
+
+    def update(self, x: float, y: float) -> None:
+        phi = np.array([1.0, x])
+        Pphi = self.P @ phi
+        gain = Pphi / (self.lam + phi @ Pphi)
+        self.theta = self.theta + gain * (y - phi @ self.theta)
+        self.P = (self.P - np.outer(gain, Pphi)) / self.lam
+        self.count += 1
+
+
+class ServiceEstimator:
+    """Service lines per task (`mg1`) or the batching server's step time, from responses."""
+
+    def __init__(self, w: Workload, model: LatencyModel, min_samples: int):
+        self.min_samples = min_samples
+        self.batching = isinstance(model, ContinuousBatching)
+        self._lock = threading.Lock()
+        t0 = np.asarray(w.t0, dtype=float)
+        c = np.asarray(w.c, dtype=float)
+        self.lines = [_RLS(float(t0[k]), float(c[k]), 500.0) for k in range(w.num_tasks)]
+        if self.batching:
+            assert isinstance(model, ContinuousBatching)
+            tau0, tau1 = (float(np.asarray(x)) for x in model.step_time)
+            self.step = _RLS(tau0, tau1, 32.0)
+
+    def response(self, task: int, completion_tokens: int, latency: float, in_flight: int) -> None:
+        """Record one finished request (tokens it generated, seconds it took, requests in
+        flight when it started)."""
+        if not (latency > 0 and completion_tokens >= 1 and math.isfinite(latency)):
+            return
+        with self._lock:
+            if self.batching:
+                self.step.update(float(max(in_flight, 1)), latency / completion_tokens)
+            else:
+                self.lines[task].update(float(completion_tokens), latency)
+
+    def estimate(self, w: Workload, model: LatencyModel) -> tuple[Workload, LatencyModel, dict]:
+        """The workload (service lines) and model (step time) with the fitted values where
+        there are enough samples and they are physical (t0 >= 0, c > 0)."""
+        with self._lock:
+            info: dict[str, Any] = {}
+            if self.batching:
+                assert isinstance(model, ContinuousBatching)
+                tau0, tau1 = self.step.theta
+                if self.step.count >= self.min_samples and tau0 >= 0 and tau1 > 0:
+                    model = model.replace(step_time=(float(tau0), float(tau1)))
+                    info["step_time"] = [float(tau0), float(tau1)]
+                return w, model, info
+            t0 = np.asarray(w.t0, dtype=float).copy()
+            c = np.asarray(w.c, dtype=float).copy()
+            fitted = []
+            for k, line in enumerate(self.lines):
+                a, b = line.theta
+                if line.count >= self.min_samples and a >= 0 and b > 0:
+                    t0[k], c[k] = a, b
+                    fitted.append(k)
+            info["fitted_tasks"] = fitted
+        if fitted:
+            w = w.replace(t0=jnp.asarray(t0, w.dtype), c=jnp.asarray(c, w.dtype))
+        return w, model, info
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """The policy in force: budgets, the exported request fields, and what it was solved at."""
+
+    tokens: np.ndarray
+    policy: dict[str, Any]
+    arrival_rate: float
+    shares: tuple[float, ...]
+    objective: float
+    predicted_latency: float
+    overloaded: bool
+    version: int
+    reason: str
+    solved_at: float = field(default_factory=time.time)
+
+    def request_fields(self, task: str) -> dict[str, Any]:
+        return self.policy["tasks"][task]["request"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one control step did: `"update"`, `"keep"`, `"wait"` or `"failed"`."""
+
+    action: str
+    reason: str
+    seconds: float
+    state: PolicyState
+
+
+class Controller:
+    """Holds the current policy and re-solves it from measurements (thread-safe swap)."""
+
+    def __init__(self, config: GatewayConfig, workload: Workload, model: LatencyModel):
+        self.config = config
+        self.workload = workload
+        self.model = model
+        self.task_names = workload.task_names
+        self.load = LoadEstimator(workload.num_tasks, config.window, config.smoothing)
+        self.service = ServiceEstimator(workload, model, config.min_samples)
+        self.solver_failures = 0
+        self._lock = threading.Lock()
+        tokens, status = self._solve(workload, model, None)
+        if status != Status.CONVERGED:
+            tokens = np.zeros(workload.num_tasks)
+        self._state = self._state_for(
+            workload, model, tokens, 0, "configured workload", status != Status.CONVERGED
+        )
+
+    @property
+    def state(self) -> PolicyState:
+        return self._state
+
+    def _solve(self, w: Workload, model: LatencyModel, start) -> tuple[np.ndarray, int]:
+        with jax.enable_x64(True):
+            sol = solve(w, model=model, start=start)
+            return np.asarray(sol.tokens, dtype=float), int(np.asarray(sol.status))
+
+    def _state_for(self, w, model, tokens, version, reason, overloaded) -> PolicyState:
+        with jax.enable_x64(True), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnstableQueueWarning)  # judged by `model` below
+            policy = export_policy(
+                w,
+                np.where(np.isfinite(tokens), tokens, 0.0),
+                engine=self.config.engine,
+                answer_reserve=self.config.answer_reserve,
+                min_budget=self.config.min_budget,
+                zero_budget=self.config.zero_budget,
+            )
+            budgets = np.asarray(
+                [policy["tasks"][n]["budget"] or 0 for n in w.task_names], dtype=float
+            )
+            lj = jnp.asarray(budgets, w.dtype)
+            J = float(model.objective(lj, w))
+            T = float(model.mean_system_time(lj, w))
+        policy["source"]["latency_model"] = type(model).__name__
+        policy["source"]["objective"] = J if math.isfinite(J) else None
+        policy["source"]["mean_system_time"] = T if math.isfinite(T) else None
+        return PolicyState(
+            tokens=budgets,
+            policy=policy,
+            arrival_rate=float(np.asarray(w.arrival_rate)),
+            shares=tuple(float(x) for x in np.asarray(w.share)),
+            objective=J,
+            predicted_latency=T,
+            overloaded=overloaded,
+            version=version,
+            reason=reason,
+        )
+
+    def update(self, now: float | None = None) -> Decision:
+        """One control step (call it off the event loop: it solves)."""
+        start = time.perf_counter()
+        with self._lock, jax.enable_x64(True):  # the gateway computes in float64
+            current = self._state
+            rate, shares, count = self.load.snapshot(now)
+            if count < self.config.min_requests:
+                return Decision(
+                    "wait",
+                    f"{count:.0f} requests in the window (< min_requests="
+                    f"{self.config.min_requests}): the configured load stands",
+                    time.perf_counter() - start,
+                    current,
+                )
+            w, model = self.workload, self.model
+            if self.config.learn_service:
+                w, model, _ = self.service.estimate(w, model)
+            # a task not seen in the window keeps a tiny share: its budget stays defined
+            shares = np.maximum(shares, 1e-6)
+            shares = shares / shares.sum()
+            w = w.replace(
+                arrival_rate=jnp.asarray(max(rate, 1e-9), w.dtype),
+                share=jnp.asarray(shares, w.dtype),
+            )
+            with jax.enable_x64(True):
+                stable_at_zero = (
+                    bool(np.asarray(member_status(w, stability=isinstance(model, FIFO))) == VALID)
+                    and float(model.load(jnp.zeros(w.num_tasks, w.dtype), w)) < 1
+                )
+            if not stable_at_zero:
+                if current.overloaded and np.all(current.tokens == 0):
+                    return Decision(
+                        "keep", "overloaded (unchanged)", time.perf_counter() - start, current
+                    )
+                state = self._state_for(
+                    w,
+                    model,
+                    np.zeros(w.num_tasks),
+                    current.version + 1,
+                    f"overload: {rate:.3g} requests/s cannot be served stably even without "
+                    "reasoning; every budget is 0 and admission control bounds the queue",
+                    True,
+                )
+                self._state = state
+                return Decision("update", state.reason, time.perf_counter() - start, state)
+            tokens, status = self._solve(w, model, current.tokens)
+            if status != Status.CONVERGED:
+                self.solver_failures += 1
+                return Decision(
+                    "failed",
+                    f"the solve at {rate:.3g} requests/s did not converge "
+                    f"({Status(status).name.lower()}); the last good policy stays",
+                    time.perf_counter() - start,
+                    current,
+                )
+            with jax.enable_x64(True):
+                j_current = float(model.objective(jnp.asarray(current.tokens, w.dtype), w))
+                j_new = float(model.objective(jnp.asarray(tokens, w.dtype), w))
+            move = np.abs(tokens - current.tokens) / np.maximum(np.abs(current.tokens), 1.0)
+            gain = (
+                (j_new - j_current) / max(abs(j_current), 1e-12)
+                if math.isfinite(j_current)
+                else math.inf
+            )
+            if not (
+                gain > self.config.min_gain
+                or float(move.max()) > self.config.min_change
+                or current.overloaded
+            ):
+                return Decision(
+                    "keep",
+                    f"gain {gain:.2%} and largest budget move {float(move.max()):.1%} are below "
+                    "the thresholds",
+                    time.perf_counter() - start,
+                    current,
+                )
+            reason = (
+                f"load {rate:.4g} requests/s: J {j_current:.4g} -> {j_new:.4g} "
+                f"(gain {gain:.2%}), largest budget move {float(move.max()):.1%}"
+            )
+            state = self._state_for(w, model, tokens, current.version + 1, reason, False)
+            self._state = state
+            return Decision("update", reason, time.perf_counter() - start, state)

@@ -1,0 +1,400 @@
+"""The budget gateway, end to end on loopback: a real gateway (Starlette on uvicorn) in front of
+a fake engine that is a real HTTP server (`fake_engine.py`), driven by the real `openai`
+client (sync and async, streaming and not). Every test is bounded in time and in requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import jax
+import numpy as np
+import openai
+import pytest
+from conftest import assert_refused
+from fake_engine import FakeEngine, Loopback
+from prometheus_client.parser import text_string_to_metric_families
+
+import jaxopt_tokens as jt
+from jaxopt_tokens import gateway
+
+pytestmark = pytest.mark.timeout(120)
+SCALE = 0.01  # the workload's times, and its rates' inverse: the fake engine's clock
+
+
+def fast_workload() -> jt.Workload:
+    """Table I in scaled time: service 100x faster, rates 100x higher, alpha scaled with them
+    (the optimal budgets at rate r/SCALE are Table I's at rate r)."""
+    with jax.enable_x64(True):
+        w = jt.default_workload("float64")
+        return w.replace(
+            t0=w.t0 * SCALE,
+            c=w.c * SCALE,
+            alpha=w.alpha * SCALE,
+            arrival_rate=w.arrival_rate / SCALE,
+        )
+
+
+def start_gateway(upstream: Loopback, **settings) -> Loopback:
+    config = gateway.GatewayConfig(
+        upstream=upstream.url, **{"interval": 60.0, "learn_service": False, **settings}
+    )
+    app = gateway.create_app(config, workload=fast_workload())
+    return Loopback(app).start()
+
+
+@pytest.fixture
+def vllm_engine():
+    with Loopback(FakeEngine("vllm", step_time=(0.0141, 0.0), scale=SCALE).app) as server:
+        yield server
+
+
+def policy(gw: Loopback) -> dict:
+    return httpx.get(gw.url + "/policy", timeout=10).json()
+
+
+def budgets(gw: Loopback) -> dict[str, int]:
+    return {k: v["budget"] for k, v in policy(gw)["tasks"].items()}
+
+
+def _engine(server: Loopback) -> FakeEngine:
+    return server.app.__self__ if hasattr(server.app, "__self__") else ENGINES[server.port]
+
+
+ENGINES: dict[int, FakeEngine] = {}
+
+
+def engine_server(kind: str, **kw) -> tuple[FakeEngine, Loopback]:
+    fake = FakeEngine(kind, step_time=(0.0141, 0.0), scale=SCALE, **kw)
+    server = Loopback(fake.app).start()
+    ENGINES[server.port] = fake
+    return fake, server
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+def test_each_task_gets_its_engine_fields_sync_and_async_streaming_and_not(kind):
+    fake, server = engine_server(kind)
+    try:
+        with start_gateway(
+            server,
+            engine=kind,
+            models={"math-model": "BBH"},
+            rules=(gateway.TaskRule("AIME", pattern=r"(?i)olympiad"),),
+        ) as gw:
+            fields = {t: e["request"] for t, e in policy(gw)["tasks"].items()}
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+            msg = [{"role": "user", "content": "2+2?"}]
+            r = client.chat.completions.create(
+                model="fake", messages=msg, extra_headers={"X-Task-Type": "GSM8K"}
+            )
+            assert r.usage.completion_tokens > 0
+            sent = fake.received[-1]
+            for key, value in fields["GSM8K"].items():
+                assert sent[key] == value, (key, sent.get(key), value)
+            # metadata, the model name and a prompt rule classify too
+            client.chat.completions.create(
+                model="fake", messages=msg, extra_body={"metadata": {"task_type": "BBH"}}
+            )
+            assert {k: fake.received[-1][k] for k in fields["BBH"]} == fields["BBH"]
+            client.chat.completions.create(model="math-model", messages=msg)
+            assert {k: fake.received[-1][k] for k in fields["BBH"]} == fields["BBH"]
+            client.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": "An Olympiad problem"}]
+            )
+            assert {k: fake.received[-1][k] for k in fields["AIME"]} == fields["AIME"]
+
+            async def stream():
+                aclient = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+                chunks, usage = 0, None
+                s = await aclient.chat.completions.create(
+                    model="fake",
+                    messages=msg,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_headers={"X-Task-Type": "AIME"},
+                )
+                async for c in s:
+                    chunks += 1
+                    usage = c.usage or usage
+                await aclient.close()
+                return chunks, usage
+
+            chunks, usage = asyncio.run(stream())
+            assert chunks >= 3 and usage.completion_tokens_details.reasoning_tokens >= 0
+            assert {k: fake.received[-1][k] for k in fields["AIME"]} == fields["AIME"]
+            # an unknown task name is counted and served with the default task's budget
+            client.chat.completions.create(
+                model="fake", messages=msg, extra_headers={"X-Task-Type": "nope"}
+            )
+            text = httpx.get(gw.url + "/metrics").text
+            assert "jt_gateway_unknown_task_total 1.0" in text
+    finally:
+        server.stop()
+
+
+def test_the_clients_tighter_limit_and_own_budget_are_kept():
+    fake, server = engine_server("vllm")
+    try:
+        with start_gateway(server) as gw:
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+            msg = [{"role": "user", "content": "hi"}]
+            policy_limit = policy(gw)["tasks"]["BBH"]["request"]["max_completion_tokens"]
+            client.chat.completions.create(
+                model="fake",
+                messages=msg,
+                max_completion_tokens=7,
+                extra_headers={"X-Task-Type": "BBH"},
+            )
+            assert fake.received[-1]["max_completion_tokens"] == 7
+            client.chat.completions.create(
+                model="fake",
+                messages=msg,
+                max_completion_tokens=10**6,
+                extra_headers={"X-Task-Type": "BBH"},
+            )
+            assert fake.received[-1]["max_completion_tokens"] == policy_limit
+            client.chat.completions.create(
+                model="fake",
+                messages=msg,
+                extra_body={"thinking_token_budget": 5},
+                extra_headers={"X-Task-Type": "BBH"},
+            )
+            assert fake.received[-1]["thinking_token_budget"] == 5
+    finally:
+        server.stop()
+
+
+def test_a_step_in_the_arrival_rate_moves_the_budgets_and_back(vllm_engine):
+    """Table I's budgets at 0.05 and 0.5 requests/s (scaled: 5 and 50/s) differ; the gateway
+    follows a step up and back down within a bounded number of control intervals."""
+    with start_gateway(
+        vllm_engine, interval=0.2, window=1.0, min_requests=4, min_change=0.05
+    ) as gw:
+        aclient = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        msg = [{"role": "user", "content": "q"}]
+
+        async def drive(rate: float, seconds: float):
+            tasks = []
+            for i in range(int(rate * seconds)):
+                tasks.append(
+                    asyncio.create_task(
+                        aclient.chat.completions.create(
+                            model="fake", messages=msg, extra_headers={"X-Task-Type": "BBH"}
+                        )
+                    )
+                )
+                await asyncio.sleep(1 / rate)
+            await asyncio.gather(*tasks)
+
+        def math_budget():
+            return budgets(gw)["BBH"]
+
+        async def scenario():
+            await drive(5.0, 2.0)
+            low_load = math_budget()
+            await drive(50.0, 2.0)
+            high_load = math_budget()
+            await drive(5.0, 2.5)
+            back = math_budget()
+            await aclient.close()
+            return low_load, high_load, back
+
+        low, high, back = asyncio.run(scenario())
+        # the solver's own budgets at the two loads (everything on one task: its share is ~1)
+        with jax.enable_x64(True):
+            w = fast_workload()
+            one = np.full(6, 1e-6)
+            one[w.task_names.index("BBH")] = 1
+            w = w.replace(share=one / one.sum())
+            at = {
+                r: float(jt.solve(w.replace(arrival_rate=r)).tokens[w.task_names.index("BBH")])
+                for r in (5.0, 50.0)
+            }
+        assert at[50.0] < 0.8 * at[5.0]
+        assert high < 0.9 * low, (low, high, at)
+        assert back > 0.9 * low * 0.9 and back > high, (low, high, back)
+        text = httpx.get(gw.url + "/metrics").text
+        updates = [
+            s
+            for f in text_string_to_metric_families(text)
+            if f.name == "jt_gateway_policy_updates"
+            for s in f.samples
+            if s.labels.get("action") == "update" and s.name.endswith("_total")
+        ]
+        assert updates and updates[0].value >= 2
+
+
+def test_overload_gives_429_and_nothing_else_breaks():
+    fake, server = engine_server("vllm")
+    fake.scale = 1.0  # slow: every request holds its slot
+    try:
+        with start_gateway(server, max_in_flight=4, retry_after=2) as gw:
+
+            async def burst():
+                async with httpx.AsyncClient(timeout=60) as c:
+                    body = {"model": "fake", "messages": [{"role": "user", "content": "reason=10"}]}
+                    rs = await asyncio.gather(
+                        *(c.post(gw.url + "/v1/chat/completions", json=body) for _ in range(12))
+                    )
+                return rs
+
+            rs = asyncio.run(burst())
+            codes = sorted(r.status_code for r in rs)
+            assert codes.count(200) >= 4 and codes.count(429) >= 1 and set(codes) <= {200, 429}
+            refused = next(r for r in rs if r.status_code == 429)
+            assert refused.headers["retry-after"] == "2" and len(refused.text.splitlines()) == 1
+            fake.scale = SCALE
+            ok = httpx.post(
+                gw.url + "/v1/chat/completions", json={"model": "fake", "messages": []}, timeout=30
+            )
+            assert ok.status_code == 200
+            text = httpx.get(gw.url + "/metrics").text
+            assert 'jt_gateway_rejected_total{reason="overload"}' in text
+    finally:
+        server.stop()
+
+
+def test_upstream_down_slow_broken_and_restarted():
+    fake, server = engine_server("vllm")
+    try:
+        with start_gateway(server, upstream_timeout=1.0) as gw:
+            body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+            assert (
+                httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30).status_code
+                == 200
+            )
+            server.stop()
+            down = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+            assert down.status_code == 502 and "unreachable" in down.json()["error"]["message"]
+            assert len(down.text.splitlines()) == 1
+            server.start()
+            assert (
+                httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30).status_code
+                == 200
+            )
+            # slow: past the upstream timeout
+            fake.scale = 50.0
+            slow = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+            assert slow.status_code == 504
+            fake.scale = SCALE
+            # broken mid-stream: the client sees the chunks so far, then an error event
+            fake.break_after = 2
+            client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+            got = 0
+            with pytest.raises(openai.APIError, match="broke the stream"):
+                for _ in client.chat.completions.create(
+                    model="fake", messages=body["messages"], stream=True
+                ):
+                    got += 1
+            assert got == 2
+            fake.break_after = None
+            assert (
+                httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=30).status_code
+                == 200
+            )
+            # the pass-through routes follow the upstream too
+            assert httpx.get(gw.url + "/v1/models").json()["data"][0]["id"] == "fake"
+            text = httpx.get(gw.url + "/metrics").text
+            assert 'jt_gateway_upstream_errors_total{kind="connect"}' in text
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "content, status, words",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"messages": "' + b"x" * 70_000 + b'"}', 413, "larger than"),
+        (b'{"model": "fake", "messages": [], "max_completion_tokens": -3}', 400, "max tokens"),
+    ],
+)
+def test_malformed_and_oversized_bodies_get_one_line(vllm_engine, content, status, words):
+    with start_gateway(vllm_engine, max_body_bytes=65_536) as gw:
+        r = httpx.post(
+            gw.url + "/v1/chat/completions",
+            content=content,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == status and words in r.text and len(r.text.splitlines()) == 1
+        ok = httpx.post(
+            gw.url + "/v1/chat/completions", json={"model": "fake", "messages": []}, timeout=30
+        )
+        assert ok.status_code == 200
+
+
+def test_three_hundred_concurrent_streams(vllm_engine):
+    with start_gateway(vllm_engine, max_in_flight=512) as gw:
+
+        async def one(client):
+            n = 0
+            s = await client.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": "reason=40"}], stream=True
+            )
+            async for _ in s:
+                n += 1
+            return n
+
+        async def many():
+            client = openai.AsyncOpenAI(
+                base_url=gw.url + "/v1", api_key="x", max_retries=0, http_client=None
+            )
+            out = await asyncio.gather(*(one(client) for _ in range(300)))
+            await client.close()
+            return out
+
+        t = time.monotonic()
+        counts = asyncio.run(many())
+        assert len(counts) == 300 and min(counts) >= 2
+        assert time.monotonic() - t < 60
+        families = {
+            f.name: f for f in text_string_to_metric_families(httpx.get(gw.url + "/metrics").text)
+        }
+        ok = sum(
+            s.value
+            for s in families["jt_gateway_requests"].samples
+            if s.name.endswith("_total") and s.labels["outcome"] == "ok"
+        )
+        assert ok == 300
+        assert {s.labels["task"] for s in families["jt_gateway_budget_tokens"].samples} == set(
+            fast_workload().task_names
+        )
+        assert families["jt_gateway_in_flight"].samples[0].value == 0
+
+
+def test_the_service_line_is_learned_by_recursive_least_squares():
+    from jaxopt_tokens.gateway._control import ServiceEstimator  # the estimator alone
+
+    w = fast_workload()
+    est = ServiceEstimator(w, jt.FIFO(), min_samples=20)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(10, 800))
+        est.response(1, n, 0.05 + 0.002 * n + rng.normal(0, 1e-4), 1)
+    fitted, _, info = est.estimate(w, jt.FIFO())
+    assert info["fitted_tasks"] == [1]
+    assert float(fitted.t0[1]) == pytest.approx(0.05, rel=0.02)
+    assert float(fitted.c[1]) == pytest.approx(0.002, rel=0.01)
+    assert float(fitted.t0[0]) == pytest.approx(float(w.t0[0]))
+
+
+def test_bad_configuration_is_refused_naming_the_key(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('upstream = "http://127.0.0.1:1"\nintervall = 5\n')
+    assert_refused(["serve", "--config", cfg], "unknown key(s) ['intervall']")
+    cfg.write_text('upstream = "http://127.0.0.1:1"\ninterval = -5\n')
+    assert_refused(["serve", "--config", cfg], "interval")
+    assert_refused(["serve", "--upstream", "ftp://x"], "upstream")
+    assert_refused(
+        ["serve", "--upstream", "http://127.0.0.1:1", "--server", "batching"], "step_time"
+    )
+    cfg.write_text('upstream = "http://127.0.0.1:1"\n[[rules]]\ntask = "AIME"\npattern = "("\n')
+    assert_refused(["serve", "--config", cfg], "rules[0].pattern")
+    cfg.write_text('upstream = "http://127.0.0.1:1"\ndefault_task = "nope"\n')
+    assert_refused(["serve", "--config", cfg], "'nope'")
+    assert json.loads(
+        json.dumps(gateway.GatewayConfig(upstream="http://a:1").__dict__, default=str)
+    )
