@@ -61,8 +61,13 @@ class FakeEngine:
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
+                Route("/received", self.bodies, methods=["GET"]),
             ]
         )
+
+    async def bodies(self, request: Request):
+        """The request bodies accepted so far (for a test or benchmark in another process)."""
+        return JSONResponse(self.received)
 
     async def models(self, request: Request):
         return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})
@@ -216,3 +221,16 @@ class Loopback:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main() -> None:
+    """`python tests/fake_engine.py PORT KIND TAU0 TAU1 SCALE REASON`: serve one engine."""
+    import sys
+
+    port, kind, tau0, tau1, scale, reason = sys.argv[1:7]
+    engine = FakeEngine(kind, (float(tau0), float(tau1)), float(scale), reason=int(reason))
+    uvicorn.run(engine.app, host="127.0.0.1", port=int(port), log_level="error")
+
+
+if __name__ == "__main__":
+    main()

@@ -75,11 +75,11 @@ def _documented() -> dict[str, list[str]]:
 def test_every_public_name_is_on_exactly_one_api_page():
     documented = _documented()
     for name in jt.__all__:
-        if name in ("__version__", "clear", "strategy"):
+        if name in ("__version__", "clear", "strategy", "gateway"):
             continue
         pages = documented.get(f"jaxopt_tokens.{name}", [])
         assert len(pages) == 1, f"jaxopt_tokens.{name} is documented on {pages or 'no page'}"
-    for sub in ("clear", "strategy", "internal"):  # whole-module pages
+    for sub in ("clear", "strategy", "gateway", "internal"):  # whole-module pages
         assert len(documented.get(f"jaxopt_tokens.{sub}", [])) == 1, sub
     assert clear.__all__ and strategy.__all__ and internal.__all__
 
