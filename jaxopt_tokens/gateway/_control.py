@@ -214,6 +214,12 @@ class Controller:
         self._state = self._state_for(
             workload, model, tokens, 0, "configured workload", status != Status.CONVERGED
         )
+        # compile the control step's solve (warm-started) and checks now, not at the first
+        # update: a compile under load would delay the first re-solve by seconds
+        self._solve(workload, model, self._state.tokens)
+        with jax.enable_x64(True):
+            member_status(workload, stability=isinstance(model, FIFO))
+            model.load(jnp.zeros(workload.num_tasks, workload.dtype), workload)
 
     @property
     def state(self) -> PolicyState:
@@ -242,6 +248,13 @@ class Controller:
             J = float(model.objective(lj, w))
             T = float(model.mean_system_time(lj, w))
         policy["source"]["latency_model"] = type(model).__name__
+        # the service lines (and step time) the policy was solved with: configured or fitted
+        policy["source"]["service"] = {
+            name: {"t0": float(t0), "c": float(c)}
+            for name, t0, c in zip(w.task_names, np.asarray(w.t0), np.asarray(w.c))
+        }
+        if isinstance(model, ContinuousBatching):
+            policy["source"]["step_time"] = [float(np.asarray(x)) for x in model.step_time]
         policy["source"]["objective"] = J if math.isfinite(J) else None
         policy["source"]["mean_system_time"] = T if math.isfinite(T) else None
         return PolicyState(
