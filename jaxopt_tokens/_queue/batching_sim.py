@@ -40,7 +40,7 @@ from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .batching import ContinuousBatching
-from .replay import no_replay_settings, prepare_replay
+from .replay import no_replay_settings, replay_for
 from .simulate import (
     Simulation,
     UnstableQueueWarning,
@@ -616,19 +616,17 @@ def simulate_batching(
                 "it at random (use routing='shortest_queue' or 'least_loaded', or replicas=1)"
             )
         tok = np.asarray(tokens, dtype=np.float64)
-        unit = w.replace(arrival_rate=jnp.ones((), w.dtype))
-        replay = prepare_replay(
-            arrivals,
+        replay, w = replay_for(
+            model,
             w,
             tok,
-            lambda l: model.load(l, unit),
+            arrivals,
             rate=rate,
             utilization=utilization,
             service=service,
             task_types=task_types,
             window=None,
         )
-        w = w.replace(arrival_rate=jnp.asarray(replay.rate, w.dtype))
         _check_time_resolution(w, model, num_queries, float(np.sum(np.asarray(replay.gaps))))
     else:
         _check_time_resolution(w, model, num_queries)

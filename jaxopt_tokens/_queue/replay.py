@@ -18,7 +18,6 @@ the trace's own clock) it arrives in. Docs: *Real traffic*.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import equinox as eqx
@@ -27,10 +26,17 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from .._errors import InputError
-from .._traffic.trace import Trace
+from .._traffic.trace import Trace, positive_number
 from .._workload import Workload
 
-__all__ = ["Replay", "prepare_replay", "no_replay_settings", "SERVICES", "TASK_SOURCES"]
+__all__ = [
+    "Replay",
+    "prepare_replay",
+    "replay_for",
+    "no_replay_settings",
+    "SERVICES",
+    "TASK_SOURCES",
+]
 
 #: where a replayed request's work comes from
 SERVICES = ("tasks", "trace")
@@ -91,16 +97,6 @@ def _work_factors(trace: Trace) -> np.ndarray:
     return out / out.mean()
 
 
-def _number(name: str, value) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(f"{name}: expected a number, got {value!r}") from None
-    if isinstance(value, bool) or not (math.isfinite(x) and x > 0):
-        raise InputError(f"{name}: must be finite and > 0, got {value!r}")
-    return x
-
-
 def prepare_replay(
     trace: Trace,
     w: Workload,
@@ -130,7 +126,7 @@ def prepare_replay(
     rates: tuple[float, ...] = ()
     weights: tuple[float, ...] = ()
     if window is not None:
-        window = _number("window", window)
+        window = positive_number("window", window)
         win = trace.window_index(window)
         num = int(win.max()) + 1
         if tokens.ndim < 2 or tokens.shape[-2] != num:
@@ -145,9 +141,9 @@ def prepare_replay(
         weights = tuple(float(c) for c in counts / counts.sum())
     scale = 1.0
     if rate is not None:
-        scale = trace.mean_rate / _number("rate", rate)
+        scale = trace.mean_rate / positive_number("rate", rate)
     elif utilization is not None:
-        u = _number("utilization", utilization)
+        u = positive_number("utilization", utilization)
         if u >= 1:
             raise InputError(f"utilization: must be below 1 (a stable server), got {u!r}")
         flat = tokens.reshape(-1, *tokens.shape[-2 if window is not None else -1 :])
@@ -175,6 +171,16 @@ def prepare_replay(
         window_rates=tuple(r / scale for r in rates),
         window_weights=weights,
     )
+
+
+def replay_for(
+    model, w: Workload, tokens: np.ndarray, arrivals, **settings
+) -> tuple[Replay, Workload]:
+    """The `Replay` of `arrivals` for `model` (its load at rate 1 sets a `utilization`), and
+    the workload at the replayed mean rate (the one its predictions are made at)."""
+    unit = w.replace(arrival_rate=jnp.ones((), w.dtype))
+    replay = prepare_replay(arrivals, w, tokens, lambda l: model.load(l, unit), **settings)
+    return replay, w.replace(arrival_rate=jnp.asarray(replay.rate, w.dtype))
 
 
 def no_replay_settings(num_queries, rate, utilization, service, task_types, window) -> None:

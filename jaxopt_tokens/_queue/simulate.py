@@ -37,7 +37,7 @@ from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
 from .models import LatencyModel, check_service_cv
-from .replay import Replay, no_replay_settings, prepare_replay
+from .replay import Replay, no_replay_settings, replay_for
 
 __all__ = [
     "UnstableQueueWarning",
@@ -539,12 +539,11 @@ def simulate_server(
         w.validate()
         if tok.ndim < 1 or tok.shape[-1] != w.num_tasks:
             raise InputError(f"tokens: expected shape (..., {w.num_tasks}), got {tok.shape}")
-        unit = w.replace(arrival_rate=jnp.ones((), w.dtype))
-        replay = prepare_replay(
-            arrivals,
+        replay, w = replay_for(
+            model,
             w,
             tok,
-            lambda l: model.load(l, unit),
+            arrivals,
             rate=rate,
             utilization=utilization,
             service=service,
@@ -552,7 +551,6 @@ def simulate_server(
             window=window,
         )
         num_queries = replay.num_queries
-        w = w.replace(arrival_rate=jnp.asarray(replay.rate, w.dtype))
     num_windows = 1 if replay is None else replay.num_windows
     if window is not None and tok.ndim < 2:
         raise InputError(f"tokens: with window=, expected shape (..., K, {w.num_tasks})")

@@ -8,6 +8,8 @@ event-driven kernels of `simulate.py`) or the continuously batching server of
 
 from __future__ import annotations
 
+from typing import Any
+
 from jaxtyping import ArrayLike, PRNGKeyArray
 
 from .._errors import InputError
@@ -76,6 +78,13 @@ def simulate(
         `Simulation`s with `summary()`, `interval()` and a `status` per policy.
     """
     model = FIFO() if model is None else model
+    replay: dict[str, Any] = dict(
+        arrivals=arrivals,
+        rate=rate,
+        utilization=utilization,
+        service=service,
+        task_types=task_types,
+    )
     if not isinstance(model, LatencyModel):
         raise InputError(
             "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing, "
@@ -95,11 +104,7 @@ def simulate(
             key,
             warmup=warmup,
             slots=slots,
-            arrivals=arrivals,
-            rate=rate,
-            utilization=utilization,
-            service=service,
-            task_types=task_types,
+            **replay,
         )
     if slots is not None:
         raise InputError("slots: a setting of the batching simulator only")
@@ -113,10 +118,6 @@ def simulate(
         warmup=warmup,
         noise=noise,
         capacity=capacity,
-        arrivals=arrivals,
-        rate=rate,
-        utilization=utilization,
-        service=service,
-        task_types=task_types,
         window=window,
+        **replay,
     )

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .._errors import InputError
-from .trace import Trace
+from .trace import Trace, positive_number
 
 __all__ = [
     "ArrivalStats",
@@ -179,10 +179,8 @@ def arrival_stats(
     """
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
-    from .trace import _positive
-
-    window = _positive("window", window)
-    sizes = sorted({_positive("windows", w) for w in windows})
+    window = positive_number("window", window)
+    sizes = sorted({positive_number("windows", w) for w in windows})
     counts = trace.window_counts(window)
     rates = counts / window
     q = np.percentile(rates, [0, 50, 95, 100])

@@ -39,6 +39,7 @@ __all__ = [
     "TRACE_FORMATS",
     "TIME_UNITS",
     "TIME_COLUMNS",
+    "positive_number",
 ]
 
 #: the formats `read_trace` reads (`"auto"` chooses among them from the file)
@@ -216,6 +217,11 @@ class Trace:
         window = _positive("window", window)
         num = max(int(math.floor(self.duration / window)), 1)
         return np.minimum(np.floor(self.arrival_times / window).astype(np.int64), num - 1)
+
+
+def positive_number(name: str, value: Any) -> float:
+    """`value` as a finite float > 0; `InputError` naming `name` otherwise."""
+    return _positive(name, value)
 
 
 def _positive(name: str, value: Any) -> float:
