@@ -422,3 +422,39 @@ def test_shutdown_lets_in_flight_streams_finish():
             httpx.get(gw.url + "/healthz", timeout=5)
     finally:
         server.stop()
+
+
+def test_a_latency_target_sets_the_most_accurate_policy_that_meets_it():
+    """With `target_latency`, each control step re-tunes alpha at the measured load so the
+    predicted mean latency meets the target; a target below the zero-token latency gives
+    zero budgets and says so."""
+    from jaxopt_tokens.gateway._control import Controller  # the control step alone
+
+    w = fast_workload()
+
+    def controlled(target: float):
+        config = gateway.GatewayConfig(
+            upstream="http://127.0.0.1:9", target_latency=target, min_requests=10, window=1.0
+        )
+        c = Controller(config, w, jt.FIFO())
+        now = time.monotonic()
+        c.load.started = now - 5
+        for i in range(40):  # 40 requests/s, shares as the workload's
+            c.load.arrival(i % 6, now - 1 + i / 40)
+        return c, c.update(now)
+
+    with jax.enable_x64(True):
+        zero = float(jt.mean_system_time(np.zeros(6), w.replace(arrival_rate=40.0)))
+    c, d = controlled(2 * zero)
+    assert d.action == "update" and not d.state.overloaded
+    assert d.state.arrival_rate == pytest.approx(40.0, rel=0.05)
+    with jax.enable_x64(True):  # the target is met by the continuous optimum (integers ~)
+        ws = w.replace(arrival_rate=d.state.arrival_rate, share=np.asarray(d.state.shares))
+        tuned = jt.tune_alpha(ws, 2 * zero)
+        assert float(tuned.mean_system_time) == pytest.approx(2 * zero, rel=1e-6)
+    assert d.state.predicted_latency == pytest.approx(2 * zero, rel=0.02)
+    c, d = controlled(0.5 * zero)
+    assert d.state.overloaded and not d.state.tokens.any()
+    assert "cannot be met" in d.reason
+    with pytest.raises(jt.InputError, match="target_latency"):
+        gateway.GatewayConfig(upstream="http://a:1", target_latency=-1.0)

@@ -66,6 +66,11 @@ class GatewayConfig:
         learn_service: fit each task's service line `t0 + c * tokens` (or the batching
             server's step time) from the upstream's responses by recursive least squares.
         min_samples: responses per task before its fitted service line is used.
+        target_latency: a mean latency target in seconds (single server only): the policy is
+            then the most accurate one whose predicted mean latency meets it (`tune_alpha`),
+            re-tuned at every measured load; when even zero budgets miss it, every budget is
+            0 and the gateway says so. A policy is replaced when it misses the target at the
+            new load by more than `min_gain`, or a budget moves by more than `min_change`.
         max_in_flight: requests in flight above which new ones get HTTP 429 (admission
             control: the gateway never queues without bound).
         retry_after: seconds in the `Retry-After` header of a 429.
@@ -99,6 +104,7 @@ class GatewayConfig:
     min_change: float = 0.1
     learn_service: bool = True
     min_samples: int = 20
+    target_latency: float | None = None
     max_in_flight: int = 256
     retry_after: int = 1
     upstream_timeout: float = 600.0
@@ -146,6 +152,10 @@ class GatewayConfig:
                 raise InputError(f"{name}: a whole number >= {low}, got {v!r}")
         if self.port > 65535:
             raise InputError(f"port: at most 65535, got {self.port}")
+        if self.target_latency is not None:
+            _positive("target_latency", self.target_latency)
+            if self.server != "mg1":
+                raise InputError("target_latency: a target for the single (mg1) server only")
         if self.server == "batching" and self.step_time is None:
             raise InputError("step_time: the batching server needs [tau0, tau1] (seconds)")
         if self.step_time is not None:

@@ -35,6 +35,7 @@ from .._queue.models import FIFO, LatencyModel
 from .._queue.simulate import UnstableQueueWarning
 from .._solver.solve import solve
 from .._status import Status
+from .._tuning.tune import TuneStatus, tune_alpha
 from .._validate import VALID, member_status
 from .._workload import Workload
 from ._config import GatewayConfig
@@ -208,15 +209,20 @@ class Controller:
         self.service = ServiceEstimator(workload, model, config.min_samples)
         self.solver_failures = 0
         self._lock = threading.Lock()
-        tokens, status = self._solve(workload, model, None)
+        tokens, status, missed = self._optimal(workload, model, None)
         if status != Status.CONVERGED:
             tokens = np.zeros(workload.num_tasks)
         self._state = self._state_for(
-            workload, model, tokens, 0, "configured workload", status != Status.CONVERGED
+            workload,
+            model,
+            tokens,
+            0,
+            "configured workload" + (f" ({missed})" if missed else ""),
+            status != Status.CONVERGED or missed is not None,
         )
         # compile the control step's solve (warm-started) and checks now, not at the first
         # update: a compile under load would delay the first re-solve by seconds
-        self._solve(workload, model, self._state.tokens)
+        self._optimal(workload, model, self._state.tokens)
         with jax.enable_x64(True):
             member_status(workload, stability=isinstance(model, FIFO))
             model.load(jnp.zeros(workload.num_tasks, workload.dtype), workload)
@@ -229,6 +235,29 @@ class Controller:
         with jax.enable_x64(True):
             sol = solve(w, model=model, start=start)
             return np.asarray(sol.tokens, dtype=float), int(np.asarray(sol.status))
+
+    def _optimal(self, w: Workload, model: LatencyModel, start):
+        """(budgets, status, why the latency target is missed or None): the optimum of J, or
+        with `target_latency` the most accurate policy whose mean latency meets it
+        (`tune_alpha`; zero budgets when even they miss it)."""
+        target = self.config.target_latency
+        if target is None:
+            return (*self._solve(w, model, start), None)
+        with jax.enable_x64(True):
+            tuned = tune_alpha(w, target)
+            status = int(np.asarray(tuned.status))
+            if status == TuneStatus.CONVERGED:
+                return np.asarray(tuned.solution.tokens, dtype=float), Status.CONVERGED, None
+            if status == TuneStatus.TARGET_ABOVE_MAXIMUM:  # any alpha meets it: J decides
+                return (*self._solve(w, model, start), None)
+            if status == TuneStatus.TARGET_BELOW_MINIMUM:
+                zero = float(model.mean_system_time(jnp.zeros(w.num_tasks, w.dtype), w))
+                why = (
+                    f"latency target {target:g} s cannot be met: the mean latency is "
+                    f"{zero:.4g} s even without reasoning"
+                )
+                return np.zeros(w.num_tasks), Status.CONVERGED, why
+        return np.zeros(w.num_tasks), Status.MAX_ITERATIONS, None
 
     def _state_for(self, w, model, tokens, version, reason, overloaded) -> PolicyState:
         with jax.enable_x64(True), warnings.catch_warnings():
@@ -314,7 +343,15 @@ class Controller:
                 )
                 self._state = state
                 return Decision("update", state.reason, time.perf_counter() - start, state)
-            tokens, status = self._solve(w, model, current.tokens)
+            tokens, status, missed = self._optimal(w, model, current.tokens)
+            if missed is not None:
+                if current.overloaded and np.all(current.tokens == 0):
+                    return Decision("keep", missed, time.perf_counter() - start, current)
+                state = self._state_for(
+                    w, model, tokens, current.version + 1, f"{missed}; every budget is 0", True
+                )
+                self._state = state
+                return Decision("update", state.reason, time.perf_counter() - start, state)
             if status != Status.CONVERGED:
                 self.solver_failures += 1
                 return Decision(
@@ -327,6 +364,11 @@ class Controller:
             with jax.enable_x64(True):
                 j_current = float(model.objective(jnp.asarray(current.tokens, w.dtype), w))
                 j_new = float(model.objective(jnp.asarray(tokens, w.dtype), w))
+                t_current = float(model.mean_system_time(jnp.asarray(current.tokens, w.dtype), w))
+            target = self.config.target_latency
+            if target is not None:  # J's alpha is the target's: judge by the target instead
+                miss = t_current / target - 1 if math.isfinite(t_current) else math.inf
+                j_current = j_new if miss <= self.config.min_gain else -math.inf
             move = np.abs(tokens - current.tokens) / np.maximum(np.abs(current.tokens), 1.0)
             gain = (
                 (j_new - j_current) / max(abs(j_current), 1e-12)
