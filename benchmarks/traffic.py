@@ -41,10 +41,10 @@ DATA = Path(__file__).parent / "data" / "traces"
 
 def models(trace: jt.Trace, w: jt.Workload, tokens, service_cv: float):
     """The latency models compared, for `w` at the replayed rate."""
-    es = float(jt.service_moments(tokens, w)[0])
-    rho = float(w.arrival_rate) * es
-    cs2 = float(jt.service_moments(tokens, w)[1]) / es**2 * (1 + service_cv**2) - 1
-    relax = es * (1 + cs2) / (1 - rho) ** 2
+    m1, m2 = (float(m) for m in jt.service_moments(tokens, w))
+    rho = float(w.arrival_rate) * m1
+    cs2 = m2 / m1**2 * (1 + service_cv**2) - 1
+    relax = m1 * (1 + cs2) / (1 - rho) ** 2
     # windows in the trace's own clock: the replay stretched it by mean_rate / rate
     stretch = trace.mean_rate / float(w.arrival_rate)
     scale = float(np.clip(relax / stretch, 1.0, trace.duration / 4))
@@ -80,10 +80,7 @@ def measure(replications: int) -> list[dict]:
                     model=jt.FIFO(service_cv=cv),
                 )
                 replay = float(np.mean(np.asarray(sim.system_time)))
-                w = w0.replace(
-                    arrival_rate=np.asarray(sim.predicted_utilization)
-                    / float(jt.service_moments(tokens, w0)[0])
-                )
+                w = w0.replace(arrival_rate=sim.mean_arrival_rate)
                 row = {"trace": name, "service": service, "utilization": u, "replay": replay}
                 for label, model in models(trace, w, tokens, cv).items():
                     row[label] = float(model.mean_system_time(tokens, w)) / replay

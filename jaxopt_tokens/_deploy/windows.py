@@ -112,12 +112,7 @@ def plan_windows(
             f"{type(base).__name__}"
         )
     tv = TimeVarying.from_trace(trace, window, base)
-    idx = trace.window_index(window)
-    num = int(idx.max()) + 1
-    counts = np.bincount(idx, minlength=num).astype(np.float64)
-    lengths = np.full(num, float(window))
-    lengths[-1] = max(trace.duration - window * (num - 1), float(window))
-    rates = counts / lengths
+    rates, weights = trace.window_rates(window)
     wm = w.replace(arrival_rate=jnp.asarray(trace.mean_rate, w.dtype))
     # a window without requests has no queue: its budgets are those of a vanishing rate
     solve_rates = np.maximum(rates, 1e-9 * trace.mean_rate)
@@ -128,7 +123,7 @@ def plan_windows(
     return WindowPlan(
         window=float(window),
         rates=rates,
-        weights=counts / counts.sum(),
+        weights=weights,
         tokens=np.asarray(per.tokens),
         status=np.asarray(per.status),
         static_tokens=np.asarray(static.tokens),

@@ -404,14 +404,10 @@ class TimeVarying(LatencyModel):
     def from_trace(cls, trace, window: float, base: LatencyModel | None = None) -> TimeVarying:
         """The windows of `trace` (a `Trace`) of `window` seconds: each one's rate over the
         trace's mean rate, weighted by its requests."""
-        idx = trace.window_index(window)
-        num = int(idx.max()) + 1
-        counts = np.bincount(idx, minlength=num).astype(float)
-        lengths = np.full(num, float(window))
-        lengths[-1] = max(trace.duration - window * (num - 1), window)
+        rates, weights = trace.window_rates(window)
         return cls(
-            rate_factors=counts / lengths / trace.mean_rate,
-            weights=counts / counts.sum(),
+            rate_factors=rates / trace.mean_rate,
+            weights=weights,
             base=FIFO() if base is None else base,
         )
 
@@ -422,10 +418,6 @@ class TimeVarying(LatencyModel):
 
     def check(self, w: Workload) -> None:
         self.base.check(w)
-
-    def _windows(self, w: Workload):
-        f = jnp.asarray(self.rate_factors, w.dtype)
-        return jax.vmap(lambda fj: w.replace(arrival_rate=w.arrival_rate * fj))(f)
 
     def system_times(self, tokens, w):
         f = jnp.asarray(self.rate_factors, w.dtype)

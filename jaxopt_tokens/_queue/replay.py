@@ -134,11 +134,9 @@ def prepare_replay(
                 f"tokens: with window={window:g} s the trace has {num} windows; expected budgets "
                 f"of shape (..., {num}, {w.num_tasks}), got {tokens.shape}"
             )
-        counts = np.bincount(win, minlength=num).astype(np.float64)
-        lengths = np.full(num, window)
-        lengths[-1] = max(trace.duration - window * (num - 1), window)
-        rates = tuple(float(c) for c in counts / lengths)
-        weights = tuple(float(c) for c in counts / counts.sum())
+        per_second, share = trace.window_rates(window)
+        rates = tuple(map(float, per_second))
+        weights = tuple(map(float, share))
     scale = 1.0
     if rate is not None:
         scale = trace.mean_rate / positive_number("rate", rate)

@@ -552,8 +552,6 @@ def simulate_server(
         )
         num_queries = replay.num_queries
     num_windows = 1 if replay is None else replay.num_windows
-    if window is not None and tok.ndim < 2:
-        raise InputError(f"tokens: with window=, expected shape (..., K, {w.num_tasks})")
     num_replications = check_int("num_replications", num_replications, 1)
     capacity = check_int("capacity", capacity, 2)
     # never more present than simulated: a larger capacity changes nothing but the memory

@@ -10,8 +10,8 @@ its busy periods last; the docs page *Real traffic* measures it against replay.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -211,12 +211,6 @@ def arrival_stats(
     )
 
 
-def warn_rate(trace: Trace, window: float = 60.0) -> None:
-    """Emit `TrafficWarning` for each of `rate_warnings(trace, window)`."""
-    for note in rate_warnings(trace, window):
-        warnings.warn(note, TrafficWarning, stacklevel=3)
-
-
 def plot_arrivals(trace: Trace, path=None, *, window: float = 60.0):
     """A figure of the rate per window over time and the index of dispersion against the
     window length (saved to `path` when given); returns the matplotlib figure."""
@@ -242,12 +236,8 @@ def plot_arrivals(trace: Trace, path=None, *, window: float = 60.0):
     ax2.set_xlabel("window (s)")
     ax2.set_ylabel("index of dispersion of counts")
     ax2.legend(loc="upper left")
-    fig.suptitle(f"{Path_name(trace.source)}: {len(trace):,} requests, {stats.mean_rate:.3g}/s")
+    fig.suptitle(f"{Path(trace.source).name}: {len(trace):,} requests, {stats.mean_rate:.3g}/s")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
-
-
-def Path_name(source: str) -> str:  # noqa: N802 - tiny helper
-    return source.rsplit("/", 1)[-1]

@@ -146,7 +146,7 @@ class Trace:
 
     def rescaled(self, rate: float) -> Trace:
         """The same sequence with time stretched so that its mean rate is `rate` per second."""
-        rate = _positive("rate", rate)
+        rate = positive_number("rate", rate)
         return replace(self, arrival_times=self.arrival_times * (self.mean_rate / rate))
 
     def between(self, start: float, stop: float) -> Trace:
@@ -184,9 +184,9 @@ class Trace:
         """Task labels from bands of a token column: `{"short": 256, "medium": 2048,
         "long": math.inf}` labels a request by the first band whose upper bound (inclusive)
         holds its count."""
-        values = getattr(self, column, None) if column in ("input_tokens", "output_tokens") else 0
         if column not in ("input_tokens", "output_tokens"):
             raise InputError(f"column: 'input_tokens' or 'output_tokens', got {column!r}")
+        values = getattr(self, column)
         if values is None:
             raise InputError(f"column: the trace {self.source} has no {column}")
         if not isinstance(bands, dict) or not bands:
@@ -207,24 +207,31 @@ class Trace:
     def window_counts(self, window: float) -> np.ndarray:
         """Requests per window of `window` seconds, over the whole windows the trace spans
         (at least one)."""
-        window = _positive("window", window)
+        window = positive_number("window", window)
         num = max(int(math.floor(self.duration / window)), 1)
         idx = np.floor(self.arrival_times / window).astype(np.int64)
         return np.bincount(idx[idx < num], minlength=num).astype(np.float64)
 
     def window_index(self, window: float) -> np.ndarray:
         """The window each request arrives in (the last partial window joins the one before)."""
-        window = _positive("window", window)
+        window = positive_number("window", window)
         num = max(int(math.floor(self.duration / window)), 1)
         return np.minimum(np.floor(self.arrival_times / window).astype(np.int64), num - 1)
+
+    def window_rates(self, window: float) -> tuple[np.ndarray, np.ndarray]:
+        """(requests per second, share of the trace's requests) in each window of
+        `window_index`; the last window is longer by the partial one it absorbs."""
+        window = positive_number("window", window)
+        idx = self.window_index(window)
+        num = int(idx[-1]) + 1  # the last request is in the last window
+        counts = np.bincount(idx, minlength=num).astype(np.float64)
+        lengths = np.full(num, window)
+        lengths[-1] = self.duration - window * (num - 1)
+        return counts / lengths, counts / counts.sum()
 
 
 def positive_number(name: str, value: Any) -> float:
     """`value` as a finite float > 0; `InputError` naming `name` otherwise."""
-    return _positive(name, value)
-
-
-def _positive(name: str, value: Any) -> float:
     try:
         x = float(value)
     except (TypeError, ValueError, OverflowError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._errors import InputError
 from ._config import ENGINES, SMOOTHINGS, GatewayConfig, TaskRule, config_from_dict, load_config
 
 __all__ = [
@@ -28,8 +29,6 @@ __all__ = [
 
 
 def _require_serve_extra() -> None:
-    from .._errors import InputError
-
     missing = []
     for module in ("starlette", "uvicorn", "httpx", "prometheus_client"):
         try:
@@ -72,8 +71,6 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
         )
     for name in (config.default_task, *config.models.values(), *(r.task for r in config.rules)):
         if name is not None and name not in workload.task_names:
-            from .._errors import InputError
-
             raise InputError(
                 f"task {name!r} in the configuration is not a task of the workload "
                 f"({', '.join(workload.task_names)})"

@@ -327,31 +327,22 @@ class Controller:
                     bool(np.asarray(member_status(w, stability=isinstance(model, FIFO))) == VALID)
                     and float(model.load(jnp.zeros(w.num_tasks, w.dtype), w)) < 1
                 )
+            missed = None
             if not stable_at_zero:
-                if current.overloaded and np.all(current.tokens == 0):
-                    return Decision(
-                        "keep", "overloaded (unchanged)", time.perf_counter() - start, current
-                    )
-                state = self._state_for(
-                    w,
-                    model,
-                    np.zeros(w.num_tasks),
-                    current.version + 1,
+                missed = (
                     f"overload: {rate:.3g} requests/s cannot be served stably even without "
-                    "reasoning; every budget is 0 and admission control bounds the queue",
-                    True,
+                    "reasoning; admission control bounds the queue"
                 )
-                self._state = state
-                return Decision("update", state.reason, time.perf_counter() - start, state)
-            tokens, status, missed = self._optimal(w, model, current.tokens)
-            if missed is not None:
-                if current.overloaded and np.all(current.tokens == 0):
+            else:
+                tokens, status, missed = self._optimal(w, model, current.tokens)
+            if missed is not None:  # every budget 0, said once
+                if current.overloaded and not current.tokens.any():
                     return Decision("keep", missed, time.perf_counter() - start, current)
-                state = self._state_for(
-                    w, model, tokens, current.version + 1, f"{missed}; every budget is 0", True
-                )
+                zeros = np.zeros(w.num_tasks)
+                reason = f"{missed}; every budget is 0"
+                state = self._state_for(w, model, zeros, current.version + 1, reason, True)
                 self._state = state
-                return Decision("update", state.reason, time.perf_counter() - start, state)
+                return Decision("update", reason, time.perf_counter() - start, state)
             if status != Status.CONVERGED:
                 self.solver_failures += 1
                 return Decision(
