@@ -39,6 +39,7 @@ from .._implicit import newton_polish
 from .._kkt import kkt_residual
 from .._lambertw import wright_omega
 from .._objective import objective, service_moments
+from .._reduce import task_reduce
 from .._status import Status
 from .._validate import default_rtol
 from .._workload import Workload
@@ -136,21 +137,23 @@ def budgets_at_prices(d, y, w: Workload, constants: TaskConstants | None = None)
 
 
 def _equations(d, y, w, tc: TaskConstants):
+    """The budgets at $(d, y)$, the two price equations and the Jacobian's sums over tasks,
+    all in one pass over the tasks (`task_reduce`)."""
     lam = w.arrival_rate
     tokens, t, g = budgets_at_prices(d, y, w, tc)
-    m1, m2 = service_moments(tokens, w)  # its t0 + c l is the same expression as t (CSE)
+    pt = w.share * t
+    pcg = w.share * w.c * g
+    (m1, m2, s_c, s_ct, s_ctt), _ = task_reduce((pt, pt * t, pcg, pcg * t, pcg * t * t))
     e1 = 1 - lam * m1 - d
     e2 = lam * m2 / (2 * d * d) - y
-    return tokens, t, g, m2, e1, e2
+    return tokens, t, e1, e2, (m2, s_c, s_ct, s_ctt)
 
 
-def _jacobian(d, w, t, g, m2):
+def _jacobian(d, w, sums):
+    """The Jacobian of $(e_1, e_2)$ in $(d, y)$ from the sums `_equations` returns."""
     lam = w.arrival_rate
     u = lam / d
-    pc = w.share * w.c
-    s_c = jnp.sum(pc * g, -1)
-    s_ct = jnp.sum(pc * g * t, -1)
-    s_ctt = jnp.sum(pc * g * t * t, -1)
+    m2, s_c, s_ct, s_ctt = sums
     # dl/dd = u t g / d,  dl/dy = -lam g
     j11 = -lam * u / d * s_ct - 1
     j12 = lam * lam * s_c
@@ -317,7 +320,7 @@ class AggregateNewton(AbstractSolver):
         y0 = lam * m2_0 / (2 * d0 * d0)
         # with no service time at zero tokens (every t0 = 0) that price is 0, a poor start for
         # Newton in log y: start instead from F(0) = lam E[S^2](l(d0, 0)) / (2 d0^2) >= y(d0)
-        F0 = _equations(d0, jnp.zeros_like(y0), w, p.constants)[5]
+        F0 = _equations(d0, jnp.zeros_like(y0), w, p.constants)[3]  # e2 + y at y = 0
         y0 = jnp.where(y0 > jnp.finfo(w.dtype).tiny, y0, F0)
         d_lo = 0.5 * d_floor
         if start is not None:  # a warm start: the prices its budgets imply, inside the bracket
@@ -365,8 +368,8 @@ class AggregateNewton(AbstractSolver):
         eps = jnp.finfo(w.dtype).eps
         tiny = jnp.finfo(w.dtype).tiny
         rtol = default_rtol(w.dtype, self.rtol)
-        tokens, t, g, m2, e1, e2 = _equations(s.d, s.y, w, p.constants)
-        j11, j12, j21, j22 = _jacobian(s.d, w, t, g, m2)
+        tokens, t, e1, e2, sums = _equations(s.d, s.y, w, p.constants)
+        j11, j12, j21, j22 = _jacobian(s.d, w, sums)
         residual = self._cheap_residual(p, s.d, s.y, tokens, t, e1, e2)
         # Log forms: chi = log G - log d, psi = log F - log y with G = 1 - lam E[S] and
         # F = lam E[S^2] / (2 d^2): same roots and monotonicity, nearly linear in logs.
