@@ -162,18 +162,22 @@ def _jacobian(d, w, sums):
     return j11, j12, j21, j22
 
 
-def _safeguarded(x, x_new, lo, hi, last_step):
-    """Newton proposal `x_new` from `x`, or a bisection of the bracket `[lo, hi]` (in logs).
+def _safeguarded(x, x_new, lo, hi, last_step, falsi=None):
+    """Newton proposal `x_new` from `x`, or a point inside the bracket `[lo, hi]`.
 
     The proposal is taken only inside the open bracket and when its step (in log units) is at
     most half the previous one, the rule that keeps safeguarded Newton from cycling at kinks
-    (budgets meeting a bound make the equations piecewise smooth). A bracket still open
-    above grows by 4x. Returns the new point and its step length.
+    (budgets meeting a bound make the equations piecewise smooth). Otherwise the point is
+    `falsi` where given and strictly inside the bracket (a regula falsi point), else the
+    bisection of the bracket in logs. A bracket still open above grows by 4x. Returns the new
+    point and its step length.
     """
     step = jnp.abs(jnp.log(x_new) - jnp.log(x))
     ok = (x_new > lo) & (x_new < hi) & jnp.isfinite(x_new) & (step <= 0.5 * last_step)
     finite_hi = jnp.isfinite(hi)
     mid = jnp.where(lo > 0, jnp.sqrt(lo * jnp.where(finite_hi, hi, lo)), 0.5 * (lo + hi))
+    if falsi is not None:
+        mid = jnp.where((falsi > lo) & (falsi < hi), falsi, mid)  # False for NaN
     fallback = jnp.where(
         finite_hi, mid, 4 * jnp.maximum(jnp.maximum(lo, x), jnp.finfo(x.dtype).tiny)
     )
@@ -232,6 +236,9 @@ class _State(eqx.Module):
     d: Array
     d_lo: Array
     d_hi: Array
+    f_lo: Array  # the reduced chi at d_lo (> 0) and d_hi (< 0), NaN where not known
+    f_hi: Array
+    side: Array  # which end the last outer step replaced: 1 d_lo, -1 d_hi, 0 neither yet
     y_step: Array
     d_step: Array
     residual: Array
@@ -251,8 +258,12 @@ class AggregateNewton(AbstractSolver):
     The reduced equation $\phi(y) = e_2(d(y), y) = 0$ is strictly decreasing in $y$ (its
     derivative is the Schur complement $j_{22} - j_{21}j_{12}/j_{11} < 0$ of the 2x2 Jacobian),
     with $\phi(0) \ge 0$. Both 1-D equations are solved by Newton's method safeguarded by
-    bisection of a bracket that only shrinks, so the method converges on every instance that is
-    stable at zero tokens, and quadratically near the solution.
+    a bracket that only shrinks, so the method converges on every instance that is stable at
+    zero tokens, and quadratically near the solution. Where Newton's proposal is refused, the
+    outer price falls back to regula falsi (the Illinois variant) on its bracket once both
+    ends carry a value, else to bisection in logs; the inner price to bisection. At prices
+    whose budgets overload the server ($1 - \lambda E[S] \le 0$, where the log form is
+    undefined) the outer proposal is a Newton step on $e_1$ itself.
 
     The two levels share one loop (one Newton step on $d$ per iteration, or, once $e_1$ is
     solved, one step on $y$ together with the first-order prediction of $d(y)$), so under
@@ -341,6 +352,9 @@ class AggregateNewton(AbstractSolver):
             d=d0,
             d_lo=d_lo,
             d_hi=d_top,
+            f_lo=jnp.full_like(y0, jnp.nan),
+            f_hi=jnp.full_like(y0, jnp.nan),
+            side=jnp.zeros((), jnp.int32),
             y_step=inf,
             d_step=inf,
             residual=inf,
@@ -402,12 +416,29 @@ class AggregateNewton(AbstractSolver):
         # the reduced sign is trusted for the bracket only where second-order terms cannot
         # flip it: the inner equation solved tightly, or the correction small next to e1
         trusted = (jnp.abs(psi) <= 1e3 * eps) | (jnp.abs(correction) <= 0.25 * jnp.abs(e1))
-        d_lo = jnp.where(trusted & (e1_r > 0), s.d, s.d_lo)
-        d_hi = jnp.where(trusted & (e1_r <= 0), s.d, s.d_hi)
+        up, down = trusted & (e1_r > 0), trusted & (e1_r <= 0)
         chi_r = chi - a12 * psi / a22
+        d_lo = jnp.where(up, s.d, s.d_lo)
+        d_hi = jnp.where(down, s.d, s.d_hi)
+        # Illinois: the end kept a second time running has its value halved
+        # (values whose sign disagrees with the bracket's, or with no log form, are not kept)
+        f_lo = jnp.where(up, jnp.where(stable & (chi_r > 0), chi_r, jnp.nan), s.f_lo)
+        f_lo = jnp.where(down & (s.side == -1), 0.5 * f_lo, f_lo)
+        f_hi = jnp.where(down, jnp.where(stable & (chi_r < 0), chi_r, jnp.nan), s.f_hi)
+        f_hi = jnp.where(up & (s.side == 1), 0.5 * f_hi, f_hi)
+        side = jnp.where(up, 1, jnp.where(down, -1, s.side))
+        log_lo, log_hi = jnp.log(d_lo), jnp.log(d_hi)
+        falsi = jnp.exp((log_lo * f_hi - log_hi * f_lo) / (f_hi - f_lo))
         ds = -chi_r / (a11 - a12 * a21 / a22)
-        d_newton = jnp.where(stable, s.d * jnp.exp(jnp.clip(ds, -30, 30)), jnp.nan)
-        d_out, d_step = _safeguarded(s.d, d_newton, d_lo, d_hi, s.d_step)
+        # budgets that overload the server (G <= 0) have no log form: a Newton step on the
+        # reduced e1 itself, in d
+        d_linear = s.d - e1_r / (j11 - j12 * j21 / j22)
+        d_newton = jnp.where(
+            stable,
+            s.d * jnp.exp(jnp.clip(ds, -30, 30)),
+            jnp.where(d_linear > 0, d_linear, jnp.nan),
+        )
+        d_out, d_step = _safeguarded(s.d, d_newton, d_lo, d_hi, s.d_step, falsi)
         dz = -(psi + a21 * (jnp.log(d_out) - jnp.log(s.d))) / a22
         y_out = ys * jnp.exp(jnp.clip(dz, -30, 30))
         stop = residual <= 0.5 * rtol  # margin for rounding; the certificate is recomputed
@@ -423,6 +454,9 @@ class AggregateNewton(AbstractSolver):
             d=jnp.where(move_d, d_out, s.d),
             d_lo=jnp.where(move_d, d_lo, s.d_lo),
             d_hi=jnp.where(move_d, d_hi, s.d_hi),
+            f_lo=jnp.where(move_d, f_lo, s.f_lo),
+            f_hi=jnp.where(move_d, f_hi, s.f_hi),
+            side=jnp.where(move_d, side, s.side),
             y_step=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_step, y_step)),
             d_step=jnp.where(move_d, d_step, s.d_step),
             residual=residual,
