@@ -310,9 +310,12 @@ class AggregateNewton(AbstractSolver):
             tokens <= 0, gain, jnp.where(tokens >= lmax, gain_at_cap, w.c * (v_it + u_it * t))
         )
         r = value / (w.c * (v + u * t)) - 1
-        step = jnp.clip(tokens + r / w.b, 0, lmax)
-        res = jnp.max(w.b * jnp.abs(tokens - step), axis=-1)
-        return jnp.where(stable, res, jnp.inf)
+        # b |l - clip(l + r/b, 0, l_max)| for l in the box, split by the direction of the move
+        # (one division a task, and a variadic reduce: `task_reduce`)
+        up = jnp.where(r > 0, jnp.minimum(r, w.b * (lmax - tokens)), 0)
+        down = jnp.where(r < 0, jnp.minimum(-r, w.b * tokens), 0)
+        _, (res_up, res_down) = task_reduce((), (up, down))
+        return jnp.where(stable, jnp.maximum(res_up, res_down), jnp.inf)
 
     def init(self, p: Problem, start=None) -> _State:
         w = p.workload
