@@ -333,9 +333,10 @@ class AggregateNewton(AbstractSolver):
         d0 = d_floor**0.25 * d_top**0.75
         y0 = lam * m2_0 / (2 * d0 * d0)
         # with no service time at zero tokens (every t0 = 0) that price is 0, a poor start for
-        # Newton in log y: start instead from F(0) = lam E[S^2](l(d0, 0)) / (2 d0^2) >= y(d0)
-        F0 = _equations(d0, jnp.zeros_like(y0), w, p.constants)[3]  # e2 + y at y = 0
-        y0 = jnp.where(y0 > jnp.finfo(w.dtype).tiny, y0, F0)
+        # Newton in log y: such a member starts instead from F(0) = lam E[S^2](l(d0, 0)) /
+        # (2 d0^2) >= y(d0), which its first call of `step` computes (uncounted) and nothing
+        # else (a budget evaluation here would cost every member of a batch one)
+        y0 = jnp.where(y0 > jnp.finfo(w.dtype).tiny, y0, 0)
         d_lo = 0.5 * d_floor
         if start is not None:  # a warm start: the prices its budgets imply, inside the bracket
             tokens, finite = usable_start(start, w)
@@ -445,12 +446,14 @@ class AggregateNewton(AbstractSolver):
         dz = -(psi + a21 * (jnp.log(d_out) - jnp.log(s.d))) / a22
         y_out = ys * jnp.exp(jnp.clip(dz, -30, 30))
         stop = residual <= 0.5 * rtol  # margin for rounding; the certificate is recomputed
+        # the start y = 0 (`init`) becomes F(0) before the first counted step
+        starting = (s.iterations == 0) & ~(s.y > 0) & (F_raw > tiny)
         # once d's bracket has collapsed to rounding, d cannot move: keep solving for y(d)
         # inside its own bracket (resetting it would cycle) until that collapses too
         d_done = jnp.isfinite(s.d_hi) & (s.d_hi - s.d_lo <= 4 * eps * s.d_hi)
         move_d = joint & ~stop & ~d_done
         improved = residual < 0.5 * s.best
-        return _State(
+        new = _State(
             y=jnp.where(stop, s.y, jnp.where(move_d, y_out, y_in)),
             y_lo=jnp.where(move_d, jnp.zeros_like(s.y), jnp.where(stop, s.y_lo, y_lo)),
             y_hi=jnp.where(move_d, jnp.inf, jnp.where(stop, s.y_hi, y_hi)),
@@ -469,6 +472,11 @@ class AggregateNewton(AbstractSolver):
             stall=jnp.where(improved | (s.best > 1e3 * rtol), 0, s.stall + 1),
             iterations=s.iterations + (~stop).astype(jnp.int32),
             outer=s.outer + move_d.astype(jnp.int32),
+        )
+        return jax.tree_util.tree_map(
+            lambda first, after: jnp.where(starting, first, after),
+            eqx.tree_at(lambda t: t.y, s, F_raw),
+            new,
         )
 
     def postprocess(self, p: Problem, s: _State) -> Iterate:
