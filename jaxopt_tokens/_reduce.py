@@ -4,10 +4,12 @@
 `lax.reduce` instead of one `jnp.sum` / `jnp.max` each. XLA compiles the variadic reduce to a
 single loop that computes every term and every reduction together; separate reductions each
 get their own pass over the per-task arrays (and on CPU are handed one by one to a library
-kernel that is slow for rows as short as a workload's task axis: the default solver's step
-costs about two thirds as much this way, measured in `benchmarks/README.md`). The sums are
-the same as sequential sums; used inside the solvers' steps, which are never differentiated
-(a variadic reduce has no derivative rule).
+kernel that is slow for rows as short as a workload's task axis; the difference for the
+default solver's step is measured in `benchmarks/README.md`). The sums are the same as
+sequential sums up to the order of addition. Used inside the solvers' steps, which are never
+differentiated (a variadic reduce has no derivative rule). The compiler drops the reduction
+of an output nobody uses, and a reduce left with one output can go back to the library
+kernel: the default solver's residual reduces its two directions, both used.
 """
 
 from __future__ import annotations
