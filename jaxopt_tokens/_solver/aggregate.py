@@ -18,11 +18,12 @@ each budget is taken from whichever form has the smaller operands.
 What is left is a system of two equations in $(d, y)$,
 $e_1 = 1 - \lambda E[S](l) - d = 0$ and $e_2 = \lambda E[S^2](l)/(2d^2) - y = 0$.
 It is the gradient of the Lagrangian dual of (9) after introducing $d$ as a variable: convex
-in $y$, concave in $d$, so its Jacobian is never singular. Newton's method on it, damped by
-a backtracking search on $\|e\|^2$ and kept inside $d > 0$, $y \ge 0$, converges from
-the zero-token prices in a handful of iterations whatever N is. Each iteration costs N
-evaluations of $\omega$ and O(N) arithmetic; the stopping test is the projected KKT
-residual of the budgets themselves (`kkt_residual`).
+in $y$, concave in $d$, so its Jacobian is never singular. Newton's method on it, each price
+kept inside a bracket that only shrinks (`AggregateNewton`), converges from a start derived
+from the zero-token prices in a handful of iterations whatever N is. Each iteration costs N
+evaluations of $\omega$ and O(N) arithmetic in two passes over the tasks; the stopping test
+is the projected KKT residual of the budgets themselves (`kkt_residual`), computed without an
+exponential.
 """
 
 from __future__ import annotations
