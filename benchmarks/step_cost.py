@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 
 import jax
 
@@ -39,22 +38,12 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import best_wall_cpu  # noqa: E402  (benchmarks/ is on sys.path)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import jaxopt_tokens as jt  # noqa: E402
 from jaxopt_tokens import internal  # noqa: E402
-
-
-def best(fn, *args, repeats=7):
-    jax.block_until_ready(fn(*args))
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn(*args))
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return min(wall), min(cpu)
 
 
 def prepare_and_init(solver, model, w):
@@ -151,7 +140,7 @@ def main():
                 ),
             ),
         ]
-        timed = [(name, *best(fn, *args), note) for name, fn, args, note in parts]
+        timed = [(name, *best_wall_cpu(fn, *args), note) for name, fn, args, note in parts]
         step_cpu = next(cpu for name, _, cpu, _ in timed if name == "one step")
         for name, wall, cpu, note in timed:  # step-equivalents in CPU time (less noisy)
             table.add_row(
@@ -219,11 +208,11 @@ def schedule_table(solver, model, data, first, iterations):
     step_ms, move_ms = [], []
     for size in probe:
         sub = jax.tree_util.tree_map(lambda x: x[:size], (data, first))
-        step_ms.append(best(step, *sub)[1] * 1e3)
+        step_ms.append(best_wall_cpu(step, *sub)[1] * 1e3)
         move = jax.jit(
             lambda d, s, m, size=size: internal.on_members(lambda a, b: b, m, size, d, s)[0]
         )
-        move_ms.append(best(move, data, first, jnp.asarray(live))[1] * 1e3)
+        move_ms.append(best_wall_cpu(move, data, first, jnp.asarray(live))[1] * 1e3)
 
     def cost(size):
         x = np.log(size)
@@ -231,7 +220,7 @@ def schedule_table(solver, model, data, first, iterations):
             np.interp(x, np.log(probe), np.log(move_ms))
         )
 
-    full_step = best(step, data, first)[1] * 1e3
+    full_step = best_wall_cpu(step, data, first)[1] * 1e3
     table = Table(
         title="The rounds under other buffer schedules (float64; model fitted to timings)"
     )

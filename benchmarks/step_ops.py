@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import functools
 import re
-import time
 from collections import Counter
 
 import jax
@@ -31,6 +30,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import best_wall_cpu  # noqa: E402  (benchmarks/ is on sys.path)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -48,16 +48,6 @@ TRANSCENDENTAL = (
     "tanh",
 )
 _OP = re.compile(r"=\s*([a-z]\d+)\[([\d,]*)\][^ ]*\s+(" + "|".join(TRANSCENDENTAL) + r")\(")
-
-
-def best_cpu(fn, *args, repeats=7) -> float:
-    jax.block_until_ready(fn(*args))
-    cpu = []
-    for _ in range(repeats):
-        c = time.process_time()
-        jax.block_until_ready(fn(*args))
-        cpu.append(time.process_time() - c)
-    return min(cpu)
 
 
 def hlo_counts(fn, *args) -> tuple[Counter, int]:
@@ -120,7 +110,7 @@ def main():
         ref = None
         for name, fn, args in parts:
             elements, fusions = hlo_counts(fn, *args)
-            cpu = best_cpu(fn, *args)
+            cpu = best_wall_cpu(fn, *args)[1]
             ref = cpu if ref is None else ref
             per_member = {k: v / size for k, v in elements.items()}
             total = sum(per_member.values())

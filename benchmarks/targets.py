@@ -31,24 +31,13 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _timing import best_wall_cpu  # noqa: E402  (benchmarks/ is on sys.path)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from solve_throughput import scipy_per_instance  # noqa: E402  (benchmarks/ is on sys.path)
 from spellings import family  # noqa: E402
 
 import jaxopt_tokens as jt  # noqa: E402
-
-
-def best(fn, *args, repeats=5):
-    """Fastest wall time and process CPU time of `repeats` warm calls."""
-    jax.block_until_ready(fn(*args))
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn(*args))
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return min(wall), min(cpu)
 
 
 def main():
@@ -69,9 +58,9 @@ def main():
         ("Table-I family", family(args.size, jnp.float64)),
     ):
         ones = jnp.ones_like(batch.A)
-        e_wall, e_cpu = best(evaluate, ones, batch)
-        s_wall, s_cpu = best(solve, batch)
-        v_wall, v_cpu = best(vsolve, batch)
+        e_wall, e_cpu = best_wall_cpu(evaluate, ones, batch, repeats=5)
+        s_wall, s_cpu = best_wall_cpu(solve, batch, repeats=5)
+        v_wall, v_cpu = best_wall_cpu(vsolve, batch, repeats=5)
         sol = solve(batch)
         it = np.asarray(sol.iterations)
         certified[name] = float(jnp.mean(sol.status == 0))
