@@ -175,31 +175,17 @@ def read_request_log(
     header_line, header, rows = csv_rows(text, source)
     time_col = next((c for c in TIME_COLUMNS if c in header), None)
     if "task" not in header:
-        if time_col is None and bands is None and len(tasks) != 1:
+        if bands is None and len(tasks) != 1:
             raise InputError(
                 f"{source}, line {header_line}: missing column 'task' (a log without one is "
                 f"one task's, or labelled by bands of a token column; {len(tasks)} tasks "
                 "measured)"
             )
-        trace = read_trace(path, "csv")
-        if bands is not None:
-            trace = trace.labelled(bands, band_column)
-        elif len(tasks) == 1:
-            trace = replace(trace, labels=(tasks[0],) * len(trace))
-        else:
-            raise InputError(
-                f"{source}, line {header_line}: missing column 'task'; with {len(tasks)} "
-                "measured tasks give bands to label the requests"
-            )
-        assert trace.labels is not None
-        _warn_rates(trace, window)
-        return _shares(trace.labels, tasks, source, None), trace.mean_rate
-    if bands is not None:
+    elif bands is not None:
         raise InputError(f"{source}: bands label a log without a 'task' column; this one has it")
     column = "share" if "share" in header else "count" if "count" in header else None
-    weights = []
-    names = []
-    for lineno, row in rows:
+    names, weights = [], []
+    for lineno, row in rows if "task" in header else ():
         if row["task"] not in tasks:
             raise InputError(
                 f"{source}, line {lineno}: task {row['task']!r} is not in the measurements "
@@ -212,17 +198,22 @@ def read_request_log(
             )
         names.append(row["task"])
         weights.append(value)
-    rate = None
-    if time_col is not None:
-        if column is not None:
-            raise InputError(
-                f"{source}, line {header_line}: a share table ('{column}') has no arrival times; "
-                f"drop column '{time_col}' or give one row per request"
-            )
-        trace = read_trace(path, "csv")
-        _warn_rates(trace, window)
-        rate = trace.mean_rate
-    return _shares(tuple(names), tasks, source, np.asarray(weights)), rate
+    if "task" in header and time_col is None:  # a share table, or requests without times
+        return _shares(tuple(names), tasks, source, np.asarray(weights)), None
+    if "task" in header and column is not None:
+        raise InputError(
+            f"{source}, line {header_line}: a share table ('{column}') has no arrival times; "
+            f"drop column '{time_col}' or give one row per request"
+        )
+    # one row per request with arrival times: the shares and the rate from the same requests
+    # (`read_trace` drops rows without a time, and reads a 'task' column as the labels)
+    trace = read_trace(path, "csv")
+    if bands is not None:
+        trace = trace.labelled(bands, band_column)
+    elif "task" not in header:
+        trace = replace(trace, labels=(tasks[0],) * len(trace))
+    _warn_rates(trace, window)
+    return _shares(trace.labels, tasks, source, None), trace.mean_rate
 
 
 def _warn_rates(trace: Trace, window: float) -> None:
