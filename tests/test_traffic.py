@@ -300,6 +300,20 @@ def test_time_varying_is_the_arrival_weighted_mean_of_windows():
             jt.TimeVarying(rate_factors=[1.0, 2.0], weights=[1.0])
 
 
+def test_time_varying_simulates_its_base_servers_queue():
+    """The simulator runs the base's discipline (and priority order), not always FIFO."""
+    order = (5, 4, 3, 2, 1, 0)
+    for base, discipline in ((jt.FIFO(), "fifo"), (jt.Priority(order), "priority")):
+        model = jt.TimeVarying(rate_factors=[0.5, 1.5], weights=[0.5, 0.5], base=base)
+        assert model.discipline == discipline
+        assert getattr(model, "order", None) == getattr(base, "order", None)
+    with jax.enable_x64(True):
+        w = jt.default_workload()
+        l = jnp.asarray(jt.solve(w).tokens)
+        sim = jt.simulate(w, l, model=model, num_queries=2000, num_replications=2)
+        assert sim.discipline == "priority"
+
+
 def test_plan_windows_solves_each_window_and_a_robust_static_policy():
     with jax.enable_x64(True):
         w = jt.default_workload()

@@ -378,7 +378,6 @@ class TimeVarying(LatencyModel):
     rate_factors: Float[Array, " k"]
     weights: Float[Array, " k"]
     base: LatencyModel = eqx.field(default_factory=FIFO)
-    discipline: ClassVar[str] = "fifo"
 
     def __post_init__(self):
         f = np.asarray(self.rate_factors, dtype=float)
@@ -415,6 +414,16 @@ class TimeVarying(LatencyModel):
     def service_cv(self):
         """The base server's coefficient of variation of service (what the simulator uses)."""
         return getattr(self.base, "service_cv", 0.0)
+
+    @property
+    def discipline(self) -> str:  # type: ignore[override]
+        """The base server's discipline: the simulator runs the base's queue."""
+        return self.base.discipline
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        """The base server's priority order (`AttributeError` for a base without one)."""
+        return self.base.order  # type: ignore[attr-defined]
 
     def check(self, w: Workload) -> None:
         self.base.check(w)

@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,9 @@ from .._tuning.tune import TuneStatus, tune_alpha
 from .._validate import VALID, member_status
 from .._workload import Workload
 from ._config import GatewayConfig
+
+# compiled once: every control step re-tunes with new measured values, not new shapes
+_tune_alpha = eqx.filter_jit(tune_alpha)
 
 __all__ = ["LoadEstimator", "ServiceEstimator", "Controller", "PolicyState", "Decision"]
 
@@ -151,7 +155,10 @@ class ServiceEstimator:
                 assert isinstance(model, ContinuousBatching)
                 tau0, tau1 = self.step.theta
                 if self.step.count >= self.min_samples and tau0 >= 0 and tau1 > 0:
-                    model = model.replace(step_time=(float(tau0), float(tau1)))
+                    # arrays, not Python floats: a float is part of the compiled solve's
+                    # key, so every new estimate would compile the solver again
+                    fitted = (jnp.asarray(tau0, w.dtype), jnp.asarray(tau1, w.dtype))
+                    model = model.replace(step_time=fitted)
                     info["step_time"] = [float(tau0), float(tau1)]
                 return w, model, info
             t0 = np.asarray(w.t0, dtype=float).copy()
@@ -244,7 +251,7 @@ class Controller:
         if target is None:
             return (*self._solve(w, model, start), None)
         with jax.enable_x64(True):
-            tuned = tune_alpha(w, target)
+            tuned = _tune_alpha(w, jnp.asarray(target, w.dtype))
             status = int(np.asarray(tuned.status))
             if status == TuneStatus.CONVERGED:
                 return np.asarray(tuned.solution.tokens, dtype=float), Status.CONVERGED, None
