@@ -45,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "benchmarks" / "data" / "traces" / "AzureLLMInferenceTrace_code.csv"
 STEP = (0.02, 0.0005)
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "reason=40"}]}
+# the replay's requests carry no `reason=`: the engine's own reasoning length (2,000) applies,
+# cut by the budget the gateway sends
+REPLAY_BODY = {"model": "fake", "messages": [{"role": "user", "content": "a task"}]}
 
 
 def _free_port() -> int:
@@ -196,7 +199,7 @@ def _replay(trace: jt.Trace, w: jt.Workload, speedup: float, live: bool, tasks, 
                 async def one(i: int):
                     due = trace.arrival_times[i] * s - (time.perf_counter() - t0)
                     await asyncio.sleep(max(0.0, due))
-                    body = {**BODY, "metadata": {"task_type": w.task_names[tasks[i]]}}
+                    body = {**REPLAY_BODY, "metadata": {"task_type": w.task_names[tasks[i]]}}
                     t = time.perf_counter()
                     r = await c.post(gw + "/v1/chat/completions", json=body)
                     r.raise_for_status()

@@ -3,6 +3,7 @@ server`).
 """
 
 import json
+import math
 import warnings
 
 import numpy as np
@@ -198,7 +199,7 @@ def test_a_request_rate_sweep_in_sglang_json_lines_is_fitted_without_overloaded_
     assert (fit.tau0, fit.tau1) == pytest.approx((tau0, tau1), rel=1e-6)
     assert fit.concurrency.tolist() == pytest.approx([4.0, 4 * 2**1.5, 32.0])
     assert "Little's law" in fit.methods[0] and len(fit.excluded) == 1
-    reported = _write(tmp_path, "c.jsonl", _sglang_line("Infinity", 100, 10.0, 1e3, 20.0, 7.5))
+    reported = _write(tmp_path, "c.jsonl", _sglang_line(math.inf, 100, 10.0, 1e3, 20.0, 7.5))
     assert jt.read_step_times(reported)[0].tolist() == [7.5]
 
 

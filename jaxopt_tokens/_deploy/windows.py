@@ -96,7 +96,9 @@ def plan_windows(
         window: seconds per window (the last partial window joins the one before).
         model: the single server in each window (`FIFO()` by default, or `Kingman`,
             `Priority`, `ProcessorSharing`).
-        solver: passed to `solve`.
+        solver: passed to `solve` for the budgets per window and at the mean rate; the static
+            policy under `TimeVarying` takes that model's default solver (the paper's solvers
+            do not apply to it).
 
     Returns:
         a `WindowPlan`.
@@ -111,8 +113,8 @@ def plan_windows(
             f"model: a single-server model (FIFO, Kingman, Priority, ProcessorSharing), got "
             f"{type(base).__name__}"
         )
-    tv = TimeVarying.from_trace(trace, window, base)
     rates, weights = trace.window_rates(window)
+    tv = TimeVarying(rate_factors=rates / trace.mean_rate, weights=weights, base=base)
     wm = w.replace(arrival_rate=jnp.asarray(trace.mean_rate, w.dtype))
     # a window without requests has no queue: its budgets are those of a vanishing rate
     solve_rates = np.maximum(rates, 1e-9 * trace.mean_rate)

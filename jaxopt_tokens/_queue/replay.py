@@ -56,9 +56,10 @@ class Replay(eqx.Module):
     task: Int[Array, " q"] | None
     work: Float[Array, " q"] | None
     window: Int[Array, " q"] | None
-    rate: float = eqx.field(static=True)
-    window_rates: tuple[float, ...] = eqx.field(static=True, default=())
-    window_weights: tuple[float, ...] = eqx.field(static=True, default=())
+    # arrays, not static fields: a replay at another rate must not compile the simulator again
+    rate: Float[Array, ""]
+    window_rates: Float[Array, " k"] | None = None
+    window_weights: Float[Array, " k"] | None = None
 
     @property
     def num_queries(self) -> int:
@@ -66,7 +67,7 @@ class Replay(eqx.Module):
 
     @property
     def num_windows(self) -> int:
-        return max(len(self.window_rates), 1)
+        return 1 if self.window_rates is None else max(int(self.window_rates.shape[0]), 1)
 
 
 def _labels(trace: Trace, w: Workload) -> np.ndarray:
@@ -123,8 +124,7 @@ def prepare_replay(
     if rate is not None and utilization is not None:
         raise InputError("rate, utilization: give one of them (or neither: the trace's own rate)")
     win = None
-    rates: tuple[float, ...] = ()
-    weights: tuple[float, ...] = ()
+    rates = weights = None
     if window is not None:
         window = positive_number("window", window)
         win = trace.window_index(window)
@@ -134,9 +134,7 @@ def prepare_replay(
                 f"tokens: with window={window:g} s the trace has {num} windows; expected budgets "
                 f"of shape (..., {num}, {w.num_tasks}), got {tokens.shape}"
             )
-        per_second, share = trace.window_rates(window)
-        rates = tuple(map(float, per_second))
-        weights = tuple(map(float, share))
+        rates, weights = trace.window_rates(window)
     scale = 1.0
     if rate is not None:
         scale = trace.mean_rate / positive_number("rate", rate)
@@ -165,9 +163,9 @@ def prepare_replay(
         task=None if labels is None else jnp.asarray(labels),
         work=None if work is None else jnp.asarray(work, w.dtype),
         window=None if win is None else jnp.asarray(win, jnp.int32),
-        rate=trace.mean_rate / scale,
-        window_rates=tuple(r / scale for r in rates),
-        window_weights=weights,
+        rate=jnp.asarray(trace.mean_rate / scale, w.dtype),
+        window_rates=None if rates is None else jnp.asarray(rates / scale, w.dtype),
+        window_weights=None if weights is None else jnp.asarray(weights, w.dtype),
     )
 
 
