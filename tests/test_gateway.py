@@ -114,9 +114,10 @@ def test_each_task_gets_its_engine_fields_sync_and_async_streaming_and_not(kind)
 
             chunks, usage = asyncio.run(stream())
             assert {k: fake.received[-1][k] for k in fields["AIME"]} == fields["AIME"]
-            # the engine's streamed usage reaches the client: the reasoning it planned
+            # the engine's streamed usage reaches the client: the reasoning it planned under
+            # the fields the gateway sent (0 where AIME's budget turns thinking off)
             planned = fake._plan(fake.received[-1])[0]
-            assert chunks >= 3 and planned > 0
+            assert chunks >= 3
             assert usage.completion_tokens_details.reasoning_tokens == planned
             # an unknown task name is counted and served with the default task's budget
             client.chat.completions.create(
