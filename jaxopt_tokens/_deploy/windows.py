@@ -114,7 +114,9 @@ def plan_windows(
             f"{type(base).__name__}"
         )
     rates, weights = trace.window_rates(window)
-    tv = TimeVarying(rate_factors=rates / trace.mean_rate, weights=weights, base=base)
+    tv = TimeVarying(
+        rate_factors=jnp.asarray(rates / trace.mean_rate), weights=jnp.asarray(weights), base=base
+    )
     wm = w.replace(arrival_rate=jnp.asarray(trace.mean_rate, w.dtype))
     # a window without requests has no queue: its budgets are those of a vanishing rate
     solve_rates = np.maximum(rates, 1e-9 * trace.mean_rate)
