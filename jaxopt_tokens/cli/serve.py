@@ -14,7 +14,33 @@ from ._common import path_arg
 from ._output import emit_json
 
 #: flags that take a list or table in TOML and a compact form on the command line
-_COMPOUND = {"step_time", "models", "rules"}
+_COMPOUND = {"step_time", "models", "rules", "passthrough", "allow_fields"}
+_COMPOUND_HELP = {
+    "step_time": "TAU0,TAU1 seconds of the batching server's step",
+    "models": "MODEL=TASK,... (a model name's task type)",
+    "rules": "TASK=REGEX (repeat; a prompt rule, searched in the last user message)",
+    "passthrough": "PATH,... GET routes forwarded to the engine unchanged",
+    "allow_fields": "FIELD,... body fields forwarded beyond the engine's allow-list",
+}
+
+
+def _kinds() -> dict[str, str]:
+    """Each configuration key's kind for its flag: bool, int, float, str or compound (read
+    from the configuration's type hints, the one source of each setting's type)."""
+    import typing
+
+    from .. import gateway
+
+    out = {}
+    for name, hint in typing.get_type_hints(gateway.GatewayConfig).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        base = args[0] if len(args) == 1 else hint
+        out[name] = (
+            "compound"
+            if name in _COMPOUND
+            else {bool: "bool", int: "int", float: "float", str: "str"}[base]
+        )
+    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "win. Needs the 'serve' extra (pip install 'jaxopt_tokens[serve]').",
     )
     p.add_argument("--config", type=path_arg, metavar="serve.toml", help="the TOML configuration")
+    kinds = _kinds()
     for f in dataclasses.fields(gateway.GatewayConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "upstream":
@@ -38,18 +65,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                 flag, metavar="URL", default=None, help="the engine, e.g. http://127.0.0.1:8000"
             )
         elif f.name in _COMPOUND:
-            helps = {
-                "step_time": "TAU0,TAU1 seconds of the batching server's step",
-                "models": "MODEL=TASK,... (a model name's task type)",
-                "rules": "TASK=REGEX (repeat; a prompt rule, searched in the last user message)",
-            }
             p.add_argument(
                 flag,
                 metavar=f.name.upper(),
                 action="append" if f.name == "rules" else None,
-                help=helps[f.name],
+                help=_COMPOUND_HELP[f.name],
             )
-        elif str(f.type) == "bool":
+        elif kinds[f.name] == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             p.add_argument(flag, metavar=f.name.upper().replace("_", "-"), default=None)
@@ -68,13 +90,16 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     from .. import gateway
 
     out: dict[str, Any] = {}
+    kinds = _kinds()
     for f in dataclasses.fields(gateway.GatewayConfig):
         value = getattr(args, f.name, None)
         if value is None:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if f.name == "step_time":
+        kind = kinds[f.name]
+        if f.name in ("passthrough", "allow_fields"):
+            out[f.name] = [x for x in value.split(",") if x]
+        elif f.name == "step_time":
             try:
                 out[f.name] = [float(x) for x in value.split(",")]
             except ValueError:
@@ -92,10 +117,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
                     raise InputError(f"{flag}: expected TASK=REGEX, got {text!r}")
                 rules.append({"task": task, "pattern": pattern})
             out[f.name] = rules
-        elif isinstance(value, bool) or kind == "str" or kind == "str | None":
+        elif kind in ("bool", "str"):
             out[f.name] = value
         else:
-            number = int if kind.startswith("int") else float
+            number = int if kind == "int" else float
             try:
                 out[f.name] = number(value)
             except ValueError:
@@ -117,16 +142,20 @@ def run(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(getattr(logging, args.log_level.upper()))
+    # the address is checked before the start-up solve, not after it (bound unless --check)
+    gateway.check_address(config, bind=not args.check)
     app = gateway.create_app(config)
     if args.check:
-        emit_json(app.state.gateway.controller.state.policy)
+        state = app.state.gateway.controller.state
+        emit_json({**state.policy, "gateway": {"reason": state.reason,
+                                               "overloaded": state.overloaded}})
         return 0
     logging.getLogger("jaxopt_tokens.gateway").info(
         json.dumps(
             {
                 "event": "start",
                 "listen": f"{config.host}:{config.port}",
-                "upstream": config.upstream,
+                "upstream": gateway.redact(config.upstream),
             }
         )
     )

@@ -14,7 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import InputError
-from ._config import ENGINES, SMOOTHINGS, GatewayConfig, TaskRule, config_from_dict, load_config
+from ._config import (
+    ENGINES,
+    SMOOTHINGS,
+    GatewayConfig,
+    TaskRule,
+    config_from_dict,
+    load_config,
+    redact,
+)
 
 __all__ = [
     "GatewayConfig",
@@ -22,7 +30,10 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "create_app",
+    "check_address",
+    "serve",
     "run",
+    "redact",
     "ENGINES",
     "SMOOTHINGS",
 ]
@@ -69,26 +80,85 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
                 step_time=config.step_time or (0.0, 0.0), max_batch=config.max_batch
             )
         )
-    for name in (config.default_task, *config.models.values(), *(r.task for r in config.rules)):
+    named = [("default_task", config.default_task)]
+    named += [(f"models.{m}", t) for m, t in config.models.items()]
+    named += [(f"rules[{i}].task", r.task) for i, r in enumerate(config.rules)]
+    for key, name in named:
         if name is not None and name not in workload.task_names:
             raise InputError(
-                f"task {name!r} in the configuration is not a task of the workload "
+                f"{key}: {name!r} is not a task of the workload "
                 f"({', '.join(workload.task_names)})"
             )
     return build_app(Gateway(config, Controller(config, workload, model)))
 
 
-def run(app, config: GatewayConfig) -> None:
-    """Serve `app` with uvicorn on `config.host:config.port` until SIGINT/SIGTERM; in-flight
-    requests finish first (up to 30 s)."""
+def check_address(config: GatewayConfig, bind: bool = True) -> None:
+    """Refuse (`InputError` naming the flag) a host that does not resolve, or, with `bind`,
+    an address that cannot be bound (in use, or not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise InputError(f"--host {config.host}: cannot resolve it ({e})") from None
+    if not bind:
+        return
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            why = "address already in use" if e.errno == 98 else e.strerror or str(e)
+            raise InputError(f"--port {config.port}: {config.host}:{config.port}: {why}") from None
+
+
+def serve(app, config: GatewayConfig, server_class: Any = None) -> None:
+    """Serve `app` on `config.host:config.port` until SIGINT/SIGTERM (uvicorn); in-flight
+    requests finish first, and streams still open after `shutdown_grace` seconds end with
+    an SSE `error` event; a clean drain exits with status 0."""
     _require_serve_extra()
     import uvicorn
 
-    uvicorn.run(
+    uconfig = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         log_level="warning",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(config.shutdown_grace) + 5,
         limit_concurrency=config.max_in_flight * 4 + 64,
     )
+    server = (server_class or Server)(uconfig)
+    server.run()
+
+
+def run(app, config: GatewayConfig) -> None:
+    """`serve`, the command's entry point."""
+    serve(app, config)
+
+
+def _server_class():
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server that, at SIGINT/SIGTERM, starts the gateway's drain (streams
+        cut after `shutdown_grace` with an SSE error event) and exits 0 after it."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a clean drain is a normal exit, not a signal
+            self.begin_drain()
+
+        def begin_drain(self) -> None:
+            gateway = getattr(self.config.app.state, "gateway", None)
+            if gateway is not None:
+                gateway.begin_drain()
+
+    return _Server
+
+
+def __getattr__(name: str):
+    if name == "Server":  # uvicorn is imported only when the server is asked for
+        _require_serve_extra()
+        return _server_class()
+    raise AttributeError(name)

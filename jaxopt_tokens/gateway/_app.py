@@ -1,52 +1,57 @@
 """The budget gateway: an OpenAI-compatible proxy (Starlette on uvicorn, httpx upstream) that
 writes each request's reasoning budget from the current policy.
 
-Routes: `POST /v1/chat/completions` and `POST /v1/completions` get the budget fields of the
-request's task (the same fields `export_policy` writes); `/metrics` (Prometheus text),
-`/policy` (the current policy as `export` JSON, with the load it was solved at),
-`/healthz`, `/readyz`; every other path is passed through to the upstream unchanged.
+A budgeted request goes through named steps: `authorize` -> read and parse the body
+(`_request.parse_body`, `check_body`) -> `classify` -> count the arrival (offered load,
+refused or not) -> `apply_policy` -> `Admission.admit` (429 above `max_in_flight`) ->
+`Upstream.send` (one error map) -> the answer, or the SSE relay. Every refusal is a
+`GatewayError` answered in one place as one JSON line; an admitted request's slot is released
+by the `Slot` whatever ends it (the response object owns it once streaming starts).
 
-A client's own tighter output limit is kept; a request that carries its own budget is left
-as sent (unless `override_client_budget`). Faults get one JSON line: 400 for a malformed body,
-413 for one too large, 429 with `Retry-After` above `max_in_flight`, 502 when the upstream is
-down or answers 5xx (its status named), 504 when it times out; a stream the upstream breaks
-ends with an SSE `error` event. Docs: *Budget gateway*.
+Routes: `POST /v1/chat/completions` and `POST /v1/completions` (a trailing slash is the same
+route); `GET` of the `passthrough` routes (default `/v1/models`); `/metrics` and `/policy`
+(behind `admin_key` when set); `/healthz`; `/readyz` (follows the upstream). Anything else:
+404. Docs: *Budget gateway*.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ._config import GatewayConfig
+from ._config import GatewayConfig, import_classifier, redact
 from ._control import Controller, Decision
+from ._metrics import Metrics
+from ._request import (
+    ENDPOINTS,
+    GatewayError,
+    apply_policy,
+    check_body,
+    client_fields,
+    encode_body,
+    parse_body,
+    prompt_text,
+)
 
-__all__ = ["build_app", "Gateway", "BUDGET_FIELDS"]
+__all__ = ["build_app", "Gateway", "Admission", "Slot", "Upstream"]
 
 log = logging.getLogger("jaxopt_tokens.gateway")
 
-#: the body fields by which a request carries its own reasoning budget
-BUDGET_FIELDS = (
-    "thinking_token_budget",
-    "custom_params",
-    "reasoning_effort",
-    "chat_template_kwargs",
-)
-#: request headers not forwarded (hop-by-hop, or recomputed by the client library)
+#: request headers not forwarded (hop-by-hop, recomputed, or the gateway's own credentials)
 _DROP_HEADERS = {
     "host",
     "content-length",
@@ -56,6 +61,7 @@ _DROP_HEADERS = {
     "te",
     "upgrade",
     "accept-encoding",
+    "cookie",
 }
 _DROP_RESPONSE = {
     "content-length",
@@ -63,12 +69,17 @@ _DROP_RESPONSE = {
     "keep-alive",
     "transfer-encoding",
     "content-encoding",
+    "location",
+    "set-cookie",
+    "server",
 }
 
 
-def _error(
-    status: int, message: str, kind: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
+#: the upstream path of each budgeted endpoint kind (a trailing slash is dropped)
+_PATHS = {kind: path for path, kind in ENDPOINTS.items()}
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None):
     """One JSON line in the OpenAI error shape."""
     text = " ".join(str(message).split())
     return JSONResponse(
@@ -76,78 +87,292 @@ def _error(
     )
 
 
-class _Metrics:
-    def __init__(self, tasks: tuple[str, ...]):
-        r = self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "jt_gateway_requests", "Requests by task and outcome", ["task", "outcome"], registry=r
+def _log(event: str, **fields: Any) -> None:
+    log.info(json.dumps({"event": event, **fields}, default=str))
+
+
+# --------------------------------------------------------------------------- admission
+
+
+class Slot:
+    """One admitted request: released once (`close`), with its outcome and usage recorded."""
+
+    def __init__(self, admission: Admission, task: str, index: int):
+        self._admission = admission
+        self.task, self.index = task, index
+        self.started = time.monotonic()
+        self._area = admission.area(self.started)
+        self.closed = False
+
+    def close(self, outcome: str, usage: tuple[int, int | None] | None = None) -> None:
+        """Release the slot (idempotent) and record `outcome` and `usage` (completion
+        tokens, reasoning tokens or None)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._admission.release(self, outcome, usage)
+
+
+class Admission:
+    """Owns the count of requests in flight: `admit` refuses above `max_in_flight` (429)
+    and `Slot.close` gives the place back and records the outcome."""
+
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+        self.in_flight = 0
+        self._area_total, self._area_at = 0.0, time.monotonic()
+
+    def area(self, now: float) -> float:
+        """The integral of the in-flight count over time up to `now`."""
+        self._area_total += self.in_flight * (now - self._area_at)
+        self._area_at = now
+        return self._area_total
+
+    def admit(self, task: str, index: int) -> Slot:
+        config, m = self._gateway.config, self._gateway.metrics
+        if self.in_flight >= config.max_in_flight:
+            m.rejected.labels("overload").inc()
+            raise GatewayError(
+                429,
+                f"the gateway has {self.in_flight} requests in flight (max_in_flight="
+                f"{config.max_in_flight}); retry later",
+                "rate_limit_error",
+                "overload",
+                {"Retry-After": str(config.retry_after)},
+            )
+        slot = Slot(self, task, index)  # its area starts before this request counts
+        self.in_flight += 1
+        m.in_flight.set(self.in_flight)
+        return slot
+
+    def release(self, slot: Slot, outcome: str, usage: tuple[int, int | None] | None) -> None:
+        now = time.monotonic()
+        elapsed = now - slot.started
+        mean_in_flight = (self.area(now) - slot._area) / elapsed if elapsed > 0 else 1.0
+        self.in_flight -= 1
+        m = self._gateway.metrics
+        m.in_flight.set(self.in_flight)
+        m.requests.labels(slot.task, outcome).inc()
+        if outcome == "ok":
+            m.latency.labels(slot.task).observe(elapsed)
+            if usage is not None:
+                self._gateway.controller.service.response(
+                    slot.index, usage[0], usage[1], slot.started, now, mean_in_flight
+                )
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+class Upstream:
+    """The engine: one httpx client, one map from transport faults to `GatewayError`s whose
+    messages name no URL and carry no upstream text (the details go to the log, redacted)."""
+
+    def __init__(self, config: GatewayConfig, metrics: Metrics):
+        self.base = config.upstream.rstrip("/")
+        self.shown = redact(self.base)
+        self.key = config.upstream_key
+        self.metrics = metrics
+        self.client: httpx.AsyncClient | None = None
+        self._ready: tuple[float, bool] = (-1e9, False)
+        self._timeout = httpx.Timeout(
+            config.upstream_timeout, connect=min(config.upstream_timeout, 10.0)
         )
-        self.rejected = Counter(
-            "jt_gateway_rejected", "Requests refused by the gateway", ["reason"], registry=r
+        self._limits = httpx.Limits(
+            max_connections=config.max_in_flight + 16, max_keepalive_connections=64
         )
-        self.unknown_task = Counter(
-            "jt_gateway_unknown_task", "Task names not in the workload", registry=r
-        )
-        self.rate = Gauge(
-            "jt_gateway_arrival_rate", "Measured arrival rate (requests/s)", registry=r
-        )
-        self.share = Gauge("jt_gateway_task_share", "Measured task share", ["task"], registry=r)
-        self.budget = Gauge(
-            "jt_gateway_budget_tokens", "Current reasoning budget", ["task"], registry=r
-        )
-        self.predicted = Gauge(
-            "jt_gateway_predicted_latency_seconds", "Model's mean latency of the policy", registry=r
-        )
-        self.latency = Histogram(
-            "jt_gateway_latency_seconds",
-            "Observed upstream latency",
-            ["task"],
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
-            registry=r,
-        )
-        self.updates = Counter(
-            "jt_gateway_policy_updates", "Control steps by action", ["action"], registry=r
-        )
-        self.solve_time = Histogram(
-            "jt_gateway_solve_seconds",
-            "Time of one control step",
-            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
-            registry=r,
-        )
-        self.upstream_errors = Counter(
-            "jt_gateway_upstream_errors", "Upstream faults", ["kind"], registry=r
-        )
-        self.in_flight = Gauge(
-            "jt_gateway_in_flight", "Requests in flight through the gateway", registry=r
-        )
-        self.overloaded = Gauge(
-            "jt_gateway_overloaded", "1 when no budget keeps the queue stable", registry=r
-        )
-        self.version = Gauge("jt_gateway_policy_version", "Policy version", registry=r)
-        for t in tasks:
-            self.budget.labels(t)
-            self.share.labels(t)
+
+    def open(self) -> None:
+        self.client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    def headers(self, request: Request, drop: set[str]) -> dict[str, str]:
+        out = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+        out["accept-encoding"] = "identity"  # a compressed stream is never relayed raw
+        if self.key is not None:
+            out["authorization"] = f"Bearer {self.key}"
+        return out
+
+    @contextlib.contextmanager
+    def _faults(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException as e:
+            self.metrics.upstream_errors.labels("timeout").inc()
+            _log("upstream_fault", kind="timeout", upstream=self.shown, error=type(e).__name__)
+            raise GatewayError(504, "upstream timed out", "upstream_error", "upstream_timeout")
+        except (httpx.HTTPError, OSError, ValueError) as e:
+            self.metrics.upstream_errors.labels("connect").inc()
+            _log("upstream_fault", kind="connect", upstream=self.shown, error=type(e).__name__)
+            raise GatewayError(502, "upstream unreachable", "upstream_error", "upstream_down")
+
+    async def send(
+        self, method: str, path: str, content: bytes, headers: dict[str, str], params: Any
+    ) -> httpx.Response:
+        """Send and return the streamed response; refuse 3xx and 5xx answers (502)."""
+        assert self.client is not None
+        with self._faults():
+            response = await self.client.send(
+                self.client.build_request(
+                    method, self.base + path, content=content, headers=headers, params=params
+                ),
+                stream=True,
+            )
+        status = response.status_code
+        if status >= 500 or 300 <= status < 400:
+            await response.aclose()
+            self.metrics.upstream_errors.labels(f"status_{status}").inc()
+            _log("upstream_fault", kind="status", status=status, upstream=self.shown)
+            what = "a redirect" if status < 400 else str(status)
+            raise GatewayError(502, f"upstream answered {what}", "upstream_error", "upstream_error")
+        return response
+
+    async def read(self, response: httpx.Response) -> bytes:
+        try:
+            with self._faults():
+                return await response.aread()
+        finally:
+            await response.aclose()
+
+    async def ready(self, path: str, ttl: float = 1.0) -> bool:
+        """Whether `GET path` on the upstream answers 200 (cached for `ttl` seconds)."""
+        at, ok = self._ready
+        if time.monotonic() - at < ttl or self.client is None:
+            return ok and self.client is not None
+        try:
+            headers = {} if self.key is None else {"authorization": f"Bearer {self.key}"}
+            r = await self.client.get(self.base + path, headers=headers, timeout=2.0)
+            ok = r.status_code == 200
+        except (httpx.HTTPError, OSError, ValueError):
+            ok = False
+        self._ready = (time.monotonic(), ok)
+        return ok
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _usage(payload: Any) -> tuple[int, int | None] | None:
+    """(completion tokens, reasoning tokens or None) from a response's `usage`."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    n = usage.get("completion_tokens")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    details = usage.get("completion_tokens_details")
+    r = details.get("reasoning_tokens") if isinstance(details, dict) else None
+    return n, r if isinstance(r, int) and not isinstance(r, bool) else None
+
+
+def _error_event(status: int, message: str, kind: str) -> bytes:
+    event = {"error": {"message": message, "type": kind, "code": status}}
+    return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
+
+
+class _Relay(StreamingResponse):
+    """A relayed SSE stream that owns its upstream response and its slot: both are closed
+    however the response ends (finished, upstream broken, client gone, shutdown)."""
+
+    def __init__(self, gateway: Gateway, upstream: httpx.Response, slot: Slot, hide_usage: bool):
+        self.gateway, self.upstream, self.slot = gateway, upstream, slot
+        self.hide_usage = hide_usage
+        self.outcome, self.usage = "client_gone", None
+        headers = {
+            k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE
+        }
+        super().__init__(self._lines(), upstream.status_code, headers=headers)
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.gateway.streams.add(self)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.gateway.streams.discard(self)
+            await self.upstream.aclose()
+            self.slot.close(self.outcome, self.usage)
+
+    async def cut(self) -> None:
+        """End the stream now (shutdown): the client gets an SSE `error` event."""
+        self.gateway.metrics.upstream_errors.labels("shutdown").inc()
+        await self.upstream.aclose()
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        buffer = b""
+        try:
+            async for chunk in self.upstream.aiter_bytes():
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                out = [line for line in lines if self._keep(line)]
+                if out:
+                    yield b"".join(line + b"\n" for line in out)
+            if buffer:
+                yield buffer
+            self.outcome = "ok"
+        except (httpx.HTTPError, httpx.StreamClosed) as e:
+            shutting_down = self.gateway.draining
+            self.outcome = "shutdown" if shutting_down else "upstream_broken"
+            if not shutting_down:
+                self.gateway.metrics.upstream_errors.labels("broken_stream").inc()
+                _log("upstream_fault", kind="broken_stream", error=type(e).__name__)
+            # the event starts on a line of its own even when the upstream cut a line
+            prefix = b"\n\n" if buffer else b""
+            message = (
+                "the gateway is shutting down; retry"
+                if shutting_down
+                else "upstream broke the stream"
+            )
+            yield prefix + _error_event(503 if shutting_down else 502, message, "upstream_error")
+        except (asyncio.CancelledError, ClientDisconnect):
+            self.outcome = "client_gone"
+            raise
+
+    def _keep(self, line: bytes) -> bool:
+        """Record usage from a `data:` line; drop the usage-only chunk the gateway asked
+        for on the client's behalf."""
+        if not line.startswith(b"data:") or line[5:].strip() in (b"", b"[DONE]"):
+            return True
+        with contextlib.suppress(ValueError):
+            payload = json.loads(line[5:])
+            usage = _usage(payload)
+            if usage is not None:
+                self.usage = usage
+                if self.hide_usage and not payload.get("choices"):
+                    return False
+        return True
+
+
+# --------------------------------------------------------------------------- the gateway
 
 
 class Gateway:
-    """The gateway's state: configuration, controller, upstream client and metrics."""
+    """The gateway's state: configuration, controller, admission, upstream and metrics."""
 
     def __init__(self, config: GatewayConfig, controller: Controller):
         self.config = config
         self.controller = controller
         self.tasks = controller.task_names
         self.default_task = config.default_task or self.tasks[0]
-        self.metrics = _Metrics(self.tasks)
-        self.client: httpx.AsyncClient | None = None
-        self.in_flight = 0
-        self.classifier: Callable[[dict], str | None] | None = None
-        if config.classifier:
-            module, _, name = config.classifier.partition(":")
-            obj: Any = importlib.import_module(module)
-            for part in name.split("."):
-                obj = getattr(obj, part)
-            self.classifier = obj
+        self.metrics = Metrics(self.tasks)
+        self.admission = Admission(self)
+        self.upstream = Upstream(config, self.metrics)
+        self.streams: set[_Relay] = set()
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.allowed = {
+            kind: client_fields(kind, config.engine, config.allow_fields)
+            for kind in ("chat", "completions")
+        }
+        self.classifier: Callable[[dict], str | None] | None = (
+            import_classifier(config.classifier) if config.classifier else None
+        )
         self._publish(controller.state)
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight
 
     # ------------------------------------------------------------------ policy and metrics
 
@@ -158,9 +383,8 @@ class Gateway:
         for name, s in zip(self.tasks, state.shares):
             m.share.labels(name).set(s)
         m.rate.set(state.arrival_rate)
-        m.predicted.set(
-            state.predicted_latency if state.predicted_latency < float("inf") else float("nan")
-        )
+        inf = float("inf")
+        m.predicted.set(state.predicted_latency if state.predicted_latency < inf else float("nan"))
         m.overloaded.set(1.0 if state.overloaded else 0.0)
         m.version.set(state.version)
 
@@ -169,18 +393,14 @@ class Gateway:
         self.metrics.solve_time.observe(decision.seconds)
         if decision.action == "update":
             new = decision.state
-            log.info(
-                json.dumps(
-                    {
-                        "event": "policy_update",
-                        "version": new.version,
-                        "reason": decision.reason,
-                        "old": dict(zip(self.tasks, map(float, old_tokens))),
-                        "new": dict(zip(self.tasks, map(float, new.tokens))),
-                        "arrival_rate": new.arrival_rate,
-                        "overloaded": new.overloaded,
-                    }
-                )
+            _log(
+                "policy_update",
+                version=new.version,
+                reason=decision.reason,
+                old=dict(zip(self.tasks, map(float, old_tokens))),
+                new=dict(zip(self.tasks, map(float, new.tokens))),
+                arrival_rate=new.arrival_rate,
+                overloaded=new.overloaded,
             )
             self._publish(new)
         elif decision.action == "failed":
@@ -201,29 +421,71 @@ class Gateway:
                 continue
             self.record_decision(decision, old)
 
-    # ------------------------------------------------------------------ classification
+    def begin_drain(self) -> None:
+        """Start the shutdown drain (from any thread, e.g. a signal handler): `/readyz`
+        turns unready, and streams still open after `shutdown_grace` seconds end with an
+        SSE `error` event."""
+        loop = self.loop
+        if loop is None or self.draining:
+            return
+        self.draining = True
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._cut_after_grace()))
+
+    async def _cut_after_grace(self) -> None:
+        await asyncio.sleep(self.config.shutdown_grace)
+        for stream in list(self.streams):
+            await stream.cut()
+
+    # ------------------------------------------------------------------ the request's steps
+
+    def authorize(self, request: Request, key: str | None) -> None:
+        """Refuse (401) a request without `Authorization: Bearer <key>` when a key is set."""
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
+            self.metrics.rejected.labels("unauthorized").inc()
+            raise GatewayError(
+                401, "missing or wrong API key", "authentication_error", "unauthorized",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused (413) past `max_body_bytes` without reading further."""
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_large = GatewayError(
+            413, f"request body larger than {limit} bytes", reason="too_large"
+        )
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def classify(self, request: Request, body: dict) -> str:
         """The request's task: header, `metadata.task_type`, model name, classifier, prompt
         rules, then the default task. Unknown names are counted and get the default."""
         name = request.headers.get(self.config.task_header)
         meta = body.get("metadata")
-        if (
-            name is None
-            and isinstance(meta, dict)
-            and isinstance(meta.get(self.config.task_field), str)
-        ):
-            name = meta[self.config.task_field]
+        if name is None and isinstance(meta, dict):
+            value = meta.get(self.config.task_field)
+            name = value if isinstance(value, str) else None
         if name is None and isinstance(body.get("model"), str):
             name = self.config.models.get(body["model"])
         if name is None and self.classifier is not None:
             try:
-                name = self.classifier(body)
+                value = self.classifier(body)
+                name = value if isinstance(value, str) else None
             except Exception:  # noqa: BLE001 - a classifier fault is counted, not fatal
                 self.metrics.rejected.labels("classifier_error").inc()
-                name = None
         if name is None and self.config.rules:
-            text = _prompt_text(body)
+            text = prompt_text(body)
             name = next((r.task for r in self.config.rules if r.matches(text)), None)
         if name is None:
             return self.default_task
@@ -232,79 +494,184 @@ class Gateway:
             return self.default_task
         return name
 
-    def with_budget(self, body: dict, task: str, path: str) -> dict:
-        """`body` with the task's budget fields; a client's tighter limit and own budget kept."""
+    def prepare(self, body: dict, task: str, endpoint: str) -> tuple[bytes, bool]:
+        """(the forwarded body's bytes, whether the gateway added `include_usage`)."""
         fields = self.controller.state.request_fields(task)
-        out = dict(body)
-        if path.endswith("/completions") and not path.endswith("/chat/completions"):
-            limit = fields.get("max_completion_tokens", fields.get("max_tokens"))
-            client = out.get("max_tokens")
-            if limit is not None and not (isinstance(client, int) and 0 < client <= limit):
-                out["max_tokens"] = limit
-            return out
-        own = any(k in body for k in BUDGET_FIELDS)
-        for key, value in fields.items():
-            if key in ("max_completion_tokens", "max_tokens"):
-                client = [body.get(k) for k in ("max_completion_tokens", "max_tokens")]
-                client = [
-                    c for c in client if isinstance(c, int) and not isinstance(c, bool) and c > 0
-                ]
-                if client and min(client) <= value:
-                    continue  # the client's own tighter limit wins
-                out[key] = value
-            elif not own or self.config.override_client_budget:
-                out[key] = value
-        return out
+        out = apply_policy(body, fields, endpoint, self.config.override_client_budget)
+        hide_usage = False
+        if out.get("stream"):
+            options = dict(out.get("stream_options") or {})
+            hide_usage = not options.get("include_usage")
+            options["include_usage"] = True  # the service estimate needs the token counts
+            out["stream_options"] = options
+        return encode_body(out), hide_usage
+
+    def headers(self, request: Request) -> dict[str, str]:
+        drop = _DROP_HEADERS | {self.config.task_header.lower()}
+        if self.config.api_key is not None or self.config.upstream_key is not None:
+            drop = drop | {"authorization"}
+        return self.upstream.headers(request, drop)
 
 
-def _prompt_text(body: dict) -> str:
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for m in reversed(messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                c = m.get("content")
-                if isinstance(c, str):
-                    return c
-                if isinstance(c, list):
-                    return " ".join(p.get("text", "") for p in c if isinstance(p, dict))
-    prompt = body.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
+# --------------------------------------------------------------------------- handlers
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None when it exceeds `limit` bytes (read no further)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _guarded(handler):
+    """Answer a `GatewayError` (and any fault) as one JSON line; never a traceback."""
+
+    async def run(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        try:
+            return await handler(gateway, request)
+        except GatewayError as e:
+            if e.reason == "malformed":
+                gateway.metrics.rejected.labels("malformed").inc()
+            return _error(e.status, e.message, e.kind, e.headers)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except Exception as e:  # noqa: BLE001 - one line, never a traceback to the client
+            log.error(json.dumps({"event": "internal_error", "error": type(e).__name__}))
+            return _error(500, "internal error in the gateway", "internal_error")
+
+    return run
 
 
-def _usage_tokens(payload: Any) -> int | None:
-    if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-        n = payload["usage"].get("completion_tokens")
-        return n if isinstance(n, int) else None
-    return None
+async def _budgeted(gateway: Gateway, request: Request) -> Response:
+    endpoint = ENDPOINTS[request.url.path.rstrip("/")]
+    gateway.authorize(request, gateway.config.api_key)
+    body = parse_body(await gateway.read_body(request))
+    check_body(body, gateway.allowed[endpoint], gateway.config.max_choices)
+    task = gateway.classify(request, body)
+    index = gateway.tasks.index(task)
+    gateway.controller.load.arrival(index)  # offered load: counted before admission
+    content, hide_usage = gateway.prepare(body, task, endpoint)
+    slot = gateway.admission.admit(task, index)
+    outcome = "gateway_error"
+    try:
+        upstream = await gateway.upstream.send(
+            "POST", _PATHS[endpoint], content, gateway.headers(request),
+            request.query_params,
+        )
+        if body.get("stream") and upstream.status_code == 200:
+            relay = _Relay(gateway, upstream, slot, hide_usage)
+            slot = None  # the response owns it now
+            return relay
+        raw = await gateway.upstream.read(upstream)
+        return _answer(upstream, raw, slot)
+    except GatewayError as e:
+        outcome = e.reason
+        raise
+    finally:
+        if slot is not None:
+            slot.close(outcome)
+
+
+def _answer(upstream: httpx.Response, raw: bytes, slot: Slot) -> Response:
+    """A non-streamed answer: 200 passed on (usage recorded); a 4xx as one JSON line with
+    the engine's own message (its client-facing validation error)."""
+    status = upstream.status_code
+    payload: Any = None
+    with contextlib.suppress(ValueError):
+        payload = json.loads(raw)
+    if status == 200:
+        slot.close("ok", _usage(payload))
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+        return Response(raw, status, headers=headers)
+    slot.close(f"status_{status}")
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str):
+        message = payload.get("message") if isinstance(payload, dict) else None
+    text = message[:300] if isinstance(message, str) else "the engine refused the request"
+    return _error(status, text, "invalid_request_error" if status < 500 else "upstream_error")
+
+
+async def _passthrough(gateway: Gateway, request: Request) -> Response:
+    gateway.authorize(request, gateway.config.api_key)
+    path = request.url.path
+    upstream = await gateway.upstream.send(
+        "GET", path, b"", gateway.headers(request), request.query_params
+    )
+    raw = await gateway.upstream.read(upstream)
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
+    return Response(raw, upstream.status_code, headers=headers)
+
+
+async def _metrics(gateway: Gateway, request: Request) -> Response:
+    gateway.authorize(request, gateway.config.admin_key)
+    return Response(
+        generate_latest(gateway.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _policy(gateway: Gateway, request: Request) -> Response:
+    gateway.authorize(request, gateway.config.admin_key)
+    s = gateway.controller.state
+    rate, shares, count = gateway.controller.load.snapshot()
+    body = {
+        **s.policy,
+        "gateway": {
+            "version": s.version,
+            "reason": s.reason,
+            "solved_at": s.solved_at,
+            "solved_at_rate": s.arrival_rate,
+            "solved_at_shares": dict(zip(gateway.tasks, s.shares)),
+            "overloaded": s.overloaded,
+            "measured_rate": rate,
+            "measured_shares": dict(zip(gateway.tasks, map(float, shares))),
+            "requests_in_window": count,
+            "solver_failures": gateway.controller.solver_failures,
+        },
+    }
+    return Response(json.dumps(body, allow_nan=False, default=str), media_type="application/json")
+
+
+async def _healthz(gateway: Gateway, request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _readyz(gateway: Gateway, request: Request) -> Response:
+    ready = not gateway.draining and await gateway.upstream.ready(gateway.config.ready_path)
+    return JSONResponse({"ready": ready}, 200 if ready else 503)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return _error(405, f"{request.method} is not allowed on {request.url.path}",
+                      "invalid_request_error")
+    return _error(404, f"{request.url.path} is not a route of the gateway (budgeted: "
+                       f"{', '.join(ENDPOINTS)})", "invalid_request_error")
+
+
+def routes_of(config: GatewayConfig) -> list[Route]:
+    """Every route the gateway serves: the budgeted ones (with and without a trailing
+    slash), the `passthrough` GET routes, and its own."""
+    routes = []
+    for path in ENDPOINTS:
+        routes += [Route(p, _guarded(_budgeted), methods=["POST"]) for p in (path, path + "/")]
+    for path in config.passthrough:
+        routes += [Route(path, _guarded(_passthrough), methods=["GET"])]
+        routes += [Route(path + "/{rest:path}", _guarded(_passthrough), methods=["GET"])]
+    for path, handler in (
+        ("/metrics", _metrics),
+        ("/policy", _policy),
+        ("/healthz", _healthz),
+        ("/readyz", _readyz),
+    ):
+        routes.append(Route(path, _guarded(handler), methods=["GET"]))
+    return routes
 
 
 def build_app(gateway: Gateway) -> Starlette:
-    """The ASGI application of `gateway` (its lifespan opens the upstream client and starts
-    the control loop; shutdown waits for in-flight streams, then closes them)."""
-    config = gateway.config
-    base = config.upstream.rstrip("/")
-    timeout = httpx.Timeout(config.upstream_timeout, connect=min(config.upstream_timeout, 10.0))
+    """The ASGI application of `gateway` (its lifespan opens the upstream client, starts the
+    measurement clock and the control loop; shutdown waits for in-flight streams)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        limits = httpx.Limits(
-            max_connections=config.max_in_flight + 16, max_keepalive_connections=64
-        )
-        gateway.client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        gateway.loop = asyncio.get_running_loop()
+        gateway.upstream.open()
+        gateway.controller.load.start()  # the rate's clock starts when serving starts
         loop = asyncio.create_task(gateway.control_loop())
         try:
             yield
@@ -312,231 +679,13 @@ def build_app(gateway: Gateway) -> Starlette:
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
-            await gateway.client.aclose()
+            await gateway.upstream.close()
 
-    def _headers(request: Request) -> dict[str, str]:
-        drop = _DROP_HEADERS | {config.task_header.lower()}
-        return {k: v for k, v in request.headers.items() if k.lower() not in drop}
-
-    async def budgeted(request: Request) -> Response:
-        m = gateway.metrics
-        raw = await _read_body(request, config.max_body_bytes)
-        if raw is None:
-            m.rejected.labels("too_large").inc()
-            return _error(
-                413,
-                f"request body larger than {config.max_body_bytes} bytes",
-                "invalid_request_error",
-            )
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            m.rejected.labels("malformed").inc()
-            return _error(
-                400,
-                f"request body is not valid JSON ({getattr(e, 'msg', e)})",
-                "invalid_request_error",
-            )
-        if not isinstance(body, dict):
-            m.rejected.labels("malformed").inc()
-            return _error(400, "request body must be a JSON object", "invalid_request_error")
-        for key in ("max_completion_tokens", "max_tokens"):
-            v = body.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                m.rejected.labels("malformed").inc()
-                return _error(
-                    400,
-                    f"{key}: max tokens must be an integer >= 1, got {v!r}",
-                    "invalid_request_error",
-                )
-        if gateway.in_flight >= config.max_in_flight:
-            m.rejected.labels("overload").inc()
-            return _error(
-                429,
-                f"the gateway has {gateway.in_flight} requests in flight (max_in_flight="
-                f"{config.max_in_flight}); retry later",
-                "rate_limit_error",
-                headers={"Retry-After": str(config.retry_after)},
-            )
-        task = gateway.classify(request, body)
-        k = gateway.tasks.index(task)
-        gateway.controller.load.arrival(k)
-        out = gateway.with_budget(body, task, request.url.path)
-        stream = bool(body.get("stream"))
-        gateway.in_flight += 1
-        m.in_flight.set(gateway.in_flight)
-        started = time.perf_counter()
-        in_flight_at_start = gateway.in_flight
-        released = False
-
-        def release(outcome: str, tokens: int | None = None) -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            gateway.in_flight -= 1
-            m.in_flight.set(gateway.in_flight)
-            m.requests.labels(task, outcome).inc()
-            elapsed = time.perf_counter() - started
-            if outcome == "ok":
-                m.latency.labels(task).observe(elapsed)
-                if tokens:
-                    gateway.controller.service.response(k, tokens, elapsed, in_flight_at_start)
-
-        assert gateway.client is not None
-        url = base + request.url.path
-        try:
-            upstream = await gateway.client.send(
-                gateway.client.build_request(
-                    "POST", url, json=out, headers=_headers(request), params=request.query_params
-                ),
-                stream=True,
-            )
-        except httpx.TimeoutException as e:
-            release("upstream_timeout")
-            m.upstream_errors.labels("timeout").inc()
-            return _error(504, f"upstream {base} timed out ({type(e).__name__})", "upstream_error")
-        except httpx.HTTPError as e:
-            release("upstream_down")
-            m.upstream_errors.labels("connect").inc()
-            return _error(
-                502, f"upstream {base} unreachable ({type(e).__name__}: {e})", "upstream_error"
-            )
-        headers = {k_: v for k_, v in upstream.headers.items() if k_.lower() not in _DROP_RESPONSE}
-        if upstream.status_code >= 500:
-            text = (await upstream.aread()).decode("utf-8", "replace")
-            await upstream.aclose()
-            release("upstream_error")
-            m.upstream_errors.labels(f"status_{upstream.status_code}").inc()
-            return _error(
-                502, f"upstream answered {upstream.status_code}: {text[:200]}", "upstream_error"
-            )
-        if not stream or upstream.status_code != 200:
-            try:
-                content = await upstream.aread()
-            except httpx.HTTPError as e:
-                release("upstream_broken")
-                m.upstream_errors.labels("broken").inc()
-                return _error(
-                    502,
-                    f"upstream {base} broke the response ({type(e).__name__})",
-                    "upstream_error",
-                )
-            finally:
-                await upstream.aclose()
-            tokens = None
-            if upstream.status_code == 200:
-                with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                    tokens = _usage_tokens(json.loads(content))
-            release(
-                "ok" if upstream.status_code == 200 else f"status_{upstream.status_code}", tokens
-            )
-            return Response(content, upstream.status_code, headers=headers)
-
-        async def relay() -> AsyncIterator[bytes]:
-            tokens, chunks, buffer = None, 0, b""
-            outcome = "ok"
-            try:
-                async for chunk in upstream.aiter_raw():
-                    yield chunk
-                    buffer += chunk
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
-                            chunks += 1
-                            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                                tokens = _usage_tokens(json.loads(line[5:])) or tokens
-            except httpx.HTTPError as e:
-                outcome = "upstream_broken"
-                m.upstream_errors.labels("broken_stream").inc()
-                event = {
-                    "error": {
-                        "message": f"upstream {base} broke the stream ({type(e).__name__})",
-                        "type": "upstream_error",
-                        "code": 502,
-                    }
-                }
-                yield f"event: error\ndata: {json.dumps(event)}\n\n".encode()
-            except (asyncio.CancelledError, ClientDisconnect):
-                outcome = "client_gone"
-                raise
-            finally:
-                await upstream.aclose()
-                release(outcome, tokens if tokens is not None else chunks)
-
-        return StreamingResponse(relay(), upstream.status_code, headers=headers)
-
-    async def passthrough(request: Request) -> Response:
-        assert gateway.client is not None
-        raw = await _read_body(request, config.max_body_bytes)
-        if raw is None:
-            return _error(
-                413,
-                f"request body larger than {config.max_body_bytes} bytes",
-                "invalid_request_error",
-            )
-        try:
-            upstream = await gateway.client.request(
-                request.method,
-                base + request.url.path,
-                content=raw,
-                headers=_headers(request),
-                params=request.query_params,
-            )
-        except httpx.TimeoutException as e:
-            gateway.metrics.upstream_errors.labels("timeout").inc()
-            return _error(504, f"upstream {base} timed out ({type(e).__name__})", "upstream_error")
-        except httpx.HTTPError as e:
-            gateway.metrics.upstream_errors.labels("connect").inc()
-            return _error(
-                502, f"upstream {base} unreachable ({type(e).__name__}: {e})", "upstream_error"
-            )
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
-        return Response(upstream.content, upstream.status_code, headers=headers)
-
-    async def metrics(request: Request) -> Response:
-        return Response(
-            generate_latest(gateway.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    async def policy(request: Request) -> Response:
-        s = gateway.controller.state
-        rate, shares, count = gateway.controller.load.snapshot()
-        body = {
-            **s.policy,
-            "gateway": {
-                "version": s.version,
-                "reason": s.reason,
-                "solved_at": s.solved_at,
-                "solved_at_rate": s.arrival_rate,
-                "solved_at_shares": dict(zip(gateway.tasks, s.shares)),
-                "overloaded": s.overloaded,
-                "measured_rate": rate,
-                "measured_shares": dict(zip(gateway.tasks, map(float, shares))),
-                "requests_in_window": count,
-                "solver_failures": gateway.controller.solver_failures,
-            },
-        }
-        return Response(
-            json.dumps(body, allow_nan=False, default=str), media_type="application/json"
-        )
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        ready = gateway.client is not None and not gateway.client.is_closed
-        return JSONResponse({"ready": ready}, 200 if ready else 503)
-
-    routes = [
-        Route("/v1/chat/completions", budgeted, methods=["POST"]),
-        Route("/v1/completions", budgeted, methods=["POST"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/policy", policy, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/{path:path}", passthrough, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes_of(gateway.config),
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_found},
+    )
+    app.router.redirect_slashes = False  # a redirect would name the gateway's own address
     app.state.gateway = gateway
     return app

@@ -7,23 +7,61 @@ Docs: *Budget gateway*.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import ipaddress
 import math
+import os
 import re
 import tomllib
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 from .._errors import InputError
 from .._files import read_text
 
-__all__ = ["GatewayConfig", "TaskRule", "load_config", "ENGINES", "SMOOTHINGS"]
+__all__ = [
+    "GatewayConfig",
+    "TaskRule",
+    "load_config",
+    "config_from_dict",
+    "import_classifier",
+    "redact",
+    "ENGINES",
+    "SMOOTHINGS",
+    "OWN_ROUTES",
+    "UNBUDGETED_GENERATION",
+]
 
 #: the engines whose budget fields the gateway writes (`export_policy`'s formats)
 ENGINES = ("vllm", "sglang", "openai")
 #: how the measured arrival rate and shares are smoothed
 SMOOTHINGS = ("window", "ewma")
+#: the gateway's own routes (budgeted or its own endpoints): never a pass-through route
+OWN_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/metrics",
+    "/policy",
+    "/healthz",
+    "/readyz",
+)
+#: the engines' generation routes that the gateway does not budget: never passed through
+UNBUDGETED_GENERATION = (
+    "/v1/responses",
+    "/v1/messages",
+    "/generate",
+    "/invocations",
+    "/v1/chat/completions/render",
+    "/v1/completions/render",
+    "/inference",
+    "/v1/audio",
+    "/v1/realtime",
+)
 
 
 @dataclass(frozen=True)
@@ -44,12 +82,12 @@ class TaskRule:
 @dataclass(frozen=True)
 class GatewayConfig:
     """Every setting of `jaxopt-tokens serve` (the TOML keys; flags are the same names with
-    dashes).
+    dashes). Each value is checked against its type and range at construction.
 
     Attributes:
         upstream: the engine's base URL (`http://host:port`; `/v1/...` paths are appended).
         engine: whose budget fields to write: `vllm`, `sglang` or `openai` (`export_policy`).
-        host, port: where the gateway listens.
+        host, port: where the gateway listens (default 127.0.0.1:8100).
         workload: the workload TOML/JSON (default: the packaged Table I workload).
         server: `mg1` (the single M/G/1 server) or `batching` (`ContinuousBatching`).
         step_time: `[tau0, tau1]` seconds of the batching server's decode step.
@@ -62,20 +100,25 @@ class GatewayConfig:
             (until then the workload's rate and shares stand).
         min_gain: a new policy replaces the current one when its objective J at the measured
             load beats the current policy's by this fraction of |J| ...
-        min_change: ... or when some task's budget moves by more than this fraction.
-        learn_service: fit each task's service line `t0 + c * tokens` (or the batching
-            server's step time) from the upstream's responses by recursive least squares.
+        min_change: ... or when some task's budget moves by more than this fraction of its
+            current value and by more than `min_move` tokens.
+        min_move: the smallest budget move, in tokens, that counts as a change.
+        target_band: with `target_latency`, the current policy stands while its predicted
+            mean latency at the measured load is within this fraction above the target.
+        learn_service: fit each task's service line `t0 + c * reasoning tokens` (single
+            server: from the departures, so the queue wait is not service) or the batching
+            server's step time (against the mean number in flight over each request).
         min_samples: responses per task before its fitted service line is used.
         target_latency: a mean latency target in seconds (single server only): the policy is
             then the most accurate one whose predicted mean latency meets it (`tune_alpha`),
             re-tuned at every measured load; when even zero budgets miss it, every budget is
-            0 and the gateway says so. A policy is replaced when it misses the target at the
-            new load by more than `min_gain`, or a budget moves by more than `min_change`.
+            0 and the gateway says so.
         max_in_flight: requests in flight above which new ones get HTTP 429 (admission
             control: the gateway never queues without bound).
         retry_after: seconds in the `Retry-After` header of a 429.
         upstream_timeout: seconds to wait for the upstream (connect, and between bytes).
         max_body_bytes: the largest request body accepted (413 above).
+        max_choices: the largest `n` (or `best_of`) a request may ask for.
         task_header: the header that names a request's task type.
         task_field: the key under the body's `metadata` that names it.
         models: a mapping model name -> task type.
@@ -83,8 +126,20 @@ class GatewayConfig:
             `prefix`).
         default_task: the task of a request nothing else classifies (default: the first).
         classifier: `module:function` called with the request body, returning a task name
-            or None (a learned classifier).
-        override_client_budget: replace a budget the client sent (default: leave it).
+            or None (a learned classifier); imported when the configuration is checked.
+        override_client_budget: the policy's budget replaces a client's lower one (by
+            default a client may lower its budget; it can never raise it).
+        api_key: the key clients must send (`Authorization: Bearer ...`) on the budgeted and
+            pass-through routes; `env:NAME` reads it from the environment variable NAME.
+        admin_key: the key for `/policy` and `/metrics` (same forms).
+        upstream_key: the key the gateway sends to the engine (same forms); a client's own
+            `Authorization` is never forwarded when a gateway key is set.
+        passthrough: GET routes forwarded to the engine unchanged (and the paths below them).
+        allow_fields: body fields forwarded beyond the engine's allow-list (never one the
+            gateway refuses: see the docs' security model).
+        ready_path: the upstream path `/readyz` probes (ready when it answers 200).
+        shutdown_grace: seconds in-flight streams get at shutdown before they end with an
+            SSE `error` event.
         answer_reserve, min_budget, zero_budget: as in `export_policy`.
     """
 
@@ -102,6 +157,8 @@ class GatewayConfig:
     min_requests: int = 50
     min_gain: float = 0.01
     min_change: float = 0.1
+    min_move: int = 16
+    target_band: float = 0.05
     learn_service: bool = True
     min_samples: int = 20
     target_latency: float | None = None
@@ -109,6 +166,7 @@ class GatewayConfig:
     retry_after: int = 1
     upstream_timeout: float = 600.0
     max_body_bytes: int = 4 << 20
+    max_choices: int = 1
     task_header: str = "X-Task-Type"
     task_field: str = "task_type"
     models: dict[str, str] = field(default_factory=dict)
@@ -116,83 +174,260 @@ class GatewayConfig:
     default_task: str | None = None
     classifier: str | None = None
     override_client_budget: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    admin_key: str | None = field(default=None, repr=False)
+    upstream_key: str | None = field(default=None, repr=False)
+    passthrough: tuple[str, ...] = ("/v1/models",)
+    allow_fields: tuple[str, ...] = ()
+    ready_path: str = "/v1/models"
+    shutdown_grace: float = 25.0
     answer_reserve: int = 256
     min_budget: int = 0
     zero_budget: str = "disable"
 
     def __post_init__(self):
-        where = "upstream"
-        url = urlparse(str(self.upstream))
-        if url.scheme not in ("http", "https") or not url.netloc:
-            raise InputError(
-                f"{where}: an http(s) URL such as http://127.0.0.1:8000, got {self.upstream!r}"
-            )
+        _check_types(self)
+        _check_upstream(self.upstream)
+        _check_host(self.host)
         _choice("engine", self.engine, ENGINES)
         _choice("server", self.server, ("mg1", "batching"))
         _choice("smoothing", self.smoothing, SMOOTHINGS)
         _choice("zero_budget", self.zero_budget, ("disable", "budget"))
-        for name in ("interval", "window", "upstream_timeout"):
+        for name in ("interval", "window", "upstream_timeout", "shutdown_grace"):
             _positive(name, getattr(self, name))
-        for name in ("min_gain", "min_change"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf):
-                raise InputError(f"{name}: a number >= 0, got {v!r}")
+        for name in ("min_gain", "min_change", "target_band"):
+            v = float(getattr(self, name))
+            if not (0 <= v < math.inf):
+                raise InputError(f"{name}: a number >= 0, got {getattr(self, name)!r}")
         for name, low in (
             ("port", 0),
             ("min_requests", 1),
             ("min_samples", 2),
+            ("min_move", 0),
             ("max_in_flight", 1),
             ("retry_after", 0),
             ("max_body_bytes", 1),
+            ("max_choices", 1),
             ("answer_reserve", 0),
             ("min_budget", 0),
         ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise InputError(f"{name}: a whole number >= {low}, got {v!r}")
+            if getattr(self, name) < low:
+                raise InputError(f"{name}: a whole number >= {low}, got {getattr(self, name)!r}")
         if self.port > 65535:
             raise InputError(f"port: at most 65535, got {self.port}")
+        if self.workload is not None and not self.workload.strip():
+            raise InputError("workload: a file path, got an empty string")
         if self.target_latency is not None:
             _positive("target_latency", self.target_latency)
             if self.server != "mg1":
                 raise InputError("target_latency: a target for the single (mg1) server only")
         if self.server == "batching" and self.step_time is None:
             raise InputError("step_time: the batching server needs [tau0, tau1] (seconds)")
+        if self.server != "batching":
+            for name in ("step_time", "max_batch"):
+                if getattr(self, name) is not None:
+                    raise InputError(
+                        f"{name} describes a batching server: set server = \"batching\" "
+                        "(or remove it)"
+                    )
         if self.step_time is not None:
             st = self.step_time
             if (
                 not isinstance(st, (list, tuple))
                 or len(st) != 2
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in st)
-                or not (st[0] >= 0 and st[1] > 0 and math.isfinite(st[0] + st[1]))
+                or not all(_real(x) for x in st)
+                or not (float(st[0]) >= 0 and float(st[1]) > 0)
             ):
                 raise InputError(f"step_time: [tau0 >= 0, tau1 > 0] in seconds, got {st!r}")
             object.__setattr__(self, "step_time", (float(st[0]), float(st[1])))
-        if self.max_batch is not None and (
-            isinstance(self.max_batch, bool)
-            or not isinstance(self.max_batch, int)
-            or self.max_batch < 1
-        ):
+        if self.max_batch is not None and self.max_batch < 1:
             raise InputError(f"max_batch: a whole number >= 1, got {self.max_batch!r}")
-        if not isinstance(self.models, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in self.models.items()
-        ):
-            raise InputError("models: a table of model name = task name")
-        for i, rule in enumerate(self.rules):
-            if not isinstance(rule, TaskRule):
-                raise InputError(f"rules[{i}]: a table with task and pattern or prefix")
-            if rule.pattern is not None:
-                try:
-                    re.compile(rule.pattern)
-                except re.error as e:
-                    raise InputError(
-                        f"rules[{i}].pattern: not a regular expression ({e})"
-                    ) from None
-        if self.classifier is not None and not re.fullmatch(r"[\w.]+:[\w.]+", self.classifier):
-            raise InputError(f"classifier: 'module:function', got {self.classifier!r}")
+        _check_names(self)
+        if self.classifier is not None:
+            import_classifier(self.classifier)
+        for name in ("api_key", "admin_key", "upstream_key"):
+            object.__setattr__(self, name, _secret(name, getattr(self, name)))
+        _check_routes(self.passthrough, self.ready_path)
+        from ._request import REFUSED_FIELDS  # the allow-list's refusals
+
+        bad = sorted(set(self.allow_fields) & set(REFUSED_FIELDS))
+        if bad:
+            raise InputError(
+                f"allow_fields: {bad[0]} is never forwarded ({REFUSED_FIELDS[bad[0]]})"
+            )
 
     def replace(self, **changes: Any) -> GatewayConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _real(x: Any) -> bool:
+    """A finite real number (not a bool; an integer too large for a float is not)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
+def _type_ok(value: Any, kind: Any) -> bool:
+    """Whether `value` is of the (simple) annotated type `kind`."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return _real(value)
+    if kind is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_type_ok(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_type_ok(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        kt, vt = typing.get_args(kind)
+        return isinstance(value, dict) and all(
+            _type_ok(k, kt) and _type_ok(v, vt) for k, v in value.items()
+        )
+    return isinstance(value, kind)
+
+
+_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _describe(kind: Any) -> str:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _describe(args[0])
+    if typing.get_origin(kind) is tuple:
+        return "a list"
+    if typing.get_origin(kind) is dict:
+        return "a table of names"
+    return _WORDS.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _check_types(config: GatewayConfig) -> None:
+    """Every field against its annotation (the one source of each setting's type)."""
+    hints = typing.get_type_hints(GatewayConfig)
+    for f in dataclasses.fields(GatewayConfig):
+        value = getattr(config, f.name)
+        if not _type_ok(value, hints[f.name]):
+            shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+            raise InputError(f"{f.name}: {_describe(hints[f.name])}, got {shown}")
+        if isinstance(value, list):  # TOML arrays become tuples
+            object.__setattr__(config, f.name, tuple(value))
+
+
+def _check_upstream(upstream: str) -> None:
+    try:
+        url = urlparse(upstream)
+        port = url.port
+    except ValueError as e:
+        raise InputError(f"upstream: not a valid URL ({e})") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise InputError(
+            f"upstream: an http(s) URL such as http://127.0.0.1:8000, got {redact(upstream)!r}"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise InputError(f"upstream: port {port} is not in 1-65535")
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+
+
+def _check_host(host: str) -> None:
+    with_ip = host.strip("[]")
+    try:
+        ipaddress.ip_address(with_ip)
+        return
+    except ValueError:
+        pass
+    if re.fullmatch(r"[\d.]+", host) or not _HOSTNAME.fullmatch(host):
+        raise InputError(f"host: an IP address or host name, got {host!r}")
+
+
+_HEADER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _check_names(config: GatewayConfig) -> None:
+    if not _HEADER.fullmatch(config.task_header):
+        raise InputError(f"task_header: an HTTP header name, got {config.task_header!r}")
+    if not config.task_field:
+        raise InputError("task_field: a key name, got an empty string")
+    for i, rule in enumerate(config.rules):
+        if rule.pattern is not None:
+            try:
+                re.compile(rule.pattern)
+            except re.error as e:
+                raise InputError(f"rules[{i}].pattern: not a regular expression ({e})") from None
+
+
+def _check_routes(passthrough: tuple[str, ...], ready_path: str) -> None:
+    for i, path in enumerate(passthrough):
+        where = f"passthrough[{i}]"
+        if not re.fullmatch(r"(/[\w.~-]+)+", path):
+            raise InputError(f"{where}: a path such as /v1/models, got {path!r}")
+        for route in (*OWN_ROUTES, *UNBUDGETED_GENERATION):
+            if path == route or path.startswith(route + "/") or route.startswith(path + "/"):
+                why = "the gateway's own" if route in OWN_ROUTES else "a generation route the "
+                why += "" if route in OWN_ROUTES else "gateway does not budget"
+                raise InputError(f"{where}: {path} overlaps {route} ({why})")
+    if not re.fullmatch(r"(/[\w.~-]+)+", ready_path):
+        raise InputError(f"ready_path: a path such as /health, got {ready_path!r}")
+
+
+def _secret(name: str, value: str | None) -> str | None:
+    """A key, or the environment variable an `env:NAME` value names."""
+    if value is None:
+        return None
+    if value.startswith("env:"):
+        var = value[4:]
+        if var not in os.environ:
+            raise InputError(f"{name}: the environment variable {var} is not set")
+        value = os.environ[var]
+    if len(value) < 8 or any(c.isspace() for c in value):
+        raise InputError(f"{name}: at least 8 characters without spaces")
+    return value
+
+
+def import_classifier(spec: str) -> Callable[[dict], str | None]:
+    """The function `module:function` names; `InputError` naming `classifier` otherwise."""
+    if not re.fullmatch(r"[\w.]+:[\w.]+", spec):
+        raise InputError(f"classifier: 'module:function', got {spec!r}")
+    module, _, name = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - any import fault is the setting's
+        raise InputError(f"classifier: cannot import {module} ({type(e).__name__})") from None
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"classifier: {module} has no {name}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise InputError(f"classifier: {spec} is not callable")
+    return obj
+
+
+def redact(url: str) -> str:
+    """`url` without its user name and password (for messages and logs)."""
+    try:
+        parts = urlparse(url)
+        if parts.username is None and parts.password is None:
+            return url
+        netloc = parts.hostname or ""
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        return urlunparse(parts._replace(netloc="***@" + netloc))
+    except ValueError:
+        return "<upstream>"
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -201,8 +436,7 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _positive(name: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and value > 0):
+    if not (_real(value) and float(value) > 0):
         raise InputError(f"{name}: a number > 0 (seconds), got {value!r}")
 
 

@@ -61,6 +61,15 @@ class LoadEstimator:
         self._lock = threading.Lock()
         self.started = time.monotonic()
 
+    def start(self, now: float | None = None) -> None:
+        """Start the clock (when the gateway starts serving): arrivals before count from
+        here, and the rate's span is measured from now."""
+        with self._lock:
+            self.started = time.monotonic() if now is None else now
+            self._events.clear()
+            self._weights[:] = 0.0
+            self._last = None
+
     def arrival(self, task: int, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         with self._lock:
@@ -121,7 +130,14 @@ class _RLS:
 
 
 class ServiceEstimator:
-    """Service lines per task (`mg1`) or the batching server's step time, from responses."""
+    """Service lines per task (`mg1`) or the batching server's step time, from responses.
+
+    Single server: a FIFO server's service of a request is its departure minus the later of
+    its arrival and the previous departure (the Lindley recursion read backwards), so the
+    queue wait is not taken for service; the line is fitted against the reasoning tokens
+    when the engine reports them (the answer's tokens then fall in `t0`), else against the
+    completion tokens. Batching: the time per output token against the mean number of
+    requests in flight over the request's life."""
 
     def __init__(self, w: Workload, model: LatencyModel, min_samples: int):
         self.min_samples = min_samples
@@ -130,21 +146,35 @@ class ServiceEstimator:
         t0 = np.asarray(w.t0, dtype=float)
         c = np.asarray(w.c, dtype=float)
         self.lines = [_RLS(float(t0[k]), float(c[k]), 500.0) for k in range(w.num_tasks)]
+        self._departed = -math.inf
         if self.batching:
             assert isinstance(model, ContinuousBatching)
             tau0, tau1 = (float(np.asarray(x)) for x in model.step_time)
             self.step = _RLS(tau0, tau1, 32.0)
 
-    def response(self, task: int, completion_tokens: int, latency: float, in_flight: int) -> None:
-        """Record one finished request (tokens it generated, seconds it took, requests in
-        flight when it started)."""
+    def response(
+        self,
+        task: int,
+        completion_tokens: int,
+        reasoning_tokens: int | None,
+        started: float,
+        finished: float,
+        mean_in_flight: float,
+    ) -> None:
+        """Record one finished request: the tokens it generated (all, and reasoning when
+        reported), when it arrived and departed, and the mean number in flight meanwhile."""
+        latency = finished - started
         if not (latency > 0 and completion_tokens >= 1 and math.isfinite(latency)):
             return
         with self._lock:
             if self.batching:
-                self.step.update(float(max(in_flight, 1)), latency / completion_tokens)
-            else:
-                self.lines[task].update(float(completion_tokens), latency)
+                self.step.update(max(mean_in_flight, 1.0), latency / completion_tokens)
+                return
+            service = finished - max(started, self._departed)
+            self._departed = max(self._departed, finished)
+            tokens = completion_tokens if reasoning_tokens is None else reasoning_tokens
+            if service > 0:
+                self.lines[task].update(float(tokens), service)
 
     def estimate(self, w: Workload, model: LatencyModel) -> tuple[Workload, LatencyModel, dict]:
         """The workload (service lines) and model (step time) with the fitted values where
@@ -363,16 +393,24 @@ class Controller:
                 j_current = float(model.objective(jnp.asarray(current.tokens, w.dtype), w))
                 j_new = float(model.objective(jnp.asarray(tokens, w.dtype), w))
                 t_current = float(model.mean_system_time(jnp.asarray(current.tokens, w.dtype), w))
-            target = self.config.target_latency
-            if target is not None:  # J's alpha is the target's: judge by the target instead
-                miss = t_current / target - 1 if math.isfinite(t_current) else math.inf
-                j_current = j_new if miss <= self.config.min_gain else -math.inf
-            move = np.abs(tokens - current.tokens) / np.maximum(np.abs(current.tokens), 1.0)
+            # a move counts when it is large relative to the budget and in tokens
+            step = np.abs(tokens - current.tokens)
+            move = np.where(
+                step > self.config.min_move, step / np.maximum(np.abs(current.tokens), 1.0), 0.0
+            )
             gain = (
                 (j_new - j_current) / max(abs(j_current), 1e-12)
                 if math.isfinite(j_current)
                 else math.inf
             )
+            target = self.config.target_latency
+            if target is not None:  # J's alpha is the target's: judge by the target instead
+                # the current policy stands while its predicted latency is within the band
+                # around the target (a dead band: the measured load is noisy)
+                miss = t_current / target - 1 if math.isfinite(t_current) else math.inf
+                inside = abs(miss) <= self.config.target_band
+                gain = 0.0 if inside else math.inf
+                move = np.zeros_like(move) if inside else move
             if not (
                 gain > self.config.min_gain
                 or float(move.max()) > self.config.min_change

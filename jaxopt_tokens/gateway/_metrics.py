@@ -1,0 +1,62 @@
+"""The gateway's Prometheus metrics (one registry a gateway). Docs: *Budget gateway*."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """Every metric the gateway exports, labelled by task where it has one."""
+
+    def __init__(self, tasks: tuple[str, ...]):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "jt_gateway_requests", "Requests by task and outcome", ["task", "outcome"], registry=r
+        )
+        self.rejected = Counter(
+            "jt_gateway_rejected", "Requests refused by the gateway", ["reason"], registry=r
+        )
+        self.unknown_task = Counter(
+            "jt_gateway_unknown_task", "Task names not in the workload", registry=r
+        )
+        self.rate = Gauge(
+            "jt_gateway_arrival_rate", "Measured arrival rate (requests/s)", registry=r
+        )
+        self.share = Gauge("jt_gateway_task_share", "Measured task share", ["task"], registry=r)
+        self.budget = Gauge(
+            "jt_gateway_budget_tokens", "Current reasoning budget", ["task"], registry=r
+        )
+        self.predicted = Gauge(
+            "jt_gateway_predicted_latency_seconds", "Model's mean latency of the policy", registry=r
+        )
+        self.latency = Histogram(
+            "jt_gateway_latency_seconds",
+            "Observed upstream latency",
+            ["task"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.updates = Counter(
+            "jt_gateway_policy_updates", "Control steps by action", ["action"], registry=r
+        )
+        self.solve_time = Histogram(
+            "jt_gateway_solve_seconds",
+            "Time of one control step",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "jt_gateway_upstream_errors", "Upstream faults", ["kind"], registry=r
+        )
+        self.in_flight = Gauge(
+            "jt_gateway_in_flight", "Requests in flight through the gateway", registry=r
+        )
+        self.overloaded = Gauge(
+            "jt_gateway_overloaded", "1 when no budget keeps the queue stable", registry=r
+        )
+        self.version = Gauge("jt_gateway_policy_version", "Policy version", registry=r)
+        for t in tasks:
+            self.budget.labels(t)
+            self.share.labels(t)
