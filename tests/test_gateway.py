@@ -362,22 +362,6 @@ def test_three_hundred_concurrent_streams(vllm_engine):
         assert families["jt_gateway_in_flight"].samples[0].value == 0
 
 
-def test_the_service_line_is_learned_by_recursive_least_squares():
-    from jaxopt_tokens.gateway._control import ServiceEstimator  # the estimator alone
-
-    w = fast_workload()
-    est = ServiceEstimator(w, jt.FIFO(), min_samples=20)
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        n = int(rng.integers(10, 800))
-        est.response(1, n, 0.05 + 0.002 * n + rng.normal(0, 1e-4), 1)
-    fitted, _, info = est.estimate(w, jt.FIFO())
-    assert info["fitted_tasks"] == [1]
-    assert float(fitted.t0[1]) == pytest.approx(0.05, rel=0.02)
-    assert float(fitted.c[1]) == pytest.approx(0.002, rel=0.01)
-    assert float(fitted.t0[0]) == pytest.approx(float(w.t0[0]))
-
-
 def test_bad_configuration_is_refused_naming_the_key(tmp_path):
     cfg = tmp_path / "serve.toml"
     cfg.write_text('upstream = "http://127.0.0.1:1"\nintervall = 5\n')

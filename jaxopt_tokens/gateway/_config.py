@@ -103,6 +103,10 @@ class GatewayConfig:
         min_change: ... or when some task's budget moves by more than this fraction of its
             current value and by more than `min_move` tokens.
         min_move: the smallest budget move, in tokens, that counts as a change.
+        min_evidence: the policy is re-solved only when the measured load differs from the
+            one it was solved at by this many standard deviations of Poisson counting noise
+            (the rate's z-score, or the shares' standardised chi-square), or the fitted
+            service moved by `min_change`: a steady load does not move the budgets.
         target_band: with `target_latency`, the current policy stands while its predicted
             mean latency at the measured load is within this fraction above the target.
         learn_service: fit each task's service line `t0 + c * reasoning tokens` (single
@@ -158,6 +162,7 @@ class GatewayConfig:
     min_gain: float = 0.01
     min_change: float = 0.1
     min_move: int = 16
+    min_evidence: float = 3.0
     target_band: float = 0.05
     learn_service: bool = True
     min_samples: int = 20
@@ -195,7 +200,7 @@ class GatewayConfig:
         _choice("zero_budget", self.zero_budget, ("disable", "budget"))
         for name in ("interval", "window", "upstream_timeout", "shutdown_grace"):
             _positive(name, getattr(self, name))
-        for name in ("min_gain", "min_change", "target_band"):
+        for name in ("min_gain", "min_change", "target_band", "min_evidence"):
             v = float(getattr(self, name))
             if not (0 <= v < math.inf):
                 raise InputError(f"{name}: a number >= 0, got {getattr(self, name)!r}")

@@ -205,6 +205,45 @@ class ServiceEstimator:
         return w, model, info
 
 
+def load_evidence(
+    solved_rate: float,
+    solved_shares: np.ndarray,
+    rate: float,
+    shares: np.ndarray,
+    count: float,
+) -> float:
+    """How far the measured load is from the one a policy was solved at, in standard
+    deviations of Poisson counting noise: the larger of the rate's z-score (the `count`
+    arrivals against `solved_rate` over the same span) and the shares' chi-square statistic
+    standardised by its degrees of freedom. Below ~3 the difference is noise."""
+    if count <= 0 or rate <= 0:
+        return 0.0
+    expected = solved_rate * count / rate  # arrivals the solved rate predicts in the span
+    z_rate = abs(count - expected) / math.sqrt(max(expected, 1.0))
+    p = np.maximum(np.asarray(solved_shares, dtype=float), 1e-9)
+    n = np.asarray(shares, dtype=float) * count
+    chi2 = float(np.sum((n - count * p) ** 2 / (count * p)))
+    dof = max(len(p) - 1, 1)
+    z_shares = (chi2 - dof) / math.sqrt(2 * dof)
+    return max(z_rate, z_shares)
+
+
+def _service_moved(policy: dict[str, Any], w: Workload, model: LatencyModel, by: float) -> bool:
+    """Whether the service lines (or step time) differ from those `policy` was solved
+    with by more than the fraction `by`."""
+    before = policy["source"]["service"]
+    for name, t0, c in zip(w.task_names, np.asarray(w.t0), np.asarray(w.c)):
+        old = before[name]
+        if abs(float(c) - old["c"]) > by * abs(old["c"]) or abs(float(t0) - old["t0"]) > by * max(
+            abs(old["t0"]), 1e-9
+        ):
+            return True
+    if isinstance(model, ContinuousBatching) and "step_time" in policy["source"]:
+        new = [float(np.asarray(x)) for x in model.step_time]
+        return any(abs(a - b) > by * abs(b) for a, b in zip(new, policy["source"]["step_time"]))
+    return False
+
+
 @dataclass(frozen=True)
 class PolicyState:
     """The policy in force: budgets, the exported request fields, and what it was solved at."""
@@ -359,6 +398,22 @@ class Controller:
                 arrival_rate=jnp.asarray(max(rate, 1e-9), w.dtype),
                 share=jnp.asarray(shares, w.dtype),
             )
+            evidence = load_evidence(
+                current.arrival_rate, np.asarray(current.shares), rate, shares, count
+            )
+            if (
+                evidence < self.config.min_evidence
+                and not current.overloaded
+                and not _service_moved(current.policy, w, model, self.config.min_change)
+            ):
+                return Decision(
+                    "keep",
+                    f"the load ({rate:.4g} requests/s) is within counting noise of the one the "
+                    f"policy was solved at ({evidence:.2g} < min_evidence="
+                    f"{self.config.min_evidence:g} standard deviations)",
+                    time.perf_counter() - start,
+                    current,
+                )
             with jax.enable_x64(True):
                 stable_at_zero = (
                     bool(np.asarray(member_status(w, stability=isinstance(model, FIFO))) == VALID)
