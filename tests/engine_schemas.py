@@ -57,6 +57,44 @@ ENGINE_MODELS = {
     },
 }
 
+#: every field name of vLLM's `ChatCompletionRequest` (vllm-project/vllm @ 002032ee,
+#: `vllm/entrypoints/openai/chat_completion/protocol.py`): the gateway's forwarded fields
+#: are checked against it
+VLLM_CHAT_FIELDS = frozenset(
+    """messages model frequency_penalty logit_bias logprobs top_logprobs max_tokens
+    max_completion_tokens n presence_penalty response_format seed stop stream stream_options
+    temperature top_p tools tool_choice reasoning_effort thinking_token_budget
+    include_reasoning parallel_tool_calls user use_beam_search top_k min_p repetition_penalty
+    watermarking length_penalty stop_token_ids include_stop_str_in_output ignore_eos
+    min_tokens skip_special_tokens spaces_between_special_tokens truncate_prompt_tokens
+    truncation_side prompt_logprobs logprob_token_ids allowed_token_ids bad_words echo
+    add_generation_prompt continue_final_message add_special_tokens documents chat_template
+    chat_template_kwargs media_io_kwargs mm_processor_kwargs structured_outputs priority
+    request_id session_id return_tokens_as_token_ids return_token_ids
+    routed_experts_prompt_start return_token_offsets return_prompt_text return_mm_kwargs
+    cache_salt kv_transfer_params ec_transfer_params vllm_xargs repetition_detection
+    stream_interval""".split()
+)
+
+#: SGLang's `ChatCompletionRequest` field names (sglang 0.5.23, the version CI installs;
+#: used when sglang is not installed)
+SGLANG_CHAT_FIELDS = frozenset(
+    """bootstrap_host bootstrap_port bootstrap_room cache_salt chat_template_kwargs
+    continue_final_message custom_logit_processor custom_params data_parallel_rank
+    disagg_prefill_dp_rank ebnf extra_key frequency_penalty ignore_eos images_config
+    input_ids logit_bias logprobs lora_path max_completion_tokens max_dynamic_patch max_tokens
+    messages min_dynamic_patch min_p min_tokens mm_processor_kwargs model n no_stop_trim
+    parallel_tool_calls presence_penalty priority reasoning_effort regex repetition_penalty
+    response_format return_cached_tokens_details return_flat_raw_output_top_logprobs
+    return_flat_raw_top_logprobs_b64 return_hidden_states return_input_ids_in_sglext
+    return_meta_info return_output_ids_in_sglext return_prompt_token_ids return_routed_experts
+    return_sampling_mask return_spec_tokens_details return_token_ids rid routed_dp_rank
+    routed_experts_start_len sampling_logprobs_mode seed separate_reasoning session_id
+    session_params skip_special_tokens stop stop_regex stop_token_ids stream stream_options
+    stream_reasoning task temperature thinking tool_choice tools top_k top_logprobs top_p
+    use_audio_in_video user video_config watermark""".split()
+)
+
 # SGLang's built-in thinking-budget processors (custom_logit_processor.py @ 065927d1)
 SGLANG_BUDGET_PROCESSORS = {
     ("sglang.srt.sampling.custom_logit_processor", "Qwen3ThinkingBudgetLogitProcessor"),

@@ -177,8 +177,10 @@ class FakeEngine:
 class Loopback:
     """An ASGI app served by uvicorn on 127.0.0.1 (a fixed port, kept across restarts)."""
 
-    def __init__(self, app, port: int | None = None):
+    def __init__(self, app, port: int | None = None, server_class=None, grace: int = 5):
         self.app = app
+        self.server_class = server_class or uvicorn.Server
+        self.grace = grace
         if port is None:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
@@ -195,9 +197,9 @@ class Loopback:
             port=self.port,
             log_level="error",
             lifespan="on",
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=self.grace,
         )
-        self.server = uvicorn.Server(config)
+        self.server = self.server_class(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + timeout
@@ -209,6 +211,8 @@ class Loopback:
 
     def stop(self, force: bool = False) -> None:
         if self.server is not None:
+            if hasattr(self.server, "begin_drain"):  # what the gateway's server does at SIGTERM
+                self.server.begin_drain()
             self.server.should_exit = True
             if force:
                 self.server.force_exit = True

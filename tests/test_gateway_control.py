@@ -21,7 +21,9 @@ def fast_workload() -> jt.Workload:
     with jax.enable_x64(True):
         w = jt.default_workload("float64")
         return w.replace(
-            t0=w.t0 * SCALE, c=w.c * SCALE, alpha=w.alpha * SCALE,
+            t0=w.t0 * SCALE,
+            c=w.c * SCALE,
+            alpha=w.alpha * SCALE,
             arrival_rate=w.arrival_rate / SCALE,
         )
 

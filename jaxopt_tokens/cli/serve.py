@@ -147,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
     app = gateway.create_app(config)
     if args.check:
         state = app.state.gateway.controller.state
-        emit_json({**state.policy, "gateway": {"reason": state.reason,
-                                               "overloaded": state.overloaded}})
+        emit_json(
+            {**state.policy, "gateway": {"reason": state.reason, "overloaded": state.overloaded}}
+        )
         return 0
     logging.getLogger("jaxopt_tokens.gateway").info(
         json.dumps(

@@ -86,8 +86,7 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
     for key, name in named:
         if name is not None and name not in workload.task_names:
             raise InputError(
-                f"{key}: {name!r} is not a task of the workload "
-                f"({', '.join(workload.task_names)})"
+                f"{key}: {name!r} is not a task of the workload ({', '.join(workload.task_names)})"
             )
     return build_app(Gateway(config, Controller(config, workload, model)))
 
@@ -128,7 +127,7 @@ def serve(app, config: GatewayConfig, server_class: Any = None) -> None:
         timeout_graceful_shutdown=int(config.shutdown_grace) + 5,
         limit_concurrency=config.max_in_flight * 4 + 64,
     )
-    server = (server_class or Server)(uconfig)
+    server = (server_class or _server_class())(uconfig)
     server.run()
 
 
@@ -150,7 +149,8 @@ def _server_class():
             self.begin_drain()
 
         def begin_drain(self) -> None:
-            gateway = getattr(self.config.app.state, "gateway", None)
+            state = getattr(self.config.app, "state", None)
+            gateway = getattr(state, "gateway", None)
             if gateway is not None:
                 gateway.begin_drain()
 

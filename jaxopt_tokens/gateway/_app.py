@@ -281,9 +281,7 @@ class _Relay(StreamingResponse):
         self.gateway, self.upstream, self.slot = gateway, upstream, slot
         self.hide_usage = hide_usage
         self.outcome, self.usage = "client_gone", None
-        headers = {
-            k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE
-        }
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
         super().__init__(self._lines(), upstream.status_code, headers=headers)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -447,7 +445,10 @@ class Gateway:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.encode()):
             self.metrics.rejected.labels("unauthorized").inc()
             raise GatewayError(
-                401, "missing or wrong API key", "authentication_error", "unauthorized",
+                401,
+                "missing or wrong API key",
+                "authentication_error",
+                "unauthorized",
                 {"WWW-Authenticate": "Bearer"},
             )
 
@@ -455,9 +456,7 @@ class Gateway:
         """The body, refused (413) past `max_body_bytes` without reading further."""
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
-        too_large = GatewayError(
-            413, f"request body larger than {limit} bytes", reason="too_large"
-        )
+        too_large = GatewayError(413, f"request body larger than {limit} bytes", reason="too_large")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks, size = [], 0
@@ -549,7 +548,10 @@ async def _budgeted(gateway: Gateway, request: Request) -> Response:
     outcome = "gateway_error"
     try:
         upstream = await gateway.upstream.send(
-            "POST", _PATHS[endpoint], content, gateway.headers(request),
+            "POST",
+            _PATHS[endpoint],
+            content,
+            gateway.headers(request),
             request.query_params,
         )
         if body.get("stream") and upstream.status_code == 200:
@@ -638,10 +640,14 @@ async def _readyz(gateway: Gateway, request: Request) -> Response:
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     if status == 405:
-        return _error(405, f"{request.method} is not allowed on {request.url.path}",
-                      "invalid_request_error")
-    return _error(404, f"{request.url.path} is not a route of the gateway (budgeted: "
-                       f"{', '.join(ENDPOINTS)})", "invalid_request_error")
+        return _error(
+            405, f"{request.method} is not allowed on {request.url.path}", "invalid_request_error"
+        )
+    return _error(
+        404,
+        f"{request.url.path} is not a route of the gateway (budgeted: {', '.join(ENDPOINTS)})",
+        "invalid_request_error",
+    )
 
 
 def routes_of(config: GatewayConfig) -> list[Route]:

@@ -232,7 +232,7 @@ class GatewayConfig:
             for name in ("step_time", "max_batch"):
                 if getattr(self, name) is not None:
                     raise InputError(
-                        f"{name} describes a batching server: set server = \"batching\" "
+                        f'{name} describes a batching server: set server = "batching" '
                         "(or remove it)"
                     )
         if self.step_time is not None:
@@ -418,7 +418,7 @@ def import_classifier(spec: str) -> Callable[[dict], str | None]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise InputError(f"classifier: {spec} is not callable")
-    return obj
+    return typing.cast(Callable[[dict], "str | None"], obj)
 
 
 def redact(url: str) -> str:

@@ -165,12 +165,23 @@ _SGLANG_EXTRA = frozenset(
 #: the policy's
 OWNED_FIELDS: dict[tuple[str, str], frozenset[str]] = {
     ("chat", "vllm"): frozenset(
-        {"max_completion_tokens", "max_tokens", "thinking_token_budget", "reasoning_effort",
-         "chat_template_kwargs"}
+        {
+            "max_completion_tokens",
+            "max_tokens",
+            "thinking_token_budget",
+            "reasoning_effort",
+            "chat_template_kwargs",
+        }
     ),
     ("chat", "sglang"): frozenset(
-        {"max_completion_tokens", "max_tokens", "custom_params", "reasoning_effort",
-         "chat_template_kwargs", "thinking"}
+        {
+            "max_completion_tokens",
+            "max_tokens",
+            "custom_params",
+            "reasoning_effort",
+            "chat_template_kwargs",
+            "thinking",
+        }
     ),
     ("chat", "openai"): frozenset({"max_completion_tokens", "max_tokens", "reasoning_effort"}),
     ("completions", "vllm"): frozenset({"max_tokens"}),
@@ -204,13 +215,12 @@ REFUSED_FIELDS: dict[str, str] = {
     "stream_interval": "the gateway counts streamed tokens",
 }
 
+_OWNED_ANY = frozenset().union(*OWNED_FIELDS.values())
 _EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 _THINKING_SWITCHES = ("enable_thinking", "thinking")
 
 
-def client_fields(
-    endpoint: str, engine: str, extra: Iterable[str] = ()
-) -> frozenset[str]:
+def client_fields(endpoint: str, engine: str, extra: Iterable[str] = ()) -> frozenset[str]:
     """Every body field a client may send on `endpoint` ("chat" or "completions") to
     `engine`: the engine's fields that carry no budget, the owned fields (lowered only),
     and the operator's `extra` (never a refused field)."""
@@ -239,8 +249,9 @@ def _constant(name: str) -> Any:
 def _float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise GatewayError(400, f"request body is not valid JSON (the number {text[:40]} "
-                                "overflows a double)")
+        raise GatewayError(
+            400, f"request body is not valid JSON (the number {text[:40]} overflows a double)"
+        )
     return value
 
 
@@ -255,11 +266,13 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except GatewayError:
         raise
     except UnicodeError:
-        raise GatewayError(400, "request body is not valid JSON (invalid UTF-8 or a lone "
-                                "surrogate in a string)") from None
+        raise GatewayError(
+            400, "request body is not valid JSON (invalid UTF-8 or a lone surrogate in a string)"
+        ) from None
     except json.JSONDecodeError as e:
-        raise GatewayError(400, f"request body is not valid JSON ({e.msg}, line {e.lineno} "
-                                f"column {e.colno})") from None
+        raise GatewayError(
+            400, f"request body is not valid JSON ({e.msg}, line {e.lineno} column {e.colno})"
+        ) from None
     except (ValueError, RecursionError) as e:
         what = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
         raise GatewayError(400, f"request body is not valid JSON ({what})") from None
@@ -295,8 +308,9 @@ def check_body(body: Mapping[str, Any], allowed: frozenset[str], max_choices: in
             raise GatewayError(400, f"{key}: not accepted by the gateway ({REFUSED_FIELDS[key]})")
         if key not in allowed:
             raise GatewayError(
-                400, f"{key}: not a field the gateway forwards (the operator may allow it with "
-                "allow_fields)"
+                400,
+                f"{key}: not a field the gateway forwards (the operator may allow it with "
+                "allow_fields)",
             )
     for key, types in _TYPES.items():
         v = body.get(key)
@@ -310,22 +324,24 @@ def check_body(body: Mapping[str, Any], allowed: frozenset[str], max_choices: in
             raise GatewayError(400, f"{key}: max tokens must be an integer >= 1, got {v!r}")
     budget = body.get("thinking_token_budget")
     if budget is not None and not (_is_int(budget) and budget >= -1):
-        raise GatewayError(
-            400, f"thinking_token_budget: an integer >= 0 (or -1), got {budget!r}"
-        )
+        raise GatewayError(400, f"thinking_token_budget: an integer >= 0 (or -1), got {budget!r}")
     params = body.get("custom_params") or {}
     if "thinking_budget" in params and not _is_int(params["thinking_budget"]):
-        raise GatewayError(400, f"custom_params.thinking_budget: an integer, got "
-                                f"{params['thinking_budget']!r}")
+        raise GatewayError(
+            400, f"custom_params.thinking_budget: an integer, got {params['thinking_budget']!r}"
+        )
     effort = body.get("reasoning_effort")
     if effort is not None and effort not in _EFFORT_ORDER:
-        raise GatewayError(400, f"reasoning_effort: one of {', '.join(_EFFORT_ORDER)}; got "
-                                f"{effort!r}")
+        raise GatewayError(
+            400, f"reasoning_effort: one of {', '.join(_EFFORT_ORDER)}; got {effort!r}"
+        )
     for key in ("n", "best_of"):
         v = body.get(key)
         if v is not None and not (_is_int(v) and 1 <= v <= max_choices):
-            raise GatewayError(400, f"{key}: at most {max_choices} choice(s) a request through "
-                                    f"this gateway, got {v!r}")
+            raise GatewayError(
+                400,
+                f"{key}: at most {max_choices} choice(s) a request through this gateway, got {v!r}",
+            )
 
 
 # --------------------------------------------------------------------------- the policy
@@ -333,7 +349,7 @@ def check_body(body: Mapping[str, Any], allowed: frozenset[str], max_choices: in
 
 def _lowest(policy: int | None, client: Any) -> int | None:
     """The smaller budget; None and negative values mean "no limit"."""
-    limits = [v for v in (policy, client) if _is_int(v) and v >= 0]
+    limits = [int(v) for v in (policy, client) if isinstance(v, int) and _is_int(v) and v >= 0]
     return min(limits) if limits else policy
 
 
@@ -350,6 +366,8 @@ def apply_policy(
     policy's alone with `override`); thinking switched off by the policy stays off and a
     client may only switch it off; `reasoning_effort` is the lower of the two (openai) or
     dropped (vllm, sglang: the budget field governs)."""
+    # an owned field sent as null is a field not sent
+    body = {k: v for k, v in body.items() if v is not None or k not in _OWNED_ANY}
     out = dict(body)
     policy_limit = fields.get("max_completion_tokens", fields.get("max_tokens"))
     client_limits = [body[k] for k in ("max_completion_tokens", "max_tokens") if k in body]
@@ -364,8 +382,11 @@ def apply_policy(
         if "max_tokens" in body:
             out["max_tokens"] = limit
     off = fields.get("chat_template_kwargs", {}).get("enable_thinking") is False
-    kwargs = {k: v for k, v in (body.get("chat_template_kwargs") or {}).items()
-              if k not in _THINKING_SWITCHES and k != "reasoning_effort"}
+    kwargs = {
+        k: v
+        for k, v in (body.get("chat_template_kwargs") or {}).items()
+        if k not in _THINKING_SWITCHES and k != "reasoning_effort"
+    }
     client_kwargs = body.get("chat_template_kwargs") or {}
     for switch in _THINKING_SWITCHES:
         if client_kwargs.get(switch) is False:
@@ -422,7 +443,9 @@ def prompt_text(body: Mapping[str, Any]) -> str:
                     return c
                 if isinstance(c, list):
                     return " ".join(
-                        p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)
+                        p["text"]
+                        for p in c
+                        if isinstance(p, dict) and isinstance(p.get("text"), str)
                     )
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else ""
