@@ -685,7 +685,11 @@ def test_the_routes_are_exactly_the_budgeted_the_opted_in_and_the_gateways_own()
 
 _text = st.text(alphabet=string.printable + "\u00e9\ud7ff", max_size=30)
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text,
     lambda c: st.lists(c, max_size=3) | st.dictionaries(_text, c, max_size=3),
     max_leaves=10,
 )
