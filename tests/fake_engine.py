@@ -7,7 +7,8 @@ speaks the OpenAI chat-completions API the way vLLM and SGLang do.
   sets it) cut at the enforced thinking budget (none when thinking is off), plus a 20-token
   answer, cut at the output limit. Usage reports `reasoning_tokens`.
 - Durations follow a continuously batching server, `(prefill + tokens) x (tau0 + tau1 n)`
-  with n the requests running, times `scale` (scaled time, so tests run fast).
+  with n the requests running (recomputed every eighth of the tokens, as the batch changes),
+  times `scale` (scaled time, so tests run fast).
 - Streams are server-sent events, one chunk per few tokens, usage last when asked for.
 - `break_after` chunks, the stream is cut (the connection drops mid-stream).
 
@@ -112,8 +113,11 @@ class FakeEngine:
         created = int(time.time())
         if not body.get("stream"):
             self.running += 1
-            try:
-                await asyncio.sleep((self.prefill + total) * self._step())
+            try:  # the step time follows the batch as it changes, a step block at a time
+                await asyncio.sleep(self.prefill * self._step())
+                per = max(1, math.ceil(total / 8))
+                for i in range(0, total, per):
+                    await asyncio.sleep(min(per, total - i) * self._step())
             finally:
                 self.running -= 1
             return JSONResponse(
