@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import math
 import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from ._errors import InputError
 
-__all__ = ["read_text", "csv_rows", "parse_number", "MAX_TEXT_BYTES"]
+__all__ = ["read_text", "csv_rows", "csv_reader", "text_lines", "parse_number", "MAX_TEXT_BYTES"]
 
 
 def parse_number(
@@ -92,17 +93,51 @@ def read_text(path: str | Path, what: str, error: type[InputError] = InputError)
         ) from None
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of `text` as an editor counts them: split at `\\n` (a `\\r` before it is
+    dropped) and nowhere else, so a field holding U+2028, NEL or a form feed stays whole."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+@contextlib.contextmanager
+def _field_limit() -> Iterator[None]:
+    """csv's per-field limit raised to the largest file a reader takes, then restored."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, MAX_TEXT_BYTES))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def csv_reader(lines: Iterable[str]) -> list[list[str]]:
+    """Every row of the CSV `lines` (one row a line), with no per-field size limit below
+    the file cap (a 200 KB prompt column is a field like any other)."""
+    with _field_limit():
+        try:
+            return list(csv.reader(lines))
+        except csv.Error as e:
+            raise InputError(f"not valid CSV ({e})") from None
+
+
 def csv_rows(text: str, source: str):
     """`(header line, header, rows)` of a CSV text: `rows` holds (line number, row dict) for each
     data row; comment (`#`) and blank lines are skipped, and errors name the line."""
     lines = [
         (i + 1, line)
-        for i, line in enumerate(text.splitlines())
+        for i, line in enumerate(text_lines(text))
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not lines:
         raise InputError(f"{source}: no header row (the file is empty)")
-    reader = csv.reader(io.StringIO("\n".join(line for _, line in lines)))
+    try:
+        parsed = csv_reader(line for _, line in lines)
+    except InputError as e:
+        raise InputError(f"{source}: {e}") from None
+    reader = iter(parsed)
     header = [h.strip().lower() for h in next(reader)]
     if len(set(header)) != len(header):
         raise InputError(f"{source}, line {lines[0][0]}: duplicate column names in header {header}")

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from .._errors import InputError
-from .._files import csv_rows, parse_number, read_text
+from .._files import csv_rows, parse_number, read_text, text_lines
 from .._queue.batching import ContinuousBatching
 from .._stats import student_t_quantile
 from .fit import FitWarning
@@ -88,7 +88,7 @@ def _json_records(path: Path, text: str) -> list[tuple[str, object]]:
     except RecursionError:
         raise InputError(f"{path}: JSON nested too deeply to be a benchmark result") from None
     except json.JSONDecodeError as e:
-        lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        lines = [(i + 1, line) for i, line in enumerate(text_lines(text)) if line.strip()]
         if e.msg != "Extra data" or len(lines) < 2:
             raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     records = []  # JSON Lines: one result a line

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .._errors import InputError
-from .trace import Trace, positive_number
+from .trace import MAX_WINDOWS, Trace, positive_number
 
 __all__ = [
     "ArrivalStats",
@@ -34,6 +34,9 @@ __all__ = [
 DISPERSION_WINDOWS = (1.0, 10.0, 60.0, 600.0, 3600.0)
 #: fewest whole windows a dispersion or window-rate statistic is computed from
 MIN_WINDOWS = 4
+#: above this share of requests arriving at the same instant as the one before, a trace is
+#: said to arrive in batches
+BATCHED_FRACTION = 0.2
 
 
 class TrafficWarning(UserWarning):
@@ -81,10 +84,20 @@ class ArrivalStats:
         }
 
 
+def _whole_window_counts(trace: Trace, window: float) -> np.ndarray:
+    """Requests in each whole window of `window` seconds (the partial window at the end is
+    left out: counts over windows of one length)."""
+    num = trace.num_windows(window)
+    if trace.duration < window:
+        return np.zeros(0)
+    idx = np.floor(trace.arrival_times / window)
+    return np.bincount(idx[idx < num].astype(np.int64), minlength=num).astype(np.float64)
+
+
 def dispersion(trace: Trace, window: float) -> float:
     """Index of dispersion of counts in windows of `window` seconds (NaN with fewer than
     `MIN_WINDOWS` whole windows)."""
-    counts = trace.window_counts(window)
+    counts = _whole_window_counts(trace, window)
     if counts.size < MIN_WINDOWS or counts.mean() == 0:
         return math.nan
     return float(counts.var(ddof=1) / counts.mean())
@@ -114,8 +127,21 @@ def rate_warnings(trace: Trace, window: float) -> tuple[str, ...]:
     rates' 90th percentile is more than twice their 10th (or than the mean when the 10th is
     0), or the index of dispersion is well above 1 (above 2, and above 1 by more than three
     standard errors of a Poisson stream's)."""
-    counts = trace.window_counts(window)
+    counts = _whole_window_counts(trace, window)
     out = []
+    if trace.duration < window:
+        out.append(
+            f"{trace.source}: the trace ({trace.duration:.4g} s) is shorter than one {window:g}-s "
+            "window: its window rate is the whole trace's"
+        )
+    gaps = np.diff(trace.arrival_times)
+    batched = float(np.mean(gaps == 0)) if gaps.size else 0.0
+    if batched > BATCHED_FRACTION:
+        out.append(
+            f"{trace.source}: requests arrive in batches: {batched:.0%} arrive at the same instant "
+            "as the one before (a Poisson stream's share is 0); single-arrival models (PK, "
+            "Kingman) misjudge such traffic: replay the trace"
+        )
     if counts.size >= MIN_WINDOWS:
         lo, hi = np.percentile(counts, [10, 90]) / window
         ref = lo if lo > 0 else trace.mean_rate / 2
@@ -181,8 +207,8 @@ def arrival_stats(
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
     window = positive_number("window", window)
     sizes = sorted({positive_number("windows", w) for w in windows})
-    counts = trace.window_counts(window)
-    rates = counts / window
+    sizes = [w for w in sizes if trace.duration / w <= MAX_WINDOWS]  # too fine for this span
+    rates, _ = trace.window_rates(window)
     q = np.percentile(rates, [0, 50, 95, 100])
     gaps = np.diff(trace.arrival_times)
     cv = float(gaps.std() / gaps.mean()) if gaps.size > 1 else math.nan
@@ -221,10 +247,10 @@ def plot_arrivals(trace: Trace, path=None, *, window: float = 60.0):
     import matplotlib.pyplot as plt
 
     stats = arrival_stats(trace, window)
-    counts = trace.window_counts(window)
+    rates, _ = trace.window_rates(window)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    t = (np.arange(counts.size) + 0.5) * window
-    ax1.step(t / 60, counts / window, where="mid", lw=1)
+    t = (np.arange(rates.size) + 0.5) * window
+    ax1.step(t / 60, rates, where="mid", lw=1)
     ax1.axhline(stats.mean_rate, color="k", ls="--", lw=0.8, label="mean rate")
     ax1.set_xlabel("time (min)")
     ax1.set_ylabel(f"requests/s per {window:g}-s window")

@@ -19,7 +19,6 @@ traffic*. Every error names the file, the line and the column.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import math
@@ -30,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._errors import InputError
-from .._files import read_text
+from .._files import csv_reader, read_text, text_lines
 
 __all__ = [
     "Trace",
@@ -103,6 +102,8 @@ class Trace:
             raise InputError(f"{self.source}: arrival_times must be finite")
         order = np.argsort(t, kind="stable")
         t = t[order] - t[order[0]]
+        if not np.isfinite(t[-1]):
+            raise InputError(f"{self.source}: arrival_times span more seconds than a double holds")
         if not t[-1] > 0:
             raise InputError(f"{self.source}: every request arrives at the same time; no rate")
         object.__setattr__(self, "arrival_times", t)
@@ -204,30 +205,50 @@ class Trace:
             )
         return replace(self, labels=tuple(names[int(i)] for i in np.atleast_1d(index)))
 
-    def window_counts(self, window: float) -> np.ndarray:
-        """Requests per window of `window` seconds, over the whole windows the trace spans
-        (at least one)."""
+    def num_windows(self, window: float) -> int:
+        """The whole windows of `window` seconds the trace spans (at least one: a trace
+        shorter than the window is one window as long as the trace). Refused above
+        `MAX_WINDOWS`, with the estimate (a stray timestamp years away would otherwise ask
+        for gigabytes of counts)."""
         window = positive_number("window", window)
-        num = max(int(math.floor(self.duration / window)), 1)
-        idx = np.floor(self.arrival_times / window).astype(np.int64)
-        return np.bincount(idx[idx < num], minlength=num).astype(np.float64)
+        span = self.duration / window
+        if not span <= MAX_WINDOWS:
+            raise InputError(
+                f"window: the trace spans {self.duration:.4g} s, {span:.3g} windows of "
+                f"{window:g} s (at most {MAX_WINDOWS:,}); check its time column for a stray "
+                "timestamp, or use a longer window"
+            )
+        return max(int(math.floor(span)), 1)
+
+    def window_lengths(self, window: float) -> np.ndarray:
+        """Seconds each window of `window_index` covers: `window`, except the last, which
+        absorbs the partial window after it (and is the whole trace when it is shorter than
+        one window)."""
+        num = self.num_windows(window)
+        lengths = np.full(num, float(window))
+        lengths[-1] = self.duration - window * (num - 1)
+        return lengths
+
+    def window_counts(self, window: float) -> np.ndarray:
+        """Requests in each window of `window_index`."""
+        num = self.num_windows(window)
+        return np.bincount(self.window_index(window), minlength=num).astype(np.float64)
 
     def window_index(self, window: float) -> np.ndarray:
         """The window each request arrives in (the last partial window joins the one before)."""
-        window = positive_number("window", window)
-        num = max(int(math.floor(self.duration / window)), 1)
-        return np.minimum(np.floor(self.arrival_times / window).astype(np.int64), num - 1)
+        num = self.num_windows(window)
+        idx = np.floor(self.arrival_times / window)
+        return np.minimum(idx, num - 1).astype(np.int64)
 
     def window_rates(self, window: float) -> tuple[np.ndarray, np.ndarray]:
         """(requests per second, share of the trace's requests) in each window of
-        `window_index`; the last window is longer by the partial one it absorbs."""
-        window = positive_number("window", window)
-        idx = self.window_index(window)
-        num = int(idx[-1]) + 1  # the last request is in the last window
-        counts = np.bincount(idx, minlength=num).astype(np.float64)
-        lengths = np.full(num, window)
-        lengths[-1] = self.duration - window * (num - 1)
-        return counts / lengths, counts / counts.sum()
+        `window_index`, each over the time its window covers (`window_lengths`)."""
+        counts = self.window_counts(window)
+        return counts / self.window_lengths(window), counts / counts.sum()
+
+
+#: the most windows a trace statistic counts over (8 bytes each)
+MAX_WINDOWS = 10_000_000
 
 
 def positive_number(name: str, value: Any) -> float:
@@ -304,14 +325,14 @@ def _column(header: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def _detect(path: Path, text: str) -> str:
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in text_lines(text) if line.strip()), "")
     if first.lstrip().startswith("{"):
         try:
             keys = set(json.loads(first))
         except (json.JSONDecodeError, TypeError, RecursionError):
             return "jsonl"
         return "mooncake" if {"timestamp", "input_length", "output_length"} <= keys else "jsonl"
-    header = {h.strip().lower() for h in next(csv.reader([first]), [])}
+    header = {h.strip().lower() for h in next(iter(csv_reader([first])), [])}
     if {"timestamp", "contexttokens", "generatedtokens"} <= header:
         return "azure"
     if {"timestamp", "request tokens", "response tokens"} <= header:
@@ -374,11 +395,14 @@ def _from_columns(
 
 
 def _read_csv(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
-    rows = [(i + 1, line) for i, line in enumerate(text.splitlines())]
+    rows = [(i + 1, line) for i, line in enumerate(text_lines(text))]
     rows = [(n, s) for n, s in rows if s.strip() and not s.lstrip().startswith("#")]
     if not rows:
         raise InputError(f"{source}: the file is empty (no header row)")
-    parsed = csv.reader([s for _, s in rows])
+    try:
+        parsed = iter(csv_reader([s for _, s in rows]))
+    except InputError as e:
+        raise InputError(f"{source}: {e}") from None
     header = [h.strip().lower() for h in next(parsed)]
     if len(set(header)) != len(header):
         raise InputError(f"{source}, line {rows[0][0]}: duplicate column names in {header}")
@@ -421,7 +445,7 @@ _MOONCAKE = {"time": "timestamp", "input": "input_length", "output": "output_len
 
 def _read_jsonl(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
     records = []
-    for i, line in enumerate(text.splitlines()):
+    for i, line in enumerate(text_lines(text)):
         if not line.strip():
             continue
         try:

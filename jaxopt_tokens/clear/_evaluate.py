@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
-from .._files import parse_number, read_text
+from .._files import csv_reader, parse_number, read_text, text_lines
 from .._validate import check_int, check_memory
 from ._allocate import allocate
 from ._baselines import BASELINES, oracle_allocation
@@ -141,7 +141,7 @@ def load_pool(path) -> Pool:
     tertiles. Bad rows raise `InputError` naming the file, line and column."""
     text = read_text(path, "pool CSV")
     path = Path(path)
-    rows = list(csv.reader(text.splitlines()))
+    rows = csv_reader(text_lines(text))
     if not rows:
         raise InputError(f"{path}: empty file; expected a header threshold,true_length,solvable")
     header = [h.strip().lower() for h in rows[0]]

@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_thresholds(path) -> np.ndarray:
     """The `threshold` column of a CSV; `InputError` names the line of a bad value."""
-    rows = list(csv.reader(read_text(path, "thresholds CSV").splitlines()))
+    text = read_text(path, "thresholds CSV")
+    rows = list(csv.reader(line.rstrip("\r") for line in text.split("\n") if line))
     path = Path(path)
     if not rows:
         raise InputError(f"{path}: empty file; expected a header with a 'threshold' column")
