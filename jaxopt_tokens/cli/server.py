@@ -30,11 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser(
         "fit-server",
         help="fit a batching server's step time tau0 + tau1 n from benchmark results",
-        description="Fit the decode step time of a continuously batching server from vLLM "
-        "serving-benchmark result files (`vllm bench serve --save-result`, one per "
-        "--max-concurrency) or a CSV of concurrency, tpot (s) / tpot_ms.",
+        description="Fit the decode step time of a continuously batching server from "
+        "serving-benchmark results: vLLM (`vllm bench serve --save-result`), SGLang "
+        "(`bench_serving --output-file`), aiperf / genai-perf profile exports, InferenceX, or a "
+        "CSV of concurrency, tpot (s) / tpot_ms. Runs left out (overloaded) are listed.",
     )
     f.add_argument("files", nargs="+", metavar="FILE", help="benchmark JSON files or CSV files")
+    f.add_argument(
+        "--group",
+        type=int_at_least(1),
+        metavar="N",
+        help="fit the N-th deployment of files that mix several (listed when refused)",
+    )
     f.add_argument("--format", choices=("table", "json"), default="table")
     f.set_defaults(func=run_fit)
 
@@ -71,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_fit(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitWarning)
-        fit = fit_step_time(*args.files)
+        fit = fit_step_time(*args.files, group=args.group)
     lo0, hi0 = fit.interval("tau0")
     lo1, hi1 = fit.interval("tau1")
     report = {
@@ -101,7 +108,10 @@ def run_fit(args: argparse.Namespace) -> int:
     )
     console.print(t)
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        if w not in report["excluded"]:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+    for note in report["excluded"]:
+        console.print(f"[yellow]left out:[/yellow] {note}")
     console.print(f"use: --server batching --step-time {report['step_time_arg']}")
     return 0
 
