@@ -267,8 +267,10 @@ def _group(data: dict, completed: float | None) -> tuple:
     means = []
     for key in ("total_input_tokens", "total_output_tokens"):
         v = data.get(key)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and completed
-        means.append(float(v) / completed if ok and math.isfinite(v) else None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and completed:
+            means.append(float(v) / completed if math.isfinite(v) else None)
+        else:
+            means.append(None)
     return fixed + (("means", tuple(means)),)
 
 
@@ -300,7 +302,8 @@ def _from_profile_export(where: str, data: dict) -> _Run:
     step = itl[0] * _SECONDS[itl[1]]
     if not step > 0:
         raise InputError(f"{where}: field 'inter_token_latency': must be > 0")
-    config = data.get("input_config") if isinstance(data.get("input_config"), dict) else {}
+    raw = data.get("input_config")
+    config: dict = raw if isinstance(raw, dict) else {}
     n = None
     phases = config.get("phases")
     if isinstance(phases, list):
