@@ -34,9 +34,12 @@ def service_times(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b
 def service_moments(
     tokens: Float[Array, "*b n"], w: Workload
 ) -> tuple[Float[Array, "*b"], Float[Array, "*b"]]:
-    """$(E[S], E[S^2])$ of the service-time mixture, eq. (3)."""
+    """$(E[S], E[S^2])$ of the service-time mixture, eq. (3); `+inf` for budgets outside the
+    model (negative or NaN), so the latencies built on them are never negative."""
     t = service_times(tokens, w)
-    return jnp.sum(w.share * t, axis=-1), jnp.sum(w.share * t * t, axis=-1)
+    outside = jnp.any(~(tokens >= 0), axis=-1)
+    m1 = jnp.where(outside, jnp.inf, jnp.sum(w.share * t, axis=-1))
+    return m1, jnp.where(outside, jnp.inf, jnp.sum(w.share * t * t, axis=-1))
 
 
 def utilization(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:

@@ -223,3 +223,60 @@ def test_bad_priority_order_names_the_field(table1):
         jt.solve_latency(table1, jt.Priority(order=(0, 0, 1, 2, 3, 4)))
     with pytest.raises(jt.InputError, match="model"):
         jt.simulate(table1, TOKENS, model="lifo")
+
+
+# ------------------------------------------------------------ the third trial (M1-M3)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        jt.FIFO(),
+        jt.FIFO(service_cv=0.5),
+        jt.Priority(order=(0, 1, 2, 3, 4, 5)),
+        jt.ProcessorSharing(),
+        jt.Kingman(arrival_scv=2.0),
+        jt.TimeVarying(rate_factors=[0.5, 1.5], weights=[1.0, 1.0]),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_budgets_outside_the_model_have_infinite_latency_never_negative(table1, model):
+    """M2: a negative or NaN budget is outside the model: +inf, as for ContinuousBatching."""
+    for bad in (jnp.full(6, -300.0), jnp.array([0.0, 340.0, jnp.nan, 0.0, 0.0, 0.0])):
+        assert float(model.mean_system_time(bad, table1)) == np.inf
+        assert np.all(np.asarray(model.system_times(bad, table1)) == np.inf)
+    ok = jnp.array([0.0, 340.0, 0.0, 0.0, 346.0, 30.0])
+    assert 0 < float(model.mean_system_time(ok, table1)) < np.inf
+    batch = jnp.stack([ok, jnp.full(6, -1.0)])  # per member, not for the batch
+    T = np.asarray(model.mean_system_time(batch, table1))
+    assert np.isfinite(T[0]) and T[1] == np.inf
+
+
+def test_the_papers_pure_functions_follow_the_same_rule(table1):
+    neg = jnp.full(6, -300.0)
+    assert float(jt.mean_system_time(neg, table1)) == np.inf
+    assert float(jt.mean_wait(neg, table1)) == np.inf
+    assert float(jt.objective(neg, table1)) == -np.inf
+    g = jax.grad(jt.objective)(jnp.array([0.0, 340.0, 0.0, 0.0, 346.0, 30.0]), table1)
+    assert np.all(np.isfinite(np.asarray(g)))  # the rule costs valid budgets nothing
+
+
+def test_huge_weights_are_normalised_without_overflow(table1):
+    """M3: weights of 1e308 summed to inf, every normalised weight became 0 and J was 0."""
+    tv = jt.TimeVarying(rate_factors=[1.0, 1.0], weights=[1e308, 1e308])
+    assert np.asarray(tv.weights).tolist() == [0.5, 0.5]
+    ok = jnp.array([0.0, 340.0, 0.0, 0.0, 346.0, 30.0])
+    assert float(tv.mean_system_time(ok, table1)) == pytest.approx(
+        float(jt.FIFO().mean_system_time(ok, table1))
+    )
+
+
+@pytest.mark.parametrize(
+    "model",
+    [jt.Kingman(arrival_scv=4.0), jt.TimeVarying(rate_factors=[0.1, 100.0], weights=[0.99, 0.01])],
+    ids=lambda m: type(m).__name__,
+)
+def test_a_model_of_recorded_arrivals_is_not_simulated_with_poisson_ones(table1, model):
+    """M1: the simulator drew Poisson arrivals beside the model's prediction for others."""
+    with pytest.raises(jt.InputError, match="give arrivals="):
+        jt.simulate(table1, jnp.array([0.0, 340.0, 0.0, 0.0, 346.0, 30.0]), 400, 2, model=model)

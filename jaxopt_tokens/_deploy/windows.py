@@ -63,7 +63,15 @@ class WindowPlan:
         """The model's arrival-weighted accuracy, mean system time and objective of `tokens`:
         budgets `(N,)` (static) or `(K, N)` (one row per window)."""
         w = self.workload
-        tok = jnp.asarray(tokens, w.dtype)
+        values = np.asarray(tokens, dtype=float)
+        if values.shape not in ((w.num_tasks,), (len(self.rates), w.num_tasks)):
+            raise InputError(
+                f"tokens: budgets of shape ({w.num_tasks},) or ({len(self.rates)}, "
+                f"{w.num_tasks}), got {values.shape}"
+            )
+        if not np.all(values >= 0):
+            raise InputError("tokens: budgets must be >= 0 (and not NaN)")
+        tok = jnp.asarray(values, w.dtype)
         base = self.model.base
         q = jnp.asarray(self.weights, w.dtype)
         per = jnp.broadcast_to(tok, (len(self.rates), w.num_tasks))

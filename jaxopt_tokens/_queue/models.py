@@ -160,6 +160,13 @@ class LatencyModel(eqx.Module):
         return combos[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
 
 
+def _outside_inf(tokens, times):
+    """`times` with `+inf` for every member whose budgets leave the model (a negative or NaN
+    budget): such a member has no finite latency, never a negative one."""
+    outside = jnp.any(~(tokens >= 0), axis=-1, keepdims=True)
+    return jnp.where(outside, jnp.inf, times)
+
+
 def _moments(tokens, w: Workload, service_cv):
     t = w.t0 + w.c * tokens
     cv = _cv(service_cv, w)
@@ -228,7 +235,7 @@ class FIFO(LatencyModel):
             / (2 * jnp.where(stable, 1 - rho, 1)),
             jnp.inf,
         )
-        return wait + t
+        return _outside_inf(tokens, wait + t)
 
 
 class Priority(LatencyModel):
@@ -265,7 +272,7 @@ class Priority(LatencyModel):
         denom = jnp.where(ok, (1 - before) * (1 - sigma), 1)
         wait_sorted = jnp.where(ok, W0 / denom, jnp.inf)
         wait = jnp.zeros_like(wait_sorted).at[..., perm].set(wait_sorted)
-        return wait + t
+        return _outside_inf(tokens, wait + t)
 
 
 class ProcessorSharing(LatencyModel):
@@ -287,7 +294,7 @@ class ProcessorSharing(LatencyModel):
         t, rho_k, _ = _moments(tokens, w, 0.0)
         rho = jnp.sum(rho_k, -1, keepdims=True)
         stable = rho < 1
-        return jnp.where(stable, t / jnp.where(stable, 1 - rho, 1), jnp.inf)
+        return _outside_inf(tokens, jnp.where(stable, t / jnp.where(stable, 1 - rho, 1), jnp.inf))
 
 
 def latency_objective(
@@ -360,7 +367,7 @@ class Kingman(FIFO):
         second = jnp.sum(m2_k, -1, keepdims=True) + (ca2 - 1) * mean * mean
         stable = rho < 1
         wait = jnp.where(stable, lam * second / (2 * jnp.where(stable, 1 - rho, 1)), jnp.inf)
-        return wait + t
+        return _outside_inf(tokens, wait + t)
 
 
 class TimeVarying(LatencyModel):
@@ -392,7 +399,8 @@ class TimeVarying(LatencyModel):
             raise InputError("weights: must be finite, >= 0 and not all zero")
         keep = q > 0  # windows without requests do not count
         object.__setattr__(self, "rate_factors", jnp.asarray(f[keep]))
-        object.__setattr__(self, "weights", jnp.asarray(q[keep] / q[keep].sum()))
+        q = q[keep] / q[keep].max()  # scaled first: a sum of huge weights would overflow
+        object.__setattr__(self, "weights", jnp.asarray(q / q.sum()))
         if not isinstance(self.base, (FIFO, Priority, ProcessorSharing)):
             raise InputError(
                 "base: FIFO, Kingman, Priority or ProcessorSharing (a single server), got "

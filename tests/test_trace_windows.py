@@ -1,0 +1,108 @@
+"""Trace statistics by window and the trace readers' edge cases (the third trial): rates over
+the time a window covers, window counts bounded in memory, spans that overflow, batched
+arrivals, line splitting and long CSV fields. Each refusal is one line naming the file or the
+argument."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_refused, run_cli, strict_loads
+
+import jaxopt_tokens as jt
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_trace_shorter_than_its_window_reports_its_own_rate(tmp_path):
+    """T1: 101 requests over 10 s at the default 60-s window: 10/s, not 1.683/s."""
+    path = _write(tmp_path, "s.csv", "arrival_time\n" + "\n".join(str(i / 10) for i in range(101)))
+    rc, out, err = run_cli(["trace", path, "--format", "json"])
+    assert rc == 0, err
+    stats = strict_loads(out)
+    assert stats["window_rate"]["median"] == pytest.approx(10.1)
+    assert any("shorter than one 60-s window" in w for w in stats["warnings"])
+    s = jt.arrival_stats(jt.Trace(np.array([0.0, 1.0])))
+    assert s.window_rate["max"] == pytest.approx(2.0)  # 2 requests over the 1 s it covers
+    rates, shares = jt.Trace(np.arange(0.0, 130.0)).window_rates(60.0)
+    assert rates.tolist() == pytest.approx([1.0, 70 / 69])  # the last window absorbs the rest
+    assert shares.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "times,window,words",
+    [
+        ("0\n1\n1000000000\n", None, "windows of 60 s"),  # T2: 3 requests over 1e9 s
+        ("0\n1\n1e300\n", None, "windows of 60 s"),  # T3
+        ("0\n1\n2\n", "1e-300", "windows of 1e-300 s"),  # T3
+        ("0\n1\n2\n", "1e-9", "at most 10,000,000"),  # T2: 74.5 GiB asked before
+    ],
+)
+def test_window_counts_are_refused_past_ten_million_windows(tmp_path, times, window, words):
+    path = _write(tmp_path, "span.csv", "arrival_time\n" + times)
+    argv = ["trace", path] + (["--window", window] if window else [])
+    assert_refused(argv, words)
+
+
+def test_a_long_sparse_trace_is_described_in_bounded_memory(tmp_path):
+    """T2: 3 requests over 1e8 s asked 1.7 GB (1-s dispersion windows); windows beyond the
+    cap are left out of the dispersion, the rest is counted."""
+    import tracemalloc
+
+    tracemalloc.start()
+    s = jt.arrival_stats(jt.Trace(np.array([0.0, 1.0, 1e8])))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert 1.0 not in s.dispersion and peak < 200e6
+
+
+def test_a_span_a_double_cannot_hold_is_refused():
+    with pytest.raises(jt.InputError, match="span more seconds"):
+        jt.Trace(np.array([-1e308, 0.0, 1e308]))
+
+
+def test_batched_arrivals_are_warned_about_at_any_window(tmp_path):
+    """95% of requests arrive with another, over a trace shorter than 4 windows: said."""
+    times = np.repeat(np.arange(0.0, 50.0), 20)
+    s = jt.arrival_stats(jt.Trace(times))
+    assert any("arrive in batches" in w for w in s.warnings)
+    poisson = np.cumsum(np.random.default_rng(0).exponential(1.0, 500))
+    assert not any("batches" in w for w in jt.arrival_stats(jt.Trace(poisson)).warnings)
+
+
+def test_lines_split_at_newlines_only(tmp_path):
+    """T6: U+2028, NEL and a form feed inside a field are text, not line breaks."""
+    lines = [
+        json.dumps(
+            {
+                "timestamp": i * 1000,
+                "input_length": 1,
+                "output_length": 1,
+                "note": "a\u2028b\u0085c\x0c",
+            },
+            ensure_ascii=False,
+        )
+        for i in range(5)
+    ]
+    tr = jt.read_trace(_write(tmp_path, "u.jsonl", "\n".join(lines)))
+    assert len(tr) == 5
+    csv = "arrival_time,task\n" + "\n".join(f"{i},a\u2028b" for i in range(4)) + "\r\n"
+    tr = jt.read_trace(_write(tmp_path, "u.csv", csv))
+    assert len(tr) == 4 and tr.labels[0] == "a\u2028b"
+    bad = "arrival_time,task\n0,a\n1,b,c\n"
+    with pytest.raises(jt.InputError, match="line 3"):
+        jt.read_trace(_write(tmp_path, "b.csv", bad))
+
+
+def test_csv_fields_longer_than_128_kib_are_read(tmp_path):
+    """T5: a 200 KB prompt column is a field like any other."""
+    text = 'arrival_time,prompt\n0,"' + "w " * 100_000 + '"\n1,hi\n2,ho\n'
+    assert len(jt.read_trace(_write(tmp_path, "p.csv", text))) == 3
+    steps = "concurrency,tpot,note\n1,0.02," + "x" * 200_000 + "\n4,0.022,a\n16,0.028,b\n"
+    assert jt.fit_step_time(_write(tmp_path, "n.csv", steps)).tau1 > 0
