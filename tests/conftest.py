@@ -96,6 +96,9 @@ BAD_BYTES = b"\xff\xfe\x00\x81not utf-8"
 
 
 FAST = ["--num-queries", "200", "--num-replications", "2"]
+#: how many times more examples the fuzz tests draw: 1 in the suite, more in CI's long
+#: fuzz step (`JT_FUZZ_SCALE=8`, `.ci/run`)
+FUZZ_SCALE = max(int(os.environ.get("JT_FUZZ_SCALE", "1")), 1)
 #: the first 300 requests of public traces (licences in tests/data/traces/NOTICE.md)
 TRACES = Path(__file__).parent / "data" / "traces"
 TRACE_EXCERPT = TRACES / "AzureLLMInferenceTrace_conv_excerpt.csv"

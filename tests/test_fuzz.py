@@ -16,7 +16,7 @@ import json
 
 import jax
 import numpy as np
-from conftest import FAST, TRACE_EXCERPT, run_cli, strict_loads, table1_measurements
+from conftest import FAST, FUZZ_SCALE, TRACE_EXCERPT, run_cli, strict_loads, table1_measurements
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -116,7 +116,7 @@ def _argv(tmp_path, words, path=None):
     return [fill.get(w, w) if isinstance(w, str) else w for w in words]
 
 
-@settings(max_examples=24, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=24 * FUZZ_SCALE, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FILE_COMMANDS)), data=st.binary(max_size=200))
 def test_arbitrary_file_bytes_never_give_a_traceback(tmp_path, command, data):
     path = tmp_path / "input.dat"
@@ -154,7 +154,7 @@ TEXT_FILES = st.one_of(
 )
 
 
-@settings(max_examples=24, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=24 * FUZZ_SCALE, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FILE_COMMANDS)), text=TEXT_FILES)
 def test_arbitrary_text_files_never_give_a_traceback(tmp_path, command, text):
     path = tmp_path / "input.txt"
@@ -163,7 +163,7 @@ def test_arbitrary_text_files_never_give_a_traceback(tmp_path, command, text):
     _check_cli(argv, *run_cli(argv))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=30 * FUZZ_SCALE, deadline=None, suppress_health_check=FIXTURES)
 @given(command=st.sampled_from(sorted(FLAG_COMMANDS)), flags=FLAGS)
 def test_arbitrary_flags_never_give_a_traceback(tmp_path, command, flags):
     argv = _argv(tmp_path, [command, *FLAG_COMMANDS[command], *flags])
@@ -198,7 +198,7 @@ FILE_FUNCTIONS = {
 }
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=40 * FUZZ_SCALE, deadline=None, suppress_health_check=FIXTURES)
 @given(
     name=st.sampled_from(sorted(FILE_FUNCTIONS)),
     data=BYTES_OR_TEXT,
@@ -273,7 +273,7 @@ SIZE_FUNCTIONS = {
 }
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25 * FUZZ_SCALE, deadline=None)
 @given(name=st.sampled_from(sorted(SIZE_FUNCTIONS)), size=SIZES)
 def test_sizes_are_checked_before_anything_is_allocated(name, size):
     import matplotlib
@@ -281,6 +281,78 @@ def test_sizes_are_checked_before_anything_is_allocated(name, size):
     matplotlib.use("Agg")
     try:
         SIZE_FUNCTIONS[name](size)
+    except jt.InputError:
+        pass
+
+
+#: arbitrary window lengths and rates (seconds, requests/s), well-formed or not
+TIMES = st.sampled_from(
+    [
+        -1,
+        0,
+        1e-300,
+        5e-324,
+        1e-9,
+        0.5,
+        60,
+        1e300,
+        float("inf"),
+        float("nan"),
+        True,
+        "60",
+        None,
+        10**400,
+        [60.0],
+        1j,
+    ]
+)
+
+
+def _trace():
+    return jt.read_trace(TRACE_EXCERPT)
+
+
+#: every public function that takes a window length or a rate: how to call it with one
+TIME_FUNCTIONS = {
+    "arrival_stats": lambda x: jt.arrival_stats(_trace(), x),
+    "arrival_stats.windows": lambda x: jt.arrival_stats(_trace(), 60.0, windows=[x]),
+    "arrival_scv": lambda x: jt.arrival_scv(_trace(), x),
+    "plot_arrivals": lambda x: jt.plot_arrivals(_trace(), window=x),
+    "plan_windows": lambda x: jt.plan_windows(_w(), _trace(), x),
+    "read_request_log": lambda x: jt.read_request_log(TRACE_EXCERPT, ("a",), window=x),
+    "Trace.window_rates": lambda x: _trace().window_rates(x),
+    "Trace.window_counts": lambda x: _trace().window_counts(x),
+    "Trace.window_index": lambda x: _trace().window_index(x),
+    "Trace.window_lengths": lambda x: _trace().window_lengths(x),
+    "Trace.num_windows": lambda x: _trace().num_windows(x),
+    "simulate_batching.rate": lambda x: jt.simulate_batching(
+        _w(), np.zeros(6), jt.ContinuousBatching(), 200, 2, arrivals=_trace(), rate=x
+    ),
+    "simulate_batching.utilization": lambda x: jt.simulate_batching(
+        _w(), np.zeros(6), jt.ContinuousBatching(), 200, 2, arrivals=_trace(), utilization=x
+    ),
+    "Trace.rescaled": lambda x: _trace().rescaled(x),
+    "TimeVarying.from_trace": lambda x: jt.TimeVarying.from_trace(_trace(), x),
+    "simulate.rate": lambda x: jt.simulate(_w(), np.zeros(6), 200, 2, arrivals=_trace(), rate=x),
+    "simulate.utilization": lambda x: jt.simulate(
+        _w(), np.zeros(6), 200, 2, arrivals=_trace(), utilization=x
+    ),
+    "simulate.window": lambda x: jt.simulate(
+        _w(), np.zeros((1, 6)), 200, 2, arrivals=_trace(), window=x
+    ),
+}
+
+
+@settings(max_examples=30 * FUZZ_SCALE, deadline=None)
+@given(name=st.sampled_from(sorted(TIME_FUNCTIONS)), value=TIMES)
+def test_window_and_rate_arguments_return_or_raise_input_error(name, value):
+    """Window lengths and rates of any value: a result or an `InputError` naming the
+    argument, never an allocation sized by a stray value (T2, T3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    try:
+        TIME_FUNCTIONS[name](value)
     except jt.InputError:
         pass
 
@@ -352,5 +424,19 @@ def test_every_surface_has_its_fuzz():
         for i, size in enumerate(params):  # the plain entry draws the first size argument
             if f"{name}.{size}" not in SIZE_FUNCTIONS and not (i == 0 and name in SIZE_FUNCTIONS):
                 missing_sizes.append(f"{name}({size})")
+    missing_times = [
+        f"{name}({p})"
+        for name, fn in _public_functions()
+        for p in inspect.signature(fn).parameters
+        if p in ("window", "windows", "rate", "utilization")
+        and f"{name}.{p}" not in TIME_FUNCTIONS
+        and name not in TIME_FUNCTIONS
+    ]
+    for cls in (jt.Trace, jt.TimeVarying):  # the methods that take a window or a rate
+        for meth, fn in inspect.getmembers(cls, inspect.isroutine):
+            params = set(inspect.signature(fn).parameters) if not meth.startswith("_") else set()
+            if params & {"window", "rate"} and f"{cls.__name__}.{meth}" not in TIME_FUNCTIONS:
+                missing_times.append(f"{cls.__name__}.{meth}")
+    assert not missing_times, f"window or rate arguments without a fuzz test: {missing_times}"
     assert not missing_files, f"file readers without a fuzz test: {missing_files}"
     assert not missing_sizes, f"size arguments without a fuzz test: {missing_sizes}"

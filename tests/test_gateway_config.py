@@ -10,7 +10,7 @@ import socket
 import typing
 
 import pytest
-from conftest import assert_refused, run_cli, strict_loads
+from conftest import FUZZ_SCALE, assert_refused, run_cli, strict_loads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,7 +127,7 @@ _values = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300 * FUZZ_SCALE, deadline=None)
 @given(
     key=st.sampled_from([f.name for f in dataclasses.fields(gateway.GatewayConfig)]), value=_values
 )

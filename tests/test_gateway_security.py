@@ -21,6 +21,7 @@ import httpx
 import jax
 import openai
 import pytest
+from conftest import FUZZ_SCALE
 from fake_engine import Loopback
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -371,7 +372,7 @@ POLICIES = {
 _ints = st.one_of(st.none(), st.integers(-2, 10**7))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300 * FUZZ_SCALE, deadline=None)
 @given(
     which=st.sampled_from(sorted(POLICIES)),
     mct=_ints,
@@ -695,7 +696,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200 * FUZZ_SCALE, deadline=None)
 @given(
     body=st.dictionaries(
         st.sampled_from(sorted(client_fields("chat", "vllm") | set(REFUSED_FIELDS) | {"x"})),

@@ -224,8 +224,9 @@ class Trace:
         """Seconds each window of `window_index` covers: `window`, except the last, which
         absorbs the partial window after it (and is the whole trace when it is shorter than
         one window)."""
+        window = positive_number("window", window)
         num = self.num_windows(window)
-        lengths = np.full(num, float(window))
+        lengths = np.full(num, window)
         lengths[-1] = self.duration - window * (num - 1)
         return lengths
 
@@ -236,6 +237,7 @@ class Trace:
 
     def window_index(self, window: float) -> np.ndarray:
         """The window each request arrives in (the last partial window joins the one before)."""
+        window = positive_number("window", window)
         num = self.num_windows(window)
         idx = np.floor(self.arrival_times / window)
         return np.minimum(idx, num - 1).astype(np.int64)
@@ -252,7 +254,10 @@ MAX_WINDOWS = 10_000_000
 
 
 def positive_number(name: str, value: Any) -> float:
-    """`value` as a finite float > 0; `InputError` naming `name` otherwise."""
+    """`value` (a real number: not a string or a boolean) as a finite float > 0;
+    `InputError` naming `name` otherwise."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        raise InputError(f"{name}: expected a positive number, got {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError, OverflowError):
