@@ -475,6 +475,96 @@ def test_models_passes_through_and_the_operator_may_opt_routes_in(vllm_gw, recor
         assert httpx.get(gw.url + "/version", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/v1/models/%2e%2e/%2e%2e/metrics",
+        b"/v1/models/../../server_info",
+        b"/v1/models/..%2F..%2Fflush_cache",
+        b"/v1/models/.hidden",
+        b"/v1/models/a%20b",
+    ],
+)
+def test_a_pass_through_route_cannot_climb_to_other_engine_routes(vllm_gw, recorder, raw_path):
+    """A reviewer's finding: `..` below /v1/models reached any GET route of the engine,
+    with the gateway's own engine key (httpx normalised the dot segments)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", vllm_gw.port), timeout=10) as sock:
+        sock.sendall(b"GET " + raw_path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 404"), reply[:200]
+    assert recorder.paths == []
+    ok = httpx.get(vllm_gw.url + "/v1/models/meta-llama/Llama-3.2-3B", timeout=10)
+    assert ok.status_code == 200 and recorder.paths == ["GET /v1/models/meta-llama/Llama-3.2-3B"]
+
+
+def test_template_rendering_and_reasoning_keys_in_template_kwargs(vllm_gw, recorder):
+    """A reviewer's finding: a client's `chat_template` inside `chat_template_kwargs`, or a
+    template's own budget key, passed through."""
+    for key in ("chat_template", "add_generation_prompt", "tools"):
+        body = {"model": "m", "messages": MSG, "chat_template_kwargs": {key: "x"}}
+        one_line_error(post(vllm_gw, body), 400, f"chat_template_kwargs.{key}")
+    body = {
+        "model": "m",
+        "messages": MSG,
+        "chat_template_kwargs": {
+            "thinking_budget": 99999,
+            "thinking_mode": "on",
+            "enable_reasoning": True,
+            "custom_var": 3,
+        },
+    }
+    post(vllm_gw, body)
+    assert recorder.bodies[-1]["chat_template_kwargs"] == {"custom_var": 3}
+    for field in ("continue_final_message", "add_generation_prompt"):
+        one_line_error(post(vllm_gw, {"model": "m", "messages": MSG, field: True}), 400, field)
+
+
+def test_a_batch_of_prompts_is_one_budget_at_most_max_choices(vllm_gw, recorder):
+    body = {"model": "m", "prompt": ["a"] * 50, "max_tokens": 99999}
+    one_line_error(post(vllm_gw, body, path="/v1/completions"), 400, "prompt")
+    body = {"model": "m", "prompt": [[1, 2, 3]]}
+    one_line_error(post(vllm_gw, body, path="/v1/completions"), 400, "token ids")
+    assert post(vllm_gw, {"model": "m", "prompt": ["a"]}, path="/v1/completions").status_code == 200
+    assert (
+        recorder.bodies[-1]["max_tokens"]
+        == vllm_gw.policy["tasks"]["GSM8K"]["request"]["max_completion_tokens"]
+    )
+
+
+def test_only_allowed_headers_reach_the_engine(vllm_gw, recorder):
+    """A reviewer's finding: engines route by `X-Data-Parallel-Rank`, take `X-Request-Id`
+    as the request id and trust `X-Forwarded-For`; a non-ASCII header looked like an outage."""
+    headers = {
+        "X-Data-Parallel-Rank": "3",
+        "X-Request-Id": "dup",
+        "X-Forwarded-For": "1.2.3.4",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    }
+    assert post(vllm_gw, {"model": "m", "messages": MSG}, headers=headers).status_code == 200
+    sent = {k.lower() for k in recorder.headers[-1]}
+    assert not sent & {"x-data-parallel-rank", "x-request-id", "x-forwarded-for", "x-task-type"}
+    assert "traceparent" in sent
+    r = httpx.post(
+        vllm_gw.url + "/v1/chat/completions",
+        json={"model": "m", "messages": MSG},
+        headers={"User-Agent": "caf\u00e9".encode("latin-1")},
+        timeout=10,
+    )
+    one_line_error(r, 400, "not ASCII")
+    assert len(recorder.bodies) == 1
+
+
+def test_an_untrusted_client_cannot_name_its_task(recorder):
+    with start(recorder.url, trust_client_task=False, models={"m": "ARC-Challenge"}) as gw:
+        post(gw, {"model": "m", "messages": MSG, "metadata": {"task_type": "BBH"}}, task="BBH")
+        fields = httpx.get(gw.url + "/policy").json()["tasks"]["ARC-Challenge"]["request"]
+        assert recorder.bodies[-1]["thinking_token_budget"] == fields["thinking_token_budget"]
+
+
 # --------------------------------------------------------------------------- secrets (D5)
 
 

@@ -125,7 +125,9 @@ def serve(app, config: GatewayConfig, server_class: Any = None) -> None:
         port=config.port,
         log_level="warning",
         timeout_graceful_shutdown=int(config.shutdown_grace) + 5,
-        limit_concurrency=config.max_in_flight * 4 + 64,
+        timeout_keep_alive=5,
+        # no connection limit: uvicorn's would count idle sockets, so a client holding them
+        # could refuse everyone (503); the gateway's own admission bounds the requests
     )
     server = (server_class or _server_class())(uconfig)
     server.run()

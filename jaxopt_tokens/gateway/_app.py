@@ -21,6 +21,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -51,18 +52,10 @@ __all__ = ["build_app", "Gateway", "Admission", "Slot", "Upstream"]
 
 log = logging.getLogger("jaxopt_tokens.gateway")
 
-#: request headers not forwarded (hop-by-hop, recomputed, or the gateway's own credentials)
-_DROP_HEADERS = {
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "upgrade",
-    "accept-encoding",
-    "cookie",
-}
+#: the request headers forwarded to the engine (an allow-list: engines read routing, request
+#: ids and client addresses from headers too); `authorization` only when the gateway holds
+#: no key of its own
+_FORWARD_HEADERS = {"content-type", "accept", "user-agent", "traceparent", "tracestate", "baggage"}
 _DROP_RESPONSE = {
     "content-length",
     "connection",
@@ -189,8 +182,15 @@ class Upstream:
         if self.client is not None:
             await self.client.aclose()
 
-    def headers(self, request: Request, drop: set[str]) -> dict[str, str]:
-        out = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+    def headers(self, request: Request, forward: set[str]) -> dict[str, str]:
+        """The headers sent upstream: the allowed ones of `request` (ASCII only: 400
+        otherwise, before admission), `identity` encoding, and the gateway's key."""
+        out = {}
+        for k, v in request.headers.items():
+            if k.lower() in forward:
+                if not v.isascii():
+                    raise GatewayError(400, f"header {k}: not ASCII")
+                out[k] = v
         out["accept-encoding"] = "identity"  # a compressed stream is never relayed raw
         if self.key is not None:
             out["authorization"] = f"Bearer {self.key}"
@@ -468,10 +468,12 @@ class Gateway:
         return b"".join(chunks)
 
     def classify(self, request: Request, body: dict) -> str:
-        """The request's task: header, `metadata.task_type`, model name, classifier, prompt
-        rules, then the default task. Unknown names are counted and get the default."""
-        name = request.headers.get(self.config.task_header)
-        meta = body.get("metadata")
+        """The request's task: header, `metadata.task_type` (both only with
+        `trust_client_task`), model name, classifier, prompt rules, then the default task.
+        Unknown names are counted and get the default."""
+        trusted = self.config.trust_client_task
+        name = request.headers.get(self.config.task_header) if trusted else None
+        meta = body.get("metadata") if trusted else None
         if name is None and isinstance(meta, dict):
             value = meta.get(self.config.task_field)
             name = value if isinstance(value, str) else None
@@ -506,10 +508,10 @@ class Gateway:
         return encode_body(out), hide_usage
 
     def headers(self, request: Request) -> dict[str, str]:
-        drop = _DROP_HEADERS | {self.config.task_header.lower()}
-        if self.config.api_key is not None or self.config.upstream_key is not None:
-            drop = drop | {"authorization"}
-        return self.upstream.headers(request, drop)
+        forward = set(_FORWARD_HEADERS)
+        if self.config.api_key is None and self.config.upstream_key is None:
+            forward.add("authorization")  # the engine's own key, when the gateway has none
+        return self.upstream.headers(request, forward)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -544,15 +546,12 @@ async def _budgeted(gateway: Gateway, request: Request) -> Response:
     index = gateway.tasks.index(task)
     gateway.controller.load.arrival(index)  # offered load: counted before admission
     content, hide_usage = gateway.prepare(body, task, endpoint)
+    headers = gateway.headers(request)
     slot = gateway.admission.admit(task, index)
     outcome = "gateway_error"
     try:
         upstream = await gateway.upstream.send(
-            "POST",
-            _PATHS[endpoint],
-            content,
-            gateway.headers(request),
-            request.query_params,
+            "POST", _PATHS[endpoint], content, headers, request.query_params
         )
         if body.get("stream") and upstream.status_code == 200:
             relay = _Relay(gateway, upstream, slot, hide_usage)
@@ -588,9 +587,35 @@ def _answer(upstream: httpx.Response, raw: bytes, slot: Slot) -> Response:
     return _error(status, text, "invalid_request_error" if status < 500 else "upstream_error")
 
 
-async def _passthrough(gateway: Gateway, request: Request) -> Response:
-    gateway.authorize(request, gateway.config.api_key)
-    path = request.url.path
+#: a path segment below a pass-through route: no dot segments, no encoded characters
+_SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]*")
+
+
+def _passthrough_path(route: str, request: Request) -> str:
+    """The upstream path of a pass-through request: `route` itself, or `route/rest` where
+    every segment of `rest` is plain (404 for `..`, `.`, percent-encoding or backslashes,
+    which would otherwise reach other routes of the engine after normalisation)."""
+    rest = request.path_params.get("rest")
+    raw = request.scope.get("raw_path", b"")
+    if rest is None:
+        return route
+    if b"%" in raw or b"\\" in raw or not all(_SEGMENT.fullmatch(p) for p in rest.split("/")):
+        raise GatewayError(
+            404, f"{route}/...: not a plain path below the pass-through route", reason="not_found"
+        )
+    return f"{route}/{rest}"
+
+
+def _passthrough(route: str):
+    async def handler(gateway: Gateway, request: Request) -> Response:
+        gateway.authorize(request, gateway.config.api_key)
+        path = _passthrough_path(route, request)
+        return await _forward_get(gateway, request, path)
+
+    return handler
+
+
+async def _forward_get(gateway: Gateway, request: Request, path: str) -> Response:
     upstream = await gateway.upstream.send(
         "GET", path, b"", gateway.headers(request), request.query_params
     )
@@ -657,8 +682,9 @@ def routes_of(config: GatewayConfig) -> list[Route]:
     for path in ENDPOINTS:
         routes += [Route(p, _guarded(_budgeted), methods=["POST"]) for p in (path, path + "/")]
     for path in config.passthrough:
-        routes += [Route(path, _guarded(_passthrough), methods=["GET"])]
-        routes += [Route(path + "/{rest:path}", _guarded(_passthrough), methods=["GET"])]
+        handler = _guarded(_passthrough(path))
+        routes += [Route(path, handler, methods=["GET"])]
+        routes += [Route(path + "/{rest:path}", handler, methods=["GET"])]
     for path, handler in (
         ("/metrics", _metrics),
         ("/policy", _policy),

@@ -133,6 +133,9 @@ class GatewayConfig:
             or None (a learned classifier); imported when the configuration is checked.
         override_client_budget: the policy's budget replaces a client's lower one (by
             default a client may lower its budget; it can never raise it).
+        trust_client_task: take the task a client names (the `task_header` header,
+            `metadata.task_field`); False when clients are untrusted: a client could otherwise
+            claim the task with the largest budget, and steer the measured shares.
         api_key: the key clients must send (`Authorization: Bearer ...`) on the budgeted and
             pass-through routes; `env:NAME` reads it from the environment variable NAME.
         admin_key: the key for `/policy` and `/metrics` (same forms).
@@ -179,6 +182,7 @@ class GatewayConfig:
     default_task: str | None = None
     classifier: str | None = None
     override_client_budget: bool = False
+    trust_client_task: bool = True
     api_key: str | None = field(default=None, repr=False)
     admin_key: str | None = field(default=None, repr=False)
     upstream_key: str | None = field(default=None, repr=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -124,8 +125,6 @@ _VLLM_EXTRA = frozenset(
         "allowed_token_ids",
         "bad_words",
         "include_reasoning",
-        "add_generation_prompt",
-        "continue_final_message",
         "add_special_tokens",
         "documents",
         "mm_processor_kwargs",
@@ -150,7 +149,6 @@ _SGLANG_EXTRA = frozenset(
         "stop_regex",
         "no_stop_trim",
         "ignore_eos",
-        "continue_final_message",
         "skip_special_tokens",
         "separate_reasoning",
         "stream_reasoning",
@@ -213,7 +211,27 @@ REFUSED_FIELDS: dict[str, str] = {
     "return_hidden_states": "engine internals",
     "input_ids": "pre-tokenised input bypasses the gateway's classification",
     "stream_interval": "the gateway counts streamed tokens",
+    "add_generation_prompt": "a conversation rendered without the generation prompt can skip "
+    "the thinking switch",
+    "continue_final_message": "continuing an assistant message can reopen thinking the policy "
+    "turned off",
 }
+
+#: `chat_template_kwargs` keys that change how the conversation is rendered (refused)
+TEMPLATE_RENDERING = frozenset(
+    {
+        "chat_template",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tools",
+        "documents",
+        "conversation",
+        "messages",
+    }
+)
+#: `chat_template_kwargs` keys that read as a reasoning switch or budget: the gateway's
+_REASONING_KEY = re.compile(r"(?i)think|reason|budget|effort")
 
 _OWNED_ANY = frozenset().union(*OWNED_FIELDS.values())
 _EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
@@ -322,6 +340,21 @@ def check_body(body: Mapping[str, Any], allowed: frozenset[str], max_choices: in
         v = body.get(key)
         if v is not None and not (_is_int(v) and v >= 1):
             raise GatewayError(400, f"{key}: max tokens must be an integer >= 1, got {v!r}")
+    for key in TEMPLATE_RENDERING & set(body.get("chat_template_kwargs") or {}):
+        raise GatewayError(
+            400,
+            f"chat_template_kwargs.{key}: not accepted by the gateway (it changes how the "
+            "conversation is rendered)",
+        )
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and not (
+        1 <= len(prompt) <= max_choices and all(isinstance(p, str) for p in prompt)
+    ):
+        raise GatewayError(
+            400,
+            f"prompt: a string, or a list of at most {max_choices} string(s) (each prompt "
+            "is another budget; token ids bypass the gateway's classification)",
+        )
     budget = body.get("thinking_token_budget")
     if budget is not None and not (_is_int(budget) and budget >= -1):
         raise GatewayError(400, f"thinking_token_budget: an integer >= 0 (or -1), got {budget!r}")
@@ -385,7 +418,7 @@ def apply_policy(
     kwargs = {
         k: v
         for k, v in (body.get("chat_template_kwargs") or {}).items()
-        if k not in _THINKING_SWITCHES and k != "reasoning_effort"
+        if not _REASONING_KEY.search(k)  # every reasoning switch and budget is the gateway's
     }
     client_kwargs = body.get("chat_template_kwargs") or {}
     for switch in _THINKING_SWITCHES:
