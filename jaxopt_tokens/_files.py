@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -65,6 +66,8 @@ def read_text(path: str | Path, what: str, error: type[InputError] = InputError)
     """The UTF-8 text of `path` (a byte-order mark is dropped); `error` (an `InputError`)
     naming the file and `what` it holds when it is missing, not a regular file (a
     directory, a device, a FIFO), larger than `MAX_TEXT_BYTES`, unreadable or not UTF-8."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise error(f"{what}: a file path, got {type(path).__name__} {path!r:.40}")
     if str(path) == "":
         raise error(f"{what}: the file name is empty")
     p = Path(path)

@@ -240,7 +240,7 @@ def default_rtol(dtype, rtol: float | None) -> float:
     return 1e-9 if dtype == jnp.float64 else 1e-4
 
 
-def validate_members(w, load: Callable[[Any, Any], Any] | None = None):
+def validate_members(w, load: Callable[[Any, Any], Any] | None = None, valid: Any = True):
     """Validate every member of `w` once, under jit/vmap: `(status_in, ok_in, safe)`, the
     input status per member (`VALID` or the rejecting `Status`), whether it may be solved,
     and the workload with rejected members swapped for a harmless one so that the loops that
@@ -248,9 +248,14 @@ def validate_members(w, load: Callable[[Any, Any], Any] | None = None):
 
     `load(tokens, w)`: the server's load; a member whose load at zero tokens is not below 1
     by more than the dtype's rounding (a load computed as 1 - 2 eps is a server at its
-    capacity) is `UNSTABLE_INPUT`. `None`: the M/G/1 rule of `RULES`.
+    capacity) is `UNSTABLE_INPUT`. `None`: the M/G/1 rule of `RULES`. `valid`: whether the
+    model's own (possibly traced) parameters are in its domain; where not, `INVALID_INPUT`.
     """
     status_in = member_status(w, stability=load is None)
+    model_ok = jnp.broadcast_to(jnp.asarray(valid), status_in.shape)
+    status_in = jnp.where(
+        (status_in == VALID) & ~model_ok, Status.INVALID_INPUT, status_in
+    ).astype(jnp.int32)
     if load is not None:
         ok = status_in == VALID
         margin = 1 - 16 * jnp.finfo(w.dtype).eps

@@ -312,7 +312,8 @@ def test_time_varying_simulates_its_base_servers_queue():
     with jax.enable_x64(True):
         w = jt.default_workload()
         l = jnp.asarray(jt.solve(w).tokens)
-        sim = jt.simulate(w, l, model=model, num_queries=2000, num_replications=2)
+        trace = jt.Trace(np.cumsum(np.random.default_rng(0).exponential(10.0, 2000)))
+        sim = jt.simulate(w, l, model=model, num_replications=2, arrivals=trace)
         assert sim.discipline == "priority"
 
 

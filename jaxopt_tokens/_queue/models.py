@@ -95,6 +95,11 @@ class LatencyModel(eqx.Module):
     def check(self, w: Workload) -> None:
         """Raise `InputError` when the model cannot serve `w` (shape or settings)."""
 
+    def valid(self, w: Workload):
+        """Whether the model's own parameters are in its domain, per member (they may be
+        traced: an invalid member is then `INVALID_INPUT`, never solved); True by default."""
+        return jnp.asarray(True)
+
     def effective_workload(self, w: Workload) -> Workload:
         """The workload this model reads: `w` itself by default."""
         return w
@@ -158,6 +163,22 @@ class LatencyModel(eqx.Module):
         combos = jnp.clip(lo + bits.astype(tokens.dtype), 0, cap)
         values = jax.vmap(lambda l: self.objective(l, w))(combos)
         return combos[jnp.argmax(jnp.where(jnp.isfinite(values), values, -jnp.inf))]
+
+
+def _check_scv(value) -> None:
+    """A concrete `arrival_scv`: a real, finite scalar >= 0 (not a bool, string or complex)."""
+    if not is_concrete(value):
+        return  # traced: judged per member by `Kingman.valid`
+    bad = isinstance(value, (bool, str, bytes, np.bool_)) or np.iscomplexobj(value)
+    if not bad:
+        try:
+            ca = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            bad = True
+        else:
+            bad = ca.ndim != 0 or not (np.isfinite(ca) and ca >= 0) or ca.dtype == np.bool_
+    if bad:
+        raise InputError(f"arrival_scv: a finite real scalar >= 0, got {value!r}")
 
 
 def _outside_inf(tokens, times):
@@ -332,16 +353,20 @@ class Kingman(FIFO):
 
     arrival_scv: ArrayLike = 1.0
 
+    def __check_init__(self):
+        _check_scv(self.arrival_scv)
+
     @property
     def structure(self) -> str:
         return "general"
 
     def check(self, w: Workload) -> None:
         super().check(w)
-        if is_concrete(self.arrival_scv):
-            ca = np.asarray(self.arrival_scv, dtype=float)
-            if ca.ndim or not (np.isfinite(ca) and ca >= 0):
-                raise InputError(f"arrival_scv: a finite scalar >= 0, got {self.arrival_scv!r}")
+        _check_scv(self.arrival_scv)
+
+    def valid(self, w: Workload):
+        ca = jnp.asarray(self.arrival_scv)
+        return jnp.isfinite(ca) & (ca >= 0)
 
     def objective(self, tokens, w):
         return latency_objective(tokens, w, self)
@@ -387,6 +412,10 @@ class TimeVarying(LatencyModel):
     base: LatencyModel = eqx.field(default_factory=FIFO)
 
     def __post_init__(self):
+        for name in ("rate_factors", "weights"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind not in "iuf":
+                raise InputError(f"{name}: real numbers, one per window, got {value!r}")
         f = np.asarray(self.rate_factors, dtype=float)
         q = np.asarray(self.weights, dtype=float)
         if f.ndim != 1 or f.shape != q.shape or f.size == 0:
@@ -411,6 +440,8 @@ class TimeVarying(LatencyModel):
     def from_trace(cls, trace, window: float, base: LatencyModel | None = None) -> TimeVarying:
         """The windows of `trace` (a `Trace`) of `window` seconds: each one's rate over the
         trace's mean rate, weighted by its requests."""
+        if not hasattr(trace, "window_rates"):
+            raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
         rates, weights = trace.window_rates(window)
         return cls(
             rate_factors=rates / trace.mean_rate,

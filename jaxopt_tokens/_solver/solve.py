@@ -185,7 +185,7 @@ def _stop_gradient(problem: Problem) -> Problem:
 @eqx.filter_jit
 def _drive(solver: AbstractSolver, model: LatencyModel, w: Workload, start) -> Solution:
     w = model.effective_workload(w)
-    status_in, ok_in, safe = validate_members(w, model.load)  # the only validation
+    status_in, ok_in, safe = validate_members(w, model.load, model.valid(w))  # the only one
     start = jax.lax.stop_gradient(start)  # the answer does not depend on where it started
     shape = w.batch_shape
     if not shape:

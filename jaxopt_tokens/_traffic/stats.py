@@ -206,6 +206,8 @@ def arrival_stats(
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
     window = positive_number("window", window)
+    if isinstance(windows, (str, bytes)) or not hasattr(windows, "__iter__"):
+        raise InputError(f"windows: a sequence of window lengths in seconds, got {windows!r}")
     sizes = sorted({positive_number("windows", w) for w in windows})
     sizes = [w for w in sizes if trace.duration / w <= MAX_WINDOWS]  # too fine for this span
     rates, _ = trace.window_rates(window)
@@ -237,9 +239,27 @@ def arrival_stats(
     )
 
 
+def _check_figure_path(path) -> None:
+    """Refuse a figure path that is empty, a directory, or in a directory that does not
+    exist (matplotlib would add an extension, or fail with a raw error)."""
+    if not isinstance(path, (str, Path)) or str(path) == "":
+        raise InputError(f"path: a figure file name such as arrivals.png, got {path!r}")
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"path: {p} is a directory; give a file name such as {p}/arrivals.png")
+    if not p.parent.is_dir():
+        raise InputError(f"path: the directory {p.parent} does not exist")
+    if not p.suffix:
+        raise InputError(f"path: {p} has no extension (.png, .svg, .pdf)")
+
+
 def plot_arrivals(trace: Trace, path=None, *, window: float = 60.0):
     """A figure of the rate per window over time and the index of dispersion against the
     window length (saved to `path` when given); returns the matplotlib figure."""
+    if not isinstance(trace, Trace):
+        raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
+    if path is not None:
+        _check_figure_path(path)
     import matplotlib
 
     if path is not None:

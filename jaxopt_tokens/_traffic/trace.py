@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._errors import InputError
-from .._files import csv_reader, read_text, text_lines
+from .._files import csv_reader, parse_number, read_text, text_lines
 
 __all__ = [
     "Trace",
@@ -92,7 +92,7 @@ class Trace:
     start: str | None = field(default=None)
 
     def __post_init__(self):
-        t = np.asarray(self.arrival_times, dtype=np.float64)
+        t = _reals(self.source, "arrival_times", self.arrival_times)
         if t.ndim != 1 or t.size < 2:
             raise InputError(
                 f"{self.source}: a trace needs at least two requests, got "
@@ -111,7 +111,7 @@ class Trace:
             x = getattr(self, name)
             if x is None:
                 continue
-            x = np.asarray(x, dtype=np.float64)
+            x = _reals(self.source, name, x)
             if x.shape != (order.size,):
                 raise InputError(f"{self.source}: {name} must have one value per request")
             if not np.all(np.isfinite(x) & (x >= 0)):
@@ -152,6 +152,11 @@ class Trace:
 
     def between(self, start: float, stop: float) -> Trace:
         """The requests that arrive in `[start, stop)` seconds (times from the new first one)."""
+        for name, value in (("start", start), ("stop", stop)):
+            if isinstance(value, (bool, str, bytes)) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise InputError(f"{name}: seconds from the first request, got {value!r}")
         keep = (self.arrival_times >= start) & (self.arrival_times < stop)
         if keep.sum() < 2:
             raise InputError(f"start, stop: fewer than two requests in [{start:g}, {stop:g}) s")
@@ -193,7 +198,11 @@ class Trace:
         if not isinstance(bands, dict) or not bands:
             raise InputError("bands: a non-empty mapping of label to upper bound")
         names = list(bands)
-        bounds = np.asarray([float(bands[k]) for k in names])
+        try:
+            bounds = np.asarray([parse_number(bands[k], f"bands[{k!r}]", finite=False)
+                                 for k in names])
+        except InputError as e:
+            raise InputError(f"bands: upper bounds are numbers ({e})") from None
         if np.any(np.isnan(bounds)) or np.any(np.diff(bounds) <= 0):
             raise InputError(f"bands: upper bounds must increase, got {dict(bands)}")
         index = np.searchsorted(bounds, values, side="left")
@@ -251,6 +260,17 @@ class Trace:
 
 #: the most windows a trace statistic counts over (8 bytes each)
 MAX_WINDOWS = 10_000_000
+
+
+def _reals(source: str, name: str, value: Any) -> np.ndarray:
+    """`value` as a float64 array of real numbers; `InputError` naming `name` otherwise."""
+    arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if arr.dtype.kind not in "iuf":
+        raise InputError(
+            f"{source}: {name}: expected real numbers, got {arr.dtype.name} values "
+            f"({str(value)[:40]})"
+        )
+    return np.asarray(arr, dtype=np.float64)
 
 
 def positive_number(name: str, value: Any) -> float:
