@@ -106,3 +106,21 @@ def test_csv_fields_longer_than_128_kib_are_read(tmp_path):
     assert len(jt.read_trace(_write(tmp_path, "p.csv", text))) == 3
     steps = "concurrency,tpot,note\n1,0.02," + "x" * 200_000 + "\n4,0.022,a\n16,0.028,b\n"
     assert jt.fit_step_time(_write(tmp_path, "n.csv", steps)).tau1 > 0
+
+
+def test_an_offset_with_fractional_seconds_is_refused_not_shifted(tmp_path):
+    """A4: Python 3.11 drops the fraction of a UTC offset such as +00:00:00.5; the times
+    were silently 0.5 s off."""
+    text = (
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.000000+00:00:00.500000,1,1\n"
+        "2023-11-16 18:15:47.000000+00:00,1,1\n2023-11-16 18:15:48.000000+00:00,1,1\n"
+    )
+    with pytest.raises(jt.InputError, match="line 2.*fractional seconds"):
+        jt.read_trace(_write(tmp_path, "o.csv", text))
+    ok = text.replace("+00:00:00.500000", "+01:00")
+    assert jt.read_trace(_write(tmp_path, "k.csv", ok)).arrival_times.tolist() == [
+        0.0,
+        3601.0,
+        3602.0,
+    ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -287,15 +288,24 @@ def positive_number(name: str, value: Any) -> float:
     return x
 
 
-def _iso_seconds(text: str) -> tuple[float, dt.datetime]:
-    """Seconds since the epoch of an ISO 8601 date-time (a naive one is taken as UTC)."""
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _iso_seconds(text: str) -> tuple[int, int, dt.datetime]:
+    """(whole seconds, microseconds) since the epoch of an ISO 8601 date-time, exactly (the
+    instant in UTC, so an offset with fractional seconds moves the microseconds too), and the
+    date-time itself; a naive one is taken as UTC."""
     s = text.strip()
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
+    if re.search(r"[+-]\d{2}:?\d{2}:?\d{2}\.\d+$", s):
+        # valid ISO 8601, but Python 3.11 drops the offset's fraction: never a silent shift
+        raise ValueError("a UTC offset with fractional seconds")
     t = dt.datetime.fromisoformat(s)
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.timezone.utc)
-    return t.timestamp(), t
+    delta = t - _EPOCH  # exact: timedelta arithmetic in microseconds
+    return delta.days * 86400 + delta.seconds, delta.microseconds, t
 
 
 def parse_times(values: list[str], unit: TimeUnit, where) -> tuple[np.ndarray, str | None]:
@@ -333,15 +343,22 @@ def parse_times(values: list[str], unit: TimeUnit, where) -> tuple[np.ndarray, s
     base = 0.0
     for i, v in enumerate(values):
         try:
-            sec, t = _iso_seconds(str(v))
-        except (ValueError, OverflowError, OSError):
+            whole, micro, t = _iso_seconds(str(v))
+        except ValueError as e:
+            if "fractional" in str(e):
+                raise InputError(f"{where(i)}: {v!r}: {e} is not supported") from None
+            raise InputError(
+                f"{where(i)}: {v!r} is not a time (seconds, or an ISO 8601 date-time such as "
+                "2023-11-16 18:15:46.68)"
+            ) from None
+        except (OverflowError, OSError):
             raise InputError(
                 f"{where(i)}: {v!r} is not a time (seconds, or an ISO 8601 date-time such as "
                 "2023-11-16 18:15:46.68)"
             ) from None
         if first is None:
-            first, base = t, math.floor(sec)
-        out[i] = (math.floor(sec) - base) + t.microsecond * 1e-6
+            first, base = t, whole
+        out[i] = (whole - base) + micro * 1e-6
     return out, None if first is None else first.isoformat()
 
 
