@@ -446,3 +446,15 @@ def test_fit_cli_inputs_and_outputs(files):
     assert_refused(["fit", m, "-o", files / "keep.txt" / "w.toml"], "not a directory")
     assert_refused(["fit", m, "-o", files / "full"], "directory")
     assert (files / "keep.txt").read_text() == "keep me"
+
+
+def test_a_share_table_with_a_task_twice_is_refused(tmp_path):
+    """A5: duplicate rows were summed without a word (GSM8K 2/7 of the traffic)."""
+    table = tmp_path / "s.csv"
+    table.write_text("task,share\na,1\nb,1\na,1\n")
+    with pytest.raises(jt.InputError, match="line 4: task 'a' again"):
+        jt.read_request_log(table, ("a", "b"))
+    per_request = tmp_path / "r.csv"  # one row per request: repeats are the data
+    per_request.write_text("task\na\nb\na\n")
+    shares, rate = jt.read_request_log(per_request, ("a", "b"))
+    assert shares.tolist() == pytest.approx([2 / 3, 1 / 3]) and rate is None

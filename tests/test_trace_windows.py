@@ -124,3 +124,15 @@ def test_an_offset_with_fractional_seconds_is_refused_not_shifted(tmp_path):
         3601.0,
         3602.0,
     ]
+
+
+def test_a_replay_rate_that_overloads_names_the_flag(tmp_path):
+    """A6: the refusal named the workload field 'arrival_rate', which the user did not set."""
+    path = _write(tmp_path, "t.csv", "arrival_time\n0\n1\n2\n3\n")
+    assert_refused(
+        ["simulate", "--arrivals", path, "--replay-rate", "1e300", "--num-replications", "2"],
+        "--replay-rate 1e+300",
+        "overloads the server",
+    )
+    with pytest.raises(jt.InputError, match="^rate: "):
+        jt.simulate(jt.default_workload(), np.zeros(6), arrivals=jt.read_trace(path), rate=1e3)

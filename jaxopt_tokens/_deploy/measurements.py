@@ -185,7 +185,14 @@ def read_request_log(
         raise InputError(f"{source}: bands label a log without a 'task' column; this one has it")
     column = "share" if "share" in header else "count" if "count" in header else None
     names, weights = [], []
+    seen: dict[str, int] = {}
     for lineno, row in rows if "task" in header else ():
+        if column is not None and row["task"] in seen:  # a share table: one row a task
+            raise InputError(
+                f"{source}, line {lineno}: task {row['task']!r} again (first on line "
+                f"{seen[row['task']]}): a share table has one row per task"
+            )
+        seen[row["task"]] = lineno
         if row["task"] not in tasks:
             raise InputError(
                 f"{source}, line {lineno}: task {row['task']!r} is not in the measurements "

@@ -176,6 +176,14 @@ def replay_for(
     the workload at the replayed mean rate (the one its predictions are made at)."""
     unit = w.replace(arrival_rate=jnp.ones((), w.dtype))
     replay = prepare_replay(arrivals, w, tokens, lambda l: model.load(l, unit), **settings)
+    if settings.get("rate") is not None:  # the caller's rate: judged here, named as theirs
+        per = float(np.asarray(model.load(jnp.zeros(w.num_tasks, w.dtype), unit)))
+        if not float(np.asarray(replay.rate)) * per < 1:
+            raise InputError(
+                f"rate: {settings['rate']!r} requests/s overloads the server even without "
+                f"reasoning (load {float(np.asarray(replay.rate)) * per:.3g} at zero tokens); "
+                f"replay below {1 / per:.4g} requests/s"
+            )
     return replay, w.replace(arrival_rate=jnp.asarray(replay.rate, w.dtype))
 
 

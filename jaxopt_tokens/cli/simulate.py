@@ -248,17 +248,24 @@ def run(args: argparse.Namespace) -> int:
         model = _latency_model(args, w, _priority_order(args, w)) if server is None else server
         policies = np.stack([_policy(s, w, model) for s in specs])
         kwargs = {"noise": args.noise} if server is None else {}
-        result = simulate(
-            w,
-            policies,
-            args.num_queries,
-            args.num_replications,
-            key,
-            model=model,
-            warmup=args.warmup,
-            **kwargs,
-            **replay,
-        )
+        try:
+            result = simulate(
+                w,
+                policies,
+                args.num_queries,
+                args.num_replications,
+                key,
+                model=model,
+                warmup=args.warmup,
+                **kwargs,
+                **replay,
+            )
+        except InputError as e:  # the API's argument names, said as this command's flags
+            text = str(e)
+            for name, flag in (("rate: ", "--replay-rate "), ("utilization: ", "--utilization ")):
+                if text.startswith(name):
+                    raise InputError(flag + text[len(name) :]) from None
+            raise
         if server is None:
             rows, discipline, what = ROWS, args.discipline, "M/G/1 server"
         else:
