@@ -136,3 +136,25 @@ def test_a_replay_rate_that_overloads_names_the_flag(tmp_path):
     )
     with pytest.raises(jt.InputError, match="^rate: "):
         jt.simulate(jt.default_workload(), np.zeros(6), arrivals=jt.read_trace(path), rate=1e3)
+
+
+def test_a_request_without_its_token_count_keeps_its_arrival(tmp_path):
+    """T7: a row with an empty token field left the arrival sequence (the rate ~10% low);
+    now the arrival stays, the incomplete column is left out and every output says so."""
+    rows = ["arrival_time,output_tokens"] + [
+        f"{i},{'' if i % 10 == 3 else 100}" for i in range(300)
+    ]
+    path = _write(tmp_path, "log.csv", "\n".join(rows) + "\n")
+    tr = jt.read_trace(path)
+    assert len(tr) == 300 and tr.output_tokens is None
+    assert "30 of 300 requests lack it" in tr.dropped[0][0]
+    rc, out, err = run_cli(["trace", path])
+    assert rc == 0 and "30 of 300" in out
+    rc, out, err = run_cli(["trace", path, "--format", "json"])
+    assert strict_loads(out)["num_requests"] == 300
+    with pytest.raises(jt.InputError, match="30 of 300 requests lack it"):
+        jt.read_request_log(path, ("short", "long"), bands={"short": 50, "long": np.inf})
+    labels = ["arrival_time,task"] + [f"{i},{'' if i == 7 else 'a'}" for i in range(20)]
+    log = _write(tmp_path, "tasks.csv", "\n".join(labels) + "\n")
+    with pytest.raises(jt.InputError, match="a task on every request"):
+        jt.read_request_log(log, ("a",))

@@ -57,9 +57,10 @@ def test_the_public_trace_excerpts_are_read_in_their_formats():
 def test_generic_and_burstgpt_files(tmp_path, name, text, first_gap):
     path = tmp_path / name
     path.write_text(text)
-    if first_gap is None:  # a JSON lines file missing a token field names the line
-        with pytest.raises(jt.InputError, match="line 2: missing field 'output_tokens'"):
-            jt.read_trace(path)
+    if first_gap is None:  # a JSON lines file missing a token field: the arrival is kept
+        trace = jt.read_trace(path)
+        assert len(trace) == 2 and trace.output_tokens is None
+        assert "1 of 2 requests lack it" in trace.dropped[0][0]
         return
     trace = jt.read_trace(path)
     assert trace.arrival_times[1] == pytest.approx(first_gap)
@@ -93,12 +94,18 @@ def test_bad_trace_files_name_file_line_and_column(tmp_path, text, needle):
     assert_refused(["trace", path], needle.split(",")[0].replace("\\", ""))
 
 
-def test_rows_with_empty_fields_are_dropped_and_counted(tmp_path):
+def test_rows_without_a_time_are_dropped_and_counted_the_rest_kept(tmp_path):
+    """A row without a time has no arrival; a row without its token count keeps its arrival
+    (the incomplete column is left out, and said)."""
     path = tmp_path / "t.csv"
     path.write_text("arrival_time,output_tokens\n0,1\n,2\n1,\n2,3\n")
     trace = jt.read_trace(path)
-    assert len(trace) == 2
-    assert dict(trace.dropped) == {"empty 'arrival_time'": 1, "empty 'output_tokens'": 1}
+    assert len(trace) == 3 and trace.output_tokens is None
+    assert dict(trace.dropped) == {
+        "empty 'arrival_time'": 1,
+        "column 'output_tokens': 1 of 3 requests lack it (the column is left out; every "
+        "arrival is kept)": 1,
+    }
 
 
 # ----------------------------------------------------------------------------- describing

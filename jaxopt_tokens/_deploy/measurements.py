@@ -193,6 +193,11 @@ def read_request_log(
                 f"{seen[row['task']]}): a share table has one row per task"
             )
         seen[row["task"]] = lineno
+        if not row["task"]:
+            raise InputError(
+                f"{source}, line {lineno}: no task: the shares need a task on every request "
+                "(label it, or remove the row)"
+            )
         if row["task"] not in tasks:
             raise InputError(
                 f"{source}, line {lineno}: task {row['task']!r} is not in the measurements "
@@ -219,6 +224,12 @@ def read_request_log(
         trace = trace.labelled(bands, band_column)
     elif "task" not in header:
         trace = replace(trace, labels=(tasks[0],) * len(trace))
+    if trace.labels is None:  # a 'task' column some requests lack
+        why = "; ".join(r for r, _ in trace.dropped)
+        raise InputError(
+            f"{source}: the shares need a task on every request ({why}): label them, or "
+            "remove the rows (the rate would then leave those requests out too)"
+        )
     _warn_rates(trace, window)
     return _shares(trace.labels, tasks, source, None), trace.mean_rate
 

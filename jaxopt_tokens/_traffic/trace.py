@@ -195,7 +195,10 @@ class Trace:
             raise InputError(f"column: 'input_tokens' or 'output_tokens', got {column!r}")
         values = getattr(self, column)
         if values is None:
-            raise InputError(f"column: the trace {self.source} has no {column}")
+            why = "; ".join(r for r, _ in self.dropped if "left out" in r)
+            raise InputError(
+                f"column: the trace {self.source} has no {column}" + (f" ({why})" if why else "")
+            )
         if not isinstance(bands, dict) or not bands:
             raise InputError("bands: a non-empty mapping of label to upper bound")
         names = list(bands)
@@ -417,6 +420,15 @@ def _from_columns(
         return lambda i: f"{source}, line {lines[i]}, column {col!r}"
 
     times, start = parse_times(columns["time"], unit, where_of("time"))
+    for role in ("input", "output", "label"):  # an arrival is kept without its count or label
+        empty = sum(v is None for v in columns[role]) if names[role] is not None else 0
+        if empty:
+            reason = (
+                f"column {names[role]!r}: {empty} of {len(times)} requests lack it (the column "
+                "is left out; every arrival is kept)"
+            )
+            dropped[reason] = empty
+            names = {**names, role: None}
     tokens = {}
     for role in ("input", "output"):
         if names[role] is not None:
@@ -471,14 +483,13 @@ def _read_csv(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
                 f"{source}, line {lineno}: expected {len(header)} fields ({', '.join(header)}), "
                 f"got {len(values)}"
             )
-        empty = [names[r] for r, i in index.items() if not values[i].strip()]
-        if empty:
-            reason = f"empty {empty[0]!r}"
+        if not values[index["time"]].strip():
+            reason = f"empty {names['time']!r}"
             dropped[reason] = dropped.get(reason, 0) + 1
             continue
         lines.append(lineno)
         for role, i in index.items():
-            columns[role].append(values[i].strip())
+            columns[role].append(values[i].strip() or None)
     return _from_columns(source, fmt, lines, columns, names, unit, dropped)
 
 
@@ -521,17 +532,17 @@ def _read_jsonl(source: str, text: str, fmt: str, unit: TimeUnit) -> Trace:
     lines: list[int] = []
     dropped: dict[str, int] = {}
     for lineno, rec in records:
-        missing = [c for r, c in names.items() if c is not None and rec.get(c) is None]
-        if missing and missing[0] == names["time"] or (missing and fmt == "mooncake"):
-            reason = f"no {missing[0]!r}"
+        if rec.get(names["time"]) is None:
+            reason = f"no {names['time']!r}"
             dropped[reason] = dropped.get(reason, 0) + 1
             continue
-        if missing:
-            raise InputError(f"{source}, line {lineno}: missing field {missing[0]!r}")
         for role, c in names.items():
             if c is None:
                 continue
-            v = rec[c]
+            v = rec.get(c)
+            if v is None:  # kept: the arrival stands; `_from_columns` leaves the column out
+                columns[role].append(None)
+                continue
             if isinstance(v, bool) or isinstance(v, (list, dict)):
                 raise InputError(
                     f"{source}, line {lineno}, field {c!r}: expected a value, got {v!r}"

@@ -277,6 +277,11 @@ def run(args: argparse.Namespace) -> int:
         summary = result.summary(args.level)
     report = {
         "policies": specs,
+        **(
+            {"arrivals_left_out": dict(replay["arrivals"].dropped)}
+            if replay and replay["arrivals"].dropped
+            else {}
+        ),
         "tasks": list(w.task_names),
         "tokens": policies.tolist(),
         "num_queries": result.num_queries,

@@ -90,4 +90,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(t)
     for note in stats.warnings:
         console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+    for reason, rows in trace.dropped:
+        console.print(f"[yellow]left out:[/] {reason} ({rows} rows)", soft_wrap=True)
     return 0
