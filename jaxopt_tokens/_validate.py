@@ -253,9 +253,9 @@ def validate_members(w, load: Callable[[Any, Any], Any] | None = None, valid: An
     """
     status_in = member_status(w, stability=load is None)
     model_ok = jnp.broadcast_to(jnp.asarray(valid), status_in.shape)
-    status_in = jnp.where(
-        (status_in == VALID) & ~model_ok, Status.INVALID_INPUT, status_in
-    ).astype(jnp.int32)
+    status_in = jnp.where((status_in == VALID) & ~model_ok, Status.INVALID_INPUT, status_in).astype(
+        jnp.int32
+    )
     if load is not None:
         ok = status_in == VALID
         margin = 1 - 16 * jnp.finfo(w.dtype).eps

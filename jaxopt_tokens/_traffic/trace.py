@@ -203,8 +203,9 @@ class Trace:
             raise InputError("bands: a non-empty mapping of label to upper bound")
         names = list(bands)
         try:
-            bounds = np.asarray([parse_number(bands[k], f"bands[{k!r}]", finite=False)
-                                 for k in names])
+            bounds = np.asarray(
+                [parse_number(bands[k], f"bands[{k!r}]", finite=False) for k in names]
+            )
         except InputError as e:
             raise InputError(f"bands: upper bounds are numbers ({e})") from None
         if np.any(np.isnan(bounds)) or np.any(np.diff(bounds) <= 0):
