@@ -16,7 +16,15 @@ import numpy as np
 
 from ._errors import InputError
 
-__all__ = ["read_text", "csv_rows", "csv_reader", "text_lines", "parse_number", "MAX_TEXT_BYTES"]
+__all__ = [
+    "read_text",
+    "csv_rows",
+    "csv_reader",
+    "field_limit",
+    "text_lines",
+    "parse_number",
+    "MAX_TEXT_BYTES",
+]
 
 
 def parse_number(
@@ -62,7 +70,7 @@ def parse_number(
 MAX_TEXT_BYTES = 256 << 20
 
 
-def read_text(path: str | Path, what: str, error: type[InputError] = InputError) -> str:
+def read_text(path: str | os.PathLike, what: str, error: type[InputError] = InputError) -> str:
     """The UTF-8 text of `path` (a byte-order mark is dropped); `error` (an `InputError`)
     naming the file and `what` it holds when it is missing, not a regular file (a
     directory, a device, a FIFO), larger than `MAX_TEXT_BYTES`, unreadable or not UTF-8."""
@@ -85,8 +93,14 @@ def read_text(path: str | Path, what: str, error: type[InputError] = InputError)
             f"{MAX_TEXT_BYTES >> 20} MiB)"
         )
     try:
-        with p.open("rb") as f:
-            data = f.read(MAX_TEXT_BYTES + 1)
+        with p.open("rb") as f:  # by chunks: one read of the cap would allocate the cap
+            chunks, size = [], 0
+            while size <= MAX_TEXT_BYTES and (chunk := f.read(1 << 20)):
+                chunks.append(chunk)
+                size += len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_TEXT_BYTES:  # it grew since the check
+            raise error(f"{p}: too large for a {what} file (at most {MAX_TEXT_BYTES >> 20} MiB)")
         return data.decode("utf-8-sig")
     except OSError as e:
         raise error(f"{p}: cannot read {what} file ({e.strerror or e})") from None
@@ -106,7 +120,7 @@ def text_lines(text: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _field_limit() -> Iterator[None]:
+def field_limit() -> Iterator[None]:
     """csv's per-field limit raised to the largest file a reader takes, then restored."""
     old = csv.field_size_limit()
     csv.field_size_limit(max(old, MAX_TEXT_BYTES))
@@ -119,7 +133,7 @@ def _field_limit() -> Iterator[None]:
 def csv_reader(lines: Iterable[str]) -> list[list[str]]:
     """Every row of the CSV `lines` (one row a line), with no per-field size limit below
     the file cap (a 200 KB prompt column is a field like any other)."""
-    with _field_limit():
+    with field_limit():
         try:
             return list(csv.reader(lines))
         except csv.Error as e:

@@ -158,3 +158,18 @@ def test_a_request_without_its_token_count_keeps_its_arrival(tmp_path):
     log = _write(tmp_path, "tasks.csv", "\n".join(labels) + "\n")
     with pytest.raises(jt.InputError, match="a task on every request"):
         jt.read_request_log(log, ("a",))
+
+
+def test_reading_a_trace_costs_a_bounded_multiple_of_its_file(tmp_path):
+    """T4: 40-64x the file (a 250-MiB trace needed ~10 GB); every text file's read also
+    allocated the 256-MiB cap up front. Now about 15x for a CSV, checked before reading."""
+    import tracemalloc
+
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_time\n" + "\n".join(str(i) for i in range(200_000)) + "\n")
+    size = path.stat().st_size
+    tracemalloc.start()
+    assert len(jt.read_trace(path)) == 200_000
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * size, peak / size
