@@ -402,7 +402,8 @@ class TimeVarying(LatencyModel):
     $E[T_k] = \sum_j q_j E[T_k]^{\text{base}}(\lambda f_j)$ with $q_j$ the share of requests
     that arrive in window j (`weights`); `+inf` when any window with requests is overloaded.
     It holds when windows are long against the queue's relaxation time and the rate within a
-    window is steady (docs *Real traffic*). `TimeVarying.from_trace` measures $f_j$, $q_j$.
+    window is steady, and rates differ between windows by more than their counting noise
+    (docs *Real traffic*, where it is measured against replay). `TimeVarying.from_trace` measures $f_j$, $q_j$.
     The workload's `arrival_rate` is the mean rate $\lambda$; $\sum_j q_j f_j^{-1}$ need not
     be 1 (windows of different activity).
     """
