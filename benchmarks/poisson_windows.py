@@ -20,7 +20,9 @@ def main() -> None:
         tokens = jnp.asarray(jt.solve(w).tokens)
         mean_service = float(jt.service_moments(tokens, w)[0])
         rng = np.random.default_rng(0)
-        print("utilization  window  replay E[T] (95% CI)        PK     TimeVarying  max window load")
+        print(
+            "utilization  window  replay E[T] (95% CI)        PK     TimeVarying  max window load"
+        )
         for rho in (0.6, 0.85):
             rate = rho / mean_service
             trace = jt.Trace(np.cumsum(rng.exponential(1 / rate, 20_000)))

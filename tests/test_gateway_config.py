@@ -142,3 +142,36 @@ def test_any_value_of_any_key_is_accepted_or_refused_naming_the_key(key, value):
             value,
             str(e),
         )
+
+
+def test_the_docs_configuration_block_shows_the_defaults():
+    """D14: the docs listed host = "0.0.0.0" beside keys shown at their defaults (the
+    default is 127.0.0.1). Every key the block shows without an example's comment is at its
+    default."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text()
+    block = re.search(r"## Configuration.*?```toml\n(.*?)```", text, re.S).group(1)
+    shown = tomllib.loads(block)
+    examples = {
+        "upstream",
+        "workload",
+        "default_task",
+        "classifier",
+        "api_key",
+        "admin_key",
+        "upstream_key",
+        "models",
+        "rules",
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(gateway.GatewayConfig)}
+    for key, value in shown.items():
+        assert key in defaults, key
+        if key in examples:
+            continue
+        default = defaults[key]
+        expected = list(default) if isinstance(default, tuple) else default
+        assert value == expected, (key, value, default)
+    assert shown["host"] == "127.0.0.1"

@@ -375,3 +375,20 @@ def test_a_bending_step_time_is_flagged_from_three_points():
     with warnings.catch_warnings():
         warnings.simplefilter("error", jt.FitWarning)
         jt.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
+
+
+def test_an_sglang_offline_run_uses_the_decode_batch_not_the_queue(tmp_path):
+    """The trial's SGLang offline file: the reported `concurrency` (sum of latencies over the
+    duration) counts queued requests, and gave tau1 0.032 against 0.100 ms/request from
+    throughput x ITL. With the throughput in the file the batch is throughput x ITL."""
+    tau0, tau1 = 0.010, 0.0001
+    lines = []
+    for batch in (16, 64, 256):
+        itl = tau0 + tau1 * batch
+        line = json.loads(_sglang_line(math.inf, 2000, 300.0, 9e4, 1e3 * itl, 3.1 * batch))
+        line["output_throughput"] = batch / itl
+        line["max_concurrency"] = None
+        lines.append(json.dumps(line))
+    fit = jt.fit_step_time(_write(tmp_path, "offline.jsonl", "\n".join(lines)))
+    assert fit.tau1 == pytest.approx(tau1, rel=0.01)
+    assert fit.methods[0].startswith("output throughput x ITL")
