@@ -404,8 +404,8 @@ class TimeVarying(LatencyModel):
     It holds when windows are long against the queue's relaxation time and the rate within a
     window is steady, and rates differ between windows by more than their counting noise
     (docs *Real traffic*, where it is measured against replay). `TimeVarying.from_trace`
-    measures $f_j$, $q_j$. The workload's `arrival_rate` is the mean rate $\lambda$; $\sum_j q_j f_j^{-1}$ need not
-    be 1 (windows of different activity).
+    measures $f_j$, $q_j$. The workload's `arrival_rate` is the mean rate $\lambda$;
+    $\sum_j q_j f_j^{-1}$ need not be 1 (windows of different activity).
     """
 
     rate_factors: Float[Array, " k"]
