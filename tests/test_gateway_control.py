@@ -129,3 +129,22 @@ def test_a_steady_poisson_load_changes_the_policy_at_most_once_after_warm_up(tar
     )
     updates = _updates_at_steady_load(config, rate=10.0, intervals=40)
     assert len(updates) <= 1, updates
+
+
+def test_decide_is_a_pure_function_of_two_policies_numbers():
+    """The control step's decision, without JAX: a 13 -> 34 token move is below the token
+    floor (it counted as a 160% move before), a 300 -> 400 move is not; with a latency
+    target only the band around the target decides."""
+    from jaxopt_tokens.gateway._control import decide
+
+    config = gateway.GatewayConfig(upstream="http://127.0.0.1:9")
+    same = dict(j_current=10.0, j_new=10.001, t_current=1.0, overloaded=False)
+    keep, why = decide(config, np.array([13.0, 300.0]), np.array([34.0, 310.0]), **same)
+    assert not keep and "below the thresholds" in why
+    keep, why = decide(config, np.array([13.0, 300.0]), np.array([13.0, 400.0]), **same)
+    assert keep and "largest budget move 33.3%" in why
+    assert decide(config, np.zeros(2), np.zeros(2), **{**same, "overloaded": True})[0]
+    target = config.replace(target_latency=2.0)
+    assert not decide(target, np.zeros(2), np.ones(2) * 500, **{**same, "t_current": 2.05})[0]
+    replace_it, why = decide(target, np.zeros(2), np.zeros(2), **{**same, "t_current": 2.5})
+    assert replace_it and "+25.0%" in why

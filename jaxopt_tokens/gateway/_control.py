@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import equinox as eqx
@@ -44,7 +44,15 @@ from ._config import GatewayConfig
 # compiled once: every control step re-tunes with new measured values, not new shapes
 _tune_alpha = eqx.filter_jit(tune_alpha)
 
-__all__ = ["LoadEstimator", "ServiceEstimator", "Controller", "PolicyState", "Decision"]
+__all__ = [
+    "LoadEstimator",
+    "ServiceEstimator",
+    "Controller",
+    "PolicyState",
+    "Decision",
+    "decide",
+    "load_evidence",
+]
 
 
 class LoadEstimator:
@@ -375,113 +383,134 @@ class Controller:
         )
 
     def update(self, now: float | None = None) -> Decision:
-        """One control step (call it off the event loop: it solves)."""
+        """One control step, observe -> solve -> decide -> publish (call it off the event
+        loop: it solves). Computes in float64, opened once here."""
         start = time.perf_counter()
-        with self._lock, jax.enable_x64(True):  # the gateway computes in float64
+        with self._lock, jax.enable_x64(True):
             current = self._state
-            rate, shares, count = self.load.snapshot(now)
-            if count < self.config.min_requests:
-                return Decision(
-                    "wait",
-                    f"{count:.0f} requests in the window (< min_requests="
-                    f"{self.config.min_requests}): the configured load stands",
-                    time.perf_counter() - start,
-                    current,
-                )
-            w, model = self.workload, self.model
-            if self.config.learn_service:
-                w, model, _ = self.service.estimate(w, model)
-            # a task not seen in the window keeps a tiny share: its budget stays defined
-            shares = np.maximum(shares, 1e-6)
-            shares = shares / shares.sum()
-            w = w.replace(
-                arrival_rate=jnp.asarray(max(rate, 1e-9), w.dtype),
-                share=jnp.asarray(shares, w.dtype),
-            )
-            evidence = load_evidence(
-                current.arrival_rate, np.asarray(current.shares), rate, shares, count
-            )
-            if (
-                evidence < self.config.min_evidence
-                and not current.overloaded
-                and not _service_moved(current.policy, w, model, self.config.min_change)
-            ):
-                return Decision(
-                    "keep",
-                    f"the load ({rate:.4g} requests/s) is within counting noise of the one the "
-                    f"policy was solved at ({evidence:.2g} < min_evidence="
-                    f"{self.config.min_evidence:g} standard deviations)",
-                    time.perf_counter() - start,
-                    current,
-                )
-            with jax.enable_x64(True):
-                stable_at_zero = (
-                    bool(np.asarray(member_status(w, stability=isinstance(model, FIFO))) == VALID)
-                    and float(model.load(jnp.zeros(w.num_tasks, w.dtype), w)) < 1
-                )
-            missed = None
-            if not stable_at_zero:
-                missed = (
-                    f"overload: {rate:.3g} requests/s cannot be served stably even without "
-                    "reasoning; admission control bounds the queue"
-                )
-            else:
-                tokens, status, missed = self._optimal(w, model, current.tokens)
+            observed = self._observe(now, current)
+            if isinstance(observed, Decision):  # nothing to solve
+                return replace(observed, seconds=time.perf_counter() - start)
+            w, model, rate = observed
+            tokens, status, missed = self._solve_at(w, model, rate, current)
             if missed is not None:  # every budget 0, said once
                 if current.overloaded and not current.tokens.any():
                     return Decision("keep", missed, time.perf_counter() - start, current)
-                zeros = np.zeros(w.num_tasks)
                 reason = f"{missed}; every budget is 0"
-                state = self._state_for(w, model, zeros, current.version + 1, reason, True)
-                self._state = state
-                return Decision("update", reason, time.perf_counter() - start, state)
-            if status != Status.CONVERGED:
+                return self._publish(w, model, np.zeros(w.num_tasks), reason, True, start)
+            if tokens is None or status != Status.CONVERGED:
                 self.solver_failures += 1
-                return Decision(
-                    "failed",
+                reason = (
                     f"the solve at {rate:.3g} requests/s did not converge "
-                    f"({Status(status).name.lower()}); the last good policy stays",
-                    time.perf_counter() - start,
-                    current,
+                    f"({Status(status).name.lower()}); the last good policy stays"
                 )
-            with jax.enable_x64(True):
-                j_current = float(model.objective(jnp.asarray(current.tokens, w.dtype), w))
-                j_new = float(model.objective(jnp.asarray(tokens, w.dtype), w))
-                t_current = float(model.mean_system_time(jnp.asarray(current.tokens, w.dtype), w))
-            # a move counts when it is large relative to the budget and in tokens
-            step = np.abs(tokens - current.tokens)
-            move = np.where(
-                step > self.config.min_move, step / np.maximum(np.abs(current.tokens), 1.0), 0.0
+                return Decision("failed", reason, time.perf_counter() - start, current)
+            cur = jnp.asarray(current.tokens, w.dtype)
+            replace_it, reason = decide(
+                self.config,
+                current.tokens,
+                tokens,
+                j_current=float(model.objective(cur, w)),
+                j_new=float(model.objective(jnp.asarray(tokens, w.dtype), w)),
+                t_current=float(model.mean_system_time(cur, w)),
+                overloaded=current.overloaded,
             )
-            gain = (
-                (j_new - j_current) / max(abs(j_current), 1e-12)
-                if math.isfinite(j_current)
-                else math.inf
+            if not replace_it:
+                return Decision("keep", reason, time.perf_counter() - start, current)
+            return self._publish(
+                w, model, tokens, f"load {rate:.4g} requests/s: {reason}", False, start
             )
-            target = self.config.target_latency
-            if target is not None:  # J's alpha is the target's: judge by the target instead
-                # the current policy stands while its predicted latency is within the band
-                # around the target (a dead band: the measured load is noisy)
-                miss = t_current / target - 1 if math.isfinite(t_current) else math.inf
-                inside = abs(miss) <= self.config.target_band
-                gain = 0.0 if inside else math.inf
-                move = np.zeros_like(move) if inside else move
-            if not (
-                gain > self.config.min_gain
-                or float(move.max()) > self.config.min_change
-                or current.overloaded
-            ):
-                return Decision(
-                    "keep",
-                    f"gain {gain:.2%} and largest budget move {float(move.max()):.1%} are below "
-                    "the thresholds",
-                    time.perf_counter() - start,
-                    current,
-                )
-            reason = (
-                f"load {rate:.4g} requests/s: J {j_current:.4g} -> {j_new:.4g} "
-                f"(gain {gain:.2%}), largest budget move {float(move.max()):.1%}"
+
+    def _observe(self, now, current: PolicyState):
+        """(workload, model, rate) at the measured load, or the `Decision` when there is
+        nothing to solve: too few requests ("wait"), or a load within counting noise of the
+        current policy's ("keep")."""
+        rate, shares, count = self.load.snapshot(now)
+        if count < self.config.min_requests:
+            why = (
+                f"{count:.0f} requests in the window (< min_requests="
+                f"{self.config.min_requests}): the configured load stands"
             )
-            state = self._state_for(w, model, tokens, current.version + 1, reason, False)
-            self._state = state
-            return Decision("update", reason, time.perf_counter() - start, state)
+            return Decision("wait", why, 0.0, current)
+        w, model = self.workload, self.model
+        if self.config.learn_service:
+            w, model, _ = self.service.estimate(w, model)
+        # a task not seen in the window keeps a tiny share: its budget stays defined
+        shares = np.maximum(shares, 1e-6)
+        shares = shares / shares.sum()
+        w = w.replace(
+            arrival_rate=jnp.asarray(max(rate, 1e-9), w.dtype), share=jnp.asarray(shares, w.dtype)
+        )
+        evidence = load_evidence(
+            current.arrival_rate, np.asarray(current.shares), rate, shares, count
+        )
+        if (
+            evidence < self.config.min_evidence
+            and not current.overloaded
+            and not _service_moved(current.policy, w, model, self.config.min_change)
+        ):
+            why = (
+                f"the load ({rate:.4g} requests/s) is within counting noise of the one the "
+                f"policy was solved at ({evidence:.2g} < min_evidence="
+                f"{self.config.min_evidence:g} standard deviations)"
+            )
+            return Decision("keep", why, 0.0, current)
+        return w, model, rate
+
+    def _solve_at(self, w, model, rate: float, current: PolicyState):
+        """(budgets, status, why every budget is 0 or None) at the observed load."""
+        stable_at_zero = (
+            bool(np.asarray(member_status(w, stability=isinstance(model, FIFO))) == VALID)
+            and float(model.load(jnp.zeros(w.num_tasks, w.dtype), w)) < 1
+        )
+        if not stable_at_zero:
+            missed = (
+                f"overload: {rate:.3g} requests/s cannot be served stably even without "
+                "reasoning; admission control bounds the queue"
+            )
+            return None, Status.CONVERGED, missed
+        return self._optimal(w, model, current.tokens)
+
+    def _publish(self, w, model, tokens, reason: str, overloaded: bool, start) -> Decision:
+        """Swap in the policy of `tokens` (a new version) and say so."""
+        state = self._state_for(w, model, tokens, self._state.version + 1, reason, overloaded)
+        self._state = state
+        return Decision("update", reason, time.perf_counter() - start, state)
+
+
+def decide(
+    config: GatewayConfig,
+    current: np.ndarray,
+    new: np.ndarray,
+    *,
+    j_current: float,
+    j_new: float,
+    t_current: float,
+    overloaded: bool,
+) -> tuple[bool, str]:
+    """Whether the `new` budgets replace the `current` ones, and why (a pure function of two
+    policies' numbers at the measured load: no JAX, no state). Replace when J improves by
+    `min_gain` (relative), or a budget moves by more than `min_change` of itself and more than
+    `min_move` tokens, or the current policy was the overload policy. With a latency target,
+    the current policy stands while its predicted latency is within `target_band` of it."""
+    step = np.abs(np.asarray(new, float) - np.asarray(current, float))
+    move = np.where(step > config.min_move, step / np.maximum(np.abs(current), 1.0), 0.0)
+    largest = float(move.max()) if move.size else 0.0
+    gain = (
+        (j_new - j_current) / max(abs(j_current), 1e-12) if math.isfinite(j_current) else math.inf
+    )
+    if config.target_latency is not None:  # J's alpha is the target's: judge by the target
+        miss = t_current / config.target_latency - 1 if math.isfinite(t_current) else math.inf
+        if abs(miss) <= config.target_band and not overloaded:
+            return False, (
+                f"the current policy's predicted latency is within {config.target_band:.0%} of "
+                f"the target ({miss:+.1%})"
+            )
+        return True, f"the current policy misses the latency target by {miss:+.1%}"
+    if gain > config.min_gain or largest > config.min_change or overloaded:
+        return True, (
+            f"J {j_current:.4g} -> {j_new:.4g} (gain {gain:.2%}), largest budget move {largest:.1%}"
+        )
+    return False, (
+        f"gain {gain:.2%} and largest budget move {largest:.1%} are below the thresholds"
+    )
