@@ -164,7 +164,7 @@ class GatewayConfig:
     min_requests: int = 50
     min_gain: float = 0.01
     min_change: float = 0.1
-    min_move: int = 16
+    min_move: int = 32
     min_evidence: float = 3.0
     target_band: float = 0.05
     learn_service: bool = True
