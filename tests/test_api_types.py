@@ -60,16 +60,14 @@ def test_a_wrong_type_is_an_input_error_naming_the_argument(trace, table1, name)
         call(trace, table1)
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
-def test_a_traced_model_parameter_outside_its_domain_is_invalid_per_member(bad):
+def test_a_traced_model_parameter_outside_its_domain_is_invalid_per_member():
     """A3: under jit a traced arrival_scv of -1 solved to finite budgets, MAX_ITERATIONS."""
     with jax.enable_x64(True):
         w = jt.default_workload("float64")
-        solve = jax.jit(lambda a: jt.solve(w, model=jt.Kingman(arrival_scv=a)))
-        sol = solve(jnp.asarray(bad))
-        assert jt.Status(int(sol.status)) == jt.Status.INVALID_INPUT
-        assert np.all(np.isnan(np.asarray(sol.tokens)))
-        many = jax.vmap(lambda a: jt.solve(w, model=jt.Kingman(arrival_scv=a)))(
-            jnp.asarray([2.0, bad])
-        )
-        assert np.asarray(many.status).tolist() == [jt.Status.CONVERGED, jt.Status.INVALID_INPUT]
+        solve = jax.jit(jax.vmap(lambda a: jt.solve(w, model=jt.Kingman(arrival_scv=a))))
+        sol = solve(jnp.asarray([2.0, -1.0, np.nan, np.inf]))
+        assert np.asarray(sol.status).tolist() == [jt.Status.CONVERGED] + 3 * [
+            jt.Status.INVALID_INPUT
+        ]
+        assert np.all(np.isfinite(np.asarray(sol.tokens[0])))
+        assert np.all(np.isnan(np.asarray(sol.tokens[1:])))
