@@ -56,6 +56,8 @@ from ._kkt import (
     provable_box,
 )
 from ._lambertw import lambertw, wright_omega
+from ._learn.learn import LearnedBudgets, learn_budgets
+from ._learn.replay import QueuePolicy, ReplayDraws, ReplayMetrics, replay_draws, replay_metrics
 from ._objective import (
     mean_accuracy,
     mean_system_time,
@@ -231,6 +233,14 @@ __all__ = [
     "TimeVarying",
     "plan_windows",
     "WindowPlan",
+    # policies learned on traffic (a differentiable replay)
+    "replay_draws",
+    "ReplayDraws",
+    "replay_metrics",
+    "ReplayMetrics",
+    "QueuePolicy",
+    "learn_budgets",
+    "LearnedBudgets",
     # from measurements to deployed budgets
     "Measurements",
     "read_measurements",

@@ -43,6 +43,9 @@ FILE_COMMANDS = {
     "fit-server": lambda p: ["fit-server", p, "--format", "json"],
     "fit --shares": lambda p: ["fit", "MEASUREMENTS", "--shares", p, "--format", "json"],
     "trace": lambda p: ["trace", p, "--format", "json"],
+    "learn": lambda p: [
+        *("learn", p, "--steps", "2", "--num-replications", "1", "--format", "json")
+    ],
     # `--check` solves the starting policy and exits: no server is ever started
     "serve": lambda p: ["serve", "--upstream", "http://127.0.0.1:9", "--workload", p, "--check"],
     "serve --config": lambda p: ["serve", "--config", p, "--check"],
@@ -70,6 +73,7 @@ FLAG_COMMANDS = {
     "evaluate-budget": [],
     "fit-server": ["STEPTIMES"],
     "trace": ["TRACE"],
+    "learn": ["TRACE", "--steps", "2", "--num-replications", "1"],
     "serve": ["--upstream", "http://127.0.0.1:9", "--check"],
     "plan": ["--step-time", "0.02,0.0005", "--target-latency", "20", "--num-queries", "200"],
 }
@@ -257,6 +261,18 @@ SIZE_FUNCTIONS = {
         jt.frontier_by_alpha(_w(), 2), _w(), num_queries=200, num_replications=n
     ),
     "figure_frontier": lambda n: jt.figure_frontier(_w(), n),
+    "replay_draws.num_replications": lambda n: jt.replay_draws(
+        _w(), jt.read_trace(TRACE_EXCERPT), num_replications=n
+    ),
+    "learn_budgets.num_replications": lambda n: jt.learn_budgets(
+        _w(), jt.read_trace(TRACE_EXCERPT), num_replications=n, steps=1
+    ),
+    "learn_budgets.steps": lambda n: jt.learn_budgets(
+        _w(), jt.read_trace(TRACE_EXCERPT), num_replications=1, steps=n
+    ),
+    "learn_budgets.states": lambda n: jt.learn_budgets(
+        _w(), jt.read_trace(TRACE_EXCERPT), num_replications=1, steps=1, states=n
+    ),
     "synthetic_task_pool": lambda n: jt.synthetic_task_pool(jax.random.key(0), n),
     "clear.sample_stream": lambda n: clear.sample_stream(clear.default_pool(), "Balanced", n),
     "strategy.synthetic_queries": lambda n: strategy.synthetic_queries(
@@ -333,6 +349,16 @@ TIME_FUNCTIONS = {
     ),
     "Trace.rescaled": lambda x: _trace().rescaled(x),
     "TimeVarying.from_trace": lambda x: jt.TimeVarying.from_trace(_trace(), x),
+    "replay_draws.rate": lambda x: jt.replay_draws(_w(), _trace(), num_replications=1, rate=x),
+    "replay_draws.utilization": lambda x: jt.replay_draws(
+        _w(), _trace(), num_replications=1, utilization=x
+    ),
+    "learn_budgets.rate": lambda x: jt.learn_budgets(
+        _w(), _trace(), rate=x, steps=1, num_replications=1
+    ),
+    "learn_budgets.utilization": lambda x: jt.learn_budgets(
+        _w(), _trace(), utilization=x, steps=1, num_replications=1
+    ),
     "simulate.rate": lambda x: jt.simulate(_w(), np.zeros(6), 200, 2, arrivals=_trace(), rate=x),
     "simulate.utilization": lambda x: jt.simulate(
         _w(), np.zeros(6), 200, 2, arrivals=_trace(), utilization=x
@@ -372,6 +398,7 @@ SIZE_PARAMETERS = {
     "slots",
     "capacity",
     "batch_size",
+    "states",
 }
 
 

@@ -157,7 +157,14 @@ def prepare_replay(
         scale = trace.mean_rate / (u / per_rate)
     labels = _labels(trace, w) if task_types == "trace" else None
     work = _work_factors(trace) if service == "trace" else None
-    gaps = trace.gaps * scale
+    with np.errstate(over="ignore"):
+        gaps = trace.gaps * scale
+    if not (np.all(np.isfinite(gaps)) and np.isfinite(np.sum(gaps))):
+        what = "rate" if rate is not None else "utilization"
+        raise InputError(
+            f"{what}: the trace ({trace.duration:.4g} s) rescaled to it spans more seconds than "
+            "a double holds; give a larger one"
+        )
     return Replay(
         gaps=jnp.asarray(gaps, w.dtype),
         task=None if labels is None else jnp.asarray(labels),

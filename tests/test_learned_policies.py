@@ -1,0 +1,172 @@
+"""Policies learned on traffic: the differentiable replay agrees with `simulate` on the same
+draws, its gradients are the sample path's (central finite differences with common random
+numbers), a flat queue-aware table is the static policy, many policies replay in one call,
+and a learned queue-aware policy is at least as good as the static optimum on held-out
+Poisson traffic."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TRACE_EXCERPT
+
+import jaxopt_tokens as jt
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    with jax.enable_x64(True):
+        w = jt.default_workload("float64")
+        tokens = jt.solve(w).tokens
+        trace = jt.read_trace(TRACE_EXCERPT)
+        draws = jt.replay_draws(w, trace, num_replications=3, utilization=0.7)
+        yield w, tokens, trace, draws
+
+
+def test_the_replay_equals_simulate_on_the_same_draws(setting):
+    w, tokens, trace, draws = setting
+    with jax.enable_x64(True):
+        m = jt.replay_metrics(tokens, draws)
+        sim = jt.simulate(w, tokens, arrivals=trace, utilization=0.7, num_replications=3)
+        np.testing.assert_allclose(
+            np.asarray(m.per_replication["mean_system_time"]),
+            np.asarray(sim.system_time),
+            rtol=1e-12,
+        )
+        np.testing.assert_allclose(
+            np.asarray(m.per_replication["mean_wait"]), np.asarray(sim.wait), rtol=1e-12
+        )
+        # accuracy: the expectation of simulate's Bernoulli draws (within their noise)
+        assert abs(float(m.accuracy) - float(np.mean(sim.accuracy))) < 0.05
+
+
+def test_a_flat_queue_aware_table_is_the_static_policy(setting):
+    w, tokens, trace, draws = setting
+    with jax.enable_x64(True):
+        static = jt.replay_metrics(tokens, draws)
+        flat = jt.replay_metrics(jt.QueuePolicy.flat(tokens, 6), draws)
+        for name in ("mean_system_time", "accuracy", "objective", "cvar"):
+            assert float(getattr(flat, name)) == pytest.approx(
+                float(getattr(static, name)), rel=1e-12
+            )
+
+
+def _central(f, x, eps):
+    out = np.zeros(x.size)
+    flat = np.asarray(x, dtype=np.float64).ravel()
+    for i in range(flat.size):
+        up, down = flat.copy(), flat.copy()
+        up[i] += eps
+        down[i] -= eps
+        out[i] = (float(f(up.reshape(x.shape))) - float(f(down.reshape(x.shape)))) / (2 * eps)
+    return out.reshape(x.shape)
+
+
+def test_gradients_are_the_sample_paths_static_and_queue_aware(setting):
+    """IPA through the Lindley recursion is exact where the path is differentiable: central
+    differences with the same draws agree to 1e-6 relative."""
+    w, tokens, trace, draws = setting
+    with jax.enable_x64(True):
+        x = jnp.asarray(tokens) + 25.0  # every budget away from the box's edges
+
+        def static(l):
+            return jt.replay_metrics(jnp.asarray(l), draws).objective
+
+        g = np.asarray(jax.grad(static)(x))
+        np.testing.assert_allclose(g, _central(static, np.asarray(x), 1e-4), rtol=1e-6, atol=1e-9)
+        table = jnp.asarray(np.linspace(1.4, 0.6, 4)[:, None] * np.asarray(x)[None, :])
+
+        def queue(t):
+            return jt.replay_metrics(jt.QueuePolicy(jnp.asarray(t)), draws).objective
+
+        g = np.asarray(jax.grad(queue)(table))
+        np.testing.assert_allclose(
+            g, _central(queue, np.asarray(table), 1e-4), rtol=1e-6, atol=1e-9
+        )
+        cvar = jax.grad(lambda l: jt.replay_metrics(l, draws).cvar)(x)
+        assert np.all(np.isfinite(np.asarray(cvar)))
+
+
+def test_many_policies_replay_in_one_call(setting):
+    w, tokens, trace, draws = setting
+    with jax.enable_x64(True):
+        scales = jnp.linspace(0.0, 2.0, 1000)[:, None]
+        batch = jt.replay_metrics(scales * tokens[None, :], draws)
+        assert batch.objective.shape == (1000,)
+        one = jt.replay_metrics(tokens, draws)
+        k = int(np.argmin(np.abs(np.asarray(scales[:, 0]) - 1.0)))
+        near = jt.replay_metrics(scales[k] * tokens, draws)
+        assert float(batch.objective[k]) == pytest.approx(float(near.objective), rel=1e-12)
+        assert np.isfinite(float(one.objective))
+
+
+def test_a_learned_queue_aware_policy_is_at_least_the_static_optimum_held_out():
+    """Poisson traffic at utilization 0.85: the static model optimum is the PK optimum (a
+    member of the queue-aware family, and the start); the learned table is at least as good
+    on the held-out span, and its tail no worse."""
+    with jax.enable_x64(True):
+        w = jt.default_workload("float64")
+        trace = jt.Trace(np.cumsum(np.random.default_rng(3).exponential(1.0, 4000)))
+        r = jt.learn_budgets(w, trace, states=6, utilization=0.85, steps=150, num_replications=4)
+        learned, start = r.test["learned"], r.test["model_optimum"]
+        assert float(learned.objective) >= float(start.objective) - 1e-3
+        assert float(learned.cvar) <= float(start.cvar) * 1.02
+        table = np.asarray(r.policy.table)
+        assert np.all(np.diff(table, axis=0) <= 1e-9)  # non-increasing in the queue
+        assert np.all((table >= 0) & (table <= float(w.max_tokens)))
+        assert r.status == jt.Status.CONVERGED or len(r.history) == 151
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda w, tr, d: jt.replay_draws(w, [0, 1]), "trace"),
+        (lambda w, tr, d: jt.replay_draws(w, tr, num_replications=0), "num_replications"),
+        (lambda w, tr, d: jt.replay_metrics(np.zeros(5), d), "policy"),
+        (lambda w, tr, d: jt.replay_metrics(np.zeros(6), "x"), "draws"),
+        (lambda w, tr, d: jt.replay_metrics(np.zeros(6), d, tail=1.5), "tail"),
+        (lambda w, tr, d: jt.learn_budgets(w, tr, states=-1), "states"),
+        (lambda w, tr, d: jt.learn_budgets(w, tr, train_fraction=1.0), "train_fraction"),
+        (lambda w, tr, d: jt.learn_budgets(w, tr, learning_rate=0), "learning_rate"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(setting, call, words):
+    w, tokens, trace, draws = setting
+    with pytest.raises(jt.InputError, match=words):
+        call(w, trace, draws)
+
+
+def test_the_learn_command_writes_the_policy_and_reports_held_out(tmp_path):
+    from conftest import assert_refused, run_cli, strict_loads
+
+    out = tmp_path / "policy.json"
+    argv = [
+        "learn",
+        TRACE_EXCERPT,
+        "--utilization",
+        "0.6",
+        "--states",
+        "3",
+        "--steps",
+        "20",
+        "--num-replications",
+        "2",
+        "--format",
+        "json",
+        "-o",
+        out,
+    ]
+    rc, text, err = run_cli(argv)
+    assert rc in (0, 1), err  # 1: the ascent did not settle in 20 steps (said in "status")
+    report = strict_loads(text)
+    assert report == strict_loads(out.read_text())
+    assert len(report["budgets_by_state"]) == 4 and len(report["tasks"]) == 6
+    assert set(report["held_out"]) == {"learned", "model_optimum"}
+    assert_refused(argv, "the file exists")
+    assert_refused(
+        ["learn", TRACE_EXCERPT, "--replay-rate", "1e300", "--steps", "2"], "--replay-rate"
+    )
