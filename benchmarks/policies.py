@@ -25,7 +25,10 @@ TRACES = Path(__file__).parent / "data" / "traces"
 
 def held_out_table(names, utilizations) -> None:
     w = jt.default_workload("float64")
-    print("| trace | utilization | policy | J | mean latency (s) | p95 (s) | CVaR95 (s) | accuracy |")
+    print(
+        "| trace | utilization | policy | J | mean latency (s) | p95 (s) | CVaR95 (s) "
+        "| accuracy |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
         trace = jt.read_trace(TRACES / name)
