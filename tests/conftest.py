@@ -104,6 +104,20 @@ TRACES = Path(__file__).parent / "data" / "traces"
 TRACE_EXCERPT = TRACES / "AzureLLMInferenceTrace_conv_excerpt.csv"
 
 
+def scaled_table1(scale: float = 0.01) -> jt.Workload:
+    """Table I in scaled time (float64): service `1/scale` times faster, rates `1/scale` times
+    higher and alpha scaled with them, so the optimal budgets at rate r/scale are Table I's
+    at rate r (the gateway tests' fake engine runs on this clock)."""
+    with jax.enable_x64(True):
+        w = jt.default_workload("float64")
+        return w.replace(
+            t0=w.t0 * scale,
+            c=w.c * scale,
+            alpha=w.alpha * scale,
+            arrival_rate=w.arrival_rate / scale,
+        )
+
+
 def run_cli(argv):
     """`(exit code, stdout, stderr)` of one in-process CLI call."""
     out, err = io.StringIO(), io.StringIO()

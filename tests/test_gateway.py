@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import openai
 import pytest
-from conftest import assert_refused
+from conftest import assert_refused, scaled_table1
 from fake_engine import FakeEngine, Loopback
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,16 +25,7 @@ SCALE = 0.01  # the workload's times, and its rates' inverse: the fake engine's 
 
 
 def fast_workload() -> jt.Workload:
-    """Table I in scaled time: service 100x faster, rates 100x higher, alpha scaled with them
-    (the optimal budgets at rate r/SCALE are Table I's at rate r)."""
-    with jax.enable_x64(True):
-        w = jt.default_workload("float64")
-        return w.replace(
-            t0=w.t0 * SCALE,
-            c=w.c * SCALE,
-            alpha=w.alpha * SCALE,
-            arrival_rate=w.arrival_rate / SCALE,
-        )
+    return scaled_table1(SCALE)
 
 
 def start_gateway(upstream: Loopback, **settings) -> Loopback:

@@ -5,9 +5,9 @@ explicit clock values."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
+from conftest import scaled_table1
 
 import jaxopt_tokens as jt
 from jaxopt_tokens import gateway
@@ -17,15 +17,7 @@ SCALE = 0.01
 
 
 def fast_workload() -> jt.Workload:
-    """Table I in scaled time (service 100x faster, rates 100x higher, alpha scaled)."""
-    with jax.enable_x64(True):
-        w = jt.default_workload("float64")
-        return w.replace(
-            t0=w.t0 * SCALE,
-            c=w.c * SCALE,
-            alpha=w.alpha * SCALE,
-            arrival_rate=w.arrival_rate / SCALE,
-        )
+    return scaled_table1(SCALE)
 
 
 def fifo_queue(rng, n, rate, t0, c, tokens):

@@ -18,10 +18,9 @@ import threading
 import time
 
 import httpx
-import jax
 import openai
 import pytest
-from conftest import FUZZ_SCALE
+from conftest import FUZZ_SCALE, scaled_table1
 from fake_engine import Loopback
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -47,14 +46,7 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def fast_workload() -> jt.Workload:
-    with jax.enable_x64(True):
-        w = jt.default_workload("float64")
-        return w.replace(
-            t0=w.t0 * SCALE,
-            c=w.c * SCALE,
-            alpha=w.alpha * SCALE,
-            arrival_rate=w.arrival_rate / SCALE,
-        )
+    return scaled_table1(SCALE)
 
 
 class Recorder:

@@ -258,3 +258,21 @@ def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
         replicas=getattr(args, "replicas", None) or 1,
         routing=args.routing.replace("-", "_"),  # the model's spelling of the choice
     )
+
+
+#: the replay arguments of the API, as the commands spell them
+REPLAY_FLAGS = {"rate": "--replay-rate", "utilization": "--utilization"}
+
+
+@contextlib.contextmanager
+def said_as_flags(flags: dict[str, str]) -> Iterator[None]:
+    """Re-raise an `InputError` that names an API argument (`"rate: ..."`) as the command's
+    flag (`"--replay-rate ..."`): the user typed the flag, not the argument."""
+    try:
+        yield
+    except InputError as e:
+        text = str(e)
+        for name, flag in flags.items():
+            if text.startswith(name + ": "):
+                raise InputError(f"{flag} {text[len(name) + 2 :]}") from None
+        raise

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .. import TRACE_FORMATS, InputError, Status, learn_budgets, read_trace
 from ._common import (
+    REPLAY_FLAGS,
     add_force_option,
     add_workload_options,
     int_at_least,
@@ -20,6 +21,7 @@ from ._common import (
     path_arg,
     positive_float,
     random_seed,
+    said_as_flags,
 )
 from ._output import Outputs, emit_json
 
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         trace = read_trace(args.trace, args.trace_format)
         with loaded_workload(args) as w:
-            try:
+            with said_as_flags(REPLAY_FLAGS):
                 result = learn_budgets(
                     w,
                     trace,
@@ -96,15 +98,6 @@ def run(args: argparse.Namespace) -> int:
                     steps=args.steps,
                     key=jax.random.PRNGKey(args.seed),
                 )
-            except InputError as e:  # the API's argument names, said as this command's flags
-                text = str(e)
-                for name, flag in (
-                    ("rate: ", "--replay-rate "),
-                    ("utilization: ", "--utilization "),
-                ):
-                    if text.startswith(name):
-                        raise InputError(flag + text[len(name) :]) from None
-                raise
             report = _report(args, w.task_names, result)
         if target is not None:
             with outputs:

@@ -29,6 +29,7 @@ from .. import (
     solve,
 )
 from ._common import (
+    REPLAY_FLAGS,
     add_server_options,
     add_workload_options,
     int_at_least,
@@ -36,6 +37,7 @@ from ._common import (
     path_arg,
     positive_float,
     random_seed,
+    said_as_flags,
     server_from_args,
 )
 from ._output import emit_json
@@ -248,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         model = _latency_model(args, w, _priority_order(args, w)) if server is None else server
         policies = np.stack([_policy(s, w, model) for s in specs])
         kwargs = {"noise": args.noise} if server is None else {}
-        try:
+        with said_as_flags(REPLAY_FLAGS):
             result = simulate(
                 w,
                 policies,
@@ -260,12 +262,6 @@ def run(args: argparse.Namespace) -> int:
                 **kwargs,
                 **replay,
             )
-        except InputError as e:  # the API's argument names, said as this command's flags
-            text = str(e)
-            for name, flag in (("rate: ", "--replay-rate "), ("utilization: ", "--utilization ")):
-                if text.startswith(name):
-                    raise InputError(flag + text[len(name) :]) from None
-            raise
         if server is None:
             rows, discipline, what = ROWS, args.discipline, "M/G/1 server"
         else:
