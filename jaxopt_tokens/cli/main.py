@@ -67,6 +67,17 @@ def _attach_negative_lists(argv: list[str]) -> list[str]:
     return out
 
 
+#: characters that end a line for `str.splitlines` (a message quoting a file's bytes may hold
+#: them): written escaped, so an error is always one line
+_LINE_BREAKS = dict.fromkeys(map(ord, "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))
+
+
+def one_line(message: str) -> str:
+    """`message` with every line-breaking character escaped (`\\x0b`, `\\u2028`, ...)."""
+    table = {c: ascii(chr(c))[1:-1] for c in _LINE_BREAKS}
+    return message.translate(table)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning  # restored when the command ends
             return int(args.func(args) or 0)
     except InputError as e:
-        print(f"jaxopt-tokens {args.command}: error: {e}", file=sys.stderr)
+        print(f"jaxopt-tokens {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
         extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
