@@ -96,6 +96,14 @@ BAD_BYTES = b"\xff\xfe\x00\x81not utf-8"
 
 
 FAST = ["--num-queries", "200", "--num-replications", "2"]
+
+# CI draws the same hypothesis examples every run (derandomized: what passed on the
+# developer's machine with CI=true passes there); a developer's runs explore new ones
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
 #: how many times more examples the fuzz tests draw: 1 in the suite, more in CI's long
 #: fuzz step (`JT_FUZZ_SCALE=8`, `.ci/run`)
 FUZZ_SCALE = max(int(os.environ.get("JT_FUZZ_SCALE", "1")), 1)
