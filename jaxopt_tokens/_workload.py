@@ -34,7 +34,7 @@ class Workload(eqx.Module):
 
     Per-task fields have shape `(..., N)`, scalar fields shape `(...)`.
 
-    Args:
+    Attributes:
         A: accuracy gain of each task's curve $p_k(l) = A_k (1 - e^{-b_k l}) + D_k$, eq. (2).
         b: the curve's rate per token.
         D: the curve's accuracy at zero tokens.

@@ -94,7 +94,7 @@ def _updates_at_steady_load(config, rate, intervals, seed=0):
     t, updates = 0.0, []
     for step in range(1, intervals + 1):
         now = step * config.interval
-        while True:
+        for _ in range(100 * int(rate * config.interval) + 100):  # bounded: ~rate x interval
             t += rng.exponential(1 / rate)
             if t > now:
                 break

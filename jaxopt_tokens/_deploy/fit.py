@@ -35,6 +35,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike
 
 from .._errors import InputError
 from .._solver.solve import solve
@@ -421,7 +422,7 @@ def _monotone(m: Measurements, k: int) -> tuple[bool, str]:
 def fit(
     measurements: Measurements,
     *,
-    shares=None,
+    shares: ArrayLike | None = None,
     arrival_rate: float = 0.1,
     alpha: float = 30.0,
     max_tokens: float = 32768.0,

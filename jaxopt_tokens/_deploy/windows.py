@@ -14,6 +14,7 @@ Docs: *Real traffic*.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ def plan_windows(
     window: float = 600.0,
     *,
     model: LatencyModel | None = None,
-    solver="default",
+    solver: Any = "default",
 ) -> WindowPlan:
     """Optimal budgets per window of `trace`, and one static policy for the whole trace.
 

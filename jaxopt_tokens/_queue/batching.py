@@ -107,7 +107,7 @@ def _concrete(x) -> np.ndarray | None:
 class ContinuousBatching(LatencyModel):
     r"""An iteration-level (continuously) batching server (module docstring).
 
-    Args:
+    Attributes:
         step_time: `(tau0, tau1)` seconds: a decode step with `n` running requests takes
             `tau0 + tau1 * n` (fit it with `fit_step_time`).
         max_batch: the most requests running at once (static; `None`: unlimited).

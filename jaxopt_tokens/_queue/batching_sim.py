@@ -572,10 +572,13 @@ def simulate_batching(
         slots: the size of the running set when `max_batch` is None (default: the model's
             mean number present plus ten standard deviations, as a power of two; a stream
             that needs more raises `InputError`).
-        arrivals, rate, utilization, service, task_types: replay a recorded trace instead of
-            Poisson arrivals, as in `simulate` (with `replicas`, routed by the replicas' state;
-            random routing is refused). Budgets that change by window are a setting of the
-            single-server replay only.
+        arrivals: a recorded trace to replay instead of Poisson arrivals, as in `simulate`
+            (with `replicas`, routed by the replicas' state; random routing is refused).
+            Budgets that change by window are a setting of the single-server replay only.
+        rate: the replayed mean rate, as in `simulate`.
+        utilization: or the load the replayed rate is set from.
+        service: `"tasks"` or `"trace"`, as in `simulate`.
+        task_types: `"shares"` or `"trace"`, as in `simulate`.
 
     Returns:
         a `BatchingSimulation` with per-replication statistics and the model's predictions.

@@ -65,7 +65,8 @@ def simulate(
             `utilization` (the model's load of the one policy simulated); neither keeps the
             trace's own rate. Predictions are then at the replayed mean rate. Each replication
             redraws only task types, noise and correctness (see *Real traffic*).
-        rate, utilization: the replayed mean rate, or the load it is set from.
+        rate: the replayed mean rate.
+        utilization: or the load the replayed rate is set from.
         service: `"tasks"` (service by each request's task, as without a trace) or `"trace"`
             (each request's work scaled by its output tokens over the trace's mean).
         task_types: `"shares"` (drawn by the workload's shares) or `"trace"` (the trace's

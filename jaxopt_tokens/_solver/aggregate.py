@@ -271,7 +271,7 @@ class AggregateNewton(AbstractSolver):
     `vmap` the batch runs for the largest *total* number of steps rather than the product of
     the two loops' worst cases.
 
-    Args:
+    Attributes:
         rtol: target projected KKT residual (default 1e-9 in float64, 1e-4 in float32).
         max_steps: the step limit (default 200).
         joint_threshold: how well the inner equation must be solved before the outer price

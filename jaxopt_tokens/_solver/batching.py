@@ -50,7 +50,7 @@ class BatchingNewton(AbstractSolver):
     Solves problems whose model has the `"mean_work"` structure (`ContinuousBatching` with
     `max_batch=None`).
 
-    Args:
+    Attributes:
         rtol: target residual (default 1e-9 in float64, 1e-4 in float32).
         max_steps: the step limit (default 200).
     """

@@ -36,7 +36,7 @@ class _State(eqx.Module):
 class FixedPoint(AbstractSolver):
     """Projected fixed-point iteration (24) from `l = 0`.
 
-    Args:
+    Attributes:
         rtol: target projected KKT residual (default 1e-9 in float64, 1e-4 in float32).
         max_steps: the step limit (default 1000).
     """

@@ -55,7 +55,7 @@ class _FixedState(eqx.Module):
 class ProjectedGradient(AbstractSolver):
     """The paper's projected gradient ascent (29) with a fixed step (module docstring).
 
-    Args:
+    Attributes:
         step_fraction: the step as a fraction of $2/L_J$ (default 0.95).
         rtol: target projected KKT residual (default 1e-9 in float64, 1e-4 in float32).
         max_steps: the step limit (default 100000: a first-order method on a problem whose
@@ -142,7 +142,7 @@ class SpectralGradient(AbstractSolver):
     """Spectral projected gradient with Armijo backtracking and Newton steps, under any latency
     model (module docstring).
 
-    Args:
+    Attributes:
         rtol: target residual (default 1e-9 in float64, 1e-4 in float32).
         max_steps: the step limit (default 100000; `solve` uses 20000 when it is the default
             solver of a model).

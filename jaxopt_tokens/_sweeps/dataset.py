@@ -299,7 +299,7 @@ class SweepDirectory:
         return target
 
 
-def read_sweep(path: str | Path, *, columns: list[str] | None = None, lazy: bool = False):
+def read_sweep(path: str | Path, *, columns: list[str] | None = None, lazy: bool = False) -> Any:
     """The table of a sweep directory written by `sweep(..., out=path)`.
 
     Args:
@@ -308,9 +308,9 @@ def read_sweep(path: str | Path, *, columns: list[str] | None = None, lazy: bool
         lazy: return a `pyarrow.dataset.Dataset` instead of reading.
 
     Returns:
-        a pandas DataFrame in grid order (the `point` column is the index into the grid),
-        with the manifest in `df.attrs["sweep"]` and the base workload in
-        `df.attrs["workload"]`; `status` is a categorical.
+        A pandas DataFrame in grid order (the `point` column is the index into the grid),
+            with the manifest in `df.attrs["sweep"]` and the base workload in
+            `df.attrs["workload"]`; `status` is a categorical.
 
     Raises `InputError` when the directory is not a sweep or is incomplete (it names the
     missing parts and says to resume).

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, overload
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .._errors import InputError
@@ -224,7 +225,7 @@ def sweep(
     resume: bool = ...,
     force: bool = ...,
     warm_start: bool | None = ...,
-    **grids,
+    **grids: ArrayLike,
 ) -> pd.DataFrame: ...
 
 
@@ -239,7 +240,7 @@ def sweep(
     resume: bool = ...,
     force: bool = ...,
     warm_start: bool | None = ...,
-    **grids,
+    **grids: ArrayLike,
 ) -> SweepRun: ...
 
 
@@ -253,7 +254,7 @@ def sweep(
     resume: bool = False,
     force: bool = False,
     warm_start: bool | None = None,
-    **grids,
+    **grids: ArrayLike,
 ) -> pd.DataFrame | SweepRun:
     """Solve every combination of the given grids: a pandas DataFrame, or a dataset on disk.
 
