@@ -118,7 +118,8 @@ def test_a_learned_queue_aware_policy_is_at_least_the_static_optimum_held_out():
         table = np.asarray(r.policy.table)
         assert np.all(np.diff(table, axis=0) <= 1e-9)  # non-increasing in the queue
         assert np.all((table >= 0) & (table <= float(w.max_tokens)))
-        assert r.status == jt.Status.CONVERGED or len(r.history) == 151
+        # the start (the flat model optimum) is an iterate: training never ends below it
+        assert float(r.train["learned"].objective) >= float(r.train["model_optimum"].objective)
 
 
 @pytest.mark.parametrize(

@@ -63,12 +63,17 @@ def _table(theta, cap):
     return jax.lax.cummin(jnp.clip(theta, 0.0, cap), axis=0)
 
 
+def _policy(table):
+    """A one-row table is static budgets: replayed by the parallel Lindley form, not a scan."""
+    return table[0] if table.shape[0] == 1 else QueuePolicy(table)
+
+
 def _ascent(theta0, draws: ReplayDraws, steps: int, learning_rate: float, tail: float):
     cap = draws.workload.max_tokens
     optimizer = optax.adam(learning_rate)
 
     def value(theta):
-        return replay_metrics(QueuePolicy(_table(theta, cap)), draws, tail=tail).objective
+        return replay_metrics(_policy(_table(theta, cap)), draws, tail=tail).objective
 
     grad = jax.value_and_grad(value)
 
@@ -167,8 +172,8 @@ def learn_budgets(
 
     def report(draws):
         return {
-            "learned": _metrics_jit(policy, draws, tail=tail),
-            "model_optimum": _metrics_jit(start, draws, tail=tail),
+            "learned": _metrics_jit(_policy(policy.table), draws, tail=tail),
+            "model_optimum": _metrics_jit(_policy(start.table), draws, tail=tail),
         }
 
     return LearnedBudgets(

@@ -35,6 +35,7 @@ from .._objective import task_accuracy
 from .._queue.models import FIFO
 from .._queue.replay import replay_for
 from .._queue.simulate import lindley_waits, replay_stream
+from .._solver.solve import solve
 from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
@@ -116,8 +117,6 @@ def replay_draws(
     key = jax.random.PRNGKey(0) if key is None else key
     model = FIFO(service_cv=service_cv)
     if tokens is None and utilization is not None:
-        from .._solver.solve import solve
-
         tokens = solve(w).tokens
     tok = np.zeros((1, w.num_tasks)) if tokens is None else np.asarray(tokens, np.float64)
     replay, at = replay_for(
