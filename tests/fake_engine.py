@@ -11,6 +11,9 @@ speaks the OpenAI chat-completions API the way vLLM and SGLang do.
   times `scale` (scaled time, so tests run fast).
 - Streams are server-sent events, one chunk per few tokens, usage last when asked for.
 - `break_after` chunks, the stream is cut (the connection drops mid-stream).
+- `GET /metrics` publishes the queue as the engine does (vLLM's `vllm:num_requests_running`
+  and `vllm:num_requests_waiting`, SGLang's `sglang:num_running_reqs` and
+  `sglang:num_queue_reqs`): the requests running, and `waiting` (set by a test).
 
 `Loopback` runs any ASGI app on 127.0.0.1 in a thread, and can stop and restart it on the same
 port.
@@ -30,7 +33,7 @@ import uvicorn
 from engine_schemas import RequestError, validate_request
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 #: request fields outside the pinned budget schema that clients send and engines accept
@@ -56,6 +59,7 @@ class FakeEngine:
         self.prefill = prefill
         self.reason = reason
         self.running = 0
+        self.waiting = 0
         self.received: list[dict] = []
         self.break_after: int | None = None
         self.app = Starlette(
@@ -63,12 +67,30 @@ class FakeEngine:
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/received", self.bodies, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
             ]
         )
 
     async def bodies(self, request: Request):
         """The request bodies accepted so far (for a test or benchmark in another process)."""
         return JSONResponse(self.received)
+
+    async def metrics(self, request: Request):
+        """The queue in the engine's own Prometheus names (two label sets, as a server with
+        two model replicas would publish)."""
+        running, waiting = {
+            "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+            "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+        }[self.kind]
+        half = self.waiting // 2
+        text = (
+            f"# HELP {running} Requests running.\n# TYPE {running} gauge\n"
+            f'{running}{{model_name="fake",engine="0"}} {float(self.running)}\n'
+            f"# HELP {waiting} Requests waiting.\n# TYPE {waiting} gauge\n"
+            f'{waiting}{{model_name="fake",engine="0"}} {float(half)}\n'
+            f'{waiting}{{model_name="fake",engine="1"}} {float(self.waiting - half)}\n'
+        )
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request):
         return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model"}]})

@@ -6,6 +6,8 @@ Poisson traffic."""
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,3 +173,37 @@ def test_the_learn_command_writes_the_policy_and_reports_held_out(tmp_path):
     assert_refused(
         ["learn", TRACE_EXCERPT, "--replay-rate", "1e300", "--steps", "2"], "--replay-rate"
     )
+
+
+def test_relearning_from_a_gateways_request_log_is_one_command(tmp_path):
+    """The gateway's request log (JSON Lines: arrival time, task, ...) is a trace: `learn
+    --last H --task-types trace` learns on its last hours with its own task labels, and the
+    gateway loads the policy it writes (`serve --check --learned-policy`)."""
+    from conftest import assert_refused, run_cli, strict_loads
+
+    rng = np.random.default_rng(5)
+    w = jt.default_workload()
+    times = 1.765e9 + np.cumsum(rng.exponential(20.0, 900))  # ~5 h at 0.05 requests/s
+    tasks = rng.choice(w.task_names, size=times.size, p=np.asarray(w.share))
+    log = tmp_path / "requests.jsonl"
+    log.write_text(
+        "".join(
+            json.dumps({"timestamp": float(t), "task": str(k), "outcome": "ok", "budget": 300})
+            + "\n"
+            for t, k in zip(times, tasks)
+        )
+    )
+    out = tmp_path / "policy.json"
+    argv = ["learn", log, "--last", "3", "--task-types", "trace", "--states", "2"]
+    argv += ["--steps", "10", "--num-replications", "2", "--format", "json", "-o", out]
+    rc, text, err = run_cli(argv)
+    assert rc in (0, 1), err
+    report = strict_loads(text)
+    assert len(report["budgets_by_state"]) == 3
+    rc, text, err = run_cli(
+        ["serve", "--upstream", "http://127.0.0.1:9", "--learned-policy", out, "--check"]
+    )
+    assert rc == 0, err
+    shown = strict_loads(text)["gateway"]["budgets_by_state"]
+    assert set(shown) == set(w.task_names) and all(len(v) == 3 for v in shown.values())
+    assert_refused(["learn", log, "--last", "1e-6", "--steps", "2"], "--last")

@@ -111,6 +111,7 @@ def learn_budgets(
     learning_rate: float = 8.0,
     tail: float = 0.95,
     rtol: float = 1e-4,
+    task_types: str = "shares",
     key: PRNGKeyArray | None = None,
 ) -> LearnedBudgets:
     """Learn budgets that maximise the objective replayed on `trace`.
@@ -130,6 +131,8 @@ def learn_budgets(
         tail: the CVaR level reported.
         rtol: the relative change of the training objective over the last tenth of the steps
             below which the result is `CONVERGED`.
+        task_types: `"shares"` (each request's task drawn from the workload's shares) or
+            `"trace"` (the trace's own task labels, e.g. a gateway's request log).
         key: a JAX PRNG key (training and held-out draws are folded from it).
 
     Returns:
@@ -146,13 +149,27 @@ def learn_budgets(
     ):
         raise InputError(f"learning_rate: a number > 0 (tokens a step), got {learning_rate!r}")
     key = jax.random.PRNGKey(0) if key is None else key
-    whole = replay_draws(w, trace, num_replications=1, key=key, rate=rate, utilization=utilization)
+    whole = replay_draws(
+        w,
+        trace,
+        num_replications=1,
+        key=key,
+        rate=rate,
+        utilization=utilization,
+        task_types=task_types,
+    )
     replayed = float(np.asarray(whole.workload.arrival_rate))
     timed = trace.rescaled(replayed)
     split = timed.duration * train_fraction
     spans = (timed.between(0.0, split), timed.between(split, np.inf))
     train, test = (
-        replay_draws(w, span, num_replications=num_replications, key=jax.random.fold_in(key, i))
+        replay_draws(
+            w,
+            span,
+            num_replications=num_replications,
+            key=jax.random.fold_in(key, i),
+            task_types=task_types,
+        )
         for i, span in enumerate(spans, start=1)
     )
     at = w.replace(arrival_rate=jnp.asarray(replayed, w.dtype))

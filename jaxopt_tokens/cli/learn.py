@@ -69,6 +69,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="the first fraction of the trace trains, the rest is held out (0.5)",
     )
+    p.add_argument(
+        "--last",
+        type=positive_float,
+        metavar="HOURS",
+        help="learn on the trace's last HOURS only (e.g. a gateway's request log, re-learned "
+        "on a schedule)",
+    )
+    p.add_argument(
+        "--task-types",
+        choices=("shares", "trace"),
+        default="shares",
+        help="each request's task: drawn from the workload's shares, or the trace's own labels "
+        "(a gateway's request log has them) (default: shares)",
+    )
     p.add_argument("--steps", type=int_at_least(1), default=300, metavar="N")
     p.add_argument("--num-replications", type=int_at_least(1), default=8, metavar="R")
     p.add_argument("--seed", type=random_seed, default=0)
@@ -85,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     target = outputs.file(args.output, "-o") if args.output is not None else None
     try:
         trace = read_trace(args.trace, args.trace_format)
+        if args.last is not None:
+            trace = _last(trace, args.last)
         with loaded_workload(args) as w:
             with said_as_flags(REPLAY_FLAGS):
                 result = learn_budgets(
@@ -96,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                     rate=args.replay_rate,
                     num_replications=args.num_replications,
                     steps=args.steps,
+                    task_types=args.task_types,
                     key=jax.random.PRNGKey(args.seed),
                 )
             report = _report(args, w.task_names, result)
@@ -110,6 +127,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(report)
     return 0 if result.status == Status.CONVERGED else 1
+
+
+def _last(trace, hours: float):
+    """The requests of the trace's last `hours` (at least 2 of them)."""
+    start = max(trace.duration - hours * 3600.0, 0.0)
+    count = int(np.sum(np.asarray(trace.arrival_times) >= start))
+    if count < 2:
+        raise InputError(
+            f"--last: {count} request(s) in the trace's last {hours:g} h "
+            f"(it spans {trace.duration / 3600:.3g} h); give more hours"
+        )
+    return trace.between(start, np.inf)
 
 
 def _report(args, tasks, result) -> dict:

@@ -146,10 +146,15 @@ def run(args: argparse.Namespace) -> int:
     gateway.check_address(config, bind=not args.check)
     app = gateway.create_app(config)
     if args.check:
-        state = app.state.gateway.controller.state
-        emit_json(
-            {**state.policy, "gateway": {"reason": state.reason, "overloaded": state.overloaded}}
-        )
+        controller = app.state.gateway.controller
+        state = controller.state
+        said = {"reason": state.reason, "overloaded": state.overloaded}
+        if controller.learned is not None:
+            said["budgets_by_state"] = {
+                task: [state.budget(task, s) for s in range(controller.learned.states + 1)]
+                for task in controller.task_names
+            }
+        emit_json({**state.policy, "gateway": said})
         return 0
     logging.getLogger("jaxopt_tokens.gateway").info(
         json.dumps(

@@ -58,6 +58,7 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
     `ContinuousBatching(step_time, max_batch)` by `config.server`)."""
     _require_serve_extra()
     import jax
+    import numpy as np
 
     from .._io import default_workload, load_workload
     from .._queue.batching import ContinuousBatching
@@ -88,7 +89,34 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
             raise InputError(
                 f"{key}: {name!r} is not a task of the workload ({', '.join(workload.task_names)})"
             )
-    return build_app(Gateway(config, Controller(config, workload, model)))
+    if config.request_log is not None:
+        _check_log(config.request_log)
+    learned = None
+    if config.learned_policy is not None:
+        from ._learned import load_learned
+
+        try:
+            learned = load_learned(
+                config.learned_policy, workload.task_names, np.asarray(workload.max_tokens)
+            )
+        except InputError as e:
+            raise InputError(f"learned_policy: {e}") from None
+    return build_app(Gateway(config, Controller(config, workload, model, learned)))
+
+
+def _check_log(path: str) -> None:
+    """Refuse (naming `request_log`) a log that cannot be appended to."""
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise InputError(f"request_log: {path} exists and is not a file")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"request_log: the folder {folder} does not exist")
+    if not os.access(p if p.exists() else folder, os.W_OK):
+        raise InputError(f"request_log: {path} is not writable")
 
 
 def check_address(config: GatewayConfig, bind: bool = True) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +37,7 @@ from starlette.routing import Route
 
 from ._config import GatewayConfig, import_classifier, redact
 from ._control import Controller, Decision
+from ._learned import engine_queue
 from ._metrics import Metrics
 from ._request import (
     ENDPOINTS,
@@ -48,7 +50,7 @@ from ._request import (
     prompt_text,
 )
 
-__all__ = ["build_app", "Gateway", "Admission", "Slot", "Upstream"]
+__all__ = ["build_app", "Gateway", "Admission", "Slot", "Upstream", "QueueView", "RequestLog"]
 
 log = logging.getLogger("jaxopt_tokens.gateway")
 
@@ -90,9 +92,11 @@ def _log(event: str, **fields: Any) -> None:
 class Slot:
     """One admitted request: released once (`close`), with its outcome and usage recorded."""
 
-    def __init__(self, admission: Admission, task: str, index: int):
+    def __init__(self, admission: Admission, task: str, index: int, found: float, budget: float):
         self._admission = admission
         self.task, self.index = task, index
+        self.found, self.budget = found, budget  # the queue it met, the budget it was sent
+        self.arrived = time.time()
         self.started = time.monotonic()
         self._area = admission.area(self.started)
         self.closed = False
@@ -121,10 +125,15 @@ class Admission:
         self._area_at = now
         return self._area_total
 
-    def admit(self, task: str, index: int) -> Slot:
+    def admit(self, task: str, index: int, found: float = 0.0, budget: float = 0.0) -> Slot:
+        """A slot for a request of `task` that found `found` requests in the system and is
+        sent `budget` reasoning tokens, or 429 above `max_in_flight`."""
         config, m = self._gateway.config, self._gateway.metrics
         if self.in_flight >= config.max_in_flight:
             m.rejected.labels("overload").inc()
+            self._gateway.request_log.write(
+                {"timestamp": time.time(), "task": task, "outcome": "overload", "found": found}
+            )
             raise GatewayError(
                 429,
                 f"the gateway has {self.in_flight} requests in flight (max_in_flight="
@@ -133,7 +142,7 @@ class Admission:
                 "overload",
                 {"Retry-After": str(config.retry_after)},
             )
-        slot = Slot(self, task, index)  # its area starts before this request counts
+        slot = Slot(self, task, index, found, budget)  # its area starts before it counts
         self.in_flight += 1
         m.in_flight.set(self.in_flight)
         return slot
@@ -146,6 +155,19 @@ class Admission:
         m = self._gateway.metrics
         m.in_flight.set(self.in_flight)
         m.requests.labels(slot.task, outcome).inc()
+        record: dict[str, Any] = {
+            "timestamp": slot.arrived,
+            "task": slot.task,
+            "outcome": outcome,
+            "latency": elapsed,
+            "found": slot.found,
+            "budget": slot.budget,
+        }
+        if usage is not None:
+            record["output_tokens"] = usage[0]
+            if usage[1] is not None:
+                record["reasoning_tokens"] = usage[1]
+        self._gateway.request_log.write(record)
         if outcome == "ok":
             m.latency.labels(slot.task).observe(elapsed)
             if usage is not None:
@@ -236,6 +258,17 @@ class Upstream:
                 return await response.aread()
         finally:
             await response.aclose()
+
+    async def scrape(self, path: str, timeout: float) -> str | None:
+        """The text of `GET path` on the upstream (its metrics), or None on any fault."""
+        if self.client is None:
+            return None
+        try:
+            headers = {} if self.key is None else {"authorization": f"Bearer {self.key}"}
+            r = await self.client.get(self.base + path, headers=headers, timeout=timeout)
+            return r.text if r.status_code == 200 and len(r.content) < (16 << 20) else None
+        except (httpx.HTTPError, OSError, ValueError):
+            return None
 
     async def ready(self, path: str, ttl: float = 1.0) -> bool:
         """Whether `GET path` on the upstream answers 200 (cached for `ttl` seconds)."""
@@ -342,6 +375,74 @@ class _Relay(StreamingResponse):
         return True
 
 
+# --------------------------------------------------------------------------- queue and log
+
+
+class QueueView:
+    """The requests in the system a new arrival finds (the state a learned table is read
+    at): the gateway's own count in flight, or with `queue_source = "engine"` the engine's
+    running plus waiting requests, read from its Prometheus metrics every
+    `engine_metrics_interval` seconds (one view for every gateway replica in front of it).
+    A reading older than five intervals, or none, falls back to the gateway's own count."""
+
+    def __init__(self, gateway: Gateway):
+        self._gateway = gateway
+        self.engine: float | None = None
+        self.read_at = -math.inf
+
+    def found(self) -> tuple[float, str]:
+        """(requests in the system now, where the number comes from)."""
+        g = self._gateway
+        if g.config.queue_source == "engine" and self.engine is not None:
+            if time.monotonic() - self.read_at <= 5 * g.config.engine_metrics_interval:
+                return self.engine, "engine"
+        return float(g.admission.in_flight), "gateway"
+
+    async def poll(self) -> None:
+        """Read the engine's queue metrics until cancelled."""
+        g = self._gateway
+        interval = g.config.engine_metrics_interval
+        while True:
+            text = await g.upstream.scrape(g.config.engine_metrics_path, min(4 * interval, 5.0))
+            value = None if text is None else engine_queue(text, g.config.engine)
+            if value is None:
+                g.metrics.engine_reads.labels("failed").inc()
+            else:
+                self.engine, self.read_at = value, time.monotonic()
+                g.metrics.engine_queue.set(value)
+                g.metrics.engine_reads.labels("ok").inc()
+            await asyncio.sleep(interval)
+
+
+class RequestLog:
+    """Appends one JSON line per request (arrival time, task, outcome, latency, tokens, the
+    queue it found, the budget it was sent) to `request_log`, a trace `read_trace` reads.
+    Off when no file is configured; a write fault is logged once and turns it off."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self._file: Any = None
+
+    def open(self) -> None:
+        if self.path is not None:
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        except (OSError, ValueError) as e:
+            log.error(json.dumps({"event": "request_log_error", "error": type(e).__name__}))
+            self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
 # --------------------------------------------------------------------------- the gateway
 
 
@@ -357,6 +458,8 @@ class Gateway:
         self.admission = Admission(self)
         self.upstream = Upstream(config, self.metrics)
         self.streams: set[_Relay] = set()
+        self.queue = QueueView(self)
+        self.request_log = RequestLog(config.request_log)
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.allowed = {
@@ -495,9 +598,21 @@ class Gateway:
             return self.default_task
         return name
 
-    def prepare(self, body: dict, task: str, endpoint: str) -> tuple[bytes, bool]:
-        """(the forwarded body's bytes, whether the gateway added `include_usage`)."""
-        fields = self.controller.state.request_fields(task)
+    def row(self, task: str) -> tuple[float, int]:
+        """(requests in the system the arrival finds, the policy row it is given: 0 unless a
+        learned table is served), recorded in the metrics."""
+        found, _ = self.queue.found()
+        learned = self.controller.learned
+        row = 0 if learned is None else learned.row(found)
+        self.metrics.queue_state.set(found)
+        if learned is not None:
+            self.metrics.row_requests.labels(str(row)).inc()
+        return found, row
+
+    def prepare(self, body: dict, task: str, endpoint: str, row: int = 0) -> tuple[bytes, bool]:
+        """(the forwarded body's bytes, whether the gateway added `include_usage`) under the
+        policy's `row`."""
+        fields = self.controller.state.request_fields(task, row)
         out = apply_policy(body, fields, endpoint, self.config.override_client_budget)
         hide_usage = False
         if out.get("stream"):
@@ -545,9 +660,12 @@ async def _budgeted(gateway: Gateway, request: Request) -> Response:
     task = gateway.classify(request, body)
     index = gateway.tasks.index(task)
     gateway.controller.load.arrival(index)  # offered load: counted before admission
-    content, hide_usage = gateway.prepare(body, task, endpoint)
+    found, row = gateway.row(task)
+    content, hide_usage = gateway.prepare(body, task, endpoint, row)
     headers = gateway.headers(request)
-    slot = gateway.admission.admit(task, index)
+    budget = gateway.controller.state.budget(task, row)
+    slot = gateway.admission.admit(task, index, found, budget)
+    gateway.metrics.sent_budget.labels(task).set(budget)
     outcome = "gateway_error"
     try:
         upstream = await gateway.upstream.send(
@@ -649,8 +767,37 @@ async def _policy(gateway: Gateway, request: Request) -> Response:
             "requests_in_window": count,
             "solver_failures": gateway.controller.solver_failures,
         },
+        "queue": _queue_view(gateway),
     }
     return Response(json.dumps(body, allow_nan=False, default=str), media_type="application/json")
+
+
+def _queue_view(gateway: Gateway) -> dict[str, Any]:
+    """The queue state now, where it comes from, and the learned table when one is served."""
+    found, source = gateway.queue.found()
+    out: dict[str, Any] = {
+        "queue_source": gateway.config.queue_source,
+        "in_system": found,
+        "read_from": source,
+    }
+    if gateway.config.queue_source == "engine":
+        age = time.monotonic() - gateway.queue.read_at
+        out["engine_read_age_s"] = age if math.isfinite(age) else None
+    learned = gateway.controller.learned
+    if learned is not None:
+        row = learned.row(found)
+        out["learned"] = {
+            "file": learned.source,
+            "states": learned.states,
+            "row_now": row,
+            "budgets_by_state": {
+                task: [gateway.controller.state.budget(task, s) for s in range(learned.states + 1)]
+                for task in gateway.tasks
+            },
+            "budgets_now": {t: gateway.controller.state.budget(t, row) for t in gateway.tasks},
+            "replayed_held_out": learned.replayed,
+        }
+    return out
 
 
 async def _healthz(gateway: Gateway, request: Request) -> Response:
@@ -703,15 +850,20 @@ def build_app(gateway: Gateway) -> Starlette:
     async def lifespan(app):
         gateway.loop = asyncio.get_running_loop()
         gateway.upstream.open()
+        gateway.request_log.open()
         gateway.controller.load.start()  # the rate's clock starts when serving starts
-        loop = asyncio.create_task(gateway.control_loop())
+        tasks = [asyncio.create_task(gateway.control_loop())]
+        if gateway.config.queue_source == "engine":
+            tasks.append(asyncio.create_task(gateway.queue.poll()))
         try:
             yield
         finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await gateway.upstream.close()
+            gateway.request_log.close()
 
     app = Starlette(
         routes=routes_of(gateway.config),

@@ -23,6 +23,7 @@ from urllib.parse import urlparse, urlunparse
 
 from .._errors import InputError
 from .._files import read_text
+from ._learned import QUEUE_METRICS
 
 __all__ = [
     "GatewayConfig",
@@ -33,12 +34,15 @@ __all__ = [
     "redact",
     "ENGINES",
     "SMOOTHINGS",
+    "QUEUE_SOURCES",
     "OWN_ROUTES",
     "UNBUDGETED_GENERATION",
 ]
 
 #: the engines whose budget fields the gateway writes (`export_policy`'s formats)
 ENGINES = ("vllm", "sglang", "openai")
+#: where the queue state a learned policy reads comes from
+QUEUE_SOURCES = ("gateway", "engine")
 #: how the measured arrival rate and shares are smoothed
 SMOOTHINGS = ("window", "ewma")
 #: the gateway's own routes (budgeted or its own endpoints): never a pass-through route
@@ -148,6 +152,18 @@ class GatewayConfig:
         shutdown_grace: seconds in-flight streams get at shutdown before they end with an
             SSE `error` event.
         answer_reserve, min_budget, zero_budget: as in `export_policy`.
+        learned_policy: a policy file of `jaxopt-tokens learn -o` (budgets by task and by
+            the requests an arrival finds in the system): served as it is, row by row at
+            each request's queue state, and not re-solved.
+        queue_source: where the queue state comes from: `gateway` (its own requests in
+            flight) or `engine` (the engine's running plus waiting requests from its
+            Prometheus metrics: one view shared by every gateway replica in front of it).
+        engine_metrics_path: the engine's Prometheus path (with `queue_source = "engine"`).
+        engine_metrics_interval: seconds between two reads of it; a reading older than
+            five intervals (or none) falls back to the gateway's own count.
+        request_log: a JSON Lines file each request is appended to (arrival time, task,
+            outcome, latency, tokens, queue state, budget): a trace `jaxopt-tokens learn`
+            reads, to re-learn the policy on the gateway's own traffic.
     """
 
     upstream: str
@@ -193,6 +209,11 @@ class GatewayConfig:
     answer_reserve: int = 256
     min_budget: int = 0
     zero_budget: str = "disable"
+    learned_policy: str | None = None
+    queue_source: str = "gateway"
+    engine_metrics_path: str = "/metrics"
+    engine_metrics_interval: float = 0.5
+    request_log: str | None = None
 
     def __post_init__(self):
         _check_types(self)
@@ -202,7 +223,14 @@ class GatewayConfig:
         _choice("server", self.server, ("mg1", "batching"))
         _choice("smoothing", self.smoothing, SMOOTHINGS)
         _choice("zero_budget", self.zero_budget, ("disable", "budget"))
-        for name in ("interval", "window", "upstream_timeout", "shutdown_grace"):
+        _choice("queue_source", self.queue_source, QUEUE_SOURCES)
+        for name in (
+            "interval",
+            "window",
+            "upstream_timeout",
+            "shutdown_grace",
+            "engine_metrics_interval",
+        ):
             _positive(name, getattr(self, name))
         for name in ("min_gain", "min_change", "target_band", "min_evidence"):
             v = float(getattr(self, name))
@@ -224,8 +252,19 @@ class GatewayConfig:
                 raise InputError(f"{name}: a whole number >= {low}, got {getattr(self, name)!r}")
         if self.port > 65535:
             raise InputError(f"port: at most 65535, got {self.port}")
-        if self.workload is not None and not self.workload.strip():
-            raise InputError("workload: a file path, got an empty string")
+        for name in ("workload", "learned_policy", "request_log"):
+            if getattr(self, name) is not None and not getattr(self, name).strip():
+                raise InputError(f"{name}: a file path, got an empty string")
+        if self.queue_source == "engine" and self.engine not in QUEUE_METRICS:
+            raise InputError(
+                f"queue_source: engine {self.engine!r} publishes no queue metrics (the "
+                f"engines that do: {', '.join(QUEUE_METRICS)})"
+            )
+        if self.learned_policy is not None and self.target_latency is not None:
+            raise InputError(
+                "target_latency: a learned_policy is served as learned, not tuned to a "
+                "target (set one of them)"
+            )
         if self.target_latency is not None:
             _positive("target_latency", self.target_latency)
             if self.server != "mg1":
@@ -257,6 +296,10 @@ class GatewayConfig:
         for name in ("api_key", "admin_key", "upstream_key"):
             object.__setattr__(self, name, _secret(name, getattr(self, name)))
         _check_routes(self.passthrough, self.ready_path)
+        if not re.fullmatch(r"(/[\w.~-]+)+", self.engine_metrics_path):
+            raise InputError(
+                f"engine_metrics_path: a path such as /metrics, got {self.engine_metrics_path!r}"
+            )
         from ._request import REFUSED_FIELDS  # the allow-list's refusals
 
         bad = sorted(set(self.allow_fields) & set(REFUSED_FIELDS))

@@ -40,6 +40,7 @@ from .._tuning.tune import TuneStatus, tune_alpha
 from .._validate import VALID, member_status
 from .._workload import Workload
 from ._config import GatewayConfig
+from ._learned import LearnedTable
 
 # compiled once: every control step re-tunes with new measured values, not new shapes
 _tune_alpha = eqx.filter_jit(tune_alpha)
@@ -266,9 +267,19 @@ class PolicyState:
     version: int
     reason: str
     solved_at: float = field(default_factory=time.time)
+    rows: tuple[dict[str, Any], ...] = ()
 
-    def request_fields(self, task: str) -> dict[str, Any]:
-        return self.policy["tasks"][task]["request"]
+    def row_policy(self, row: int) -> dict[str, Any]:
+        """The exported policy of a learned table's `row` (the policy itself when static)."""
+        return self.rows[min(row, len(self.rows) - 1)] if self.rows else self.policy
+
+    def request_fields(self, task: str, row: int = 0) -> dict[str, Any]:
+        """The request fields of `task` (at a learned table's `row`)."""
+        return self.row_policy(row)["tasks"][task]["request"]
+
+    def budget(self, task: str, row: int = 0) -> float:
+        """The reasoning budget `task` is sent (at a learned table's `row`)."""
+        return float(self.row_policy(row)["tasks"][task]["budget"] or 0)
 
 
 @dataclass(frozen=True)
@@ -282,17 +293,29 @@ class Decision:
 
 
 class Controller:
-    """Holds the current policy and re-solves it from measurements (thread-safe swap)."""
+    """Holds the current policy and re-solves it from measurements (thread-safe swap).
+    With a `learned` table the policy is the table, served as learned: measured, never
+    re-solved."""
 
-    def __init__(self, config: GatewayConfig, workload: Workload, model: LatencyModel):
+    def __init__(
+        self,
+        config: GatewayConfig,
+        workload: Workload,
+        model: LatencyModel,
+        learned: LearnedTable | None = None,
+    ):
         self.config = config
         self.workload = workload
         self.model = model
         self.task_names = workload.task_names
+        self.learned = learned
         self.load = LoadEstimator(workload.num_tasks, config.window, config.smoothing)
         self.service = ServiceEstimator(workload, model, config.min_samples)
         self.solver_failures = 0
         self._lock = threading.Lock()
+        if learned is not None:
+            self._state = self._learned_state(workload, model, learned)
+            return
         tokens, status, missed = self._optimal(workload, model, None)
         if status != Status.CONVERGED:
             tokens = np.zeros(workload.num_tasks)
@@ -343,10 +366,11 @@ class Controller:
                 return np.zeros(w.num_tasks), Status.CONVERGED, why
         return np.zeros(w.num_tasks), Status.MAX_ITERATIONS, None
 
-    def _state_for(self, w, model, tokens, version, reason, overloaded) -> PolicyState:
+    def _export(self, w: Workload, tokens) -> dict[str, Any]:
+        """The exported policy (request fields by task) of `tokens`."""
         with jax.enable_x64(True), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnstableQueueWarning)  # judged by `model` below
-            policy = export_policy(
+            warnings.simplefilter("ignore", UnstableQueueWarning)  # judged by the caller
+            return export_policy(
                 w,
                 np.where(np.isfinite(tokens), tokens, 0.0),
                 engine=self.config.engine,
@@ -354,6 +378,32 @@ class Controller:
                 min_budget=self.config.min_budget,
                 zero_budget=self.config.zero_budget,
             )
+
+    def _learned_state(self, w, model, learned: LearnedTable) -> PolicyState:
+        """The learned table as the policy: row 0's budgets as the headline, every row's
+        request fields, and the file's held-out replay as its objective and latency."""
+        rows = tuple(self._export(w, row) for row in learned.table)
+        head = rows[0]
+        head["source"]["latency_model"] = type(model).__name__
+        head["source"]["learned_policy"] = learned.source
+        replayed = learned.replayed
+        return PolicyState(
+            tokens=np.asarray([head["tasks"][n]["budget"] or 0 for n in w.task_names], dtype=float),
+            policy=head,
+            arrival_rate=float(np.asarray(w.arrival_rate)),
+            shares=tuple(float(x) for x in np.asarray(w.share)),
+            objective=replayed.get("objective", math.nan),
+            predicted_latency=replayed.get("mean_system_time", math.nan),
+            overloaded=False,
+            version=0,
+            reason=f"learned table {learned.source} ({learned.states + 1} rows by requests in "
+            "the system); served as learned, not re-solved",
+            rows=rows,
+        )
+
+    def _state_for(self, w, model, tokens, version, reason, overloaded) -> PolicyState:
+        policy = self._export(w, tokens)
+        with jax.enable_x64(True):
             budgets = np.asarray(
                 [policy["tasks"][n]["budget"] or 0 for n in w.task_names], dtype=float
             )
@@ -386,6 +436,9 @@ class Controller:
         """One control step, observe -> solve -> decide -> publish (call it off the event
         loop: it solves). Computes in float64, opened once here."""
         start = time.perf_counter()
+        if self.learned is not None:
+            why = "a learned table is served as learned: it is not re-solved"
+            return Decision("keep", why, time.perf_counter() - start, self._state)
         with self._lock, jax.enable_x64(True):
             current = self._state
             observed = self._observe(now, current)

@@ -57,6 +57,35 @@ class Metrics:
             "jt_gateway_overloaded", "1 when no budget keeps the queue stable", registry=r
         )
         self.version = Gauge("jt_gateway_policy_version", "Policy version", registry=r)
+        self.queue_state = Gauge(
+            "jt_gateway_queue_state",
+            "Requests in the system the last arrival found (the learned table's state)",
+            registry=r,
+        )
+        self.sent_budget = Gauge(
+            "jt_gateway_sent_budget_tokens",
+            "Reasoning budget sent with the task's last request",
+            ["task"],
+            registry=r,
+        )
+        self.row_requests = Counter(
+            "jt_gateway_policy_row_requests",
+            "Requests by the row of the learned table they were given",
+            ["row"],
+            registry=r,
+        )
+        self.engine_queue = Gauge(
+            "jt_gateway_engine_queue",
+            "Engine's running plus waiting requests at its last read",
+            registry=r,
+        )
+        self.engine_reads = Counter(
+            "jt_gateway_engine_metrics_reads",
+            "Reads of the engine's queue metrics by result",
+            ["result"],
+            registry=r,
+        )
         for t in tasks:
             self.budget.labels(t)
             self.share.labels(t)
+            self.sent_budget.labels(t)
