@@ -21,6 +21,7 @@ import optax
 from jaxtyping import PRNGKeyArray
 
 from .._errors import InputError
+from .._queue.models import FIFO
 from .._solver.solve import solve
 from .._status import Status
 from .._traffic.trace import Trace
@@ -112,6 +113,8 @@ def learn_budgets(
     tail: float = 0.95,
     rtol: float = 1e-4,
     task_types: str = "shares",
+    model: FIFO | None = None,
+    noise: str = "lognormal",
     key: PRNGKeyArray | None = None,
 ) -> LearnedBudgets:
     """Learn budgets that maximise the objective replayed on `trace`.
@@ -133,6 +136,9 @@ def learn_budgets(
             below which the result is `CONVERGED`.
         task_types: `"shares"` (each request's task drawn from the workload's shares) or
             `"trace"` (the trace's own task labels, e.g. a gateway's request log).
+        model: the FIFO single server replayed (`FIFO(service_cv)`; default deterministic
+            service), also the model whose optimum is the start and the comparison.
+        noise: the family of the service-time factor (`"lognormal"` or `"gamma"`).
         key: a JAX PRNG key (training and held-out draws are folded from it).
 
     Returns:
@@ -148,6 +154,12 @@ def learn_budgets(
         isinstance(learning_rate, float | int) and np.isfinite(learning_rate) and learning_rate > 0
     ):
         raise InputError(f"learning_rate: a number > 0 (tokens a step), got {learning_rate!r}")
+    model = FIFO() if model is None else model
+    if type(model) is not FIFO:
+        raise InputError(
+            f"model: the replay learns on the FIFO single server, got {type(model).__name__}"
+        )
+    cv = model.service_cv
     key = jax.random.PRNGKey(0) if key is None else key
     whole = replay_draws(
         w,
@@ -157,6 +169,8 @@ def learn_budgets(
         rate=rate,
         utilization=utilization,
         task_types=task_types,
+        service_cv=cv,
+        noise=noise,
     )
     replayed = float(np.asarray(whole.workload.arrival_rate))
     timed = trace.rescaled(replayed)
@@ -169,11 +183,13 @@ def learn_budgets(
             num_replications=num_replications,
             key=jax.random.fold_in(key, i),
             task_types=task_types,
+            service_cv=cv,
+            noise=noise,
         )
         for i, span in enumerate(spans, start=1)
     )
     at = w.replace(arrival_rate=jnp.asarray(replayed, w.dtype))
-    optimum = solve(at).tokens
+    optimum = solve(at, model=model).tokens
     if not bool(np.all(np.isfinite(np.asarray(optimum)))):
         raise InputError(
             f"rate: no stable model optimum at {replayed:.4g} requests/s (the replayed rate)"

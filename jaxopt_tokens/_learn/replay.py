@@ -84,7 +84,8 @@ def replay_draws(
     tokens: ArrayLike | None = None,
     service: str = "tasks",
     task_types: str = "shares",
-    service_cv: float = 0.0,
+    service_cv: ArrayLike = 0.0,
+    noise: str = "lognormal",
     warmup: int | None = None,
 ) -> ReplayDraws:
     """Draw and check, once, what `replay_metrics` replays.
@@ -100,12 +101,15 @@ def replay_draws(
             the workload's rate).
         service: `"tasks"` or `"trace"`, as in `simulate`.
         task_types: `"shares"` or `"trace"`, as in `simulate`.
-        service_cv: the coefficient of variation of a request's service time (lognormal).
+        service_cv: the coefficient of variation of a request's service time (one value, or
+            one per task).
+        noise: the family of the service-time factor, `"lognormal"` or `"gamma"` (with
+            `service_cv=1`, exponential service), as in `simulate`.
         warmup: requests left out of the statistics (default 10%).
 
     Returns:
-        `ReplayDraws`. `simulate(w, tokens, arrivals=trace, model=FIFO(service_cv), ...)`
-        with the same key sees the same draws.
+        `ReplayDraws`. `simulate(w, tokens, arrivals=trace, model=FIFO(service_cv),
+        noise=noise, ...)` with the same key sees the same draws.
     """
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
@@ -113,11 +117,13 @@ def replay_draws(
     if w.batch_shape:
         raise InputError(f"w: one workload, got a batch of shape {w.batch_shape}")
     num_replications = check_int("num_replications", num_replications, 1)
+    if noise not in ("lognormal", "gamma"):
+        raise InputError(f"noise: 'lognormal' or 'gamma', got {noise!r}")
     check_key(key)
     key = jax.random.PRNGKey(0) if key is None else key
     model = FIFO(service_cv=service_cv)
     if tokens is None and utilization is not None:
-        tokens = solve(w).tokens
+        tokens = solve(w, model=model).tokens
     tok = np.zeros((1, w.num_tasks)) if tokens is None else np.asarray(tokens, np.float64)
     replay, at = replay_for(
         model,
@@ -138,7 +144,9 @@ def replay_draws(
         "use fewer replications",
     )
     streams = jax.vmap(  # replication r: the key `simulate` folds for it
-        lambda r: replay_stream(jax.random.fold_in(key, r), at, replay, service_cv=service_cv)
+        lambda r: replay_stream(
+            jax.random.fold_in(key, r), at, replay, service_cv=service_cv, noise=noise
+        )
     )(jnp.arange(num_replications))
     return ReplayDraws(
         workload=at,
