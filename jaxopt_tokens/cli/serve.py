@@ -9,8 +9,8 @@ import json
 import logging
 from typing import Any
 
-from .. import InputError
-from ._common import path_arg
+from .. import TRACE_FORMATS, InputError
+from ._common import int_at_least, path_arg, positive_float, random_seed
 from ._output import emit_json
 
 #: flags that take a list or table in TOML and a compact form on the command line
@@ -82,6 +82,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="check the configuration, solve the starting policy, print it as JSON and exit "
         "(no server is started)",
     )
+    dry = p.add_argument_group(
+        "dry run",
+        "replay a trace through the gateway's own control loop in simulated time, without "
+        "HTTP or an engine (the engine is simulated: the configured server). Example: "
+        "jaxopt-tokens serve --config serve.toml --dry-run trace.csv --dry-run-minutes 10",
+    )
+    dry.add_argument("--dry-run", type=path_arg, metavar="TRACE", help="the trace to replay")
+    dry.add_argument("--trace-format", choices=("auto", *TRACE_FORMATS), default="auto")
+    dry.add_argument(
+        "--dry-run-minutes",
+        type=positive_float,
+        metavar="M",
+        help="replay the trace's first M minutes only",
+    )
+    dry.add_argument(
+        "--reasoning",
+        type=int_at_least(0),
+        default=2000,
+        metavar="N",
+        help="reasoning tokens a request generates when no budget cuts it (2000)",
+    )
+    dry.add_argument("--seed", type=random_seed, default=0, help="the seed of the task draw")
+    dry.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=run)
 
 
@@ -132,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import gateway
 
     flags = overrides(args)
+    if args.dry_run is not None and "upstream" not in flags:
+        flags["upstream"] = "http://127.0.0.1:1"  # not contacted: the engine is simulated
     if args.config is not None:
         config = gateway.load_config(args.config, flags)
     else:
@@ -142,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(getattr(logging, args.log_level.upper()))
+    if args.dry_run is not None:
+        return _dry_run(args, config)
     # the address is checked before the start-up solve, not after it (bound unless --check)
     gateway.check_address(config, bind=not args.check)
     app = gateway.create_app(config)
@@ -166,4 +193,60 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     gateway.run(app, config)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, config) -> int:
+    """`--dry-run TRACE`: the control loop on the trace in simulated time; a summary and
+    every control step (table on standard error, or JSON on standard output)."""
+    import math
+
+    from .. import gateway, read_trace
+
+    trace = read_trace(args.dry_run, args.trace_format)
+    if args.dry_run_minutes is not None:
+        trace = trace.between(0.0, args.dry_run_minutes * 60.0)
+    result = gateway.dry_run(config, trace, reasoning=args.reasoning, seed=args.seed)
+
+    def clean(x):
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    report = {
+        "trace": str(args.dry_run),
+        "summary": {k: clean(v) for k, v in result.summary.items()},
+        "steps": [{k: clean(v) for k, v in s.items()} for s in result.steps],
+    }
+    if args.format == "json":
+        emit_json(report)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    t = Table(title=f"dry run of {args.dry_run}: control steps")
+    for col in ("time (s)", "action", "measured rate", "requests", "mean latency", "p95", "J"):
+        t.add_column(col, justify="right")
+    t.add_column("budgets in force after the step")
+
+    def num(x, fmt="{:.3g}"):
+        return "-" if x is None else fmt.format(x)
+
+    for s in result.steps:
+        budgets = " ".join(f"{k}={v:.0f}" for k, v in s["budgets"].items())
+        t.add_row(
+            f"{s['time']:.0f}",
+            s["action"],
+            num(s["measured_rate"]),
+            str(s["requests"]),
+            num(s["mean_latency"]),
+            num(s["p95_latency"]),
+            num(s["J"]),
+            budgets,
+        )
+    console.print(t)
+    summary = Table(title="summary")
+    for k in report["summary"]:
+        summary.add_column(k.replace("_", " "), justify="right")
+    summary.add_row(*(num(v, "{:.4g}") for v in report["summary"].values()))
+    console.print(summary)
     return 0

@@ -30,6 +30,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "create_app",
+    "dry_run",
     "check_address",
     "serve",
     "run",
@@ -57,14 +58,41 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
     configuration unless given: `config.workload` or the packaged default; `FIFO()` or
     `ContinuousBatching(step_time, max_batch)` by `config.server`)."""
     _require_serve_extra()
+    from ._app import Gateway, build_app
+    from ._control import Controller
+
+    workload, model, learned = _components(config, workload, model)
+    if config.request_log is not None:
+        _check_log(config.request_log)
+    return build_app(Gateway(config, Controller(config, workload, model, learned)))
+
+
+def dry_run(
+    config: GatewayConfig,
+    trace: Any,
+    workload: Any = None,
+    model: Any = None,
+    **options: Any,
+):
+    """Replay `trace` through the gateway's control loop in simulated time, without HTTP
+    (`DryRun`: the summary, every request, every control step). The workload, model and
+    learned table come from `config` as for `create_app`; `options` are those of the
+    dry run (`tasks`, `seed`, `reasoning`, `answer_tokens`, `prefill_tokens`). Needs no
+    HTTP stack."""
+    from ._dryrun import dry_run as run_dry
+
+    workload, model, learned = _components(config, workload, model)
+    return run_dry(config, workload, model, trace, learned=learned, **options)
+
+
+def _components(config: GatewayConfig, workload: Any, model: Any):
+    """(workload, model, learned table or None) of `config`, each checked."""
     import jax
     import numpy as np
 
     from .._io import default_workload, load_workload
     from .._queue.batching import ContinuousBatching
     from .._queue.models import FIFO
-    from ._app import Gateway, build_app
-    from ._control import Controller
 
     if workload is None:
         with jax.enable_x64(True):  # the gateway computes in float64, without a global switch
@@ -89,8 +117,6 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
             raise InputError(
                 f"{key}: {name!r} is not a task of the workload ({', '.join(workload.task_names)})"
             )
-    if config.request_log is not None:
-        _check_log(config.request_log)
     learned = None
     if config.learned_policy is not None:
         from ._learned import load_learned
@@ -101,7 +127,7 @@ def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
             )
         except InputError as e:
             raise InputError(f"learned_policy: {e}") from None
-    return build_app(Gateway(config, Controller(config, workload, model, learned)))
+    return workload, model, learned
 
 
 def _check_log(path: str) -> None:
