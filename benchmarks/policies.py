@@ -26,8 +26,7 @@ TRACES = Path(__file__).parent / "data" / "traces"
 def held_out_table(names, utilizations) -> None:
     w = jt.default_workload("float64")
     print(
-        "| trace | utilization | policy | J | mean latency (s) | p95 (s) | CVaR95 (s) "
-        "| accuracy |"
+        "| trace | utilization | policy | J | mean latency (s) | p95 (s) | CVaR95 (s) | accuracy |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in names:

@@ -77,12 +77,13 @@ def dry_run(
     """Replay `trace` through the gateway's control loop in simulated time, without HTTP
     (`DryRun`: the summary, every request, every control step). The workload, model and
     learned table come from `config` as for `create_app`; `options` are those of the
-    dry run (`tasks`, `seed`, `reasoning`, `answer_tokens`, `prefill_tokens`). Needs no
-    HTTP stack."""
+    dry run (`learned` to serve a table not in a file, `tasks`, `seed`, `reasoning`,
+    `answer_tokens`, `prefill_tokens`). Needs no HTTP stack."""
     from ._dryrun import dry_run as run_dry
 
     workload, model, learned = _components(config, workload, model)
-    return run_dry(config, workload, model, trace, learned=learned, **options)
+    options.setdefault("learned", learned)
+    return run_dry(config, workload, model, trace, **options)
 
 
 def _components(config: GatewayConfig, workload: Any, model: Any):

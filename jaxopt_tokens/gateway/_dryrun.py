@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputError
@@ -255,7 +256,7 @@ def dry_run(
     with jax.enable_x64(True):
         onehot = np.zeros((q, len(names)))
         onehot[np.arange(q), tasks] = budget
-        acc_all = np.asarray(task_accuracy(onehot, workload), dtype=float)
+        acc_all = np.asarray(task_accuracy(jnp.asarray(onehot), workload), dtype=float)
     accuracy = acc_all[np.arange(q), tasks]
     latency = np.where(refused, np.nan, finish - arrivals)
     alpha = float(np.asarray(workload.alpha))
