@@ -25,7 +25,6 @@ from rich.table import Table
 
 import jaxopt_tokens as jt
 from jaxopt_tokens import gateway
-from jaxopt_tokens.gateway._learned import LearnedTable
 
 ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "benchmarks" / "data" / "traces" / "AzureLLMInferenceTrace_code.csv"
@@ -137,7 +136,7 @@ def main() -> None:
                     at = w.replace(arrival_rate=a * trace.mean_rate * (1 + k * s_))
                     tokens = np.asarray(jt.solve(at, model=model).tokens)
                     rows.append(np.where(np.isfinite(tokens), np.floor(tokens), 0.0))
-            table = LearnedTable("model", np.minimum.accumulate(np.array(rows), axis=0), {})
+            table = gateway.LearnedTable("model", np.minimum.accumulate(np.array(rows), axis=0), {})
             r = gateway.dry_run(_config(interval=3600.0), trace, w, tasks=tasks, learned=table)
             s = r.summary
             t.add_row(

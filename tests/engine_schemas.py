@@ -16,6 +16,20 @@ Read at:
   (`ChatCompletionRequest`, `normalize_reasoning_inputs`; no `extra` setting: unknown fields
   are silently dropped), `python/sglang/srt/sampling/custom_logit_processor.py` @ 065927d1
   (`CustomLogitProcessor.to_str`, `ThinkingBudgetLogitProcessor.__call__`).
+- NVIDIA Dynamo, ai-dynamo/dynamo: `lib/llm/src/protocols/openai/chat_completions.rs` @
+  a226db21 (`NvCreateChatCompletionRequest`: `thinking_token_budget: Option<u32>` at the
+  root, `chat_template_args` alias `chat_template_kwargs`, `thinking`, `nvext`, a flattened
+  `unsupported_fields` catch-all refused at validation: unknown fields get HTTP 400),
+  `lib/llm/src/protocols/openai/common_ext.rs` @ 0d98a95c (`CommonExt`),
+  `lib/llm/src/protocols/openai.rs` @ a226db21 (the root budget wins over the legacy
+  `nvext.max_thinking_tokens`; `max_completion_tokens` over `max_tokens`).
+- llama.cpp, ggml-org/llama.cpp: `tools/server/server-task.cpp` and
+  `tools/server/server-common.cpp` @ 00efb3e1 (`n_predict`, then `max_completion_tokens`,
+  then `max_tokens`; `chat_template_kwargs.enable_thinking` must be a boolean; unknown
+  fields are ignored), the budget read as `reasoning_budget_tokens` falling back to
+  `thinking_budget_tokens` (-1: the server's `--reasoning-budget`), `common/
+  reasoning-budget.cpp` @ 007d7135 (the sampler forces the end of thinking at the budget).
+  Usage reports no reasoning tokens: the reasoning is `message.reasoning_content`.
 """
 
 from __future__ import annotations
@@ -55,7 +69,65 @@ ENGINE_MODELS = {
             "reasoning_effort": "effort|None",
         },
     },
+    "dynamo": {
+        "source": "lib/llm/src/protocols/openai/chat_completions.rs NvCreateChatCompletionRequest",
+        "commit": "a226db213493c3ba728f0e8cca425563f9013d08",
+        "extra": "forbid",  # unsupported_fields: HTTP 400 "Unsupported parameter(s)"
+        "fields": {
+            "model": "str",
+            "messages": "list",
+            "max_tokens": "int|None",
+            "max_completion_tokens": "int|None",
+            "thinking_token_budget": "u32|None",
+            "chat_template_kwargs": "dict|None",
+            "reasoning_effort": "effort|None",
+        },
+    },
+    "llamacpp": {
+        "source": "tools/server/server-task.cpp, server-common.cpp",
+        "commit": "00efb3e184262872916bf136b3df63c1822a19bd",
+        "extra": "ignore",  # unknown fields ignored
+        "fields": {
+            "model": "str|None",
+            "messages": "list",
+            "max_tokens": "int|None",
+            "max_completion_tokens": "int|None",
+            "n_predict": "int|None",
+            "thinking_budget_tokens": "budget",
+            "reasoning_budget_tokens": "budget",
+            "chat_template_kwargs": "dict|None",
+            "reasoning_effort": "effort|None",
+        },
+    },
 }
+
+#: NVIDIA Dynamo's chat-completions root fields: the OpenAI request it embeds, `CommonExt`
+#: (common_ext.rs @ 0d98a95c), its own (chat_completions.rs @ a226db21) and the extras its
+#: validator lets through (`PASSTHROUGH_EXTRA_FIELDS`, validate.rs @ 0285dda8)
+DYNAMO_CHAT_FIELDS = frozenset(
+    """messages model store reasoning_effort metadata frequency_penalty logit_bias logprobs
+    top_logprobs max_tokens max_completion_tokens n modalities prediction audio
+    presence_penalty response_format seed service_tier stop stream stream_options
+    temperature top_p tools tool_choice parallel_tool_calls user web_search_options
+    function_call functions ignore_eos min_tokens top_k repetition_penalty
+    include_stop_str_in_output guided_json guided_regex guided_grammar guided_choice
+    guided_decoding_backend add_generation_prompt continue_final_message nvext
+    chat_template_args chat_template_kwargs thinking thinking_token_budget media_io_kwargs
+    return_tokens_as_token_ids cache_salt stop_token_ids detokenize allowed_token_ids
+    bad_words_token_ids logprob_token_ids""".split()
+)
+
+#: the chat fields llama.cpp's server reads (server-task.cpp / server-common.cpp @ 00efb3e1;
+#: it ignores any other)
+LLAMACPP_CHAT_FIELDS = frozenset(
+    """messages model stream stream_options temperature top_p top_k min_p typical_p
+    repeat_penalty presence_penalty frequency_penalty seed stop n n_predict max_tokens
+    max_completion_tokens logit_bias logprobs top_logprobs response_format json_schema
+    grammar tools tool_choice parallel_tool_calls chat_template_kwargs reasoning_format
+    reasoning_effort thinking_budget_tokens reasoning_budget_tokens
+    reasoning_budget_start_tag reasoning_budget_end_tag reasoning_budget_message
+    reasoning_budget_arm_immediately id_slot cache_prompt lora samplers""".split()
+)
 
 #: every field name of vLLM's `ChatCompletionRequest` (vllm-project/vllm @ 002032ee,
 #: `vllm/entrypoints/openai/chat_completion/protocol.py`): the gateway's forwarded fields
@@ -119,6 +191,8 @@ def _check(kind: str, value, field: str):
         "dict": isinstance(value, dict),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "effort": value in EFFORTS,
+        # Dynamo's Option<u32>: a non-negative integer (no -1)
+        "u32": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
         # vLLM validate_thinking_token_budget: bools and floats refused; -1 or >= 0
         "budget": isinstance(value, int) and not isinstance(value, bool) and value >= -1,
     }[base]
@@ -173,9 +247,21 @@ def validate_request(engine: str, body: dict) -> dict:
         "thinking_budget": None,
         "enforced_by": None,
     }
-    if engine == "vllm":
+    if engine == "vllm" or engine == "dynamo":
         budget = body.get("thinking_token_budget")
         out["thinking_budget"] = None if budget in (None, -1) else budget
+        return out
+    if engine == "llamacpp":
+        n_predict = body.get("n_predict")
+        if n_predict is not None:  # read before max_completion_tokens
+            out["max_new_tokens"] = n_predict
+        kwargs_ = body.get("chat_template_kwargs") or {}
+        if "enable_thinking" in kwargs_ and not isinstance(kwargs_["enable_thinking"], bool):
+            raise RequestError("chat_template_kwargs.enable_thinking: invalid type")
+        budget = body.get("reasoning_budget_tokens", -1)
+        if budget == -1:
+            budget = body.get("thinking_budget_tokens", -1)
+        out["thinking_budget"] = None if budget == -1 else budget
         return out
     params = body.get("custom_params") or {}
     budget = params.get("thinking_budget")

@@ -52,8 +52,17 @@ ANSWER_TOKENS = 20
 
 
 class FakeEngine:
-    def __init__(self, kind="vllm", step_time=(0.01, 0.0005), scale=0.01, prefill=5, reason=300):
+    def __init__(
+        self,
+        kind="vllm",
+        step_time=(0.01, 0.0005),
+        scale=0.01,
+        prefill=5,
+        reason=300,
+        ignore_budget=False,
+    ):
         self.kind = kind
+        self.ignore_budget = ignore_budget  # accepts the budget and does not enforce it
         self.tau0, self.tau1 = step_time
         self.scale = scale
         self.prefill = prefill
@@ -81,7 +90,7 @@ class FakeEngine:
         running, waiting = {
             "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
             "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
-        }[self.kind]
+        }.get(self.kind, ("fake:running", "fake:waiting"))
         half = self.waiting // 2
         text = (
             f"# HELP {running} Requests running.\n# TYPE {running} gauge\n"
@@ -104,7 +113,7 @@ class FakeEngine:
         natural = int(m.group(1)) if m else self.reason
         if acts["enable_thinking"] is False:
             reasoning = 0
-        elif acts["thinking_budget"] is not None:
+        elif acts["thinking_budget"] is not None and not self.ignore_budget:
             reasoning = min(natural, acts["thinking_budget"])
         else:
             reasoning = natural
@@ -126,12 +135,12 @@ class FakeEngine:
         except RequestError as e:
             return JSONResponse({"error": {"message": str(e), "type": "BadRequestError"}}, 400)
         self.received.append(body)
-        usage = {
-            "prompt_tokens": 10,
-            "completion_tokens": total,
-            "total_tokens": 10 + total,
-            "completion_tokens_details": {"reasoning_tokens": reasoning},
-        }
+        usage = {"prompt_tokens": 10, "completion_tokens": total, "total_tokens": 10 + total}
+        # llama.cpp reports no reasoning count: its reasoning is the message's
+        # `reasoning_content` (here 4 characters a token)
+        counted = self.kind != "llamacpp"
+        if counted:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         created = int(time.time())
         if not body.get("stream"):
             self.running += 1
@@ -151,7 +160,11 @@ class FakeEngine:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "x" * ANSWER_TOKENS},
+                            "message": {
+                                "role": "assistant",
+                                "content": "x" * ANSWER_TOKENS,
+                                **({} if counted else {"reasoning_content": "abc " * reasoning}),
+                            },
                             "finish_reason": "stop" if total > reasoning else "length",
                         }
                     ],
@@ -171,14 +184,16 @@ class FakeEngine:
                         raise ConnectionAbortedError("the fake engine dies mid-stream")
                     n = min(per, total - i)
                     await asyncio.sleep(n * self._step())
+                    thought = max(0, min(i + n, reasoning) - i)
+                    delta = {"content": "x" * (n - thought)}
+                    if thought and not counted:
+                        delta["reasoning_content"] = "abc " * thought
                     chunk = {
                         "id": "cmpl-fake",
                         "object": "chat.completion.chunk",
                         "created": created,
                         "model": "fake",
-                        "choices": [
-                            {"index": 0, "delta": {"content": "x" * n}, "finish_reason": None}
-                        ],
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
                     }
                     yield f"data: {json.dumps(chunk)}\n\n".encode()
                     sent += 1

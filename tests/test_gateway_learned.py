@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import jaxopt_tokens as jt
 from jaxopt_tokens import gateway
-from jaxopt_tokens.gateway._learned import engine_queue, load_learned
+from jaxopt_tokens.gateway import engine_queue, load_learned
 
 pytestmark = pytest.mark.timeout(120)
 SCALE = 0.01

@@ -721,14 +721,34 @@ def _openai_fields() -> set[str]:
 
 #: fields the gateway itself reads that an engine may not define (vLLM accepts extra
 #: fields, SGLang drops them): the task's metadata
+def _dynamo_fields() -> set[str]:
+    from engine_schemas import DYNAMO_CHAT_FIELDS
+
+    return set(DYNAMO_CHAT_FIELDS)
+
+
+def _llamacpp_fields() -> set[str]:
+    from engine_schemas import LLAMACPP_CHAT_FIELDS
+
+    return set(LLAMACPP_CHAT_FIELDS)
+
+
 _READ_BY_GATEWAY = {"metadata"}
 
 
-@pytest.mark.parametrize("engine", ["vllm", "sglang", "openai"])
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "dynamo", "llamacpp", "openai"])
 def test_every_forwarded_chat_field_is_a_field_of_the_engines_request_model(engine):
-    fields = {"vllm": _vllm_fields, "sglang": _sglang_fields, "openai": _openai_fields}[engine]()
+    fields = {
+        "vllm": _vllm_fields,
+        "sglang": _sglang_fields,
+        "dynamo": _dynamo_fields,
+        "llamacpp": _llamacpp_fields,
+        "openai": _openai_fields,
+    }[engine]()
     forwarded = client_fields("chat", engine)
-    assert forwarded - fields - _READ_BY_GATEWAY == set()
+    # OpenAI's `user` is a standard field llama.cpp does not read (it ignores unknown ones)
+    ignored = {"user"} if engine == "llamacpp" else set()
+    assert forwarded - fields - _READ_BY_GATEWAY - ignored == set()
     assert OWNED_FIELDS[("chat", engine)] <= forwarded
     assert not forwarded & set(REFUSED_FIELDS)
     # the engine's fields that load code or steer its internals are refused, not forwarded
@@ -742,8 +762,17 @@ def test_every_forwarded_chat_field_is_a_field_of_the_engines_request_model(engi
         "session_params",
         "bootstrap_host",
         "rid",
+        "nvext",
+        "n_predict",
+        "id_slot",
+        "lora",
+        "reasoning_budget_start_tag",
+        "reasoning_budget_end_tag",
+        "reasoning_budget_message",
+        "reasoning_budget_arm_immediately",
     }
     assert not (fields & dangerous) & forwarded
+    assert dangerous <= set(REFUSED_FIELDS)
 
 
 def test_the_routes_are_exactly_the_budgeted_the_opted_in_and_the_gateways_own():

@@ -55,6 +55,15 @@ see `openai_client_kwargs`):
   a token count per effort level, and vLLM and SGLang read the effort only as
   `enable_thinking = (effort != "none")` plus a chat-template variable (templates that use
   it, e.g. gpt-oss, honour the bands; Qwen3's does not).
+- `"dynamo"` (NVIDIA Dynamo's OpenAI frontend): `max_completion_tokens` and the root-level
+  `thinking_token_budget` (an unsigned integer: a task without a limit sends none), which
+  the frontend forwards to vLLM's `thinking_token_budget` or SGLang's thinking budget.
+  Frontends older than the field answer HTTP 400 to it (they refuse unknown fields).
+- `"llamacpp"` (llama.cpp's `llama-server`, and servers built on it): `max_completion_tokens`
+  and the budget under both names the server has read, `thinking_budget_tokens` and
+  `reasoning_budget_tokens` (-1: no limit); the server enforces it only when the model's
+  chat template has thinking tags, and older builds only when the server runs with
+  `--reasoning-budget -1` (the default).
 - `"json"`: engine-neutral `max_tokens`, `thinking_budget` (or `enable_thinking: false`).
 
 What each engine accepts was read from its own request models and sources (the files and
@@ -99,7 +108,7 @@ __all__ = [
     "SGLANG_PROCESSORS",
 ]
 
-EXPORT_FORMATS = ("vllm", "sglang", "openai", "json")
+EXPORT_FORMATS = ("vllm", "sglang", "dynamo", "llamacpp", "openai", "json")
 ROUNDINGS = ("integer", "ceil", "round")
 ZERO_BUDGET = ("disable", "budget")
 DEFAULT_ANSWER_RESERVE = 256
@@ -306,6 +315,12 @@ def _request(
         req.update(json.loads(json.dumps(_DISABLE)))  # fresh nested dicts per task
     elif fmt == "vllm":
         req["thinking_token_budget"] = value
+    elif fmt == "dynamo":
+        if budget is not None:  # an unsigned field: no limit is no field
+            req["thinking_token_budget"] = budget
+    elif fmt == "llamacpp":
+        req["thinking_budget_tokens"] = value
+        req["reasoning_budget_tokens"] = value
     else:  # sglang
         req["custom_params"] = {"thinking_budget": value}
         reference = SGLANG_PROCESSORS[processor]
@@ -356,7 +371,8 @@ def export_policy(
         workload: an unbatched `Workload` (its task names key the policy).
         tokens: a `Solution`, a sequence of budgets in task order, or a mapping task -> budget
             (`None` or `inf`: no thinking limit for that task).
-        engine: `"vllm"`, `"sglang"`, `"openai"` or `"json"` (see the module docstring).
+        engine: `"vllm"`, `"sglang"`, `"dynamo"`, `"llamacpp"`, `"openai"` or `"json"` (see
+            the module docstring).
         answer_reserve: tokens kept for the visible answer; request limit = budget + reserve.
         min_budget: positive budgets below it are raised to it (0 stays 0).
         rounding: `"integer"` (`integer_budgets`, eq. (39)), `"ceil"` or `"round"`.
@@ -508,6 +524,13 @@ def export_policy(
         )
     if engine == "vllm":
         settings["server_flags"] = ["--reasoning-parser <parser>"]
+    if engine == "dynamo":
+        settings["server_flags"] = [
+            "a frontend with the root thinking_token_budget field",
+            "the worker's reasoning parser",
+        ]
+    if engine == "llamacpp":
+        settings["server_flags"] = ["--jinja", "--reasoning-budget -1 (the default)"]
     return {
         "engine": engine,
         "generated_by": f"jaxopt_tokens {__version__}",

@@ -13,14 +13,27 @@ import sys
 import warnings
 
 from .. import InputError, __version__
-from . import budget, export, fit, learn, serve, server, simulate, solve, sweep, trace, tune
+from . import (
+    budget,
+    export,
+    fit,
+    learn,
+    serve,
+    server,
+    simulate,
+    solve,
+    sweep,
+    trace,
+    tune,
+    verify,
+)
 
 # Optional packages some subcommands import, and the extra that installs them.
 OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
 
 # Modules providing subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = (
-    *(solve, tune, sweep, fit, simulate, export, budget, server, trace, learn, serve),
+    *(solve, tune, sweep, fit, simulate, export, budget, server, trace, learn, serve, verify),
 )
 
 

@@ -23,6 +23,8 @@ from ._config import (
     load_config,
     redact,
 )
+from ._enforce import judge, reasoning_text_chars, usage_counts
+from ._learned import QUEUE_METRICS, LearnedTable, engine_queue, load_learned
 
 __all__ = [
     "GatewayConfig",
@@ -31,6 +33,13 @@ __all__ = [
     "config_from_dict",
     "create_app",
     "dry_run",
+    "LearnedTable",
+    "load_learned",
+    "engine_queue",
+    "QUEUE_METRICS",
+    "judge",
+    "usage_counts",
+    "reasoning_text_chars",
     "check_address",
     "serve",
     "run",

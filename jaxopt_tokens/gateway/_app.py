@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from ._config import GatewayConfig, import_classifier, redact
 from ._control import Controller, Decision
+from ._enforce import Enforcement, reasoning_text_chars, usage_counts
 from ._learned import engine_queue
 from ._metrics import Metrics
 from ._request import (
@@ -101,13 +102,15 @@ class Slot:
         self._area = admission.area(self.started)
         self.closed = False
 
-    def close(self, outcome: str, usage: tuple[int, int | None] | None = None) -> None:
-        """Release the slot (idempotent) and record `outcome` and `usage` (completion
-        tokens, reasoning tokens or None)."""
+    def close(
+        self, outcome: str, usage: tuple[int, int | None] | None = None, reasoning_chars: int = 0
+    ) -> None:
+        """Release the slot (idempotent) and record `outcome`, `usage` (completion tokens,
+        reasoning tokens or None) and the characters of reasoning text in the answer."""
         if self.closed:
             return
         self.closed = True
-        self._admission.release(self, outcome, usage)
+        self._admission.release(self, outcome, usage, reasoning_chars)
 
 
 class Admission:
@@ -147,7 +150,13 @@ class Admission:
         m.in_flight.set(self.in_flight)
         return slot
 
-    def release(self, slot: Slot, outcome: str, usage: tuple[int, int | None] | None) -> None:
+    def release(
+        self,
+        slot: Slot,
+        outcome: str,
+        usage: tuple[int, int | None] | None,
+        reasoning_chars: int = 0,
+    ) -> None:
         now = time.monotonic()
         elapsed = now - slot.started
         mean_in_flight = (self.area(now) - slot._area) / elapsed if elapsed > 0 else 1.0
@@ -170,6 +179,8 @@ class Admission:
         self._gateway.request_log.write(record)
         if outcome == "ok":
             m.latency.labels(slot.task).observe(elapsed)
+            reasoning = None if usage is None else usage[1]
+            self._gateway.enforcement.record(slot.task, slot.budget, reasoning, reasoning_chars)
             if usage is not None:
                 self._gateway.controller.service.response(
                     slot.index, usage[0], usage[1], slot.started, now, mean_in_flight
@@ -288,19 +299,6 @@ class Upstream:
 # --------------------------------------------------------------------------- streaming
 
 
-def _usage(payload: Any) -> tuple[int, int | None] | None:
-    """(completion tokens, reasoning tokens or None) from a response's `usage`."""
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    n = usage.get("completion_tokens")
-    if not isinstance(n, int) or isinstance(n, bool):
-        return None
-    details = usage.get("completion_tokens_details")
-    r = details.get("reasoning_tokens") if isinstance(details, dict) else None
-    return n, r if isinstance(r, int) and not isinstance(r, bool) else None
-
-
 def _error_event(status: int, message: str, kind: str) -> bytes:
     event = {"error": {"message": message, "type": kind, "code": status}}
     return f"event: error\ndata: {json.dumps(event)}\n\n".encode()
@@ -314,6 +312,7 @@ class _Relay(StreamingResponse):
         self.gateway, self.upstream, self.slot = gateway, upstream, slot
         self.hide_usage = hide_usage
         self.outcome, self.usage = "client_gone", None
+        self.reasoning_chars = 0
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
         super().__init__(self._lines(), upstream.status_code, headers=headers)
 
@@ -324,7 +323,7 @@ class _Relay(StreamingResponse):
         finally:
             self.gateway.streams.discard(self)
             await self.upstream.aclose()
-            self.slot.close(self.outcome, self.usage)
+            self.slot.close(self.outcome, self.usage, self.reasoning_chars)
 
     async def cut(self) -> None:
         """End the stream now (shutdown): the client gets an SSE `error` event."""
@@ -367,7 +366,8 @@ class _Relay(StreamingResponse):
             return True
         with contextlib.suppress(ValueError):
             payload = json.loads(line[5:])
-            usage = _usage(payload)
+            self.reasoning_chars += reasoning_text_chars(payload)
+            usage = usage_counts(payload)
             if usage is not None:
                 self.usage = usage
                 if self.hide_usage and not payload.get("choices"):
@@ -459,6 +459,9 @@ class Gateway:
         self.upstream = Upstream(config, self.metrics)
         self.streams: set[_Relay] = set()
         self.queue = QueueView(self)
+        self.enforcement = Enforcement(
+            self.tasks, config.budget_tolerance, self.metrics, judged=config.engine != "openai"
+        )
         self.request_log = RequestLog(config.request_log)
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -693,7 +696,7 @@ def _answer(upstream: httpx.Response, raw: bytes, slot: Slot) -> Response:
     with contextlib.suppress(ValueError):
         payload = json.loads(raw)
     if status == 200:
-        slot.close("ok", _usage(payload))
+        slot.close("ok", usage_counts(payload), reasoning_text_chars(payload))
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE}
         return Response(raw, status, headers=headers)
     slot.close(f"status_{status}")
@@ -768,6 +771,7 @@ async def _policy(gateway: Gateway, request: Request) -> Response:
             "solver_failures": gateway.controller.solver_failures,
         },
         "queue": _queue_view(gateway),
+        "enforcement": gateway.enforcement.report(),
     }
     return Response(json.dumps(body, allow_nan=False, default=str), media_type="application/json")
 

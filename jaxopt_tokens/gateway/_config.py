@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: the engines whose budget fields the gateway writes (`export_policy`'s formats)
-ENGINES = ("vllm", "sglang", "openai")
+ENGINES = ("vllm", "sglang", "dynamo", "llamacpp", "openai")
 #: where the queue state a learned policy reads comes from
 QUEUE_SOURCES = ("gateway", "engine")
 #: how the measured arrival rate and shares are smoothed
@@ -90,7 +90,8 @@ class GatewayConfig:
 
     Attributes:
         upstream: the engine's base URL (`http://host:port`; `/v1/...` paths are appended).
-        engine: whose budget fields to write: `vllm`, `sglang` or `openai` (`export_policy`).
+        engine: whose budget fields to write: `vllm`, `sglang`, `dynamo`, `llamacpp` or
+            `openai` (`export_policy`).
         host, port: where the gateway listens (default 127.0.0.1:8100).
         workload: the workload TOML/JSON (default: the packaged Table I workload).
         server: `mg1` (the single M/G/1 server) or `batching` (`ContinuousBatching`).
@@ -164,6 +165,8 @@ class GatewayConfig:
         request_log: a JSON Lines file each request is appended to (arrival time, task,
             outcome, latency, tokens, queue state, budget): a trace `jaxopt-tokens learn`
             reads, to re-learn the policy on the gateway's own traffic.
+        budget_tolerance: reasoning tokens a response may exceed its budget by before it
+            counts as a violation (end-of-thinking tags, a processor's last newline).
     """
 
     upstream: str
@@ -214,6 +217,7 @@ class GatewayConfig:
     engine_metrics_path: str = "/metrics"
     engine_metrics_interval: float = 0.5
     request_log: str | None = None
+    budget_tolerance: int = 8
 
     def __post_init__(self):
         _check_types(self)
@@ -247,6 +251,7 @@ class GatewayConfig:
             ("max_choices", 1),
             ("answer_reserve", 0),
             ("min_budget", 0),
+            ("budget_tolerance", 0),
         ):
             if getattr(self, name) < low:
                 raise InputError(f"{name}: a whole number >= {low}, got {getattr(self, name)!r}")

@@ -85,7 +85,27 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.violations = Counter(
+            "jt_gateway_budget_violations",
+            "Responses whose reasoning exceeded the budget sent (beyond the tolerance)",
+            ["task"],
+            registry=r,
+        )
+        self.unmeasured = Counter(
+            "jt_gateway_reasoning_unmeasured",
+            "Responses without a reasoning count or reasoning text",
+            ["task"],
+            registry=r,
+        )
+        self.reasoning = Histogram(
+            "jt_gateway_reasoning_tokens",
+            "Reasoning tokens of a response (usage, or estimated from its text)",
+            ["task"],
+            buckets=(0, 16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+            registry=r,
+        )
         for t in tasks:
             self.budget.labels(t)
+            self.violations.labels(t)
             self.share.labels(t)
             self.sent_budget.labels(t)

@@ -2,7 +2,8 @@
 engine, and the policy written over the fields the gateway owns.
 
 The policy is an upper bound. The output limits (`max_completion_tokens`, `max_tokens`), the
-budget fields (`thinking_token_budget`, `custom_params`), the reasoning switches
+budget fields (`thinking_token_budget`, `custom_params`, llama.cpp's `thinking_budget_tokens`
+and `reasoning_budget_tokens`), the reasoning switches
 (`reasoning_effort`, `chat_template_kwargs.enable_thinking` / `thinking`) and SGLang's
 `custom_logit_processor` belong to the gateway: a client's value may lower the policy's, never
 raise or replace it. Fields that load code or steer the engine's internals (a chat template,
@@ -25,6 +26,7 @@ __all__ = [
     "OWNED_FIELDS",
     "REFUSED_FIELDS",
     "client_fields",
+    "BUDGET_FIELDS",
     "parse_body",
     "check_body",
     "apply_policy",
@@ -159,6 +161,35 @@ _SGLANG_EXTRA = frozenset(
     }
 )
 
+#: Dynamo's root extras (its `CommonExt` and validator pass-through) that carry no budget
+_DYNAMO_EXTRA = frozenset(
+    {
+        "top_k",
+        "min_tokens",
+        "repetition_penalty",
+        "ignore_eos",
+        "include_stop_str_in_output",
+        "guided_json",
+        "guided_regex",
+        "guided_grammar",
+        "guided_choice",
+        "stop_token_ids",
+        "allowed_token_ids",
+        "cache_salt",
+    }
+)
+#: llama.cpp's sampling extras that carry no budget
+_LLAMACPP_EXTRA = frozenset({"top_k", "min_p", "typical_p", "repeat_penalty"})
+_EXTRAS = {
+    "vllm": _VLLM_EXTRA,
+    "sglang": _SGLANG_EXTRA,
+    "dynamo": _DYNAMO_EXTRA,
+    "llamacpp": _LLAMACPP_EXTRA,
+    "openai": frozenset(),
+}
+#: the request fields that carry a thinking budget, by engine (an integer; -1: no limit)
+BUDGET_FIELDS = ("thinking_token_budget", "thinking_budget_tokens", "reasoning_budget_tokens")
+
 #: the fields the gateway owns, by endpoint kind and engine: a client's value may only lower
 #: the policy's
 OWNED_FIELDS: dict[tuple[str, str], frozenset[str]] = {
@@ -181,10 +212,31 @@ OWNED_FIELDS: dict[tuple[str, str], frozenset[str]] = {
             "thinking",
         }
     ),
+    ("chat", "dynamo"): frozenset(
+        {
+            "max_completion_tokens",
+            "max_tokens",
+            "thinking_token_budget",
+            "reasoning_effort",
+            "chat_template_kwargs",
+            "thinking",
+        }
+    ),
+    ("chat", "llamacpp"): frozenset(
+        {
+            "max_completion_tokens",
+            "max_tokens",
+            "thinking_budget_tokens",
+            "reasoning_budget_tokens",
+            "reasoning_effort",
+            "chat_template_kwargs",
+        }
+    ),
     ("chat", "openai"): frozenset({"max_completion_tokens", "max_tokens", "reasoning_effort"}),
-    ("completions", "vllm"): frozenset({"max_tokens"}),
-    ("completions", "sglang"): frozenset({"max_tokens"}),
-    ("completions", "openai"): frozenset({"max_tokens"}),
+    **{
+        ("completions", e): frozenset({"max_tokens"})
+        for e in ("vllm", "sglang", "dynamo", "llamacpp", "openai")
+    },
 }
 
 #: fields refused whatever the configuration, and why (they load code, or steer the engine's
@@ -215,6 +267,14 @@ REFUSED_FIELDS: dict[str, str] = {
     "the thinking switch",
     "continue_final_message": "continuing an assistant message can reopen thinking the policy "
     "turned off",
+    "nvext": "Dynamo's extension: routing, annotations and a second thinking budget",
+    "n_predict": "llama.cpp reads it before max_completion_tokens: the gateway's limit governs",
+    "id_slot": "the engine's slot is the operator's",
+    "lora": "adapters are chosen by the operator",
+    "reasoning_budget_start_tag": "it redefines where the thinking budget counts",
+    "reasoning_budget_end_tag": "it redefines where the thinking budget ends",
+    "reasoning_budget_message": "it changes what the engine injects at the budget",
+    "reasoning_budget_arm_immediately": "it changes when the thinking budget counts",
 }
 
 #: `chat_template_kwargs` keys that change how the conversation is rendered (refused)
@@ -242,18 +302,9 @@ def client_fields(endpoint: str, engine: str, extra: Iterable[str] = ()) -> froz
     """Every body field a client may send on `endpoint` ("chat" or "completions") to
     `engine`: the engine's fields that carry no budget, the owned fields (lowered only),
     and the operator's `extra` (never a refused field)."""
-    if endpoint == "chat":
-        base = _OPENAI_CHAT
-        if engine == "vllm":
-            base = base | _VLLM_EXTRA | _VLLM_CHAT_ONLY
-        elif engine == "sglang":
-            base = base | _SGLANG_EXTRA
-    else:
-        base = _OPENAI_COMPLETIONS
-        if engine == "vllm":
-            base = base | _VLLM_EXTRA
-        elif engine == "sglang":
-            base = base | _SGLANG_EXTRA
+    base = (_OPENAI_CHAT if endpoint == "chat" else _OPENAI_COMPLETIONS) | _EXTRAS[engine]
+    if endpoint == "chat" and engine == "vllm":
+        base = base | _VLLM_CHAT_ONLY
     return base | OWNED_FIELDS[(endpoint, engine)] | (frozenset(extra) - set(REFUSED_FIELDS))
 
 
@@ -355,9 +406,10 @@ def check_body(body: Mapping[str, Any], allowed: frozenset[str], max_choices: in
             f"prompt: a string, or a list of at most {max_choices} string(s) (each prompt "
             "is another budget; token ids bypass the gateway's classification)",
         )
-    budget = body.get("thinking_token_budget")
-    if budget is not None and not (_is_int(budget) and budget >= -1):
-        raise GatewayError(400, f"thinking_token_budget: an integer >= 0 (or -1), got {budget!r}")
+    for key in BUDGET_FIELDS:
+        budget = body.get(key)
+        if budget is not None and not (_is_int(budget) and budget >= -1):
+            raise GatewayError(400, f"{key}: an integer >= 0 (or -1), got {budget!r}")
     params = body.get("custom_params") or {}
     if "thinking_budget" in params and not _is_int(params["thinking_budget"]):
         raise GatewayError(
@@ -431,11 +483,14 @@ def apply_policy(
     else:
         out.pop("chat_template_kwargs", None)
     out.pop("thinking", None)
-    if "thinking_token_budget" in fields:  # vllm
-        client = None if override else body.get("thinking_token_budget")
-        out["thinking_token_budget"] = _lowest(fields["thinking_token_budget"], client)
-    elif off:
-        out.pop("thinking_token_budget", None)
+    # the client's budget: the lowest it sent under any name (-1 or none: no limit)
+    sent = [body[k] for k in BUDGET_FIELDS if _is_int(body.get(k)) and body[k] >= 0]
+    client_budget = None if override or not sent else min(sent)
+    for key in BUDGET_FIELDS:  # vllm, dynamo: one name; llamacpp: two
+        if key in fields:
+            out[key] = _lowest(fields[key], client_budget)
+        elif off or not (_is_int(out.get(key)) and out[key] >= 0):
+            out.pop(key, None)  # thinking off, or "no limit" (Dynamo's is unsigned)
     if "custom_params" in fields:  # sglang
         client = None if override else (body.get("custom_params") or {}).get("thinking_budget")
         out["custom_params"] = {
