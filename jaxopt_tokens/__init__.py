@@ -21,7 +21,15 @@ from ._deploy.export import (
     tokens_from_data,
     write_policy,
 )
-from ._deploy.fit import FitResult, FitWarning, TaskFit, budget_uncertainty, fit, plot_fit
+from ._deploy.fit import (
+    FitResult,
+    FitStatus,
+    FitWarning,
+    TaskFit,
+    budget_uncertainty,
+    fit,
+    plot_fit,
+)
 from ._deploy.measurements import (
     Measurements,
     parse_measurements,
@@ -250,6 +258,7 @@ __all__ = [
     "fit",
     "FitResult",
     "TaskFit",
+    "FitStatus",
     "FitWarning",
     "budget_uncertainty",
     "fit_step_time",

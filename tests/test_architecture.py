@@ -72,6 +72,30 @@ def _documented() -> dict[str, list[str]]:
     return found
 
 
+def test_the_architecture_page_names_every_room_and_module():
+    """docs/architecture.md's tree is checked against the package: every subpackage (a
+    room) and every module file appears on it, so the page cannot fall behind the code."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    tree = re.search(r"```text\n(.*?)```", text, re.S).group(1)
+    package = ROOT / "jaxopt_tokens"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        if "__pycache__" in path.parts or path.name == "__init__.py":
+            continue
+        rel = path.relative_to(package)
+        room = f"{rel.parts[0]}/" if len(rel.parts) > 1 else None
+        if room is not None and room not in tree:
+            missing.append(room)
+        if not re.search(rf"(?<![\w.]){re.escape(path.name)}", tree) and path.parent.name != "cli":
+            missing.append(str(rel))
+    for room in sorted(p.name for p in package.iterdir() if p.is_dir() and p.name[0] != "_"):
+        if room != "__pycache__" and f"{room}/" not in tree:
+            missing.append(room + "/")
+    assert not missing, f"not on docs/architecture.md: {sorted(set(missing))}"
+
+
 def test_every_public_name_is_on_exactly_one_api_page():
     documented = _documented()
     for name in jt.__all__:

@@ -49,6 +49,13 @@ FILE_COMMANDS = {
     # `--check` solves the starting policy and exits: no server is ever started
     "serve": lambda p: ["serve", "--upstream", "http://127.0.0.1:9", "--workload", p, "--check"],
     "serve --config": lambda p: ["serve", "--config", p, "--check"],
+    "serve --learned-policy": lambda p: [
+        *("serve", "--upstream", "http://127.0.0.1:9", "--learned-policy", p, "--check")
+    ],
+    "serve --dry-run": lambda p: ["serve", "--dry-run", p, "--format", "json"],
+    "verify": lambda p: [
+        *("verify", "--upstream", "http://127.0.0.1:9", "--policy", p, "--timeout", "2")
+    ],
     "simulate --arrivals": lambda p: [
         *("simulate", "--arrivals", p, "--num-replications", "2", "--format", "json")
     ],
@@ -75,6 +82,7 @@ FLAG_COMMANDS = {
     "trace": ["TRACE"],
     "learn": ["TRACE", "--steps", "2", "--num-replications", "1"],
     "serve": ["--upstream", "http://127.0.0.1:9", "--check"],
+    "verify": ["--upstream", "http://127.0.0.1:9", "--timeout", "2"],
     "plan": ["--step-time", "0.02,0.0005", "--target-latency", "20", "--num-queries", "200"],
 }
 

@@ -270,7 +270,8 @@ def test_the_queue_aware_replay_agrees_with_the_exact_chain():
         assert float(flat.mean_system_time) > float(m.mean_system_time)
 
 
-@pytest.mark.parametrize("states", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("states", [1, 2])
 def test_a_learned_table_is_near_the_exact_best_table_on_poisson_traffic(states):
     """Learned by gradient on 10,000 held-in Poisson arrivals (exponential service), the
     table's exact J beats the PK-optimal static policy's and is within 10% of the best

@@ -223,8 +223,8 @@ def solve(
             `ProjectedGradient()`, `SpectralGradient()`, `BatchingNewton()`), or a method name
             as shorthand: `"default"` (the model's own: bracketed Newton on the aggregate prices
             for the paper's model, converging on every valid instance), `"fixed-point"` (the
-            paper's (24)), `"pga"` (the paper's (29) with step $1/L_J$) or `"pga-safeguarded"`
-            (spectral steps with backtracking).
+            paper's (24)), `"pga"` (the paper's (29) with step $0.95 \cdot 2/L_J$) or
+            `"pga-safeguarded"` (spectral steps with backtracking).
         model: the latency model whose J is maximised (`FIFO`, `Priority`,
             `ProcessorSharing`, `ContinuousBatching`); `None` is `FIFO()`, the paper's M/G/1 with
             deterministic service, eq. (7).
