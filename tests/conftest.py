@@ -110,6 +110,8 @@ FUZZ_SCALE = max(int(os.environ.get("JT_FUZZ_SCALE", "1")), 1)
 #: the first 300 requests of public traces (licences in tests/data/traces/NOTICE.md)
 TRACES = Path(__file__).parent / "data" / "traces"
 TRACE_EXCERPT = TRACES / "AzureLLMInferenceTrace_conv_excerpt.csv"
+AZURE_CODE = TRACES / "AzureLLMInferenceTrace_code_excerpt.csv"
+MOONCAKE = TRACES / "mooncake_conversation_excerpt.jsonl"
 
 
 def scaled_table1(scale: float = 0.01) -> jt.Workload:
