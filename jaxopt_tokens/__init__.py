@@ -80,6 +80,7 @@ from ._queue.batching import DEFAULT_ANSWER_TOKENS, ROUTINGS, ContinuousBatching
 from ._queue.batching_sim import BatchingSimulation, simulate_batching
 from ._queue.models import (
     FIFO,
+    AbstractSingleServer,
     Kingman,
     LatencyModel,
     Priority,
@@ -204,6 +205,7 @@ __all__ = [
     "local_search_budgets",
     # queue models and simulation
     "LatencyModel",
+    "AbstractSingleServer",
     "FIFO",
     "Priority",
     "ProcessorSharing",

@@ -72,6 +72,42 @@ def _documented() -> dict[str, list[str]]:
     return found
 
 
+_SERVERS = {"FIFO", "Kingman", "Priority", "ProcessorSharing", "TimeVarying", "ContinuousBatching"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for room in ("_solver", "_queue", "_deploy", "_learn")
+        for p in (ROOT / "jaxopt_tokens" / room).glob("*.py")
+    ),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
+def test_models_say_what_they_are(path):
+    """Solvers, simulators and planners never probe a model's attributes (`getattr` /
+    `hasattr` on a model or its base) and never list server classes by hand
+    (`isinstance(m, (FIFO, Priority, ...))`): a model says what it is through its type
+    (`AbstractSingleServer`) and the attributes `LatencyModel` declares."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    bad = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            continue
+        if node.func.id in ("getattr", "hasattr") and node.args:
+            target = ast.unparse(node.args[0])
+            if re.search(r"\b(model|base|server)\b", target):
+                bad.append(f"line {node.lineno}: {ast.unparse(node)}")
+        if node.func.id == "isinstance" and len(node.args) == 2:
+            kinds = node.args[1]
+            names = {e.id for e in getattr(kinds, "elts", ()) if isinstance(e, ast.Name)}
+            if len(names & _SERVERS) >= 2:
+                bad.append(f"line {node.lineno}: {ast.unparse(node)}")
+    assert not bad, f"{path.name} asks which model it has: {bad}"
+
+
 def test_the_architecture_page_names_every_room_and_module():
     """docs/architecture.md's tree is checked against the package: every subpackage (a
     room) and every module file appears on it, so the page cannot fall behind the code."""

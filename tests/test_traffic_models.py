@@ -49,10 +49,18 @@ def test_time_varying_is_the_arrival_weighted_mean_of_windows():
 def test_time_varying_simulates_its_base_servers_queue():
     """The simulator runs the base's discipline (and priority order), not always FIFO."""
     order = (5, 4, 3, 2, 1, 0)
-    for base, discipline in ((jt.FIFO(), "fifo"), (jt.Priority(order), "priority")):
+    w6 = jt.default_workload()
+    for base, discipline, served in (
+        (jt.FIFO(), "fifo", (0, 1, 2, 3, 4, 5)),
+        (jt.Priority(order), "priority", order),
+    ):
         model = jt.TimeVarying(rate_factors=[0.5, 1.5], weights=[0.5, 0.5], base=base)
         assert model.discipline == discipline
-        assert getattr(model, "order", None) == getattr(base, "order", None)
+        assert model.priority_order(w6) == base.priority_order(w6) == served
+    with pytest.raises(jt.InputError, match="base: "):
+        jt.TimeVarying([1.0], [1.0], base=model)  # windows of windows
+    with pytest.raises(jt.InputError, match="base: "):
+        jt.TimeVarying([1.0], [1.0], base=jt.ContinuousBatching(step_time=(0.02, 0.0005)))
     with jax.enable_x64(True):
         w = jt.default_workload()
         l = jnp.asarray(jt.solve(w).tokens)

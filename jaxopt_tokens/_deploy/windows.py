@@ -22,7 +22,7 @@ import numpy as np
 
 from .._errors import InputError
 from .._objective import mean_accuracy
-from .._queue.models import FIFO, Kingman, LatencyModel, Priority, ProcessorSharing, TimeVarying
+from .._queue.models import FIFO, AbstractSingleServer, LatencyModel, TimeVarying
 from .._solver.solve import solve
 from .._traffic.trace import Trace
 from .._workload import Workload
@@ -117,7 +117,7 @@ def plan_windows(
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
     base = FIFO() if model is None else model
-    if not isinstance(base, (FIFO, Kingman, Priority, ProcessorSharing)):
+    if not isinstance(base, AbstractSingleServer) or isinstance(base, TimeVarying):
         raise InputError(
             f"model: a single-server model (FIFO, Kingman, Priority, ProcessorSharing), got "
             f"{type(base).__name__}"

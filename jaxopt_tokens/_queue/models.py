@@ -39,6 +39,7 @@ from .._validate import is_concrete
 from .._workload import Workload
 
 __all__ = [
+    "AbstractSingleServer",
     "LatencyModel",
     "FIFO",
     "Priority",
@@ -80,6 +81,8 @@ class LatencyModel(eqx.Module):
     #: which simulator `simulate` runs for this model (`"fifo"`, `"priority"`, `"ps"` or
     #: `"batching"`)
     discipline: ClassVar[str] = ""
+    #: whether the model describes a recorded arrival process (simulated only on a trace)
+    describes_arrivals: ClassVar[bool] = False
 
     @abc.abstractmethod
     def system_times(self, tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
@@ -194,7 +197,20 @@ def _moments(tokens, w: Workload, service_cv):
     return t, w.arrival_rate[..., None] * w.share * t, w.share * t * t * (1 + cv * cv)
 
 
-class FIFO(LatencyModel):
+class AbstractSingleServer(LatencyModel):
+    """One server with a queue discipline (`discipline`: what `simulate` runs event by
+    event) and service times of coefficient of variation `service_cv` per task type. FIFO,
+    Kingman, Priority, ProcessorSharing and TimeVarying are single servers; the batching
+    server is not."""
+
+    service_cv: eqx.AbstractVar[ArrayLike]
+
+    def priority_order(self, w: Workload) -> tuple[int, ...]:
+        """Task indices from the first served to the last (all equal here: task order)."""
+        return tuple(range(w.num_tasks))
+
+
+class FIFO(AbstractSingleServer):
     """First come, first served; service time of type k has coefficient of variation
     `service_cv` (a scalar or one value per task).
 
@@ -259,7 +275,7 @@ class FIFO(LatencyModel):
         return _outside_inf(tokens, wait + t)
 
 
-class Priority(LatencyModel):
+class Priority(AbstractSingleServer):
     """Non-preemptive priority by task type, FIFO within a type (Cobham's formula).
 
     `order`: task indices from highest to lowest priority (static), e.g. `(5, 1, 4, 0, 2, 3)`.
@@ -267,8 +283,13 @@ class Priority(LatencyModel):
     """
 
     order: tuple[int, ...] = eqx.field(static=True)
-    service_cv: ArrayLike = 0.0
+    service_cv: ArrayLike
     discipline: ClassVar[str] = "priority"
+
+    def __init__(self, order, service_cv: ArrayLike = 0.0):
+        """`order` (task indices, highest priority first) and `service_cv`."""
+        self.order = order
+        self.service_cv = service_cv
 
     def check(self, w: Workload) -> None:
         """`InputError` unless `order` is a permutation of the task indices (and the
@@ -280,6 +301,10 @@ class Priority(LatencyModel):
             )
         if is_concrete(self.service_cv):
             check_service_cv(self.service_cv, n)
+
+    def priority_order(self, w: Workload) -> tuple[int, ...]:
+        """`order`: the task indices from the highest priority to the lowest."""
+        return tuple(self.order)
 
     def system_times(self, tokens, w):
         if sorted(self.order) != list(range(w.num_tasks)):
@@ -296,7 +321,7 @@ class Priority(LatencyModel):
         return _outside_inf(tokens, wait + t)
 
 
-class ProcessorSharing(LatencyModel):
+class ProcessorSharing(AbstractSingleServer):
     r"""Egalitarian processor sharing: $E[T_k] = t_k / (1 - \rho)$ (M/G/1-PS).
 
     The mean does not depend on the service-time distribution; `service_cv` (the coefficient
@@ -352,6 +377,7 @@ class Kingman(FIFO):
     """
 
     arrival_scv: ArrayLike = 1.0
+    describes_arrivals: ClassVar[bool] = True
 
     def __check_init__(self):
         _check_scv(self.arrival_scv)
@@ -395,7 +421,16 @@ class Kingman(FIFO):
         return _outside_inf(tokens, wait + t)
 
 
-class TimeVarying(LatencyModel):
+def _check_single_server(base) -> None:
+    """`InputError` unless `base` is a single server other than a `TimeVarying`."""
+    if not isinstance(base, AbstractSingleServer) or isinstance(base, TimeVarying):
+        raise InputError(
+            "base: FIFO, Kingman, Priority or ProcessorSharing (a single server), got "
+            f"{type(base).__name__}"
+        )
+
+
+class TimeVarying(AbstractSingleServer):
     r"""A piecewise-stationary server: the arrival rate is $f_j \lambda$ in window j, and a
     request sees the steady state of `base` at its window's rate.
 
@@ -410,15 +445,19 @@ class TimeVarying(LatencyModel):
 
     rate_factors: Float[Array, " k"]
     weights: Float[Array, " k"]
-    base: LatencyModel = eqx.field(default_factory=FIFO)
+    base: AbstractSingleServer
+    describes_arrivals: ClassVar[bool] = True
 
-    def __post_init__(self):
-        for name in ("rate_factors", "weights"):
-            value = getattr(self, name)
+    def __init__(self, rate_factors, weights, base: AbstractSingleServer | None = None):
+        """Check and store the windows: finite, non-negative factors and weights, one each
+        per window; windows without requests are dropped and the weights normalised."""
+        base = FIFO() if base is None else base
+        _check_single_server(base)
+        for name, value in (("rate_factors", rate_factors), ("weights", weights)):
             if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind not in "iuf":
                 raise InputError(f"{name}: real numbers, one per window, got {value!r}")
-        f = np.asarray(self.rate_factors, dtype=float)
-        q = np.asarray(self.weights, dtype=float)
+        f = np.asarray(rate_factors, dtype=float)
+        q = np.asarray(weights, dtype=float)
         if f.ndim != 1 or f.shape != q.shape or f.size == 0:
             raise InputError(
                 f"rate_factors, weights: one value per window each, got {f.shape} and {q.shape}"
@@ -428,17 +467,18 @@ class TimeVarying(LatencyModel):
         if not (np.all(np.isfinite(q)) and np.all(q >= 0) and q.sum() > 0):
             raise InputError("weights: must be finite, >= 0 and not all zero")
         keep = q > 0  # windows without requests do not count
-        object.__setattr__(self, "rate_factors", jnp.asarray(f[keep]))
         q = q[keep] / q[keep].max()  # scaled first: a sum of huge weights would overflow
-        object.__setattr__(self, "weights", jnp.asarray(q / q.sum()))
-        if not isinstance(self.base, (FIFO, Priority, ProcessorSharing)):
-            raise InputError(
-                "base: FIFO, Kingman, Priority or ProcessorSharing (a single server), got "
-                f"{type(self.base).__name__}"
-            )
+        self.rate_factors = jnp.asarray(f[keep])
+        self.weights = jnp.asarray(q / q.sum())
+        self.base = base
+
+    def __check_init__(self):
+        _check_single_server(self.base)
 
     @classmethod
-    def from_trace(cls, trace, window: float, base: LatencyModel | None = None) -> TimeVarying:
+    def from_trace(
+        cls, trace, window: float, base: AbstractSingleServer | None = None
+    ) -> TimeVarying:
         """The windows of `trace` (a `Trace`) of `window` seconds: each one's rate over the
         trace's mean rate, weighted by its requests."""
         if not hasattr(trace, "window_rates"):
@@ -451,19 +491,18 @@ class TimeVarying(LatencyModel):
         )
 
     @property
-    def service_cv(self):
+    def service_cv(self):  # type: ignore[override]
         """The base server's coefficient of variation of service (what the simulator uses)."""
-        return getattr(self.base, "service_cv", 0.0)
+        return self.base.service_cv
 
     @property
     def discipline(self) -> str:  # type: ignore[override]
         """The base server's discipline: the simulator runs the base's queue."""
         return self.base.discipline
 
-    @property
-    def order(self) -> tuple[int, ...]:
-        """The base server's priority order (`AttributeError` for a base without one)."""
-        return self.base.order  # type: ignore[attr-defined]
+    def priority_order(self, w: Workload) -> tuple[int, ...]:
+        """The base server's order of service."""
+        return self.base.priority_order(w)
 
     def check(self, w: Workload) -> None:
         self.base.check(w)

@@ -36,7 +36,7 @@ from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
 from .disciplines import priority_waits, ps_sojourns
-from .models import LatencyModel, check_service_cv
+from .models import AbstractSingleServer, LatencyModel, check_service_cv
 from .replay import Replay, no_replay_settings, replay_for
 
 __all__ = [
@@ -514,12 +514,12 @@ def simulate_server(
     w = workload
     if not isinstance(w, Workload):
         raise InputError(f"workload: expected a Workload, got {type(w).__name__}")
-    discipline = getattr(model, "discipline", None)
-    if discipline not in DISCIPLINES:
+    if not isinstance(model, AbstractSingleServer):
         raise InputError(
-            "model: simulate_server takes FIFO, Priority or ProcessorSharing, got "
-            f"{type(model).__name__}"
+            "model: simulate_server takes a single server (FIFO, Kingman, Priority, "
+            f"ProcessorSharing, TimeVarying), got {type(model).__name__}"
         )
+    discipline = model.discipline
     try:
         tok = np.asarray(tokens, dtype=np.float64)
     except (TypeError, ValueError, OverflowError):
@@ -569,12 +569,12 @@ def simulate_server(
         f"simulating {num_queries:,} queries x {num_replications:,} replications",
         "use fewer queries or replications",
     )
-    service_cv = getattr(model, "service_cv", 0.0)  # every single-server model has one
+    service_cv = model.service_cv
     _check(w, tok, num_queries, num_replications, warmup, service_cv)
     model.check(w)
     if noise not in ("lognormal", "gamma"):
         raise InputError(f"noise: unknown kind {noise!r}; choose 'lognormal' or 'gamma'")
-    order = tuple(getattr(model, "order", range(w.num_tasks)))
+    order = model.priority_order(w)
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = w.dtype
     policies = tok.shape[:-1] if window is None else tok.shape[:-2]

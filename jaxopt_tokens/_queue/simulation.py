@@ -17,7 +17,7 @@ from .._traffic.trace import Trace
 from .._workload import Workload
 from .batching import ContinuousBatching
 from .batching_sim import simulate_batching
-from .models import FIFO, Kingman, LatencyModel, TimeVarying
+from .models import FIFO, LatencyModel
 from .simulate import NoiseKind, Simulation, simulate_server
 
 __all__ = ["simulate"]
@@ -91,7 +91,7 @@ def simulate(
             "model: must be a LatencyModel (FIFO, Priority, ProcessorSharing, "
             f"ContinuousBatching), got {type(model).__name__}"
         )
-    if isinstance(model, (Kingman, TimeVarying)) and arrivals is None:
+    if model.describes_arrivals and arrivals is None:
         raise InputError(
             f"model: {type(model).__name__} describes a recorded arrival process, not Poisson "
             "arrivals: give arrivals= (the trace it was measured on) to replay it; without a "

@@ -60,11 +60,10 @@ class BatchingNewton(AbstractSolver):
 
     def check(self, model) -> None:
         if model.structure != "mean_work":
-            limit = getattr(model, "max_batch", None)
             raise InputError(
                 "solver: BatchingNewton solves an unlimited continuously batching server "
-                f"(ContinuousBatching(max_batch=None)) only, not {type(model).__name__}"
-                + ("" if limit is None else f" with max_batch={limit}")
+                f"(ContinuousBatching(max_batch=None)) only, not {type(model).__name__} "
+                f"(its J couples the tasks as {model.structure!r}, not through the mean work)"
             )
 
     # -- the aggregate problem
