@@ -314,3 +314,88 @@ def test_a_learned_table_is_near_the_exact_best_table_on_poisson_traffic(states)
         assert gain > 0.05  # queue-aware budgets are worth having here
         assert learned > static
         assert -best.fun - learned <= 0.1 * gain, (learned, -best.fun, static)
+
+
+# --------------------------------------------------------------------------- batching fluid
+
+
+@pytest.fixture(scope="module")
+def batching_setting():
+    with jax.enable_x64(True):
+        w = jt.default_workload("float64")
+        model = jt.ContinuousBatching(step_time=(0.02, 0.0005))
+        trace = jt.Trace(np.cumsum(np.random.default_rng(3).exponential(1.0, 1500)))
+        draws = jt.replay_draws(w, trace, num_replications=2, rate=0.5, model=model, slots=48)
+        table = np.array(
+            [[0, 400, 0, 0, 300, 50], [0, 200, 0, 0, 150, 30], [0, 100, 0, 0, 60, 20]], float
+        )
+        yield w, model, draws, table
+
+
+def test_the_batching_replay_equals_an_independent_event_simulation(batching_setting):
+    """The fluid replay (a scan in JAX) against the gateway's dry-run engine (an event loop
+    in Python, written separately): every request's latency and the queue it found."""
+    from jaxopt_tokens import gateway
+
+    w, model, draws, table = batching_setting
+    with jax.enable_x64(True):
+        m = jt.replay_metrics(jt.QueuePolicy(jnp.asarray(table)), draws)
+        assert not np.any(np.asarray(m.per_replication["overflow"]))
+        for r in range(2):
+            gaps, task = np.asarray(draws.gaps[r]), np.asarray(draws.task[r])
+            config = gateway.GatewayConfig(
+                upstream="http://127.0.0.1:1",
+                server="batching",
+                step_time=(0.02, 0.0005),
+                interval=1e9,
+                learn_service=False,
+                max_in_flight=10**6,
+            )
+            run = gateway.dry_run(
+                config,
+                jt.Trace(np.cumsum(np.r_[0.0, gaps[1:]])),
+                draws.workload,
+                tasks=task,
+                learned=gateway.LearnedTable("t", table, {}),
+                reasoning=10**9,
+                answer_tokens=int(model.answer_tokens),
+                prefill_tokens=0,
+            )
+            latency = run.requests["latency"][draws.warmup :]
+            replayed = float(m.per_replication["mean_system_time"][r])
+            assert replayed == pytest.approx(float(latency.mean()), rel=1e-10)
+
+
+def test_batching_replay_gradients_are_the_fluids_sample_path(batching_setting):
+    """Central differences on the same draws: the fluid's path is continuous in the work,
+    so its derivative is exact where the event order does not change."""
+    w, model, draws, table = batching_setting
+    with jax.enable_x64(True):
+
+        def J(t):
+            return jt.replay_metrics(jt.QueuePolicy(t), draws).objective
+
+        g = np.asarray(jax.grad(J)(jnp.asarray(table)))
+        checked = 0
+        h = 1e-3
+        for r, k in np.argwhere(table > 0):
+            e = np.zeros_like(table)
+            e[r, k] = h
+            fd = (float(J(jnp.asarray(table + e))) - float(J(jnp.asarray(table - e)))) / (2 * h)
+            assert g[r, k] == pytest.approx(fd, rel=1e-5, abs=1e-9), (r, k)
+            checked += abs(fd) > 1e-6
+        assert checked >= 6  # the rows are used: most entries move J
+
+
+@pytest.mark.slow
+def test_budgets_learned_on_the_batching_replay(batching_setting):
+    w, model, draws, table = batching_setting
+    with jax.enable_x64(True):
+        trace = jt.Trace(np.cumsum(np.random.default_rng(4).exponential(2.0, 1200)))
+        r = jt.learn_budgets(w, trace, states=2, model=model, steps=40, num_replications=2)
+        assert float(r.train["learned"].objective) >= float(r.train["model_optimum"].objective)
+        assert np.all(np.diff(np.asarray(r.policy.table), axis=0) <= 1e-9)
+        with pytest.raises(jt.InputError, match="slots"):
+            jt.learn_budgets(w, trace, model=model, steps=2, slots=2)
+        with pytest.raises(jt.InputError, match="batch limit"):
+            jt.replay_draws(w, trace, model=jt.ContinuousBatching((0.02, 0.0005), max_batch=8))

@@ -21,6 +21,7 @@ import optax
 from jaxtyping import PRNGKeyArray
 
 from .._errors import InputError
+from .._queue.batching import ContinuousBatching
 from .._queue.models import FIFO
 from .._solver.solve import solve
 from .._status import Status
@@ -115,6 +116,7 @@ def learn_budgets(
     task_types: str = "shares",
     model: FIFO | None = None,
     noise: str = "lognormal",
+    slots: int = 128,
     key: PRNGKeyArray | None = None,
 ) -> LearnedBudgets:
     """Learn budgets that maximise the objective replayed on `trace`.
@@ -136,9 +138,12 @@ def learn_budgets(
             below which the result is `CONVERGED`.
         task_types: `"shares"` (each request's task drawn from the workload's shares) or
             `"trace"` (the trace's own task labels, e.g. a gateway's request log).
-        model: the FIFO single server replayed (`FIFO(service_cv)`; default deterministic
-            service), also the model whose optimum is the start and the comparison.
+        model: the server replayed: `FIFO(service_cv)` (default deterministic service), or
+            an unlimited `ContinuousBatching` (its fluid replay); also the model whose
+            optimum is the start and the comparison.
         noise: the family of the service-time factor (`"lognormal"` or `"gamma"`).
+        slots: (batching) the most requests in the system the replay holds; a replay that
+            needs more is refused with `InputError` naming `slots`.
         key: a JAX PRNG key (training and held-out draws are folded from it).
 
     Returns:
@@ -155,11 +160,14 @@ def learn_budgets(
     ):
         raise InputError(f"learning_rate: a number > 0 (tokens a step), got {learning_rate!r}")
     model = FIFO() if model is None else model
-    if type(model) is not FIFO:
+    batching = isinstance(model, ContinuousBatching)
+    if type(model) is not FIFO and not batching:
         raise InputError(
-            f"model: the replay learns on the FIFO single server, got {type(model).__name__}"
+            "model: the replay learns on the FIFO single server or the continuously batching "
+            f"one, got {type(model).__name__}"
         )
-    cv = model.service_cv
+    cv = 0.0 if batching else model.service_cv
+    server = {"model": model, "slots": slots} if batching else {}
     key = jax.random.PRNGKey(0) if key is None else key
     whole = replay_draws(
         w,
@@ -171,6 +179,7 @@ def learn_budgets(
         task_types=task_types,
         service_cv=cv,
         noise=noise,
+        **server,
     )
     replayed = float(np.asarray(whole.workload.arrival_rate))
     timed = trace.rescaled(replayed)
@@ -185,6 +194,7 @@ def learn_budgets(
             task_types=task_types,
             service_cv=cv,
             noise=noise,
+            **server,
         )
         for i, span in enumerate(spans, start=1)
     )
@@ -209,11 +219,19 @@ def learn_budgets(
             "model_optimum": _metrics_jit(_policy(start.table), draws, tail=tail),
         }
 
+    train_report, test_report = report(train), report(test)
+    for span in (train_report, test_report):
+        for m in span.values():
+            if bool(np.any(np.asarray(m.per_replication.get("overflow", False)))):
+                raise InputError(
+                    f"slots: the batching replay needed more than {slots} requests in the "
+                    "system at once; give more slots"
+                )
     return LearnedBudgets(
         policy=policy,
         model_optimum=optimum,
-        train=report(train),
-        test=report(test),
+        train=train_report,
+        test=test_report,
         history=history,
         status=int(status),
         rate=replayed,

@@ -32,13 +32,15 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import task_accuracy
-from .._queue.models import FIFO
+from .._queue.batching import ContinuousBatching
+from .._queue.models import FIFO, LatencyModel
 from .._queue.replay import replay_for
 from .._queue.simulate import lindley_waits, replay_stream
 from .._solver.solve import solve
 from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
+from .batching import batching_latencies
 
 __all__ = ["ReplayDraws", "QueuePolicy", "ReplayMetrics", "replay_draws", "replay_metrics"]
 
@@ -55,6 +57,9 @@ class ReplayDraws(eqx.Module):
         uniform: `(R, q)` the draw that decides whether a request is answered correctly
             (what `simulate` uses; `replay_metrics` uses expected accuracy).
         warmup: requests left out of the statistics at the start of each replication.
+        model: the server replayed: `FIFO(service_cv)`, or `ContinuousBatching` (its fluid:
+            see `batching_latencies`).
+        slots: (batching) the most requests the replay holds in the system at once.
     """
 
     workload: Workload
@@ -63,6 +68,8 @@ class ReplayDraws(eqx.Module):
     factor: Float[Array, "r q"]
     uniform: Float[Array, "r q"]
     warmup: int = eqx.field(static=True)
+    model: LatencyModel = eqx.field(default_factory=FIFO)
+    slots: int = eqx.field(static=True, default=64)
 
     @property
     def num_queries(self) -> int:
@@ -87,6 +94,8 @@ def replay_draws(
     service_cv: ArrayLike = 0.0,
     noise: str = "lognormal",
     warmup: int | None = None,
+    model: LatencyModel | None = None,
+    slots: int = 64,
 ) -> ReplayDraws:
     """Draw and check, once, what `replay_metrics` replays.
 
@@ -106,6 +115,10 @@ def replay_draws(
         noise: the family of the service-time factor, `"lognormal"` or `"gamma"` (with
             `service_cv=1`, exponential service), as in `simulate`.
         warmup: requests left out of the statistics (default 10%).
+        model: the server: `FIFO(service_cv)` by default, or an unlimited, single-replica
+            `ContinuousBatching` (replayed as a fluid; `service_cv` and `noise` do not apply).
+        slots: (batching) the most requests in the system the replay holds; a replay that
+            needs more is refused by `replay_metrics`' callers (`overflow`).
 
     Returns:
         `ReplayDraws`. `simulate(w, tokens, arrivals=trace, model=FIFO(service_cv),
@@ -121,7 +134,17 @@ def replay_draws(
         raise InputError(f"noise: 'lognormal' or 'gamma', got {noise!r}")
     check_key(key)
     key = jax.random.PRNGKey(0) if key is None else key
-    model = FIFO(service_cv=service_cv)
+    if model is None:
+        model = FIFO(service_cv=service_cv)
+    elif isinstance(model, ContinuousBatching):
+        if model.max_batch is not None or model.replicas != 1:
+            raise InputError(
+                "model: the batching replay is of one replica without a batch limit "
+                "(ContinuousBatching(max_batch=None, replicas=1))"
+            )
+    elif not isinstance(model, FIFO):
+        raise InputError(f"model: FIFO or ContinuousBatching, got {type(model).__name__}")
+    slots = check_int("slots", slots, 2, 4096)
     if tokens is None and utilization is not None:
         tokens = solve(w, model=model).tokens
     tok = np.zeros((1, w.num_tasks)) if tokens is None else np.asarray(tokens, np.float64)
@@ -155,6 +178,8 @@ def replay_draws(
         factor=streams.noise,
         uniform=streams.uniform,
         warmup=warmup,
+        model=model,
+        slots=slots,
     )
 
 
@@ -209,7 +234,29 @@ def _statistics(w: Workload, T, W, acc, warmup: int, tail: float):
     }
 
 
+def _batching(table, draws: ReplayDraws, tail: float):
+    """The fluid batching replay of a table by requests found (one row: static budgets)."""
+    w = draws.workload
+    model = draws.model
+    assert isinstance(model, ContinuousBatching)
+    tau0, tau1 = model.step_coefficients(w.dtype)
+    work = model.work(table, w)  # (S + 1, N) tokens of work
+    accuracy_table = task_accuracy(table, w)
+
+    def one(gaps, task):
+        T, found, full = batching_latencies(work, gaps, task, tau0, tau1, draws.slots)
+        row = jnp.minimum(found, table.shape[0] - 1)
+        return T, jnp.zeros_like(T), accuracy_table[row, task], full
+
+    T, W, acc, full = jax.vmap(one)(draws.gaps, draws.task)
+    stats = _statistics(w, T, W, acc, draws.warmup, tail)
+    stats["overflow"] = full
+    return stats
+
+
 def _static(tokens, draws: ReplayDraws, tail: float):
+    if isinstance(draws.model, ContinuousBatching):
+        return _batching(tokens[None], draws, tail)
     w = draws.workload
     t = w.t0 + w.c * tokens  # (N,)
     p = task_accuracy(tokens, w)
@@ -224,6 +271,8 @@ def _static(tokens, draws: ReplayDraws, tail: float):
 
 
 def _queue_aware(policy: QueuePolicy, draws: ReplayDraws, tail: float):
+    if isinstance(draws.model, ContinuousBatching):
+        return _batching(policy.table, draws, tail)
     w = draws.workload
     table = policy.table
     S = policy.states
@@ -282,5 +331,8 @@ def replay_metrics(
             stats = jax.lax.map(lambda l: _static(l, draws, tail), tokens, batch_size=batch)
         else:
             stats = _static(tokens, draws, tail)
+    overflow = stats.pop("overflow", None)
     mean = {k: jnp.mean(v, -1) for k, v in stats.items()}
+    if overflow is not None:
+        stats["overflow"] = overflow
     return ReplayMetrics(**mean, per_replication=stats)
