@@ -59,15 +59,17 @@ def test_no_recompilation_between_chunks_and_failures_kept(table1, traces):
 
 def test_write_and_metadata(table1, tmp_path):
     df = jt.sweep(table1, alpha=[10.0, 30.0], quiet=True)
-    paths = jt.write_sweep(df, tmp_path / "s")
-    assert {p.suffix for p in paths} == {".csv", ".parquet"}
+    out = tmp_path / "new" / "folder" / "s"  # folders that do not exist yet
+    paths = jt.write_sweep(df, out)
+    assert sorted(p.name for p in paths) == ["s.csv", "s.meta.json", "s.parquet"]
     for p in paths:
         meta = jt.read_sweep_metadata(p)
         assert meta["jaxopt_tokens_version"] == jt.__version__
         assert meta["workload"]["tasks"][1]["name"] == "GSM8K"
-    back = pd.read_csv(tmp_path / "s.csv", comment="#")
+    back = pd.read_csv(out.with_suffix(".csv"))  # plain pandas: no comment line to skip
+    assert list(back.columns) == list(df.columns)
     np.testing.assert_allclose(back["objective"], df["objective"])
-    assert pd.read_parquet(tmp_path / "s.parquet")["status"].tolist() == df["status"].tolist()
+    assert pd.read_parquet(out.with_suffix(".parquet"))["status"].tolist() == df["status"].tolist()
 
 
 def test_bad_grid_names(table1):

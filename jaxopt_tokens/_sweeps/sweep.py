@@ -446,17 +446,19 @@ def _frame(chunks: list[dict], workload: Workload):
 
 
 def write_sweep(df, path: str | Path) -> list[Path]:
-    """Write a sweep to `path` (.csv) and, when pyarrow is installed, next to it as .parquet;
-    both carry the base workload and the package version as metadata."""
+    """Write a sweep to `path` as a plain .csv (what any CSV reader reads), its metadata (the
+    base workload and the package version) beside it as `.meta.json`, and, when pyarrow is
+    installed, as .parquet with the metadata inside. Missing folders are created."""
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"jaxopt_tokens_version": __version__, "workload": df.attrs.get("workload")}
     written = []
     csv = path.with_suffix(".csv")
-    with open(csv, "w") as fh:
-        fh.write(f"# jaxopt_tokens {__version__} sweep; metadata: {json.dumps(meta)}\n")
-        df.to_csv(fh, index=False)
-    written.append(csv)
+    df.to_csv(csv, index=False)
+    sidecar = path.with_suffix(".meta.json")
+    sidecar.write_text(json.dumps(meta, allow_nan=False) + "\n")
+    written += [csv, sidecar]
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -491,10 +493,17 @@ def read_sweep_metadata(path: str | Path) -> dict:
                 raise InputError(f"{path}: no jaxopt_tokens metadata (not written by write_sweep)")
             data = json.loads(raw)
         else:
-            first = read_text(path, "sweep CSV").partition("\n")[0]
-            if "metadata: " not in first:
-                raise InputError(f"{path}: no metadata line (not written by write_sweep)")
-            data = json.loads(first.split("metadata: ", 1)[1])
+            sidecar = path if path.name.endswith(".meta.json") else path.with_suffix(".meta.json")
+            if sidecar.is_file():
+                data = json.loads(read_text(sidecar, "sweep metadata"))
+            else:  # files of earlier versions carried it on their first line
+                first = read_text(path, "sweep CSV").partition("\n")[0]
+                if "metadata: " not in first:
+                    raise InputError(
+                        f"{path}: no metadata beside it ({sidecar.name}; not written by "
+                        "write_sweep)"
+                    )
+                data = json.loads(first.split("metadata: ", 1)[1])
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 (damaged JSON or Parquet: pyarrow has its own types)
