@@ -278,6 +278,16 @@ SIZE_FUNCTIONS = {
     "learn_budgets.steps": lambda n: jt.learn_budgets(
         _w(), jt.read_trace(TRACE_EXCERPT), num_replications=1, steps=n
     ),
+    "replay_draws.slots": lambda n: jt.replay_draws(
+        _w(),
+        jt.read_trace(TRACE_EXCERPT),
+        num_replications=1,
+        slots=n,
+        model=jt.ContinuousBatching(step_time=(0.02, 0.0005)),
+    ),
+    "learn_budgets.slots": lambda n: jt.learn_budgets(
+        _w(), jt.read_trace(TRACE_EXCERPT), num_replications=1, steps=1, slots=n
+    ),
     "learn_budgets.states": lambda n: jt.learn_budgets(
         _w(), jt.read_trace(TRACE_EXCERPT), num_replications=1, steps=1, states=n
     ),

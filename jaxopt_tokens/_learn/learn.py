@@ -153,6 +153,7 @@ def learn_budgets(
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
     states = check_int("states", states, 0, 256)
     steps = check_int("steps", steps, 1, 100_000)
+    slots = check_int("slots", slots, 2, 4096)
     if not (isinstance(train_fraction, float | int) and 0 < train_fraction < 1):
         raise InputError(f"train_fraction: in (0, 1), got {train_fraction!r}")
     if not (
