@@ -175,6 +175,7 @@ def test_the_learn_command_writes_the_policy_and_reports_held_out(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_relearning_from_a_gateways_request_log_is_one_command(tmp_path):
     """The gateway's request log (JSON Lines: arrival time, task, ...) is a trace: `learn
     --last H --task-types trace` learns on its last hours with its own task labels, and the
@@ -366,6 +367,7 @@ def test_the_batching_replay_equals_an_independent_event_simulation(batching_set
             assert replayed == pytest.approx(float(latency.mean()), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_batching_replay_gradients_are_the_fluids_sample_path(batching_setting):
     """Central differences on the same draws: the fluid's path is continuous in the work,
     so its derivative is exact where the event order does not change."""
