@@ -152,3 +152,16 @@ def test_a_failed_write_names_the_output(tmp_path, monkeypatch):
     rc, out, err = run_cli(["export", "-o", target])
     assert rc == 2 and str(target) in err and "No space left" in err and len(err.splitlines()) == 1
     assert not target.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_misspelt_flag_or_command_gets_the_nearest_one():
+    from conftest import run_cli
+
+    rc, out, err = run_cli(["learn", "x.csv", "--utilisation", "0.6"])
+    assert rc == 2 and "did you mean --utilization?" in err and err.count("\n") == 1
+    rc, _, err = run_cli(["solve", "--arival-rate", "2", "--alhpa", "3"])
+    assert rc == 2 and "--arrival-rate for --arival-rate" in err and "--alpha for --alhpa" in err
+    rc, _, err = run_cli(["solv"])
+    assert rc == 2 and "did you mean solve?" in err
+    rc, _, err = run_cli(["solve", "--zzzzzz"])
+    assert rc == 2 and "did you mean" not in err  # nothing close: no guess

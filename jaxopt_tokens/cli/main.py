@@ -38,10 +38,43 @@ SUBCOMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (the flag and what is wrong), exit code 2."""
+    """argparse, but a usage error is one line (the flag and what is wrong, with the nearest
+    flag or command when one was misspelt), exit code 2."""
+
+    argv: list[str] = []
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = _suggestion(self, message)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """" (did you mean ...?)" for a misspelt flag of the command being run, or a misspelt
+    command; "" when nothing is close."""
+    import difflib
+
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    choice = re.search(r"invalid choice: '([^']*)'", message)
+    if choice and sub is not None:
+        close = difflib.get_close_matches(choice.group(1), list(sub.choices), n=1, cutoff=0.6)
+        return f" (did you mean {close[0]}?)" if close else ""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    command = parser
+    if sub is not None:
+        named = next((a for a in getattr(parser, "argv", []) if a in sub.choices), None)
+        command = sub.choices.get(named, parser) if named else parser
+    flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for token in message.split(":", 1)[1].split():
+        if token.startswith("--"):
+            name = token.split("=")[0]
+            close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+            if close:
+                hints.append((name, close[0]))
+    if len(hints) == 1:
+        return f" (did you mean {hints[0][1]}?)"
+    return " (did you mean " + ", ".join(f"{b} for {a}" for a, b in hints) + "?)" if hints else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +127,9 @@ def one_line(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(_attach_negative_lists([str(a) for a in argv]))
+    argv = _attach_negative_lists([str(a) for a in argv])
+    parser.argv = argv  # type: ignore[attr-defined]  # the command a misspelt flag belongs to
+    args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # restored when the command ends
