@@ -7,7 +7,8 @@ the departure of the request with the least work left. `batching_latencies` runs
 simulation as a `lax.scan` over arrivals, each advancing to the next arrival through at most
 `slots` departures (a fixed trip count, so reverse-mode autodiff applies), with the requests in
 the system held in `slots` places; an arrival that finds every place taken is counted as an
-overflow (the replay is then invalid: more slots are needed).
+overflow (the replay is then invalid: more slots are needed) and its latency is $10^9$ s, so
+that a policy never looks better for crowding the server past the places.
 
 The departure times are continuous, piecewise-smooth functions of the requests' work (a
 departure's time moves continuously when any work changes; the order of events changes only
@@ -29,6 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 __all__ = ["batching_latencies"]
 
 _BIG = 1e30  # the work left in an empty place (finite: no inf * 0 in a gradient)
+_LOST = 1e9  # the latency of a request that found no place (seconds)
 
 
 def batching_latencies(
@@ -92,4 +94,7 @@ def batching_latencies(
     xs = (gap_next, task, jnp.arange(q, dtype=jnp.int32))
     _, (departed, at, found, full) = jax.lax.scan(arrive, start, xs)
     departure = jnp.zeros((q,), dtype).at[departed.ravel()].set(at.ravel(), mode="drop")
-    return departure - arrivals, found, jnp.any(full)
+    # a request that found every place taken was never served: it counts as waiting for ever
+    # (a huge latency, never a reward for crowding the server), and the replay is invalid
+    latency = jnp.where(full, jnp.asarray(_LOST, dtype), departure - arrivals)
+    return latency, found, jnp.any(full)
