@@ -165,3 +165,36 @@ def test_a_misspelt_flag_or_command_gets_the_nearest_one():
     assert rc == 2 and "did you mean solve?" in err
     rc, _, err = run_cli(["solve", "--zzzzzz"])
     assert rc == 2 and "did you mean" not in err  # nothing close: no guess
+
+
+def test_every_help_has_an_example_and_the_defaults():
+    """Each command's `--help` ends with an example, and every option with a default says
+    it (serve: every configuration key, described from `GatewayConfig`'s docstring)."""
+    import argparse
+    import dataclasses
+
+    from jaxopt_tokens import gateway
+    from jaxopt_tokens.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "Example" in text, name
+        for action in command._actions:
+            default = action.default
+            if action.option_strings and default not in (None, False, argparse.SUPPRESS):
+                if not isinstance(action, argparse._HelpAction):
+                    assert "default" in (command._get_formatter()._expand_help(action)), (
+                        name,
+                        action.option_strings,
+                    )
+    serve = sub.choices["serve"]
+    helps = {a.dest: a.help or "" for a in serve._actions}
+    for f in dataclasses.fields(gateway.GatewayConfig):
+        assert len(helps[f.name]) > 20, f.name  # described, not a bare flag
+        has_default = f.default not in (dataclasses.MISSING, None, ()) or (
+            f.default_factory is not dataclasses.MISSING and f.default_factory() not in ({}, ())
+        )
+        if has_default and f.name != "upstream":
+            assert "(default: " in helps[f.name], f.name

@@ -37,11 +37,50 @@ SUBCOMMAND_MODULES = (
 )
 
 
+#: one example per command, shown at the end of its `--help`
+EXAMPLES = {
+    "solve": "jaxopt-tokens solve --arrival-rate 0.2 --alpha 30 --format json",
+    "tune": "jaxopt-tokens tune --target-latency 2.5",
+    "sweep": "jaxopt-tokens sweep --alpha 10,30,100 --out sweep",
+    "frontier": "jaxopt-tokens frontier --points 50 --out frontier",
+    "figures": "jaxopt-tokens figures --from sweep --out figures",
+    "fit": "jaxopt-tokens fit measurements.csv -o workload.toml",
+    "simulate": "jaxopt-tokens simulate --tokens optimal --num-queries 20000",
+    "export": "jaxopt-tokens export --engine vllm -o policy.json",
+    "budget": "jaxopt-tokens budget --budget 200000 --thresholds thresholds.csv",
+    "evaluate-budget": "jaxopt-tokens evaluate-budget --format json",
+    "fit-server": "jaxopt-tokens fit-server bench_c1.json bench_c8.json bench_c64.json",
+    "plan": "jaxopt-tokens plan --server batching --step-time 0.02,0.0005 --max-batch 64 "
+    "--arrival-rate 8 --target-latency 20",
+    "trace": "jaxopt-tokens trace trace.csv --window 60 --plot arrivals.png",
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with each option's default where its text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+            or "default" in text.lower()
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the flag and what is wrong, with the nearest
     flag or command when one was misspelt), exit code 2."""
 
     argv: list[str] = []
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         hint = _suggestion(self, message)
@@ -49,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
-    """" (did you mean ...?)" for a misspelt flag of the command being run, or a misspelt
+    """ " (did you mean ...?)" for a misspelt flag of the command being run, or a misspelt
     command; "" when nothing is close."""
     import difflib
 
@@ -88,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in SUBCOMMAND_MODULES:
         module.register(sub)
+    for name, command in sub.choices.items():
+        if name in EXAMPLES and "Example" not in (command.description or ""):
+            command.epilog = f"Example: {EXAMPLES[name]}"
     return parser
 
 

@@ -43,6 +43,41 @@ def _kinds() -> dict[str, str]:
     return out
 
 
+def _attribute_docs() -> dict[str, str]:
+    """Each configuration key's description, from `GatewayConfig`'s `Attributes:` section
+    (the one place each setting is documented)."""
+    import re
+
+    from .. import gateway
+
+    text = (gateway.GatewayConfig.__doc__ or "").split("Attributes:", 1)[-1]
+    docs: dict[str, str] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        m = re.match(r"^ {8}([a-z_, ]+): (.*)$", line)
+        if m:
+            current = [n.strip() for n in m.group(1).split(",")]
+            for name in current:
+                docs[name] = m.group(2).strip()
+        elif line.startswith(" " * 12) and current:
+            for name in current:
+                docs[name] += " " + line.strip()
+    return docs
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return ""
+    if value is None or value == () or value == {}:
+        return ""
+    shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return f" (default: {shown})".replace("%", "%%")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .. import gateway
 
@@ -58,8 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=path_arg, metavar="serve.toml", help="the TOML configuration")
     kinds = _kinds()
+    docs = _attribute_docs()
     for f in dataclasses.fields(gateway.GatewayConfig):
         flag = "--" + f.name.replace("_", "-")
+        described = docs.get(f.name, "").replace("%", "%%") + _default_text(f)
         if f.name == "upstream":
             p.add_argument(
                 flag, metavar="URL", default=None, help="the engine, e.g. http://127.0.0.1:8000"
@@ -69,12 +106,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                 flag,
                 metavar=f.name.upper(),
                 action="append" if f.name == "rules" else None,
-                help=_COMPOUND_HELP[f.name],
+                help=f"{_COMPOUND_HELP[f.name]}; {described}",
             )
         elif kinds[f.name] == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=described
+            )
         else:
-            p.add_argument(flag, metavar=f.name.upper().replace("_", "-"), default=None)
+            p.add_argument(
+                flag, metavar=f.name.upper().replace("_", "-"), default=None, help=described
+            )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument(
         "--check",
