@@ -198,3 +198,19 @@ def test_every_help_has_an_example_and_the_defaults():
         )
         if has_default and f.name != "upstream":
             assert "(default: " in helps[f.name], f.name
+
+
+def test_ctrl_c_on_a_sweep_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    import jaxopt_tokens.cli.sweep as sweep_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_cli, "sweep", interrupted)
+    out = tmp_path / "s"
+    rc, _, err = run_cli(["sweep", "--alpha", "1,2", "--quiet", "--out", out, "--force"])
+    assert rc == 130
+    assert "interrupted" in err and "resume with: jaxopt-tokens sweep" in err
+    assert "--resume" in err and "--force" not in err and err.count("\n") == 1

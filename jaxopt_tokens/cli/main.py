@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = _attach_negative_lists([str(a) for a in argv])
     parser.argv = argv  # type: ignore[attr-defined]  # the command a misspelt flag belongs to
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as given (a sweep says how to resume it)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # restored when the command ends

@@ -204,6 +204,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         except InputError as e:
             text = str(e)
             raise InputError("--" + text if text.startswith("out ") else text) from None
+        except KeyboardInterrupt:
+            _say_what_was_kept(args)
+            return 130
     if jax.process_index() != 0:
         return 0
     done = f"{len(run.computed)} parts written" + (
@@ -219,6 +222,35 @@ def run_sweep(args: argparse.Namespace) -> int:
     )
     print(f"wrote {run.path}")
     return 0
+
+
+def _say_what_was_kept(args: argparse.Namespace) -> None:
+    """After Ctrl-C: the parts already written (they are kept) and the command that
+    resumes the sweep, on standard error."""
+    import re
+    import shlex
+    import sys
+    from pathlib import Path
+
+    out = Path(args.out)
+    try:
+        manifest = read_sweep_metadata(out) if out.is_dir() else None
+    except InputError:
+        manifest = None
+    parts = (
+        [p for p in out.iterdir() if re.match(r"part-\d+\.parquet$", p.name)] if manifest else []
+    )
+    kept = len(parts)
+    total = f" of {manifest['parts']}" if manifest is not None else ""
+    argv = list(getattr(args, "argv", None) or ["sweep", "--out", str(args.out)])
+    argv = [a for a in argv if a != "--force"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    print(
+        f"jaxopt-tokens sweep: interrupted; {kept}{total} parts kept in {args.out}; resume "
+        f"with: jaxopt-tokens {' '.join(shlex.quote(a) for a in argv)}",
+        file=sys.stderr,
+    )
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
