@@ -310,7 +310,9 @@ def replay_metrics(
         tail: the CVaR level (the mean of the worst `1 - tail` fraction of system times).
 
     Returns:
-        `ReplayMetrics` (shape `(P,)` per statistic for P static policies).
+        `ReplayMetrics` (shape `(P,)` per statistic for P static policies). On the batching
+        server nobody waits for a place, so `mean_wait` is 0, and `per_replication` also
+        holds `overflow` (whether an arrival found every place taken: an invalid replay).
     """
     if not isinstance(draws, ReplayDraws):
         raise InputError(f"draws: expected ReplayDraws (replay_draws), got {type(draws)!r}")

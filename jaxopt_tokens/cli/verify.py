@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from .. import EXPORT_FORMATS, InputError, export_policy, read_text, solve
 from ._common import add_workload_options, int_at_least, loaded_workload, path_arg, positive_float
@@ -83,15 +82,6 @@ def _policy(args: argparse.Namespace) -> tuple[str, dict]:
         return engine, export_policy(w, solve(w), engine=engine)
 
 
-def _key(value: str | None) -> str | None:
-    if value is not None and value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise InputError(f"--api-key: the environment variable {name} is not set")
-        return os.environ[name]
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         import httpx
@@ -100,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from ..gateway import judge, reasoning_text_chars, usage_counts
 
     engine, policy = _policy(args)
-    key = _key(args.api_key)
+    from ..gateway import read_secret
+
+    key = read_secret("--api-key", args.api_key, min_length=1)
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     base = args.upstream.rstrip("/")
     report: dict[str, dict] = {}

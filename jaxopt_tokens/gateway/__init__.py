@@ -21,6 +21,7 @@ from ._config import (
     TaskRule,
     config_from_dict,
     load_config,
+    read_secret,
     redact,
 )
 from ._enforce import judge, reasoning_text_chars, usage_counts
@@ -44,6 +45,7 @@ __all__ = [
     "serve",
     "run",
     "redact",
+    "read_secret",
     "ENGINES",
     "SMOOTHINGS",
 ]

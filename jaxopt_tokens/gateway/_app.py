@@ -270,13 +270,16 @@ class Upstream:
         finally:
             await response.aclose()
 
+    def _auth(self) -> dict[str, str]:
+        """The gateway's own key for the engine, as a header (none without one)."""
+        return {} if self.key is None else {"authorization": f"Bearer {self.key}"}
+
     async def scrape(self, path: str, timeout: float) -> str | None:
         """The text of `GET path` on the upstream (its metrics), or None on any fault."""
         if self.client is None:
             return None
         try:
-            headers = {} if self.key is None else {"authorization": f"Bearer {self.key}"}
-            r = await self.client.get(self.base + path, headers=headers, timeout=timeout)
+            r = await self.client.get(self.base + path, headers=self._auth(), timeout=timeout)
             return r.text if r.status_code == 200 and len(r.content) < (16 << 20) else None
         except (httpx.HTTPError, OSError, ValueError):
             return None
@@ -287,8 +290,7 @@ class Upstream:
         if time.monotonic() - at < ttl or self.client is None:
             return ok and self.client is not None
         try:
-            headers = {} if self.key is None else {"authorization": f"Bearer {self.key}"}
-            r = await self.client.get(self.base + path, headers=headers, timeout=2.0)
+            r = await self.client.get(self.base + path, headers=self._auth(), timeout=2.0)
             ok = r.status_code == 200
         except (httpx.HTTPError, OSError, ValueError):
             ok = False

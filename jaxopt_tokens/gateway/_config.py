@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "import_classifier",
+    "read_secret",
     "redact",
     "ENGINES",
     "SMOOTHINGS",
@@ -299,7 +300,7 @@ class GatewayConfig:
         if self.classifier is not None:
             import_classifier(self.classifier)
         for name in ("api_key", "admin_key", "upstream_key"):
-            object.__setattr__(self, name, _secret(name, getattr(self, name)))
+            object.__setattr__(self, name, read_secret(name, getattr(self, name)))
         _check_routes(self.passthrough, self.ready_path)
         if not re.fullmatch(r"(/[\w.~-]+)+", self.engine_metrics_path):
             raise InputError(
@@ -441,8 +442,9 @@ def _check_routes(passthrough: tuple[str, ...], ready_path: str) -> None:
         raise InputError(f"ready_path: a path such as /health, got {ready_path!r}")
 
 
-def _secret(name: str, value: str | None) -> str | None:
-    """A key, or the environment variable an `env:NAME` value names."""
+def read_secret(name: str, value: str | None, min_length: int = 8) -> str | None:
+    """A key, or the environment variable an `env:NAME` value names; `InputError` naming
+    `name` when the variable is unset, or the key is shorter than `min_length` or has spaces."""
     if value is None:
         return None
     if value.startswith("env:"):
@@ -450,8 +452,8 @@ def _secret(name: str, value: str | None) -> str | None:
         if var not in os.environ:
             raise InputError(f"{name}: the environment variable {var} is not set")
         value = os.environ[var]
-    if len(value) < 8 or any(c.isspace() for c in value):
-        raise InputError(f"{name}: at least 8 characters without spaces")
+    if len(value) < min_length or any(c.isspace() for c in value):
+        raise InputError(f"{name}: at least {min_length} characters without spaces")
     return value
 
 

@@ -69,7 +69,7 @@ class DryRun:
 class _Engine:
     """The simulated engine: requests with work left, advanced between events."""
 
-    def __init__(self, w: Workload, model: LatencyModel, max_batch: int | None):
+    def __init__(self, model: LatencyModel, max_batch: int | None):
         self.batching = isinstance(model, ContinuousBatching)
         if self.batching:
             assert isinstance(model, ContinuousBatching)
@@ -175,7 +175,7 @@ def dry_run(
 
     controller = Controller(config, workload, model, learned)
     controller.load.start(0.0)
-    engine = _Engine(workload, model, config.max_batch if config.server == "batching" else None)
+    engine = _Engine(model, config.max_batch if config.server == "batching" else None)
     t0 = np.asarray(workload.t0, dtype=float)
     c = np.asarray(workload.c, dtype=float)
 

@@ -233,10 +233,7 @@ OWNED_FIELDS: dict[tuple[str, str], frozenset[str]] = {
         }
     ),
     ("chat", "openai"): frozenset({"max_completion_tokens", "max_tokens", "reasoning_effort"}),
-    **{
-        ("completions", e): frozenset({"max_tokens"})
-        for e in ("vllm", "sglang", "dynamo", "llamacpp", "openai")
-    },
+    **{("completions", engine): frozenset({"max_tokens"}) for engine in _EXTRAS},
 }
 
 #: fields refused whatever the configuration, and why (they load code, or steer the engine's
