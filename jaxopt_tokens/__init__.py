@@ -7,144 +7,159 @@ budget shared by a batch) and `jaxopt_tokens.strategy` (a decoding strategy per 
 Implementation lives in private modules; see the documentation site for the architecture.
 """
 
-from . import clear, gateway, strategy
-from ._deploy.capacity import ReplicaCount, ReplicaPlan, plan_replicas
-from ._deploy.export import (
-    DEFAULT_ANSWER_RESERVE,
-    DEFAULT_EFFORT_BOUNDS,
-    EXPORT_FORMATS,
-    ROUNDINGS,
-    SGLANG_PROCESSORS,
-    export_policy,
-    load_tokens,
-    openai_client_kwargs,
-    tokens_from_data,
-    write_policy,
-)
-from ._deploy.fit import (
-    FitResult,
-    FitStatus,
-    FitWarning,
-    TaskFit,
-    budget_uncertainty,
-    fit,
-    plot_fit,
-)
-from ._deploy.measurements import (
-    Measurements,
-    parse_measurements,
-    read_measurements,
-    read_request_log,
-    synthetic_measurements,
-)
-from ._deploy.step_time import StepTimeFit, fit_step_time, read_step_times
-from ._deploy.windows import WindowPlan, plan_windows
+from typing import TYPE_CHECKING
+
 from ._errors import InputError, WorkloadError
-from ._files import read_text
-from ._integer import (
-    best_floor_ceil,
-    integer_budgets,
-    integer_lower_bound,
-    local_search_budgets,
-    paper_integer_lower_bound,
-    round_budgets,
-)
-from ._io import (
-    default_workload,
-    dump_workload,
-    load_workload,
-    workload_from_dict,
-    workload_to_dict,
-)
-from ._kkt import (
-    contraction_constant,
-    gradient_lipschitz,
-    kkt_residual,
-    objective_gradient,
-    provable_box,
-)
-from ._lambertw import lambertw, wright_omega
-from ._learn.learn import LearnedBudgets, learn_budgets
-from ._learn.replay import QueuePolicy, ReplayDraws, ReplayMetrics, replay_draws, replay_metrics
-from ._objective import (
-    mean_accuracy,
-    mean_system_time,
-    mean_wait,
-    objective,
-    service_moments,
-    service_times,
-    task_accuracy,
-    utilization,
-)
-from ._queue.batching import DEFAULT_ANSWER_TOKENS, ROUTINGS, ContinuousBatching
-from ._queue.batching_sim import BatchingSimulation, simulate_batching
-from ._queue.models import (
-    FIFO,
-    AbstractSingleServer,
-    Kingman,
-    LatencyModel,
-    Priority,
-    ProcessorSharing,
-    TimeVarying,
-    latency_objective,
-)
-from ._queue.replay import SERVICES, TASK_SOURCES
-from ._queue.simulate import (
-    DISCIPLINES,
-    Simulation,
-    SimulationResult,
-    SimulationStatus,
-    UnstableQueueWarning,
-    lindley_waits,
-    sample_query_stream,
-)
-from ._queue.simulation import simulate
-from ._random import random_workloads
-from ._solver.aggregate import AggregateNewton
-from ._solver.base import AbstractSolver, Iterate, Problem
-from ._solver.batching import BatchingNewton
-from ._solver.fixed_point import FixedPoint
-from ._solver.gradient import ProjectedGradient, SpectralGradient
-from ._solver.solution import Solution
-from ._solver.solve import SOLVER_NAMES, default_solver, solve, solve_latency
-from ._status import Status, StatusEnum
-from ._sweeps.dataset import read_sweep
-from ._sweeps.figures import (
-    all_figures,
-    converged_optimum,
-    figure_budget_sensitivity,
-    figure_frontier,
-    figure_heatmaps,
-    figure_names,
-    figure_uniform_vs_optimal,
-    save_figure,
-)
-from ._sweeps.frontier import (
-    frontier_by_alpha,
-    frontier_by_arrival_rate,
-    uniform_curve,
-    with_simulated_tail,
-)
-from ._sweeps.sweep import SweepRun, read_sweep_metadata, sweep, write_sweep
-from ._traffic.stats import (
-    DISPERSION_WINDOWS,
-    ArrivalStats,
-    TrafficWarning,
-    arrival_scv,
-    arrival_stats,
-    plot_arrivals,
-)
-from ._traffic.trace import TIME_UNITS, TRACE_FORMATS, Trace, read_trace
-from ._tuning.router import (
-    CurveModel,
-    TaskPool,
-    realised_objective,
-    synthetic_task_pool,
-    train_router,
-)
-from ._tuning.tune import AlphaTuning, TuneStatus, tune, tune_alpha
+from ._lazy import attach
 from ._version import __version__
-from ._workload import SERVERS, Workload, make_workload
+
+if TYPE_CHECKING:
+    from . import clear, gateway, strategy
+    from ._choices import (
+        DEFAULT_ANSWER_RESERVE,
+        DEFAULT_ANSWER_TOKENS,
+        DEFAULT_EFFORT_BOUNDS,
+        DISCIPLINES,
+        EXPORT_FORMATS,
+        ROUNDINGS,
+        ROUTINGS,
+        SERVICES,
+        SGLANG_PROCESSORS,
+        SOLVER_NAMES,
+        TASK_SOURCES,
+        TIME_UNITS,
+        TRACE_FORMATS,
+    )
+    from ._deploy.capacity import ReplicaCount, ReplicaPlan, plan_replicas
+    from ._deploy.export import (
+        export_policy,
+        load_tokens,
+        openai_client_kwargs,
+        tokens_from_data,
+        write_policy,
+    )
+    from ._deploy.fit import (
+        FitResult,
+        FitStatus,
+        FitWarning,
+        TaskFit,
+        budget_uncertainty,
+        fit,
+        plot_fit,
+    )
+    from ._deploy.measurements import (
+        Measurements,
+        parse_measurements,
+        read_measurements,
+        read_request_log,
+        synthetic_measurements,
+    )
+    from ._deploy.step_time import StepTimeFit, fit_step_time, read_step_times
+    from ._deploy.windows import WindowPlan, plan_windows
+    from ._files import read_text
+    from ._integer import (
+        best_floor_ceil,
+        integer_budgets,
+        integer_lower_bound,
+        local_search_budgets,
+        paper_integer_lower_bound,
+        round_budgets,
+    )
+    from ._io import (
+        default_workload,
+        dump_workload,
+        load_workload,
+        workload_from_dict,
+        workload_to_dict,
+    )
+    from ._kkt import (
+        contraction_constant,
+        gradient_lipschitz,
+        kkt_residual,
+        objective_gradient,
+        provable_box,
+    )
+    from ._lambertw import lambertw, wright_omega
+    from ._learn.learn import LearnedBudgets, learn_budgets
+    from ._learn.replay import QueuePolicy, ReplayDraws, ReplayMetrics, replay_draws, replay_metrics
+    from ._objective import (
+        mean_accuracy,
+        mean_system_time,
+        mean_wait,
+        objective,
+        service_moments,
+        service_times,
+        task_accuracy,
+        utilization,
+    )
+    from ._queue.batching import ContinuousBatching
+    from ._queue.batching_sim import BatchingSimulation, simulate_batching
+    from ._queue.models import (
+        FIFO,
+        AbstractSingleServer,
+        Kingman,
+        LatencyModel,
+        Priority,
+        ProcessorSharing,
+        TimeVarying,
+        latency_objective,
+    )
+    from ._queue.simulate import (
+        Simulation,
+        SimulationResult,
+        SimulationStatus,
+        UnstableQueueWarning,
+        lindley_waits,
+        sample_query_stream,
+    )
+    from ._queue.simulation import simulate
+    from ._random import random_workloads
+    from ._solver.aggregate import AggregateNewton
+    from ._solver.base import AbstractSolver, Iterate, Problem
+    from ._solver.batching import BatchingNewton
+    from ._solver.fixed_point import FixedPoint
+    from ._solver.gradient import ProjectedGradient, SpectralGradient
+    from ._solver.solution import Solution
+    from ._solver.solve import default_solver, solve, solve_latency
+    from ._status import Status, StatusEnum
+    from ._sweeps.dataset import read_sweep
+    from ._sweeps.figures import (
+        all_figures,
+        converged_optimum,
+        figure_budget_sensitivity,
+        figure_frontier,
+        figure_heatmaps,
+        figure_names,
+        figure_uniform_vs_optimal,
+        save_figure,
+    )
+    from ._sweeps.frontier import (
+        frontier_by_alpha,
+        frontier_by_arrival_rate,
+        uniform_curve,
+        with_simulated_tail,
+    )
+    from ._sweeps.sweep import SweepRun, read_sweep_metadata, sweep, write_sweep
+    from ._traffic.stats import (
+        DISPERSION_WINDOWS,
+        ArrivalStats,
+        TrafficWarning,
+        arrival_scv,
+        arrival_stats,
+        plot_arrivals,
+    )
+    from ._traffic.trace import Trace, read_trace
+    from ._tuning.router import (
+        CurveModel,
+        TaskPool,
+        realised_objective,
+        synthetic_task_pool,
+        train_router,
+    )
+    from ._tuning.tune import AlphaTuning, TuneStatus, tune, tune_alpha
+    from ._workload import SERVERS, Workload, make_workload
+
+__getattr__, __dir__ = attach(__name__, __file__)
 
 __all__ = [
     # systems in their own namespaces

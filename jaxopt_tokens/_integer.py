@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -90,6 +91,7 @@ def local_search_budgets(
     return x
 
 
+@eqx.filter_jit  # one compiled program, not one dispatch per operation when called eagerly
 def integer_budgets(
     tokens: Float[Array, " n"],
     w: Workload,

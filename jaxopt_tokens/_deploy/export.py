@@ -86,6 +86,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from .._choices import (
+    DEFAULT_ANSWER_RESERVE,
+    DEFAULT_EFFORT_BOUNDS,
+    EXPORT_FORMATS,
+    ROUNDINGS,
+    SGLANG_PROCESSORS,
+)
 from .._errors import InputError
 from .._files import read_text
 from .._integer import integer_budgets
@@ -108,25 +115,11 @@ __all__ = [
     "SGLANG_PROCESSORS",
 ]
 
-EXPORT_FORMATS = ("vllm", "sglang", "dynamo", "llamacpp", "openai", "json")
-ROUNDINGS = ("integer", "ceil", "round")
 ZERO_BUDGET = ("disable", "budget")
-DEFAULT_ANSWER_RESERVE = 256
-DEFAULT_EFFORT_BOUNDS: dict[str, int] = {"low": 1024, "medium": 8192}
 TOP_EFFORT = "high"
 #: `reasoning_effort` for a zero budget: thinking off ("disable"), or the lowest level
 ZERO_EFFORT = {"disable": "none", "budget": "minimal"}
 _DISABLE = {"chat_template_kwargs": {"enable_thinking": False}}
-#: SGLang's built-in thinking-budget logit processors (module, class), by model family;
-#: "strict" sends none (the server's grammar backend enforces the budget)
-SGLANG_PROCESSORS: dict[str, tuple[str, str] | None] = {
-    "qwen3": ("sglang.srt.sampling.custom_logit_processor", "Qwen3ThinkingBudgetLogitProcessor"),
-    "deepseek-r1": (
-        "sglang.srt.sampling.custom_logit_processor",
-        "DeepSeekR1ThinkingBudgetLogitProcessor",
-    ),
-    "strict": None,
-}
 # Fields the `openai` client takes as keyword arguments; the rest go in `extra_body`.
 _OPENAI_CLIENT_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "reasoning_effort"})
 

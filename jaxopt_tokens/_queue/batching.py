@@ -64,14 +64,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._choices import DEFAULT_ANSWER_TOKENS, ROUTINGS
 from .._errors import InputError
 from .._workload import Workload
 from .models import LatencyModel
 
 __all__ = ["ContinuousBatching", "DEFAULT_ANSWER_TOKENS", "ROUTINGS"]
-
-DEFAULT_ANSWER_TOKENS = 256.0  # decode steps of the visible answer (the export's reserve)
-ROUTINGS = ("random", "shortest_queue", "least_loaded")  # how arrivals pick a replica
 
 
 #: the most states of the birth-death chain the limited or state-routed model solves

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._choices import SERVICES, TASK_SOURCES
 from .._errors import InputError
 from .._traffic.trace import Trace, positive_number
 from .._workload import Workload
@@ -38,10 +39,6 @@ __all__ = [
     "TASK_SOURCES",
 ]
 
-#: where a replayed request's work comes from
-SERVICES = ("tasks", "trace")
-#: where a replayed request's task type comes from
-TASK_SOURCES = ("shares", "trace")
 
 Service = Literal["tasks", "trace"]
 TaskSource = Literal["shares", "trace"]

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .._choices import DISCIPLINES
 from .._errors import InputError
 from .._objective import task_accuracy
 from .._stats import replication_interval
@@ -56,8 +57,6 @@ __all__ = [
 
 NoiseKind = Literal["lognormal", "gamma"]
 QUANTILES = (0.5, 0.95, 0.99)
-#: the single-server disciplines `simulate_server` simulates (`LatencyModel.discipline`)
-DISCIPLINES = ("fifo", "priority", "ps")
 MAX_BATCH_ELEMENTS = (
     1 << 26
 )  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import ArrayLike
 
+from .._choices import SOLVER_NAMES
 from .._errors import InputError
 from .._queue.models import FIFO, LatencyModel
 from .._validate import validate_members
@@ -39,8 +40,6 @@ __all__ = [
     "attach_gradient",
 ]
 
-#: the method names `solve` takes as shorthand for a solver instance
-SOLVER_NAMES = ("default", "fixed-point", "pga", "pga-safeguarded")
 
 #: the general solver's step limit when it is the default for a model
 _GENERAL_MAX_STEPS = 20_000

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._choices import TIME_UNITS, TRACE_FORMATS
 from .._errors import InputError
 from .._files import csv_reader, field_limit, parse_number, read_text, text_lines
 
@@ -46,10 +47,6 @@ __all__ = [
     "positive_number",
 ]
 
-#: the formats `read_trace` reads (`"auto"` chooses among them from the file)
-TRACE_FORMATS = ("azure", "mooncake", "burstgpt", "csv", "jsonl")
-#: how a numeric time column is read: seconds, milliseconds or microseconds
-TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 TimeUnit = Literal["auto", "s", "ms", "us", "iso"]
 

@@ -8,18 +8,9 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
+import jaxopt_tokens as jt
 
-from .. import (
-    DEFAULT_ANSWER_TOKENS,
-    ROUTINGS,
-    ContinuousBatching,
-    InputError,
-    Workload,
-    default_workload,
-    load_workload,
-)
+from .. import DEFAULT_ANSWER_TOKENS, ROUTINGS, InputError
 
 __all__ = [
     "add_force_option",
@@ -52,15 +43,15 @@ def add_workload_options(p: argparse.ArgumentParser, overrides: bool = True) -> 
     p.add_argument("--max-tokens", type=float, metavar="M", help="override the token cap l_max")
 
 
-def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
+def workload_from_args(args: argparse.Namespace, dtype=None) -> jt.Workload:
     """The workload the options name, with overrides applied and validated (a batching
     server judges its own stability: the M/G/1 rule is not applied to it)."""
     server = "batching" if getattr(args, "server", "mg1") == "batching" else "mg1"
     stability = server == "mg1"
     w = (
-        load_workload(args.workload, server=server)
+        jt.load_workload(args.workload, server=server)
         if args.workload is not None
-        else default_workload()
+        else jt.default_workload()
     )
     changes = {}
     for opt, field in (
@@ -81,12 +72,14 @@ def workload_from_args(args: argparse.Namespace, dtype=None) -> Workload:
 
 
 @contextlib.contextmanager
-def loaded_workload(args: argparse.Namespace, float32: bool = False) -> Iterator[Workload]:
+def loaded_workload(args: argparse.Namespace, float32: bool = False) -> Iterator[jt.Workload]:
     """The workload the options name, in float64 (or float32), with x64 enabled for the block.
 
     Commands compute in float64 by default; x64 is switched on only inside the block, so the
     caller's global setting is never changed.
     """
+    import jax
+
     with jax.enable_x64(not float32):
         yield workload_from_args(args, dtype="float32" if float32 else "float64")
 
@@ -220,9 +213,11 @@ def add_server_options(
     )
 
 
-def refuse_unstable_server(server: ContinuousBatching, w: Workload) -> None:
+def refuse_unstable_server(server: jt.ContinuousBatching, w: jt.Workload) -> None:
     """`InputError` when the batching server cannot sustain the arrivals even with zero
     reasoning tokens (as the M/G/1 server's workload check does)."""
+    import jax.numpy as jnp
+
     zeros = jnp.zeros_like(w.A)
     load = float(server.load(zeros, w))
     if not load < 1 - 16 * float(jnp.finfo(w.dtype).eps):
@@ -234,7 +229,7 @@ def refuse_unstable_server(server: ContinuousBatching, w: Workload) -> None:
         )
 
 
-def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
+def server_from_args(args: argparse.Namespace) -> jt.ContinuousBatching | None:
     """The batching server the options describe, or None for the paper's M/G/1."""
     if args.server != "batching":
         for flag, value in (
@@ -250,7 +245,7 @@ def server_from_args(args: argparse.Namespace) -> ContinuousBatching | None:
         return None
     if args.step_time is None:
         raise InputError("--server batching needs --step-time TAU0,TAU1 (see `fit-server`)")
-    return ContinuousBatching(
+    return jt.ContinuousBatching(
         step_time=args.step_time,
         max_batch=args.max_batch,
         answer_tokens=DEFAULT_ANSWER_TOKENS if args.answer_tokens is None else args.answer_tokens,

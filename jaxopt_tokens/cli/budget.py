@@ -11,26 +11,19 @@ import argparse
 import csv
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .. import InputError, read_text
-from ..clear import (
-    BASELINES,
-    AllocationStatus,
-    allocate,
-    check_inputs,
-    default_pool,
-    evaluate_streams,
-    load_pool,
-)
+import jaxopt_tokens as jt
+
+from .. import InputError
 from ._common import positive_float, random_seed
 from ._output import emit_json
 
-POLICY_CHOICES = ("clear", *BASELINES)
+#: `--policy`: CLEAR or one of `jaxopt_tokens.clear.BASELINES` (spelled here so that the
+#: parser loads no JAX; a test holds the two equal)
+POLICY_CHOICES = ("clear", "uniform", "predictor", "heuristic", "auction")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -95,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_thresholds(path) -> np.ndarray:
     """The `threshold` column of a CSV; `InputError` names the line of a bad value."""
-    text = read_text(path, "thresholds CSV")
+    text = jt.read_text(path, "thresholds CSV")
     rows = list(csv.reader(line.rstrip("\r") for line in text.split("\n") if line))
     path = Path(path)
     if not rows:
@@ -122,9 +115,12 @@ def load_thresholds(path) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+
     tau = load_thresholds(args.thresholds)
     decay = "adaptive" if args.decay is None else args.decay
-    check_inputs(
+    jt.clear.check_inputs(
         tau,
         args.budget,
         velocity=args.velocity,
@@ -136,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     with jax.enable_x64(True):
         t = jnp.asarray(tau, jnp.float64)
         if args.policy == "clear":
-            a = allocate(
+            a = jt.clear.allocate(
                 t,
                 args.budget,
                 velocity=args.velocity,
@@ -148,10 +144,12 @@ def run(args: argparse.Namespace) -> int:
             report.update(
                 price=float(a.price),
                 beta=float(a.beta),
-                status=AllocationStatus(int(a.status)).name.lower(),
+                status=jt.clear.AllocationStatus(int(a.status)).name.lower(),
             )
         else:
-            tokens = np.asarray(BASELINES[args.policy](t, args.budget, query_cap=args.query_cap))
+            tokens = np.asarray(
+                jt.clear.BASELINES[args.policy](t, args.budget, query_cap=args.query_cap)
+            )
     report.update(
         total_tokens=float(tokens.sum()),
         admitted=int((tokens > 0).sum()),
@@ -185,8 +183,8 @@ def _print_allocation(r: dict) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
 
-    pool = load_pool(args.pool) if args.pool else default_pool()
-    result = evaluate_streams(pool, seed=args.seed)
+    pool = jt.clear.load_pool(args.pool) if args.pool else jt.clear.default_pool()
+    result = jt.clear.evaluate_streams(pool, seed=args.seed)
     if args.format == "json":
         emit_json(result)
         return 0

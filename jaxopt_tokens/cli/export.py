@@ -7,6 +7,8 @@ import json
 import sys
 import warnings
 
+import jaxopt_tokens as jt
+
 from .. import (
     DEFAULT_ANSWER_RESERVE,
     EXPORT_FORMATS,
@@ -14,14 +16,6 @@ from .. import (
     SGLANG_PROCESSORS,
     SOLVER_NAMES,
     InputError,
-    Status,
-    UnstableQueueWarning,
-    export_policy,
-    load_tokens,
-    read_text,
-    solve,
-    tokens_from_data,
-    write_policy,
 )
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
 from ._output import Outputs
@@ -123,7 +117,7 @@ def load_uncertainty(path: str, tokens, task_names) -> dict[str, float]:
     """Budget standard errors per task from `fit --format json` output, checked against the
     budgets they are for: a file fitted at other settings (arrival rate, alpha, another
     measurement file) would attach the wrong uncertainty, so it is refused."""
-    text = read_text(path, "uncertainty JSON")
+    text = jt.read_text(path, "uncertainty JSON")
     try:
         data = json.loads(text)
         rows = {}
@@ -170,24 +164,24 @@ def run(args: argparse.Namespace) -> int:
 
 def _policy_text(args: argparse.Namespace) -> str:
     with loaded_workload(args) as w, warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnstableQueueWarning)  # refused below, in one line
+        warnings.simplefilter("ignore", jt.UnstableQueueWarning)  # refused below, in one line
         if args.tokens:
-            tokens = load_tokens(args.tokens, w)
+            tokens = jt.load_tokens(args.tokens, w)
         else:
-            tokens = solve(w, args.solver)
-            status = Status(int(tokens.status))
-            if status != Status.CONVERGED:
+            tokens = jt.solve(w, args.solver)
+            status = jt.Status(int(tokens.status))
+            if status != jt.Status.CONVERGED:
                 raise InputError(
                     f"the solver did not converge ({status.name.lower()}: {status.message}); "
                     "nothing exported"
                 )
         uncertainty = None
         if args.uncertainty is not None:
-            budgets = tokens_from_data(tokens, w)
+            budgets = jt.tokens_from_data(tokens, w)
             uncertainty = load_uncertainty(args.uncertainty, budgets, w.task_names)
         elif args.conservative is not None:
             raise InputError("--conservative needs --uncertainty (the budgets' standard errors)")
-        policy = export_policy(
+        policy = jt.export_policy(
             w,
             tokens,
             engine=args.engine,
@@ -206,4 +200,4 @@ def _policy_text(args: argparse.Namespace) -> str:
             f"the exported budgets load the server to utilization {rho:.4g} >= 1: the queue "
             "would grow without bound; nothing exported"
         )
-    return write_policy(policy)
+    return jt.write_policy(policy)

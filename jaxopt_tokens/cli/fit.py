@@ -5,20 +5,12 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import jax
 from rich.console import Console
 from rich.table import Table
 
-from .. import (
-    FitWarning,
-    InputError,
-    budget_uncertainty,
-    dump_workload,
-    fit,
-    plot_fit,
-    read_measurements,
-    read_request_log,
-)
+import jaxopt_tokens as jt
+
+from .. import InputError
 from ._common import add_force_option, positive_float
 from ._output import Outputs, check_figure_format, emit_json
 
@@ -81,33 +73,35 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args, outputs, toml_path, plot_path) -> int:
-    m = read_measurements(args.measurements)
+    import jax
+
+    m = jt.read_measurements(args.measurements)
     shares, rate = (None, None)
     if args.shares:
-        shares, rate = read_request_log(args.shares, m.tasks, bands=_bands(args.task_bands))
+        shares, rate = jt.read_request_log(args.shares, m.tasks, bands=_bands(args.task_bands))
     elif args.task_bands is not None:
         raise InputError("--task-bands: labels the requests of --shares LOG; give --shares")
     arrival_rate = args.arrival_rate or rate or 0.1
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitWarning)
-        result = fit(
+        warnings.simplefilter("always", jt.FitWarning)
+        result = jt.fit(
             m,
             shares=shares,
             arrival_rate=arrival_rate,
             alpha=args.alpha,
             max_tokens=args.max_tokens,
         )
-    tokens, tokens_se = budget_uncertainty(result)
+    tokens, tokens_se = jt.budget_uncertainty(result)
     header = f"Fitted by jaxopt-tokens fit from {args.measurements}" + (
         f" (shares from {args.shares})" if args.shares else " (equal shares)"
     )
     with jax.enable_x64(True):  # written at full float64 precision
-        text = dump_workload(result.workload_float64(), header=header)
+        text = jt.dump_workload(result.workload_float64(), header=header)
     with outputs:
         if toml_path is not None:
             toml_path.write_text(text)
         if plot_path is not None:
-            plot_fit(result, plot_path)
+            jt.plot_fit(result, plot_path)
         outputs.commit()
     report = {
         "measurements": args.measurements,

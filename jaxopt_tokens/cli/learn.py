@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .. import TRACE_FORMATS, InputError, Status, learn_budgets, read_trace
+import jaxopt_tokens as jt
+
+from .. import TRACE_FORMATS, InputError
 from ._common import (
     REPLAY_FLAGS,
     add_force_option,
@@ -93,17 +94,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+
     if not args.train_fraction < 1:
         raise InputError(f"--train-fraction: in (0, 1), got {args.train_fraction}")
     outputs = Outputs(args.force)
     target = outputs.file(args.output, "-o") if args.output is not None else None
     try:
-        trace = read_trace(args.trace, args.trace_format)
+        trace = jt.read_trace(args.trace, args.trace_format)
         if args.last is not None:
             trace = _last(trace, args.last)
         with loaded_workload(args) as w:
             with said_as_flags(REPLAY_FLAGS):
-                result = learn_budgets(
+                result = jt.learn_budgets(
                     w,
                     trace,
                     states=args.states,
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json(report)
     else:
         _print(report)
-    return 0 if result.status == Status.CONVERGED else 1
+    return 0 if result.status == jt.Status.CONVERGED else 1
 
 
 def _last(trace, hours: float):
@@ -152,7 +155,7 @@ def _report(args, tasks, result) -> dict:
         "tasks": list(tasks),
         "replayed_rate": result.rate,
         "states": int(table.shape[0]) - 1,
-        "status": Status(result.status).name,
+        "status": jt.Status(result.status).name,
         "budgets_by_state": table.tolist(),
         "model_optimum": np.asarray(result.model_optimum).tolist(),
         "train": {k: metrics(v) for k, v in result.train.items()},

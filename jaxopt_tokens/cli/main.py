@@ -27,6 +27,7 @@ from . import (
     tune,
     verify,
 )
+from ._cache import enable_compilation_cache
 
 # Optional packages some subcommands import, and the extra that installs them.
 OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.argv = argv  # type: ignore[attr-defined]  # the command a misspelt flag belongs to
     args = parser.parse_args(argv)
     args.argv = argv  # the command as given (a sweep says how to resume it)
+    enable_compilation_cache()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # restored when the command ends

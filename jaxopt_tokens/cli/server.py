@@ -11,7 +11,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .. import FitWarning, InputError, fit_step_time, plan_replicas
+import jaxopt_tokens as jt
+
+from .. import InputError
 from ._common import (
     add_force_option,
     add_server_options,
@@ -77,8 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FitWarning)
-        fit = fit_step_time(*args.files, group=args.group)
+        warnings.simplefilter("always", jt.FitWarning)
+        fit = jt.fit_step_time(*args.files, group=args.group)
     lo0, hi0 = fit.interval("tau0")
     lo1, hi1 = fit.interval("tau1")
     report = {
@@ -131,7 +133,7 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
     if server is None:
         raise InputError("plan: --server must be batching (replicas of the M/G/1 model: no)")
     with loaded_workload(args) as w:
-        result = plan_replicas(
+        result = jt.plan_replicas(
             w,
             server,
             args.target_latency,

@@ -5,29 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import jax
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .. import (
-    DISCIPLINES,
-    FIFO,
-    SERVICES,
-    TASK_SOURCES,
-    TRACE_FORMATS,
-    InputError,
-    LatencyModel,
-    Priority,
-    ProcessorSharing,
-    SimulationStatus,
-    Status,
-    Workload,
-    load_tokens,
-    read_trace,
-    simulate,
-    solve,
-)
+import jaxopt_tokens as jt
+
+from .. import DISCIPLINES, SERVICES, TASK_SOURCES, TRACE_FORMATS, InputError
 from ._common import (
     REPLAY_FLAGS,
     add_server_options,
@@ -164,17 +148,17 @@ BATCHING_ROWS = (
 )
 
 
-def _latency_model(args, w: Workload, order) -> LatencyModel:
+def _latency_model(args, w: jt.Workload, order) -> jt.LatencyModel:
     """The single-server model `--discipline` and `--service-cv` name: the one place where
     the command's strings become model objects."""
     if args.discipline == "priority":
-        return Priority(order, args.service_cv)
+        return jt.Priority(order, args.service_cv)
     if args.discipline == "ps":
-        return ProcessorSharing(args.service_cv)
-    return FIFO(args.service_cv)
+        return jt.ProcessorSharing(args.service_cv)
+    return jt.FIFO(args.service_cv)
 
 
-def _priority_order(args, w: Workload):
+def _priority_order(args, w: jt.Workload):
     if args.discipline != "priority":
         if args.priority:
             raise InputError("--priority: only meaningful with --discipline priority")
@@ -194,12 +178,13 @@ def _priority_order(args, w: Workload):
     return tuple(w.task_names.index(n) for n in names)
 
 
-def _policy(spec: str, w: Workload, model: LatencyModel) -> np.ndarray:
+def _policy(spec: str, w: jt.Workload, model: jt.LatencyModel) -> np.ndarray:
     if spec == "optimal":
-        sol = solve(w, model=model)
-        if int(sol.status) != Status.CONVERGED:
+        sol = jt.solve(w, model=model)
+        if int(sol.status) != jt.Status.CONVERGED:
             raise InputError(
-                f"--tokens optimal: the solver did not converge ({Status(int(sol.status)).message})"
+                "--tokens optimal: the solver did not converge "
+                f"({jt.Status(int(sol.status)).message})"
             )
         return np.asarray(sol.tokens)
     if spec.startswith("uniform:"):
@@ -211,11 +196,13 @@ def _policy(spec: str, w: Workload, model: LatencyModel) -> np.ndarray:
             ) from None
         return np.full(w.num_tasks, value)
     if Path(spec).exists():
-        return load_tokens(spec, w)
+        return jt.load_tokens(spec, w)
     raise InputError(f"--tokens {spec}: not 'optimal', 'uniform:L' or an existing file")
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+
     if not 0 < args.level < 1:
         raise InputError(f"--level: must be in (0, 1), got {args.level}")
     specs = args.tokens or ["optimal"]
@@ -240,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
                 "--num-queries: a replay simulates the whole trace; cut the file to replay part"
             )
         replay = {
-            "arrivals": read_trace(args.arrivals, args.trace_format),
+            "arrivals": jt.read_trace(args.arrivals, args.trace_format),
             "utilization": args.utilization,
             "rate": args.replay_rate,
             "service": args.service,
@@ -251,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         policies = np.stack([_policy(s, w, model) for s in specs])
         kwargs = {"noise": args.noise} if server is None else {}
         with said_as_flags(REPLAY_FLAGS):
-            result = simulate(
+            result = jt.simulate(
                 w,
                 policies,
                 args.num_queries,
@@ -287,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup": result.warmup,
         "discipline": discipline,
         "confidence_level": args.level,
-        "status": [s.name.lower() for s in map(SimulationStatus, np.asarray(result.status))],
+        "status": [s.name.lower() for s in map(jt.SimulationStatus, np.asarray(result.status))],
         "statistics": {
             name: {k: np.asarray(v).tolist() for k, v in summary[name].items()} for name, _ in rows
         },

@@ -7,7 +7,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from .. import SOLVER_NAMES, InputError, Status, solve, solve_latency
+import jaxopt_tokens as jt
+
+from .. import SOLVER_NAMES, InputError
 from ._common import (
     add_server_options,
     add_workload_options,
@@ -42,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--solver: a batching server has its own solver; leave --solver out")
     with loaded_workload(args, float32=args.float32) as w:
         if server is None:
-            sol = solve(w, args.solver)
+            sol = jt.solve(w, args.solver)
             report = allocation_report(w, sol, args.solver)
         else:
             refuse_unstable_server(server, w)
-            sol = solve_latency(w, server)
+            sol = jt.solve_latency(w, server)
             report = server_report(w, sol, server)
     if args.format == "json":
         emit_json(report)
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print_table(report)
     else:
         print_server_table(report)
-    return 0 if report["status"] == Status.CONVERGED.name.lower() else 1
+    return 0 if report["status"] == jt.Status.CONVERGED.name.lower() else 1
 
 
 def print_server_table(r: dict) -> None:

@@ -6,25 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from .. import (
-    InputError,
-    all_figures,
-    converged_optimum,
-    figure_frontier,
-    figure_names,
-    frontier_by_alpha,
-    read_sweep,
-    read_sweep_metadata,
-    save_figure,
-    sweep,
-    uniform_curve,
-    with_simulated_tail,
-    workload_from_dict,
-    write_sweep,
-)
+import jaxopt_tokens as jt
+
+from .. import InputError
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload, path_arg
 from ._output import Outputs
 
@@ -169,6 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    import jax
+
     grids = {}
     if args.arrival_rate_grid is not None:
         grids["arrival_rate"] = args.arrival_rate_grid
@@ -192,7 +180,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     initialize_distributed(args)
     with loaded_workload(args) as w:
         try:
-            run = sweep(
+            run = jt.sweep(
                 w,
                 out=args.out,
                 resume=args.resume,
@@ -215,7 +203,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if not run.complete:  # other processes are still writing their parts
         print(f"{run.points:,} points in {run.parts} parts; {done}; other processes' parts pending")
         return 0
-    counts = read_sweep(run.path, columns=["status"])["status"].value_counts()
+    counts = jt.read_sweep(run.path, columns=["status"])["status"].value_counts()
     print(
         f"{run.points:,} points in {run.parts} parts ({done}); status: "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
@@ -234,7 +222,7 @@ def _say_what_was_kept(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     try:
-        manifest = read_sweep_metadata(out) if out.is_dir() else None
+        manifest = jt.read_sweep_metadata(out) if out.is_dir() else None
     except InputError:
         manifest = None
     parts = (
@@ -260,6 +248,8 @@ def initialize_distributed(args: argparse.Namespace) -> None:
     `JAX_COORDINATOR_ADDRESS`, which JAX reads itself); `--distributed` alone lets JAX detect
     the cluster (Slurm, Open MPI, Kubernetes, Cloud TPU).
     """
+    import jax
+
     given = {
         "coordinator_address": args.coordinator,
         "num_processes": args.num_processes,
@@ -311,19 +301,19 @@ def run_frontier(args: argparse.Namespace) -> int:
             w, points = _sweep_workload(args.from_sweep), None
         else:
             points = 1000 if args.points is None else args.points
-        converged_optimum(w)
-        df = frontier_by_alpha(args.from_sweep or w, points or 1000)
+        jt.converged_optimum(w)
+        df = jt.frontier_by_alpha(args.from_sweep or w, points or 1000)
         points = points or len(df)
         if args.simulate_tail:
-            df = with_simulated_tail(df, w, num_queries=args.simulate_tail)
-        uniform = uniform_curve(w)
-        fig = figure_frontier(w, points, frontier=df, uniform=uniform)
-        write_sweep(df, staging / "frontier_optimal")
+            df = jt.with_simulated_tail(df, w, num_queries=args.simulate_tail)
+        uniform = jt.uniform_curve(w)
+        fig = jt.figure_frontier(w, points, frontier=df, uniform=uniform)
+        jt.write_sweep(df, staging / "frontier_optimal")
         budgets, et, acc = uniform
         pd.DataFrame({"budget": budgets, "mean_system_time": et, "accuracy": acc}).to_csv(
             staging / "frontier_uniform.csv", index=False
         )
-        save_figure(fig, staging, "frontier")
+        jt.save_figure(fig, staging, "frontier")
         written = outputs.commit()
     for path in written:
         print(f"wrote {path}")
@@ -351,7 +341,7 @@ def _sweep_workload(path):
     a frontier is drawn along alpha at one operating point."""
     if not Path(path).is_dir():
         raise InputError(f"--from {path}: not a sweep directory")
-    manifest = read_sweep_metadata(path)
+    manifest = jt.read_sweep_metadata(path)
     grids = manifest["grids"]
     varied = [g for g, spec in grids.items() if spec.get("size") != 1]
     if "alpha" not in grids or varied not in ([], ["alpha"]):
@@ -363,13 +353,13 @@ def _sweep_workload(path):
     for field, spec in grids.items():  # a one-value grid is part of the operating point
         if field != "alpha" and "__" not in field and spec.get("values"):
             data = {**data, field: spec["values"][0]}
-    return workload_from_dict(data, source=str(path))
+    return jt.workload_from_dict(data, source=str(path))
 
 
 def run_figures(args: argparse.Namespace) -> int:
     with Outputs(args.force) as outputs, loaded_workload(args) as w:
-        staging = outputs.directory(args.out, "--out", owned=figure_names(w))
-        all_figures(w, staging, sweep_dir=args.from_sweep)
+        staging = outputs.directory(args.out, "--out", owned=jt.figure_names(w))
+        jt.all_figures(w, staging, sweep_dir=args.from_sweep)
         written = outputs.commit()
     for path in written:
         print(f"wrote {path}")

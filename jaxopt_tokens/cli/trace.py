@@ -8,7 +8,9 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from .. import TIME_UNITS, TRACE_FORMATS, arrival_stats, plot_arrivals, read_trace
+import jaxopt_tokens as jt
+
+from .. import TIME_UNITS, TRACE_FORMATS
 from ._common import add_force_option, path_arg, positive_float
 from ._output import Outputs, check_figure_format, emit_json
 
@@ -51,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
         check_figure_format(args.plot, "--plot")
         plot_path = outputs.file(args.plot, "--plot")
     try:
-        trace = read_trace(args.trace, args.trace_format, time_unit=args.time_unit)
-        stats = arrival_stats(trace, args.window)
+        trace = jt.read_trace(args.trace, args.trace_format, time_unit=args.time_unit)
+        stats = jt.arrival_stats(trace, args.window)
         with outputs:
             if plot_path is not None:
-                plot_arrivals(trace, plot_path, window=args.window)
+                jt.plot_arrivals(trace, plot_path, window=args.window)
             outputs.commit()
     finally:
         outputs.abort()

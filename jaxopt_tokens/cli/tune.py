@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import jax
+import jaxopt_tokens as jt
 
-from .. import TuneStatus, tune_alpha
 from ._common import add_workload_options, loaded_workload, positive_float
 from ._output import emit_json
 from ._report import allocation_report
@@ -33,9 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+
     with loaded_workload(args) as w:
-        result = jax.jit(tune_alpha)(w, args.target_latency)
-        status = TuneStatus(int(result.status))
+        result = jax.jit(jt.tune_alpha)(w, args.target_latency)
+        status = jt.TuneStatus(int(result.status))
         report = allocation_report(w.replace(alpha=result.alpha), result.solution, "default")
     report.update(
         target_latency=args.target_latency,
@@ -52,4 +53,4 @@ def run(args: argparse.Namespace) -> int:
             f"({status.name.lower()}: {status.message})"
         )
         print_table(report)
-    return 0 if status == TuneStatus.CONVERGED else 1
+    return 0 if status == jt.TuneStatus.CONVERGED else 1

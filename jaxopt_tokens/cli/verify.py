@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import EXPORT_FORMATS, InputError, export_policy, read_text, solve
+import jaxopt_tokens as jt
+
+from .. import EXPORT_FORMATS, InputError
 from ._common import add_workload_options, int_at_least, loaded_workload, path_arg, positive_float
 from ._output import emit_json
 
@@ -61,7 +63,7 @@ def _policy(args: argparse.Namespace) -> tuple[str, dict]:
     """(engine, policy) from the file or solved from the workload."""
     if args.policy is not None:
         try:
-            policy = json.loads(read_text(args.policy, "policy"))
+            policy = json.loads(jt.read_text(args.policy, "policy"))
         except ValueError as e:
             raise InputError(f"--policy: {args.policy} is not valid JSON ({e})") from None
         tasks = policy.get("tasks") if isinstance(policy, dict) else None
@@ -79,7 +81,7 @@ def _policy(args: argparse.Namespace) -> tuple[str, dict]:
         return engine, policy
     engine = args.engine or "vllm"
     with loaded_workload(args) as w:
-        return engine, export_policy(w, solve(w), engine=engine)
+        return engine, jt.export_policy(w, jt.solve(w), engine=engine)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,150 @@
+"""A command answers fast: `--help` and argument errors without loading JAX, the package's
+names loaded on first use, and compiled programs kept between commands in a cache that
+processes running at once share safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens import clear
+from jaxopt_tokens._lazy import lazy_names
+from jaxopt_tokens.cli import _cache
+from jaxopt_tokens.cli.budget import POLICY_CHOICES
+from jaxopt_tokens.cli.main import SUBCOMMAND_MODULES, build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("jax", "jaxlib", "equinox", "optax", "matplotlib", "pandas")
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_help_and_argument_errors_answer_without_loading_jax():
+    commands = sorted(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert len(commands) >= len(SUBCOMMAND_MODULES)
+    r = _python(
+        f"""
+        import contextlib, io, sys
+        from jaxopt_tokens.cli import main
+        codes = []
+        for argv in [["--help"], ["solve", "--alhpa", "3"], ["nosuch"],
+                     *[[c, "--help"] for c in {commands!r}]]:
+            quiet = io.StringIO()
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                try:
+                    codes.append(main(argv))
+                except SystemExit as e:
+                    codes.append(e.code)
+        loaded = [m for m in {HEAVY!r} if m in sys.modules]
+        print(codes, loaded)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    codes, loaded = r.stdout.strip().rsplit("] ", 1)
+    assert loaded == "[]", f"the parser loaded {loaded}"
+    assert codes == "[0, 2, 2, " + ", ".join(["0"] * len(commands))
+
+
+def test_the_package_loads_its_names_on_first_use():
+    r = _python(
+        f"""
+        import sys
+        import jaxopt_tokens as jt
+        before = [m for m in {HEAVY!r} if m in sys.modules]
+        jt.InputError, jt.SOLVER_NAMES, jt.TRACE_FORMATS, jt.__version__
+        light = [m for m in {HEAVY!r} if m in sys.modules]
+        jt.solve
+        print(before, light, "jax" in sys.modules)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["[]", "[]", "True"]
+
+
+def test_every_public_name_resolves_and_unknown_names_fail():
+    for name in jt.__all__:
+        assert getattr(jt, name) is not None
+    assert set(jt.__all__) <= set(dir(jt))
+    eager = {"InputError", "WorkloadError", "__version__"}
+    lazy = set(lazy_names(Path(jt.__file__)))
+    assert lazy | eager == set(jt.__all__), "__all__ and the lazily loaded names differ"
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        jt.no_such_name  # noqa: B018
+    from jaxopt_tokens import internal  # a submodule outside __all__ still imports
+
+    assert internal.__name__ == "jaxopt_tokens.internal"
+
+
+def test_the_lazy_block_refuses_anything_but_relative_imports(tmp_path):
+    init = tmp_path / "__init__.py"
+    init.write_text("if TYPE_CHECKING:\n    import os\n")
+    with pytest.raises(TypeError, match="only `from .x import y`"):
+        lazy_names(init)
+    init.write_text("if TYPE_CHECKING:\n    from . import sub\n    from .a.b import c as d\n")
+    assert lazy_names(init) == {"sub": (".sub", None), "d": (".a.b", "c")}
+
+
+def test_the_budget_commands_policies_are_the_baselines():
+    assert set(POLICY_CHOICES) == {"clear", *clear.BASELINES}
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"JAXOPT_TOKENS_CACHE_DIR": "/c"}, Path("/c")),
+        ({"XDG_CACHE_HOME": "/x"}, Path("/x/jaxopt-tokens/jax")),
+        ({}, Path.home() / ".cache" / "jaxopt-tokens" / "jax"),
+        ({"JAXOPT_TOKENS_CACHE_DIR": "/c", "JAXOPT_TOKENS_NO_CACHE": "1"}, None),
+        ({"JAXOPT_TOKENS_CACHE_DIR": "/c", "JAXOPT_TOKENS_NO_CACHE": "0"}, Path("/c")),
+        ({"JAX_COMPILATION_CACHE_DIR": "/mine", "XDG_CACHE_HOME": "/x"}, None),
+    ],
+)
+def test_the_cache_directory_follows_the_environment(environ, expected):
+    assert _cache.cache_dir(environ) == expected
+
+
+def _entries(cache: Path) -> set[str]:
+    return {p.name for p in cache.iterdir() if p.name.endswith("-cache")}
+
+
+@pytest.mark.slow
+def test_commands_running_at_once_share_one_cache_safely(tmp_path):
+    """Three cold `solve`s start together on an empty cache (JAX locks each read and write);
+    each answers the same, and a fourth, warm run finds every program there and adds none."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+    env["JAXOPT_TOKENS_CACHE_DIR"] = str(cache)
+    argv = [sys.executable, "-m", "jaxopt_tokens.cli", "solve", "--format", "json"]
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e for _, e in outs]
+    assert all(e == "" for _, e in outs), outs
+    answers = [json.loads(o) for o, _ in outs]
+    assert answers[0] == answers[1] == answers[2]
+    written = _entries(cache)
+    assert written, "nothing was cached"
+    warm = subprocess.run(
+        argv, env={**env, "JAX_LOG_COMPILES": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert warm.returncode == 0 and json.loads(warm.stdout) == answers[0]
+    assert _entries(cache) == written, "the warm run compiled a program the cache lacked"
+    assert "Persistent compilation cache hit" in warm.stderr
