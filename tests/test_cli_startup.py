@@ -148,3 +148,67 @@ def test_commands_running_at_once_share_one_cache_safely(tmp_path):
     assert warm.returncode == 0 and json.loads(warm.stdout) == answers[0]
     assert _entries(cache) == written, "the warm run compiled a program the cache lacked"
     assert "Persistent compilation cache hit" in warm.stderr
+
+
+def _cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "JAXOPT_TOKENS_PROGRESS"}
+    return {**env, **extra}
+
+
+def test_progress_is_off_in_a_pipe_on_in_a_log_when_asked_and_off_when_quiet():
+    argv = [sys.executable, "-m", "jaxopt_tokens.cli", "solve", "--format", "json"]
+
+    def run(*flags, **env):
+        r = subprocess.run(
+            [*argv, *flags], env=_cli_env(**env), capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0, r.stderr
+        json.loads(r.stdout)  # the data alone on stdout, whatever progress says
+        return r.stderr
+
+    assert run() == ""
+    log = run(JAXOPT_TOKENS_PROGRESS="1").splitlines()
+    assert log[0] == "jaxopt-tokens solve: solving ..."
+    assert log[1].startswith("jaxopt-tokens solve: solving: ended after ") and len(log) == 2
+    assert run("--quiet", JAXOPT_TOKENS_PROGRESS="1") == ""
+
+
+def test_a_terminal_sees_what_the_command_is_doing_before_the_result():
+    """Under a pseudo-terminal the spinner's text appears on stderr before the table."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxopt_tokens.cli", "solve"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=_cli_env(TERM="xterm", COLUMNS="120"),
+        close_fds=True,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the command ended and closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "jaxopt-tokens solve: solving" in screen
+    assert screen.index("jaxopt-tokens solve: solving") < screen.index("Optimal reasoning-token")
+
+
+def test_the_sweep_bar_is_on_stderr_and_says_it_compiles_first():
+    from jaxopt_tokens._sweeps.sweep import _progress, _solving
+
+    bar = _progress(False, 10)
+    assert bar.console.stderr
+    assert bar.tasks[0].description.startswith("compiling")
+    _solving(bar, 10)
+    assert bar.tasks[0].description == "solving 10 points"
+    assert _progress(True, 10) is None

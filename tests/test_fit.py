@@ -458,3 +458,20 @@ def test_a_share_table_with_a_task_twice_is_refused(tmp_path):
     per_request.write_text("task\na\nb\na\n")
     shares, rate = jt.read_request_log(per_request, ("a", "b"))
     assert shares.tolist() == pytest.approx([2 / 3, 1 / 3]) and rate is None
+
+
+def test_cli_fit_to_stdout_is_a_valid_toml_and_the_table_goes_to_stderr(table1):
+    """`jaxopt-tokens fit m.csv > workload.toml` must give a workload file: the TOML alone on
+    stdout, the human table (uncut, though not a terminal) on stderr."""
+    import tomllib
+
+    from conftest import run_cli
+
+    rc, out, err = run_cli(["fit", SHIPPED])
+    assert rc == 0, err
+    w = jt.workload_from_dict(tomllib.loads(out))
+    assert w.task_names == table1.task_names
+    assert "Fitted curves" in err and "Fitted curves" not in out
+    assert "…" not in err, "the table was cut to the console's width"
+    for name in table1.task_names:
+        assert name in err

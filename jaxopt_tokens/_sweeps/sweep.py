@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeRemainingColumn
 
 from .._errors import InputError
 from .._files import read_text
@@ -193,18 +194,28 @@ def _columns(grid: _Grid, names, start: int, values: np.ndarray, out: dict) -> d
 
 
 def _progress(quiet: bool, total: int):
+    """A progress bar on standard error (none when `quiet`), saying "compiling" until the
+    first part is done: the first part of a sweep also compiles its program."""
     if quiet:
         return None
     progress = Progress(
+        SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed:,.0f}/{task.total:,.0f} points"),
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
         transient=True,
     )
-    progress.add_task(f"solving {total:,} points", total=total, rate="")
+    progress.add_task(f"compiling, then solving {total:,} points", total=total, rate="")
     return progress
+
+
+def _solving(progress, total: int) -> None:
+    """The bar's text once a part is done (compiling is over)."""
+    if progress is not None:
+        progress.update(progress.task_ids[0], description=f"solving {total:,} points")
 
 
 def _barrier(name: str) -> None:
@@ -263,7 +274,7 @@ def sweep(
         **grids: `field=values` for a scalar field (`arrival_rate`, `alpha`, `max_tokens`)
             or `<field>__<task>=values` for one task's `A, b, D, t0, c, share`.
         chunk_size: points per compiled call and per part file.
-        quiet: no progress bar.
+        quiet: no progress bar (it is shown on standard error, on a terminal).
         devices: the devices to shard over (default: this process's devices).
         out: a directory: stream the sweep to a Parquet dataset there (module docstring).
         resume: complete the sweep already in `out`.
@@ -332,7 +343,7 @@ def sweep(
             "use coarser grids, split the sweep, or stream it to disk with out=DIR",
         )
         chunks: list[dict] = []
-        progress = _progress(quiet or parts == 1, grid.total)
+        progress = _progress(quiet, grid.total)
         if progress is not None:
             progress.start()
         try:
@@ -340,6 +351,7 @@ def sweep(
             def keep(i, cols):
                 chunks.append(cols)
                 if progress is not None:
+                    _solving(progress, grid.total)
                     progress.advance(progress.task_ids[0], len(cols["point"]))
 
             pipeline(range(parts), keep)
@@ -387,6 +399,7 @@ def sweep(
             directory.write_part(i, cols, manifest["fingerprint"])
             computed.append(i)
             if progress is not None:
+                _solving(progress, grid.total)
                 on_disk = directory.parts()
                 done = sum(rows_of[j] for j in on_disk if j < parts)
                 new = done - sum(rows_of[j] for j in range(parts) if j not in todo)

@@ -10,7 +10,11 @@ command owns (say a `sweep.parquet` from an earlier run beside a new `sweep.csv`
 removed when the directory is replaced.
 
 `emit_json` prints strict JSON: non-finite numbers become `null` (the status beside them
-says why).
+says why). `console` is the one way a command prints for people: as wide as the terminal, and
+never cut to 80 columns in a pipe, a file or a CI log. `working` shows what a command is
+doing while it works (loading JAX and compiling included) on standard error: a spinner on a
+terminal; in a log, with `JAXOPT_TOKENS_PROGRESS=1`, a line when it starts and one when it
+ends; nothing with `--quiet` or `JAXOPT_TOKENS_PROGRESS=0`. Printing a result ends it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import math
 import os
 import shutil
 import stat
+import sys
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from .. import InputError
 
@@ -61,8 +68,62 @@ def strict_json(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(finite_or_none(obj), indent=indent, allow_nan=False)
 
 
+#: the width of a console that is not a terminal: wide enough that no table is cut
+_UNCUT_WIDTH = 1000
+
+
+#: the environment variable that turns progress on in a log ("1") or off everywhere ("0")
+PROGRESS_ENV = "JAXOPT_TOKENS_PROGRESS"
+
+
+class _Working:
+    """What a command is doing, on standard error, until its result is printed."""
+
+    def __init__(self) -> None:
+        self._spinner: Any = None
+        self._text: str | None = None
+        self._start = 0.0
+
+    def start(self, text: str) -> None:
+        self.stop()
+        mode = os.environ.get(PROGRESS_ENV, "")
+        if mode == "0":
+            return
+        if sys.stderr.isatty():
+            self._spinner = Console(stderr=True).status(text)
+            self._spinner.start()
+        elif mode == "1":  # a log: a plain line now and one at the end
+            print(f"{text} ...", file=sys.stderr, flush=True)
+            self._text, self._start = text, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._spinner is not None:
+            self._spinner.stop()
+            self._spinner = None
+        if self._text is not None:
+            elapsed = time.perf_counter() - self._start
+            print(f"{self._text}: ended after {elapsed:.1f} s", file=sys.stderr, flush=True)
+            self._text = None
+
+
+#: the one indicator of what the running command is doing
+working = _Working()
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr) for tables and messages: the terminal's width
+    on a terminal; elsewhere (a pipe, a file, a CI log) plain text that is never cut. The
+    command's progress indicator ends first, so a result never mixes with it."""
+    working.stop()
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, width=_UNCUT_WIDTH)
+
+
 def emit_json(obj: Any) -> None:
     """Print `obj` as strict JSON on standard output."""
+    working.stop()
     print(strict_json(obj))
 
 

@@ -12,14 +12,13 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
 
 from .. import InputError
 from ._common import positive_float, random_seed
-from ._output import emit_json
+from ._output import console, emit_json
 
 #: `--policy`: CLEAR or one of `jaxopt_tokens.clear.BASELINES` (spelled here so that the
 #: parser loads no JAX; a test holds the two equal)
@@ -173,12 +172,10 @@ def _print_allocation(r: dict) -> None:
         table.add_column(col, justify="right")
     for i, (t, x) in enumerate(zip(r["thresholds"], r["tokens"])):
         table.add_row(str(i), f"{t:g}", f"{x:.1f}", "yes" if x > 0 else "no")
-    console = Console()
-    console.print(table)
+    con = console()
+    con.print(table)
     if "price" in r:
-        console.print(
-            f"price mu = {r['price']:.6g}, beta = {r['beta']:.6g}, status = {r['status']}"
-        )
+        con.print(f"price mu = {r['price']:.6g}, beta = {r['beta']:.6g}, status = {r['status']}")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -203,5 +200,5 @@ def run_evaluate(args: argparse.Namespace) -> int:
             if "gain" in result:
                 row.append(f"{result['gain'][s][bi]:+.1f}")
             table.add_row(*row, end_section=bi == len(result["budgets"]) - 1)
-    Console(width=max(100, 40 + 11 * len(result["policies"]))).print(table)
+    console().print(table)
     return 0

@@ -18,7 +18,7 @@ from .. import (
     InputError,
 )
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
-from ._output import Outputs
+from ._output import Outputs, working
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     with outputs:  # removes what was staged if anything fails, naming a failed write
         text = _policy_text(args)
         if target is None:
+            working.stop()
             sys.stdout.write(text)
         else:
             target.write_text(text)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
 
 from .. import InputError
 from ._common import add_force_option, positive_float
-from ._output import Outputs, check_figure_format, emit_json
+from ._output import Outputs, check_figure_format, console, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,15 +114,15 @@ def _run(args, outputs, toml_path, plot_path) -> int:
     if args.format == "json":
         emit_json(report)
     else:
-        _print(report, result)
+        # the TOML is the data: with no -o it is stdout, and the table goes to stderr
+        _print(report, result, stderr=args.output is None)
         if args.output is None:
             print(text)
     return 0
 
 
-def _print(report: dict, result) -> None:
-
-    console = Console()
+def _print(report: dict, result, stderr: bool = False) -> None:
+    con = console(stderr=stderr)
     t = Table(title=f"Fitted curves from {report['measurements']} (estimate ± SE)")
     for col in ("task", "A", "b", "D", "t0 (s)", "c (s/tok)", "fit p", "l*±SE"):
         t.add_column(col, justify="left" if col == "task" else "right")
@@ -135,11 +134,11 @@ def _print(report: dict, result) -> None:
             f"{row['p_value']:.2f}",
             f"{row['optimal_tokens']:.1f}±{row['optimal_tokens_se']:.1f}",
         )
-    console.print(t)
+    con.print(t)
     for w in report["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        con.print(f"[yellow]warning:[/yellow] {w}")
     if report["output"]:
-        console.print(f"workload written to {report['output']}")
+        con.print(f"workload written to {report['output']}")
 
 
 def _bands(text: str | None) -> dict[str, float] | None:

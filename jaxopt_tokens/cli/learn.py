@@ -7,7 +7,6 @@ import argparse
 import json
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
@@ -24,7 +23,7 @@ from ._common import (
     random_seed,
     said_as_flags,
 )
-from ._output import Outputs, emit_json
+from ._output import Outputs, console, emit_json
 
 _METRICS = ("objective", "mean_system_time", "p95", "cvar", "accuracy")
 
@@ -164,14 +163,14 @@ def _report(args, tasks, result) -> dict:
 
 
 def _print(report: dict) -> None:
-    console = Console()
+    con = console()
     t = Table(title=f"Held-out replay of {report['trace']} at {report['replayed_rate']:.4g}/s")
     t.add_column("policy")
     for k in _METRICS:
         t.add_column(k.replace("_", " "), justify="right")
     for name, m in report["held_out"].items():
         t.add_row(name.replace("_", " "), *(f"{m[k]:.4g}" for k in _METRICS))
-    console.print(t)
+    con.print(t)
     b = Table(title="learned budgets (rows: requests an arrival finds)")
     b.add_column("state")
     for task in report["tasks"]:
@@ -180,5 +179,5 @@ def _print(report: dict) -> None:
     for s, row in enumerate(rows):
         label = f">= {s}" if s == len(rows) - 1 and len(rows) > 1 else str(s)
         b.add_row(label if len(rows) > 1 else "all", *(f"{x:.0f}" for x in row))
-    console.print(b)
-    console.print(f"status: {report['status']}")
+    con.print(b)
+    con.print(f"status: {report['status']}")

@@ -28,6 +28,7 @@ from . import (
     verify,
 )
 from ._cache import enable_compilation_cache
+from ._output import working
 
 # Optional packages some subcommands import, and the extra that installs them.
 OPTIONAL_PACKAGES = {"matplotlib": "plots", "pandas": "plots", "pyarrow": "plots"}
@@ -54,6 +55,26 @@ EXAMPLES = {
     "plan": "jaxopt-tokens plan --server batching --step-time 0.02,0.0005 --max-batch 64 "
     "--arrival-rate 8 --target-latency 20",
     "trace": "jaxopt-tokens trace trace.csv --window 60 --plot arrivals.png",
+}
+
+
+#: what each command tells the user it is doing while it works (on standard error; the
+#: sweep commands show their own progress bar, and `serve` logs)
+WORKING = {
+    "solve": "solving",
+    "tune": "tuning",
+    "frontier": "tracing the frontier",
+    "figures": "drawing the figures",
+    "fit": "fitting the curves",
+    "simulate": "simulating",
+    "export": "solving and exporting",
+    "budget": "allocating the budget",
+    "evaluate-budget": "replaying the streams",
+    "fit-server": "fitting the step time",
+    "plan": "planning replicas",
+    "trace": "reading the trace",
+    "learn": "learning budgets on the trace",
+    "verify": "probing the engine",
 }
 
 
@@ -129,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     for module in SUBCOMMAND_MODULES:
         module.register(sub)
     for name, command in sub.choices.items():
+        if "--quiet" not in command._option_string_actions:
+            command.add_argument(
+                "--quiet", action="store_true", help="no progress indicator on standard error"
+            )
         if name in EXAMPLES and "Example" not in (command.description or ""):
             command.epilog = f"Example: {EXAMPLES[name]}"
     return parser
@@ -175,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv  # the command as given (a sweep says how to resume it)
     enable_compilation_cache()
+    if args.command in WORKING and not args.quiet:
+        # loading JAX and compiling happen inside the command: say so before they start
+        working.start(f"jaxopt-tokens {args.command}: {WORKING[args.command]}")
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning  # restored when the command ends
-            return int(args.func(args) or 0)
+            try:
+                return int(args.func(args) or 0)
+            finally:
+                working.stop()
     except InputError as e:
         print(f"jaxopt-tokens {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2

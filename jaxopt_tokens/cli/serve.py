@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import TRACE_FORMATS, InputError
 from ._common import int_at_least, path_arg, positive_float, random_seed
-from ._output import emit_json
+from ._output import console, emit_json
 
 #: flags that take a list or table in TOML and a compact form on the command line
 _COMPOUND = {"step_time", "models", "rules", "passthrough", "allow_fields"}
@@ -260,10 +260,9 @@ def _dry_run(args: argparse.Namespace, config) -> int:
     if args.format == "json":
         emit_json(report)
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    con = console(stderr=True)
     t = Table(title=f"dry run of {args.dry_run}: control steps")
     for col in ("time (s)", "action", "measured rate", "requests", "mean latency", "p95", "J"):
         t.add_column(col, justify="right")
@@ -284,10 +283,10 @@ def _dry_run(args: argparse.Namespace, config) -> int:
             num(s["J"]),
             budgets,
         )
-    console.print(t)
+    con.print(t)
     summary = Table(title="summary")
     for k in report["summary"]:
         summary.add_column(k.replace("_", " "), justify="right")
     summary.add_row(*(num(v, "{:.4g}") for v in report["summary"].values()))
-    console.print(summary)
+    con.print(summary)
     return 0

@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
@@ -23,7 +22,7 @@ from ._common import (
     positive_float,
     server_from_args,
 )
-from ._output import Outputs, check_figure_format, emit_json
+from ._output import Outputs, check_figure_format, console, emit_json
 
 __all__ = ["register"]
 
@@ -100,7 +99,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(report)
         return 0
-    console = Console()
+    con = console()
     t = Table(title=f"Step time tau0 + tau1 n from {fit.concurrency.size} measurements")
     for col in ("parameter", "estimate", "SE", "95% interval"):
         t.add_column(col, justify="right")
@@ -108,13 +107,13 @@ def run_fit(args: argparse.Namespace) -> int:
     t.add_row(
         "tau1 (s/request)", f"{fit.tau1:.5g}", f"{fit.se_tau1:.2g}", f"[{lo1:.5g}, {hi1:.5g}]"
     )
-    console.print(t)
+    con.print(t)
     for w in report["warnings"]:
         if w not in report["excluded"]:
-            console.print(f"[yellow]warning:[/yellow] {w}")
+            con.print(f"[yellow]warning:[/yellow] {w}")
     for note in report["excluded"]:
-        console.print(f"[yellow]left out:[/yellow] {note}")
-    console.print(f"use: --server batching --step-time {report['step_time_arg']}")
+        con.print(f"[yellow]left out:[/yellow] {note}")
+    con.print(f"use: --server batching --step-time {report['step_time_arg']}")
     return 0
 
 
@@ -197,7 +196,7 @@ def _figure(rows, args, path: Path) -> None:
 
 
 def _print(report: dict) -> None:
-    console = Console()
+    con = console()
     t = Table(
         title=f"Replicas for E[T] <= {report['target_latency']:g} s"
         + (f" and p95 <= {report['target_p95']:g} s" if report["target_p95"] else "")
@@ -220,9 +219,9 @@ def _print(report: dict) -> None:
         )
         if r["meets"]:
             break
-    console.print(t)
+    con.print(t)
     if report["replicas"] is None:
-        console.print("[red]no replica count up to --max-replicas meets the target[/red]")
+        con.print("[red]no replica count up to --max-replicas meets the target[/red]")
     else:
         budgets = ", ".join(f"{n} {x:.0f}" for n, x in zip(report["tasks"], report["budgets"]))
-        console.print(f"fewest replicas: {report['replicas']}; budgets: {budgets}")
+        con.print(f"fewest replicas: {report['replicas']}; budgets: {budgets}")

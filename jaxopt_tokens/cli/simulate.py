@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
@@ -24,7 +23,7 @@ from ._common import (
     said_as_flags,
     server_from_args,
 )
-from ._output import emit_json
+from ._output import console, emit_json
 
 ROWS = (
     ("system_time", "mean system time E[T] (s)"),
@@ -288,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(r: dict, rows=ROWS, server: str = "M/G/1 server") -> None:
 
-    console = Console()
+    con = console()
     pct = round(100 * r["confidence_level"])
     t = Table(
         title=f"Simulated {server} ({r['discipline']}): "
@@ -307,11 +306,11 @@ def _print_table(r: dict, rows=ROWS, server: str = "M/G/1 server") -> None:
                 cell += f" | {s['predicted'][i]:.4f}"
             cells.append(cell)
         t.add_row(label, *cells)
-    console.print(t)
+    con.print(t)
     b = Table(title="budgets (tokens)")
     b.add_column("task")
     for spec in r["policies"]:
         b.add_column(spec, justify="right")
     for k, name in enumerate(r["tasks"]):
         b.add_row(name, *(f"{tok[k]:.1f}" for tok in r["tokens"]))
-    console.print(b)
+    con.print(b)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
@@ -17,7 +16,7 @@ from ._common import (
     refuse_unstable_server,
     server_from_args,
 )
-from ._output import emit_json
+from ._output import console, emit_json
 from ._report import allocation_report, server_report
 
 
@@ -61,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_server_table(r: dict) -> None:
     s = r["server"]
-    console = Console()
+    con = console()
     t = Table(
         title="Optimal reasoning-token budgets on a continuously batching server  "
         f"(lambda={r['arrival_rate']:g}/s, alpha={r['alpha']:g}, step={s['step_time'][0]:g} + "
@@ -74,7 +73,7 @@ def print_server_table(r: dict) -> None:
         r["tasks"], r["tokens"], r["tokens_int"], r["accuracy_per_task"], r["system_time_per_task"]
     ):
         t.add_row(name, f"{l:.2f}", str(li), f"{p:.4f}", "inf" if et is None else f"{et:.3f}")
-    console.print(t)
+    con.print(t)
     u = Table(show_header=False, box=None)
 
     def num(x, fmt):
@@ -89,12 +88,12 @@ def print_server_table(r: dict) -> None:
     u.add_row(
         "certificate", f"{r['status']} (residual {r['residual']:.2e}, {r['iterations']} iterations)"
     )
-    console.print(u)
+    con.print(u)
 
 
 def print_table(r: dict) -> None:
 
-    console = Console()
+    con = console()
     t = Table(
         title="Optimal reasoning-token budgets  "
         f"(lambda={r['arrival_rate']:g}/s, alpha={r['alpha']:g}, "
@@ -106,7 +105,7 @@ def print_table(r: dict) -> None:
     t.add_column("accuracy", justify="right")
     for name, l, li, p in zip(r["tasks"], r["tokens"], r["tokens_int"], r["accuracy_per_task"]):
         t.add_row(name, f"{l:.2f}", str(li), f"{p:.4f}")
-    console.print(t)
+    con.print(t)
     s = Table(show_header=False, box=None)
     s.add_row("objective J", f"{r['objective']:.6f}")
     s.add_row("mean accuracy", f"{r['accuracy']:.4f}")
@@ -116,4 +115,4 @@ def print_table(r: dict) -> None:
     s.add_row(
         "certificate", f"{r['status']} (residual {r['residual']:.2e}, {r['iterations']} iterations)"
     )
-    console.print(s)
+    con.print(s)

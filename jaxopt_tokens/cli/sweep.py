@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,14 +202,18 @@ def run_sweep(args: argparse.Namespace) -> int:
         f", {run.skipped} already done" if run.skipped else ""
     )
     if not run.complete:  # other processes are still writing their parts
-        print(f"{run.points:,} points in {run.parts} parts; {done}; other processes' parts pending")
+        print(
+            f"{run.points:,} points in {run.parts} parts; {done}; other processes' parts pending",
+            file=sys.stderr,
+        )
         return 0
     counts = jt.read_sweep(run.path, columns=["status"])["status"].value_counts()
     print(
         f"{run.points:,} points in {run.parts} parts ({done}); status: "
-        + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v)
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v),
+        file=sys.stderr,
     )
-    print(f"wrote {run.path}")
+    print(f"wrote {run.path}", file=sys.stderr)
     return 0
 
 
@@ -316,7 +321,7 @@ def run_frontier(args: argparse.Namespace) -> int:
         jt.save_figure(fig, staging, "frontier")
         written = outputs.commit()
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -362,5 +367,5 @@ def run_figures(args: argparse.Namespace) -> int:
         jt.all_figures(w, staging, sweep_dir=args.from_sweep)
         written = outputs.commit()
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
 
 from .. import TIME_UNITS, TRACE_FORMATS
 from ._common import add_force_option, path_arg, positive_float
-from ._output import Outputs, check_figure_format, emit_json
+from ._output import Outputs, check_figure_format, console, emit_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(report)
         return 0
-    console = Console()
+    con = console()
     t = Table(title=f"{args.trace} ({trace.format}): {len(trace):,} requests")
     t.add_column("statistic")
     t.add_column("value", justify="right")
@@ -89,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     t.add_row("largest simultaneous batch", str(stats.largest_batch))
     if stats.work_correlation is not None:
         t.add_row("corr(requests, tokens/request) per window", f"{stats.work_correlation:.3g}")
-    console.print(t)
+    con.print(t)
     for note in stats.warnings:
-        console.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
+        con.print(f"[yellow]warning:[/] {note}", soft_wrap=True)
     for reason, rows in trace.dropped:
-        console.print(f"[yellow]left out:[/] {reason} ({rows} rows)", soft_wrap=True)
+        con.print(f"[yellow]left out:[/] {reason} ({rows} rows)", soft_wrap=True)
     return 0

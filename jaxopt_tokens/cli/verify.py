@@ -10,7 +10,7 @@ import jaxopt_tokens as jt
 
 from .. import EXPORT_FORMATS, InputError
 from ._common import add_workload_options, int_at_least, loaded_workload, path_arg, positive_float
-from ._output import emit_json
+from ._output import console, emit_json
 
 #: engines whose budget is a token count (the OpenAI effort levels bound no count)
 _COUNTED = tuple(e for e in EXPORT_FORMATS if e not in ("openai", "json"))
@@ -184,7 +184,6 @@ def _summary(budget: float, results: list, tolerance: int) -> dict:
 
 
 def _print(out: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"budgets on {out['upstream']} ({out['engine']}, model {out['model']})")
@@ -196,4 +195,4 @@ def _print(out: dict) -> None:
             used += " (estimated from text)"
         budget = "-" if r["budget"] is None else f"{r['budget']:.0f}"
         t.add_row(task, budget, used, r["verdict"])
-    Console(stderr=True).print(t)
+    console(stderr=True).print(t)
