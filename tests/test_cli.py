@@ -26,6 +26,7 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import jaxopt_tokens as jt
 from jaxopt_tokens.cli import main
 
 
@@ -203,12 +204,10 @@ def test_every_help_has_an_example_and_the_defaults():
 def test_ctrl_c_on_a_sweep_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch):
     from conftest import run_cli
 
-    import jaxopt_tokens.cli.sweep as sweep_cli
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep_cli, "sweep", interrupted)
+    monkeypatch.setattr(jt, "sweep", interrupted)  # the command looks it up when it runs
     out = tmp_path / "s"
     rc, _, err = run_cli(["sweep", "--alpha", "1,2", "--quiet", "--out", out, "--force"])
     assert rc == 130

@@ -129,7 +129,7 @@ def test_a_killed_sweep_resumes_to_exactly_the_uninterrupted_table(tmp_path):
         _cli(*args, "--out", str(killed), "--resume"), env=_env(), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert f"{len(before)} already done" in done.stdout
+    assert f"{len(before)} already done" in done.stderr  # a message, not data
     assert not list(killed.glob(".part-*"))
     full = subprocess.run(
         _cli(*args, "--out", str(whole)), env=_env(), capture_output=True, text=True
@@ -351,3 +351,51 @@ def test_a_second_writer_is_refused_naming_the_first(table1, tmp_path):
 def test_an_empty_out_path_is_refused():
     """U7: '' was taken for the current directory."""
     assert_refused(["sweep", "--alpha", "1:100:40", "--out", ""], "empty")
+
+
+def _three_tasks(table1):
+    return jt.make_workload(
+        A=np.asarray(table1.A)[:3],
+        b=np.asarray(table1.b)[:3],
+        D=np.asarray(table1.D)[:3],
+        t0=np.asarray(table1.t0)[:3],
+        c=np.asarray(table1.c)[:3],
+        share=np.full(3, 1 / 3),
+        arrival_rate=0.1,
+        alpha=30.0,
+        max_tokens=32768.0,
+        names=("P", "Q", "R"),
+    )
+
+
+def test_figures_from_a_sweep_refuse_what_cannot_be_drawn_before_drawing(table1, tmp_path):
+    from conftest import assert_refused
+
+    from jaxopt_tokens._sweeps.figures import check_heatmap_sweep
+
+    three = _three_tasks(table1)
+    sweep, flat = tmp_path / "three", tmp_path / "flat"
+    jt.sweep(three, quiet=True, out=sweep, arrival_rate=[0.05, 0.1], alpha=[10.0, 30.0])
+    jt.sweep(three, quiet=True, out=flat, alpha=[10.0, 30.0])
+    check_heatmap_sweep(sweep, three)
+    with pytest.raises(jt.InputError, match="exactly arrival_rate and alpha"):
+        jt.all_figures(three, tmp_path / "figs", sweep_dir=flat)  # refused before drawing
+    with pytest.raises(jt.InputError, match="tasks"):
+        jt.all_figures(table1, tmp_path / "figs", sweep_dir=sweep)
+    assert not (tmp_path / "figs").exists()
+    assert_refused(["figures", "--from", flat, "--out", tmp_path / "a"], "exactly arrival_rate")
+    assert_refused(["figures", "--from", sweep, "--alpha", "3", "--out", tmp_path / "b"], "--alpha")
+    assert_refused(["figures", "--from", tmp_path / "none", "--out", tmp_path / "c"], "not a")
+
+
+@pytest.mark.slow  # draws every figure
+def test_figures_from_a_three_task_sweep_draw_its_own_workload(table1, tmp_path):
+    """`figures --from` takes the sweep's workload: its tasks are the heatmap's columns."""
+    from conftest import run_cli
+
+    sweep = tmp_path / "three"
+    jt.sweep(_three_tasks(table1), quiet=True, out=sweep, arrival_rate=[0.05, 0.1], alpha=[10, 30])
+    rc, _, err = run_cli(["figures", "--from", sweep, "--out", tmp_path / "figs"])
+    assert rc == 0, err
+    assert (tmp_path / "figs" / "heatmaps.png").is_file()
+    assert (tmp_path / "figs" / "fig4_budget_sensitivity.png").is_file()

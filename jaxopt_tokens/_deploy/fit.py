@@ -658,6 +658,7 @@ def plot_fit(result: FitResult, path=None, *, level: float = 0.95):
         flag = "" if not t.warnings else "  (!)"
         ax.set(title=f"{t.name}{flag}", xlabel="budget (tokens)", ylim=(-0.02, 1.02))
         ax.set_xscale("symlog", linthresh=16)
+        ax.set_xlim(0, grid[-1] * 1.05)  # budgets start at 0, never below
         ax.text(0.97, 0.04, f"p = {t.p_value:.2f}", transform=ax.transAxes, ha="right", fontsize=8)
         has = rows[m.latency_weight[rows] > 0]
         ax2 = axes[1, k]
@@ -665,6 +666,7 @@ def plot_fit(result: FitResult, path=None, *, level: float = 0.95):
         ax2.plot(grid, t.params["t0"] + t.params["c"] * grid, color="#d95f02")
         ax2.set(xlabel="budget (tokens)")
         ax2.set_xscale("symlog", linthresh=16)
+        ax2.set_xlim(0, grid[-1] * 1.05)
     axes[0, 0].set_ylabel("accuracy")
     axes[1, 0].set_ylabel("mean latency (s)")
     axes[0, 0].legend(fontsize=8)

@@ -110,6 +110,23 @@ def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 10
     return fig
 
 
+def check_heatmap_sweep(sweep_dir: str | Path, w: Workload) -> None:
+    """`InputError` (one line, before anything is drawn) unless `sweep_dir` is a sweep over
+    exactly `arrival_rate` and `alpha` of a workload with `w`'s tasks."""
+    manifest = SweepDirectory(sweep_dir).manifest()
+    if manifest is None or sorted(manifest["grids"]) != ["alpha", "arrival_rate"]:
+        raise InputError(
+            f"{sweep_dir}: heatmaps need a sweep over exactly arrival_rate and alpha"
+            + ("" if manifest is None else f" (this one: {list(manifest['grids'])})")
+        )
+    entries = manifest["workload"].get("tasks", [])
+    tasks = [str(t.get("name", f"task{k}")) for k, t in enumerate(entries)]
+    if tasks != list(w.task_names):
+        raise InputError(
+            f"{sweep_dir}: the sweep's tasks {tasks} are not the workload's {list(w.task_names)}"
+        )
+
+
 def figure_heatmaps(
     w: Workload, arrival_rates=None, alphas=None, quiet: bool = True, sweep_dir=None
 ):
@@ -121,12 +138,7 @@ def figure_heatmaps(
 
     panels = [f"l_{n}" for n in w.task_names] + ["objective"]
     if sweep_dir is not None:
-        manifest = SweepDirectory(sweep_dir).manifest()
-        if manifest is None or sorted(manifest["grids"]) != ["alpha", "arrival_rate"]:
-            raise InputError(
-                f"{sweep_dir}: heatmaps need a sweep over exactly arrival_rate and alpha"
-                + ("" if manifest is None else f" (this one: {list(manifest['grids'])})")
-            )
+        check_heatmap_sweep(sweep_dir, w)
         df = read_sweep(sweep_dir, columns=["arrival_rate", "alpha", *panels])
         df = df.sort_values(["arrival_rate", "alpha"], kind="stable")
         arrival_rates = np.unique(df["arrival_rate"].to_numpy())
@@ -144,7 +156,16 @@ def figure_heatmaps(
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False)
     for ax, col in zip(axes.ravel(), panels):
         z = df[col].to_numpy().reshape(len(arrival_rates), len(alphas))
-        im = ax.pcolormesh(alphas, arrival_rates, z, shading="nearest", cmap="viridis")
+        # budgets are never negative: their scale starts at 0 (and spans at least a token,
+        # so a panel of zeros reads 0..1, not -0.1..0.1); the cells are drawn as one image
+        # in the SVG (a vector cell per point made files of megabytes)
+        scale = {}
+        if col != "objective":
+            top = np.nanmax(z) if np.isfinite(z).any() else 1.0
+            scale = {"vmin": 0.0, "vmax": max(float(top), 1.0)}
+        im = ax.pcolormesh(
+            alphas, arrival_rates, z, shading="nearest", cmap="viridis", rasterized=True, **scale
+        )
         ax.set_xscale("log")
         ax.set(
             xlabel="alpha",
@@ -199,6 +220,8 @@ def all_figures(
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    if sweep_dir is not None:  # refused before anything is drawn
+        check_heatmap_sweep(sweep_dir, w)
     converged_optimum(w)
     paths = []
     makers = [

@@ -174,21 +174,22 @@ def _figure(rows, args, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     c = [r["replicas"] for r in rows if r["accuracy"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(c, [r["accuracy"] for r in rows if r["accuracy"] is not None], "o-", label="accuracy")
+    accuracy = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+    lines = ax.plot(c, accuracy, "o-", label="mean accuracy (left)")
     ax.set(xlabel="replicas", ylabel="mean accuracy at the optimal budgets")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a replica count is whole
     ax2 = ax.twinx()
-    ax2.plot(
-        c,
-        [r["mean_system_time"] for r in rows if r["accuracy"] is not None],
-        "s--",
-        color="C1",
-        label="E[T]",
+    latency = [r["mean_system_time"] for r in rows if r["accuracy"] is not None]
+    lines += ax2.plot(c, latency, "s--", color="C1", label="E[T] (right)")
+    lines.append(
+        ax2.axhline(args.target_latency, color="C1", lw=0.8, ls=":", label="E[T] target (right)")
     )
-    ax2.axhline(args.target_latency, color="C1", lw=0.8, ls=":")
     ax2.set(ylabel="mean system time E[T] (s)")
+    ax.legend(handles=lines, loc="best", fontsize=8)
     ax.set_title(f"Accuracy and latency vs replicas (batching server, {args.routing} routing)")
     fig.tight_layout()
     fig.savefig(path)

@@ -326,14 +326,14 @@ def run_frontier(args: argparse.Namespace) -> int:
 
 
 def _refuse_with_from(args: argparse.Namespace) -> None:
-    """`frontier --from DIR` draws the sweep's own workload and points: flags that would
-    describe another are refused, not ignored."""
+    """`frontier --from DIR` and `figures --from DIR` draw the sweep's own workload (and
+    points): flags that would describe another are refused, not ignored."""
     for flag, value in (
         ("--workload", args.workload),
         ("--arrival-rate", args.arrival_rate),
         ("--alpha", getattr(args, "alpha", None)),
         ("--max-tokens", args.max_tokens),
-        ("--points", args.points),
+        ("--points", getattr(args, "points", None)),
     ):
         if value is not None:
             raise InputError(
@@ -362,7 +362,14 @@ def _sweep_workload(path):
 
 
 def run_figures(args: argparse.Namespace) -> int:
+    if args.from_sweep is not None:
+        _refuse_with_from(args)
     with Outputs(args.force) as outputs, loaded_workload(args) as w:
+        if args.from_sweep is not None:  # the sweep's own workload (its tasks, its columns)
+            if not Path(args.from_sweep).is_dir():
+                raise InputError(f"--from {args.from_sweep}: not a sweep directory")
+            manifest = jt.read_sweep_metadata(args.from_sweep)
+            w = jt.workload_from_dict(manifest["workload"], source=str(args.from_sweep))
         staging = outputs.directory(args.out, "--out", owned=jt.figure_names(w))
         jt.all_figures(w, staging, sweep_dir=args.from_sweep)
         written = outputs.commit()
