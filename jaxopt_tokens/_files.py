@@ -73,7 +73,16 @@ MAX_TEXT_BYTES = 256 << 20
 def read_text(path: str | os.PathLike, what: str, error: type[InputError] = InputError) -> str:
     """The UTF-8 text of `path` (a byte-order mark is dropped); `error` (an `InputError`)
     naming the file and `what` it holds when it is missing, not a regular file (a
-    directory, a device, a FIFO), larger than `MAX_TEXT_BYTES`, unreadable or not UTF-8."""
+    directory, a device, a FIFO), larger than `MAX_TEXT_BYTES`, unreadable or not UTF-8.
+
+    Args:
+        path: the file.
+        what: what the file holds, for the message ("workload file", "trace", ...).
+        error: the `InputError` subclass to raise.
+
+    Returns:
+        The file's text.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise error(f"{what}: a file path, got {type(path).__name__} {path!r:.40}")
     if str(path) == "":

@@ -29,7 +29,15 @@ def _cap(w: Workload) -> Array:
 
 
 def round_budgets(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    r"""Component-wise rounding (40), kept inside $[0, \lfloor l_{\max} \rfloor]$."""
+    r"""Component-wise rounding (40), kept inside $[0, \lfloor l_{\max} \rfloor]$.
+
+    Args:
+        tokens: continuous budgets, one per task on the last axis.
+        w: the workload.
+
+    Returns:
+        The rounded budgets, shaped like `tokens`.
+    """
     return jnp.clip(jnp.round(tokens), 0, _cap(w))
 
 
@@ -40,6 +48,14 @@ def best_floor_ceil(
 
     Raises `ValueError` (at trace time) when N exceeds `max_tasks`: the search would need
     $2^N$ evaluations; use `local_search_budgets` (or `integer_budgets(method="auto")`).
+
+    Args:
+        tokens: continuous budgets of one workload, one per task.
+        w: the workload (unbatched).
+        max_tasks: the most tasks the search takes.
+
+    Returns:
+        The best integer budgets, one per task.
     """
     n = tokens.shape[-1]
     if tokens.ndim != 1:
@@ -70,6 +86,14 @@ def local_search_budgets(
 ) -> Float[Array, " n"]:
     r"""Rounding (40) followed by coordinate local search: each sweep tries $\pm 1$ on every
     task in turn and keeps any change that raises J. Never worse than rounding; O(N) per sweep.
+
+    Args:
+        tokens: continuous budgets of one workload, one per task.
+        w: the workload (unbatched).
+        sweeps: passes over the tasks.
+
+    Returns:
+        The integer budgets, one per task.
     """
     start = round_budgets(tokens, w)
     cap = jnp.floor(w.max_tokens)
@@ -99,8 +123,17 @@ def integer_budgets(
     *,
     max_tasks: int = MAX_EXHAUSTIVE_TASKS,
 ) -> Float[Array, " n"]:
-    """Integer budgets from continuous ones: `"exhaustive"` (39), `"round"` (40), `"local"`
+    r"""Integer budgets from continuous ones: `"exhaustive"` (39), `"round"` (40), `"local"`
     (rounding + coordinate search), or `"auto"` (exhaustive up to `max_tasks` tasks, else local).
+
+    Args:
+        tokens: continuous budgets of one workload, one per task.
+        w: the workload (unbatched; `vmap` for a batch).
+        method: `"auto"`, `"exhaustive"`, `"round"` or `"local"`.
+        max_tasks: the most tasks the exhaustive search takes.
+
+    Returns:
+        Integer-valued budgets (in the dtype of `tokens`) inside $[0, \lfloor l_{\max} \rfloor]$.
     """
     if method == "round":
         return round_budgets(tokens, w)
@@ -120,6 +153,13 @@ def integer_lower_bound(tokens: Float[Array, "*b n"], w: Workload) -> Float[Arra
     that of $\max(l - 1, 0)$ and, E[T] being increasing in every budget, system time at most
     that of $\min(l + 1, l_{\max})$. So $J(l^{\rm int}) \ge \alpha \bar p(l^-) - E[T](l^+)$
     (`-inf` if $l^+$ is unstable). This is what (41) intends; see `paper_integer_lower_bound`.
+
+    Args:
+        tokens: continuous budgets, one per task on the last axis.
+        w: the workload.
+
+    Returns:
+        The lower bound on J, with the batch shape.
     """
     lower = jnp.maximum(tokens - 1, 0)
     upper = jnp.minimum(tokens + 1, w.max_tokens[..., None])
@@ -135,6 +175,13 @@ def paper_integer_lower_bound(tokens: Float[Array, "*b n"], w: Workload) -> Floa
     Its queueing term adds $2c_{\max}$ (seconds per token) to $\lambda E[S^2]$ (seconds) and its
     last term omits the growth of E[S], so it is not a valid bound in general; the tests
     measure how often it holds. Use `integer_lower_bound` for a guaranteed one.
+
+    Args:
+        tokens: continuous budgets, one per task on the last axis.
+        w: the workload.
+
+    Returns:
+        (41)'s value, with the batch shape.
     """
     t = w.t0 + w.c * tokens
     m1 = jnp.sum(w.share * t, -1)

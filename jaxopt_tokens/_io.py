@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.typing import DTypeLike
 
 from ._errors import InputError, WorkloadError
 from ._files import parse_number, read_text
@@ -45,8 +46,15 @@ __all__ = [
 DEFAULT_WORKLOAD_FILE = "table1_qwen3_8b.toml"
 
 
-def default_workload(dtype=None) -> Workload:
-    """The paper's Table I workload (Qwen3-8B, six task types, lambda=0.1, alpha=30)."""
+def default_workload(dtype: DTypeLike | None = None) -> Workload:
+    """The paper's Table I workload (Qwen3-8B, six task types, lambda=0.1, alpha=30).
+
+    Args:
+        dtype: the floating dtype (default: JAX's default float, float32 unless x64 is on).
+
+    Returns:
+        The Table I `Workload`.
+    """
     text = (
         resources.files("jaxopt_tokens")
         .joinpath("data")
@@ -58,13 +66,22 @@ def default_workload(dtype=None) -> Workload:
 
 
 def load_workload(
-    path: str | Path, dtype=None, *, stability: bool = True, server: str = "mg1"
+    path: str | Path, dtype: DTypeLike | None = None, *, stability: bool = True, server: str = "mg1"
 ) -> Workload:
     """Load and validate a workload from a `.toml` or `.json` file.
 
     Raises `WorkloadError` (a `ValueError`) naming the file, the field, the task and, for
     TOML, the line of the task's `[[tasks]]` entry. `server` (`"mg1"` or `"batching"`) says
     which rules apply, as in `Workload.validate` (`stability=False` is `server="batching"`).
+
+    Args:
+        path: a `.toml` or `.json` workload file.
+        dtype: the floating dtype (default: JAX's default float).
+        stability: check that the queue is stable at zero tokens.
+        server: `"mg1"` or `"batching"`: which validity rules apply.
+
+    Returns:
+        The validated `Workload`.
     """
     stability = stability and server_rules(server)
     text = read_text(path, "workload", WorkloadError)
@@ -96,7 +113,18 @@ def workload_from_dict(
     server: str = "mg1",
 ) -> Workload:
     """Build and validate a workload from the file layout above (already parsed); `server`
-    and `stability` as in `Workload.validate`."""
+    and `stability` as in `Workload.validate`.
+
+    Args:
+        data: the parsed file: scalar fields and a `tasks` list of per-task tables.
+        source: the name errors give for the data (a file name).
+        task_lines: the line of each task's entry in the source, for error messages.
+        stability: check that the queue is stable at zero tokens.
+        server: `"mg1"` or `"batching"`: which validity rules apply.
+
+    Returns:
+        The validated `Workload`.
+    """
     stability = stability and server_rules(server)
     if not isinstance(data, dict):
         raise WorkloadError(f"{source}: the top level must be a table/object")
@@ -173,7 +201,14 @@ def workload_from_dict(
 
 
 def workload_to_dict(w: Workload) -> dict[str, Any]:
-    """The file layout of a single (unbatched) workload, with plain Python floats."""
+    """The file layout of a single (unbatched) workload, with plain Python floats.
+
+    Args:
+        w: an unbatched workload.
+
+    Returns:
+        The dictionary `workload_from_dict` reads back.
+    """
     if w.batch_shape:
         raise InputError("workload_to_dict takes a single workload, not a batch")
     out: dict[str, Any] = {f: float(getattr(w, f)) for f in SCALAR_FIELDS}
@@ -195,7 +230,16 @@ def _toml_value(v: Any) -> str:
 
 def dump_workload(w: Workload, path: str | Path | None = None, *, header: str = "") -> str:
     """Write a workload as TOML (to `path` if given) and return the text; `load_workload` reads
-    it."""
+    it.
+
+    Args:
+        w: an unbatched workload.
+        path: where to write the TOML (not written when None).
+        header: comment lines put at the top of the file.
+
+    Returns:
+        The TOML text.
+    """
     d = workload_to_dict(w)
     lines = [f"# {h}" for h in header.splitlines()] if header else []
     lines += [f"{f} = {_toml_value(d[f])}" for f in SCALAR_FIELDS]

@@ -34,6 +34,13 @@ def objective_gradient(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array
     - c_k(1 + \lambda t_k/d + \lambda^2 E[S^2]/(2d^2))]$.
 
     Here $d = 1 - \lambda E[S]$; NaN outside the stability region.
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        $\partial J/\partial l$, shaped like `tokens`.
     """
     u, v, stable = latency_prices(tokens, w)
     t = service_times(tokens, w)
@@ -65,6 +72,13 @@ def kkt_residual(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"
     $|r_k|$, the relative imbalance between what a token buys and what it costs; at a bound it
     counts only the direction the box allows. $r_k/b_k$ is the Newton-like step in tokens, so
     a residual $\epsilon$ means budgets off by about $\epsilon/b_k$ tokens.
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The residual, with the batch shape: the solvers' certificate.
     """
     r = marginal_ratio(tokens, w)
     finite = jnp.all(jnp.isfinite(r), axis=-1)
@@ -97,6 +111,12 @@ def provable_box(w: Workload) -> Float[Array, "*b n"]:
 
     At an interior optimum $\alpha A_k b_k e^{-b_k l_k} \ge c_k$ (the latency price is at least
     $c_k$), so $l_k^* \le \bar u_k = \max(0, \log(\alpha A_k b_k / c_k)/b_k)$ (docs: *Model*).
+
+    Args:
+        w: the workload (any batch shape).
+
+    Returns:
+        The upper bound of each task's optimal budget, with a task axis last.
     """
     ratio = w.alpha[..., None] * w.A * w.b / w.c
     ubar = jnp.where(ratio > 1, jnp.log(jnp.where(ratio > 1, ratio, 1)) / w.b, 0)
@@ -119,6 +139,15 @@ def contraction_constant(
     `+inf` when $\rho_{\max} \ge 1$: the lemma's assumption fails and the constant does not
     exist.
     The fixed point (24) is guaranteed to converge when the value is below 1.
+
+    Args:
+        w: the workload (any batch shape).
+        upper: the box's upper corner, one bound per task (default: `max_tokens` for every
+            task; `provable_box(w)` gives the box on which the constant exists for the paper's
+            own example).
+
+    Returns:
+        $L_\infty$, with the batch shape.
     """
     if upper is None:
         upper = jnp.broadcast_to(w.max_tokens[..., None], w.A.shape)
@@ -140,6 +169,15 @@ def gradient_lipschitz(
 
     `+inf` when $\rho_{\max} \ge 1$. Projected gradient ascent (29) converges for
     $0 < \eta < 2/L_J$, eq. (38).
+
+    Args:
+        w: the workload (any batch shape).
+        upper: the box's upper corner, one bound per task (default: `max_tokens` for every
+            task; `provable_box(w)` gives the box on which the constant exists for the paper's
+            own example).
+
+    Returns:
+        $L_J$, with the batch shape.
     """
     if upper is None:
         upper = jnp.broadcast_to(w.max_tokens[..., None], w.A.shape)

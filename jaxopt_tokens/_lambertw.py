@@ -174,6 +174,12 @@ def wright_omega(x: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
 
     Defined for every real x: $\omega(x) \approx e^x$ as $x \to -\infty$ (underflowing
     gracefully to 0) and $\approx x - \log x$ as $x \to +\infty$. Keeps the input dtype.
+
+    Args:
+        x: real arguments, any shape.
+
+    Returns:
+        $\omega(x)$, shaped and typed like `x`; differentiable ($\omega' = \omega/(1+\omega)$).
     """
     return _omega(_float(x))
 
@@ -220,7 +226,14 @@ def _lambertw(z):
 
 @jax.custom_jvp
 def lambertw(z: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
-    r"""Principal branch $W_0(z)$ for real $z \ge -1/e$ (NaN below). Keeps the input dtype."""
+    r"""Principal branch $W_0(z)$ for real $z \ge -1/e$ (NaN below). Keeps the input dtype.
+
+    Args:
+        z: real arguments, any shape.
+
+    Returns:
+        $W_0(z)$, shaped and typed like `z`; differentiable ($W'(z) = 1/(z + e^{W})$).
+    """
     return _lambertw(_float(z))
 
 

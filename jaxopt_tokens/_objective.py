@@ -27,7 +27,15 @@ __all__ = [
 
 
 def service_times(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    """Per-type service time $t_k = t_{0k} + c_k l_k$, eq. (1)."""
+    """Per-type service time $t_k = t_{0k} + c_k l_k$, eq. (1).
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The service time of each task type (seconds), shaped like `tokens`.
+    """
     return w.t0 + w.c * tokens
 
 
@@ -35,7 +43,15 @@ def service_moments(
     tokens: Float[Array, "*b n"], w: Workload
 ) -> tuple[Float[Array, "*b"], Float[Array, "*b"]]:
     """$(E[S], E[S^2])$ of the service-time mixture, eq. (3); `+inf` for budgets outside the
-    model (negative or NaN), so the latencies built on them are never negative."""
+    model (negative or NaN), so the latencies built on them are never negative.
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        `(E[S], E[S^2])`, each with the batch shape.
+    """
     t = service_times(tokens, w)
     outside = jnp.any(~(tokens >= 0), axis=-1)
     m1 = jnp.where(outside, jnp.inf, jnp.sum(w.share * t, axis=-1))
@@ -43,7 +59,15 @@ def service_moments(
 
 
 def utilization(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    r"""Server utilization $\rho = \lambda E[S]$; the queue is stable iff $\rho < 1$, eq. (4)."""
+    r"""Server utilization $\rho = \lambda E[S]$; the queue is stable iff $\rho < 1$, eq. (4).
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The server's utilization, with the batch shape.
+    """
     return w.arrival_rate * service_moments(tokens, w)[0]
 
 
@@ -57,13 +81,29 @@ def pk_wait(lam, m1, m2):
 
 def mean_wait(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
     r"""Pollaczek-Khinchine mean wait $E[W] = \lambda E[S^2] / (2(1-\rho))$, eq. (5); `+inf` if
-    unstable."""
+    unstable.
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The mean wait in seconds, with the batch shape.
+    """
     m1, m2 = service_moments(tokens, w)
     return pk_wait(w.arrival_rate, m1, m2)
 
 
 def mean_system_time(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    """Mean time in system $E[T] = E[W] + E[S]$, eq. (6)."""
+    """Mean time in system $E[T] = E[W] + E[S]$, eq. (6).
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The mean time in system in seconds, with the batch shape.
+    """
     m1, m2 = service_moments(tokens, w)
     return pk_wait(w.arrival_rate, m1, m2) + m1
 
@@ -84,12 +124,28 @@ def _saturation_jvp(primals, tangents):
 
 
 def task_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b n"]:
-    """Per-type accuracy $p_k = A_k (1 - e^{-b_k l_k}) + D_k$, eq. (2)."""
+    """Per-type accuracy $p_k = A_k (1 - e^{-b_k l_k}) + D_k$, eq. (2).
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The accuracy of each task type, shaped like `tokens`.
+    """
     return w.A * _saturation(w.b * tokens) + w.D
 
 
 def mean_accuracy(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
-    r"""Share-weighted mean accuracy $\sum_k \pi_k p_k(l_k)$."""
+    r"""Share-weighted mean accuracy $\sum_k \pi_k p_k(l_k)$.
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        The mean accuracy, with the batch shape.
+    """
     return jnp.sum(w.share * task_accuracy(tokens, w), axis=-1)
 
 
@@ -98,5 +154,12 @@ def objective(tokens: Float[Array, "*b n"], w: Workload) -> Float[Array, "*b"]:
 
     Strictly concave on the stability region (Lemma 1): `jax.grad` gives eq. (10)/(15) and
     `jax.hessian` eq. (11)/(33).
+
+    Args:
+        tokens: the budgets $l$, one per task on the last axis (any leading batch axes).
+        w: the workload; its batch shape broadcasts against that of `tokens`.
+
+    Returns:
+        $J$, with the batch shape.
     """
     return w.alpha * mean_accuracy(tokens, w) - mean_system_time(tokens, w)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import PRNGKeyArray
 
 from ._validate import check_int, check_memory
@@ -24,7 +25,7 @@ def random_workloads(
     t0: tuple[float, float] = (0.01, 0.3),
     max_tokens: tuple[float, float] = (100.0, 32768.0),
     corners: float = 0.0,
-    dtype=None,
+    dtype: DTypeLike | None = None,
 ) -> Workload:
     r"""A batch of `num` random valid workloads with `num_tasks` tasks each (leading axis `num`).
 
@@ -38,6 +39,22 @@ def random_workloads(
     loads the server to `load` at 100 tokens per query), some `t0 = 0`, an arrival rate near
     the dtype's smallest normal number, `alpha = 1e12`, a tiny `c`, a huge `b`, or `A = 0`
     on some tasks. Every member stays valid.
+
+    Args:
+        key: the random key.
+        num: how many workloads.
+        num_tasks: tasks per workload.
+        load: range of the arrival rate as a fraction of the zero-token stability limit.
+        alpha: range of the accuracy weight (log-uniform).
+        b: range of the accuracy rates (log-uniform).
+        c: range of the seconds per token (log-uniform).
+        t0: range of the zero-token service times (uniform).
+        max_tokens: range of the budget cap (log-uniform).
+        corners: the fraction of degenerate members (above).
+        dtype: the floating dtype (default: JAX's default float).
+
+    Returns:
+        A `Workload` with batch shape `(num,)`.
     """
     num = check_int("num", num, 1)
     num_tasks = check_int("num_tasks", num_tasks, 1)

@@ -158,8 +158,25 @@ def make_workload(
     names: Sequence[str] = (),
     server: str = "mg1",
 ) -> Workload:
-    """Build and validate a single workload; equal shares when `share` is omitted. `server`
-    (`"mg1"` or `"batching"`) says which rules apply (`Workload.validate`)."""
+    r"""Build and validate a single workload; equal shares when `share` is omitted. `server`
+    (`"mg1"` or `"batching"`) says which rules apply (`Workload.validate`).
+
+    Args:
+        A: accuracy gain of each task, eq. (2).
+        b: accuracy rate of each task (1/token).
+        D: accuracy at zero tokens of each task.
+        t0: service time at zero tokens of each task (seconds).
+        c: service seconds per reasoning token of each task.
+        share: the task mix $\pi$ (default: equal shares).
+        arrival_rate: $\lambda$, queries per second.
+        alpha: the accuracy weight $\alpha$ of the objective (seconds per unit accuracy).
+        max_tokens: the budget cap $l_{\max}$.
+        names: task names (default `task0`, `task1`, ...).
+        server: `"mg1"` or `"batching"`: which validity rules apply.
+
+    Returns:
+        The validated `Workload`.
+    """
     try:
         n = len(A)
     except TypeError:

@@ -38,7 +38,18 @@ __all__ = ["ReplicaCount", "ReplicaPlan", "plan_replicas"]
 class ReplicaCount:
     """One replica count of a plan: the solve's `status`, the optimal `tokens`, their mean
     system time, mean accuracy and load (None unless the solve converged), the simulated
-    p95 (None unless simulated) and whether every target is met."""
+    p95 (None unless simulated) and whether every target is met.
+
+    Attributes:
+        replicas: the replica count.
+        status: the solve's status.
+        tokens: the optimal budgets.
+        mean_system_time: their mean system time (s).
+        accuracy: their mean accuracy.
+        load: the server's load.
+        p95_system_time: the simulated p95 (s).
+        meets: whether every target is met.
+    """
 
     replicas: int
     status: Status
@@ -53,7 +64,16 @@ class ReplicaCount:
 @dataclass(frozen=True)
 class ReplicaPlan:
     """The answer of `plan_replicas`: the fewest `replicas` meeting the targets (None if no
-    count up to the limit does) with their `budgets`, and every count examined (`rows`)."""
+    count up to the limit does) with their `budgets`, and every count examined (`rows`).
+
+    Attributes:
+        replicas: the fewest replicas meeting the targets (None when no count does).
+        budgets: their optimal budgets, in task order.
+        rows: every replica count examined.
+        routing: how arrivals pick a replica.
+        target_latency: the mean system time target (s).
+        target_p95: the p95 target (s), if any.
+    """
 
     replicas: int | None
     budgets: tuple[float, ...] | None
@@ -77,7 +97,21 @@ def plan_replicas(
     """The fewest replicas of the batching server `model` (its `routing`; its `replicas` is
     ignored) whose optimal budgets for the single `workload` meet a mean system time of
     `target_latency` seconds and, with `target_p95`, a simulated p95 (`num_queries` x
-    `num_replications`, `key`). Module docstring for the scan. The command line's `plan`."""
+    `num_replications`, `key`). Module docstring for the scan. The command line's `plan`.
+
+    Args:
+        workload: a single workload.
+        model: the batching server (its `routing` is used; its `replicas` is not).
+        target_latency: the mean system time to meet (s).
+        target_p95: a simulated p95 to meet as well (s).
+        max_replicas: the most replicas tried.
+        num_queries: simulated queries per replication for the p95.
+        num_replications: replications for the p95.
+        key: the simulation's random key (default: a fixed one).
+
+    Returns:
+        The `ReplicaPlan`.
+    """
     w, server = workload, model
     if not isinstance(server, ContinuousBatching):
         raise InputError(

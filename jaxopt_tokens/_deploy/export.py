@@ -154,6 +154,13 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
     `None` or `inf` for a task means no thinking limit (returned as `inf`). Raises
     `InputError` naming the field (`tokens`, `tokens[<task>]`) for a wrong length, unknown or
     missing task names, non-numbers, NaN or negative values.
+
+    Args:
+        data: a list in task order, or a mapping task -> tokens.
+        workload: the workload whose tasks the budgets are for.
+
+    Returns:
+        The budgets in task order (`inf`: no limit).
     """
     names = workload.task_names
     if isinstance(data, Solution):
@@ -221,7 +228,15 @@ def tokens_from_data(data: Any, workload: Workload) -> np.ndarray:
 def load_tokens(path: str | Path, workload: Workload) -> np.ndarray:
     """Budgets from a JSON file: a list in task order, a mapping task -> tokens, or an object
     with a `tokens` entry holding either (e.g. the output of `jaxopt-tokens solve --format
-    json`)."""
+    json`).
+
+    Args:
+        path: the JSON file.
+        workload: the workload whose tasks the budgets are for.
+
+    Returns:
+        The budgets in task order (`inf`: no limit).
+    """
     text = read_text(path, "tokens JSON")
     try:
         data = json.loads(text)
@@ -534,7 +549,15 @@ def export_policy(
 
 
 def write_policy(policy: Mapping[str, Any], path: str | Path | None = None) -> str:
-    """The policy as indented JSON (strict: no NaN/Infinity); written to `path` if given."""
+    """The policy as indented JSON (strict: no NaN/Infinity); written to `path` if given.
+
+    Args:
+        policy: the policy (`export_policy`).
+        path: where to write it (not written when None).
+
+    Returns:
+        The JSON text.
+    """
     try:
         text = json.dumps(policy, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
@@ -549,7 +572,15 @@ def write_policy(policy: Mapping[str, Any], path: str | Path | None = None) -> s
 
 def openai_client_kwargs(policy: Mapping[str, Any], task: str) -> dict[str, Any]:
     """Keyword arguments for `client.chat.completions.create(...)` of the `openai` client for
-    one task type: standard fields as keywords, engine-specific ones under `extra_body`."""
+    one task type: standard fields as keywords, engine-specific ones under `extra_body`.
+
+    Args:
+        policy: the exported policy.
+        task: the task type.
+
+    Returns:
+        The keyword arguments.
+    """
     tasks = policy.get("tasks") if isinstance(policy, Mapping) else None
     if not isinstance(tasks, Mapping):
         raise InputError(

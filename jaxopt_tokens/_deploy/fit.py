@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import equinox as eqx
 import jax
@@ -43,6 +44,9 @@ from .._stats import student_t_quantile
 from .._status import HasStatus, StatusEnum
 from .._workload import Workload
 from .measurements import Measurements
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "FitResult",
@@ -81,7 +85,24 @@ class FitWarning(UserWarning):
 
 @dataclass(frozen=True)
 class TaskFit:
-    """One task's fitted parameters, standard errors and diagnostics."""
+    """One task's fitted parameters, standard errors and diagnostics.
+
+    Attributes:
+        name: the task.
+        params: the estimates of `A`, `b`, `D`, `t0`, `c`.
+        se: their standard errors.
+        accuracy_cov: the covariance of `(A, b, D)`.
+        latency_cov: the covariance of `(t0, c)`.
+        at_bound: the parameters that sit at a constraint.
+        deviance: the binomial deviance of the accuracy fit.
+        dof: its degrees of freedom.
+        p_value: the goodness-of-fit p-value.
+        monotone: whether the measured accuracy rises with the budget.
+        latency_dof: degrees of freedom of the latency fit.
+        latency_noise: the estimated latency noise (additive and proportional parts).
+        warnings: what the fit flags.
+        poor_fit: whether the p-value is below the warning level.
+    """
 
     name: str
     params: dict[str, float]  # A, b, D, t0, c
@@ -120,7 +141,14 @@ class TaskFit:
 
 class FitResult(HasStatus):
     """The fitted workload and per-task fits (`tasks`), in the measurements' task order;
-    `status` holds one `FitStatus` per task."""
+    `status` holds one `FitStatus` per task.
+
+    Attributes:
+        workload: the fitted workload.
+        tasks: each task's `TaskFit`.
+        measurements: the measurements fitted.
+        fields: the workload's scalar fields used (arrival rate, alpha, max tokens).
+    """
 
     workload: Workload
     tasks: tuple[TaskFit, ...]
@@ -608,6 +636,13 @@ def budget_uncertainty(result: FitResult, method: str = "default") -> tuple[np.n
     $\mathrm{Var}(l^*_j) \approx \sum_k g_{jk}^\top \Sigma_k g_{jk}$ with $g_{jk}$ the
     derivative of $l^*_j$ with respect to task k's $(A, b, D, t_0, c)$ (implicit
     differentiation through the solver) and $\Sigma_k$ the fit covariance.
+
+    Args:
+        result: the fit.
+        method: the solver name `solve` takes.
+
+    Returns:
+        `(optimal budgets, their standard errors)`, in task order.
     """
 
     with jax.enable_x64(True):
@@ -625,10 +660,19 @@ def budget_uncertainty(result: FitResult, method: str = "default") -> tuple[np.n
     return np.asarray(l_star), np.sqrt(np.clip(var, 0, None))
 
 
-def plot_fit(result: FitResult, path=None, *, level: float = 0.95):
+def plot_fit(result: FitResult, path: str | Path | None = None, *, level: float = 0.95) -> Figure:
     """Goodness-of-fit figure (the paper's Fig. 2 layout): per task, measured accuracy with
     binomial intervals and the fitted curve with a delta-method band (top row), measured mean
-    latency and the fitted line (bottom row). Saves to `path` if given; returns the figure."""
+    latency and the fitted line (bottom row). Saves to `path` if given; returns the figure.
+
+    Args:
+        result: the fit.
+        path: where to save the figure (not saved when None).
+        level: the confidence level of the intervals and bands.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib
 
     if path is not None:

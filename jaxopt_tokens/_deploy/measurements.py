@@ -21,12 +21,14 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import PRNGKeyArray
 
 from .._errors import InputError
 from .._files import csv_rows, parse_number, read_text
@@ -49,7 +51,18 @@ SYNTHETIC_BUDGETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 @dataclass(frozen=True)
 class Measurements:
-    """Rows of a measurement table, as numpy arrays (one entry per row), and the task order."""
+    """Rows of a measurement table, as numpy arrays (one entry per row), and the task order.
+
+    Attributes:
+        tasks: the task names, in the order of first appearance.
+        task_index: each row's task, an index into `tasks`.
+        budget: each row's budget (tokens).
+        n_correct: each row's correct answers.
+        n_total: each row's graded answers.
+        latency: each row's mean latency (s; NaN without one).
+        latency_weight: each row's weight in the latency fit (its requests; 0 without latency).
+        source: the file the rows came from.
+    """
 
     tasks: tuple[str, ...]
     task_index: np.ndarray  # (rows,) int: position of the row's task in `tasks`
@@ -69,7 +82,15 @@ def _float(row: dict, column: str, lineno: int, source: str) -> float:
 
 
 def parse_measurements(text: str, source: str = "<text>") -> Measurements:
-    """Parse and check a measurement CSV (see the module docstring); errors name the line."""
+    """Parse and check a measurement CSV (see the module docstring); errors name the line.
+
+    Args:
+        text: the CSV text.
+        source: the name errors give for it.
+
+    Returns:
+        The `Measurements`.
+    """
     header_line, header, rows = csv_rows(text, source)
     where0 = f"{source}, line {header_line}"
     for col in ("task", "budget"):
@@ -146,7 +167,14 @@ def parse_measurements(text: str, source: str = "<text>") -> Measurements:
 
 
 def read_measurements(path: str | Path) -> Measurements:
-    """Read a measurement CSV file; raises `InputError` naming the file, line and column."""
+    """Read a measurement CSV file; raises `InputError` naming the file, line and column.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        The `Measurements`.
+    """
     text = read_text(path, "measurements")
     return parse_measurements(text, str(path))
 
@@ -169,6 +197,17 @@ def read_request_log(
     or are labelled by `bands` of `band_column` (`Trace.labelled`, e.g. `{"short": 512,
     "long": math.inf}` on `output_tokens`). A `TrafficWarning` says when one mean rate
     misrepresents the log (`rate_warnings` at `window` seconds).
+
+    Args:
+        path: the CSV file.
+        tasks: the workload's task names, in order.
+        bands: task name -> largest `band_column` value of the band, for logs without a `task`
+            column.
+        band_column: the column the bands are read from.
+        window: the window length (s) at which the rate is checked for a warning.
+
+    Returns:
+        `(shares in task order, mean arrival rate or None)`.
     """
     text = read_text(path, "request log")
     source = str(path)
@@ -266,8 +305,8 @@ def _shares(labels, tasks: tuple[str, ...], source: str, weights) -> np.ndarray:
 
 def synthetic_measurements(
     workload: Workload,
-    key,
-    budgets=SYNTHETIC_BUDGETS,
+    key: PRNGKeyArray,
+    budgets: Sequence[float] = SYNTHETIC_BUDGETS,
     *,
     questions: int = 250,
     runs: int = 3,
@@ -280,6 +319,17 @@ def synthetic_measurements(
     latency, each request taking $t_k(l) = t_{0k} + c_k l$ (eq. (1)) times a log-normal
     factor of mean 1 and coefficient of variation `latency_cv`. Returns the CSV text, with a
     comment header saying it is synthetic.
+
+    Args:
+        workload: the workload whose curves are drawn from.
+        key: the random key.
+        budgets: the budgets measured.
+        questions: questions per budget.
+        runs: runs per question.
+        latency_cv: the coefficient of variation of a request's latency.
+
+    Returns:
+        The CSV text.
     """
     w = workload
     n = questions * runs

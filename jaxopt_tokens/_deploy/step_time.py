@@ -33,6 +33,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import ArrayLike
 
 from .._errors import InputError
 from .._files import csv_rows, parse_number, read_text, text_lines
@@ -49,7 +50,20 @@ MAX_STEP_SECONDS = 1e4
 
 @dataclass(frozen=True)
 class StepTimeFit:
-    """The fitted step time `tau0 + tau1 * n` with standard errors and diagnostics."""
+    """The fitted step time `tau0 + tau1 * n` with standard errors and diagnostics.
+
+    Attributes:
+        tau0: seconds per step with no request running.
+        tau1: seconds per step per running request.
+        se_tau0: standard error of `tau0`.
+        se_tau1: standard error of `tau1`.
+        dof: residual degrees of freedom.
+        concurrency: the concurrencies fitted.
+        step_time: the step times fitted (s).
+        warnings: what the fit flags.
+        methods: how each run's step time was read.
+        excluded: the runs left out (overloaded), and why.
+    """
 
     tau0: float
     tau1: float
@@ -463,6 +477,13 @@ def read_step_times(*paths: str | Path, group: int | None = None) -> tuple[np.nd
     arrived are left out, with a `FitWarning`. Runs of different deployments or workloads are
     refused unless `group` picks one (numbered from 1 in the refusal); the same run given
     twice is refused.
+
+    Args:
+        *paths: benchmark result files or CSV files.
+        group: the deployment to read from a mixed input.
+
+    Returns:
+        `(concurrency, step time in seconds)` as numpy arrays.
     """
     runs = _select(_read_runs(*paths), group)
     for run in runs:
@@ -478,7 +499,10 @@ def read_step_times(*paths: str | Path, group: int | None = None) -> tuple[np.nd
 
 
 def fit_step_time(
-    *sources, concurrency=None, step_time=None, group: int | None = None
+    *sources: str | Path,
+    concurrency: ArrayLike | None = None,
+    step_time: ArrayLike | None = None,
+    group: int | None = None,
 ) -> StepTimeFit:
     r"""Fit $\tau_0 + \tau_1 n$ to step times measured at concurrencies $n$.
 
@@ -489,6 +513,15 @@ def fit_step_time(
     term is significant (p < 0.01: the step time is not linear in the batch size over the
     measured range) or when $\tau_1$ is not clearly positive. A refusal names the runs that
     were left out.
+
+    Args:
+        *sources: benchmark result files or CSV files.
+        concurrency: concurrencies, instead of files.
+        step_time: step times (s) at those concurrencies.
+        group: the deployment to fit from a mixed input.
+
+    Returns:
+        The `StepTimeFit`.
     """
     if sources and (concurrency is not None or step_time is not None):
         raise InputError("give files or concurrency/step_time arrays, not both")

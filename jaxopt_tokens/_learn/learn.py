@@ -39,8 +39,9 @@ class LearnedBudgets(eqx.Module):
     Attributes:
         policy: the learned `QueuePolicy` (one row for a static policy).
         model_optimum: the solver's budgets at the replayed mean rate (the start).
-        train, test: `{"learned": ReplayMetrics, "model_optimum": ReplayMetrics}` on the
-            training span and on the later held-out span.
+        train: `{"learned": ReplayMetrics, "model_optimum": ReplayMetrics}` on the training
+            span.
+        test: the same on the later, held-out span.
         history: the training objective at each step.
         status: `CONVERGED` when the training objective moved by less than `rtol` (relative)
             over the last tenth of the steps, else `MAX_ITERATIONS`.

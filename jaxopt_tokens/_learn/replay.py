@@ -188,7 +188,12 @@ class QueuePolicy(eqx.Module):
     `table` (shape `(S + 1, N)`) holds the budgets of an arrival that finds `s` requests in
     the system (in service or waiting), the last row those of `S` or more. A static policy is
     the flat table (`QueuePolicy.flat`). Monotone non-increasing down the rows is the family
-    `learn_budgets` searches (a longer queue never gets a larger budget)."""
+    `learn_budgets` searches (a longer queue never gets a larger budget).
+
+    Attributes:
+        table: the budgets, shape `(S + 1, N)`: row by requests found in the system, column by
+            task.
+    """
 
     table: Float[Array, "s n"]
 
@@ -207,7 +212,17 @@ class ReplayMetrics(eqx.Module):
     """A policy's replayed statistics, averaged over the replications (each also `(R,)` in
     `per_replication`): mean system time and wait, mean expected accuracy, the objective
     $J = \\alpha \\cdot$ accuracy $-$ mean system time, the CVaR of the system time at `tail`,
-    and its 95th percentile."""
+    and its 95th percentile.
+
+    Attributes:
+        mean_system_time: mean system time (s).
+        mean_wait: mean wait (s).
+        accuracy: mean expected accuracy.
+        objective: J.
+        cvar: the CVaR of the system time at the tail level.
+        p95: the 95th percentile of the system time.
+        per_replication: each statistic per replication, `(R,)`.
+    """
 
     mean_system_time: Float[Array, "*p"]
     mean_wait: Float[Array, "*p"]

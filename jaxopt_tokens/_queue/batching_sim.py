@@ -62,6 +62,30 @@ class BatchingSimulation(Simulation):
     fraction answered correctly `accuracy`; `system_time_by_task` adds a task axis and
     `batch_size` (shape `(*policies, replications, slots + 1)`) is the fraction of time with
     n requests running. `predicted_*` (shape `(*policies,)`) are the model's values.
+
+    Attributes:
+        num_queries: queries per replication.
+        warmup: queries dropped at the start of each replication.
+
+        system_time: mean time from arrival to last token (s).
+        queue_wait: mean time from arrival to admission.
+        ttft: mean time from arrival to first token.
+        system_time_p50: median system time.
+        system_time_p95: 95th percentile of the system time.
+        system_time_p99: 99th percentile of the system time.
+        ttft_p95: 95th percentile of the time to first token.
+        running: time-average number of requests running.
+        throughput: requests answered per second.
+        token_throughput: decode tokens per second.
+        accuracy: the fraction answered correctly.
+        system_time_by_task: mean system time of each task type.
+        batch_size: the fraction of time with n requests running, n = 0..slots.
+        predicted_system_time: the model's E[T].
+        predicted_queue_wait: the model's wait for a place.
+        predicted_running: the model's mean batch size.
+        predicted_load: the model's load (below 1: a steady state exists).
+        predicted_system_time_by_task: the model's E[T_k].
+        arrival_rate: the arrival rate simulated.
     """
 
     system_time: Float[Array, "*p r"]

@@ -201,7 +201,12 @@ class AbstractSingleServer(LatencyModel):
     """One server with a queue discipline (`discipline`: what `simulate` runs event by
     event) and service times of coefficient of variation `service_cv` per task type. FIFO,
     Kingman, Priority, ProcessorSharing and TimeVarying are single servers; the batching
-    server is not."""
+    server is not.
+
+    Attributes:
+        service_cv: the coefficient of variation of each task type's service time (a scalar or
+            one per task).
+    """
 
     service_cv: eqx.AbstractVar[ArrayLike]
 
@@ -217,6 +222,10 @@ class FIFO(AbstractSingleServer):
     `FIFO()` (deterministic service) is the paper's model, eq. (7), and the default of
     every solver: its objective, gradient, certificate and implicit derivative are the
     closed forms of eqs. (10)-(17), and its default solver is `AggregateNewton`.
+
+    Attributes:
+        service_cv: the coefficient of variation of each task type's service time (a scalar or
+            one per task; 0 is deterministic service).
     """
 
     service_cv: ArrayLike = 0.0
@@ -280,6 +289,10 @@ class Priority(AbstractSingleServer):
 
     `order`: task indices from highest to lowest priority (static), e.g. `(5, 1, 4, 0, 2, 3)`.
     Stable iff the total load is below 1; a class whose cumulative load reaches 1 waits forever.
+
+    Attributes:
+        order: task indices from the highest priority to the lowest.
+        service_cv: the coefficient of variation of each task type's service time.
     """
 
     order: tuple[int, ...] = eqx.field(static=True)
@@ -327,6 +340,9 @@ class ProcessorSharing(AbstractSingleServer):
     The mean does not depend on the service-time distribution; `service_cv` (the coefficient
     of variation of the service times, scalar or per task) matters only to the simulator and
     the tails.
+
+    Attributes:
+        service_cv: the coefficient of variation of each task type's service time.
     """
 
     service_cv: ArrayLike = 0.0
@@ -347,7 +363,16 @@ def latency_objective(
     tokens: Float[Array, "*b n"], w: Workload, model: LatencyModel
 ) -> Float[Array, "*b"]:
     r"""$J(l) = \alpha \sum_k \pi_k p_k(l_k) - \sum_k \pi_k E[T_k](l)$ under `model` (eq. (7)
-    generalised)."""
+    generalised).
+
+    Args:
+        tokens: the budgets, one per task on the last axis.
+        w: the workload.
+        model: the latency model giving each task's mean system time.
+
+    Returns:
+        J under `model`, with the batch shape.
+    """
     return w.alpha * mean_accuracy(tokens, w) - model.mean_system_time(tokens, w)
 
 
@@ -374,6 +399,10 @@ class Kingman(FIFO):
     service time (the task mix and `service_cv`). With `arrival_scv=1` it is the
     Pollaczek-Khinchine mean wait of `FIFO(service_cv)`. `arrival_scv` may be measured from a
     trace (`arrival_scv`); docs *Real traffic* say at which time scale, and where it holds.
+
+    Attributes:
+        service_cv: the coefficient of variation of each task type's service time.
+        arrival_scv: $c_a^2$, the squared coefficient of variation of the inter-arrival times.
     """
 
     arrival_scv: ArrayLike = 1.0
@@ -441,6 +470,11 @@ class TimeVarying(AbstractSingleServer):
     (docs *Real traffic*, where it is measured against replay). `TimeVarying.from_trace`
     measures $f_j$, $q_j$. The workload's `arrival_rate` is the mean rate $\lambda$;
     $\sum_j q_j f_j^{-1}$ need not be 1 (windows of different activity).
+
+    Attributes:
+        rate_factors: $f_j$, each window's rate over the mean rate.
+        weights: $q_j$, the share of requests in each window (normalised to sum to 1).
+        base: the single server each window runs (default `FIFO()`).
     """
 
     rate_factors: Float[Array, " k"]

@@ -118,6 +118,16 @@ def sample_query_stream(
 
     `service_cv` is a scalar or one value per task type: the coefficient of variation of the
     service time of that type (0 gives the paper's deterministic $t_k(l_k)$).
+
+    Args:
+        key: the random key.
+        w: a single workload.
+        num_queries: queries in the stream.
+        service_cv: the service time's coefficient of variation, scalar or per task.
+        noise: the service-time noise, `"lognormal"` or `"gamma"`.
+
+    Returns:
+        The `Stream`: gaps, task types and service-time factors.
     """
     num_queries = check_int("num_queries", num_queries, 1)
     check_memory(
@@ -178,6 +188,13 @@ def lindley_waits(
     first query finds the server idle) and `service[..., i]` the service time of query i.
     Equal to the recursion $W_{i} = \max(0, W_{i-1} + S_{i-1} - \tau_i)$ up to roundoff in the
     running sum (relative to the total simulated time).
+
+    Args:
+        gaps: the inter-arrival times, queries on the last axis.
+        service: the service times, shaped like `gaps`.
+
+    Returns:
+        Each query's wait, shaped like `gaps`.
     """
     step = service[..., :-1] - gaps[..., 1:]
     zero = jnp.zeros_like(step[..., :1])
@@ -204,6 +221,10 @@ class Simulation(HasStatus):
     beside each statistic in `PREDICTED`), `interval(name)` does one, and `status` (per
     policy, `SimulationStatus`) says whether the policy has a steady state at all: it does
     when the model's `load` is below 1.
+
+    Attributes:
+        num_queries: queries per replication.
+        warmup: queries dropped at the start of each replication.
     """
 
     STATUS: ClassVar[type[SimulationStatus]] = SimulationStatus
@@ -274,6 +295,31 @@ class SimulationResult(Simulation):
 
     `summary()` turns the replications into means with confidence intervals; `status`
     (per policy, `SimulationStatus`) says whether the policy has a steady state at all.
+
+    Attributes:
+        num_queries: queries per replication.
+        warmup: queries dropped at the start of each replication.
+
+        wait: mean waiting time (s).
+        system_time: mean system time (s).
+        wait_p50: median wait.
+        wait_p95: 95th percentile of the wait.
+        wait_p99: 99th percentile of the wait.
+        system_time_p50: median system time.
+        system_time_p95: 95th percentile of the system time.
+        system_time_p99: 99th percentile of the system time.
+        utilization: the busy fraction.
+        accuracy: the fraction answered correctly.
+        objective: the realised J.
+        system_time_by_task: mean system time of each task type.
+        predicted_system_time: the model's E[T].
+        predicted_wait: the model's E[W].
+        predicted_utilization: the model's utilization.
+        predicted_accuracy: the model's mean accuracy.
+        predicted_objective: the model's J.
+        predicted_system_time_by_task: the model's E[T_k].
+        discipline: the simulated discipline (`"fifo"`, `"priority"`, `"ps"`).
+        arrival_rate: the arrival rate simulated (the trace's replay rate on a replay).
     """
 
     wait: Float[Array, "*p r"]

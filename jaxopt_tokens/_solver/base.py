@@ -60,7 +60,15 @@ State = TypeVar("State")
 
 
 class Iterate(eqx.Module):
-    """What `postprocess` returns for one member: budgets with their certificate."""
+    """What `postprocess` returns for one member: budgets with their certificate.
+
+    Attributes:
+        tokens: the budgets, one per task.
+        objective: J at `tokens`.
+        status: a `Status` code.
+        residual: the scale-free KKT residual.
+        stats: the solver's diagnostics.
+    """
 
     tokens: Float[Array, " n"]
     objective: Float[Array, ""]
@@ -71,7 +79,13 @@ class Iterate(eqx.Module):
 
 class Problem(eqx.Module):
     """What a solver is given for one member: the workload, the latency model whose J it
-    maximises, and the solver's own `constants` (from `prepare`; `None` until then)."""
+    maximises, and the solver's own `constants` (from `prepare`; `None` until then).
+
+    Attributes:
+        workload: one member's workload.
+        model: the latency model whose J is maximised.
+        constants: what the solver's `prepare` computed (`None` before it runs).
+    """
 
     workload: Workload
     model: LatencyModel
@@ -83,6 +97,10 @@ class AbstractSolver(eqx.Module, Generic[State]):
 
     Subclasses declare `rtol` (target residual; `None` for the dtype's default) and
     `max_steps`, plus their own settings, as fields. A solver holds no data and no model.
+
+    Attributes:
+        rtol: the target residual; `None` for the dtype's default.
+        max_steps: the most steps a member takes.
     """
 
     rtol: eqx.AbstractVar[float | None]

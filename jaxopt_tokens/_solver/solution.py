@@ -16,14 +16,15 @@ __all__ = ["Solution", "masked_solution"]
 class Solution(HasStatus):
     """A solver's answer with its certificate (one per batch member under `vmap`).
 
-    - `tokens`: the continuous budgets $l^*$, shape `(..., N)`.
-    - `objective`: $J(l^*)$, eq. (7).
-    - `status`: a `Status` code (int32).
-    - `residual`: the scale-free projected KKT residual (see `kkt_residual`): the largest
-      relative imbalance between a task's marginal accuracy value and its marginal latency
-      cost, counting only directions the box allows.
-    - `iterations`: iterations the solver used.
-    - `stats`: solver-specific diagnostics (e.g. the contraction constant of Lemma 2).
+    Attributes:
+        tokens: the continuous budgets $l^*$, shape `(..., N)`.
+        objective: $J(l^*)$, eq. (7).
+        status: a `Status` code (int32).
+        residual: the scale-free projected KKT residual (see `kkt_residual`): the largest
+            relative imbalance between a task's marginal accuracy value and its marginal latency
+            cost, counting only directions the box allows.
+        iterations: iterations the solver used.
+        stats: solver-specific diagnostics (e.g. the contraction constant of Lemma 2).
     """
 
     tokens: Float[Array, "*b n"]

@@ -50,7 +50,16 @@ def default_solver(
 ) -> AbstractSolver:
     """The solver `"default"` stands for under `model`, chosen by the model's `structure`:
     `AggregateNewton` for the paper's two prices (`"mg1"`), `BatchingNewton` for one price
-    on the mean work (`"mean_work"`), `SpectralGradient` otherwise."""
+    on the mean work (`"mean_work"`), `SpectralGradient` otherwise.
+
+    Args:
+        model: the latency model.
+        rtol: the target residual (default: the dtype's).
+        max_steps: the step limit (default: the solver's).
+
+    Returns:
+        The solver instance.
+    """
     if model.structure == "mg1":
         default = AggregateNewton(rtol=rtol)
         return default if max_steps is None else AggregateNewton(rtol=rtol, max_steps=max_steps)
@@ -293,6 +302,15 @@ def solve_latency(
     Under `FIFO` and `ProcessorSharing` J is concave on the stable region, so the point is
     the optimum; under `Priority` it is a KKT point. Docs: *Latency models*, *Continuous
     batching*.
+
+    Args:
+        workload: the workload (any batch shape).
+        model: the latency model.
+        rtol: the target residual (default: the dtype's).
+        max_steps: the solver's step limit (default: the solver's).
+
+    Returns:
+        The `Solution`, a status per member.
     """
     if not isinstance(model, LatencyModel):
         raise InputError(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike
 
 from .._errors import InputError
 from .._integer import integer_lower_bound, paper_integer_lower_bound
@@ -17,6 +20,12 @@ from .._workload import Workload
 from .dataset import SweepDirectory, read_sweep
 from .frontier import frontier_by_alpha, uniform_curve
 from .sweep import sweep
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from .._solver.solution import Solution
 
 __all__ = [
     "figure_uniform_vs_optimal",
@@ -29,8 +38,15 @@ __all__ = [
 ]
 
 
-def converged_optimum(w: Workload):
-    """`solve(w)`, or an `InputError` saying why there is no optimum to draw."""
+def converged_optimum(w: Workload) -> Solution:
+    """`solve(w)`, or an `InputError` saying why there is no optimum to draw.
+
+    Args:
+        w: the workload.
+
+    Returns:
+        The converged `Solution`.
+    """
     sol = solve(w)
     if not bool(sol.converged):
         raise InputError(
@@ -41,13 +57,30 @@ def converged_optimum(w: Workload):
 
 
 def figure_names(w: Workload) -> tuple[str, ...]:
-    """The file names `all_figures` writes for `w` (PNG and SVG of each figure)."""
+    """The file names `all_figures` writes for `w` (PNG and SVG of each figure).
+
+    Args:
+        w: the workload.
+
+    Returns:
+        The file names.
+    """
     fig4 = "fig4_gsm8k_sensitivity" if "GSM8K" in w.task_names else "fig4_budget_sensitivity"
     stems = ("fig3_uniform_vs_optimal", fig4, "frontier", "heatmaps")
     return tuple(f"{stem}.{ext}" for stem in stems for ext in ("png", "svg"))
 
 
-def save_figure(fig, out: Path, name: str) -> list[Path]:
+def save_figure(fig: Figure, out: Path, name: str) -> list[Path]:
+    """Save a figure as PNG (130 dpi) and SVG, creating `out` if needed.
+
+    Args:
+        fig: the matplotlib figure.
+        out: the directory.
+        name: the file name without its suffix.
+
+    Returns:
+        The two paths written.
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     fig.savefig(paths[0], dpi=130, bbox_inches="tight")
@@ -55,8 +88,16 @@ def save_figure(fig, out: Path, name: str) -> list[Path]:
     return paths
 
 
-def figure_uniform_vs_optimal(w: Workload, budgets=(0, 100, 500)):
-    """The paper's Fig. 3: J at uniform budgets against J at the optimum l*."""
+def figure_uniform_vs_optimal(w: Workload, budgets: Sequence[float] = (0, 100, 500)) -> Figure:
+    """The paper's Fig. 3: J at uniform budgets against J at the optimum l*.
+
+    Args:
+        w: the workload.
+        budgets: the uniform budgets compared.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     sol = converged_optimum(w)
@@ -75,9 +116,18 @@ def figure_uniform_vs_optimal(w: Workload, budgets=(0, 100, 500)):
     return fig
 
 
-def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 1000.0):
+def figure_budget_sensitivity(w: Workload, task: str = "GSM8K", upto: float = 1000.0) -> Figure:
     """The paper's Fig. 4: J as one task's budget varies, the others held at l*; with J(l*) and the
-    integer lower bound (41) as printed and in its rigorous form."""
+    integer lower bound (41) as printed and in its rigorous form.
+
+    Args:
+        w: the workload.
+        task: the task whose budget varies.
+        upto: the largest budget drawn.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     sol = converged_optimum(w)
@@ -128,12 +178,27 @@ def check_heatmap_sweep(sweep_dir: str | Path, w: Workload) -> None:
 
 
 def figure_heatmaps(
-    w: Workload, arrival_rates=None, alphas=None, quiet: bool = True, sweep_dir=None
-):
+    w: Workload,
+    arrival_rates: ArrayLike | None = None,
+    alphas: ArrayLike | None = None,
+    quiet: bool = True,
+    sweep_dir: str | Path | None = None,
+) -> Figure:
     """l*_k of every task and J over a grid of (arrival rate, alpha).
 
     With `sweep_dir` (a directory from `sweep(w, arrival_rate=..., alpha=..., out=DIR)`) the
-    surfaces are read from the dataset (only the columns drawn) instead of solved."""
+    surfaces are read from the dataset (only the columns drawn) instead of solved.
+
+    Args:
+        w: the workload.
+        arrival_rates: the arrival-rate grid (default 60 points on [0.01, 0.5]).
+        alphas: the alpha grid (default 60 log-spaced points on [1, 100]).
+        quiet: no progress bar.
+        sweep_dir: a sweep directory to read instead of solving.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     panels = [f"l_{n}" for n in w.task_names] + ["objective"]
@@ -180,11 +245,26 @@ def figure_heatmaps(
     return fig
 
 
-def figure_frontier(w: Workload, points: int = 1000, frontier=None, uniform=None):
+def figure_frontier(
+    w: Workload,
+    points: int = 1000,
+    frontier: pd.DataFrame | None = None,
+    uniform: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Figure:
     """Accuracy vs mean system time: optimal (alpha-traced) against uniform budgets.
 
     `frontier` (from `frontier_by_alpha`) and `uniform` (from `uniform_curve`) are computed
-    when not given."""
+    when not given.
+
+    Args:
+        w: the workload.
+        points: alphas on the optimal frontier.
+        frontier: a precomputed `frontier_by_alpha` table.
+        uniform: a precomputed `uniform_curve`.
+
+    Returns:
+        The matplotlib figure.
+    """
     import matplotlib.pyplot as plt
 
     points = check_int("points", points, 2)
@@ -213,7 +293,17 @@ def all_figures(
 ) -> list[Path]:
     """Write every figure for a workload to `out` (PNG and SVG); returns the paths.
 
-    `sweep_dir`: draw the heatmaps from this (arrival_rate, alpha) sweep directory."""
+    `sweep_dir`: draw the heatmaps from this (arrival_rate, alpha) sweep directory.
+
+    Args:
+        w: the workload.
+        out: the directory.
+        quiet: no progress bar.
+        sweep_dir: a sweep directory over `arrival_rate` and `alpha` to draw the heatmaps from.
+
+    Returns:
+        The paths written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -121,7 +121,15 @@ def _solve_chunk(specs: tuple, w: Workload, values, warm_start: bool = True):
 
 @dataclass(frozen=True)
 class SweepRun:
-    """What `sweep(..., out=DIR)` did in this process."""
+    """What `sweep(..., out=DIR)` did in this process.
+
+    Attributes:
+        path: the sweep directory.
+        points: points in the whole sweep.
+        parts: parts in the whole sweep.
+        computed: the parts this process computed.
+        skipped: the parts already on disk.
+    """
 
     path: Path
     points: int  # points in the whole sweep
@@ -458,10 +466,18 @@ def _frame(chunks: list[dict], workload: Workload):
     return df
 
 
-def write_sweep(df, path: str | Path) -> list[Path]:
+def write_sweep(df: pd.DataFrame, path: str | Path) -> list[Path]:
     """Write a sweep to `path` as a plain .csv (what any CSV reader reads), its metadata (the
     base workload and the package version) beside it as `.meta.json`, and, when pyarrow is
-    installed, as .parquet with the metadata inside. Missing folders are created."""
+    installed, as .parquet with the metadata inside. Missing folders are created.
+
+    Args:
+        df: the sweep's DataFrame.
+        path: the file name without a suffix.
+
+    Returns:
+        The paths written.
+    """
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -488,7 +504,14 @@ def write_sweep(df, path: str | Path) -> list[Path]:
 
 def read_sweep_metadata(path: str | Path) -> dict:
     """The metadata `write_sweep` stored in a .csv or .parquet file, or the manifest of a
-    sweep directory (`sweep(..., out=DIR)`), checked: `InputError` when it is neither."""
+    sweep directory (`sweep(..., out=DIR)`), checked: `InputError` when it is neither.
+
+    Args:
+        path: a sweep file or directory.
+
+    Returns:
+        The metadata: the base workload, the grids, the package version.
+    """
     path = Path(path)
     if path.is_dir():
         manifest = SweepDirectory(path).manifest()

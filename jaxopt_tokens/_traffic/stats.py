@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .._errors import InputError
 from .trace import MAX_WINDOWS, Trace, positive_number
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "ArrivalStats",
@@ -45,7 +48,24 @@ class TrafficWarning(UserWarning):
 
 @dataclass(frozen=True)
 class ArrivalStats:
-    """Statistics of a trace's arrivals (see `arrival_stats`)."""
+    """Statistics of a trace's arrivals (see `arrival_stats`).
+
+    Attributes:
+        num_requests: requests in the trace.
+        duration: seconds from the first arrival to the last.
+        mean_rate: requests per second over the trace.
+        window: the window length (s) of the per-window rates.
+        window_rate: the rate per window: its `min`, `median`, `max` and `cv`.
+        interarrival_cv: the coefficient of variation of the inter-arrival times.
+        dispersion: the index of dispersion of counts, by window length (s).
+        simultaneous_fraction: the fraction of requests that arrive with another.
+        largest_batch: the most requests arriving at one instant.
+        work_correlation: the correlation of the window rate with the work per request (None
+            without token counts).
+        work_dispersion: the index of dispersion of the work per window (None without token
+            counts).
+        warnings: what makes the Poisson model doubtful here.
+    """
 
     num_requests: int
     duration: float
@@ -107,7 +127,15 @@ def arrival_scv(trace: Trace, window: float | None = None) -> float:
     """The arrival variability $c_a^2$ of `trace` for `Kingman`: the squared coefficient of
     variation of the inter-arrival times (`window=None`), or the index of dispersion of counts
     in windows of `window` seconds (the variability a queue feels over that time; for a
-    renewal stream both tend to the same value as the window grows)."""
+    renewal stream both tend to the same value as the window grows).
+
+    Args:
+        trace: the trace.
+        window: the window length (s) of the count dispersion; None for the inter-arrival SCV.
+
+    Returns:
+        $c_a^2$.
+    """
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
     if window is None:
@@ -253,9 +281,18 @@ def _check_figure_path(path) -> None:
         raise InputError(f"path: {p} has no extension (.png, .svg, .pdf)")
 
 
-def plot_arrivals(trace: Trace, path=None, *, window: float = 60.0):
+def plot_arrivals(trace: Trace, path: str | Path | None = None, *, window: float = 60.0) -> Figure:
     """A figure of the rate per window over time and the index of dispersion against the
-    window length (saved to `path` when given); returns the matplotlib figure."""
+    window length (saved to `path` when given); returns the matplotlib figure.
+
+    Args:
+        trace: the trace.
+        path: where to save the figure (not saved when None).
+        window: the window length (s) of the rate panel.
+
+    Returns:
+        The matplotlib figure.
+    """
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
     if path is not None:

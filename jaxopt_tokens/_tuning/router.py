@@ -20,6 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import DTypeLike
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._objective import objective, service_moments
@@ -32,7 +33,18 @@ __all__ = ["TaskPool", "CurveModel", "synthetic_task_pool", "train_router", "rea
 
 
 class TaskPool(eqx.Module):
-    """Task types with features and true curves; workloads are drawn as subsets of them."""
+    """Task types with features and true curves; workloads are drawn as subsets of them.
+
+    Attributes:
+        features: each type's features, shape `(m, d)`.
+        A: true accuracy gains.
+        b: true accuracy rates.
+        D: true zero-token accuracies.
+        t0: zero-token service times (s).
+        c: seconds per token.
+        A_observed: the noisy observation of `A` the baseline sees.
+        log_b_observed: the noisy observation of `log b`.
+    """
 
     features: Float[Array, "m d"]
     A: Float[Array, " m"]
@@ -72,7 +84,11 @@ class TaskPool(eqx.Module):
 
 
 def synthetic_task_pool(
-    key: PRNGKeyArray, num_types: int = 60, num_features: int = 4, noise: float = 0.15, dtype=None
+    key: PRNGKeyArray,
+    num_types: int = 60,
+    num_features: int = 4,
+    noise: float = 0.15,
+    dtype: DTypeLike | None = None,
 ) -> TaskPool:
     r"""Synthetic task types whose true curves depend non-linearly on their features.
 
@@ -80,6 +96,16 @@ def synthetic_task_pool(
     0.5 (x^\top v')^2$, latency parameters like Table I's; the baseline sees $A$ and $\log b$ with
     Gaussian noise of scale `noise`. A linear model cannot represent these curves exactly, which is
     the regime where fitting for decisions and fitting for accuracy of the parameters differ.
+
+    Args:
+        key: the random key.
+        num_types: task types.
+        num_features: features per type.
+        noise: the scale of the observation noise.
+        dtype: the floating dtype (default: JAX's default float).
+
+    Returns:
+        The `TaskPool`.
     """
     num_types = check_int("num_types", num_types, 1)
     num_features = check_int("num_features", num_features, 1, 1 << 12)
@@ -110,7 +136,13 @@ def synthetic_task_pool(
 
 
 class CurveModel(eqx.Module):
-    """Features -> $(A_k, b_k)$; `width=0` is a linear model."""
+    """Features -> $(A_k, b_k)$; `width=0` is a linear model.
+
+    Args:
+        num_features: features per task type.
+        key: the random key of the initial weights.
+        width: hidden units (0: a linear model).
+    """
 
     net: eqx.Module
 
@@ -141,12 +173,25 @@ def realised_objective(
     pool: TaskPool,
     idx: Int[Array, "batch n"],
     *,
-    arrival_rate=0.1,
-    alpha=30.0,
-    max_tokens=4096.0,
+    arrival_rate: float = 0.1,
+    alpha: float = 30.0,
+    max_tokens: float = 4096.0,
     temperature: float = 0.0,
 ) -> Float[Array, " batch"]:
-    """J under the TRUE curves of the budgets solved from the model's PREDICTED curves."""
+    """J under the TRUE curves of the budgets solved from the model's PREDICTED curves.
+
+    Args:
+        model: the `CurveModel`.
+        pool: the task types.
+        idx: the types of each workload, shape `(batch, n)`.
+        arrival_rate: the workloads' arrival rate.
+        alpha: their accuracy weight.
+        max_tokens: their budget cap.
+        temperature: smoothing of the box projection (0: none).
+
+    Returns:
+        The true J of each workload.
+    """
 
     def one(i):
         A_hat, b_hat = model(pool.features[i], pool.D[i])
@@ -174,13 +219,29 @@ def train_router(
     tasks_per_workload: int = 6,
     learning_rate: float = 3e-2,
     temperature: float = 0.0,
-    **operating_point,
-):
+    **operating_point: float,
+) -> tuple[CurveModel, Float[Array, " steps"]]:
     r"""Train `model` on the task types `train_types`; returns (model, loss history).
 
     Decision-focused: minimise $-J_{\rm true}$ of the solved budgets over random workloads of
     `tasks_per_workload` training types. Two-stage: minimise the squared error of
     $(A, \log b)$ against the noisy observations.
+
+    Args:
+        model: the `CurveModel` to train.
+        pool: the task types.
+        train_types: the indices of the types trained on.
+        key: the random key.
+        decision_focused: train on the solved J (else on the curves' squared error).
+        steps: optimisation steps.
+        batch: workloads per step.
+        tasks_per_workload: task types per workload.
+        learning_rate: Adam's learning rate.
+        temperature: smoothing of the box projection (0: none).
+        **operating_point: `arrival_rate`, `alpha`, `max_tokens` of the workloads.
+
+    Returns:
+        `(trained model, loss at every step)`.
     """
     opt = optax.adam(learning_rate)
     params, static = eqx.partition(model, eqx.is_inexact_array)

@@ -49,7 +49,16 @@ class TuneStatus(StatusEnum):
 
 
 class AlphaTuning(HasStatus):
-    """Result of `tune_alpha` (one per target under `vmap`)."""
+    """Result of `tune_alpha` (one per target under `vmap`).
+
+    Attributes:
+        alpha: the alpha found.
+        solution: the optimal allocation at that alpha.
+        mean_system_time: its E[T] (s).
+        accuracy: its mean accuracy.
+        status: a `TuneStatus` code.
+        iterations: the steps taken.
+    """
 
     alpha: Float[Array, ""]
     solution: Solution
@@ -69,7 +78,7 @@ def tune_alpha(
     max_steps: int = 100,
     log_alpha_range: tuple[float, float] = (-30.0, 30.0),
 ) -> AlphaTuning:
-    """The alpha whose optimal allocation has $E[T]$ equal to the target (seconds).
+    r"""The alpha whose optimal allocation has $E[T]$ equal to the target (seconds).
 
     Works under `jit` and `vmap` (e.g. over 1,000 targets). `status` says when the target is
     unreachable: below the zero-token latency, or at/above the latency at which more tokens
@@ -77,6 +86,16 @@ def tune_alpha(
     workload outside the model (or one the inner solve cannot solve) is `SOLVE_FAILED`.
     `rtol` is the relative tolerance on $E[T]$ (default 1e-9 in float64, 1e-5 in float32: the
     latency itself is known only to about 1e-7 in float32). Docs: *Sweeps and tuning*.
+
+    Args:
+        workload: the workload (its `alpha` is replaced).
+        target_latency: the mean system time to reach (s).
+        rtol: the relative tolerance on E[T] (default 1e-9 in float64, 1e-5 in float32).
+        max_steps: the most bisection-Newton steps.
+        log_alpha_range: the bracket of $\log\alpha$ searched.
+
+    Returns:
+        The `AlphaTuning`.
     """
     w = workload
     dtype = w.dtype
@@ -158,6 +177,17 @@ def tune(
     Positive fields are optimised in log space by default (`log_space=True`). Returns the tuned
     workload and the loss at every step. Runs as one `lax.scan`, so it `jit`s and `vmap`s (for
     instance over a batch of targets closed over by `loss` through a vmapped argument).
+
+    Args:
+        workload: the starting workload.
+        loss: `loss(solution, workload)`, a scalar to minimise.
+        fields: the workload fields tuned (`"alpha"`, `"max_tokens"`, `"arrival_rate"`, ...).
+        optimizer: an optax transformation (default Adam, learning rate 0.05).
+        steps: optimisation steps.
+        log_space: optimise positive fields in log space.
+
+    Returns:
+        `(tuned workload, loss at every step)`.
     """
     fields = tuple(fields)
     unknown = [f for f in fields if f not in PER_TASK_FIELDS + SCALAR_FIELDS]

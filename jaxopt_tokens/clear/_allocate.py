@@ -97,7 +97,16 @@ class AllocationStatus(StatusEnum):
 
 
 class Allocation(HasStatus):
-    """Result of `allocate`; leading batch axes as in the inputs."""
+    r"""Result of `allocate`; leading batch axes as in the inputs.
+
+    Attributes:
+        tokens: the allocated tokens $x_i$ (0 when abandoned).
+        price: the clearing shadow price $\mu$ of the admitted set.
+        admitted: the queries with a positive allocation.
+        beta: the decay used (adaptive or given).
+        status: an `AllocationStatus` code per member.
+        unused: the budget minus the tokens allocated (>= 0 up to rounding).
+    """
 
     tokens: Float[Array, "*batch n"]  # allocated tokens x_i (0 when abandoned)
     price: Float[Array, " *batch"]  # clearing shadow price mu (of the admitted set)
@@ -113,7 +122,17 @@ def surge_utility(
     x: ArrayLike, thresholds: ArrayLike, beta: ArrayLike, velocity: ArrayLike = 1.0
 ) -> Array:
     r"""Shifted-surge utility $U(x) = v (x-\tau) e^{-\beta(x-\tau)}$ for $x \ge \tau$, else 0
-    (eq. 1)."""
+    (eq. 1).
+
+    Args:
+        x: the tokens given.
+        thresholds: the thresholds $\tau$.
+        beta: the decay $\beta$.
+        velocity: the velocity $v$.
+
+    Returns:
+        $U(x)$, broadcast over the arguments.
+    """
     x, tau = jnp.asarray(x), jnp.asarray(thresholds)
     z = jnp.maximum(x - tau, 0.0)
     return jnp.where(x >= tau, velocity * z * jnp.exp(-jnp.asarray(beta) * z), 0.0)
@@ -125,7 +144,16 @@ def adaptive_inverse_decay(
     min_scale: float = 0.25,
 ) -> Float[Array, " *batch"]:
     r"""$1/\beta = \max(B/n - \bar\tau, s\bar\tau, 1)$: the adaptive decay length (module
-    docstring)."""
+    docstring).
+
+    Args:
+        thresholds: the thresholds, queries on the last axis.
+        budget: the total budget $B$.
+        min_scale: $s$.
+
+    Returns:
+        $1/\beta$, with the batch shape.
+    """
     if isinstance(min_scale, (int, float)) and not min_scale >= 0:
         raise InputError(f"min_scale: must be >= 0, got {min_scale}")
     tau = jnp.asarray(thresholds)
@@ -135,12 +163,26 @@ def adaptive_inverse_decay(
 
 
 def check_inputs(
-    thresholds, budget, *, velocity=1.0, decay="adaptive", query_cap=None, min_scale=0.25
+    thresholds: ArrayLike,
+    budget: ArrayLike,
+    *,
+    velocity: ArrayLike = 1.0,
+    decay: str | ArrayLike = "adaptive",
+    query_cap: ArrayLike | None = None,
+    min_scale: float = 0.25,
 ) -> None:
-    """Eager validation for user input; raises `InputError` naming the field and index.
+    r"""Eager validation for user input; raises `InputError` naming the field and index.
 
     `allocate` itself never raises on values (it returns status `INVALID` per batch member,
     so it can run under `jit`/`vmap`); call this first on data from users.
+
+    Args:
+        thresholds: the predicted thresholds $\tau_i$.
+        budget: the total budget $B$.
+        velocity: the initial velocity $v > 0$.
+        decay: `"adaptive"` or a fixed $\beta > 0$.
+        query_cap: the per-query cap (None: no cap).
+        min_scale: $s$ of the adaptive decay.
     """
     tau = np.asarray(thresholds, dtype=float)
     if tau.ndim == 0 or tau.shape[-1] == 0:
@@ -429,7 +471,15 @@ def integer_tokens(
     """Whole tokens: floor, then one extra token to the admitted queries with the largest
     fractional parts until the floored total (of the budget, or of the allocation if less) is
     used; never above the budget or on abandoned
-    queries. Works on batched allocations."""
+    queries. Works on batched allocations.
+
+    Args:
+        allocation: the `Allocation`.
+        budget: the total budget it was made for.
+
+    Returns:
+        Whole tokens per query.
+    """
     x = allocation.tokens
     base = jnp.floor(x)
     frac = jnp.where(allocation.admitted, x - base, -1.0)

@@ -84,7 +84,16 @@ def uniform_allocation(
     *,
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
-    """$B/n$ tokens each (the paper's Uniform, eq. 19), capped at `query_cap`."""
+    """$B/n$ tokens each (the paper's Uniform, eq. 19), capped at `query_cap`.
+
+    Args:
+        thresholds: the predicted thresholds, one per query.
+        budget: the total budget.
+        query_cap: the per-query cap (None: no cap).
+
+    Returns:
+        The tokens of each query.
+    """
     tau, b = _prep(thresholds, budget)
     return _checked(_cap(jnp.full_like(tau, b / tau.shape[-1]), query_cap), tau, b, query_cap)
 
@@ -95,7 +104,16 @@ def predictor_allocation(
     *,
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
-    """Proportional to the predicted thresholds, no abandonment (eq. 20); uniform if all are 0."""
+    """Proportional to the predicted thresholds, no abandonment (eq. 20); uniform if all are 0.
+
+    Args:
+        thresholds: the predicted thresholds, one per query.
+        budget: the total budget.
+        query_cap: the per-query cap (None: no cap).
+
+    Returns:
+        The tokens of each query.
+    """
     tau, b = _prep(thresholds, budget)
     total = jnp.sum(tau)
     x = jnp.where(total > 0, b * tau / jnp.where(total > 0, total, 1.0), b / tau.shape[-1])
@@ -109,7 +127,16 @@ def heuristic_allocation(
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
     r"""CLEAR (Heuristic), A.2.4: when $B/n < \bar\tau$ drop the queries above the median
-    threshold (the harder half); the rest share $B$ by the affine rule."""
+    threshold (the harder half); the rest share $B$ by the affine rule.
+
+    Args:
+        thresholds: the predicted thresholds, one per query.
+        budget: the total budget.
+        query_cap: the per-query cap (None: no cap).
+
+    Returns:
+        The tokens of each query.
+    """
     tau, b = _prep(thresholds, budget)
     scarce = b / tau.shape[-1] < jnp.mean(tau)
     selected = jnp.where(scarce, tau <= jnp.median(tau), True)
@@ -123,7 +150,16 @@ def auction_allocation(
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
     r"""CLEAR (Auction), A.2.5: the longest prefix by increasing $\tau$ whose thresholds fit in
-    $B$ is admitted; the survivors share $B$ by the affine rule."""
+    $B$ is admitted; the survivors share $B$ by the affine rule.
+
+    Args:
+        thresholds: the predicted thresholds, one per query.
+        budget: the total budget.
+        query_cap: the per-query cap (None: no cap).
+
+    Returns:
+        The tokens of each query.
+    """
     tau, b = _prep(thresholds, budget)
     order = jnp.argsort(tau)
     fits_sorted = jnp.cumsum(tau[order]) <= b
@@ -139,7 +175,17 @@ def oracle_allocation(
     query_cap: Optional[float] = None,
 ) -> Float[Array, " n"]:
     r"""Oracle, A.2.6: exactly $L_i$ tokens to solvable queries, shortest first, while they fit
-    (and $L_i \le$ `query_cap`). Uses ground truth, so it is an upper-bound reference."""
+    (and $L_i \le$ `query_cap`). Uses ground truth, so it is an upper-bound reference.
+
+    Args:
+        true_lengths: the tokens each query really needs.
+        budget: the total budget.
+        solvable: which queries can be solved at all (default: all).
+        query_cap: the per-query cap (None: no cap).
+
+    Returns:
+        The tokens of each query.
+    """
     length, b = _prep(true_lengths, budget)
     ok = jnp.ones(length.shape, bool) if solvable is None else jnp.asarray(solvable, bool)
     if query_cap is not None:
@@ -172,7 +218,15 @@ def exact_allocation(
     \le x_{\max}$, by dynamic programming over the budget (NumPy, $O(n B^2)$ time, small
     instances only: $B \le 4000$; memory $O(B^2)$).
 
-    Returns `(tokens, utility)`: an optimal integer allocation and its total utility.
+    Args:
+        thresholds: the thresholds, one per query.
+        budget: the total budget (whole tokens).
+        beta: the decay $\beta$.
+        velocity: the velocity $v$.
+        query_cap: the per-query cap (None: the budget).
+
+    Returns:
+        `(tokens, utility)`: an optimal integer allocation and its total utility.
     """
     tau = np.asarray(thresholds, dtype=float)
     budget_int = int(np.floor(budget))

@@ -77,7 +77,14 @@ MAX_TOKENS = 8192.0  # the 7B backbone's max new tokens (paper, Table 5)
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-    """An oracle pool: per query the predicted threshold, true length, solvable flag, tier index."""
+    """An oracle pool: per query the predicted threshold, true length, solvable flag, tier index.
+
+    Attributes:
+        threshold: each query's predicted threshold.
+        true_length: the tokens it really needs.
+        solvable: whether it can be solved at all.
+        tier: its difficulty tier, an index into `TIERS`.
+    """
 
     threshold: np.ndarray
     true_length: np.ndarray
@@ -100,7 +107,16 @@ def synthetic_pool(
     seed: int = 0, *, predictor_sigma: float = 0.5, length_sigma: float = 0.6
 ) -> Pool:
     """The Table-6-shaped synthetic pool described in the module docstring (deterministic in
-    seed)."""
+    seed).
+
+    Args:
+        seed: the random seed.
+        predictor_sigma: the log-normal noise of the predicted thresholds.
+        length_sigma: the log-normal spread of the true lengths.
+
+    Returns:
+        The `Pool`.
+    """
     rng = np.random.default_rng(seed)
     lengths, solvable, tiers = [], [], []
     for _, count, pass1, avg_len, tier in PAPER_DATASETS:
@@ -118,12 +134,21 @@ def _default_pool_path() -> Path:
 
 
 def default_pool() -> Pool:
-    """The shipped pool `data/clear_pool.csv` (= `synthetic_pool(0)`, written by `write_pool`)."""
+    """The shipped pool `data/clear_pool.csv` (= `synthetic_pool(0)`, written by `write_pool`).
+
+    Returns:
+        The `Pool`.
+    """
     return load_pool(_default_pool_path())
 
 
-def write_pool(pool: Pool, path) -> None:
-    """CSV with columns threshold, true_length, solvable (0/1), tier (name)."""
+def write_pool(pool: Pool, path: str | Path) -> None:
+    """CSV with columns threshold, true_length, solvable (0/1), tier (name).
+
+    Args:
+        pool: the pool.
+        path: the CSV file.
+    """
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["threshold", "true_length", "solvable", "tier"])
@@ -135,10 +160,17 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 
 
-def load_pool(path) -> Pool:
+def load_pool(path: str | Path) -> Pool:
     """Read a pool CSV with header columns `threshold, true_length, solvable` and an optional
     `tier` (moderate / hard / very_hard). Without `tier`, queries are put in tiers by threshold
-    tertiles. Bad rows raise `InputError` naming the file, line and column."""
+    tertiles. Bad rows raise `InputError` naming the file, line and column.
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        The `Pool`.
+    """
     text = read_text(path, "pool CSV")
     path = Path(path)
     rows = csv_reader(text_lines(text))
@@ -185,7 +217,17 @@ def load_pool(path) -> Pool:
 
 def sample_stream(pool: Pool, stream: str, size: int = 500, seed: int = 0) -> Pool:
     """`size` queries drawn without replacement from the tiers with the stream's shares
-    (with replacement within a tier only if the tier is smaller than its share)."""
+    (with replacement within a tier only if the tier is smaller than its share).
+
+    Args:
+        pool: the pool.
+        stream: the stream's name, a key of `STREAMS`.
+        size: queries in the stream.
+        seed: the random seed.
+
+    Returns:
+        The stream, as a `Pool`.
+    """
     if stream not in STREAMS:
         raise InputError(f"stream: must be one of {', '.join(STREAMS)}, got {stream!r}")
     size = check_int("size", size, 1)
@@ -231,7 +273,17 @@ def _correct(x, length, solvable):
 def stream_accuracy(
     stream: Pool, per_query_budget: float, policy: str, query_cap: float = MAX_TOKENS
 ) -> float:
-    """Accuracy (%) of `policy` (a `POLICIES` key or "Oracle") on one stream at budget $n b$."""
+    """Accuracy (%) of `policy` (a `POLICIES` key or "Oracle") on one stream at budget $n b$.
+
+    Args:
+        stream: the stream's queries.
+        per_query_budget: $b$; the batch's budget is $n b$.
+        policy: a `POLICIES` key or `"Oracle"`.
+        query_cap: the per-query cap.
+
+    Returns:
+        The accuracy (%).
+    """
     budget = float(per_query_budget) * len(stream)
     if policy == "Oracle":
         x = oracle_allocation(
@@ -258,8 +310,17 @@ def evaluate_streams(
     """The paper's Table 1 layout: accuracy (%) per policy, stream and per-query budget, averaged
     over `repeats` stream draws, and CLEAR's gain over Uniform (when both are evaluated).
 
-    Returns `{"budgets", "streams", "policies", "accuracy": {policy: {stream: [acc per budget]}},
-    "gain": {stream: [...]}}`.
+    Args:
+        pool: the pool (default: the shipped synthetic pool).
+        budgets: the per-query budgets.
+        seed: the random seed of the streams.
+        stream_size: queries per stream.
+        repeats: stream draws averaged.
+        policies: the policies evaluated.
+
+    Returns:
+        `{"budgets", "streams", "policies", "accuracy": {policy: {stream: [acc per budget]}},
+        "gain": {stream: [...]}}`.
     """
     pool = default_pool() if pool is None else pool
     acc = {p: {s: [0.0] * len(budgets) for s in STREAMS} for p in policies}
@@ -293,7 +354,20 @@ def noise_robustness(
     policies: Sequence[str] = ("Uniform", "CLEAR"),
 ) -> dict:
     r"""Accuracy (%) vs log-normal predictor noise $\sigma$ (the paper's Figure 11): thresholds are
-    redrawn as $L e^{\sigma\varepsilon}$ for one stream. Returns `{policy: [acc per sigma]}`."""
+    redrawn as $L e^{\sigma\varepsilon}$ for one stream.
+
+    Args:
+        pool: the pool (default: the shipped synthetic pool).
+        sigmas: the noise levels.
+        per_query_budget: the per-query budget.
+        stream: the stream's name.
+        seed: the random seed.
+        stream_size: queries in the stream.
+        policies: the policies evaluated.
+
+    Returns:
+        `{policy: [accuracy (%) per sigma]}`.
+    """
     pool = default_pool() if pool is None else pool
     base = sample_stream(pool, stream, stream_size, seed=seed)
     return {

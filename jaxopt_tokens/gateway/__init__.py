@@ -11,7 +11,7 @@ this namespace imports it only when an app is built. Docs: *Budget gateway*.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import InputError
 from ._config import (
@@ -26,6 +26,9 @@ from ._config import (
 )
 from ._enforce import judge, reasoning_text_chars, usage_counts
 from ._learned import QUEUE_METRICS, LearnedTable, engine_queue, load_learned
+
+if TYPE_CHECKING:
+    from ._dryrun import DryRun
 
 __all__ = [
     "GatewayConfig",
@@ -64,10 +67,19 @@ def _require_serve_extra() -> None:
         )
 
 
-def create_app(config: GatewayConfig, workload: Any = None, model: Any = None):
+def create_app(config: GatewayConfig, workload: Any = None, model: Any = None) -> Any:
     """The gateway's ASGI application for `config` (workload and model from the
     configuration unless given: `config.workload` or the packaged default; `FIFO()` or
-    `ContinuousBatching(step_time, max_batch)` by `config.server`)."""
+    `ContinuousBatching(step_time, max_batch)` by `config.server`).
+
+    Args:
+        config: the checked configuration.
+        workload: the workload (default: the configuration's).
+        model: the latency model (default: the configuration's server).
+
+    Returns:
+        The Starlette application.
+    """
     _require_serve_extra()
     from ._app import Gateway, build_app
     from ._control import Controller
@@ -84,12 +96,23 @@ def dry_run(
     workload: Any = None,
     model: Any = None,
     **options: Any,
-):
+) -> DryRun:
     """Replay `trace` through the gateway's control loop in simulated time, without HTTP
     (`DryRun`: the summary, every request, every control step). The workload, model and
     learned table come from `config` as for `create_app`; `options` are those of the
     dry run (`learned` to serve a table not in a file, `tasks`, `seed`, `reasoning`,
-    `answer_tokens`, `prefill_tokens`). Needs no HTTP stack."""
+    `answer_tokens`, `prefill_tokens`). Needs no HTTP stack.
+
+    Args:
+        config: the checked configuration.
+        trace: the `Trace` replayed.
+        workload: the workload (default: the configuration's).
+        model: the latency model (default: the configuration's server).
+        **options: the dry run's options (above).
+
+    Returns:
+        The `DryRun`.
+    """
     from ._dryrun import dry_run as run_dry
 
     workload, model, learned = _components(config, workload, model)
@@ -159,7 +182,12 @@ def _check_log(path: str) -> None:
 
 def check_address(config: GatewayConfig, bind: bool = True) -> None:
     """Refuse (`InputError` naming the flag) a host that does not resolve, or, with `bind`,
-    an address that cannot be bound (in use, or not this machine's)."""
+    an address that cannot be bound (in use, or not this machine's).
+
+    Args:
+        config: the configuration (`host`, `port`).
+        bind: also try to bind the address.
+    """
     import socket
 
     try:
@@ -178,10 +206,16 @@ def check_address(config: GatewayConfig, bind: bool = True) -> None:
             raise InputError(f"--port {config.port}: {config.host}:{config.port}: {why}") from None
 
 
-def serve(app, config: GatewayConfig, server_class: Any = None) -> None:
+def serve(app: Any, config: GatewayConfig, server_class: Any = None) -> None:
     """Serve `app` on `config.host:config.port` until SIGINT/SIGTERM (uvicorn); in-flight
     requests finish first, and streams still open after `shutdown_grace` seconds end with
-    an SSE `error` event; a clean drain exits with status 0."""
+    an SSE `error` event; a clean drain exits with status 0.
+
+    Args:
+        app: the ASGI application.
+        config: the configuration (address, limits, grace).
+        server_class: the uvicorn server class (for tests).
+    """
     _require_serve_extra()
     import uvicorn
 
@@ -199,8 +233,13 @@ def serve(app, config: GatewayConfig, server_class: Any = None) -> None:
     server.run()
 
 
-def run(app, config: GatewayConfig) -> None:
-    """`serve`, the command's entry point."""
+def run(app: Any, config: GatewayConfig) -> None:
+    """`serve`, the command's entry point.
+
+    Args:
+        app: the ASGI application.
+        config: the configuration.
+    """
     serve(app, config)
 
 

@@ -72,7 +72,13 @@ UNBUDGETED_GENERATION = (
 @dataclass(frozen=True)
 class TaskRule:
     """A prompt rule: requests whose last user message matches `pattern` (a regular
-    expression, searched) or starts with `prefix` are of task `task`."""
+    expression, searched) or starts with `prefix` are of task `task`.
+
+    Attributes:
+        task: the task type the rule assigns.
+        pattern: a regular expression searched in the last user message.
+        prefix: a prefix of the last user message.
+    """
 
     task: str
     pattern: str | None = None
@@ -93,7 +99,8 @@ class GatewayConfig:
         upstream: the engine's base URL (`http://host:port`; `/v1/...` paths are appended).
         engine: whose budget fields to write: `vllm`, `sglang`, `dynamo`, `llamacpp` or
             `openai` (`export_policy`).
-        host, port: where the gateway listens (default 127.0.0.1:8100).
+        host: the address the gateway listens on (default 127.0.0.1).
+        port: the port it listens on (default 8100).
         workload: the workload TOML/JSON (default: the packaged Table I workload).
         server: `mg1` (the single M/G/1 server) or `batching` (`ContinuousBatching`).
         step_time: `[tau0, tau1]` seconds of the batching server's decode step.
@@ -153,7 +160,9 @@ class GatewayConfig:
         ready_path: the upstream path `/readyz` probes (ready when it answers 200).
         shutdown_grace: seconds in-flight streams get at shutdown before they end with an
             SSE `error` event.
-        answer_reserve, min_budget, zero_budget: as in `export_policy`.
+        answer_reserve: as in `export_policy`: output tokens kept for the answer.
+        min_budget: as in `export_policy`: the smallest positive budget sent.
+        zero_budget: as in `export_policy`: what a budget of 0 sends (`disable` or `budget`).
         learned_policy: a policy file of `jaxopt-tokens learn -o` (budgets by task and by
             the requests an arrival finds in the system): served as it is, row by row at
             each request's queue state, and not re-solved.
@@ -444,7 +453,16 @@ def _check_routes(passthrough: tuple[str, ...], ready_path: str) -> None:
 
 def read_secret(name: str, value: str | None, min_length: int = 8) -> str | None:
     """A key, or the environment variable an `env:NAME` value names; `InputError` naming
-    `name` when the variable is unset, or the key is shorter than `min_length` or has spaces."""
+    `name` when the variable is unset, or the key is shorter than `min_length` or has spaces.
+
+    Args:
+        name: the setting's name, for messages.
+        value: the key, `env:NAME`, or None.
+        min_length: the shortest key accepted.
+
+    Returns:
+        The key, or None when `value` is None.
+    """
     if value is None:
         return None
     if value.startswith("env:"):
@@ -476,7 +494,14 @@ def import_classifier(spec: str) -> Callable[[dict], str | None]:
 
 
 def redact(url: str) -> str:
-    """`url` without its user name and password (for messages and logs)."""
+    """`url` without its user name and password (for messages and logs).
+
+    Args:
+        url: a URL.
+
+    Returns:
+        The URL without credentials.
+    """
     try:
         parts = urlparse(url)
         if parts.username is None and parts.password is None:
@@ -519,7 +544,15 @@ def _rules(value: Any, source: str) -> tuple[TaskRule, ...]:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "<config>") -> GatewayConfig:
-    """A `GatewayConfig` from parsed TOML (or flags); unknown keys are refused by name."""
+    """A `GatewayConfig` from parsed TOML (or flags); unknown keys are refused by name.
+
+    Args:
+        data: the settings, by key.
+        source: the name errors give for them (a file name).
+
+    Returns:
+        The checked `GatewayConfig`.
+    """
     names = {f.name for f in dataclasses.fields(GatewayConfig)}
     extra = sorted(set(data) - names)
     if extra:
@@ -538,7 +571,15 @@ def config_from_dict(data: dict[str, Any], source: str = "<config>") -> GatewayC
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
-    """The configuration in a TOML file, with `overrides` (from flags) on top."""
+    """The configuration in a TOML file, with `overrides` (from flags) on top.
+
+    Args:
+        path: the TOML file.
+        overrides: settings that replace the file's (from flags).
+
+    Returns:
+        The checked `GatewayConfig`.
+    """
     text = read_text(path, "gateway configuration")
     try:
         data = tomllib.loads(text)

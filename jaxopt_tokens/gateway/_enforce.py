@@ -35,7 +35,14 @@ log = logging.getLogger("jaxopt_tokens.gateway")
 
 
 def usage_counts(payload: Any) -> tuple[int, int | None] | None:
-    """(completion tokens, reasoning tokens or None) from a response's `usage`."""
+    """(completion tokens, reasoning tokens or None) from a response's `usage`.
+
+    Args:
+        payload: a parsed response or stream chunk.
+
+    Returns:
+        The counts, or None without a `usage`.
+    """
     usage = payload.get("usage") if isinstance(payload, dict) else None
     if not isinstance(usage, dict):
         return None
@@ -49,7 +56,14 @@ def usage_counts(payload: Any) -> tuple[int, int | None] | None:
 
 def reasoning_text_chars(payload: Any) -> int:
     """Characters of reasoning text in a response or stream chunk (`message` or `delta`
-    `reasoning_content` / `reasoning` of each choice)."""
+    `reasoning_content` / `reasoning` of each choice).
+
+    Args:
+        payload: a parsed response or stream chunk.
+
+    Returns:
+        The characters.
+    """
     if not isinstance(payload, dict):
         return 0
     total = 0
@@ -72,7 +86,17 @@ def judge(
     """(reasoning tokens used, whether estimated from text, verdict) of one response sent
     `budget` (0: thinking off): `"violation"` above the budget plus `tolerance` (an
     estimate: times `ESTIMATE_MARGIN`), `"kept"`, or `"unmeasured"` when the response has
-    neither a count nor reasoning text."""
+    neither a count nor reasoning text.
+
+    Args:
+        budget: the budget sent.
+        reasoning: the reasoning tokens the engine counted, or None.
+        text_chars: characters of reasoning text, for an estimate.
+        tolerance: tokens above the budget still counted as kept.
+
+    Returns:
+        `(reasoning tokens, estimated, verdict)`.
+    """
     if reasoning is None and text_chars <= 0:
         return None, False, "unmeasured"
     estimated = reasoning is None

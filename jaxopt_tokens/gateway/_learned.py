@@ -33,7 +33,13 @@ class LearnedTable:
     """Budgets by the requests an arrival finds: row `s` of `table` (shape `(S + 1, N)`,
     tasks in the gateway's order) for `s` requests in the system, the last row for `S` or
     more. `replayed` holds the file's held-out replay of the policy (objective, mean system
-    time, ...) when it has one."""
+    time, ...) when it has one.
+
+    Attributes:
+        source: the file the table came from.
+        table: the budgets, shape `(S + 1, N)`.
+        replayed: the held-out replay's statistics recorded in the file.
+    """
 
     source: str
     table: np.ndarray
@@ -60,7 +66,16 @@ def load_learned(
     """The learned policy in `path` (`jaxopt-tokens learn -o`), its columns reordered to
     `task_names`; `InputError` naming the file and the field when it is not one: unknown or
     missing tasks, rows of the wrong length, budgets that are not finite, negative, above a
-    task's `max_tokens`, or larger in a longer queue (the family is non-increasing)."""
+    task's `max_tokens`, or larger in a longer queue (the family is non-increasing).
+
+    Args:
+        path: the policy file.
+        task_names: the gateway's tasks, in order.
+        max_tokens: each task's budget cap.
+
+    Returns:
+        The `LearnedTable`.
+    """
     source = str(path)
     text = read_text(path, "learned policy")
     try:
@@ -120,7 +135,15 @@ def load_learned(
 def engine_queue(text: str, engine: str) -> float | None:
     """Requests in the engine's system (running plus waiting, summed over its label sets)
     from its Prometheus exposition `text`, or None when neither gauge is in it or the
-    text does not parse."""
+    text does not parse.
+
+    Args:
+        text: the engine's `/metrics` text.
+        engine: `"vllm"` or `"sglang"`: which gauges are read.
+
+    Returns:
+        The requests in the engine's system, or None.
+    """
     from prometheus_client.parser import text_string_to_metric_families
 
     names = set(QUEUE_METRICS[engine])

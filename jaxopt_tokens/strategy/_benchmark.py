@@ -23,16 +23,18 @@ synthetic, chosen for plausibility; they are not measurements.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._io import default_workload
 from .._validate import check_int, check_memory
+from .._workload import Workload
 from ._probe import AccuracyProbe, train_probe
 from ._select import Table, default_table, select, select_queueing
 
@@ -67,7 +69,15 @@ def _majority_vote(p: Float[Array, "*q"], n: Float[Array, ""]) -> Float[Array, "
 
 
 def true_accuracy(p: Float[Array, "*q"], table: Table) -> Float[Array, "*q s"]:
-    """Closed-form success probability of each strategy in `table` given single-sample success p."""
+    """Closed-form success probability of each strategy in `table` given single-sample success p.
+
+    Args:
+        p: single-sample success probabilities.
+        table: the strategies.
+
+    Returns:
+        Each strategy's success probability, shape `(..., S)`.
+    """
     p = jnp.asarray(p)
     cols = []
     for i, method in enumerate(table.method):
@@ -85,7 +95,14 @@ def true_accuracy(p: Float[Array, "*q"], table: Table) -> Float[Array, "*q s"]:
 
 class SyntheticQueries(eqx.Module):
     """Queries with latent difficulty, observed features, true and empirical per-strategy
-    accuracy."""
+    accuracy.
+
+    Attributes:
+        difficulty: each query's latent difficulty $z$.
+        features: its observed features.
+        true_accuracy: its true success probability per strategy.
+        soft_labels: its empirical success rate per strategy.
+    """
 
     difficulty: Float[Array, " n"]
     features: Float[Array, "n d"]
@@ -108,6 +125,18 @@ def synthetic_queries(
     `samples_per_label` draws.
 
     Use the same `rotation_key` for train and test sets (the feature map must be shared).
+
+    Args:
+        key: the random key.
+        num_queries: queries drawn.
+        table: the strategies.
+        num_features: features per query.
+        feature_noise: $\sigma$, the noise on the difficulty feature.
+        samples_per_label: draws per soft label.
+        rotation_key: the key of the feature rotation (share it between train and test).
+
+    Returns:
+        The `SyntheticQueries`.
     """
     num_queries = check_int("num_queries", num_queries, 1)
     num_features = check_int("num_features", num_features, 1, 1 << 12)
@@ -155,6 +184,25 @@ class Frontier(eqx.Module):
     `cost` is the scalarised cost on the price ray, $T/T_0 + w L/L_0$, so that utility is
     $a - \mu \cdot$ cost. Rows of the `adaptive_*`/`oracle_*` fields follow `mu`; `static_*`
     follow the table's strategies (`names`).
+
+    Attributes:
+        names: the static strategies.
+        mu: the price scale of each point on the ray.
+        price_tokens: $\lambda_T$ of each point.
+        price_latency: $\lambda_L$ of each point.
+        adaptive_accuracy: the adaptive choice's true accuracy.
+        adaptive_tokens: its mean tokens.
+        adaptive_latency: its mean latency (s).
+        adaptive_cost: its scalarised cost.
+        oracle_accuracy: the oracle's true accuracy.
+        oracle_tokens: its mean tokens.
+        oracle_latency: its mean latency (s).
+        oracle_cost: its scalarised cost.
+        static_accuracy: each static strategy's true accuracy.
+        static_tokens: its tokens.
+        static_latency: its latency (s).
+        static_cost: its scalarised cost.
+        adaptive_choice_share: how often the adaptive choice picks each strategy, per point.
     """
 
     names: tuple[str, ...] = eqx.field(static=True)
@@ -193,6 +241,16 @@ def frontier(
 
     Prices on the ray: $\lambda_T = \mu / T_0$, $\lambda_L = \mu w / L_0$ with $T_0$, $L_0$ the
     cheapest strategy's costs (so greedy costs $1 + w$ units).
+
+    Args:
+        probe_accuracy: the probe's predicted accuracy, `(n, S)`.
+        queries: the test queries.
+        table: the strategies.
+        mu: the price scales on the ray.
+        latency_weight: $w$, the latency's weight in the cost.
+
+    Returns:
+        The `Frontier`.
     """
     mu = jnp.asarray(mu, table.token_cost.dtype)
     t_ref, l_ref = jnp.min(table.token_cost), jnp.min(table.latency_cost)
@@ -244,6 +302,13 @@ def frontier_dominance_gaps(frontier: Frontier, which: str = "adaptive") -> dict
       static accuracy (`-inf` if no price is that cheap).
 
     Non-negative (up to noise) gaps mean the frontier is at or above every static strategy.
+
+    Args:
+        frontier: the frontier.
+        which: `"adaptive"` or `"oracle"`.
+
+    Returns:
+        `{"interpolated": ..., "at_one_price": ...}`, one gap per static strategy.
     """
     acc = np.asarray(getattr(frontier, f"{which}_accuracy"))
     cost = np.asarray(getattr(frontier, f"{which}_cost"))
@@ -265,11 +330,25 @@ def run_benchmark(
     latency_weight: float = 1.0,
     probe_steps: int = 1500,
     feature_noise: float = 0.3,
-    **probe_kwargs,
+    **probe_kwargs: Any,
 ) -> tuple[Frontier, AccuracyProbe, SyntheticQueries]:
     """Train the probe on synthetic queries and evaluate the frontier on fresh ones.
 
     Returns `(frontier, probe, test_queries)`; extra keyword arguments go to `train_probe`.
+
+    Args:
+        key: the random key.
+        table: the strategies (default: `default_table()`).
+        num_train: training queries.
+        num_test: test queries.
+        mu: the price scales (default: 0 and 80 log-spaced scales from 1e-4 to 10^0.5).
+        latency_weight: $w$, the latency's weight in the cost.
+        probe_steps: the probe's training steps.
+        feature_noise: the noise on the difficulty feature.
+        **probe_kwargs: passed to `train_probe`.
+
+    Returns:
+        `(frontier, probe, test_queries)`.
     """
     table = default_table() if table is None else table
     mu = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0.5, 80)]) if mu is None else mu
@@ -285,13 +364,22 @@ def run_benchmark(
 # --------------------------------------------------------------------------- queue-aware demo
 
 
-def queueing_instance(table: Table | None = None, workload=None):
+def queueing_instance(
+    table: Table | None = None, workload: Workload | None = None
+) -> tuple[Array, Array, Array, Array]:
     """Per-type accuracy and service time of each strategy on the paper's Table I workload.
 
     Type k's single-sample success is its Table I curve at one chain's tokens,
     $p_k = A_k (1 - e^{-b_k T_0}) + D_k$ (eq. (2)), mapped through `true_accuracy`;
     the service time is eq. (1) at the strategy's tokens, $t_{k,s} = t_{0k} + c_k T_s$.
     Returns `(task_accuracy (K, S), service_time (K, S), share (K,), alpha)`.
+
+    Args:
+        table: the strategies (default: `default_table()`).
+        workload: the workload (default: Table I).
+
+    Returns:
+        `(task_accuracy (K, S), service_time (K, S), share (K,), alpha)`.
     """
 
     table = default_table() if table is None else table
@@ -307,16 +395,26 @@ def queueing_instance(table: Table | None = None, workload=None):
 
 
 def queueing_arrival_sweep(
-    arrival_rates,
+    arrival_rates: ArrayLike,
     table: Table | None = None,
-    workload=None,
+    workload: Workload | None = None,
     alpha: float | None = None,
     method: str = "auto",
-):
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Queue-aware choice per arrival rate; returns `(choices (R, K), mean service time (R,), J
     (R,))`.
 
     As the arrival rate grows the wait term dominates and cheaper strategies win.
+
+    Args:
+        arrival_rates: the arrival rates.
+        table: the strategies (default: `default_table()`).
+        workload: the workload (default: Table I).
+        alpha: the accuracy weight (default: the workload's).
+        method: as in `select_queueing`.
+
+    Returns:
+        `(choices (R, K), mean service time (R,), J (R,))`.
     """
     acc, service, share, alpha_default = queueing_instance(table, workload)
     price = alpha_default if alpha is None else alpha

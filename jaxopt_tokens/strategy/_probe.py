@@ -24,7 +24,15 @@ __all__ = ["AccuracyProbe", "train_probe", "probe_log_loss", "soft_log_loss"]
 
 
 def soft_log_loss(logits: Float[Array, "*b"], labels: Float[Array, "*b"]) -> Float[Array, ""]:
-    """Mean binary cross-entropy of `sigmoid(logits)` against soft labels in [0, 1]."""
+    """Mean binary cross-entropy of `sigmoid(logits)` against soft labels in [0, 1].
+
+    Args:
+        logits: the logits.
+        labels: soft labels in [0, 1], shaped like `logits`.
+
+    Returns:
+        The mean binary cross-entropy.
+    """
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels))
 
 
@@ -33,6 +41,14 @@ class AccuracyProbe(eqx.Module):
 
     `probe(features)` maps `(..., d)` query features to `(..., S)` success probabilities, one
     per row of `strategy_params`. `logits(features)` gives the uncalibrated MLP logits.
+
+    Attributes:
+        mlp: the network.
+        strategy_params: each strategy's parameter block (`Table.params`).
+        feature_mean: the features' training mean.
+        feature_scale: the features' training scale.
+        platt_a: Platt scaling's slope.
+        platt_b: Platt scaling's intercept.
     """
 
     mlp: eqx.nn.MLP
@@ -69,7 +85,16 @@ class AccuracyProbe(eqx.Module):
 def probe_log_loss(
     probe: AccuracyProbe, features: Float[ArrayLike, "n d"], soft_labels: Float[ArrayLike, "n s"]
 ) -> Float[Array, ""]:
-    """Calibrated log loss of `probe` on `(features, soft_labels)`."""
+    """Calibrated log loss of `probe` on `(features, soft_labels)`.
+
+    Args:
+        probe: the probe.
+        features: query features, `(n, d)`.
+        soft_labels: success rates, `(n, S)`.
+
+    Returns:
+        The mean binary cross-entropy.
+    """
     z = probe.platt_a * probe.logits(features) + probe.platt_b
     return soft_log_loss(z, jnp.asarray(soft_labels))
 
@@ -135,6 +160,21 @@ def train_probe(
        (all strategies of a query in the same batch; `None` = full batch).
     3. Platt scaling: fit scalars $(a, b)$ on the held-out split by minimising the log loss of
        $\sigma(a z + b)$.
+
+    Args:
+        key: the random key.
+        features: query features, `(n, d)`.
+        strategy_params: each strategy's parameter block, `(S, p)`.
+        soft_labels: each query's empirical success rate per strategy, `(n, S)`.
+        width: hidden units per layer.
+        steps: AdamW steps.
+        learning_rate: AdamW's learning rate.
+        weight_decay: AdamW's weight decay.
+        batch_size: queries per step (None: all).
+        holdout_fraction: the share kept for calibration.
+
+    Returns:
+        The calibrated `AccuracyProbe`.
     """
     x, p, y = _validate_training(features, strategy_params, soft_labels, holdout_fraction)
     n, d = x.shape

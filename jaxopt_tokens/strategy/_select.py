@@ -26,7 +26,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int
+from jax.typing import DTypeLike
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._errors import InputError
 from .._objective import pk_wait
@@ -77,11 +78,12 @@ def _check_costs(name: str, cost: Array, num_strategies: int) -> None:
 class Table(eqx.Module):
     """Per-strategy descriptors and average costs (the paper's pre-computed cost model, sec. 2.4).
 
-    - `names`: static labels, e.g. `"best_of_n[8]"`.
-    - `method`: static method family per strategy, one of `METHODS`.
-    - `n`: number of samples / beam width per strategy (1 for greedy).
-    - `token_cost`: average generated tokens `T_s` per query.
-    - `latency_cost`: average wall-clock latency `L_s` per query, seconds.
+    Attributes:
+        names: static labels, e.g. `"best_of_n[8]"`.
+        method: static method family per strategy, one of `METHODS`.
+        n: number of samples / beam width per strategy (1 for greedy).
+        token_cost: average generated tokens `T_s` per query.
+        latency_cost: average wall-clock latency `L_s` per query, seconds.
 
     `params` is the strategy-parameter block the accuracy probe concatenates to the query
     features: `[log2 n, one-hot(method)]`, shape `(S, 1 + len(METHODS))`.
@@ -147,7 +149,9 @@ class Table(eqx.Module):
 
 
 def default_table(
-    tokens_per_sample: float = 400.0, seconds_per_token: float = 0.012, dtype=None
+    tokens_per_sample: float = 400.0,
+    seconds_per_token: float = 0.012,
+    dtype: DTypeLike | None = None,
 ) -> Table:
     """A default table: greedy, best-of-N (N=2,4,8,16), majority vote (N=4,8,16), beam (width 2,4).
 
@@ -160,6 +164,14 @@ def default_table(
       (`(1 + 0.15 (N-1))` sequential-chain equivalents); best-of-N adds one verifier pass;
       beam search is step-synchronous and pays a PRM call per step (`1.6 + 0.4 w` chains).
       One chain takes `tokens_per_sample * seconds_per_token` seconds (Table I's `c` ~ 0.012 s).
+
+    Args:
+        tokens_per_sample: tokens of one sampled chain.
+        seconds_per_token: decode seconds per token.
+        dtype: the floating dtype (default: JAX's default float).
+
+    Returns:
+        The `Table`.
     """
     dtype = dtype or jnp.result_type(float)
     chain = tokens_per_sample * seconds_per_token
@@ -243,6 +255,16 @@ def utility(
 
     Costs have shape `(S,)` (the paper's per-strategy averages) or `(..., S)` (per query);
     prices are scalars or broadcast against the query axes `...`.
+
+    Args:
+        pred_accuracy: predicted success probability $a_s(x)$ of each strategy, shape `(..., S)`.
+        token_cost: tokens $T_s$ of each strategy, `(S,)` or per query `(..., S)`.
+        latency_cost: latency $L_s$ (s) of each strategy, shaped like `token_cost`.
+        price_tokens: $\lambda_T$, per token.
+        price_latency: $\lambda_L$, per second.
+
+    Returns:
+        $U_s(x)$, shape `(..., S)`.
     """
     return _utility(
         *_prepare_selection(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency)
@@ -261,6 +283,16 @@ def select(
     Docs: *Strategy selection*.
 
     Ties go to the lowest index (list cheaper strategies first to break ties toward them).
+
+    Args:
+        pred_accuracy: predicted success probability $a_s(x)$ of each strategy, shape `(..., S)`.
+        token_cost: tokens $T_s$ of each strategy, `(S,)` or per query `(..., S)`.
+        latency_cost: latency $L_s$ (s) of each strategy, shaped like `token_cost`.
+        price_tokens: $\lambda_T$, per token.
+        price_latency: $\lambda_L$, per second.
+
+    Returns:
+        The chosen strategy's index per query.
     """
     return jnp.argmax(
         utility(pred_accuracy, token_cost, latency_cost, price_tokens, price_latency), axis=-1
@@ -268,7 +300,12 @@ def select(
 
 
 class SoftSelection(NamedTuple):
-    """Result of `soft_select`: selection probabilities and the expected utility under them."""
+    r"""Result of `soft_select`: selection probabilities and the expected utility under them.
+
+    Attributes:
+        probabilities: $q_s$ per query, shape `(..., S)`.
+        expected_utility: $\sum_s q_s U_s$ per query.
+    """
 
     probabilities: Float[Array, "*q s"]
     expected_utility: Float[Array, "*q"]
@@ -287,6 +324,17 @@ def soft_select(
     $q_s = \mathrm{softmax}_s(U_s / \tau)$ and the expected utility $\sum_s q_s U_s$. Smooth in
     accuracies, costs and prices for $\tau > 0$; as $\tau \to 0$ the probabilities tend to the
     one-hot argmax and the expected utility to $\max_s U_s$ (error at most $\tau \log S$).
+
+    Args:
+        pred_accuracy: predicted success probability $a_s(x)$ of each strategy, shape `(..., S)`.
+        token_cost: tokens $T_s$ of each strategy, `(S,)` or per query `(..., S)`.
+        latency_cost: latency $L_s$ (s) of each strategy, shaped like `token_cost`.
+        price_tokens: $\lambda_T$, per token.
+        price_latency: $\lambda_L$, per second.
+        temperature: $\tau > 0$.
+
+    Returns:
+        The `SoftSelection`.
     """
     tau = as_float_array("temperature", temperature)
     if tau.ndim != 0:
@@ -311,6 +359,15 @@ class QueueChoice(eqx.Module):
     $J = \alpha \sum_k \pi_k a_{k,s_k} - E[T]$ (`-inf` if the queue is unstable); the other
     fields are its parts. `method` records how it was found (`"enumerate"` is exact,
     `"coordinate"` is a multi-start coordinate ascent).
+
+    Attributes:
+        choice: the strategy index of each task type.
+        objective: $J$ (`-inf` if the queue is unstable).
+        mean_accuracy: $\sum_k \pi_k a_{k,s_k}$.
+        mean_service_time: $E[S]$ (s).
+        mean_system_time: $E[T]$ (s).
+        utilization: $\lambda E[S]$.
+        method: how the choice was found.
     """
 
     choice: Int[Array, "*b k"]
@@ -481,6 +538,17 @@ def queueing_objective(
     $E[S] = \sum_k \pi_k t_{k,s_k}$, $E[S^2] = \sum_k \pi_k t_{k,s_k}^2$ and the
     Pollaczek-Khinchine
     wait (5); `-inf` when $\lambda E[S] \ge 1$.
+
+    Args:
+        choice: a strategy index per task type (any leading batch axes).
+        task_accuracy: `[k, s]`, type k's success probability under strategy s.
+        service_time: `[k, s]`, the server time (s) type k occupies under strategy s.
+        share: the task mix $\pi$.
+        arrival_rate: $\lambda$, queries per second.
+        alpha: the accuracy weight $\alpha$.
+
+    Returns:
+        $J$, with the batch shape of `choice`.
     """
     acc, t, share, lam, alpha = _prepare_queueing(
         task_accuracy, service_time, share, arrival_rate, alpha
@@ -546,7 +614,7 @@ def select_queueing(
     method: str = "auto",
     *,
     num_random_starts: int = 16,
-    key=None,
+    key: PRNGKeyArray | None = None,
 ) -> QueueChoice:
     r"""Choose one decoding strategy per task type to maximise the queueing objective.
 
@@ -567,6 +635,20 @@ def select_queueing(
     - `"auto"`: `"enumerate"` when `S**K <= 100 000`, else `"coordinate"`.
 
     If even the cheapest choice is unstable (`lam * E[S] >= 1`), `objective` is `-inf`.
+
+    Args:
+        task_accuracy: `[k, s]`, type k's success probability under strategy s.
+        service_time: `[k, s]`, the server time (s) type k occupies under strategy s.
+        share: the task mix $\pi$.
+        arrival_rate: $\lambda$, queries per second.
+        alpha: the accuracy weight $\alpha$.
+        method: `"enumerate"` (exact, every joint choice), `"coordinate"` (multi-start coordinate
+            ascent) or `"auto"` (enumerate when there are few joint choices).
+        num_random_starts: random starts of the coordinate ascent.
+        key: the random key of the starts.
+
+    Returns:
+        The `QueueChoice`.
     """
     acc, t, share, lam, alpha = _prepare_queueing(
         task_accuracy, service_time, share, arrival_rate, alpha

@@ -1,0 +1,82 @@
+"""Every public callable documents its arguments (an `Args:` section, or `Attributes:` for a
+class's fields) and what it returns (`Returns:`), in the Google style the API pages render:
+a parameter missing from its docstring is a parameter missing from its page. Read with griffe,
+the parser mkdocstrings uses, so the check sees what the site shows."""
+
+from __future__ import annotations
+
+import enum
+import inspect
+
+import pytest
+
+import jaxopt_tokens as jt
+from jaxopt_tokens import clear, gateway, strategy
+
+griffe = pytest.importorskip("griffe", reason="the docs extra is not installed")
+
+NAMESPACES = {"": jt, "clear.": clear, "strategy.": strategy, "gateway.": gateway}
+
+
+def _public_callables():
+    for prefix, ns in NAMESPACES.items():
+        for name in ns.__all__:
+            obj = getattr(ns, name)
+            if inspect.ismodule(obj) or not callable(obj):
+                continue
+            if inspect.isclass(obj) and issubclass(obj, (enum.Enum, BaseException, Warning)):
+                continue  # an enum's members and an exception's message document them
+            yield prefix + name, obj
+
+
+PUBLIC = sorted(_public_callables(), key=lambda item: item[0])
+
+
+@pytest.fixture(scope="module")
+def package():
+    return griffe.load("jaxopt_tokens", docstring_parser="google")
+
+
+def _sections(obj) -> list:
+    if obj is None or obj.docstring is None:
+        return []
+    return obj.docstring.parse("google")
+
+
+def _names(sections, kinds) -> set[str]:
+    out = set()
+    for section in sections:
+        if section.kind.value in kinds:
+            for item in section.value:
+                out.add(item.name.lstrip("*"))  # "a, b: ..." renders as "a," (and b is lost)
+    return out
+
+
+def _parameters(obj) -> list[str]:
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    return [p for p in signature.parameters if p not in ("self", "cls")]
+
+
+@pytest.mark.parametrize(("name", "obj"), PUBLIC, ids=[n for n, _ in PUBLIC])
+def test_every_public_callable_documents_its_arguments_and_returns(package, name, obj):
+    target = package[name]
+    target = target.final_target if isinstance(target, griffe.Alias) else target
+    sections = _sections(target)
+    documented = _names(sections, {"parameters", "other parameters", "attributes"})
+    if target.kind.value == "class" and "__init__" in target.members:
+        documented |= _names(_sections(target.members["__init__"]), {"parameters"})
+    missing = [p for p in _parameters(obj) if p not in documented]
+    assert not missing, f"{name}: parameters without a description: {missing}"
+    if target.kind.value == "function":
+        returns = inspect.signature(obj).return_annotation
+        gives = returns not in (None, "None", inspect.Signature.empty) or "return " in (
+            inspect.getsource(obj) if not hasattr(obj, "__wrapped__") else ""
+        )
+        if returns in (None, "None"):
+            gives = False
+        if gives:
+            kinds = {s.kind.value for s in sections}
+            assert "returns" in kinds or "yields" in kinds, f"{name}: no Returns section"
