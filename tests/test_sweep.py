@@ -175,3 +175,15 @@ def test_sweep_cli_huge_grid_and_conflicting_flags(tmp_path):
 def test_sweep_memory_estimate(table1):
     with pytest.raises(jt.InputError, match="GiB"):
         jt.sweep(table1, alpha=np.ones(100_000), arrival_rate=np.full(100_000, 0.1))
+
+
+def test_a_sweep_without_pandas_is_refused_before_solving_naming_the_extra(table1, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pandas" else real(name, *a)
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"jaxopt_tokens\[plots\]") as e:
+        jt.sweep(table1, alpha=[1.0, 2.0], quiet=True)
+    assert e.value.name == "pandas"

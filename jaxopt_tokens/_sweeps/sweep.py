@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import time
@@ -299,6 +300,10 @@ def sweep(
         `status` (name), `residual`; members that fail keep their row, with their status and
         NaN results. With `out`, a `SweepRun` (read the table with `read_sweep`).
     """
+    # the table needs pandas, a sweep on disk pyarrow: refused before anything is solved
+    _require("pandas", "a sweep's table is a pandas DataFrame")
+    if out is not None:
+        _require("pyarrow", "a sweep on disk is a Parquet dataset")
     grid = _Grid(workload, grids)
     if warm_start is None:
         warm_start = grid.total >= WARM_AUTO_POINTS
@@ -451,6 +456,15 @@ def _dummy(names) -> dict:
         "residual": np.zeros(1),
         "status": np.zeros(1, dtype=np.int32),
     }
+
+
+def _require(module: str, why: str) -> None:
+    """`ModuleNotFoundError` naming the extra that installs `module`, when it is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(
+            f"{why}: install the plots extra, python -m pip install 'jaxopt_tokens[plots]'",
+            name=module,
+        )
 
 
 def _frame(chunks: list[dict], workload: Workload):
