@@ -108,6 +108,26 @@ def test_models_say_what_they_are(path):
     assert not bad, f"{path.name} asks which model it has: {bad}"
 
 
+def _model_classes(base=jt.LatencyModel):
+    for sub in base.__subclasses__():
+        yield sub
+        yield from _model_classes(sub)
+
+
+def test_a_concrete_model_is_final():
+    """equinox's abstract/final pattern: a model derives only from abstract models (the
+    protocol `LatencyModel` and `Abstract*` bases), so no model inherits another's behaviour
+    and overrides it back (Kingman was a FIFO that undid five of FIFO's methods)."""
+    models = {m for m in _model_classes() if m.__module__.startswith("jaxopt_tokens.")}
+    assert {jt.FIFO, jt.Kingman, jt.Priority, jt.ProcessorSharing, jt.TimeVarying} <= models
+    for model in models:
+        for base in model.__mro__[1:]:
+            if base in models:
+                assert base.__name__.startswith("Abstract"), (
+                    f"{model.__name__} derives from the concrete model {base.__name__}"
+                )
+
+
 def test_the_architecture_page_names_every_room_and_module():
     """docs/architecture.md's tree is checked against the package: every subpackage (a
     room) and every module file appears on it, so the page cannot fall behind the code."""

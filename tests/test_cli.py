@@ -160,10 +160,11 @@ def test_a_misspelt_flag_or_command_gets_the_nearest_one():
 
     rc, out, err = run_cli(["learn", "x.csv", "--utilisation", "0.6"])
     assert rc == 2 and "did you mean --utilization?" in err and err.count("\n") == 1
+    assert "(see jaxopt-tokens learn --help)" in err  # the help that lists the command's flags
     rc, _, err = run_cli(["solve", "--arival-rate", "2", "--alhpa", "3"])
     assert rc == 2 and "--arrival-rate for --arival-rate" in err and "--alpha for --alhpa" in err
     rc, _, err = run_cli(["solv"])
-    assert rc == 2 and "did you mean solve?" in err
+    assert rc == 2 and "did you mean solve?" in err and "(see jaxopt-tokens --help)" in err
     rc, _, err = run_cli(["solve", "--zzzzzz"])
     assert rc == 2 and "did you mean" not in err  # nothing close: no guess
 

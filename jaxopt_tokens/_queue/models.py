@@ -389,7 +389,7 @@ def check_service_cv(service_cv, num_tasks: int) -> np.ndarray:
     return cv
 
 
-class Kingman(FIFO):
+class Kingman(AbstractSingleServer):
     r"""First come, first served under renewal (non-Poisson) arrivals: Kingman's GI/G/1
     approximation (Allen-Cunneen for one server).
 
@@ -405,38 +405,22 @@ class Kingman(FIFO):
         arrival_scv: $c_a^2$, the squared coefficient of variation of the inter-arrival times.
     """
 
+    service_cv: ArrayLike = 0.0
     arrival_scv: ArrayLike = 1.0
+    discipline: ClassVar[str] = "fifo"
     describes_arrivals: ClassVar[bool] = True
 
     def __check_init__(self):
         _check_scv(self.arrival_scv)
 
-    @property
-    def structure(self) -> str:
-        return "general"
-
     def check(self, w: Workload) -> None:
-        super().check(w)
+        if is_concrete(self.service_cv):
+            check_service_cv(self.service_cv, w.num_tasks)
         _check_scv(self.arrival_scv)
 
     def valid(self, w: Workload):
         ca = jnp.asarray(self.arrival_scv)
         return jnp.isfinite(ca) & (ca >= 0)
-
-    def objective(self, tokens, w):
-        return latency_objective(tokens, w, self)
-
-    def value_and_grad(self, tokens, w):
-        return jax.value_and_grad(self.objective)(tokens, w)
-
-    def residual(self, tokens, w):
-        return LatencyModel.residual(self, tokens, w)
-
-    def residual_floor(self, tokens, w):
-        return LatencyModel.residual_floor(self, tokens, w)
-
-    def implicit_tangent(self, w, tokens, ok, w_dot):
-        return LatencyModel.implicit_tangent(self, w, tokens, ok, w_dot)
 
     def system_times(self, tokens, w):
         t, rho_k, m2_k = _moments(tokens, w, self.service_cv)

@@ -106,7 +106,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         hint = _suggestion(self, message)
-        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+        where = _command_parser(self).prog  # the command's own help lists its flags
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {where} --help)\n")
+
+
+def _command_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parser of the command named in the arguments being parsed, else `parser`."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return parser
+    named = next((a for a in getattr(parser, "argv", []) if a in sub.choices), None)
+    return sub.choices[named] if named else parser
 
 
 def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
@@ -121,10 +131,7 @@ def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
         return f" (did you mean {close[0]}?)" if close else ""
     if not message.startswith("unrecognized arguments:"):
         return ""
-    command = parser
-    if sub is not None:
-        named = next((a for a in getattr(parser, "argv", []) if a in sub.choices), None)
-        command = sub.choices.get(named, parser) if named else parser
+    command = _command_parser(parser)
     flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for token in message.split(":", 1)[1].split():
