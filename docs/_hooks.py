@@ -37,6 +37,8 @@ _UNRENDERED = re.compile(r"\\[A-Za-z]+")
 #: control characters, tab included: what `"\tau"` or `"\beta"` become in a Python string
 #: written without escaping its backslashes
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+#: TeX macro definitions, which the renderer drops silently
+_DEFINITIONS = re.compile(r"\\(newcommand|renewcommand|def|let)\b")
 #: the maths pymdownx.arithmatex (generic mode) leaves in a page
 _ARITHMATEX = re.compile(r'<(span|div) class="arithmatex">(.*?)</\1>', re.S)
 
@@ -48,7 +50,12 @@ def tex_to_mathml(tex: str, display: bool, where: str) -> str:
         body = body.replace(old, new)
     if _CONTROL.search(body):
         raise PluginError(f"{where}: a control character in the maths {tex!r}")
-    mathml = convert(body, display="block" if display else "inline")
+    if _DEFINITIONS.search(body):  # the renderer drops macro definitions without a word
+        raise PluginError(f"{where}: a macro definition in the maths {tex!r}; spell it out")
+    try:
+        mathml = convert(body, display="block" if display else "inline")
+    except Exception as e:  # the renderer's own parse errors, named with the page
+        raise PluginError(f"{where}: the maths renderer failed on {tex!r}: {e!r}") from None
     left = _UNRENDERED.search(mathml)
     if left:
         raise PluginError(f"{where}: the maths renderer does not know {left.group(0)!r} in {tex!r}")
@@ -65,14 +72,16 @@ def render_page_maths(page_html: str, where: str) -> str:
         return f'<{tag} class="arithmatex">{tex_to_mathml(tex, tag == "div", where)}</{tag}>'
 
     out = _ARITHMATEX.sub(one, page_html)
-    if 'class="arithmatex"' in out and re.search(r"\\[(\[]", out):
-        raise PluginError(f"{where}: maths left unrendered")
+    left = re.search(r'class="arithmatex">\s*\\[(\[]', out)
+    if left:  # an arithmatex element the pattern above did not take (nested markup)
+        raise PluginError(f"{where}: maths left unrendered near {out[left.start():][:80]!r}")
     return out
 
 
 _DISPLAY = re.compile(r"\$\$(.+?)\$\$", re.S)
 _INLINE = re.compile(r"(?<![\\$])\$([^$\n]+?)\$")
 _CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+_FENCE = re.compile(r"(^```.*?^```[ \t]*$)", re.S | re.M)
 
 
 def render_markdown_maths(text: str, where: str) -> str:
@@ -81,7 +90,12 @@ def render_markdown_maths(text: str, where: str) -> str:
     def inline(m: re.Match) -> str:
         return tex_to_mathml(m.group(1), False, where)
 
-    text = _DISPLAY.sub(lambda m: tex_to_mathml(m.group(1).strip(), True, where), text)
+    def maths(part: str) -> str:
+        return _DISPLAY.sub(lambda m: tex_to_mathml(m.group(1).strip(), True, where), part)
+
+    # fenced code blocks are code, not maths; display maths may hold a code span of its own
+    fences = _FENCE.split(text)
+    text = "".join(piece if i % 2 else maths(piece) for i, piece in enumerate(fences))
     pieces, last = [], 0
     for code in _CODE_SPAN.finditer(text):
         pieces.append(_INLINE.sub(inline, text[last : code.start()]))

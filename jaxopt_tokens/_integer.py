@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -115,7 +114,6 @@ def local_search_budgets(
     return x
 
 
-@eqx.filter_jit  # one compiled program, not one dispatch per operation when called eagerly
 def integer_budgets(
     tokens: Float[Array, " n"],
     w: Workload,

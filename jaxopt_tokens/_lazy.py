@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,15 +52,22 @@ def attach(
     """`(__getattr__, __dir__)` for `package`, whose lazy names are those `init_file` imports
     under `if TYPE_CHECKING:`."""
     table = lazy_names(init_file)
+    # one first import at a time: threads that touch the package at once would otherwise
+    # import JAX concurrently and see its modules half initialised
+    lock = threading.RLock()
 
     def __getattr__(name: str) -> Any:
         if name not in table:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        module_name, attribute = table[name]
-        module = importlib.import_module(module_name, package)
-        value = module if attribute is None else getattr(module, attribute)
-        setattr(sys.modules[package], name, value)  # later lookups skip __getattr__
-        return value
+        with lock:
+            namespace = vars(sys.modules[package])
+            if name in namespace:  # another thread loaded it while this one waited
+                return namespace[name]
+            module_name, attribute = table[name]
+            module = importlib.import_module(module_name, package)
+            value = module if attribute is None else getattr(module, attribute)
+            setattr(sys.modules[package], name, value)  # later lookups skip __getattr__
+            return value
 
     def __dir__() -> list[str]:
         return sorted(set(vars(sys.modules[package])) | set(table))

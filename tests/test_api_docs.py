@@ -60,6 +60,27 @@ def _parameters(obj) -> list[str]:
     return [p for p in signature.parameters if p not in ("self", "cls")]
 
 
+def _returns_a_value(obj) -> bool:
+    """Whether a function gives something back: a return annotation other than None, or
+    else a `return <value>` in its own body (nested functions aside)."""
+    import ast
+    import textwrap
+
+    annotation = inspect.signature(obj).return_annotation
+    if annotation is not inspect.Signature.empty:
+        return annotation not in (None, "None")
+    tree = ast.parse(textwrap.dedent(inspect.getsource(inspect.unwrap(obj))))
+    function = tree.body[0]
+    stack = list(ast.iter_child_nodes(function))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Return) and node.value is not None:
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
 @pytest.mark.parametrize(("name", "obj"), PUBLIC, ids=[n for n, _ in PUBLIC])
 def test_every_public_callable_documents_its_arguments_and_returns(package, name, obj):
     target = package[name]
@@ -71,12 +92,6 @@ def test_every_public_callable_documents_its_arguments_and_returns(package, name
     missing = [p for p in _parameters(obj) if p not in documented]
     assert not missing, f"{name}: parameters without a description: {missing}"
     if target.kind.value == "function":
-        returns = inspect.signature(obj).return_annotation
-        gives = returns not in (None, "None", inspect.Signature.empty) or "return " in (
-            inspect.getsource(obj) if not hasattr(obj, "__wrapped__") else ""
-        )
-        if returns in (None, "None"):
-            gives = False
-        if gives:
+        if _returns_a_value(obj):
             kinds = {s.kind.value for s in sections}
             assert "returns" in kinds or "yields" in kinds, f"{name}: no Returns section"

@@ -212,3 +212,75 @@ def test_the_sweep_bar_is_on_stderr_and_says_it_compiles_first():
     _solving(bar, 10)
     assert bar.tasks[0].description == "solving 10 points"
     assert _progress(True, 10) is None
+
+
+def test_threads_that_first_touch_the_package_together_all_get_their_names():
+    """The first use of a name imports JAX; twenty threads doing that at once must each get
+    their name (a lock serialises the first imports)."""
+    r = _python(
+        """
+        import threading
+        import jaxopt_tokens as jt
+        names = ["solve", "simulate", "FIFO", "Workload", "sweep", "objective", "Trace",
+                 "learn_budgets", "fit", "lambertw"] * 2
+        errors, start = [], threading.Barrier(len(names))
+        def touch(name):
+            start.wait()
+            try:
+                getattr(jt, name)
+            except BaseException as e:
+                errors.append(f"{name}: {e!r}")
+        threads = [threading.Thread(target=touch, args=(n,)) for n in names]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(errors)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+def test_a_command_called_from_python_leaves_jax_settings_alone(monkeypatch):
+    """Only the command line run as a program turns the compilation cache on: `main([...])`
+    from a script or notebook changes neither JAX's settings nor the environment."""
+    import jax
+    from conftest import run_cli
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    before_dir = jax.config.jax_compilation_cache_dir
+    before_env = dict(os.environ)
+    rc, _, err = run_cli(["solve", "--format", "json"])
+    assert rc == 0, err
+    assert jax.config.jax_compilation_cache_dir == before_dir
+    assert dict(os.environ) == before_env
+
+
+def test_data_printed_while_the_spinner_spins_stays_on_stdout(tmp_path):
+    """stderr a terminal (the spinner runs), stdout a file: `tune` prints its result line and
+    table to the file, none of it into the spinner's stream."""
+    import pty
+
+    leader, follower = pty.openpty()
+    out = tmp_path / "out.txt"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxopt_tokens.cli", "tune", "--target-latency", "2.5"],
+            stdout=stdout,
+            stderr=follower,
+            env=_cli_env(TERM="xterm"),
+        )
+        os.close(follower)
+        screen = b""
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+        assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    text = out.read_text()
+    assert "target E[T] = 2.5 s" in text and "Optimal reasoning-token" in text
+    assert b"jaxopt-tokens tune: tuning" in screen and b"target E[T]" not in screen

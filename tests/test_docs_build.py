@@ -44,7 +44,12 @@ def test_a_page_s_maths_becomes_mathml():
 
 @pytest.mark.parametrize(
     ("tex", "words"),
-    [("\\nosuchcommand{x}", ["model.md", "nosuchcommand"]), ("\tau", ["control character"])],
+    [
+        ("\\nosuchcommand{x}", ["model.md", "nosuchcommand"]),
+        ("\tau", ["control character"]),
+        ("\\newcommand{\\x}{y} \\x", ["model.md", "macro definition"]),
+        ("\\left( x", ["model.md", "renderer failed"]),
+    ],
 )
 def test_maths_the_renderer_cannot_draw_fails_the_build_naming_the_page(tex, words):
     page = f'<span class="arithmatex">\\({tex}\\)</span>'
@@ -54,11 +59,20 @@ def test_maths_the_renderer_cannot_draw_fails_the_build_naming_the_page(tex, wor
         assert w in str(e.value)
 
 
+def test_a_literal_tex_delimiter_outside_the_maths_is_not_an_error():
+    page = '<pre><code>re.compile(r"\\(a\\)")</code></pre><span class="arithmatex">\\(x\\)</span>'
+    out = hooks.render_page_maths(page, "cli.md")
+    assert 're.compile(r"\\(a\\)")' in out and out.count("<math") == 1
+
+
 def test_notebook_markdown_maths_outside_code_spans():
     text = "at $\\lambda = 0.1$, `cost $x$ stays code`, and $$x_i = \\frac{1}{\\beta}$$"
     out = hooks.render_markdown_maths(text, "nb")
     assert "`cost $x$ stays code`" in out
     assert out.count("<math") == 2 and "$" not in out.replace("`cost $x$ stays code`", "")
+    fenced = "```python\nprice = '$$1$$ and $2$'\n```\nthen $y$"
+    out = hooks.render_markdown_maths(fenced, "nb")
+    assert "price = '$$1$$ and $2$'" in out and out.count("<math") == 1
 
 
 @pytest.mark.parametrize("path", sorted(ROOT.glob("notebooks/*.ipynb")), ids=lambda p: p.name)

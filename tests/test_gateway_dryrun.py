@@ -127,3 +127,32 @@ def test_the_dry_run_command_prints_strict_json(tmp_path):
     assert {"time", "action", "measured_rate", "budgets", "J"} <= set(report["steps"][0])
     assert_refused(["serve", "--dry-run", str(tmp_path / "none.csv")], "none.csv")
     assert_refused(["serve", "--dry-run", TRACE_EXCERPT, "--reasoning", "-1"], "--reasoning")
+
+
+def test_every_first_come_first_served_server_runs_and_others_are_refused(tmp_path):
+    """The dry run and the replay serve a trace first come, first served: `Kingman` (FIFO
+    under renewal arrivals, a sibling of FIFO) is such a server and runs as FIFO does on the
+    same draws; processor sharing is not and is refused by name."""
+    rng = np.random.default_rng(5)
+    trace = jt.Trace(np.cumsum(rng.exponential(20.0, 300)))
+    config = gateway.GatewayConfig(
+        upstream=URL, learned_policy=flat_policy(tmp_path, [0, 300, 0, 0, 200, 50])
+    )
+    with jax.enable_x64(True):
+        w = jt.default_workload("float64")
+        tasks = rng.integers(0, 6, len(trace))
+        runs = [
+            gateway.dry_run(config, trace, w, model=m, tasks=tasks, reasoning=250)
+            for m in (jt.FIFO(), jt.Kingman(arrival_scv=2.0))
+        ]
+        np.testing.assert_array_equal(runs[0].requests["latency"], runs[1].requests["latency"])
+        with pytest.raises(jt.InputError, match="first-come-first-served"):
+            gateway.dry_run(config, trace, w, model=jt.ProcessorSharing(), tasks=tasks)
+        tokens = np.asarray(jt.solve(w).tokens)
+        replays = [
+            jt.replay_metrics(tokens, jt.replay_draws(w, trace, rate=0.05, model=m))
+            for m in (jt.FIFO(), jt.Kingman(arrival_scv=2.0))
+        ]
+        assert float(replays[0].objective) == float(replays[1].objective)
+        with pytest.raises(jt.InputError, match="first-come-first-served"):
+            jt.replay_draws(w, trace, rate=0.05, model=jt.ProcessorSharing())

@@ -33,7 +33,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from .._errors import InputError
 from .._objective import task_accuracy
 from .._queue.batching import ContinuousBatching
-from .._queue.models import FIFO, LatencyModel
+from .._queue.models import FIFO, AbstractSingleServer, LatencyModel
 from .._queue.replay import replay_for
 from .._queue.simulate import lindley_waits, replay_stream
 from .._solver.solve import solve
@@ -142,8 +142,11 @@ def replay_draws(
                 "model: the batching replay is of one replica without a batch limit "
                 "(ContinuousBatching(max_batch=None, replicas=1))"
             )
-    elif not isinstance(model, FIFO):
-        raise InputError(f"model: FIFO or ContinuousBatching, got {type(model).__name__}")
+    elif not (isinstance(model, AbstractSingleServer) and model.discipline == "fifo"):
+        raise InputError(
+            "model: a first-come-first-served single server (FIFO, Kingman) or "
+            f"ContinuousBatching, got {type(model).__name__}"
+        )
     slots = check_int("slots", slots, 2, 4096)
     if tokens is None and utilization is not None:
         tokens = solve(w, model=model).tokens

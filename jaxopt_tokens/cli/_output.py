@@ -90,7 +90,17 @@ class _Working:
         if mode == "0":
             return
         if sys.stderr.isatty():
-            self._spinner = Console(stderr=True).status(text)
+            from rich.live import Live
+            from rich.spinner import Spinner
+
+            # standard output is never redirected into the spinner's stream: data printed
+            # while it spins stays on stdout
+            self._spinner = Live(
+                Spinner("dots", text),
+                console=Console(stderr=True),
+                transient=True,
+                redirect_stdout=False,
+            )
             self._spinner.start()
         elif mode == "1":  # a log: a plain line now and one at the end
             print(f"{text} ...", file=sys.stderr, flush=True)

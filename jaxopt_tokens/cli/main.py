@@ -200,13 +200,17 @@ def one_line(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: `argv` (default: the program's arguments). Run as a program (no
+    `argv`), the command also turns on the persistent compilation cache (`_cache.py`)."""
     parser = build_parser()
+    program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     argv = _attach_negative_lists([str(a) for a in argv])
     parser.argv = argv  # type: ignore[attr-defined]  # the command a misspelt flag belongs to
     args = parser.parse_args(argv)
     args.argv = argv  # the command as given (a sweep says how to resume it)
-    enable_compilation_cache()
+    if program:  # the command line run as a program; called from Python, JAX is left alone
+        enable_compilation_cache()
     if args.command in WORKING and not args.quiet:
         # loading JAX and compiling happen inside the command: say so before they start
         working.start(f"jaxopt-tokens {args.command}: {WORKING[args.command]}")

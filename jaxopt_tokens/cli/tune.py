@@ -7,7 +7,7 @@ import argparse
 import jaxopt_tokens as jt
 
 from ._common import add_workload_options, loaded_workload, positive_float
-from ._output import emit_json
+from ._output import console, emit_json
 from ._report import allocation_report
 from .solve import print_table
 
@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         emit_json(report)
     else:
-        print(
+        console().print(
             f"target E[T] = {args.target_latency:g} s  ->  alpha = {float(result.alpha):.9g}  "
-            f"({status.name.lower()}: {status.message})"
+            f"({status.name.lower()}: {status.message})",
+            highlight=False,
         )
         print_table(report)
     return 0 if status == jt.TuneStatus.CONVERGED else 1

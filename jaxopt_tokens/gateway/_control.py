@@ -32,7 +32,7 @@ import numpy as np
 
 from .._deploy.export import export_policy
 from .._queue.batching import ContinuousBatching
-from .._queue.models import FIFO, LatencyModel
+from .._queue.models import LatencyModel
 from .._queue.simulate import UnstableQueueWarning
 from .._solver.solve import solve
 from .._status import Status
@@ -331,7 +331,7 @@ class Controller:
         # update: a compile under load would delay the first re-solve by seconds
         self._optimal(workload, model, self._state.tokens)
         with jax.enable_x64(True):
-            member_status(workload, stability=isinstance(model, FIFO))
+            member_status(workload, stability=not isinstance(model, ContinuousBatching))
             model.load(jnp.zeros(workload.num_tasks, workload.dtype), workload)
 
     @property
@@ -512,8 +512,9 @@ class Controller:
 
     def _solve_at(self, w, model, rate: float, current: PolicyState):
         """(budgets, status, why every budget is 0 or None) at the observed load."""
+        single = not isinstance(model, ContinuousBatching)  # the M/G/1 stability rule applies
         stable_at_zero = (
-            bool(np.asarray(member_status(w, stability=isinstance(model, FIFO))) == VALID)
+            bool(np.asarray(member_status(w, stability=single)) == VALID)
             and float(model.load(jnp.zeros(w.num_tasks, w.dtype), w)) < 1
         )
         if not stable_at_zero:

@@ -35,7 +35,7 @@ import numpy as np
 from .._errors import InputError
 from .._objective import task_accuracy
 from .._queue.batching import ContinuousBatching
-from .._queue.models import FIFO, LatencyModel
+from .._queue.models import AbstractSingleServer, LatencyModel
 from .._traffic.trace import Trace
 from .._workload import Workload
 from ._config import GatewayConfig
@@ -151,8 +151,12 @@ def dry_run(
     """
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
-    if not isinstance(model, FIFO | ContinuousBatching):
-        raise InputError(f"model: FIFO or ContinuousBatching, got {type(model).__name__}")
+    fifo = isinstance(model, AbstractSingleServer) and model.discipline == "fifo"
+    if not (fifo or isinstance(model, ContinuousBatching)):
+        raise InputError(
+            "model: a first-come-first-served single server (FIFO, Kingman) or "
+            f"ContinuousBatching, got {type(model).__name__}"
+        )
     for name, v in (
         ("reasoning", reasoning),
         ("answer_tokens", answer_tokens),
