@@ -9,7 +9,7 @@ Implementation lives in private modules; see the documentation site for the arch
 
 from typing import TYPE_CHECKING
 
-from ._errors import InputError, WorkloadError
+from ._errors import InputError, UnstableQueueWarning, WorkloadError
 from ._lazy import attach
 from ._version import __version__
 
@@ -108,7 +108,6 @@ if TYPE_CHECKING:
         Simulation,
         SimulationResult,
         SimulationStatus,
-        UnstableQueueWarning,
         lindley_waits,
         sample_query_stream,
     )

@@ -1,6 +1,7 @@
-"""Errors raised for bad user input (files, fields, arguments)."""
+"""Errors raised for bad user input (files, fields, arguments), and the warning a policy with
+no steady state gives wherever it is simulated, exported or served."""
 
-__all__ = ["InputError", "WorkloadError"]
+__all__ = ["InputError", "WorkloadError", "UnstableQueueWarning"]
 
 
 class InputError(ValueError):
@@ -12,3 +13,7 @@ class InputError(ValueError):
 
 class WorkloadError(InputError):
     """A workload value that the model cannot accept; the message names field and task."""
+
+
+class UnstableQueueWarning(UserWarning):
+    """A simulated policy loads the server to utilization >= 1 (no steady state exists)."""

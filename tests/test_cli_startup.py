@@ -81,7 +81,7 @@ def test_every_public_name_resolves_and_unknown_names_fail():
     for name in jt.__all__:
         assert getattr(jt, name) is not None
     assert set(jt.__all__) <= set(dir(jt))
-    eager = {"InputError", "WorkloadError", "__version__"}
+    eager = {"InputError", "WorkloadError", "UnstableQueueWarning", "__version__"}
     lazy = set(lazy_names(Path(jt.__file__)))
     assert lazy | eager == set(jt.__all__), "__all__ and the lazily loaded names differ"
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
@@ -155,6 +155,7 @@ def _cli_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.mark.slow  # subprocesses or a fit: the slow step runs it
 def test_progress_is_off_in_a_pipe_on_in_a_log_when_asked_and_off_when_quiet():
     argv = [sys.executable, "-m", "jaxopt_tokens.cli", "solve", "--format", "json"]
 
@@ -255,6 +256,7 @@ def test_a_command_called_from_python_leaves_jax_settings_alone(monkeypatch):
     assert dict(os.environ) == before_env
 
 
+@pytest.mark.slow  # subprocesses or a fit: the slow step runs it
 def test_data_printed_while_the_spinner_spins_stays_on_stdout(tmp_path):
     """stderr a terminal (the spinner runs), stdout a file: `tune` prints its result line and
     table to the file, none of it into the spinner's stream."""

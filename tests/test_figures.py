@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 import jaxopt_tokens as jt  # noqa: E402
 
@@ -37,6 +38,7 @@ def test_heatmap_budget_scales_start_at_zero_and_the_cells_are_one_image(table1,
     plt.close(fig)
 
 
+@pytest.mark.slow  # subprocesses or a fit: the slow step runs it
 def test_fit_plot_budget_axes_start_at_zero():
     result = jt.fit(jt.read_measurements(SHIPPED))
     fig = jt.plot_fit(result)

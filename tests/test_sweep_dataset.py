@@ -368,6 +368,7 @@ def _three_tasks(table1):
     )
 
 
+@pytest.mark.slow  # subprocesses or a fit: the slow step runs it
 def test_figures_from_a_sweep_refuse_what_cannot_be_drawn_before_drawing(table1, tmp_path):
     from conftest import assert_refused
 

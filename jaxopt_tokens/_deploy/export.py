@@ -93,11 +93,10 @@ from .._choices import (
     ROUNDINGS,
     SGLANG_PROCESSORS,
 )
-from .._errors import InputError
+from .._errors import InputError, UnstableQueueWarning
 from .._files import read_text
 from .._integer import integer_budgets
 from .._objective import mean_system_time, objective, utilization
-from .._queue.simulate import UnstableQueueWarning
 from .._solver.solution import Solution
 from .._status import Status
 from .._version import __version__

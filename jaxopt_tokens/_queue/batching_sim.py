@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from .._errors import InputError
+from .._errors import InputError, UnstableQueueWarning
 from .._objective import task_accuracy
 from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
@@ -43,7 +43,6 @@ from .batching import ContinuousBatching
 from .replay import no_replay_settings, replay_for
 from .simulate import (
     Simulation,
-    UnstableQueueWarning,
     replay_stream,
     sample_quantiles,
     sample_query_stream,

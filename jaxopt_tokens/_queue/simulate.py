@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from .._choices import DISCIPLINES
-from .._errors import InputError
+from .._errors import InputError, UnstableQueueWarning
 from .._objective import task_accuracy
 from .._stats import replication_interval
 from .._status import HasStatus, StatusEnum
@@ -61,10 +61,6 @@ MAX_BATCH_ELEMENTS = (
     1 << 26
 )  # policies x queries per vmapped batch (bounds memory; 256 MiB per f32 array)
 _STREAM_ARRIVALS, _STREAM_TYPES, _STREAM_NOISE, _STREAM_CORRECT = range(4)
-
-
-class UnstableQueueWarning(UserWarning):
-    """A simulated policy loads the server to utilization >= 1 (no steady state exists)."""
 
 
 class Stream(eqx.Module):

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._deploy.export import export_policy
+from .._errors import UnstableQueueWarning
 from .._queue.batching import ContinuousBatching
 from .._queue.models import LatencyModel
-from .._queue.simulate import UnstableQueueWarning
 from .._solver.solve import solve
 from .._status import Status
 from .._tuning.tune import TuneStatus, tune_alpha
