@@ -168,7 +168,6 @@ def _omega(x):
     return jnp.where(jnp.isnan(x), x, out)
 
 
-@jax.custom_jvp
 def wright_omega(x: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
     r"""Wright omega $\omega(x) = W(e^x)$, the solution of $\omega + \log\omega = x$.
 
@@ -181,13 +180,20 @@ def wright_omega(x: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
     Returns:
         $\omega(x)$, shaped and typed like `x`; differentiable ($\omega' = \omega/(1+\omega)$).
     """
-    return _omega(_float(x))
+    return _wright_omega(_float(x))
 
 
-@wright_omega.defjvp
+@jax.custom_jvp
+def _wright_omega(x):
+    """`wright_omega` of a float array, with its derivative (the public function stays a
+    plain function, so it pickles by reference)."""
+    return _omega(x)
+
+
+@_wright_omega.defjvp
 def _wright_omega_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    w = wright_omega(x)
+    w = _wright_omega(x)
     small = w < 1
     ws = jnp.where(small, w, 1.0)
     wl = jnp.where(small, 1.0, w)
@@ -224,7 +230,6 @@ def _lambertw(z):
     return jnp.where(jnp.isposinf(z), jnp.inf, w)
 
 
-@jax.custom_jvp
 def lambertw(z: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
     r"""Principal branch $W_0(z)$ for real $z \ge -1/e$ (NaN below). Keeps the input dtype.
 
@@ -234,12 +239,18 @@ def lambertw(z: Float[ArrayLike, "*shape"]) -> Float[Array, "*shape"]:
     Returns:
         $W_0(z)$, shaped and typed like `z`; differentiable ($W'(z) = 1/(z + e^{W})$).
     """
-    return _lambertw(_float(z))
+    return _principal_w(_float(z))
 
 
-@lambertw.defjvp
+@jax.custom_jvp
+def _principal_w(z):
+    """`lambertw` of a float array, with its derivative."""
+    return _lambertw(z)
+
+
+@_principal_w.defjvp
 def _lambertw_jvp(primals, tangents):
     (z,), (dz,) = primals, tangents
-    w = lambertw(z)
+    w = _principal_w(z)
     # W'(z) = 1 / (z + e^W): exactly 1 at z = 0, +inf at the branch point, no 0/0.
     return w, dz / (z + jnp.exp(w))

@@ -286,3 +286,18 @@ def test_data_printed_while_the_spinner_spins_stays_on_stdout(tmp_path):
     text = out.read_text()
     assert "target E[T] = 2.5 s" in text and "Optimal reasoning-token" in text
     assert b"jaxopt-tokens tune: tuning" in screen and b"target E[T]" not in screen
+
+
+def test_every_public_callable_pickles_by_reference():
+    """Public functions stay plain module functions (a jit or custom_jvp wrapper bound to the
+    public name does not pickle), so they travel to worker processes."""
+    import inspect
+    import pickle
+
+    from jaxopt_tokens import clear, gateway, strategy
+
+    for ns in (jt, clear, strategy, gateway):
+        for name in ns.__all__:
+            obj = getattr(ns, name)
+            if callable(obj) and not inspect.ismodule(obj):
+                assert pickle.loads(pickle.dumps(obj)) is obj, f"{ns.__name__}.{name}"
