@@ -174,6 +174,29 @@ def test_progress_is_off_in_a_pipe_on_in_a_log_when_asked_and_off_when_quiet():
     assert run("--quiet", JAXOPT_TOKENS_PROGRESS="1") == ""
 
 
+def _read_terminal(fd: int, limit_s: float = 300.0, max_reads: int = 100_000) -> bytes:
+    """What a command writes to a pseudo-terminal until it closes it: bounded in time (a
+    command that hangs fails the test) and in the number of reads."""
+    import select
+    import time
+
+    deadline, chunks = time.monotonic() + limit_s, []
+    for _ in range(max_reads):
+        left = deadline - time.monotonic()
+        assert left > 0, f"the command kept its terminal open for more than {limit_s:g} s"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue  # the deadline check above ends the wait
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # the command ended and closed the terminal
+            return b"".join(chunks)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+    raise AssertionError(f"more than {max_reads} reads from the terminal")
+
+
 def test_a_terminal_sees_what_the_command_is_doing_before_the_result():
     """Under a pseudo-terminal the spinner's text appears on stderr before the table."""
     import pty
@@ -188,18 +211,14 @@ def test_a_terminal_sees_what_the_command_is_doing_before_the_result():
         close_fds=True,
     )
     os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 4096)
-        except OSError:  # the command ended and closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
+    try:
+        raw = _read_terminal(leader)
+    finally:
+        if proc.poll() is None:  # a hung command does not outlive its test
+            proc.kill()
     assert proc.wait(timeout=300) == 0
     os.close(leader)
-    screen = b"".join(chunks).decode(errors="replace")
+    screen = raw.decode(errors="replace")
     assert "jaxopt-tokens solve: solving" in screen
     assert screen.index("jaxopt-tokens solve: solving") < screen.index("Optimal reasoning-token")
 
@@ -272,15 +291,11 @@ def test_data_printed_while_the_spinner_spins_stays_on_stdout(tmp_path):
             env=_cli_env(TERM="xterm"),
         )
         os.close(follower)
-        screen = b""
-        while True:
-            try:
-                data = os.read(leader, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            screen += data
+        try:
+            screen = _read_terminal(leader)
+        finally:
+            if proc.poll() is None:  # a hung command does not outlive its test
+                proc.kill()
         assert proc.wait(timeout=300) == 0
     os.close(leader)
     text = out.read_text()
