@@ -7,7 +7,7 @@ is bounded (`MAX_BYTES`, least recently used entries evicted); bounding it also 
 guard every read and write with a file lock, so processes running at once never read a
 half-written entry. `JAXOPT_TOKENS_NO_CACHE=1` turns it off; a `JAX_COMPILATION_CACHE_DIR`
 the user set is left to JAX. The library itself never changes JAX's settings: only the
-command line, an application, does.
+command line run as a program does (`main()` without arguments).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def enable_compilation_cache() -> Path | None:
         "jax_persistent_cache_min_entry_size_bytes": 0,
         "jax_compilation_cache_max_size": MAX_BYTES,
     }
-    if "jax" in sys.modules:  # already imported (the command was called from Python)
+    if "jax" in sys.modules:  # imported before the command started (a site hook, say)
         import jax
 
         for name, value in settings.items():
