@@ -23,6 +23,7 @@ from rich.table import Table
 
 TRACE = "benchmarks/data/traces/AzureLLMInferenceTrace_code.csv"
 COMMANDS = {
+    "floor: python -c 'import jax ...; one op'": None,
     "--help": ["--help"],
     "mistyped flag": ["solve", "--alhpa", "3"],
     "solve": ["solve"],
@@ -33,10 +34,14 @@ COMMANDS = {
 }
 
 
+#: the floor of any JAX program: start Python, import JAX, run one operation
+FLOOR = [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(3).block_until_ready()"]
+
+
 def run(argv: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "jaxopt_tokens.cli", *argv],
+        argv if argv[0] == sys.executable else [sys.executable, "-m", "jaxopt_tokens.cli", *argv],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -54,6 +59,7 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "command" else "right")
     base = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     for name, argv in COMMANDS.items():
+        argv = FLOOR if argv is None else argv
         with tempfile.TemporaryDirectory() as cache:
             env = {**base, "JAXOPT_TOKENS_CACHE_DIR": cache}
             cold = run(argv, env)

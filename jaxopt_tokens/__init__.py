@@ -92,6 +92,7 @@ if TYPE_CHECKING:
         task_accuracy,
         utilization,
     )
+    from ._programs import keep_in as keep_programs_in
     from ._queue.batching import ContinuousBatching
     from ._queue.batching_sim import BatchingSimulation, simulate_batching
     from ._queue.models import (
@@ -171,6 +172,7 @@ __all__ = [
     "SERVERS",
     "default_workload",
     "load_workload",
+    "keep_programs_in",
     "dump_workload",
     "workload_from_dict",
     "workload_to_dict",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -35,6 +36,11 @@ def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
     return (lo + hi) / 2
 
 
+@functools.lru_cache(maxsize=64)
+def _t_quantile(p: float, df: int) -> float:
+    return float(student_t_quantile(p, df))  # once per (level, replications): one program
+
+
 def replication_interval(x, level: float = 0.95):
     """(mean, lower, upper) over the last axis (independent replications): a Student-t
     interval at confidence `level`; NaN bounds with fewer than two replications."""
@@ -44,6 +50,6 @@ def replication_interval(x, level: float = 0.95):
     if r < 2:
         nan = np.full_like(mean, np.nan)
         return mean, nan, nan
-    q = float(student_t_quantile(0.5 + level / 2, r - 1))
+    q = _t_quantile(0.5 + level / 2, r - 1)
     half = q * x.std(axis=-1, ddof=1) / math.sqrt(r)
     return mean, mean - half, mean + half

@@ -297,8 +297,14 @@ def is_concrete(x) -> bool:
 def as_float_array(name: str, x) -> Array:
     """`x` as a floating JAX array; `InputError` naming `name` when it is not numeric."""
     try:
-        arr = jnp.asarray(x)
-    except (TypeError, ValueError) as e:
+        if isinstance(x, jax.Array | jax.core.Tracer | int | float | complex):  # pyright: ignore[reportAttributeAccessIssue]
+            arr = jnp.asarray(x)  # a Python number stays weakly typed
+        else:  # converted on the host and put on the device: no program compiled
+            host = np.asarray(x)
+            if host.dtype.kind not in "biufc":
+                raise TypeError(f"dtype {host.dtype}")
+            arr = jax.device_put(host)
+    except (TypeError, ValueError, OverflowError) as e:
         raise InputError(f"{name}: not a numeric array ({e})") from None
     if not (
         jnp.issubdtype(arr.dtype, jnp.floating)

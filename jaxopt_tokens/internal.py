@@ -12,9 +12,13 @@ differentiate and simulate is in `jaxopt_tokens` itself.
   `MIN_STAGED_BATCH`;
 - the default solver's closed form: `task_constants`, `unclipped_budgets`,
   `budgets_at_prices`;
-- the implicit derivative: `attach_gradient`.
+- the implicit derivative: `attach_gradient`;
+- programs kept ahead of time (`jaxopt_tokens.keep_programs_in`): `call_program`,
+  `kept_programs_dir`.
 """
 
+from ._programs import call as call_program
+from ._programs import kept_in as kept_programs_dir
 from ._solver.aggregate import budgets_at_prices, task_constants, unclipped_budgets
 from ._solver.base import finish, run, run_until, running
 from ._solver.solution import masked_solution
@@ -33,6 +37,8 @@ from ._solver.staged import (
 from ._validate import validate_members
 
 __all__ = [
+    "call_program",
+    "kept_programs_dir",
     "validate_members",
     "masked_solution",
     "run",

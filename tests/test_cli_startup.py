@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -148,6 +149,12 @@ def test_commands_running_at_once_share_one_cache_safely(tmp_path):
     assert warm.returncode == 0 and json.loads(warm.stdout) == answers[0]
     assert _entries(cache) == written, "the warm run compiled a program the cache lacked"
     assert "Persistent compilation cache hit" in warm.stderr
+    # the solve was traced and lowered once, kept beside the cache, and loaded warm: the warm
+    # run traces none of the package's programs (only JAX's wrapper around a loaded one)
+    (kept,) = (cache / "programs").glob("solve-*.jaxexport")
+    traced = set(re.findall(r"Finished tracing (\S+) for jit", warm.stderr))
+    assert "program" not in traced and "call_exported" in traced, traced
+    assert list((cache / "programs").iterdir()) == [kept], "a warm run wrote a program"
 
 
 def _cli_env(**extra: str) -> dict[str, str]:

@@ -97,6 +97,7 @@ from .._errors import InputError, UnstableQueueWarning
 from .._files import read_text
 from .._integer import integer_budgets
 from .._objective import mean_system_time, objective, utilization
+from .._programs import call
 from .._solver.solution import Solution
 from .._status import Status
 from .._version import __version__
@@ -254,12 +255,24 @@ def load_tokens(path: str | Path, workload: Workload) -> np.ndarray:
     return tokens_from_data(data, workload)
 
 
+def _figures(budgets, w: Workload) -> dict[str, Any]:
+    """The exported budgets' load, objective and mean system time (one program)."""
+    return {
+        "utilization": utilization(budgets, w),
+        "objective": objective(budgets, w),
+        "mean_system_time": mean_system_time(budgets, w),
+    }
+
+
 def _integer(tokens: np.ndarray, w: Workload, rounding: str) -> np.ndarray:
     """Integer budgets in [0, floor(max_tokens)]; unlimited (inf) tasks come back as the cap."""
     cap = math.floor(float(np.asarray(w.max_tokens)))
     finite = np.minimum(tokens, cap)
     if rounding == "integer":
-        x = np.asarray(integer_budgets(jnp.asarray(finite, dtype=w.dtype), w), dtype=np.float64)
+        x = np.asarray(
+            call("integer-budgets", integer_budgets, jnp.asarray(finite, dtype=w.dtype), w),
+            dtype=np.float64,
+        )
     elif rounding == "ceil":
         x = np.ceil(finite - 1e-6)
     else:
@@ -489,7 +502,8 @@ def export_policy(
         tasks[name] = entry
 
     bj = jnp.asarray(np.asarray(budgets, dtype=np.float64), dtype=workload.dtype)
-    rho = float(np.asarray(utilization(bj, workload)))
+    figures = call("policy-figures", _figures, bj, workload)
+    rho = float(np.asarray(figures["utilization"]))
     if not rho < 1:
         warnings.warn(
             f"the exported budgets load the server to utilization {rho:.4g} >= 1 at arrival "
@@ -505,8 +519,8 @@ def export_policy(
         "alpha": float(np.asarray(workload.alpha)),
         "max_tokens": lmax,
         "utilization": rho,
-        "objective": _finite_or_none(objective(bj, workload)),
-        "mean_system_time": _finite_or_none(mean_system_time(bj, workload)),
+        "objective": _finite_or_none(figures["objective"]),
+        "mean_system_time": _finite_or_none(figures["mean_system_time"]),
     }
     if solution is not None:
         meta["objective_continuous"] = _finite_or_none(solution.objective)

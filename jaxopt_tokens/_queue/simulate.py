@@ -31,6 +31,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from .._choices import DISCIPLINES
 from .._errors import InputError, UnstableQueueWarning
 from .._objective import task_accuracy
+from .._programs import call
 from .._stats import replication_interval
 from .._status import HasStatus, StatusEnum
 from .._traffic.trace import Trace
@@ -258,10 +259,9 @@ class Simulation(HasStatus):
     @property
     def status(self) -> Int[Array, "*p"]:
         """`SimulationStatus` per policy, from the model's load."""
-        load = jnp.asarray(self.load, jnp.result_type(float))  # the default float, no warning
-        unstable = ~(load < 1)
-        return jnp.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(
-            jnp.int32
+        unstable = ~(np.asarray(self.load) < 1)  # on the host: a result is never traced
+        return jax.device_put(
+            np.where(unstable, SimulationStatus.UNSTABLE, SimulationStatus.STEADY).astype(np.int32)
         )
 
     def summary(self, level: float = 0.95) -> dict[str, dict[str, np.ndarray]]:
@@ -619,15 +619,18 @@ def simulate_server(
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = w.dtype
     policies = tok.shape[:-1] if window is None else tok.shape[:-2]
-    flat = jnp.asarray(tok.reshape(-1, num_windows, w.num_tasks), dtype)
-    rank = (
-        jnp.zeros(w.num_tasks, jnp.int32)
-        .at[jnp.asarray(order)]
-        .set(jnp.arange(w.num_tasks, dtype=jnp.int32))
-    )
-    cv = jnp.asarray(service_cv, dtype)
+    # prepared on the host: an eager operation would cost a fresh process a program each
+    flat = jax.device_put(tok.reshape(-1, num_windows, w.num_tasks).astype(np.dtype(dtype)))
+    rank = np.zeros(w.num_tasks, np.int32)
+    rank[np.asarray(order)] = np.arange(w.num_tasks, dtype=np.int32)
+    rank = jax.device_put(rank)
+    cv = jax.device_put(np.asarray(service_cv, np.dtype(dtype)))
     policy_batch = max(1, min(flat.shape[0], MAX_BATCH_ELEMENTS // num_queries))
-    stats = _simulate_flat(
+    # the simulation and the model's predictions: one program, kept ahead of time by the
+    # command line (`keep_programs_in`)
+    stats, preds = call(
+        "simulate",
+        _simulate_and_predict,
         w,
         flat,
         key,
@@ -641,14 +644,14 @@ def simulate_server(
         capacity,
         policy_batch,
         replay,
+        model,
     )
     (mw, mt, qw, qt, busy, acc, obj, by_task, overflow) = stats
-    if bool(jnp.any(overflow)):
+    if bool(np.any(np.asarray(overflow))):
         raise InputError(
             f"capacity: more than {capacity} queries were in the processor-sharing system at "
             "once; raise capacity (the load is close to 1)"
         )
-    preds = _predictions(w, flat, model, replay)
     unstable = np.flatnonzero(np.asarray(preds[2]) >= 1)
     if unstable.size:
         warnings.warn(
@@ -662,9 +665,17 @@ def simulate_server(
             stacklevel=2,
         )
 
+    # reshaped on the host (a fresh process would otherwise compile a program per field)
+    (mw, mt, qw, qt, busy, acc, obj, by_task), preds = jax.device_get(
+        ((mw, mt, qw, qt, busy, acc, obj, by_task), preds)
+    )
+
     def shape(x):  # (R, P, ...) -> (*policies, R, ...)
-        x = jnp.moveaxis(x, 0, 1)
-        return x.reshape(*policies, *x.shape[1:])
+        x = np.moveaxis(x, 0, 1)
+        return jax.device_put(x.reshape(*policies, *x.shape[1:]))
+
+    def by_policy(x, *tail):
+        return jax.device_put(np.reshape(x, (*policies, *tail)))
 
     return SimulationResult(
         wait=shape(mw),
@@ -679,12 +690,12 @@ def simulate_server(
         accuracy=shape(acc),
         objective=shape(obj),
         system_time_by_task=shape(by_task),
-        predicted_system_time=preds[0].reshape(policies),
-        predicted_wait=preds[1].reshape(policies),
-        predicted_utilization=preds[2].reshape(policies),
-        predicted_accuracy=preds[3].reshape(policies),
-        predicted_objective=preds[4].reshape(policies),
-        predicted_system_time_by_task=preds[5].reshape(*policies, w.num_tasks),
+        predicted_system_time=by_policy(preds[0]),
+        predicted_wait=by_policy(preds[1]),
+        predicted_utilization=by_policy(preds[2]),
+        predicted_accuracy=by_policy(preds[3]),
+        predicted_objective=by_policy(preds[4]),
+        predicted_system_time_by_task=by_policy(preds[5], w.num_tasks),
         num_queries=num_queries,
         warmup=warmup,
         discipline=discipline,
@@ -692,7 +703,13 @@ def simulate_server(
     )
 
 
-@eqx.filter_jit
+def _simulate_and_predict(*args):
+    """`_simulate_flat(*args[:-1])` and the predictions of the model `args[-1]`, one program."""
+    *settings, model = args
+    w, tokens, replay = settings[0], settings[1], settings[-1]
+    return _simulate_flat(*settings), _predictions(w, tokens, model, replay)
+
+
 def _simulate_flat(
     w,
     tokens,
@@ -706,7 +723,7 @@ def _simulate_flat(
     rank,
     capacity: int,
     policy_batch: int,
-    replay: Replay | None = None,
+    replay: Replay | None,
 ):
     def replication(r):
         if replay is None:

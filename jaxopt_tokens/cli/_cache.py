@@ -17,6 +17,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import jaxopt_tokens as jt
+
 __all__ = ["cache_dir", "enable_compilation_cache", "MAX_BYTES", "ENV_DIR", "ENV_OFF"]
 
 #: the environment variable naming the cache directory
@@ -61,4 +63,6 @@ def enable_compilation_cache() -> Path | None:
     else:  # JAX reads these when a command first imports it; nothing is imported here
         for name, value in settings.items():
             os.environ.setdefault(name.upper(), str(value))
+    # the traced and lowered programs too, beside the compiled ones (no JAX imported here)
+    jt.keep_programs_in(where / "programs")
     return where

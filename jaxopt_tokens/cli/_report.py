@@ -8,13 +8,21 @@ import numpy as np
 
 import jaxopt_tokens as jt
 
-__all__ = ["allocation_report", "server_report"]
+__all__ = ["allocation_report", "solved", "solved_report", "server_report"]
 
 
-def _allocation_figures(tokens, w: jt.Workload) -> dict[str, Any]:
-    """Integer budgets and the figures of merit of `tokens`, computed as one program (one
-    compile, cached between commands, instead of one per operation)."""
+def _record(sol: jt.Solution, w: jt.Workload) -> dict[str, Any]:
+    """The solution's certificate, its integer budgets and the figures of merit of its budgets,
+    computed as one program (one compile, cached between commands, instead of one per
+    operation)."""
+    tokens = sol.tokens
     return {
+        "tokens": tokens,
+        "objective": sol.objective,
+        "status": sol.status,
+        "residual": sol.residual,
+        "iterations": sol.iterations,
+        "stats": dict(sol.stats),
         "tokens_int": jt.integer_budgets(tokens, w),
         "accuracy_per_task": jt.task_accuracy(tokens, w),
         "accuracy": jt.mean_accuracy(tokens, w),
@@ -26,38 +34,66 @@ def _allocation_figures(tokens, w: jt.Workload) -> dict[str, Any]:
 
 def allocation_report(w: jt.Workload, sol: jt.Solution, method: str) -> dict[str, Any]:
     """JSON-ready summary of one solved (unbatched) workload, with integer budgets (39)."""
+    import equinox as eqx
     import jax
 
-    tokens = sol.tokens
-    status = jt.Status(int(sol.status))
-    ok = status == jt.Status.CONVERGED or bool(np.all(np.isfinite(np.asarray(tokens))))
-    figures = jax.device_get(jax.jit(_allocation_figures)(tokens, w))
-    tokens_int = figures["tokens_int"] if ok else np.asarray(tokens)
+    return _report(w, jax.device_get(eqx.filter_jit(_record)(sol, w)), method)
+
+
+def solved_report(w: jt.Workload, method: str) -> dict[str, Any]:
+    """`allocation_report` of `jt.solve(w, method)`, solved and summarised by one program that
+    a repeated command loads ahead of time instead of tracing it again
+    (`jaxopt_tokens.keep_programs_in`)."""
+    return _report(w, solved(w, method), method)
+
+
+def solved(
+    w: jt.Workload, method: str = "default", model: jt.LatencyModel | None = None
+) -> dict[str, Any]:
+    """`jt.solve(w, method, model=model)`'s budgets and certificate with the figures of
+    `allocation_report`, as host arrays, from one program a repeated command loads ahead of
+    time."""
+    import jax
+
+    from ..internal import call_program
+
+    return jax.device_get(call_program("solve", _solve_record, w, method, model))
+
+
+def _solve_record(w: jt.Workload, method: str, model: jt.LatencyModel | None) -> dict[str, Any]:
+    return _record(jt.solve(w, method, model=model), w)
+
+
+def _report(w: jt.Workload, r: dict[str, Any], method: str) -> dict[str, Any]:
+    tokens = np.asarray(r["tokens"])
+    status = jt.Status(int(r["status"]))
+    ok = status == jt.Status.CONVERGED or bool(np.all(np.isfinite(tokens)))
+    tokens_int = r["tokens_int"] if ok else tokens
 
     def f(x):
         return float(np.asarray(x))
 
     return {
         "tasks": list(w.task_names),
-        "tokens": [float(v) for v in np.asarray(tokens)],
+        "tokens": [float(v) for v in tokens],
         "tokens_int": [int(v) if np.isfinite(v) else None for v in tokens_int],
-        "accuracy_per_task": [float(v) for v in figures["accuracy_per_task"]],
-        "objective": f(sol.objective),
-        "accuracy": f(figures["accuracy"]),
-        "mean_wait": f(figures["mean_wait"]),
-        "mean_system_time": f(figures["mean_system_time"]),
-        "utilization": f(figures["utilization"]),
+        "accuracy_per_task": [float(v) for v in r["accuracy_per_task"]],
+        "objective": f(r["objective"]),
+        "accuracy": f(r["accuracy"]),
+        "mean_wait": f(r["mean_wait"]),
+        "mean_system_time": f(r["mean_system_time"]),
+        "utilization": f(r["utilization"]),
         "status": status.name.lower(),
         "status_message": status.message,
-        "residual": f(sol.residual),
-        "iterations": int(sol.iterations),
+        "residual": f(r["residual"]),
+        "iterations": int(r["iterations"]),
         "method": method,
         "arrival_rate": f(w.arrival_rate),
         "alpha": f(w.alpha),
         "max_tokens": f(w.max_tokens),
         "stats": {
             k: (float(np.asarray(v)) if np.ndim(v) == 0 else np.asarray(v).tolist())
-            for k, v in sol.stats.items()
+            for k, v in r["stats"].items()
         },
     }
 

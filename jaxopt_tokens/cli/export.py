@@ -19,6 +19,7 @@ from .. import (
 )
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
 from ._output import Outputs, working
+from ._report import solved
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -169,7 +170,11 @@ def _policy_text(args: argparse.Namespace) -> str:
         if args.tokens:
             tokens = jt.load_tokens(args.tokens, w)
         else:
-            tokens = jt.solve(w, args.solver)
+            r = solved(w, args.solver)  # one program, loaded ahead of time when cached
+            tokens = jt.Solution(
+                **{k: r[k] for k in ("tokens", "objective", "status", "residual", "iterations")},
+                stats=r["stats"],
+            )
             status = jt.Status(int(tokens.status))
             if status != jt.Status.CONVERGED:
                 raise InputError(

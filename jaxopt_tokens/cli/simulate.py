@@ -24,6 +24,7 @@ from ._common import (
     server_from_args,
 )
 from ._output import console, emit_json
+from ._report import solved
 
 ROWS = (
     ("system_time", "mean system time E[T] (s)"),
@@ -179,13 +180,13 @@ def _priority_order(args, w: jt.Workload):
 
 def _policy(spec: str, w: jt.Workload, model: jt.LatencyModel) -> np.ndarray:
     if spec == "optimal":
-        sol = jt.solve(w, model=model)
-        if int(sol.status) != jt.Status.CONVERGED:
+        sol = solved(w, model=model)  # one program, loaded ahead of time when cached
+        if int(sol["status"]) != jt.Status.CONVERGED:
             raise InputError(
                 "--tokens optimal: the solver did not converge "
-                f"({jt.Status(int(sol.status)).message})"
+                f"({jt.Status(int(sol['status'])).message})"
             )
-        return np.asarray(sol.tokens)
+        return np.asarray(sol["tokens"])
     if spec.startswith("uniform:"):
         try:
             value = float(spec.split(":", 1)[1])

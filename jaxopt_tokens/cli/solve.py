@@ -17,7 +17,7 @@ from ._common import (
     server_from_args,
 )
 from ._output import console, emit_json
-from ._report import allocation_report, server_report
+from ._report import server_report, solved_report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--solver: a batching server has its own solver; leave --solver out")
     with loaded_workload(args, float32=args.float32) as w:
         if server is None:
-            sol = jt.solve(w, args.solver)
-            report = allocation_report(w, sol, args.solver)
+            report = solved_report(w, args.solver)
         else:
             refuse_unstable_server(server, w)
             sol = jt.solve_latency(w, server)
