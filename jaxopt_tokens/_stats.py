@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike
 
+from ._programs import call
+
 __all__ = ["student_t_quantile", "replication_interval"]
 
 
@@ -38,7 +40,8 @@ def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
 
 @functools.lru_cache(maxsize=64)
 def _t_quantile(p: float, df: int) -> float:
-    return float(student_t_quantile(p, df))  # once per (level, replications): one program
+    # once per (level, replications), a program kept ahead of time where programs are kept
+    return float(call("t-quantile", student_t_quantile, np.asarray(p), np.asarray(df)))
 
 
 def replication_interval(x, level: float = 0.95):
