@@ -4,8 +4,9 @@ limits, replica counts and routing rules (the table on the docs page *Continuous
     python benchmarks/batching_model.py [--queries 60000] [--replications 4] [--json OUT.json]
 
 For each configuration the arrival rate is set to a fraction of the capacity at Table I's
-budgets; the simulator (`simulate_batching`, common random numbers across routings) gives the
-mean with a 95% interval over replications, and the model its prediction. Reports the model's
+budgets; the simulator (`simulate(..., model=ContinuousBatching(...))`, common random
+numbers across routings) gives the mean with a 95% interval over replications, and the model
+its prediction. Reports the model's
 error relative to the simulated mean and whether it lies inside the interval.
 """
 
@@ -53,12 +54,12 @@ def main(argv=None) -> int:
             cap = float(model.capacity(policy, w.replace(arrival_rate=1.0)))
             for load in loads:
                 t = time.perf_counter()
-                sim = jt.simulate_batching(
+                sim = jt.simulate(
                     w.replace(arrival_rate=load * cap),
                     policy[None],
-                    model,
                     args.queries,
                     args.replications,
+                    model=model,
                     warmup=args.queries // 5,
                 )
                 mean, lo, hi = (float(x[0]) for x in sim.interval("system_time"))

@@ -26,7 +26,9 @@ def main() -> None:
         for rho in (0.6, 0.85):
             rate = rho / mean_service
             trace = jt.Trace(np.cumsum(rng.exponential(1 / rate, 20_000)))
-            sim = jt.simulate(w, tokens, num_replications=4, arrivals=trace, utilization=rho)
+            sim = jt.simulate(
+                w, tokens, arrivals=jt.Replay(trace, utilization=rho), num_replications=4
+            )
             s = sim.summary()["system_time"]
             at = w.replace(arrival_rate=jnp.asarray(rate))
             pk = float(jt.FIFO().mean_system_time(tokens, at))

@@ -74,9 +74,7 @@ def measure(replications: int) -> list[dict]:
                     tokens,
                     None,
                     replications,
-                    arrivals=trace,
-                    utilization=u,
-                    service=service,
+                    arrivals=jt.Replay(trace, utilization=u, service=service),
                     model=jt.FIFO(service_cv=cv),
                 )
                 replay = float(np.mean(np.asarray(sim.system_time)))

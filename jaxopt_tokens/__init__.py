@@ -94,7 +94,6 @@ if TYPE_CHECKING:
     )
     from ._programs import keep_in as keep_programs_in
     from ._queue.batching import ContinuousBatching
-    from ._queue.batching_sim import BatchingSimulation, simulate_batching
     from ._queue.models import (
         FIFO,
         AbstractSingleServer,
@@ -105,14 +104,15 @@ if TYPE_CHECKING:
         TimeVarying,
         latency_objective,
     )
-    from ._queue.simulate import (
+    from ._queue.results import (
+        BatchingSimulation,
         Simulation,
         SimulationResult,
         SimulationStatus,
-        lindley_waits,
-        sample_query_stream,
     )
+    from ._queue.server_sim import lindley_waits
     from ._queue.simulation import simulate
+    from ._queue.stream import sample_query_stream
     from ._random import random_workloads
     from ._solver.aggregate import AggregateNewton
     from ._solver.base import AbstractSolver, Iterate, Problem
@@ -140,6 +140,7 @@ if TYPE_CHECKING:
         with_simulated_tail,
     )
     from ._sweeps.sweep import SweepRun, read_sweep_metadata, sweep, write_sweep
+    from ._traffic.replay import Replay
     from ._traffic.stats import (
         DISPERSION_WINDOWS,
         ArrivalStats,
@@ -228,7 +229,6 @@ __all__ = [
     "ContinuousBatching",
     "ROUTINGS",
     "DEFAULT_ANSWER_TOKENS",
-    "simulate_batching",
     "BatchingSimulation",
     "plan_replicas",
     "ReplicaPlan",
@@ -245,6 +245,7 @@ __all__ = [
     # recorded traffic: traces, burstiness, replay, models of it
     "Trace",
     "read_trace",
+    "Replay",
     "TRACE_FORMATS",
     "TIME_UNITS",
     "arrival_stats",

@@ -25,7 +25,7 @@ __all__ = [
 
 #: the method names `solve` takes as shorthand for a solver instance
 SOLVER_NAMES = ("default", "fixed-point", "pga", "pga-safeguarded")
-#: the single-server disciplines `simulate_server` simulates (`LatencyModel.discipline`)
+#: the single-server disciplines the single-server simulator runs (`LatencyModel.discipline`)
 DISCIPLINES = ("fifo", "priority", "ps")
 #: how arrivals pick a replica of a continuously batching server
 ROUTINGS = ("random", "shortest_queue", "least_loaded")

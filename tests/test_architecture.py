@@ -225,3 +225,36 @@ def test_validation_runs_once_per_solve(monkeypatch):
     w = jt.random_workloads(jax.random.key(5), 3, num_tasks=7)
     grads = jax.grad(lambda a: jt.solve(w.replace(alpha=a)).objective.sum())(w.alpha)
     assert len(calls) == 1 and grads.shape == (3,)
+
+
+@pytest.mark.parametrize("server", ["fifo", "batching", "fifo-replay", "batching-replay"])
+def test_simulate_validates_once_and_its_kernels_validate_nothing(server, monkeypatch):
+    """`simulate` is the one door: it checks the workload and the budgets once (a `Replay`
+    was checked when it was made), and the kernels it calls take the prepared values."""
+    import numpy as np
+
+    from jaxopt_tokens._queue import simulation
+    from jaxopt_tokens._traffic.replay import Replay
+    from jaxopt_tokens._workload import Workload
+
+    calls = {"workload": 0, "tokens": 0, "replay": 0}
+
+    def counting(name, original):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return counted
+
+    w = jt.default_workload()
+    model = jt.ContinuousBatching(step_time=(0.02, 0.0005)) if "batching" in server else None
+    arrivals = None
+    if "replay" in server:
+        times = np.cumsum(np.random.default_rng(0).exponential(10.0, 400))
+        arrivals = jt.Replay(jt.Trace(times), utilization=0.4)
+    monkeypatch.setattr(Workload, "validate", counting("workload", Workload.validate))
+    monkeypatch.setattr(simulation, "_tokens", counting("tokens", simulation._tokens))
+    monkeypatch.setattr(Replay, "__check_init__", counting("replay", Replay.__check_init__))
+    tokens = np.full(w.num_tasks, 50.0)
+    jt.simulate(w, tokens, None if arrivals else 400, 2, model=model, arrivals=arrivals)
+    assert calls == {"workload": 1, "tokens": 1, "replay": 0}, calls

@@ -135,7 +135,7 @@ def test_model_within_the_simulators_intervals(table1, max_batch, loads):
     cap = float(m.capacity(POLICY, table1.replace(arrival_rate=1.0)))
     for load in loads:
         w = table1.replace(arrival_rate=load * cap)
-        r = jt.simulate_batching(w, POLICY[None], m, num_queries=4000, num_replications=8)
+        r = jt.simulate(w, POLICY[None], model=m, num_queries=4000, num_replications=8)
         mean, lo, hi = (float(x[0]) for x in r.interval("system_time", 0.99))
         pred = float(r.predicted_system_time[0])
         tolerance = 0.0 if max_batch is None else 0.05 * pred
@@ -214,8 +214,8 @@ def test_routed_replicas_against_the_pooled_model_and_random_routing(table1, rou
     m = jt.ContinuousBatching(**kw, routing=routing)
     cap = float(m.capacity(POLICY, table1.replace(arrival_rate=1.0)))
     w = table1.replace(arrival_rate=0.9 * cap)
-    r = jt.simulate_batching(w, POLICY[None], m, num_queries=6000, num_replications=4)
-    base = jt.simulate_batching(w, POLICY[None], jt.ContinuousBatching(**kw), 6000, 4)
+    r = jt.simulate(w, POLICY[None], model=m, num_queries=6000, num_replications=4)
+    base = jt.simulate(w, POLICY[None], 6000, 4, model=jt.ContinuousBatching(**kw))
     mean, lo, hi = (float(x[0]) for x in r.interval("system_time", 0.99))
     pred = float(r.predicted_system_time[0])
     assert lo - 0.06 * pred <= pred <= hi + 0.06 * pred, (pred, mean, lo, hi)

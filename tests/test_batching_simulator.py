@@ -188,11 +188,11 @@ def test_routed_simulator_equals_a_step_by_step_reference(
 def test_simulator_refuses_and_warns(table1):
     m = jt.ContinuousBatching(step_time=TAU)
     with pytest.warns(jt.UnstableQueueWarning):
-        jt.simulate_batching(table1.replace(arrival_rate=50.0), POLICY[None], m, 200, 2, slots=4096)
+        jt.simulate(table1.replace(arrival_rate=50.0), POLICY[None], 200, 2, model=m, slots=4096)
     with pytest.raises(jt.InputError, match="slots"):
-        jt.simulate_batching(table1.replace(arrival_rate=2.0), POLICY[None], m, 500, 2, slots=2)
+        jt.simulate(table1.replace(arrival_rate=2.0), POLICY[None], 500, 2, model=m, slots=2)
     with pytest.raises(jt.InputError, match="tokens"):
-        jt.simulate_batching(table1, jnp.asarray([[1.0, -1, 0, 0, 0, 0]]), m, 100, 2)
+        jt.simulate(table1, jnp.asarray([[1.0, -1, 0, 0, 0, 0]]), 100, 2, model=m)
 
 
 # ------------------------------------------------ regressions of the second reliability trial

@@ -237,14 +237,14 @@ SIZE_FUNCTIONS = {
     "simulate.capacity": lambda n: jt.simulate(
         _w(), np.zeros(6), 200, 2, model=jt.ProcessorSharing(), capacity=n
     ),
-    "simulate_batching": lambda n: jt.simulate_batching(
-        _w(), np.zeros(6), jt.ContinuousBatching(), n, 2
+    "simulate_batching": lambda n: jt.simulate(
+        _w(), np.zeros(6), n, 2, model=jt.ContinuousBatching()
     ),
-    "simulate_batching.num_replications": lambda n: jt.simulate_batching(
-        _w(), np.zeros(6), jt.ContinuousBatching(), 200, n
+    "simulate_batching.num_replications": lambda n: jt.simulate(
+        _w(), np.zeros(6), 200, n, model=jt.ContinuousBatching()
     ),
-    "simulate_batching.slots": lambda n: jt.simulate_batching(
-        _w(), np.zeros(6), jt.ContinuousBatching(), 200, 2, slots=n
+    "simulate_batching.slots": lambda n: jt.simulate(
+        _w(), np.zeros(6), 200, 2, model=jt.ContinuousBatching(), slots=n
     ),
     "simulate.slots": lambda n: jt.simulate(
         _w(), np.zeros(6), 200, 2, model=jt.ContinuousBatching(), slots=n
@@ -359,11 +359,21 @@ TIME_FUNCTIONS = {
     "Trace.window_index": lambda x: _trace().window_index(x),
     "Trace.window_lengths": lambda x: _trace().window_lengths(x),
     "Trace.num_windows": lambda x: _trace().num_windows(x),
-    "simulate_batching.rate": lambda x: jt.simulate_batching(
-        _w(), np.zeros(6), jt.ContinuousBatching(), 200, 2, arrivals=_trace(), rate=x
+    "simulate_batching.rate": lambda x: jt.simulate(
+        _w(),
+        np.zeros(6),
+        200,
+        2,
+        model=jt.ContinuousBatching(),
+        arrivals=jt.Replay(_trace(), rate=x),
     ),
-    "simulate_batching.utilization": lambda x: jt.simulate_batching(
-        _w(), np.zeros(6), jt.ContinuousBatching(), 200, 2, arrivals=_trace(), utilization=x
+    "simulate_batching.utilization": lambda x: jt.simulate(
+        _w(),
+        np.zeros(6),
+        200,
+        2,
+        model=jt.ContinuousBatching(),
+        arrivals=jt.Replay(_trace(), utilization=x),
     ),
     "Trace.rescaled": lambda x: _trace().rescaled(x),
     "TimeVarying.from_trace": lambda x: jt.TimeVarying.from_trace(_trace(), x),
@@ -377,12 +387,14 @@ TIME_FUNCTIONS = {
     "learn_budgets.utilization": lambda x: jt.learn_budgets(
         _w(), _trace(), utilization=x, steps=1, num_replications=1
     ),
-    "simulate.rate": lambda x: jt.simulate(_w(), np.zeros(6), 200, 2, arrivals=_trace(), rate=x),
+    "simulate.rate": lambda x: jt.simulate(
+        _w(), np.zeros(6), 200, 2, arrivals=jt.Replay(_trace(), rate=x)
+    ),
     "simulate.utilization": lambda x: jt.simulate(
-        _w(), np.zeros(6), 200, 2, arrivals=_trace(), utilization=x
+        _w(), np.zeros(6), 200, 2, arrivals=jt.Replay(_trace(), utilization=x)
     ),
     "simulate.window": lambda x: jt.simulate(
-        _w(), np.zeros((1, 6)), 200, 2, arrivals=_trace(), window=x
+        _w(), np.zeros((1, 6)), 200, 2, arrivals=jt.Replay(_trace(), window=x)
     ),
 }
 

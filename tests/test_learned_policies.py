@@ -33,7 +33,7 @@ def test_the_replay_equals_simulate_on_the_same_draws(setting):
     w, tokens, trace, draws = setting
     with jax.enable_x64(True):
         m = jt.replay_metrics(tokens, draws)
-        sim = jt.simulate(w, tokens, arrivals=trace, utilization=0.7, num_replications=3)
+        sim = jt.simulate(w, tokens, arrivals=jt.Replay(trace, utilization=0.7), num_replications=3)
         np.testing.assert_allclose(
             np.asarray(m.per_replication["mean_system_time"]),
             np.asarray(sim.system_time),

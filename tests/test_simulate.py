@@ -18,7 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens._queue.simulate import lindley_waits, sample_quantiles, sample_query_stream
+from jaxopt_tokens._queue.results import sample_quantiles
+from jaxopt_tokens._queue.server_sim import lindley_waits
+from jaxopt_tokens._queue.stream import sample_query_stream
 from jaxopt_tokens._stats import student_t_quantile
 from jaxopt_tokens.cli import main
 
@@ -316,7 +318,7 @@ def test_cli_simulate_priority_uses_the_priority_optimum(capsys, table1):
 
 
 def test_policies_in_memory_bounded_batches_give_the_same_result(table1, monkeypatch):
-    import jaxopt_tokens._queue.simulate as sim
+    import jaxopt_tokens._queue.server_sim as sim
 
     policies = np.random.default_rng(2).uniform(0, 400, (7, 6))
     whole = jt.simulate(table1, policies, 3000, 2)

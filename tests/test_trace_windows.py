@@ -135,7 +135,9 @@ def test_a_replay_rate_that_overloads_names_the_flag(tmp_path):
         "overloads the server",
     )
     with pytest.raises(jt.InputError, match="^rate: "):
-        jt.simulate(jt.default_workload(), np.zeros(6), arrivals=jt.read_trace(path), rate=1e3)
+        jt.simulate(
+            jt.default_workload(), np.zeros(6), arrivals=jt.Replay(jt.read_trace(path), rate=1e3)
+        )
 
 
 def test_a_request_without_its_token_count_keeps_its_arrival(tmp_path):

@@ -65,7 +65,7 @@ def test_time_varying_simulates_its_base_servers_queue():
         w = jt.default_workload()
         l = jnp.asarray(jt.solve(w).tokens)
         trace = jt.Trace(np.cumsum(np.random.default_rng(0).exponential(10.0, 2000)))
-        sim = jt.simulate(w, l, model=model, num_replications=2, arrivals=trace)
+        sim = jt.simulate(w, l, arrivals=trace, model=model, num_replications=2)
         assert sim.discipline == "priority"
 
 

@@ -3,7 +3,7 @@ latency target.
 
 For $c = 1, 2, \ldots$ replicas the budgets are solved under the server model (`solve_latency`)
 and their mean system time compared with the target; with a p95 target the first count that
-meets the mean is simulated (`simulate_batching`) and must meet the p95 too. Under random routing
+meets the mean is simulated (`simulate`) and must meet the p95 too. Under random routing
 $c$ replicas are one replica at $\lambda / c$, so every count is one member of one batched solve;
 under routing by state (`"shortest_queue"`, `"least_loaded"`) each count is its own solve of the
 pooled model, so the scan stops two counts past the answer, or once the mean latency has stopped
@@ -25,7 +25,7 @@ from jaxtyping import PRNGKeyArray
 from .._errors import InputError
 from .._objective import mean_accuracy
 from .._queue.batching import ContinuousBatching
-from .._queue.batching_sim import simulate_batching
+from .._queue.simulation import simulate
 from .._solver.solve import solve_latency
 from .._status import Status
 from .._validate import check_int, check_key
@@ -137,7 +137,7 @@ def plan_replicas(
         meets = ok and et is not None and et <= target_latency
         p95 = None
         if meets and target_p95 is not None and chosen is None:
-            sim = simulate_batching(wc, tokens[None], model, num_queries, num_replications, key)
+            sim = simulate(wc, tokens[None], num_queries, num_replications, key, model=model)
             p95 = float(sim.interval("system_time_p95")[0][0])
             meets = p95 <= target_p95
         row = ReplicaCount(

@@ -34,9 +34,10 @@ from .._errors import InputError
 from .._objective import task_accuracy
 from .._queue.batching import ContinuousBatching
 from .._queue.models import FIFO, AbstractSingleServer, LatencyModel
-from .._queue.replay import replay_for
-from .._queue.simulate import lindley_waits, replay_stream
+from .._queue.server_sim import lindley_waits
+from .._queue.stream import replay_stream
 from .._solver.solve import solve
+from .._traffic.replay import Replay
 from .._traffic.trace import Trace
 from .._validate import check_int, check_key, check_memory
 from .._workload import Workload
@@ -121,8 +122,8 @@ def replay_draws(
             needs more is refused by `replay_metrics`' callers (`overflow`).
 
     Returns:
-        `ReplayDraws`. `simulate(w, tokens, arrivals=trace, model=FIFO(service_cv),
-        noise=noise, ...)` with the same key sees the same draws.
+        `ReplayDraws`. `simulate(w, tokens, arrivals=Replay(trace, ...),
+        model=FIFO(service_cv), noise=noise)` with the same key sees the same draws.
     """
     if not isinstance(trace, Trace):
         raise InputError(f"trace: expected a Trace (read_trace), got {type(trace).__name__}")
@@ -151,17 +152,10 @@ def replay_draws(
     if tokens is None and utilization is not None:
         tokens = solve(w, model=model).tokens
     tok = np.zeros((1, w.num_tasks)) if tokens is None else np.asarray(tokens, np.float64)
-    replay, at = replay_for(
-        model,
-        w,
-        tok.reshape(-1, w.num_tasks)[:1],
-        trace,
-        rate=rate,
-        utilization=utilization,
-        service=service,
-        task_types=task_types,
-        window=None,
+    settings = Replay(
+        trace, rate=rate, utilization=utilization, service=service, task_types=task_types
     )
+    replay, at = settings.prepared_for(model, w, tok.reshape(-1, w.num_tasks)[:1])
     q = replay.num_queries
     warmup = q // 10 if warmup is None else check_int("warmup", warmup, 0, q - 2)
     check_memory(

@@ -30,7 +30,7 @@ simulator), the step residual is counted only for arrivals
 that find a free slot, and the time in service is $E[\min(N, B)]/\lambda$. Stable iff
 $\lambda E[w] (\tau_0 + \tau_1 B) / B < 1$. Per type,
 $E[T_k] = W_q + R + w_k \cdot (\text{time in service}) / E[w]$. Checked against the
-simulator (`simulate_batching`) in the tests; docs: *Continuous batching*.
+simulator (`simulate`) in the tests; docs: *Continuous batching*.
 
 **Replicas** (`replicas` $= c$). `routing="random"`: every replica sees $\lambda / c$
 (exact from the one-server model). `routing="shortest_queue"` (join the replica with the

@@ -32,103 +32,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int
 
 from .._errors import InputError, UnstableQueueWarning
 from .._objective import task_accuracy
-from .._traffic.trace import Trace
-from .._validate import check_int, check_key, check_memory
+from .._traffic.replay import PreparedReplay
+from .._validate import check_memory
 from .._workload import Workload
 from .batching import ContinuousBatching
-from .replay import no_replay_settings, replay_for
-from .simulate import (
-    Simulation,
-    replay_stream,
-    sample_quantiles,
-    sample_query_stream,
-)
+from .results import BatchingSimulation, sample_quantiles
+from .stream import replay_stream, sample_query_stream
 
-__all__ = ["BatchingSimulation", "simulate_batching", "batching_trajectory", "routed_trajectory"]
-
-
-class BatchingSimulation(Simulation):
-    r"""Per-replication statistics of simulated policies on a batching server.
-
-    Array fields have shape `(*policies, replications)`: the mean `system_time` (arrival to
-    last token), `queue_wait` (arrival to admission), `ttft` (arrival to first token), the
-    quantiles `system_time_p50/p95/p99` and `ttft_p95`, the time-average batch size
-    `running`, the `throughput` (requests/s) and `token_throughput` (decode tokens/s), the
-    fraction answered correctly `accuracy`; `system_time_by_task` adds a task axis and
-    `batch_size` (shape `(*policies, replications, slots + 1)`) is the fraction of time with
-    n requests running. `predicted_*` (shape `(*policies,)`) are the model's values.
-
-    Attributes:
-        num_queries: queries per replication.
-        warmup: queries dropped at the start of each replication.
-
-        system_time: mean time from arrival to last token (s).
-        queue_wait: mean time from arrival to admission.
-        ttft: mean time from arrival to first token.
-        system_time_p50: median system time.
-        system_time_p95: 95th percentile of the system time.
-        system_time_p99: 99th percentile of the system time.
-        ttft_p95: 95th percentile of the time to first token.
-        running: time-average number of requests running.
-        throughput: requests answered per second.
-        token_throughput: decode tokens per second.
-        accuracy: the fraction answered correctly.
-        system_time_by_task: mean system time of each task type.
-        batch_size: the fraction of time with n requests running, n = 0..slots.
-        predicted_system_time: the model's E[T].
-        predicted_queue_wait: the model's wait for a place.
-        predicted_running: the model's mean batch size.
-        predicted_load: the model's load (below 1: a steady state exists).
-        predicted_system_time_by_task: the model's E[T_k].
-        arrival_rate: the arrival rate simulated.
-    """
-
-    system_time: Float[Array, "*p r"]
-    queue_wait: Float[Array, "*p r"]
-    ttft: Float[Array, "*p r"]
-    system_time_p50: Float[Array, "*p r"]
-    system_time_p95: Float[Array, "*p r"]
-    system_time_p99: Float[Array, "*p r"]
-    ttft_p95: Float[Array, "*p r"]
-    running: Float[Array, "*p r"]
-    throughput: Float[Array, "*p r"]
-    token_throughput: Float[Array, "*p r"]
-    accuracy: Float[Array, "*p r"]
-    system_time_by_task: Float[Array, "*p r n"]
-    batch_size: Float[Array, "*p r s"]
-    predicted_system_time: Float[Array, "*p"]
-    predicted_queue_wait: Float[Array, "*p"]
-    predicted_running: Float[Array, "*p"]
-    predicted_load: Float[Array, "*p"]
-    predicted_system_time_by_task: Float[Array, "*p n"]
-    num_queries: int = eqx.field(static=True)
-    warmup: int = eqx.field(static=True)
-    arrival_rate: float = eqx.field(static=True, default=float("nan"))
-
-    STATISTICS = (
-        "system_time",
-        "queue_wait",
-        "ttft",
-        "system_time_p50",
-        "system_time_p95",
-        "system_time_p99",
-        "ttft_p95",
-        "running",
-        "throughput",
-        "token_throughput",
-        "accuracy",
-    )
-
-    PER_TASK_STATISTICS = ("system_time_by_task", "batch_size")
-    PREDICTED = ("system_time", "queue_wait", "running")
-
-    @property
-    def load(self) -> Float[Array, "*p"]:
-        return self.predicted_load
+__all__ = ["check", "run", "batching_trajectory", "routed_trajectory"]
 
 
 class _Loop(eqx.Module):
@@ -565,154 +480,125 @@ def _check_time_resolution(
         )
 
 
-def simulate_batching(
+def check(
     w: Workload,
-    tokens: Float[ArrayLike, "*p n"],
     model: ContinuousBatching,
-    num_queries: int | None = None,
-    num_replications: int = 20,
-    key: PRNGKeyArray | None = None,
-    *,
-    warmup: int | None = None,
-    slots: int | None = None,
-    arrivals: Trace | None = None,
-    rate: float | None = None,
-    utilization: float | None = None,
-    service: str = "tasks",
-    task_types: str = "shares",
-) -> BatchingSimulation:
-    """Simulate policies `tokens` (one per row) on the batching server `model`.
-
-    Args:
-        w: one `Workload` (no batch axes).
-        tokens: budgets of shape `(N,)` or `(*P, N)`, one policy per row.
-        model: the `ContinuousBatching` server.
-        num_queries: queries per replication (default 10,000; a replay takes the whole
-            trace).
-        num_replications: independent replications.
-        key: a JAX PRNG key (default `PRNGKey(0)`).
-        warmup: queries dropped at the start (default 10%).
-        slots: the size of the running set when `max_batch` is None (default: the model's
-            mean number present plus ten standard deviations, as a power of two; a stream
-            that needs more raises `InputError`).
-        arrivals: a recorded trace to replay instead of Poisson arrivals, as in `simulate`
-            (with `replicas`, routed by the replicas' state; random routing is refused).
-            Budgets that change by window are a setting of the single-server replay only.
-        rate: the replayed mean rate, as in `simulate`.
-        utilization: or the load the replayed rate is set from.
-        service: `"tasks"` or `"trace"`, as in `simulate`.
-        task_types: `"shares"` or `"trace"`, as in `simulate`.
-
-    Returns:
-        a `BatchingSimulation` with per-replication statistics and the model's predictions.
-        A policy the server cannot sustain (load >= 1) raises `UnstableQueueWarning`; its
-        simulated means are finite but have no steady state.
-    """
-    if not isinstance(model, ContinuousBatching):
-        raise InputError(f"model: must be ContinuousBatching, got {type(model).__name__}")
-    model.check(w)
-    check_key(key)
-    replay = None
-    if arrivals is None:
-        no_replay_settings(num_queries, rate, utilization, service, task_types, None)
-        num_queries = 10_000 if num_queries is None else num_queries
-    elif num_queries is not None:
+    replay: PreparedReplay | None,
+    num_policies: int,
+    num_queries: int,
+    num_replications: int,
+    slots: int | None,
+) -> None:
+    """`InputError` when the batching server cannot simulate these validated inputs: random
+    routing of a replayed trace, a step time the clock cannot resolve, or too little memory."""
+    if replay is not None and model.replicas > 1 and not model.pooled:
         raise InputError(
-            "num_queries: a replay simulates the whole trace (take part of it with "
-            "Trace.head or Trace.between)"
+            "arrivals: a trace is replayed whole; random routing over replicas would thin "
+            "it at random (use routing='shortest_queue' or 'least_loaded', or replicas=1)"
         )
-    else:
-        num_queries = len(arrivals) if isinstance(arrivals, Trace) else 2
-    num_queries = check_int("num_queries", num_queries, 2)
-    num_replications = check_int("num_replications", num_replications, 1)
-    warmup = num_queries // 10 if warmup is None else check_int("warmup", warmup, 0)
-    if warmup >= num_queries - 1:
-        raise InputError(f"warmup: must be below num_queries - 1, got {warmup}")
-    tokens = jnp.asarray(tokens, w.dtype)
-    if tokens.shape[-1:] != (w.num_tasks,):
-        raise InputError(
-            f"tokens: the last axis must have {w.num_tasks} values, got {tokens.shape}"
-        )
-    if not bool(jnp.all(jnp.isfinite(tokens) & (tokens >= 0) & (tokens <= w.max_tokens))):
-        raise InputError(f"tokens: must be finite and in [0, max_tokens={float(w.max_tokens):g}]")
-    if arrivals is not None:
-        if model.replicas > 1 and not model.pooled:
-            raise InputError(
-                "arrivals: a trace is replayed whole; random routing over replicas would thin "
-                "it at random (use routing='shortest_queue' or 'least_loaded', or replicas=1)"
-            )
-        tok = np.asarray(tokens, dtype=np.float64)
-        replay, w = replay_for(
-            model,
-            w,
-            tok,
-            arrivals,
-            rate=rate,
-            utilization=utilization,
-            service=service,
-            task_types=task_types,
-            window=None,
-        )
-        _check_time_resolution(w, model, num_queries, float(np.sum(np.asarray(replay.gaps))))
-    else:
-        _check_time_resolution(w, model, num_queries)
-    policies = tokens.shape[:-1]
-    flat = tokens.reshape(-1, w.num_tasks)
-    if slots is None:
-        if model.max_batch is not None:
-            slots = model.max_batch
-        else:  # the number present is negative binomial: mean + 10 sd covers any run
-            # (per replica under random routing: routing by state only narrows it)
-            stats = model.replace(routing="random").stats(flat, w)
-            mean = np.nan_to_num(np.asarray(stats["in_system"]), nan=0.0, posinf=1e6)
-            tau0, tau1 = (float(np.asarray(t)) for t in model.step_time)
-            q = np.clip(mean / (mean + tau0 / tau1 + 1), 0, 1 - 1e-9)
-            sd = np.sqrt(mean / np.maximum(1 - q, 1e-9))
-            need = float(np.max(mean + 10 * sd + 16))
-            slots = int(2 ** math.ceil(math.log2(min(max(need, 16), 1 << 16))))
-    slots = check_int("slots", slots, 1)
-    cap = slots if model.max_batch is None else model.max_batch
+    horizon = None if replay is None else float(np.sum(np.asarray(replay.gaps)))
+    _check_time_resolution(w, model, num_queries, horizon)
+    cap = model.max_batch or slots or 1 << 10  # the default slots are sized in `run`
     queues = model.replicas if model.pooled else 0  # routed_trajectory's per-replica queues
     check_memory(
-        8.0 * flat.shape[0] * num_queries * (6 + queues)
-        + 8.0 * flat.shape[0] * cap * 4 * max(queues, 1)
+        8.0 * num_policies * num_queries * (6 + queues)
+        + 8.0 * num_policies * cap * 4 * max(queues, 1)
         # the statistics kept per replication: a dozen numbers, one per task, the histogram
-        + 8.0 * flat.shape[0] * num_replications * (16 + w.num_tasks + cap),
-        f"simulating {flat.shape[0]} policies x {num_queries} queries x {num_replications} "
+        + 8.0 * num_policies * num_replications * (16 + w.num_tasks + cap),
+        f"simulating {num_policies} policies x {num_queries} queries x {num_replications} "
         "replications",
         "simulate fewer policies, queries or replications at once",
     )
-    key = jax.random.PRNGKey(0) if key is None else key
-    load = np.asarray(model.load(flat, w))
+
+
+def _default_slots(model: ContinuousBatching, flat, w: Workload) -> int:
+    """The running set of an unlimited server: the number present is negative binomial, so
+    its mean plus ten standard deviations covers any run (per replica under random routing:
+    routing by state only narrows it), as a power of two."""
+    stats = model.replace(routing="random").stats(flat, w)
+    mean = np.nan_to_num(np.asarray(stats["in_system"]), nan=0.0, posinf=1e6)
+    tau0, tau1 = (float(np.asarray(t)) for t in model.step_time)
+    q = np.clip(mean / (mean + tau0 / tau1 + 1), 0, 1 - 1e-9)
+    sd = np.sqrt(mean / np.maximum(1 - q, 1e-9))
+    need = float(np.max(mean + 10 * sd + 16))
+    return int(2 ** math.ceil(math.log2(min(max(need, 16), 1 << 16))))
+
+
+def _window_stats(model: ContinuousBatching, flat, w: Workload, replay: PreparedReplay | None):
+    """The model's statistics and E[T_k] for policies `flat` (shape (P, K, N)); with budgets by
+    window, the arrival-weighted mean over windows, each window at its own rate."""
+    if replay is None or replay.window is None:
+        return model.stats(flat[:, 0], w), model.system_times(flat[:, 0], w)
+    q = np.asarray(replay.window_weights)
+    rates = np.asarray(replay.window_rates)
+    per = [
+        (model.stats(flat[:, k], wk), model.system_times(flat[:, k], wk))
+        for k, wk in enumerate(w.replace(arrival_rate=r) for r in rates)
+    ]
+    stats = {
+        name: sum(q[k] * np.asarray(per[k][0][name]) for k in range(len(per)))
+        for name in ("system_time", "queue_wait", "running", "load")
+    }
+    by_task = sum(q[k] * np.asarray(per[k][1]) for k in range(len(per)))
+    return stats, by_task
+
+
+def run(
+    w: Workload,
+    tokens: np.ndarray,
+    model: ContinuousBatching,
+    replay: PreparedReplay | None,
+    num_queries: int,
+    num_replications: int,
+    warmup: int,
+    key,
+    slots: int | None,
+) -> BatchingSimulation:
+    """Simulate validated policies `tokens` (`(*P, N)`, or `(*P, K, N)` by window) on the
+    batching server `model` (`simulate` checks every input; nothing is checked here)."""
+    windowed = replay is not None and replay.window is not None
+    num_windows = 1 if replay is None else replay.num_windows
+    policies = tokens.shape[:-2] if windowed else tokens.shape[:-1]
+    dtype = np.dtype(w.dtype)
+    flat = jax.device_put(tokens.reshape(-1, num_windows, w.num_tasks).astype(dtype))
+    pred, by_task = _window_stats(model, flat, w, replay)
+    if slots is None:
+        slots = (
+            model.max_batch
+            if model.max_batch is not None
+            else _default_slots(model, flat.reshape(-1, w.num_tasks), w)
+        )
+    load = np.asarray(pred["load"])
     if np.any(~(load < 1)):
         warnings.warn(
             f"{int(np.sum(~(load < 1)))} policies load the batching server to >= its capacity: "
             "the queue grows without bound and the simulated means have no steady state",
             UnstableQueueWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     out = _simulate(w, flat, model, num_queries, num_replications, key, warmup, slots, replay)
     *stats, overflow = out
-    if bool(jnp.any(overflow)):
+    if bool(np.any(np.asarray(overflow))):
         raise InputError(
             f"slots: more than {slots} requests were running at once; raise slots (the load "
             "is close to the capacity) or set max_batch"
         )
-    pred = model.stats(flat, w)
-    by_task = model.system_times(flat, w)
 
     def shape(x):  # (P, R, ...) -> (*policies, R, ...)
-        return x.reshape(*policies, *x.shape[1:])
+        return jax.device_put(np.reshape(x, (*policies, *x.shape[1:])))
+
+    def by_policy(x, *tail):
+        return jax.device_put(np.reshape(np.asarray(x), (*policies, *tail)))
 
     names = (*BatchingSimulation.STATISTICS, "system_time_by_task", "batch_size")
-    fields = {n: shape(v) for n, v in zip(names, stats)}
+    fields = {n: shape(v) for n, v in zip(names, jax.device_get(stats))}
     return BatchingSimulation(
         **fields,
-        predicted_system_time=pred["system_time"].reshape(policies),
-        predicted_queue_wait=pred["queue_wait"].reshape(policies),
-        predicted_running=pred["running"].reshape(policies),
-        predicted_load=pred["load"].reshape(policies),
-        predicted_system_time_by_task=by_task.reshape(*policies, w.num_tasks),
+        predicted_system_time=by_policy(pred["system_time"]),
+        predicted_queue_wait=by_policy(pred["queue_wait"]),
+        predicted_running=by_policy(pred["running"]),
+        predicted_load=by_policy(pred["load"]),
+        predicted_system_time_by_task=by_policy(by_task, w.num_tasks),
         num_queries=num_queries,
         warmup=warmup,
         arrival_rate=float(np.asarray(w.arrival_rate)),
@@ -756,9 +642,9 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
         onehot = jax.nn.one_hot(stream.task[warmup:], w.num_tasks, dtype=w.dtype)
         per_type = jnp.sum(onehot, 0)
 
-        def policy(l):
-            total, first = _work(model, l, w)
-            work, first_steps = total[stream.task], first[stream.task]
+        def policy(l):  # (K, N): budgets per window (K = 1 without a schedule)
+            total, first = jax.vmap(lambda x: _work(model, x, w))(l)
+            work, first_steps = stream.budgets(total), stream.budgets(first)
             if replay is not None and replay.work is not None:  # the trace's own work
                 work = jnp.maximum(jnp.round(work * stream.noise), 1).astype(work.dtype)
                 first_steps = jnp.minimum(first_steps, work)
@@ -772,7 +658,7 @@ def _simulate(w, tokens, model, num_queries, num_replications, key, warmup, slot
             tokens_done = jnp.sum(jnp.where(measured, work, 0)).astype(w.dtype)
             frac = hist / jnp.sum(hist)
             sizes = jnp.arange(hist.shape[0], dtype=w.dtype)
-            correct = stream.uniform < task_accuracy(l, w)[stream.task]
+            correct = stream.uniform < stream.budgets(task_accuracy(l, w))
             return (
                 jnp.mean(T),
                 jnp.mean(Q),

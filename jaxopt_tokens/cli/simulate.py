@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="Q",
         help="queries per replication (default 10000; with --arrivals the whole trace)",
     )
-    r = p.add_argument_group("replaying a recorded trace (python: simulate(..., arrivals=trace))")
+    r = p.add_argument_group(
+        "replaying a recorded trace (python: simulate(..., arrivals=Replay(trace, ...)))"
+    )
     r.add_argument(
         "--arrivals",
         type=path_arg,
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     if server is not None and (args.discipline != "fifo" or args.service_cv):
         raise InputError("--server batching: --discipline and --service-cv are M/G/1 options")
     key = jax.random.PRNGKey(args.seed)
-    replay: dict = {}
+    replay = None
     if args.arrivals is None:
         for flag, value, default in (
             ("--utilization", args.utilization, None),
@@ -226,13 +228,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 "--num-queries: a replay simulates the whole trace; cut the file to replay part"
             )
-        replay = {
-            "arrivals": jt.read_trace(args.arrivals, args.trace_format),
-            "utilization": args.utilization,
-            "rate": args.replay_rate,
-            "service": args.service,
-            "task_types": args.task_types,
-        }
+        trace = jt.read_trace(args.arrivals, args.trace_format)
+        with said_as_flags(REPLAY_FLAGS):
+            replay = jt.Replay(
+                trace,
+                rate=args.replay_rate,
+                utilization=args.utilization,
+                service=args.service,
+                task_types=args.task_types,
+            )
     with loaded_workload(args) as w:
         model = _latency_model(args, w, _priority_order(args, w)) if server is None else server
         policies = np.stack([_policy(s, w, model) for s in specs])
@@ -245,9 +249,9 @@ def run(args: argparse.Namespace) -> int:
                 args.num_replications,
                 key,
                 model=model,
+                arrivals=replay,
                 warmup=args.warmup,
                 **kwargs,
-                **replay,
             )
         if server is None:
             rows, discipline, what = ROWS, args.discipline, "M/G/1 server"
@@ -261,8 +265,8 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "policies": specs,
         **(
-            {"arrivals_left_out": dict(replay["arrivals"].dropped)}
-            if replay and replay["arrivals"].dropped
+            {"arrivals_left_out": dict(replay.trace.dropped)}
+            if replay is not None and replay.trace.dropped
             else {}
         ),
         "tasks": list(w.task_names),
