@@ -94,7 +94,7 @@ def cases(sizes: dict, dtype):
             "sweep, default workload",
             side * side,
             "points",
-            lambda: jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True),
+            lambda: jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True),
             lambda df: float((df["status"] == "converged").mean()),
         ),
         (

@@ -46,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     args = parser.parse_args()
-    trace = jt.read_trace(TRACE).between(0.0, args.minutes * 60.0)
+    trace = jt.traffic.read_trace(TRACE).between(0.0, args.minutes * 60.0)
     with jax.enable_x64(True):
         w = jt.default_workload("float64").replace(arrival_rate=trace.mean_rate)
     tasks = np.random.default_rng(0).choice(w.num_tasks, size=len(trace), p=np.asarray(w.share))

@@ -165,7 +165,9 @@ def overhead(requests: int) -> dict:
     }
 
 
-def _replay(trace: jt.Trace, w: jt.Workload, speedup: float, live: bool, tasks, tmp: Path) -> dict:
+def _replay(
+    trace: jt.traffic.Trace, w: jt.Workload, speedup: float, live: bool, tasks, tmp: Path
+) -> dict:
     """Replay `trace` through a gateway (static or live policy) to the fake engine."""
     s = 1.0 / speedup
     # the gateway plans in the engine's (scaled) clock: times x s, rates / s, alpha x s
@@ -230,7 +232,7 @@ def _accuracy(received: list[dict], w: jt.Workload) -> np.ndarray:
 
 
 def trace_replay(minutes: float, speedup: float, seed: int = 0) -> list[dict]:
-    trace = jt.read_trace(TRACE).between(0.0, minutes * 60.0)
+    trace = jt.traffic.read_trace(TRACE).between(0.0, minutes * 60.0)
     with jax.enable_x64(True):
         w = jt.default_workload("float64")
     share = np.asarray(w.share)

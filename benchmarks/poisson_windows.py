@@ -25,9 +25,9 @@ def main() -> None:
         )
         for rho in (0.6, 0.85):
             rate = rho / mean_service
-            trace = jt.Trace(np.cumsum(rng.exponential(1 / rate, 20_000)))
+            trace = jt.traffic.Trace(np.cumsum(rng.exponential(1 / rate, 20_000)))
             sim = jt.simulate(
-                w, tokens, arrivals=jt.Replay(trace, utilization=rho), num_replications=4
+                w, tokens, arrivals=jt.traffic.Replay(trace, utilization=rho), num_replications=4
             )
             s = sim.summary()["system_time"]
             at = w.replace(arrival_rate=jnp.asarray(rate))

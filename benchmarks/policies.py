@@ -62,21 +62,21 @@ def held_out_table(names, utilizations) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
-        trace = jt.read_trace(TRACES / name)
+        trace = jt.traffic.read_trace(TRACES / name)
         for u in utilizations:
-            static = jt.learn_budgets(w, trace, utilization=u, steps=200, num_replications=4)
-            queue = jt.learn_budgets(
+            static = jt.learn.learn_budgets(w, trace, utilization=u, steps=200, num_replications=4)
+            queue = jt.learn.learn_budgets(
                 w, trace, utilization=u, states=8, steps=200, num_replications=4
             )
             train, test = _held_out_span(trace, static.rate)
             # the held-out draws learn_budgets scored on (its default key, folded with 2)
-            draws = jt.replay_draws(
+            draws = jt.learn.replay_draws(
                 w, test, num_replications=4, key=jax.random.fold_in(jax.random.PRNGKey(0), 2)
             )
-            same = jt.replay_metrics(static.model_optimum, draws).objective
+            same = jt.learn.replay_metrics(static.model_optimum, draws).objective
             assert abs(float(same) - float(static.test["model_optimum"].objective)) < 1e-9
             at = w.replace(arrival_rate=jnp.asarray(static.rate, w.dtype))
-            robust = jt.plan_windows(at, train, window=600.0).static_tokens
+            robust = jt.traffic.plan_windows(at, train, window=600.0).static_tokens
 
             # the dry run serves one task draw (the first replication's) on a server without
             # noise; its static run (never re-solved) is the like-for-like reference
@@ -89,7 +89,9 @@ def held_out_table(names, utilizations) -> None:
 
             fixed, live = dry(1e9), dry(gateway.GatewayConfig.interval)
             _metrics_row(name, u, "model optimum (PK)", static.test["model_optimum"])
-            _metrics_row(name, u, "robust static (plan_windows)", jt.replay_metrics(robust, draws))
+            _metrics_row(
+                name, u, "robust static (plan_windows)", jt.learn.replay_metrics(robust, draws)
+            )
             updates = f"live loop (dry run, {live['policy_updates']} updates)"
             for label, d in (("model optimum (dry run)", fixed), (updates, live)):
                 J, mean, p95, acc = (d[k] for k in ("J", "mean_latency", "p95_latency", "accuracy"))
@@ -110,13 +112,13 @@ def batching_table(names, utilizations, slots: int, minutes: float) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in names:
-        trace = jt.read_trace(TRACES / name)
+        trace = jt.traffic.read_trace(TRACES / name)
         trace = trace.between(0.0, minutes * 60.0)
         for u in utilizations:
             common = dict(utilization=u, model=model, slots=slots, steps=60, num_replications=2)
             try:
-                static = jt.learn_budgets(w, trace, **common)
-                queue = jt.learn_budgets(w, trace, states=8, **common)
+                static = jt.learn.learn_budgets(w, trace, **common)
+                queue = jt.learn.learn_budgets(w, trace, states=8, **common)
             except jt.InputError as e:
                 print(f"| {name.split('.')[0]} | {u} | refused: {e} | | | | | |")
                 continue
@@ -136,11 +138,11 @@ def python_lindley(gaps, service) -> float:
 def speed() -> None:
     w = jt.default_workload("float64")
     rng = np.random.default_rng(0)
-    trace = jt.Trace(np.cumsum(rng.exponential(1.0, 100_000)))
-    draws = jt.replay_draws(w, trace, num_replications=1, utilization=0.7)
+    trace = jt.traffic.Trace(np.cumsum(rng.exponential(1.0, 100_000)))
+    draws = jt.learn.replay_draws(w, trace, num_replications=1, utilization=0.7)
     tokens = jt.solve(w).tokens
     policies = jnp.linspace(0.0, 1.5, 1000)[:, None] * tokens[None, :]
-    run = jax.jit(lambda p: jt.replay_metrics(p, draws).objective)
+    run = jax.jit(lambda p: jt.learn.replay_metrics(p, draws).objective)
     run(policies).block_until_ready()  # compile
     t = time.perf_counter()
     run(policies).block_until_ready()

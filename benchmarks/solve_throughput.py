@@ -116,7 +116,7 @@ def jaxopt_batch(w, maxiter):
             tol=1e-12,
             implicit_diff=False,
         )
-        upper = jt.provable_box(wi)
+        upper = jt.theory.provable_box(wi)
         return pg.run(jnp.zeros(6), hyperparams_proj=(jnp.zeros(6), upper), w_=wi).params
 
     f = jax.jit(jax.vmap(one))

@@ -82,7 +82,7 @@ def main():
         warm = jax.jit(lambda w, s: jt.solve(w, start=s))
         sol_warm = warm(w, neighbour)
         parts = [
-            ("omega", jax.jit(jt.wright_omega), (x,), "6 elements a member"),
+            ("omega", jax.jit(jt.theory.wright_omega), (x,), "6 elements a member"),
             (
                 "budgets",
                 jax.jit(

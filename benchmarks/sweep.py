@@ -55,22 +55,22 @@ def main():
     rates, alphas = np.linspace(0.01, 0.5, side), np.geomspace(1, 100, side)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    df = jt.sweep(
+    df = jt.sweeps.sweep(
         w, arrival_rate=rates, alpha=alphas, quiet=True, warm_start=True
     )  # includes compiling the chunk solver
     cold = time.perf_counter() - t
     t = time.perf_counter()
-    df = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True, warm_start=True)
+    df = jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True, warm_start=True)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     # the same sweep with every point started cold (no coarse-to-fine warm start)
     # the default at this size; its first run compiles (for the same chunk size)
     rows = min(side, -(-65_536 // side))
     t = time.perf_counter()
-    jt.sweep(w, arrival_rate=rates[:rows], alpha=alphas, quiet=True, warm_start=False)
+    jt.sweeps.sweep(w, arrival_rate=rates[:rows], alpha=alphas, quiet=True, warm_start=False)
     first_cold = time.perf_counter() - t
     t = time.perf_counter()
-    df_cold = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True, warm_start=False)
+    df_cold = jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True, warm_start=False)
     seconds_cold = time.perf_counter() - t
     sp = scipy_seconds_per_point(w, rates, alphas)
     table = Table(
@@ -87,7 +87,7 @@ def main():
     ):
         table.add_column(col, justify="right")
     table.add_row(
-        "jaxopt_tokens.sweep, warm_start=True (incl. integer budgets, DataFrame)",
+        "jaxopt_tokens.sweeps.sweep, warm_start=True (incl. integer budgets, DataFrame)",
         f"{cold:.1f}",
         f"{seconds:.1f}",
         f"{side * side / seconds:,.0f}",

@@ -32,10 +32,10 @@ rates, alphas = np.linspace(0.01, 0.5, side), np.geomspace(1, 100, points // sid
 w = jt.default_workload()
 t = time.perf_counter()
 if out == "-":
-    df = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
+    df = jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
     n = len(df)
 else:
-    run = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True, out=out)
+    run = jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True, out=out)
     n = run.points
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

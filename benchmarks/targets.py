@@ -11,7 +11,7 @@ Float64 on whatever device JAX finds:
 - 1e5 members of the Table-I family (the default workload at arrival rates in [0.01, 0.5] and
   alphas log-uniform in [1, 100]): both spellings, and the scipy L-BFGS-B loop of
   `solve_throughput.py` timed on a sample of the same members (per instance, extrapolated);
-- a 1000 x 1000 (arrival rate x alpha) sweep of the default workload (`jt.sweep`, integer
+- a 1000 x 1000 (arrival rate x alpha) sweep of the default workload (`jt.sweeps.sweep`, integer
   budgets and the DataFrame included), the second of two runs;
 - the share of members certified (status converged), also in float32.
 
@@ -101,9 +101,9 @@ def main():
         certified[f"{name}, float32"] = float(jnp.mean(sol.status == 0))
     w = jt.default_workload()
     rates, alphas = np.linspace(0.01, 0.5, args.side), np.geomspace(1, 100, args.side)
-    jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
+    jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
     t = time.perf_counter()
-    df = jt.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
+    df = jt.sweeps.sweep(w, arrival_rate=rates, alpha=alphas, quiet=True)
     sweep_s = time.perf_counter() - t
     table.add_row(
         f"sweep: {args.side} x {args.side} points of the default workload (warm)",

@@ -39,7 +39,7 @@ UTILIZATIONS = (0.3, 0.6, 0.85)
 DATA = Path(__file__).parent / "data" / "traces"
 
 
-def models(trace: jt.Trace, w: jt.Workload, tokens, service_cv: float):
+def models(trace: jt.traffic.Trace, w: jt.Workload, tokens, service_cv: float):
     """The latency models compared, for `w` at the replayed rate."""
     m1, m2 = (float(m) for m in jt.service_moments(tokens, w))
     rho = float(w.arrival_rate) * m1
@@ -51,8 +51,10 @@ def models(trace: jt.Trace, w: jt.Workload, tokens, service_cv: float):
     fifo = jt.FIFO(service_cv=service_cv)
     return {
         "PK": fifo,
-        "Kingman scv": jt.Kingman(service_cv=service_cv, arrival_scv=jt.arrival_scv(trace)),
-        "Kingman idc": jt.Kingman(service_cv=service_cv, arrival_scv=jt.arrival_scv(trace, scale)),
+        "Kingman scv": jt.Kingman(service_cv=service_cv, arrival_scv=jt.traffic.arrival_scv(trace)),
+        "Kingman idc": jt.Kingman(
+            service_cv=service_cv, arrival_scv=jt.traffic.arrival_scv(trace, scale)
+        ),
         "TimeVarying 60s": jt.TimeVarying.from_trace(trace, 60.0, fifo),
         "TimeVarying 600s": jt.TimeVarying.from_trace(trace, 600.0, fifo),
     }
@@ -64,9 +66,9 @@ def measure(replications: int) -> list[dict]:
     tokens = jt.solve(w0).tokens
     rows = []
     for name, file in TRACES.items():
-        trace = jt.read_trace(DATA / file)
+        trace = jt.traffic.read_trace(DATA / file)
         factor = trace.output_tokens / trace.output_tokens.mean()
-        for service in jt.SERVICES:
+        for service in jt.traffic.SERVICES:
             cv = float(factor.std()) if service == "trace" else 0.0
             for u in UTILIZATIONS:
                 sim = jt.simulate(
@@ -74,7 +76,7 @@ def measure(replications: int) -> list[dict]:
                     tokens,
                     None,
                     replications,
-                    arrivals=jt.Replay(trace, utilization=u, service=service),
+                    arrivals=jt.traffic.Replay(trace, utilization=u, service=service),
                     model=jt.FIFO(service_cv=cv),
                 )
                 replay = float(np.mean(np.asarray(sim.system_time)))

@@ -19,6 +19,10 @@ from typing import Any
 
 __all__ = ["attach"]
 
+# one first import at a time, across the package and its namespaces: threads that touch names
+# at once would otherwise import JAX concurrently and see its modules half initialised
+_FIRST_IMPORTS = threading.RLock()
+
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
@@ -49,12 +53,12 @@ def lazy_names(init_file: str | Path) -> dict[str, tuple[str, str | None]]:
 def attach(
     package: str, init_file: str | Path
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """`(__getattr__, __dir__)` for `package`, whose lazy names are those `init_file` imports
-    under `if TYPE_CHECKING:`."""
+    """`(__getattr__, __dir__)` for `package` (a package or a namespace module in one), whose
+    lazy names are those `init_file` imports under `if TYPE_CHECKING:`."""
     table = lazy_names(init_file)
-    # one first import at a time: threads that touch the package at once would otherwise
-    # import JAX concurrently and see its modules half initialised
-    lock = threading.RLock()
+    # relative imports resolve against the package itself, or a module's parent package
+    anchor = package if Path(init_file).name == "__init__.py" else package.rpartition(".")[0]
+    lock = _FIRST_IMPORTS
 
     def __getattr__(name: str) -> Any:
         if name not in table:
@@ -64,7 +68,7 @@ def attach(
             if name in namespace:  # another thread loaded it while this one waited
                 return namespace[name]
             module_name, attribute = table[name]
-            module = importlib.import_module(module_name, package)
+            module = importlib.import_module(module_name, anchor)
             value = module if attribute is None else getattr(module, attribute)
             setattr(sys.modules[package], name, value)  # later lookups skip __getattr__
             return value

@@ -15,19 +15,22 @@ import jaxopt_tokens as jt
 
 @pytest.fixture(scope="module")
 def trace():
-    return jt.read_trace(TRACE_EXCERPT)
+    return jt.traffic.read_trace(TRACE_EXCERPT)
 
 
 CASES = {
-    "read_trace(5)": (lambda tr, w: jt.read_trace(5), "a file path"),
-    "Trace(str)": (lambda tr, w: jt.Trace(["a", "b"]), "arrival_times"),
+    "read_trace(5)": (lambda tr, w: jt.traffic.read_trace(5), "a file path"),
+    "Trace(str)": (lambda tr, w: jt.traffic.Trace(["a", "b"]), "arrival_times"),
     "Trace(output_tokens=str)": (
-        lambda tr, w: jt.Trace([0, 1], output_tokens=["a", "b"]),
+        lambda tr, w: jt.traffic.Trace([0, 1], output_tokens=["a", "b"]),
         "output_tokens",
     ),
     "between": (lambda tr, w: tr.between("a", 2), "start"),
     "labelled": (lambda tr, w: tr.labelled({"a": "x"}), "bands"),
-    "arrival_stats(windows=None)": (lambda tr, w: jt.arrival_stats(tr, windows=None), "windows"),
+    "arrival_stats(windows=None)": (
+        lambda tr, w: jt.traffic.arrival_stats(tr, windows=None),
+        "windows",
+    ),
     "TimeVarying.from_trace(list)": (
         lambda tr, w: jt.TimeVarying.from_trace([0, 1, 2], 60.0),
         "trace",
@@ -44,12 +47,15 @@ CASES = {
         "rate_factors",
     ),
     "WindowPlan.predicted(shape)": (
-        lambda tr, w: jt.plan_windows(w, tr, 600.0).predicted(np.zeros(5)),
+        lambda tr, w: jt.traffic.plan_windows(w, tr, 600.0).predicted(np.zeros(5)),
         "tokens",
     ),
-    "plot_arrivals(missing dir)": (lambda tr, w: jt.plot_arrivals(tr, "nodir/p.png"), "path"),
-    "plot_arrivals(dir)": (lambda tr, w: jt.plot_arrivals(tr, "."), "directory"),  # A2
-    "plot_arrivals('')": (lambda tr, w: jt.plot_arrivals(tr, ""), "path"),  # A2
+    "plot_arrivals(missing dir)": (
+        lambda tr, w: jt.traffic.plot_arrivals(tr, "nodir/p.png"),
+        "path",
+    ),
+    "plot_arrivals(dir)": (lambda tr, w: jt.traffic.plot_arrivals(tr, "."), "directory"),  # A2
+    "plot_arrivals('')": (lambda tr, w: jt.traffic.plot_arrivals(tr, ""), "path"),  # A2
 }
 
 

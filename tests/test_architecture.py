@@ -152,13 +152,33 @@ def test_the_architecture_page_names_every_room_and_module():
     assert not missing, f"not on docs/architecture.md: {sorted(set(missing))}"
 
 
+NAMESPACES = ("traffic", "learn", "deploy", "sweeps", "router", "theory")
+WHOLE_MODULE_PAGES = ("clear", "strategy", "gateway")
+
+
+def test_the_top_level_holds_the_core_and_the_rest_is_in_namespaces():
+    """What a user needs at the top, the rest in named namespaces (each name in one place);
+    the docs' table names every namespace."""
+    assert len(jt.__all__) <= 75, len(jt.__all__)
+    table = (ROOT / "docs" / "api" / "index.md").read_text()
+    for space in (*NAMESPACES, *WHOLE_MODULE_PAGES):
+        assert space in jt.__all__
+        assert f"`jaxopt_tokens.{space}`" in table, space
+    for space in NAMESPACES:
+        for name in getattr(jt, space).__all__:
+            assert name not in jt.__all__, f"{name} is both at the top and in {space}"
+
+
 def test_every_public_name_is_on_exactly_one_api_page():
     documented = _documented()
-    for name in jt.__all__:
-        if name in ("__version__", "clear", "strategy", "gateway"):
-            continue
+    names = [n for n in jt.__all__ if n not in (*NAMESPACES, *WHOLE_MODULE_PAGES, "__version__")]
+    for space in NAMESPACES:  # each name of a namespace under its own qualified name
+        names += [f"{space}.{n}" for n in getattr(jt, space).__all__]
+    for name in names:
         pages = documented.get(f"jaxopt_tokens.{name}", [])
         assert len(pages) == 1, f"jaxopt_tokens.{name} is documented on {pages or 'no page'}"
+    stale = {t for t in documented if t.removeprefix("jaxopt_tokens.") not in names}
+    assert stale <= {f"jaxopt_tokens.{m}" for m in (*WHOLE_MODULE_PAGES, "internal")}, stale
     for sub in ("clear", "strategy", "gateway", "internal"):  # whole-module pages
         assert len(documented.get(f"jaxopt_tokens.{sub}", [])) == 1, sub
     assert clear.__all__ and strategy.__all__ and internal.__all__
@@ -251,7 +271,7 @@ def test_simulate_validates_once_and_its_kernels_validate_nothing(server, monkey
     arrivals = None
     if "replay" in server:
         times = np.cumsum(np.random.default_rng(0).exponential(10.0, 400))
-        arrivals = jt.Replay(jt.Trace(times), utilization=0.4)
+        arrivals = jt.traffic.Replay(jt.traffic.Trace(times), utilization=0.4)
     monkeypatch.setattr(Workload, "validate", counting("workload", Workload.validate))
     monkeypatch.setattr(simulation, "_tokens", counting("tokens", simulation._tokens))
     monkeypatch.setattr(Replay, "__check_init__", counting("replay", Replay.__check_init__))

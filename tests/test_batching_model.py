@@ -235,7 +235,7 @@ def test_limited_batch_solves_converge_at_every_replica_count():
     Three replicas stalled at a residual of 1.7e-8 for 20000 steps: near the optimum J could not
     tell a Newton step from the spectral one (both below its rounding), so the quadratic step
     was refused; now the smaller residual decides there."""
-    fit = jt.fit_step_time(jt.__path__[0] + "/data/synthetic_step_times.csv")
+    fit = jt.deploy.fit_step_time(jt.__path__[0] + "/data/synthetic_step_times.csv")
     server = jt.ContinuousBatching(step_time=(fit.tau0, fit.tau1), max_batch=64)
     w = jt.default_workload().astype(np.float64)
     rates = 8.0 / jnp.arange(2, 9, dtype=jnp.float64)

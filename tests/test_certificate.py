@@ -12,12 +12,12 @@ from jaxopt_tokens._kkt import residual_floor
 
 
 def test_table1_constants(table1):
-    box = jt.provable_box(table1)
+    box = jt.theory.provable_box(table1)
     np.testing.assert_allclose(box, [0, 498.07, 0, 0, 618.96, 30.74], atol=1e-2)
-    assert float(jt.contraction_constant(table1)) == np.inf  # rho_max = 41 on [0, l_max]
-    assert float(jt.gradient_lipschitz(table1)) == np.inf
-    assert 1 < float(jt.contraction_constant(table1, box)) < np.inf  # exists, but > 1
-    assert 0 < float(jt.gradient_lipschitz(table1, box)) < np.inf
+    assert float(jt.theory.contraction_constant(table1)) == np.inf  # rho_max = 41 on [0, l_max]
+    assert float(jt.theory.gradient_lipschitz(table1)) == np.inf
+    assert 1 < float(jt.theory.contraction_constant(table1, box)) < np.inf  # exists, but > 1
+    assert 0 < float(jt.theory.gradient_lipschitz(table1, box)) < np.inf
     stats = jt.solve(table1, solver="fixed-point").stats
     assert not bool(stats["contraction_guaranteed"])
 

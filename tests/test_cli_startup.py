@@ -68,7 +68,7 @@ def test_the_package_loads_its_names_on_first_use():
         import sys
         import jaxopt_tokens as jt
         before = [m for m in {HEAVY!r} if m in sys.modules]
-        jt.InputError, jt.SOLVER_NAMES, jt.TRACE_FORMATS, jt.__version__
+        jt.InputError, jt.SOLVER_NAMES, jt.traffic.TRACE_FORMATS, jt.__version__
         light = [m for m in {HEAVY!r} if m in sys.modules]
         jt.solve
         print(before, light, "jax" in sys.modules)
@@ -242,19 +242,20 @@ def test_the_sweep_bar_is_on_stderr_and_says_it_compiles_first():
 
 
 def test_threads_that_first_touch_the_package_together_all_get_their_names():
-    """The first use of a name imports JAX; twenty threads doing that at once must each get
-    their name (a lock serialises the first imports)."""
+    """The first use of a name imports JAX; twenty threads doing that at once, at the top and
+    in the namespaces, must each get their name (one lock serialises every first import)."""
     r = _python(
         """
         import threading
         import jaxopt_tokens as jt
-        names = ["solve", "simulate", "FIFO", "Workload", "sweep", "objective", "Trace",
-                 "learn_budgets", "fit", "lambertw"] * 2
+        names = ["solve", "simulate", "FIFO", "Workload", "sweeps.sweep", "objective",
+                 "traffic.Trace", "learn.learn_budgets", "deploy.fit", "theory.lambertw"] * 2
         errors, start = [], threading.Barrier(len(names))
         def touch(name):
             start.wait()
             try:
-                getattr(jt, name)
+                space, _, attr = name.rpartition(".")
+                getattr(getattr(jt, space) if space else jt, attr)
             except BaseException as e:
                 errors.append(f"{name}: {e!r}")
         threads = [threading.Thread(target=touch, args=(n,)) for n in names]
@@ -323,3 +324,28 @@ def test_every_public_callable_pickles_by_reference():
             obj = getattr(ns, name)
             if callable(obj) and not inspect.ismodule(obj):
                 assert pickle.loads(pickle.dumps(obj)) is obj, f"{ns.__name__}.{name}"
+
+
+def test_each_namespace_loads_its_names_on_first_use():
+    """A namespace (`jt.traffic`, ...) lists its names lazily like the top level: importing it
+    loads no JAX, and its `__all__` is exactly its lazy names, each resolving."""
+    from jaxopt_tokens._lazy import lazy_names
+
+    spaces = ("traffic", "learn", "deploy", "sweeps", "router", "theory")
+    r = _python(
+        f"""
+        import sys
+        import jaxopt_tokens as jt
+        for s in {spaces!r}:
+            getattr(jt, s)
+        print("jax" in sys.modules)
+        """
+    )
+    assert r.returncode == 0 and r.stdout.split() == ["False"], (r.stdout, r.stderr)
+    for space in spaces:
+        module = getattr(jt, space)
+        assert set(lazy_names(Path(module.__file__))) == set(module.__all__), space
+        for name in module.__all__:
+            assert getattr(module, name) is not None
+        with pytest.raises(AttributeError, match="no attribute 'nope'"):
+            module.nope  # noqa: B018

@@ -33,7 +33,7 @@ SCALE = 0.01
 @pytest.mark.parametrize("engine", ["dynamo", "llamacpp"])
 def test_exported_fields_are_what_the_engine_reads_and_enforces(engine):
     w = jt.default_workload()
-    policy = jt.export_policy(w, jt.solve(w), engine=engine)
+    policy = jt.deploy.export_policy(w, jt.solve(w), engine=engine)
     for name, entry in policy["tasks"].items():
         acts = validate_request(engine, {"model": "m", "messages": [], **entry["request"]})
         if entry["budget"] == 0:
@@ -42,7 +42,9 @@ def test_exported_fields_are_what_the_engine_reads_and_enforces(engine):
             assert acts["thinking_budget"] == entry["budget"], name
         assert acts["max_new_tokens"] == entry["budget"] + 256
     with pytest.warns(jt.UnstableQueueWarning):
-        unlimited = jt.export_policy(w, [None] * 6, engine=engine)["tasks"]["GSM8K"]["request"]
+        unlimited = jt.deploy.export_policy(w, [None] * 6, engine=engine)["tasks"]["GSM8K"][
+            "request"
+        ]
     acts = validate_request(engine, {"model": "m", "messages": [], **unlimited})
     assert acts["thinking_budget"] is None
     if engine == "dynamo":  # an unsigned field: never -1

@@ -475,7 +475,7 @@ def test_cli_exports_budgets_with_the_fits_standard_errors(tmp_path, capsys):
 
     shipped = jt.default_workload()
     data = tmp_path / "m.csv"
-    data.write_text(jt.synthetic_measurements(shipped, jax.random.key(0)))
+    data.write_text(jt.deploy.synthetic_measurements(shipped, jax.random.key(0)))
     shares = tmp_path / "shares.csv"
     shares.write_text(
         "task,share\n" + "".join(f"{n},{float(s)}\n" for n, s in zip(NAMES, shipped.share))
@@ -533,7 +533,7 @@ def test_export_cli(files, tmp_path):
     assert_refused(["export", "--tokens", tmp_path / "huge.json"], "utilization")
     assert_refused(["export", "--min-budget", "1000000"], "utilization")
     with pytest.warns(jt.UnstableQueueWarning, match="utilization"):
-        policy = jt.export_policy(jt.default_workload(), [30000] * 6, engine="json")
+        policy = jt.deploy.export_policy(jt.default_workload(), [30000] * 6, engine="json")
     assert policy["source"]["utilization"] >= 1
     assert_refused(["export", "--tokens", files / "bad.bin"], "UTF-8")
 
@@ -554,7 +554,7 @@ def test_export_cli(files, tmp_path):
 )
 def test_openai_client_kwargs_names_what_is_wrong(policy, task, words):
     with pytest.raises(jt.InputError, match=words):
-        jt.openai_client_kwargs(policy, task)
+        jt.deploy.openai_client_kwargs(policy, task)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None, "10", -1.0, True])
@@ -563,7 +563,7 @@ def test_standard_errors_follow_one_rule(bad):
     w = jt.default_workload()
     se = {name: 1.0 for name in w.task_names} | {"AIME": bad}
     with pytest.raises(jt.InputError, match=r"uncertainty\[AIME\] must be a finite"):
-        jt.export_policy(w, jt.solve(w), engine="json", uncertainty=se, conservative=0.9)
+        jt.deploy.export_policy(w, jt.solve(w), engine="json", uncertainty=se, conservative=0.9)
 
 
 def test_an_uncertainty_file_with_a_task_twice_is_refused(tmp_path):

@@ -44,7 +44,7 @@ def _policies():
     for kw in SETTINGS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", jt.UnstableQueueWarning)
-            yield kw, jt.export_policy(w, TOKENS, **kw)
+            yield kw, jt.deploy.export_policy(w, TOKENS, **kw)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_the_openai_client_sends_exactly_the_policys_fields(loopback):
                 reply = client.chat.completions.create(
                     model="Qwen/Qwen3-8B",
                     messages=[{"role": "user", "content": "hi"}],
-                    **jt.openai_client_kwargs(policy, name),
+                    **jt.deploy.openai_client_kwargs(policy, name),
                 )
             assert reply.choices[0].message.content == "ok"
             (sent,) = _Recorder.bodies

@@ -20,7 +20,9 @@ SHIPPED = Path(jt.__file__).parent / "data" / "synthetic_measurements_table1.csv
 
 
 def test_heatmap_budget_scales_start_at_zero_and_the_cells_are_one_image(table1, tmp_path):
-    fig = jt.figure_heatmaps(table1, arrival_rates=np.linspace(0.01, 0.5, 40), alphas=[1, 3, 10])
+    fig = jt.sweeps.figure_heatmaps(
+        table1, arrival_rates=np.linspace(0.01, 0.5, 40), alphas=[1, 3, 10]
+    )
     panels = [ax for ax in fig.axes if ax.collections and ax.get_label() != "<colorbar>"]
     meshes = [ax.collections[0] for ax in panels]
     titles = [ax.get_title() for ax in panels]
@@ -40,8 +42,8 @@ def test_heatmap_budget_scales_start_at_zero_and_the_cells_are_one_image(table1,
 
 @pytest.mark.slow  # subprocesses or a fit: the slow step runs it
 def test_fit_plot_budget_axes_start_at_zero():
-    result = jt.fit(jt.read_measurements(SHIPPED))
-    fig = jt.plot_fit(result)
+    result = jt.deploy.fit(jt.deploy.read_measurements(SHIPPED))
+    fig = jt.deploy.plot_fit(result)
     for ax in fig.axes:
         assert ax.get_xlim()[0] == 0.0, ax.get_title()
     plt.close(fig)

@@ -34,14 +34,14 @@ FIELDS = ("A", "b", "D", "t0", "c")
 
 def _fit_quietly(m, **kw):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jt.FitWarning)
-        return jt.fit(m, **kw)
+        warnings.simplefilter("ignore", jt.deploy.FitWarning)
+        return jt.deploy.fit(m, **kw)
 
 
 @pytest.fixture(scope="module")
 def shipped_fit():
     w = jt.default_workload()
-    return jt.fit(jt.read_measurements(SHIPPED), shares=np.asarray(w.share))
+    return jt.deploy.fit(jt.deploy.read_measurements(SHIPPED), shares=np.asarray(w.share))
 
 
 def test_shipped_file_is_labelled_synthetic():
@@ -64,7 +64,7 @@ def test_shipped_measurements_recover_table1_within_intervals(table1, shipped_fi
 def test_fitted_workload_solves_to_table1_budgets_within_propagated_uncertainty(
     table1, shipped_fit
 ):
-    tokens, se = jt.budget_uncertainty(shipped_fit)
+    tokens, se = jt.deploy.budget_uncertainty(shipped_fit)
     truth = np.asarray(jt.solve(table1).tokens)
     positive = truth > 0
     assert np.all(tokens[~positive] == 0)
@@ -76,7 +76,9 @@ def test_intervals_cover_the_truth_at_their_level(table1):
     """Over independent synthetic data sets, 95% intervals cover the generating values."""
     covered = total = 0
     for seed in range(8):
-        m = jt.parse_measurements(jt.synthetic_measurements(table1, jax.random.PRNGKey(seed)))
+        m = jt.deploy.parse_measurements(
+            jt.deploy.synthetic_measurements(table1, jax.random.PRNGKey(seed))
+        )
         r = _fit_quietly(m, shares=np.asarray(table1.share))
         for k, t in enumerate(r.tasks):
             for f in FIELDS:
@@ -99,7 +101,7 @@ def test_mle_matches_scipy_constrained_optimum():
         text = "task,budget,n_correct,n_total,latency\n" + "".join(
             f"t,{l:g},{int(c)},300,{1 + 0.01 * l}\n" for l, c in zip(budgets, y)
         )
-        ours = _fit_quietly(jt.parse_measurements(text)).tasks[0].params
+        ours = _fit_quietly(jt.deploy.parse_measurements(text)).tasks[0].params
 
         def nll(q):
             p = np.clip(q[0] * -np.expm1(-np.exp(q[1]) * budgets) + q[2], 1e-12, 1 - 1e-12)
@@ -132,7 +134,7 @@ def test_latency_fit_is_exact_on_noiseless_lines():
         f"t,{l},{0.2 + 0.5 * (1 - np.exp(-0.01 * l)):.6f},100,{0.3 + 0.02 * l}\n"
         for l in (0, 10, 50, 200, 800)
     )
-    t = _fit_quietly(jt.parse_measurements(text)).tasks[0]
+    t = _fit_quietly(jt.deploy.parse_measurements(text)).tasks[0]
     assert t.params["t0"] == pytest.approx(0.3, rel=1e-9)
     assert t.params["c"] == pytest.approx(0.02, rel=1e-9)
     assert t.params["b"] == pytest.approx(0.01, rel=1e-3)
@@ -150,8 +152,8 @@ def test_warns_on_non_monotone_and_poor_fits():
     text = "task,budget,n_correct,n_total,latency\n" + "".join(
         f"odd,{l},{c},1000,{1 + l / 100}\n" for l, c in rows
     )
-    with pytest.warns(jt.FitWarning) as record:
-        r = jt.fit(jt.parse_measurements(text))
+    with pytest.warns(jt.deploy.FitWarning) as record:
+        r = jt.deploy.fit(jt.deploy.parse_measurements(text))
     messages = " ".join(str(w.message) for w in record)
     assert "not monotone" in messages and "fits poorly" in messages and "'odd'" in messages
     assert not r.tasks[0].monotone and r.tasks[0].p_value < 1e-3
@@ -162,8 +164,8 @@ def test_flat_curve_sits_at_a_bound_with_a_warning():
         f"flat,{l},{c},500,{0.1 + 0.01 * l}\n"
         for l, c in [(0, 200), (100, 196), (400, 193), (1600, 190)]
     )
-    with pytest.warns(jt.FitWarning, match="A = 0"):
-        r = jt.fit(jt.parse_measurements(text))
+    with pytest.warns(jt.deploy.FitWarning, match="A = 0"):
+        r = jt.deploy.fit(jt.deploy.parse_measurements(text))
     t = r.tasks[0]
     assert "A = 0" in t.at_bound and t.params["A"] == 0 and t.se["A"] == 0 and t.se["b"] == np.inf
     assert t.params["D"] == pytest.approx(779 / 2000, abs=1e-4)  # the pooled rate
@@ -199,36 +201,36 @@ def test_flat_curve_sits_at_a_bound_with_a_warning():
 )
 def test_bad_measurement_files_name_the_line(text, needle):
     with pytest.raises(jt.InputError) as e:
-        jt.parse_measurements(text, "m.csv")
+        jt.deploy.parse_measurements(text, "m.csv")
     assert needle in str(e.value) and "m.csv" in str(e.value)
 
 
 def test_too_few_budgets_or_no_latency_names_the_task():
     few = "task,budget,n_correct,n_total,latency\nx,0,1,5,1\nx,10,2,5,2\n"
     with pytest.raises(jt.InputError, match="task 'x'.*3 distinct budgets"):
-        jt.fit(jt.parse_measurements(few))
+        jt.deploy.fit(jt.deploy.parse_measurements(few))
     nolat = "task,budget,n_correct,n_total\nx,0,1,5\nx,10,2,5\nx,20,3,5\n"
     with pytest.raises(jt.InputError, match="task 'x'.*latency"):
-        jt.fit(jt.parse_measurements(nolat))
+        jt.deploy.fit(jt.deploy.parse_measurements(nolat))
 
 
 def test_request_log_gives_shares_and_arrival_rate(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("task,arrival_time\na,0\nb,1\na,2\na,4\n")
-    shares, rate = jt.read_request_log(log, ("a", "b"))
+    shares, rate = jt.deploy.read_request_log(log, ("a", "b"))
     np.testing.assert_allclose(shares, [0.75, 0.25])
     assert rate == pytest.approx(3 / 4)
     counts = tmp_path / "counts.csv"
     counts.write_text("task,count\na,30\nb,10\n")
-    np.testing.assert_allclose(jt.read_request_log(counts, ("a", "b"))[0], [0.75, 0.25])
+    np.testing.assert_allclose(jt.deploy.read_request_log(counts, ("a", "b"))[0], [0.75, 0.25])
     bad = tmp_path / "bad.csv"
     bad.write_text("task,count\na,3\nzzz,1\n")
     with pytest.raises(jt.InputError, match="line 3: task 'zzz'"):
-        jt.read_request_log(bad, ("a", "b"))
+        jt.deploy.read_request_log(bad, ("a", "b"))
     missing = tmp_path / "missing.csv"
     missing.write_text("task\na\na\n")
     with pytest.raises(jt.InputError, match=r"no requests for task\(s\) \['b'\]"):
-        jt.read_request_log(missing, ("a", "b"))
+        jt.deploy.read_request_log(missing, ("a", "b"))
 
 
 def test_cli_fit_writes_a_workload_that_solves(tmp_path, capsys, table1):
@@ -307,7 +309,7 @@ def test_noise_free_curves_are_recovered_exactly(A, frac_D, log_b, t0, c):
     text = "task,budget,accuracy,n_total,latency\n" + "".join(
         f"t,{l:.17g},{q:.17g},1000,{t0 + c * l + 1e-3:.17g}\n" for l, q in zip(budgets, p)
     )
-    fitted = _fit_quietly(jt.parse_measurements(text)).tasks[0].params
+    fitted = _fit_quietly(jt.deploy.parse_measurements(text)).tasks[0].params
     assert fitted["A"] == pytest.approx(A, abs=2e-4)
     assert fitted["D"] == pytest.approx(D, abs=2e-4)
     assert fitted["b"] == pytest.approx(b, rel=2e-3)
@@ -328,8 +330,8 @@ def test_per_request_rows_give_the_same_estimates_as_aggregated_rows():
         latency = (0.2 + 0.01 * l) * rng.lognormal(-0.02, 0.2, 300)
         per_request += [f"x,{l},{int(ok)},1,{t:.12g}" for ok, t in zip(correct, latency)]
         aggregated.append(f"x,{l},{int(correct.sum())},300,{latency.mean():.12g}")
-    a = _fit_quietly(jt.parse_measurements("\n".join(per_request))).tasks[0]
-    b = _fit_quietly(jt.parse_measurements("\n".join(aggregated))).tasks[0]
+    a = _fit_quietly(jt.deploy.parse_measurements("\n".join(per_request))).tasks[0]
+    b = _fit_quietly(jt.deploy.parse_measurements("\n".join(aggregated))).tasks[0]
     for f in FIELDS:
         assert a.params[f] == pytest.approx(b.params[f], rel=1e-6), f
     for f in ("A", "b", "D"):  # the binomial information is the same either way
@@ -364,7 +366,7 @@ def test_latency_intervals_cover_at_their_nominal_rate(kind):
     noise has a constant standard deviation or one proportional to the mean (the old fit,
     which assumed proportional noise, missed t0 by up to ~90 SE under additive noise)."""
     text, truth = _latency_datasets(kind, replicates=100, seed=11 if kind == "additive" else 12)
-    r = _fit_quietly(jt.parse_measurements(text))
+    r = _fit_quietly(jt.deploy.parse_measurements(text))
     for j, name in enumerate(("t0", "c")):
         covered = [
             lo <= truth[i, j] <= hi
@@ -388,15 +390,15 @@ def test_constant_and_falling_latency_warn_about_the_latency_line():
     const = "task,budget,accuracy,n_total,latency\n" + "".join(
         f"flat,{l},{a},500,{0.8 + 1e-4 * np.sin(l):.8f}\n" for l, a in zip(budgets, acc)
     )
-    with pytest.warns(jt.FitWarning, match="'flat'.*not clearly positive.*max_tokens"):
-        r = jt.fit(jt.parse_measurements(const))
+    with pytest.warns(jt.deploy.FitWarning, match="'flat'.*not clearly positive.*max_tokens"):
+        r = jt.deploy.fit(jt.deploy.parse_measurements(const))
     assert r.tasks[0].params["c"] > 0
     falling = "task,budget,accuracy,n_total,latency\n" + "".join(
         f"down,{l},{a},500,{2.0 - 2e-4 * l:.8f}\n" for l, a in zip(budgets, acc)
     )
-    with pytest.warns(jt.FitWarning) as record:
+    with pytest.warns(jt.deploy.FitWarning) as record:
         try:
-            jt.fit(jt.parse_measurements(falling))
+            jt.deploy.fit(jt.deploy.parse_measurements(falling))
         except jt.InputError as e:  # the fitted workload may be invalid: the error says why
             assert "latency" in str(e) and "'down'" in str(e)
     messages = " ".join(str(w.message) for w in record)
@@ -453,10 +455,10 @@ def test_a_share_table_with_a_task_twice_is_refused(tmp_path):
     table = tmp_path / "s.csv"
     table.write_text("task,share\na,1\nb,1\na,1\n")
     with pytest.raises(jt.InputError, match="line 4: task 'a' again"):
-        jt.read_request_log(table, ("a", "b"))
+        jt.deploy.read_request_log(table, ("a", "b"))
     per_request = tmp_path / "r.csv"  # one row per request: repeats are the data
     per_request.write_text("task\na\nb\na\n")
-    shares, rate = jt.read_request_log(per_request, ("a", "b"))
+    shares, rate = jt.deploy.read_request_log(per_request, ("a", "b"))
     assert shares.tolist() == pytest.approx([2 / 3, 1 / 3]) and rate is None
 
 

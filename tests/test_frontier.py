@@ -35,8 +35,8 @@ def test_figures_refuse_a_non_converged_optimum(table1):
 
 
 def test_frontier_dominates_uniform(table1):
-    df = jt.frontier_by_alpha(table1, points=200)
-    _, et_u, acc_u = jt.uniform_curve(table1)
+    df = jt.sweeps.frontier_by_alpha(table1, points=200)
+    _, et_u, acc_u = jt.sweeps.uniform_curve(table1)
     ok = df["status"] == "converged"
     et, acc = df.loc[ok, "mean_system_time"].to_numpy(), df.loc[ok, "accuracy"].to_numpy()
     order = np.argsort(et)
@@ -50,7 +50,7 @@ def test_figures_written_and_shapes(table1, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    paths = jt.all_figures(table1, tmp_path)
+    paths = jt.sweeps.all_figures(table1, tmp_path)
     names = {p.name for p in paths}
     for stem in ("fig3_uniform_vs_optimal", "fig4_gsm8k_sensitivity", "heatmaps", "frontier"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
@@ -68,8 +68,8 @@ def test_figures_written_and_shapes(table1, tmp_path):
 
 
 def test_frontier_with_simulated_tail(table1):
-    df = jt.with_simulated_tail(
-        jt.frontier_by_alpha(table1, points=6, alpha_range=(1.0, 300.0)),
+    df = jt.sweeps.with_simulated_tail(
+        jt.sweeps.frontier_by_alpha(table1, points=6, alpha_range=(1.0, 300.0)),
         table1,
         num_queries=4000,
         num_replications=4,
@@ -113,5 +113,5 @@ def test_frontier_from_a_sweep_uses_its_own_workload_and_refuses_a_2d_sweep(tmp_
     uniform = pd.read_csv(tmp_path / "f" / "frontier_uniform.csv")
     assert len(optimal) == 12 and set(optimal["arrival_rate"]) == {0.3}
     w = jt.default_workload().replace(arrival_rate=0.3)
-    _, et, _ = jt.uniform_curve(w)
+    _, et, _ = jt.sweeps.uniform_curve(w)
     np.testing.assert_allclose(uniform["mean_system_time"], et, rtol=1e-9)  # at the sweep's rate

@@ -32,7 +32,7 @@ def test_the_single_server_is_the_lindley_recursion(tmp_path):
     latencies equal a Lindley recursion written here."""
     rng = np.random.default_rng(4)
     times = np.cumsum(rng.exponential(20.0, 400))
-    trace = jt.Trace(times)
+    trace = jt.traffic.Trace(times)
     budgets = [0, 300, 0, 0, 200, 50]
     config = gateway.GatewayConfig(
         upstream=URL, learned_policy=flat_policy(tmp_path, budgets), learn_service=False
@@ -66,7 +66,7 @@ def test_the_batching_engine_runs_a_schedule_worked_by_hand(tmp_path):
         learned_policy=flat_policy(tmp_path, budgets),
         learn_service=False,
     )
-    trace = jt.Trace(np.array([0.0, 0.0, 10.0]))
+    trace = jt.traffic.Trace(np.array([0.0, 0.0, 10.0]))
     r = gateway.dry_run(
         config,
         trace,
@@ -86,7 +86,7 @@ def test_the_live_loop_follows_a_step_in_the_load_and_records_each_step():
     rng = np.random.default_rng(7)
     low = np.cumsum(rng.exponential(20.0, 120))
     high = low[-1] + np.cumsum(rng.exponential(2.5, 480))
-    trace = jt.Trace(np.concatenate([low, high]))
+    trace = jt.traffic.Trace(np.concatenate([low, high]))
     config = gateway.GatewayConfig(
         upstream=URL, interval=60.0, window=300.0, min_requests=10, learn_service=False
     )
@@ -109,7 +109,7 @@ def test_admission_refuses_above_max_in_flight(tmp_path):
         max_in_flight=2,
         learn_service=False,
     )
-    trace = jt.Trace(np.zeros(5) + np.arange(5) * 1e-3)
+    trace = jt.traffic.Trace(np.zeros(5) + np.arange(5) * 1e-3)
     r = gateway.dry_run(config, trace, tasks=np.full(5, 1))
     assert r.summary["refused"] == 3
     assert np.isnan(r.requests["latency"][2:]).all()
@@ -134,7 +134,7 @@ def test_every_first_come_first_served_server_runs_and_others_are_refused(tmp_pa
     under renewal arrivals, a sibling of FIFO) is such a server and runs as FIFO does on the
     same draws; processor sharing is not and is refused by name."""
     rng = np.random.default_rng(5)
-    trace = jt.Trace(np.cumsum(rng.exponential(20.0, 300)))
+    trace = jt.traffic.Trace(np.cumsum(rng.exponential(20.0, 300)))
     config = gateway.GatewayConfig(
         upstream=URL, learned_policy=flat_policy(tmp_path, [0, 300, 0, 0, 200, 50])
     )
@@ -150,9 +150,9 @@ def test_every_first_come_first_served_server_runs_and_others_are_refused(tmp_pa
             gateway.dry_run(config, trace, w, model=jt.ProcessorSharing(), tasks=tasks)
         tokens = np.asarray(jt.solve(w).tokens)
         replays = [
-            jt.replay_metrics(tokens, jt.replay_draws(w, trace, rate=0.05, model=m))
+            jt.learn.replay_metrics(tokens, jt.learn.replay_draws(w, trace, rate=0.05, model=m))
             for m in (jt.FIFO(), jt.Kingman(arrival_scv=2.0))
         ]
         assert float(replays[0].objective) == float(replays[1].objective)
         with pytest.raises(jt.InputError, match="first-come-first-served"):
-            jt.replay_draws(w, trace, rate=0.05, model=jt.ProcessorSharing())
+            jt.learn.replay_draws(w, trace, rate=0.05, model=jt.ProcessorSharing())

@@ -198,7 +198,7 @@ def test_each_request_gets_the_row_of_the_queue_it_finds_and_the_log_reads_back(
             assert metric(gw, "jt_gateway_sent_budget_tokens", {"task": "GSM8K"}) == 300
             assert metric(gw, "jt_gateway_policy_row_requests_total", {"row": "2"}) == 1
             assert httpx.get(gw.url + "/policy").json()["gateway"]["version"] == 0
-    trace = jt.read_trace(log, "jsonl")
+    trace = jt.traffic.read_trace(log, "jsonl")
     assert trace.num_requests == 4
     assert sorted(trace.labels) == ["BBH", "BBH", "GSM8K", "GSM8K"]
     lines = [json.loads(x) for x in log.read_text().splitlines()]

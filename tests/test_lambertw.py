@@ -9,7 +9,7 @@ import scipy.special as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxopt_tokens import lambertw, wright_omega
+from jaxopt_tokens.theory import lambertw, wright_omega
 
 mpmath.mp.dps = 40
 

@@ -24,16 +24,18 @@ def setting():
     with jax.enable_x64(True):
         w = jt.default_workload("float64")
         tokens = jt.solve(w).tokens
-        trace = jt.read_trace(TRACE_EXCERPT)
-        draws = jt.replay_draws(w, trace, num_replications=3, utilization=0.7)
+        trace = jt.traffic.read_trace(TRACE_EXCERPT)
+        draws = jt.learn.replay_draws(w, trace, num_replications=3, utilization=0.7)
         yield w, tokens, trace, draws
 
 
 def test_the_replay_equals_simulate_on_the_same_draws(setting):
     w, tokens, trace, draws = setting
     with jax.enable_x64(True):
-        m = jt.replay_metrics(tokens, draws)
-        sim = jt.simulate(w, tokens, arrivals=jt.Replay(trace, utilization=0.7), num_replications=3)
+        m = jt.learn.replay_metrics(tokens, draws)
+        sim = jt.simulate(
+            w, tokens, arrivals=jt.traffic.Replay(trace, utilization=0.7), num_replications=3
+        )
         np.testing.assert_allclose(
             np.asarray(m.per_replication["mean_system_time"]),
             np.asarray(sim.system_time),
@@ -49,8 +51,8 @@ def test_the_replay_equals_simulate_on_the_same_draws(setting):
 def test_a_flat_queue_aware_table_is_the_static_policy(setting):
     w, tokens, trace, draws = setting
     with jax.enable_x64(True):
-        static = jt.replay_metrics(tokens, draws)
-        flat = jt.replay_metrics(jt.QueuePolicy.flat(tokens, 6), draws)
+        static = jt.learn.replay_metrics(tokens, draws)
+        flat = jt.learn.replay_metrics(jt.learn.QueuePolicy.flat(tokens, 6), draws)
         for name in ("mean_system_time", "accuracy", "objective", "cvar"):
             assert float(getattr(flat, name)) == pytest.approx(
                 float(getattr(static, name)), rel=1e-12
@@ -76,20 +78,20 @@ def test_gradients_are_the_sample_paths_static_and_queue_aware(setting):
         x = jnp.asarray(tokens) + 25.0  # every budget away from the box's edges
 
         def static(l):
-            return jt.replay_metrics(jnp.asarray(l), draws).objective
+            return jt.learn.replay_metrics(jnp.asarray(l), draws).objective
 
         g = np.asarray(jax.grad(static)(x))
         np.testing.assert_allclose(g, _central(static, np.asarray(x), 1e-4), rtol=1e-6, atol=1e-9)
         table = jnp.asarray(np.linspace(1.4, 0.6, 4)[:, None] * np.asarray(x)[None, :])
 
         def queue(t):
-            return jt.replay_metrics(jt.QueuePolicy(jnp.asarray(t)), draws).objective
+            return jt.learn.replay_metrics(jt.learn.QueuePolicy(jnp.asarray(t)), draws).objective
 
         g = np.asarray(jax.grad(queue)(table))
         np.testing.assert_allclose(
             g, _central(queue, np.asarray(table), 1e-4), rtol=1e-6, atol=1e-9
         )
-        cvar = jax.grad(lambda l: jt.replay_metrics(l, draws).cvar)(x)
+        cvar = jax.grad(lambda l: jt.learn.replay_metrics(l, draws).cvar)(x)
         assert np.all(np.isfinite(np.asarray(cvar)))
 
 
@@ -97,11 +99,11 @@ def test_many_policies_replay_in_one_call(setting):
     w, tokens, trace, draws = setting
     with jax.enable_x64(True):
         scales = jnp.linspace(0.0, 2.0, 1000)[:, None]
-        batch = jt.replay_metrics(scales * tokens[None, :], draws)
+        batch = jt.learn.replay_metrics(scales * tokens[None, :], draws)
         assert batch.objective.shape == (1000,)
-        one = jt.replay_metrics(tokens, draws)
+        one = jt.learn.replay_metrics(tokens, draws)
         k = int(np.argmin(np.abs(np.asarray(scales[:, 0]) - 1.0)))
-        near = jt.replay_metrics(scales[k] * tokens, draws)
+        near = jt.learn.replay_metrics(scales[k] * tokens, draws)
         assert float(batch.objective[k]) == pytest.approx(float(near.objective), rel=1e-12)
         assert np.isfinite(float(one.objective))
 
@@ -112,8 +114,10 @@ def test_a_learned_queue_aware_policy_is_at_least_the_static_optimum_held_out():
     on the held-out span, and its tail no worse."""
     with jax.enable_x64(True):
         w = jt.default_workload("float64")
-        trace = jt.Trace(np.cumsum(np.random.default_rng(3).exponential(1.0, 4000)))
-        r = jt.learn_budgets(w, trace, states=6, utilization=0.85, steps=150, num_replications=4)
+        trace = jt.traffic.Trace(np.cumsum(np.random.default_rng(3).exponential(1.0, 4000)))
+        r = jt.learn.learn_budgets(
+            w, trace, states=6, utilization=0.85, steps=150, num_replications=4
+        )
         learned, start = r.test["learned"], r.test["model_optimum"]
         assert float(learned.objective) >= float(start.objective) - 1e-3
         assert float(learned.cvar) <= float(start.cvar) * 1.02
@@ -127,14 +131,14 @@ def test_a_learned_queue_aware_policy_is_at_least_the_static_optimum_held_out():
 @pytest.mark.parametrize(
     "call, words",
     [
-        (lambda w, tr, d: jt.replay_draws(w, [0, 1]), "trace"),
-        (lambda w, tr, d: jt.replay_draws(w, tr, num_replications=0), "num_replications"),
-        (lambda w, tr, d: jt.replay_metrics(np.zeros(5), d), "policy"),
-        (lambda w, tr, d: jt.replay_metrics(np.zeros(6), "x"), "draws"),
-        (lambda w, tr, d: jt.replay_metrics(np.zeros(6), d, tail=1.5), "tail"),
-        (lambda w, tr, d: jt.learn_budgets(w, tr, states=-1), "states"),
-        (lambda w, tr, d: jt.learn_budgets(w, tr, train_fraction=1.0), "train_fraction"),
-        (lambda w, tr, d: jt.learn_budgets(w, tr, learning_rate=0), "learning_rate"),
+        (lambda w, tr, d: jt.learn.replay_draws(w, [0, 1]), "trace"),
+        (lambda w, tr, d: jt.learn.replay_draws(w, tr, num_replications=0), "num_replications"),
+        (lambda w, tr, d: jt.learn.replay_metrics(np.zeros(5), d), "policy"),
+        (lambda w, tr, d: jt.learn.replay_metrics(np.zeros(6), "x"), "draws"),
+        (lambda w, tr, d: jt.learn.replay_metrics(np.zeros(6), d, tail=1.5), "tail"),
+        (lambda w, tr, d: jt.learn.learn_budgets(w, tr, states=-1), "states"),
+        (lambda w, tr, d: jt.learn.learn_budgets(w, tr, train_fraction=1.0), "train_fraction"),
+        (lambda w, tr, d: jt.learn.learn_budgets(w, tr, learning_rate=0), "learning_rate"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(setting, call, words):
@@ -255,18 +259,18 @@ def test_the_queue_aware_replay_agrees_with_the_exact_chain():
         w = _two_tasks(0.25)
         table = np.array([[400.0, 350.0], [250.0, 200.0], [150.0, 120.0], [60.0, 40.0]])
         exact = _exact(w, table, n_max=120)
-        trace = jt.Trace(np.cumsum(np.random.default_rng(1).exponential(4.0, 100_000)))
-        draws = jt.replay_draws(
+        trace = jt.traffic.Trace(np.cumsum(np.random.default_rng(1).exponential(4.0, 100_000)))
+        draws = jt.learn.replay_draws(
             w, trace, num_replications=4, rate=0.25, service_cv=1.0, noise="gamma"
         )
-        m = jt.replay_metrics(jt.QueuePolicy(jnp.asarray(table)), draws)
+        m = jt.learn.replay_metrics(jt.learn.QueuePolicy(jnp.asarray(table)), draws)
         per = np.asarray(m.per_replication["mean_system_time"])
         se = per.std(ddof=1) / np.sqrt(per.size)
         assert abs(float(m.mean_system_time) - exact["mean_system_time"]) <= 4 * se + 1e-3
         assert float(m.accuracy) == pytest.approx(exact["accuracy"], abs=3e-3)
         # a table that keeps row 0's budgets in a queue waits longer
-        flat = jt.replay_metrics(
-            jt.QueuePolicy(jnp.asarray(np.broadcast_to(table[0], (2, 2)))), draws
+        flat = jt.learn.replay_metrics(
+            jt.learn.QueuePolicy(jnp.asarray(np.broadcast_to(table[0], (2, 2)))), draws
         )
         assert float(flat.mean_system_time) > float(m.mean_system_time)
 
@@ -284,8 +288,8 @@ def test_a_learned_table_is_near_the_exact_best_table_on_poisson_traffic(states)
         w = _two_tasks(0.25)
         model = jt.FIFO(service_cv=1.0)
         pk = np.asarray(jt.solve(w, model=model).tokens)
-        trace = jt.Trace(np.cumsum(np.random.default_rng(2).exponential(4.0, 20_000)))
-        r = jt.learn_budgets(
+        trace = jt.traffic.Trace(np.cumsum(np.random.default_rng(2).exponential(4.0, 20_000)))
+        r = jt.learn.learn_budgets(
             w,
             trace,
             states=states,
@@ -325,8 +329,8 @@ def batching_setting():
     with jax.enable_x64(True):
         w = jt.default_workload("float64")
         model = jt.ContinuousBatching(step_time=(0.02, 0.0005))
-        trace = jt.Trace(np.cumsum(np.random.default_rng(3).exponential(1.0, 1500)))
-        draws = jt.replay_draws(w, trace, num_replications=2, rate=0.5, model=model, slots=48)
+        trace = jt.traffic.Trace(np.cumsum(np.random.default_rng(3).exponential(1.0, 1500)))
+        draws = jt.learn.replay_draws(w, trace, num_replications=2, rate=0.5, model=model, slots=48)
         table = np.array(
             [[0, 400, 0, 0, 300, 50], [0, 200, 0, 0, 150, 30], [0, 100, 0, 0, 60, 20]], float
         )
@@ -340,7 +344,7 @@ def test_the_batching_replay_equals_an_independent_event_simulation(batching_set
 
     w, model, draws, table = batching_setting
     with jax.enable_x64(True):
-        m = jt.replay_metrics(jt.QueuePolicy(jnp.asarray(table)), draws)
+        m = jt.learn.replay_metrics(jt.learn.QueuePolicy(jnp.asarray(table)), draws)
         assert not np.any(np.asarray(m.per_replication["overflow"]))
         for r in range(2):
             gaps, task = np.asarray(draws.gaps[r]), np.asarray(draws.task[r])
@@ -354,7 +358,7 @@ def test_the_batching_replay_equals_an_independent_event_simulation(batching_set
             )
             run = gateway.dry_run(
                 config,
-                jt.Trace(np.cumsum(np.r_[0.0, gaps[1:]])),
+                jt.traffic.Trace(np.cumsum(np.r_[0.0, gaps[1:]])),
                 draws.workload,
                 tasks=task,
                 learned=gateway.LearnedTable("t", table, {}),
@@ -375,7 +379,7 @@ def test_batching_replay_gradients_are_the_fluids_sample_path(batching_setting):
     with jax.enable_x64(True):
 
         def J(t):
-            return jt.replay_metrics(jt.QueuePolicy(t), draws).objective
+            return jt.learn.replay_metrics(jt.learn.QueuePolicy(t), draws).objective
 
         g = np.asarray(jax.grad(J)(jnp.asarray(table)))
         checked = 0
@@ -393,11 +397,13 @@ def test_batching_replay_gradients_are_the_fluids_sample_path(batching_setting):
 def test_budgets_learned_on_the_batching_replay(batching_setting):
     w, model, draws, table = batching_setting
     with jax.enable_x64(True):
-        trace = jt.Trace(np.cumsum(np.random.default_rng(4).exponential(2.0, 1200)))
-        r = jt.learn_budgets(w, trace, states=2, model=model, steps=40, num_replications=2)
+        trace = jt.traffic.Trace(np.cumsum(np.random.default_rng(4).exponential(2.0, 1200)))
+        r = jt.learn.learn_budgets(w, trace, states=2, model=model, steps=40, num_replications=2)
         assert float(r.train["learned"].objective) >= float(r.train["model_optimum"].objective)
         assert np.all(np.diff(np.asarray(r.policy.table), axis=0) <= 1e-9)
         with pytest.raises(jt.InputError, match="slots"):
-            jt.learn_budgets(w, trace, model=model, steps=2, slots=2)
+            jt.learn.learn_budgets(w, trace, model=model, steps=2, slots=2)
         with pytest.raises(jt.InputError, match="batch limit"):
-            jt.replay_draws(w, trace, model=jt.ContinuousBatching((0.02, 0.0005), max_batch=8))
+            jt.learn.replay_draws(
+                w, trace, model=jt.ContinuousBatching((0.02, 0.0005), max_batch=8)
+            )

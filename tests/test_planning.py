@@ -79,7 +79,7 @@ def test_cli_fit_server_solve_and_plan(tmp_path, capsys):
 def test_plan_replicas_api_answers_the_fewest_and_refuses_bad_targets(table1):
     server = jt.ContinuousBatching(step_time=TAU)
     w = table1.replace(arrival_rate=15.0)
-    plan = jt.plan_replicas(w, server, 20.0, max_replicas=6)
+    plan = jt.deploy.plan_replicas(w, server, 20.0, max_replicas=6)
     assert plan.routing == "random" and len(plan.rows) == plan.replicas + 2  # stops past it
     first = plan.replicas
     assert first is not None and plan.rows[first - 1].meets
@@ -89,14 +89,14 @@ def test_plan_replicas_api_answers_the_fewest_and_refuses_bad_targets(table1):
     alone = jt.solve_latency(w.replace(arrival_rate=15.0 / first), server)
     np.testing.assert_allclose(plan.budgets, np.asarray(alone.tokens), rtol=1e-9)
     with pytest.raises(jt.InputError, match="target_latency"):
-        jt.plan_replicas(w, server, -1.0)
+        jt.deploy.plan_replicas(w, server, -1.0)
     with pytest.raises(jt.InputError, match="model"):
-        jt.plan_replicas(w, jt.FIFO(), 1.0)
+        jt.deploy.plan_replicas(w, jt.FIFO(), 1.0)
     with pytest.raises(jt.InputError, match="max_replicas"):
-        jt.plan_replicas(w, server, 1.0, max_replicas=0)
+        jt.deploy.plan_replicas(w, server, 1.0, max_replicas=0)
     batch = jax.vmap(lambda r: table1.replace(arrival_rate=r))(jnp.asarray([1.0, 2.0]))
     with pytest.raises(jt.InputError, match="one workload"):
-        jt.plan_replicas(batch, server, 1.0)
+        jt.deploy.plan_replicas(batch, server, 1.0)
 
 
 @pytest.mark.slow  # three commands each compiling the routed model and simulator
@@ -131,11 +131,11 @@ def test_the_scan_stops_where_the_problem_says_not_at_max_replicas(table1):
     counts past the answer. S14, T4: a boolean target and a bad key are refused."""
     server = jt.ContinuousBatching(step_time=TAU)
     w = table1.replace(arrival_rate=8.0)
-    plan = jt.plan_replicas(w, server, 12.0, max_replicas=1_000_000)
+    plan = jt.deploy.plan_replicas(w, server, 12.0, max_replicas=1_000_000)
     assert plan.replicas == 2 and len(plan.rows) <= plan.replicas + 2
     with pytest.raises(jt.InputError, match="target_latency"):
-        jt.plan_replicas(w, server, True)
+        jt.deploy.plan_replicas(w, server, True)
     with pytest.raises(jt.InputError, match="key"):
-        jt.plan_replicas(w, server, 12.0, key=5)
+        jt.deploy.plan_replicas(w, server, 12.0, key=5)
     with pytest.raises(jt.InputError, match="key"):
         jt.simulate(w, jnp.zeros(6), 100, 2, key=5, model=server)

@@ -10,7 +10,7 @@ from jaxopt_tokens._tuning.router import _smoothed_tokens
 
 
 def held_out_setup():
-    pool = jt.synthetic_task_pool(jax.random.key(0), 300, 4, noise=0.3)
+    pool = jt.router.synthetic_task_pool(jax.random.key(0), 300, 4, noise=0.3)
     train, test = jnp.arange(200), jnp.arange(200, 300)
     test_idx = jax.vmap(lambda k: jax.random.choice(k, test, (6,), replace=False))(
         jax.random.split(jax.random.key(9), 200)
@@ -21,19 +21,19 @@ def held_out_setup():
 @pytest.mark.slow  # trains two routers
 def test_decision_focused_beats_two_stage_on_held_out_types():
     pool, train, test_idx = held_out_setup()
-    dfl, hist = jt.train_router(
-        jt.CurveModel(4, jax.random.key(1), 16), pool, train, jax.random.key(2), steps=300
+    dfl, hist = jt.router.train_router(
+        jt.router.CurveModel(4, jax.random.key(1), 16), pool, train, jax.random.key(2), steps=300
     )
-    two, _ = jt.train_router(
-        jt.CurveModel(4, jax.random.key(1), 16),
+    two, _ = jt.router.train_router(
+        jt.router.CurveModel(4, jax.random.key(1), 16),
         pool,
         train,
         jax.random.key(2),
         decision_focused=False,
         steps=600,
     )
-    J_dfl = float(jnp.mean(jt.realised_objective(dfl, pool, test_idx)))
-    J_two = float(jnp.mean(jt.realised_objective(two, pool, test_idx)))
+    J_dfl = float(jnp.mean(jt.router.realised_objective(dfl, pool, test_idx)))
+    J_two = float(jnp.mean(jt.router.realised_objective(two, pool, test_idx)))
 
     def oracle(i):
         w = pool.workload(i, arrival_rate=0.1, alpha=30.0, max_tokens=4096.0)

@@ -250,9 +250,9 @@ def test_a_custom_solver_gets_masking_and_gradients_from_the_driver(table1):
             w = p.workload
             g = jt.objective_gradient(s.tokens, w)
             new = jnp.clip(
-                s.tokens + 0.9 / jt.gradient_lipschitz(w, jt.provable_box(w)) * g,
+                s.tokens + 0.9 / jt.theory.gradient_lipschitz(w, jt.theory.provable_box(w)) * g,
                 0,
-                jt.provable_box(w),
+                jt.theory.provable_box(w),
             )
             return State(new, s.iterations + 1)
 

@@ -45,21 +45,23 @@ def test_fit_step_time_from_vllm_benchmark_files_and_csv(tmp_path):
             json.dumps(_vllm_result(n, 1e3 * (0.02 + 0.0005 * n) * (1 + 0.01 * rng.normal())))
         )
         files.append(f)
-    fit = jt.fit_step_time(*files)
+    fit = jt.deploy.fit_step_time(*files)
     assert fit.interval("tau0")[0] < 0.02 < fit.interval("tau0")[1]
     assert fit.interval("tau1")[0] < 0.0005 < fit.interval("tau1")[1]
     assert fit.model(max_batch=32).step_time == (fit.tau0, fit.tau1)
-    shipped = jt.fit_step_time(
+    shipped = jt.deploy.fit_step_time(
         jt.__path__[0] + "/data/synthetic_step_times.csv"  # labelled synthetic in its header
     )
     assert abs(shipped.tau1 - 0.0005) < 3 * shipped.se_tau1 + 1e-5
     # a step time that bends (attention cost growing with the batch) is flagged
     n = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256.0])
-    with pytest.warns(jt.FitWarning, match="bends upward"):
-        jt.fit_step_time(concurrency=n, step_time=0.02 + 0.0001 * n + 2e-6 * n**2)
+    with pytest.warns(jt.deploy.FitWarning, match="bends upward"):
+        jt.deploy.fit_step_time(concurrency=n, step_time=0.02 + 0.0001 * n + 2e-6 * n**2)
     # a gentle curvature over many points: the quadratic term's test still speaks
-    with pytest.warns(jt.FitWarning, match="not linear"):
-        jt.fit_step_time(concurrency=n, step_time=0.02 + 0.0001 * n + 5e-8 * n**2 - 1e-10 * n**3)
+    with pytest.warns(jt.deploy.FitWarning, match="not linear"):
+        jt.deploy.fit_step_time(
+            concurrency=n, step_time=0.02 + 0.0001 * n + 5e-8 * n**2 - 1e-10 * n**3
+        )
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,7 @@ def test_bad_benchmark_files_name_the_field_and_line(tmp_path, text, needle):
     f = tmp_path / ("x.json" if text.startswith(("{", "[")) else "x.csv")
     f.write_text(text)
     with pytest.raises(jt.InputError, match=needle):
-        jt.fit_step_time(f, f, f)
+        jt.deploy.fit_step_time(f, f, f)
 
 
 # ------------------------------------------------ regressions of the second reliability trial
@@ -137,7 +139,7 @@ def test_json_lines_null_median_and_a_bom_are_read(tmp_path):
         '{"max_concurrency": 8, "median_tpot_ms": null, "mean_tpot_ms": 24}\n',
     )
     bom = _write(tmp_path, "bom.csv", b"\xef\xbb\xbfconcurrency,tpot_ms\n64,50\n")
-    n, t = jt.read_step_times(runs, bom)
+    n, t = jt.deploy.read_step_times(runs, bom)
     np.testing.assert_allclose(n, [1, 8, 64])
     np.testing.assert_allclose(t, [0.020, 0.024, 0.050])
 
@@ -146,19 +148,19 @@ def test_a_slope_whose_interval_holds_zero_is_flagged():
     """S9: the warning follows the reported 95% interval, not a 2-SE rule."""
     n = np.array([1.0, 4.0, 16.0, 64.0, 2.0])
     t = np.array([20.0, 60.0, 25.0, 90.0, 10.0]) / 1e3
-    with pytest.warns(jt.FitWarning, match="does not clearly grow"):
-        fit = jt.fit_step_time(concurrency=n, step_time=t)
+    with pytest.warns(jt.deploy.FitWarning, match="does not clearly grow"):
+        fit = jt.deploy.fit_step_time(concurrency=n, step_time=t)
     assert fit.interval("tau1")[0] < 0
 
 
 def test_fit_arguments_outside_their_domain_are_refused():
     """S14, T4: a level outside (0, 1), an unknown parameter, strings for numbers."""
-    fit = jt.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
+    fit = jt.deploy.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
     for name, level in (("tau0", 2.0), ("tau0", True), ("tau2", 0.95)):
         with pytest.raises(jt.InputError, match="level|name"):
             fit.interval(name, level)
     with pytest.raises(jt.InputError, match="concurrency"):
-        jt.fit_step_time(concurrency=["a", 2, 4], step_time=[0.02, 0.022, 0.028])
+        jt.deploy.fit_step_time(concurrency=["a", 2, 4], step_time=[0.02, 0.022, 0.028])
 
 
 # ------------------------------------------- real benchmark files: SGLang, request-rate sweeps
@@ -206,8 +208,8 @@ def test_a_request_rate_sweep_in_sglang_json_lines_is_fitted_without_overloaded_
     lines[-1] = json.dumps(line)
     lines.append(_sglang_line(16.0, 3200, 383.0, 149_000.0, 179.0))  # 13.7/s of 16
     path = _write(tmp_path, "sglang.jsonl", "\n".join(lines) + "\n")
-    with pytest.warns(jt.FitWarning, match="line 5: overloaded"):
-        fit = jt.fit_step_time(path)
+    with pytest.warns(jt.deploy.FitWarning, match="line 5: overloaded"):
+        fit = jt.deploy.fit_step_time(path)
     assert (fit.tau0, fit.tau1) == pytest.approx((tau0, tau1), rel=1e-6)
     assert fit.concurrency.tolist() == pytest.approx([4.0, 4 * 2**1.5, 32.0, 60.0])
     assert "throughput x ITL" in fit.methods[0] and len(fit.excluded) == 1
@@ -215,7 +217,7 @@ def test_a_request_rate_sweep_in_sglang_json_lines_is_fitted_without_overloaded_
     reported = _write(tmp_path, "c.jsonl", _sglang_line(math.inf, 100, 10.0, 1e3, 20.0, 7.5))
     text = reported.read_text().replace('"output_throughput"', '"x"')
     reported.write_text(text)
-    assert jt.read_step_times(reported)[0].tolist() == [7.5]
+    assert jt.deploy.read_step_times(reported)[0].tolist() == [7.5]
 
 
 CORPUS = Path(__file__).parent / "data" / "benchmarks"
@@ -228,8 +230,8 @@ def test_a_public_sglang_rate_sweep_mixing_two_datasets_is_refused_then_split():
     online = CORPUS / "datacrunch_llama33_70b_h200_sglang_online.jsonl"
     err = assert_refused(["fit-server", online], "2 deployments", "group 1", "sharegpt")
     assert "--group" in err
-    with pytest.warns(jt.FitWarning, match="line 5: overloaded"):
-        fit = jt.fit_step_time(online, group=1)
+    with pytest.warns(jt.deploy.FitWarning, match="line 5: overloaded"):
+        fit = jt.deploy.fit_step_time(online, group=1)
     assert fit.tau1 > 0 and fit.concurrency.size == 4
     assert "line 5" in fit.excluded[0]
     # the batch is the file's own throughput x ITL
@@ -244,16 +246,16 @@ def test_a_public_sglang_rate_sweep_mixing_two_datasets_is_refused_then_split():
 def test_runs_of_different_lengths_are_not_fitted_together():
     offline = CORPUS / "datacrunch_llama33_70b_h200_sglang_offline.jsonl"
     with pytest.raises(jt.InputError, match="6 deployments or workloads"):
-        jt.fit_step_time(offline)
+        jt.deploy.fit_step_time(offline)
     with pytest.raises(jt.InputError, match="3 or more distinct concurrencies"):
-        jt.fit_step_time(offline, group=4)  # 4096/1024 twice: one concurrency
+        jt.deploy.fit_step_time(offline, group=4)  # 4096/1024 twice: one concurrency
 
 
 def test_a_public_vllm_concurrency_sweep_at_an_infinite_rate():
     """InferenceX's gpt-oss-120b sweep (Apache-2.0): request_rate "inf" with max_concurrency
     4-256; the batch is max_concurrency, which throughput x TPOT confirms within 5%."""
     path = CORPUS / "inferencex_gpt-oss-120b_vllm_concurrency_sweep.jsonl"
-    fit = jt.fit_step_time(path)
+    fit = jt.deploy.fit_step_time(path)
     assert fit.concurrency.tolist() == [4, 8, 32, 128, 256]
     assert 0 < fit.tau1 and 0.005 < fit.tau0 < 0.0095
     for line in path.read_text().splitlines():
@@ -296,8 +298,8 @@ def test_a_vllm_rate_sweep_with_an_infinite_rate_run_fits_with_a_positive_slope(
         )
     path = _write(tmp_path, "sweep.jsonl", "\n".join(lines))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jt.FitWarning)  # three points: a bend is possible
-        fit = jt.fit_step_time(path)
+        warnings.simplefilter("ignore", jt.deploy.FitWarning)  # three points: a bend is possible
+        fit = jt.deploy.fit_step_time(path)
     assert fit.excluded == () and fit.tau1 > 0
     assert fit.concurrency.tolist() == pytest.approx([30.4, 145.8, 502.2], rel=0.01)
 
@@ -350,7 +352,7 @@ def test_aiperf_and_inferencex_aggregated_results_are_read(tmp_path):
             },
         }
         files.append(_write(tmp_path, f"aiperf{c}.json", json.dumps(export)))
-    fit = jt.fit_step_time(*files)
+    fit = jt.deploy.fit_step_time(*files)
     assert (fit.tau0, fit.tau1) == pytest.approx((0.008, 0.00005), rel=1e-6)
     agg = [
         _write(
@@ -362,7 +364,7 @@ def test_aiperf_and_inferencex_aggregated_results_are_read(tmp_path):
         )
         for c in (4, 32, 64)
     ]
-    fit = jt.fit_step_time(*agg)
+    fit = jt.deploy.fit_step_time(*agg)
     assert (fit.tau0, fit.tau1) == pytest.approx((0.01, 1e-4), rel=1e-6)
 
 
@@ -370,11 +372,11 @@ def test_a_bending_step_time_is_flagged_from_three_points():
     """The SGLang sweep whose overloaded runs were kept: the t-test had no power there."""
     n = np.array([8.0, 16.0, 52.0, 360.0])
     t = np.array([13.6, 14.8, 19.4, 70.8]) / 1e3
-    with pytest.warns(jt.FitWarning, match="bends upward"):
-        jt.fit_step_time(concurrency=n[1:], step_time=t[1:])
+    with pytest.warns(jt.deploy.FitWarning, match="bends upward"):
+        jt.deploy.fit_step_time(concurrency=n[1:], step_time=t[1:])
     with warnings.catch_warnings():
-        warnings.simplefilter("error", jt.FitWarning)
-        jt.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
+        warnings.simplefilter("error", jt.deploy.FitWarning)
+        jt.deploy.fit_step_time(concurrency=[1, 4, 16], step_time=[0.020, 0.022, 0.028])
 
 
 def test_an_sglang_offline_run_uses_the_decode_batch_not_the_queue(tmp_path):
@@ -389,6 +391,6 @@ def test_an_sglang_offline_run_uses_the_decode_batch_not_the_queue(tmp_path):
         line["output_throughput"] = batch / itl
         line["max_concurrency"] = None
         lines.append(json.dumps(line))
-    fit = jt.fit_step_time(_write(tmp_path, "offline.jsonl", "\n".join(lines)))
+    fit = jt.deploy.fit_step_time(_write(tmp_path, "offline.jsonl", "\n".join(lines)))
     assert fit.tau1 == pytest.approx(tau1, rel=0.01)
     assert fit.methods[0].startswith("output throughput x ITL")

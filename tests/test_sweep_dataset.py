@@ -35,42 +35,42 @@ def _same_rows(streamed: pd.DataFrame, in_memory: pd.DataFrame) -> None:
 
 
 def test_streamed_sweep_is_the_in_memory_table(table1, tmp_path):
-    df = jt.sweep(table1, quiet=True, chunk_size=10, **GRIDS)
-    run = jt.sweep(table1, quiet=True, chunk_size=10, out=tmp_path / "s", **GRIDS)
+    df = jt.sweeps.sweep(table1, quiet=True, chunk_size=10, **GRIDS)
+    run = jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=tmp_path / "s", **GRIDS)
     assert run.complete and run.parts == 7 and sorted(run.computed) == list(range(7))
-    back = jt.read_sweep(tmp_path / "s")
+    back = jt.sweeps.read_sweep(tmp_path / "s")
     _same_rows(back, df)
     manifest = back.attrs["sweep"]
     assert manifest["points"] == 63 and manifest["grids"]["alpha"]["values"] == list(GRIDS["alpha"])
     assert manifest["versions"]["jax"] and manifest["dtype"] == "float64"
     # only the columns asked for (and the point index) are read
-    some = jt.read_sweep(tmp_path / "s", columns=["alpha", "objective"])
+    some = jt.sweeps.read_sweep(tmp_path / "s", columns=["alpha", "objective"])
     assert list(some.columns) == ["point", "alpha", "objective"]
-    assert len(jt.read_sweep(tmp_path / "s", lazy=True).to_table()) == 63
+    assert len(jt.sweeps.read_sweep(tmp_path / "s", lazy=True).to_table()) == 63
     # other readers see one table
     assert len(pd.read_parquet(tmp_path / "s")) == 63
 
 
 def test_same_sweep_again_needs_resume_or_force_and_another_sweep_needs_force(table1, tmp_path):
     out = tmp_path / "s"
-    jt.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
+    jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
     with pytest.raises(jt.InputError, match="already holds this sweep.*--resume"):
-        jt.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
-    again = jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
+        jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
+    again = jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
     assert again.computed == () and again.skipped == 7
     other = dict(GRIDS, alpha=GRIDS["alpha"][:3])
     with pytest.raises(jt.InputError, match="different sweep.*--force"):
-        jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **other)
+        jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **other)
     with pytest.raises(jt.InputError, match="in parts of 10 points"):  # another chunking: named
-        jt.sweep(table1, quiet=True, chunk_size=9, out=out, resume=True, **GRIDS)
-    jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **other)
-    assert len(jt.read_sweep(out)) == 21 and len(SweepDirectory(out).parts()) == 3
+        jt.sweeps.sweep(table1, quiet=True, chunk_size=9, out=out, resume=True, **GRIDS)
+    jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **other)
+    assert len(jt.sweeps.read_sweep(out)) == 21 and len(SweepDirectory(out).parts()) == 3
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     with pytest.raises(jt.InputError, match="not a sweep"):
-        jt.sweep(table1, quiet=True, out=tmp_path / "mine", **GRIDS)
+        jt.sweeps.sweep(table1, quiet=True, out=tmp_path / "mine", **GRIDS)
     with pytest.raises(jt.InputError, match="is a file"):
-        jt.sweep(table1, quiet=True, out=tmp_path / "mine" / "notes.txt", **GRIDS)
+        jt.sweeps.sweep(table1, quiet=True, out=tmp_path / "mine" / "notes.txt", **GRIDS)
 
 
 def test_a_failure_keeps_finished_parts_and_resume_completes_them(table1, tmp_path, monkeypatch):
@@ -86,15 +86,17 @@ def test_a_failure_keeps_finished_parts_and_resume_completes_them(table1, tmp_pa
 
     monkeypatch.setattr(SweepDirectory, "write_part", failing)
     with pytest.raises(OSError) as info:
-        jt.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
+        jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, **GRIDS)
     assert any("resume" in note and "3 of its 7 parts" in note for note in info.value.__notes__)
     assert SweepDirectory(out).parts() == {0, 1, 2}
     with pytest.raises(jt.InputError, match="incomplete: 4 of 7 parts missing.*--resume"):
-        jt.read_sweep(out)
+        jt.sweeps.read_sweep(out)
     monkeypatch.setattr(SweepDirectory, "write_part", original)
-    run = jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
+    run = jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
     assert sorted(run.computed) == [3, 4, 5, 6] and run.skipped == 3
-    _same_rows(jt.read_sweep(out), jt.sweep(table1, quiet=True, chunk_size=10, **GRIDS))
+    _same_rows(
+        jt.sweeps.read_sweep(out), jt.sweeps.sweep(table1, quiet=True, chunk_size=10, **GRIDS)
+    )
 
 
 def _cli(*args: str) -> list[str]:
@@ -135,7 +137,7 @@ def test_a_killed_sweep_resumes_to_exactly_the_uninterrupted_table(tmp_path):
         _cli(*args, "--out", str(whole)), env=_env(), capture_output=True, text=True
     )
     assert full.returncode == 0, full.stderr
-    a, b = jt.read_sweep(killed), jt.read_sweep(whole)
+    a, b = jt.sweeps.read_sweep(killed), jt.sweeps.read_sweep(whole)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
     assert len(a) == 1200 and a["point"].tolist() == list(range(1200))
 
@@ -193,7 +195,7 @@ def one_process(tmp_path_factory):
         _cli(*DISTRIBUTED_ARGS, "--out", str(out)), env=_env(), capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr
-    return jt.read_sweep(out)
+    return jt.sweeps.read_sweep(out)
 
 
 @pytest.mark.parametrize("n", [2, pytest.param(4, marks=pytest.mark.slow)])
@@ -207,7 +209,9 @@ def test_jax_distributed_processes_write_the_one_process_table(tmp_path, n, one_
     assert all(r.returncode == 0 for r in results), report
     manifest = json.loads((tmp_path / "many" / "_manifest.json").read_text())
     assert manifest["processes"] == n
-    pd.testing.assert_frame_equal(jt.read_sweep(tmp_path / "many"), one_process, check_exact=True)
+    pd.testing.assert_frame_equal(
+        jt.sweeps.read_sweep(tmp_path / "many"), one_process, check_exact=True
+    )
 
 
 @pytest.mark.slow  # two sweeps and two figures
@@ -218,22 +222,22 @@ def test_frontier_and_heatmaps_read_a_sweep_directory(table1, tmp_path):
     from jaxopt_tokens._sweeps.figures import figure_heatmaps
 
     out = tmp_path / "s"
-    jt.sweep(table1, quiet=True, out=out, **GRIDS)
-    f = jt.frontier_by_alpha(out)
+    jt.sweeps.sweep(table1, quiet=True, out=out, **GRIDS)
+    f = jt.sweeps.frontier_by_alpha(out)
     assert {"alpha", "accuracy", "mean_system_time", "status"} <= set(f.columns)
     assert "mean_wait" not in f.columns  # only what a frontier needs is read
     one_rate = f[f["arrival_rate"] == GRIDS["arrival_rate"][0]]
     assert np.all(np.diff(one_rate["alpha"]) > 0)
-    solved = jt.sweep(
+    solved = jt.sweeps.sweep(
         table1.replace(arrival_rate=GRIDS["arrival_rate"][0]), alpha=GRIDS["alpha"], quiet=True
     )
     np.testing.assert_array_equal(one_rate["accuracy"], solved["accuracy"])
     fig = figure_heatmaps(table1, sweep_dir=out)
     assert len(fig.axes) >= 7
     alpha_only = tmp_path / "a"
-    jt.sweep(table1, quiet=True, out=alpha_only, alpha=GRIDS["alpha"])
+    jt.sweeps.sweep(table1, quiet=True, out=alpha_only, alpha=GRIDS["alpha"])
     with pytest.raises(jt.InputError, match="no 'arrival_rate' grid"):
-        jt.frontier_by_arrival_rate(alpha_only)
+        jt.sweeps.frontier_by_arrival_rate(alpha_only)
     with pytest.raises(jt.InputError, match="exactly arrival_rate and alpha"):
         figure_heatmaps(table1, sweep_dir=alpha_only)
 
@@ -247,7 +251,7 @@ def test_sweep_cli_outputs(files, tmp_path):
     (out / "part-00007.parquet").write_text("stale")  # a stale part of an older sweep
     rc, _, _ = run_cli(["sweep", "--alpha", "1,2,3", "--out", out, "--quiet", "--force"])
     assert rc == 0 and not (out / "part-00007.parquet").exists()
-    assert len(jt.read_sweep(out)) == 3
+    assert len(jt.sweeps.read_sweep(out)) == 3
     assert_refused(["sweep", "--alpha", "1", "--out", files / "keep.txt"], "not a directory")
 
 
@@ -258,14 +262,14 @@ def test_sweep_cli_outputs(files, tmp_path):
 def finished(table1, tmp_path):
     """A finished 63-point sweep in 7 parts, and another sweep of the same shape."""
     ref = tmp_path / "ref"
-    jt.sweep(table1, quiet=True, chunk_size=10, out=ref, **GRIDS)
+    jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=ref, **GRIDS)
     other = tmp_path / "other"
-    jt.sweep(table1.replace(alpha=7.0), quiet=True, chunk_size=10, out=other, **GRIDS)
+    jt.sweeps.sweep(table1.replace(alpha=7.0), quiet=True, chunk_size=10, out=other, **GRIDS)
     return ref, other
 
 
 def _resume(table1, out):
-    return jt.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
+    return jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, resume=True, **GRIDS)
 
 
 @pytest.mark.parametrize(
@@ -285,14 +289,14 @@ def test_a_damaged_or_foreign_part_is_refused_by_readers_and_recomputed_by_resum
     """L2, L3: a truncated part counted as done (resume wrote nothing, then a traceback); a
     foreign part was read silently."""
     ref, other = finished
-    before = jt.read_sweep(ref)
+    before = jt.sweeps.read_sweep(ref)
     part = ref / "part-00003.parquet"
     damage(part, other)
     with pytest.raises(jt.InputError, match="part-00003.parquet: not part 3 of this sweep"):
-        jt.read_sweep(ref)
+        jt.sweeps.read_sweep(ref)
     run = _resume(table1, ref)
     assert run.computed == (3,)
-    pd.testing.assert_frame_equal(jt.read_sweep(ref), before)
+    pd.testing.assert_frame_equal(jt.sweeps.read_sweep(ref), before)
 
 
 @pytest.mark.parametrize(
@@ -316,7 +320,7 @@ def test_a_manifest_that_does_not_hold_together_is_refused_in_one_line(
     edit(manifest)
     (ref / "_manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(jt.InputError, match=f"not a valid sweep manifest.*{words}"):
-        jt.read_sweep(ref)
+        jt.sweeps.read_sweep(ref)
     with pytest.raises(jt.InputError, match="not a valid sweep manifest"):
         _resume(table1, ref)
     assert_refused(["frontier", "--from", ref, "--out", ref.parent / "f"], "manifest")
@@ -335,7 +339,7 @@ def test_a_different_chunk_size_is_named(table1, finished):
     """U9: 'holds a different sweep' for the same grid in other parts."""
     ref, _ = finished
     with pytest.raises(jt.InputError, match="parts of 10 points.*--chunk-size 10"):
-        jt.sweep(table1, quiet=True, chunk_size=20, out=ref, resume=True, **GRIDS)
+        jt.sweeps.sweep(table1, quiet=True, chunk_size=20, out=ref, resume=True, **GRIDS)
 
 
 def test_a_second_writer_is_refused_naming_the_first(table1, tmp_path):
@@ -343,9 +347,9 @@ def test_a_second_writer_is_refused_naming_the_first(table1, tmp_path):
     out = tmp_path / "d"
     with SweepDirectory(out).lock():  # another process writing here
         with pytest.raises(jt.InputError, match=rf"another process \(pid {os.getpid()}\)"):
-            jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **GRIDS)
-    jt.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **GRIDS)  # free again
-    assert len(jt.read_sweep(out)) == 63
+            jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **GRIDS)
+    jt.sweeps.sweep(table1, quiet=True, chunk_size=10, out=out, force=True, **GRIDS)  # free again
+    assert len(jt.sweeps.read_sweep(out)) == 63
 
 
 def test_an_empty_out_path_is_refused():
@@ -376,13 +380,13 @@ def test_figures_from_a_sweep_refuse_what_cannot_be_drawn_before_drawing(table1,
 
     three = _three_tasks(table1)
     sweep, flat = tmp_path / "three", tmp_path / "flat"
-    jt.sweep(three, quiet=True, out=sweep, arrival_rate=[0.05, 0.1], alpha=[10.0, 30.0])
-    jt.sweep(three, quiet=True, out=flat, alpha=[10.0, 30.0])
+    jt.sweeps.sweep(three, quiet=True, out=sweep, arrival_rate=[0.05, 0.1], alpha=[10.0, 30.0])
+    jt.sweeps.sweep(three, quiet=True, out=flat, alpha=[10.0, 30.0])
     check_heatmap_sweep(sweep, three)
     with pytest.raises(jt.InputError, match="exactly arrival_rate and alpha"):
-        jt.all_figures(three, tmp_path / "figs", sweep_dir=flat)  # refused before drawing
+        jt.sweeps.all_figures(three, tmp_path / "figs", sweep_dir=flat)  # refused before drawing
     with pytest.raises(jt.InputError, match="tasks"):
-        jt.all_figures(table1, tmp_path / "figs", sweep_dir=sweep)
+        jt.sweeps.all_figures(table1, tmp_path / "figs", sweep_dir=sweep)
     assert not (tmp_path / "figs").exists()
     assert_refused(["figures", "--from", flat, "--out", tmp_path / "a"], "exactly arrival_rate")
     assert_refused(["figures", "--from", sweep, "--alpha", "3", "--out", tmp_path / "b"], "--alpha")
@@ -395,7 +399,9 @@ def test_figures_from_a_three_task_sweep_draw_its_own_workload(table1, tmp_path)
     from conftest import run_cli
 
     sweep = tmp_path / "three"
-    jt.sweep(_three_tasks(table1), quiet=True, out=sweep, arrival_rate=[0.05, 0.1], alpha=[10, 30])
+    jt.sweeps.sweep(
+        _three_tasks(table1), quiet=True, out=sweep, arrival_rate=[0.05, 0.1], alpha=[10, 30]
+    )
     rc, _, err = run_cli(["figures", "--from", sweep, "--out", tmp_path / "figs"])
     assert rc == 0, err
     assert (tmp_path / "figs" / "heatmaps.png").is_file()

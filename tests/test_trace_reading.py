@@ -21,7 +21,7 @@ import jaxopt_tokens as jt
 
 
 def test_the_public_trace_excerpts_are_read_in_their_formats():
-    conv = jt.read_trace(TRACE_EXCERPT)
+    conv = jt.traffic.read_trace(TRACE_EXCERPT)
     assert (conv.format, len(conv)) == ("azure", 300)
     # an independent parse of the first two rows (7 fractional digits, truncated to 6)
     rows = TRACE_EXCERPT.read_text().splitlines()[1:3]
@@ -30,7 +30,7 @@ def test_the_public_trace_excerpts_are_read_in_their_formats():
     assert conv.input_tokens[0] == float(rows[0].split(",")[1])
     assert conv.output_tokens[0] == float(rows[0].split(",")[2])
     assert conv.start.startswith("2023-11-16T18:15:46")
-    moon = jt.read_trace(MOONCAKE)
+    moon = jt.traffic.read_trace(MOONCAKE)
     first = [json.loads(line) for line in MOONCAKE.read_text().splitlines()[:3]]
     assert moon.format == "mooncake" and len(moon) == 300
     assert moon.output_tokens[:3].tolist() == [f["output_length"] for f in first]
@@ -56,11 +56,11 @@ def test_generic_and_burstgpt_files(tmp_path, name, text, first_gap):
     path = tmp_path / name
     path.write_text(text)
     if first_gap is None:  # a JSON lines file missing a token field: the arrival is kept
-        trace = jt.read_trace(path)
+        trace = jt.traffic.read_trace(path)
         assert len(trace) == 2 and trace.output_tokens is None
         assert "1 of 2 requests lack it" in trace.dropped[0][0]
         return
-    trace = jt.read_trace(path)
+    trace = jt.traffic.read_trace(path)
     assert trace.arrival_times[1] == pytest.approx(first_gap)
     if name == "b.csv":
         assert trace.format == "burstgpt" and trace.output_tokens.tolist() == [18, 230]
@@ -88,7 +88,7 @@ def test_bad_trace_files_name_file_line_and_column(tmp_path, text, needle):
     path = tmp_path / "t.csv"
     path.write_text(text)
     with pytest.raises(jt.InputError, match=needle):
-        jt.read_trace(path)
+        jt.traffic.read_trace(path)
     assert_refused(["trace", path], needle.split(",")[0].replace("\\", ""))
 
 
@@ -97,7 +97,7 @@ def test_rows_without_a_time_are_dropped_and_counted_the_rest_kept(tmp_path):
     (the incomplete column is left out, and said)."""
     path = tmp_path / "t.csv"
     path.write_text("arrival_time,output_tokens\n0,1\n,2\n1,\n2,3\n")
-    trace = jt.read_trace(path)
+    trace = jt.traffic.read_trace(path)
     assert len(trace) == 3 and trace.output_tokens is None
     assert dict(trace.dropped) == {
         "empty 'arrival_time'": 1,
@@ -120,17 +120,17 @@ def test_request_logs_take_iso_times_bands_and_warn_on_moving_rates(tmp_path):
         "timestamp,output_tokens\n"
         + "".join(f"{s},{10 if i % 3 else 900}\n" for i, s in enumerate(stamps))
     )
-    with pytest.warns(jt.TrafficWarning, match="misrepresents"):
-        shares, rate = jt.read_request_log(
+    with pytest.warns(jt.traffic.TrafficWarning, match="misrepresents"):
+        shares, rate = jt.deploy.read_request_log(
             log, ("short", "long"), bands={"short": 512, "long": math.inf}, window=50.0
         )
     np.testing.assert_allclose(shares, [8 / 12, 4 / 12])
     assert rate == pytest.approx(11 / 401)
-    single, single_rate = jt.read_request_log(log, ("only",), window=1000.0)
+    single, single_rate = jt.deploy.read_request_log(log, ("only",), window=1000.0)
     np.testing.assert_allclose(single, [1.0])
     assert single_rate == pytest.approx(11 / 401)  # the same requests, one task's
     with pytest.raises(jt.InputError, match="missing column 'task'"):
-        jt.read_request_log(log, ("a", "b"))
+        jt.deploy.read_request_log(log, ("a", "b"))
 
 
 def test_a_batching_only_workload_is_said_to_be_one():

@@ -35,16 +35,18 @@ def test_replay_equals_a_plain_python_queue_on_the_same_trace(service):
     with jax.enable_x64(True):
         w = jt.default_workload()
         tokens = np.asarray(jt.solve(w).tokens)
-        trace = jt.read_trace(AZURE_CODE)
+        trace = jt.traffic.read_trace(AZURE_CODE)
         names = w.task_names
         labels = tuple(names[i % len(names)] for i in range(len(trace)))
-        trace = jt.Trace(trace.arrival_times, output_tokens=trace.output_tokens, labels=labels)
+        trace = jt.traffic.Trace(
+            trace.arrival_times, output_tokens=trace.output_tokens, labels=labels
+        )
         sim = jt.simulate(
             w,
             tokens,
             None,
             2,
-            arrivals=jt.Replay(trace, rate=0.3, service=service, task_types="trace"),
+            arrivals=jt.traffic.Replay(trace, rate=0.3, service=service, task_types="trace"),
             warmup=10,
         )
         task = np.arange(len(trace)) % len(names)
@@ -63,10 +65,10 @@ def test_a_poisson_trace_replays_as_the_poisson_simulator():
         w = jt.default_workload()
         tokens = jt.solve(w).tokens
         poisson = jt.simulate(w, tokens, 20_000, 8)
-        stream = jt.sample_query_stream(jax.random.key(7), w, 40_000)
-        trace = jt.Trace(np.asarray(stream.arrival_times))
+        stream = jt.theory.sample_query_stream(jax.random.key(7), w, 40_000)
+        trace = jt.traffic.Trace(np.asarray(stream.arrival_times))
         replay = jt.simulate(
-            w, tokens, None, 4, arrivals=jt.Replay(trace, rate=float(w.arrival_rate))
+            w, tokens, None, 4, arrivals=jt.traffic.Replay(trace, rate=float(w.arrival_rate))
         )
         mean, lo, hi = poisson.interval("system_time")
         rep = float(np.mean(np.asarray(replay.system_time)))
@@ -78,8 +80,8 @@ def test_replay_at_a_utilization_and_budgets_by_window():
     with jax.enable_x64(True):
         w = jt.default_workload()
         tokens = np.asarray(jt.solve(w).tokens)
-        trace = jt.read_trace(TRACE_EXCERPT)
-        sim = jt.simulate(w, tokens, None, 2, arrivals=jt.Replay(trace, utilization=0.5))
+        trace = jt.traffic.read_trace(TRACE_EXCERPT)
+        sim = jt.simulate(w, tokens, None, 2, arrivals=jt.traffic.Replay(trace, utilization=0.5))
         assert float(sim.predicted_utilization) == pytest.approx(0.5)
         k = int(trace.window_index(20.0).max()) + 1
         same = jt.simulate(
@@ -87,19 +89,21 @@ def test_replay_at_a_utilization_and_budgets_by_window():
             np.broadcast_to(tokens, (k, 6)),
             None,
             2,
-            arrivals=jt.Replay(trace, utilization=0.5, window=20.0),
+            arrivals=jt.traffic.Replay(trace, utilization=0.5, window=20.0),
         )
         np.testing.assert_array_equal(np.asarray(same.system_time), np.asarray(sim.system_time))
         with pytest.raises(jt.InputError, match=f"shape \\(..., {k}, 6\\)"):
-            jt.simulate(w, tokens, None, 2, arrivals=jt.Replay(trace, window=20.0))
+            jt.simulate(w, tokens, None, 2, arrivals=jt.traffic.Replay(trace, window=20.0))
         with pytest.raises(jt.InputError, match="rate, utilization"):
-            jt.simulate(w, tokens, None, 2, arrivals=jt.Replay(trace, rate=1.0, utilization=0.5))
+            jt.simulate(
+                w, tokens, None, 2, arrivals=jt.traffic.Replay(trace, rate=1.0, utilization=0.5)
+            )
         with pytest.raises(jt.InputError, match="num_queries"):
             jt.simulate(w, tokens, 100, 2, arrivals=trace)
         with pytest.raises(TypeError, match="utilization"):  # a setting of a Replay only
             jt.simulate(w, tokens, 100, 2, utilization=0.5)  # pyright: ignore[reportCallIssue]
         with pytest.raises(jt.InputError, match="no task labels"):
-            jt.simulate(w, tokens, None, 2, arrivals=jt.Replay(trace, task_types="trace"))
+            jt.simulate(w, tokens, None, 2, arrivals=jt.traffic.Replay(trace, task_types="trace"))
 
 
 def test_replay_on_the_batching_server():
@@ -107,9 +111,9 @@ def test_replay_on_the_batching_server():
         w = jt.default_workload()
         model = jt.ContinuousBatching(step_time=(0.02, 0.0005), max_batch=16)
         tokens = jt.solve(w, model=model).tokens
-        trace = jt.read_trace(TRACE_EXCERPT)
+        trace = jt.traffic.read_trace(TRACE_EXCERPT)
         sim = jt.simulate(
-            w, tokens, None, 2, arrivals=jt.Replay(trace, utilization=0.5), model=model
+            w, tokens, None, 2, arrivals=jt.traffic.Replay(trace, utilization=0.5), model=model
         )
         assert float(sim.predicted_load) == pytest.approx(0.5, rel=1e-6)
         assert np.all(np.isfinite(np.asarray(sim.system_time)))
@@ -119,7 +123,7 @@ def test_replay_on_the_batching_server():
                 tokens,
                 None,
                 2,
-                arrivals=jt.Replay(trace, rate=1.0),
+                arrivals=jt.traffic.Replay(trace, rate=1.0),
                 model=model.replace(replicas=2),
             )
 
@@ -154,10 +158,10 @@ def test_budgets_by_window_on_the_batching_server():
         w = jt.default_workload()
         model = jt.ContinuousBatching(step_time=(0.02, 0.0005), max_batch=16)
         tokens = np.asarray(jt.solve(w, model=model).tokens)
-        trace = jt.read_trace(TRACE_EXCERPT)
+        trace = jt.traffic.read_trace(TRACE_EXCERPT)
         k = trace.num_windows(20.0)
-        plain = jt.Replay(trace, rate=0.3)
-        by_window = jt.Replay(trace, rate=0.3, window=20.0)
+        plain = jt.traffic.Replay(trace, rate=0.3)
+        by_window = jt.traffic.Replay(trace, rate=0.3, window=20.0)
         base = jt.simulate(w, tokens, None, 2, model=model, arrivals=plain)
         same = jt.simulate(
             w, np.broadcast_to(tokens, (k, 6)), None, 2, model=model, arrivals=by_window

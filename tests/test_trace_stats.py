@@ -20,12 +20,12 @@ import jaxopt_tokens as jt
 
 def _poisson(rate, n, seed=0):
     gaps = np.random.default_rng(seed).exponential(1 / rate, n)
-    return jt.Trace(np.cumsum(gaps), output_tokens=np.full(n, 100.0))
+    return jt.traffic.Trace(np.cumsum(gaps), output_tokens=np.full(n, 100.0))
 
 
 def test_arrival_stats_against_numpy_and_poisson():
     trace = _poisson(5.0, 30_000)
-    s = jt.arrival_stats(trace, window=10.0)
+    s = jt.traffic.arrival_stats(trace, window=10.0)
     counts = np.histogram(
         trace.arrival_times, bins=np.arange(0, trace.duration // 10 * 10 + 1, 10)
     )[0]
@@ -35,17 +35,17 @@ def test_arrival_stats_against_numpy_and_poisson():
     # a rate that jumps 5x half-way: said
     slow, fast = _poisson(1.0, 3000, 1), _poisson(5.0, 15000, 2)
     times = np.concatenate([slow.arrival_times, slow.duration + 1 + fast.arrival_times])
-    moving = jt.Trace(times)
-    assert any("rate moves" in w for w in jt.arrival_stats(moving).warnings)
+    moving = jt.traffic.Trace(times)
+    assert any("rate moves" in w for w in jt.traffic.arrival_stats(moving).warnings)
     gaps = np.diff(trace.arrival_times)  # the SCV against numpy, and ~1 for Poisson
-    assert jt.arrival_scv(trace) == pytest.approx(gaps.var() / gaps.mean() ** 2, rel=1e-9)
-    assert abs(jt.arrival_scv(trace) - 1) < 0.05
+    assert jt.traffic.arrival_scv(trace) == pytest.approx(gaps.var() / gaps.mean() ** 2, rel=1e-9)
+    assert abs(jt.traffic.arrival_scv(trace) - 1) < 0.05
 
 
 def test_the_real_excerpts_are_bursty_as_measured():
-    code = jt.arrival_stats(jt.read_trace(AZURE_CODE), window=10.0)
+    code = jt.traffic.arrival_stats(jt.traffic.read_trace(AZURE_CODE), window=10.0)
     assert code.interarrival_cv > 5 and code.dispersion[10.0] > 20 and code.warnings
-    moon = jt.arrival_stats(jt.read_trace(MOONCAKE))
+    moon = jt.traffic.arrival_stats(jt.traffic.read_trace(MOONCAKE))
     assert moon.simultaneous_fraction > 0.5 and moon.largest_batch > 5
 
 

@@ -28,9 +28,9 @@ def test_a_trace_shorter_than_its_window_reports_its_own_rate(tmp_path):
     stats = strict_loads(out)
     assert stats["window_rate"]["median"] == pytest.approx(10.1)
     assert any("shorter than one 60-s window" in w for w in stats["warnings"])
-    s = jt.arrival_stats(jt.Trace(np.array([0.0, 1.0])))
+    s = jt.traffic.arrival_stats(jt.traffic.Trace(np.array([0.0, 1.0])))
     assert s.window_rate["max"] == pytest.approx(2.0)  # 2 requests over the 1 s it covers
-    rates, shares = jt.Trace(np.arange(0.0, 130.0)).window_rates(60.0)
+    rates, shares = jt.traffic.Trace(np.arange(0.0, 130.0)).window_rates(60.0)
     assert rates.tolist() == pytest.approx([1.0, 70 / 69])  # the last window absorbs the rest
     assert shares.sum() == pytest.approx(1.0)
 
@@ -56,7 +56,7 @@ def test_a_long_sparse_trace_is_described_in_bounded_memory(tmp_path):
     import tracemalloc
 
     tracemalloc.start()
-    s = jt.arrival_stats(jt.Trace(np.array([0.0, 1.0, 1e8])))
+    s = jt.traffic.arrival_stats(jt.traffic.Trace(np.array([0.0, 1.0, 1e8])))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert 1.0 not in s.dispersion and peak < 200e6
@@ -64,16 +64,18 @@ def test_a_long_sparse_trace_is_described_in_bounded_memory(tmp_path):
 
 def test_a_span_a_double_cannot_hold_is_refused():
     with pytest.raises(jt.InputError, match="span more seconds"):
-        jt.Trace(np.array([-1e308, 0.0, 1e308]))
+        jt.traffic.Trace(np.array([-1e308, 0.0, 1e308]))
 
 
 def test_batched_arrivals_are_warned_about_at_any_window(tmp_path):
     """95% of requests arrive with another, over a trace shorter than 4 windows: said."""
     times = np.repeat(np.arange(0.0, 50.0), 20)
-    s = jt.arrival_stats(jt.Trace(times))
+    s = jt.traffic.arrival_stats(jt.traffic.Trace(times))
     assert any("arrive in batches" in w for w in s.warnings)
     poisson = np.cumsum(np.random.default_rng(0).exponential(1.0, 500))
-    assert not any("batches" in w for w in jt.arrival_stats(jt.Trace(poisson)).warnings)
+    assert not any(
+        "batches" in w for w in jt.traffic.arrival_stats(jt.traffic.Trace(poisson)).warnings
+    )
 
 
 def test_lines_split_at_newlines_only(tmp_path):
@@ -90,22 +92,22 @@ def test_lines_split_at_newlines_only(tmp_path):
         )
         for i in range(5)
     ]
-    tr = jt.read_trace(_write(tmp_path, "u.jsonl", "\n".join(lines)))
+    tr = jt.traffic.read_trace(_write(tmp_path, "u.jsonl", "\n".join(lines)))
     assert len(tr) == 5
     csv = "arrival_time,task\n" + "\n".join(f"{i},a\u2028b" for i in range(4)) + "\r\n"
-    tr = jt.read_trace(_write(tmp_path, "u.csv", csv))
+    tr = jt.traffic.read_trace(_write(tmp_path, "u.csv", csv))
     assert len(tr) == 4 and tr.labels[0] == "a\u2028b"
     bad = "arrival_time,task\n0,a\n1,b,c\n"
     with pytest.raises(jt.InputError, match="line 3"):
-        jt.read_trace(_write(tmp_path, "b.csv", bad))
+        jt.traffic.read_trace(_write(tmp_path, "b.csv", bad))
 
 
 def test_csv_fields_longer_than_128_kib_are_read(tmp_path):
     """T5: a 200 KB prompt column is a field like any other."""
     text = 'arrival_time,prompt\n0,"' + "w " * 100_000 + '"\n1,hi\n2,ho\n'
-    assert len(jt.read_trace(_write(tmp_path, "p.csv", text))) == 3
+    assert len(jt.traffic.read_trace(_write(tmp_path, "p.csv", text))) == 3
     steps = "concurrency,tpot,note\n1,0.02," + "x" * 200_000 + "\n4,0.022,a\n16,0.028,b\n"
-    assert jt.fit_step_time(_write(tmp_path, "n.csv", steps)).tau1 > 0
+    assert jt.deploy.fit_step_time(_write(tmp_path, "n.csv", steps)).tau1 > 0
 
 
 def test_an_offset_with_fractional_seconds_is_refused_not_shifted(tmp_path):
@@ -117,9 +119,9 @@ def test_an_offset_with_fractional_seconds_is_refused_not_shifted(tmp_path):
         "2023-11-16 18:15:47.000000+00:00,1,1\n2023-11-16 18:15:48.000000+00:00,1,1\n"
     )
     with pytest.raises(jt.InputError, match="line 2.*fractional seconds"):
-        jt.read_trace(_write(tmp_path, "o.csv", text))
+        jt.traffic.read_trace(_write(tmp_path, "o.csv", text))
     ok = text.replace("+00:00:00.500000", "+01:00")
-    assert jt.read_trace(_write(tmp_path, "k.csv", ok)).arrival_times.tolist() == [
+    assert jt.traffic.read_trace(_write(tmp_path, "k.csv", ok)).arrival_times.tolist() == [
         0.0,
         3601.0,
         3602.0,
@@ -136,7 +138,9 @@ def test_a_replay_rate_that_overloads_names_the_flag(tmp_path):
     )
     with pytest.raises(jt.InputError, match="^rate: "):
         jt.simulate(
-            jt.default_workload(), np.zeros(6), arrivals=jt.Replay(jt.read_trace(path), rate=1e3)
+            jt.default_workload(),
+            np.zeros(6),
+            arrivals=jt.traffic.Replay(jt.traffic.read_trace(path), rate=1e3),
         )
 
 
@@ -147,7 +151,7 @@ def test_a_request_without_its_token_count_keeps_its_arrival(tmp_path):
         f"{i},{'' if i % 10 == 3 else 100}" for i in range(300)
     ]
     path = _write(tmp_path, "log.csv", "\n".join(rows) + "\n")
-    tr = jt.read_trace(path)
+    tr = jt.traffic.read_trace(path)
     assert len(tr) == 300 and tr.output_tokens is None
     assert "30 of 300 requests lack it" in tr.dropped[0][0]
     rc, out, err = run_cli(["trace", path])
@@ -155,11 +159,11 @@ def test_a_request_without_its_token_count_keeps_its_arrival(tmp_path):
     rc, out, err = run_cli(["trace", path, "--format", "json"])
     assert strict_loads(out)["num_requests"] == 300
     with pytest.raises(jt.InputError, match="30 of 300 requests lack it"):
-        jt.read_request_log(path, ("short", "long"), bands={"short": 50, "long": np.inf})
+        jt.deploy.read_request_log(path, ("short", "long"), bands={"short": 50, "long": np.inf})
     labels = ["arrival_time,task"] + [f"{i},{'' if i == 7 else 'a'}" for i in range(20)]
     log = _write(tmp_path, "tasks.csv", "\n".join(labels) + "\n")
     with pytest.raises(jt.InputError, match="a task on every request"):
-        jt.read_request_log(log, ("a",))
+        jt.deploy.read_request_log(log, ("a",))
 
 
 def test_reading_a_trace_costs_a_bounded_multiple_of_its_file(tmp_path):
@@ -171,7 +175,7 @@ def test_reading_a_trace_costs_a_bounded_multiple_of_its_file(tmp_path):
     path.write_text("arrival_time\n" + "\n".join(str(i) for i in range(200_000)) + "\n")
     size = path.stat().st_size
     tracemalloc.start()
-    assert len(jt.read_trace(path)) == 200_000
+    assert len(jt.traffic.read_trace(path)) == 200_000
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20 * size, peak / size

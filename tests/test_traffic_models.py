@@ -64,7 +64,7 @@ def test_time_varying_simulates_its_base_servers_queue():
     with jax.enable_x64(True):
         w = jt.default_workload()
         l = jnp.asarray(jt.solve(w).tokens)
-        trace = jt.Trace(np.cumsum(np.random.default_rng(0).exponential(10.0, 2000)))
+        trace = jt.traffic.Trace(np.cumsum(np.random.default_rng(0).exponential(10.0, 2000)))
         sim = jt.simulate(w, l, arrivals=trace, model=model, num_replications=2)
         assert sim.discipline == "priority"
 
@@ -73,9 +73,9 @@ def test_plan_windows_solves_each_window_and_a_robust_static_policy():
     with jax.enable_x64(True):
         w = jt.default_workload()
         es = float(jt.service_moments(jt.solve(w).tokens, w)[0])
-        trace = jt.read_trace(AZURE_CODE)
+        trace = jt.traffic.read_trace(AZURE_CODE)
         trace = trace.rescaled(0.3 / es)
-        plan = jt.plan_windows(w, trace, window=trace.duration / 4)
+        plan = jt.traffic.plan_windows(w, trace, window=trace.duration / 4)
         assert plan.tokens.shape == (len(plan.rates), 6)
         k = int(np.argmax(plan.rates))
         one = jt.solve(w.replace(arrival_rate=plan.rates[k])).tokens

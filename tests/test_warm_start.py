@@ -140,10 +140,10 @@ def _cold(w):
 def test_sweep_coarse_to_fine_matches_cold_sweep():
     w = jt.default_workload()
     grids = dict(arrival_rate=np.linspace(0.02, 0.45, 64), alpha=np.geomspace(1, 100, 64))
-    warm = jt.sweep(w, quiet=True, warm_start=True, **grids)  # one chunk, coarse to fine
-    cold = jt.sweep(w, quiet=True, **grids)  # the default below 4e6 points: cold
+    warm = jt.sweeps.sweep(w, quiet=True, warm_start=True, **grids)  # one chunk, coarse to fine
+    cold = jt.sweeps.sweep(w, quiet=True, **grids)  # the default below 4e6 points: cold
     with pytest.raises(InputError, match="warm_start"):
-        jt.sweep(w, quiet=True, warm_start="yes", alpha=[1.0])
+        jt.sweeps.sweep(w, quiet=True, warm_start="yes", alpha=[1.0])
     assert (warm["status"] == cold["status"]).all() and (warm["status"] == "converged").all()
     tok = [c for c in warm.columns if c.startswith("l_") and not c.startswith("l_int_")]
     np.testing.assert_allclose(warm[tok].to_numpy(), cold[tok].to_numpy(), rtol=1e-7, atol=1e-6)

@@ -395,12 +395,12 @@ def sweep(
     with contextlib.ExitStack() as held:
         if rank == 0:  # one writer a directory: a second sweep into it is refused, naming us
             held.enter_context(directory.lock())
-        _barrier("jaxopt_tokens.sweep: check")
+        _barrier("jaxopt_tokens.sweeps.sweep: check")
         todo = directory.prepare(manifest, resume=resume, force=force, writer=False)
-        _barrier("jaxopt_tokens.sweep: checked")
+        _barrier("jaxopt_tokens.sweeps.sweep: checked")
         if rank == 0:
             directory.prepare(manifest, resume=resume, force=force, writer=True)
-        _barrier("jaxopt_tokens.sweep: prepared")
+        _barrier("jaxopt_tokens.sweeps.sweep: prepared")
         mine = sorted(todo)[rank::size]
         skipped = parts - len(todo)
         progress = _progress(quiet or rank != 0, grid.total)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import jaxopt_tokens as jt
 
-from .. import DEFAULT_ANSWER_TOKENS, ROUTINGS, InputError
+from .. import ROUTINGS, InputError
+from ..deploy import DEFAULT_ANSWER_TOKENS
 
 __all__ = [
     "add_force_option",

@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_thresholds(path) -> np.ndarray:
     """The `threshold` column of a CSV; `InputError` names the line of a bad value."""
-    text = jt.read_text(path, "thresholds CSV")
+    text = jt.deploy.read_text(path, "thresholds CSV")
     rows = list(csv.reader(line.rstrip("\r") for line in text.split("\n") if line))
     path = Path(path)
     if not rows:

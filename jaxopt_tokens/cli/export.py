@@ -9,14 +9,8 @@ import warnings
 
 import jaxopt_tokens as jt
 
-from .. import (
-    DEFAULT_ANSWER_RESERVE,
-    EXPORT_FORMATS,
-    ROUNDINGS,
-    SGLANG_PROCESSORS,
-    SOLVER_NAMES,
-    InputError,
-)
+from .. import SOLVER_NAMES, InputError
+from ..deploy import DEFAULT_ANSWER_RESERVE, EXPORT_FORMATS, ROUNDINGS, SGLANG_PROCESSORS
 from ._common import add_force_option, add_workload_options, int_at_least, loaded_workload
 from ._output import Outputs, working
 from ._report import solved
@@ -118,7 +112,7 @@ def load_uncertainty(path: str, tokens, task_names) -> dict[str, float]:
     """Budget standard errors per task from `fit --format json` output, checked against the
     budgets they are for: a file fitted at other settings (arrival rate, alpha, another
     measurement file) would attach the wrong uncertainty, so it is refused."""
-    text = jt.read_text(path, "uncertainty JSON")
+    text = jt.deploy.read_text(path, "uncertainty JSON")
     try:
         data = json.loads(text)
         rows = {}
@@ -168,7 +162,7 @@ def _policy_text(args: argparse.Namespace) -> str:
     with loaded_workload(args) as w, warnings.catch_warnings():
         warnings.simplefilter("ignore", jt.UnstableQueueWarning)  # refused below, in one line
         if args.tokens:
-            tokens = jt.load_tokens(args.tokens, w)
+            tokens = jt.deploy.load_tokens(args.tokens, w)
         else:
             r = solved(w, args.solver)  # one program, loaded ahead of time when cached
             tokens = jt.Solution(
@@ -183,11 +177,11 @@ def _policy_text(args: argparse.Namespace) -> str:
                 )
         uncertainty = None
         if args.uncertainty is not None:
-            budgets = jt.tokens_from_data(tokens, w)
+            budgets = jt.deploy.tokens_from_data(tokens, w)
             uncertainty = load_uncertainty(args.uncertainty, budgets, w.task_names)
         elif args.conservative is not None:
             raise InputError("--conservative needs --uncertainty (the budgets' standard errors)")
-        policy = jt.export_policy(
+        policy = jt.deploy.export_policy(
             w,
             tokens,
             engine=args.engine,
@@ -206,4 +200,4 @@ def _policy_text(args: argparse.Namespace) -> str:
             f"the exported budgets load the server to utilization {rho:.4g} >= 1: the queue "
             "would grow without bound; nothing exported"
         )
-    return jt.write_policy(policy)
+    return jt.deploy.write_policy(policy)

@@ -74,23 +74,25 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, outputs, toml_path, plot_path) -> int:
     import jax
 
-    m = jt.read_measurements(args.measurements)
+    m = jt.deploy.read_measurements(args.measurements)
     shares, rate = (None, None)
     if args.shares:
-        shares, rate = jt.read_request_log(args.shares, m.tasks, bands=_bands(args.task_bands))
+        shares, rate = jt.deploy.read_request_log(
+            args.shares, m.tasks, bands=_bands(args.task_bands)
+        )
     elif args.task_bands is not None:
         raise InputError("--task-bands: labels the requests of --shares LOG; give --shares")
     arrival_rate = args.arrival_rate or rate or 0.1
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", jt.FitWarning)
-        result = jt.fit(
+        warnings.simplefilter("always", jt.deploy.FitWarning)
+        result = jt.deploy.fit(
             m,
             shares=shares,
             arrival_rate=arrival_rate,
             alpha=args.alpha,
             max_tokens=args.max_tokens,
         )
-    tokens, tokens_se = jt.budget_uncertainty(result)
+    tokens, tokens_se = jt.deploy.budget_uncertainty(result)
     header = f"Fitted by jaxopt-tokens fit from {args.measurements}" + (
         f" (shares from {args.shares})" if args.shares else " (equal shares)"
     )
@@ -100,7 +102,7 @@ def _run(args, outputs, toml_path, plot_path) -> int:
         if toml_path is not None:
             toml_path.write_text(text)
         if plot_path is not None:
-            jt.plot_fit(result, plot_path)
+            jt.deploy.plot_fit(result, plot_path)
         outputs.commit()
     report = {
         "measurements": args.measurements,

@@ -11,7 +11,8 @@ from rich.table import Table
 
 import jaxopt_tokens as jt
 
-from .. import TRACE_FORMATS, InputError
+from .. import InputError
+from ..traffic import TRACE_FORMATS
 from ._common import (
     REPLAY_FLAGS,
     add_force_option,
@@ -100,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
     outputs = Outputs(args.force)
     target = outputs.file(args.output, "-o") if args.output is not None else None
     try:
-        trace = jt.read_trace(args.trace, args.trace_format)
+        trace = jt.traffic.read_trace(args.trace, args.trace_format)
         if args.last is not None:
             trace = _last(trace, args.last)
         with loaded_workload(args) as w:
             with said_as_flags(REPLAY_FLAGS):
-                result = jt.learn_budgets(
+                result = jt.learn.learn_budgets(
                     w,
                     trace,
                     states=args.states,

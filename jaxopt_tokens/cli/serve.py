@@ -9,7 +9,8 @@ import json
 import logging
 from typing import Any
 
-from .. import TRACE_FORMATS, InputError
+from .. import InputError
+from ..traffic import TRACE_FORMATS
 from ._common import int_at_least, path_arg, positive_float, random_seed
 from ._output import console, emit_json
 
@@ -242,7 +243,8 @@ def _dry_run(args: argparse.Namespace, config) -> int:
     every control step (table on standard error, or JSON on standard output)."""
     import math
 
-    from .. import gateway, read_trace
+    from .. import gateway
+    from ..traffic import read_trace
 
     trace = read_trace(args.dry_run, args.trace_format)
     if args.dry_run_minutes is not None:

@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_fit(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", jt.FitWarning)
-        fit = jt.fit_step_time(*args.files, group=args.group)
+        warnings.simplefilter("always", jt.deploy.FitWarning)
+        fit = jt.deploy.fit_step_time(*args.files, group=args.group)
     lo0, hi0 = fit.interval("tau0")
     lo1, hi1 = fit.interval("tau1")
     report = {
@@ -132,7 +132,7 @@ def _plan(args, outputs: Outputs, plot: Path | None) -> int:
     if server is None:
         raise InputError("plan: --server must be batching (replicas of the M/G/1 model: no)")
     with loaded_workload(args) as w:
-        result = jt.plan_replicas(
+        result = jt.deploy.plan_replicas(
             w,
             server,
             args.target_latency,

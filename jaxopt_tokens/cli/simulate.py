@@ -10,7 +10,8 @@ from rich.table import Table
 
 import jaxopt_tokens as jt
 
-from .. import DISCIPLINES, SERVICES, TASK_SOURCES, TRACE_FORMATS, InputError
+from .. import DISCIPLINES, InputError
+from ..traffic import SERVICES, TASK_SOURCES, TRACE_FORMATS
 from ._common import (
     REPLAY_FLAGS,
     add_server_options,
@@ -198,7 +199,7 @@ def _policy(spec: str, w: jt.Workload, model: jt.LatencyModel) -> np.ndarray:
             ) from None
         return np.full(w.num_tasks, value)
     if Path(spec).exists():
-        return jt.load_tokens(spec, w)
+        return jt.deploy.load_tokens(spec, w)
     raise InputError(f"--tokens {spec}: not 'optimal', 'uniform:L' or an existing file")
 
 
@@ -228,9 +229,9 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(
                 "--num-queries: a replay simulates the whole trace; cut the file to replay part"
             )
-        trace = jt.read_trace(args.arrivals, args.trace_format)
+        trace = jt.traffic.read_trace(args.arrivals, args.trace_format)
         with said_as_flags(REPLAY_FLAGS):
-            replay = jt.Replay(
+            replay = jt.traffic.Replay(
                 trace,
                 rate=args.replay_rate,
                 utilization=args.utilization,

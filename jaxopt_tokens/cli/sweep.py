@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=path_arg,
         metavar="DIR",
         help="the sweep's directory: a Parquet dataset (one part file per chunk, written as it "
-        "computes) that jt.read_sweep, pandas, pyarrow or DuckDB read",
+        "computes) that jt.sweeps.read_sweep, pandas, pyarrow or DuckDB read",
     )
     p.add_argument(
         "--resume",
@@ -181,7 +181,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     initialize_distributed(args)
     with loaded_workload(args) as w:
         try:
-            run = jt.sweep(
+            run = jt.sweeps.sweep(
                 w,
                 out=args.out,
                 resume=args.resume,
@@ -207,7 +207,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    counts = jt.read_sweep(run.path, columns=["status"])["status"].value_counts()
+    counts = jt.sweeps.read_sweep(run.path, columns=["status"])["status"].value_counts()
     print(
         f"{run.points:,} points in {run.parts} parts ({done}); status: "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items() if v),
@@ -227,7 +227,7 @@ def _say_what_was_kept(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     try:
-        manifest = jt.read_sweep_metadata(out) if out.is_dir() else None
+        manifest = jt.sweeps.read_sweep_metadata(out) if out.is_dir() else None
     except InputError:
         manifest = None
     parts = (
@@ -306,19 +306,19 @@ def run_frontier(args: argparse.Namespace) -> int:
             w, points = _sweep_workload(args.from_sweep), None
         else:
             points = 1000 if args.points is None else args.points
-        jt.converged_optimum(w)
-        df = jt.frontier_by_alpha(args.from_sweep or w, points or 1000)
+        jt.sweeps.converged_optimum(w)
+        df = jt.sweeps.frontier_by_alpha(args.from_sweep or w, points or 1000)
         points = points or len(df)
         if args.simulate_tail:
-            df = jt.with_simulated_tail(df, w, num_queries=args.simulate_tail)
-        uniform = jt.uniform_curve(w)
-        fig = jt.figure_frontier(w, points, frontier=df, uniform=uniform)
-        jt.write_sweep(df, staging / "frontier_optimal")
+            df = jt.sweeps.with_simulated_tail(df, w, num_queries=args.simulate_tail)
+        uniform = jt.sweeps.uniform_curve(w)
+        fig = jt.sweeps.figure_frontier(w, points, frontier=df, uniform=uniform)
+        jt.sweeps.write_sweep(df, staging / "frontier_optimal")
         budgets, et, acc = uniform
         pd.DataFrame({"budget": budgets, "mean_system_time": et, "accuracy": acc}).to_csv(
             staging / "frontier_uniform.csv", index=False
         )
-        jt.save_figure(fig, staging, "frontier")
+        jt.sweeps.save_figure(fig, staging, "frontier")
         written = outputs.commit()
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
@@ -346,7 +346,7 @@ def _sweep_workload(path):
     a frontier is drawn along alpha at one operating point."""
     if not Path(path).is_dir():
         raise InputError(f"--from {path}: not a sweep directory")
-    manifest = jt.read_sweep_metadata(path)
+    manifest = jt.sweeps.read_sweep_metadata(path)
     grids = manifest["grids"]
     varied = [g for g, spec in grids.items() if spec.get("size") != 1]
     if "alpha" not in grids or varied not in ([], ["alpha"]):
@@ -368,10 +368,10 @@ def run_figures(args: argparse.Namespace) -> int:
         if args.from_sweep is not None:  # the sweep's own workload (its tasks, its columns)
             if not Path(args.from_sweep).is_dir():
                 raise InputError(f"--from {args.from_sweep}: not a sweep directory")
-            manifest = jt.read_sweep_metadata(args.from_sweep)
+            manifest = jt.sweeps.read_sweep_metadata(args.from_sweep)
             w = jt.workload_from_dict(manifest["workload"], source=str(args.from_sweep))
-        staging = outputs.directory(args.out, "--out", owned=jt.figure_names(w))
-        jt.all_figures(w, staging, sweep_dir=args.from_sweep)
+        staging = outputs.directory(args.out, "--out", owned=jt.sweeps.figure_names(w))
+        jt.sweeps.all_figures(w, staging, sweep_dir=args.from_sweep)
         written = outputs.commit()
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

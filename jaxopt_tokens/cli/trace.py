@@ -9,7 +9,7 @@ from rich.table import Table
 
 import jaxopt_tokens as jt
 
-from .. import TIME_UNITS, TRACE_FORMATS
+from ..traffic import TIME_UNITS, TRACE_FORMATS
 from ._common import add_force_option, path_arg, positive_float
 from ._output import Outputs, check_figure_format, console, emit_json
 
@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
         check_figure_format(args.plot, "--plot")
         plot_path = outputs.file(args.plot, "--plot")
     try:
-        trace = jt.read_trace(args.trace, args.trace_format, time_unit=args.time_unit)
-        stats = jt.arrival_stats(trace, args.window)
+        trace = jt.traffic.read_trace(args.trace, args.trace_format, time_unit=args.time_unit)
+        stats = jt.traffic.arrival_stats(trace, args.window)
         with outputs:
             if plot_path is not None:
-                jt.plot_arrivals(trace, plot_path, window=args.window)
+                jt.traffic.plot_arrivals(trace, plot_path, window=args.window)
             outputs.commit()
     finally:
         outputs.abort()

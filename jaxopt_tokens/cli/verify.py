@@ -8,7 +8,8 @@ import json
 
 import jaxopt_tokens as jt
 
-from .. import EXPORT_FORMATS, InputError
+from .. import InputError
+from ..deploy import EXPORT_FORMATS
 from ._common import add_workload_options, int_at_least, loaded_workload, path_arg, positive_float
 from ._output import console, emit_json
 
@@ -63,7 +64,7 @@ def _policy(args: argparse.Namespace) -> tuple[str, dict]:
     """(engine, policy) from the file or solved from the workload."""
     if args.policy is not None:
         try:
-            policy = json.loads(jt.read_text(args.policy, "policy"))
+            policy = json.loads(jt.deploy.read_text(args.policy, "policy"))
         except ValueError as e:
             raise InputError(f"--policy: {args.policy} is not valid JSON ({e})") from None
         tasks = policy.get("tasks") if isinstance(policy, dict) else None
@@ -81,7 +82,7 @@ def _policy(args: argparse.Namespace) -> tuple[str, dict]:
         return engine, policy
     engine = args.engine or "vllm"
     with loaded_workload(args) as w:
-        return engine, jt.export_policy(w, jt.solve(w), engine=engine)
+        return engine, jt.deploy.export_policy(w, jt.solve(w), engine=engine)
 
 
 def run(args: argparse.Namespace) -> int:
