@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from jaxopt_tokens import wright_omega
+from jaxopt_tokens.theory import wright_omega
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import jaxopt_tokens as jt
-from jaxopt_tokens import lindley_waits, sample_query_stream
+from jaxopt_tokens.theory import lindley_waits, sample_query_stream
 
 
 def simpy_seconds(arrivals, service):

@@ -278,3 +278,20 @@ def test_simulate_validates_once_and_its_kernels_validate_nothing(server, monkey
     tokens = np.full(w.num_tasks, 50.0)
     jt.simulate(w, tokens, None if arrivals else 400, 2, model=model, arrivals=arrivals)
     assert calls == {"workload": 1, "tokens": 1, "replay": 0}, calls
+
+
+def test_the_gateways_request_path_is_in_named_steps():
+    """No function of the gateway's request path (`gateway/_app.py`) is over ~60 lines: thin
+    handlers per endpoint over a body parser, an admission step, one upstream sender and the
+    relay, each a function a reader can hold in view."""
+    import ast
+
+    tree = ast.parse((PACKAGE / "gateway" / "_app.py").read_text())
+    long = {
+        n.name: n.end_lineno - n.lineno + 1
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and n.end_lineno is not None
+        and n.end_lineno - n.lineno + 1 > 60
+    }
+    assert not long, f"functions over 60 lines in gateway/_app.py: {long}"

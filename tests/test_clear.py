@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxopt_tokens as jt
-from jaxopt_tokens import InputError, clear, lambertw
+from jaxopt_tokens import InputError, clear
 from jaxopt_tokens.cli import budget as cli_budget
+from jaxopt_tokens.theory import lambertw
 
 E = np.e
 

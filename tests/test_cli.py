@@ -208,7 +208,7 @@ def test_ctrl_c_on_a_sweep_says_what_was_kept_and_how_to_resume(tmp_path, monkey
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(jt, "sweep", interrupted)  # the command looks it up when it runs
+    monkeypatch.setattr(jt.sweeps, "sweep", interrupted)  # the command looks it up when it runs
     out = tmp_path / "s"
     rc, _, err = run_cli(["sweep", "--alpha", "1,2", "--quiet", "--out", out, "--force"])
     assert rc == 130

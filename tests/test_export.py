@@ -15,14 +15,14 @@ from conftest import (
 )
 
 import jaxopt_tokens as jt
-from jaxopt_tokens import (
+from jaxopt_tokens import InputError
+from jaxopt_tokens.cli import export as cli_export
+from jaxopt_tokens.deploy import (
     DEFAULT_ANSWER_RESERVE,
-    InputError,
     export_policy,
     openai_client_kwargs,
     write_policy,
 )
-from jaxopt_tokens.cli import export as cli_export
 
 NAMES = ("AIME", "GSM8K", "GPQA", "CRUXEval", "BBH", "ARC-Challenge")
 BUDGETS = [0.0, 340.89, 0.0, 0.0, 346.24, 30.14]
@@ -97,7 +97,7 @@ def test_sglang_processor_reference_loads_the_class(monkeypatch):
     import sys
     import types
 
-    from jaxopt_tokens import SGLANG_PROCESSORS
+    from jaxopt_tokens.deploy import SGLANG_PROCESSORS
 
     for name in ("sglang", "sglang.srt", "sglang.srt.sampling"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
