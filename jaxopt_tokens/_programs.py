@@ -21,6 +21,7 @@ import functools
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,18 +62,31 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
-def _digest(name: str, static: str, leaves) -> str:
+def _digest(fn: Callable[..., Any], name: str, static: str, leaves) -> str:
+    import equinox as eqx
     import jax
     from jaxlib import version as jaxlib_version
 
+    from ._version import __version__
+
+    device = jax.devices()[0]
     parts = [
         name,
+        f"{fn.__module__}.{fn.__qualname__}",
         static,
-        repr([(tuple(a.shape), str(a.dtype)) for a in leaves]),
-        jax.default_backend(),
+        # shapes, dtypes and weak types: a weak scalar promotes differently from a strong one
+        repr(
+            [(tuple(a.shape), str(a.dtype), bool(getattr(a, "weak_type", False))) for a in leaves]
+        ),
+        f"{device.platform}:{getattr(device, 'device_kind', '')}",
         str(jax.dtypes.canonicalize_dtype(float)),  # float64 only where x64 is on
+        # the random streams' implementation (a simulation's draws depend on it)
+        str(getattr(jax.config, "jax_default_prng_impl", "")),
+        str(getattr(jax.config, "jax_threefry_partitionable", "")),
         jax.__version__,
         jaxlib_version.__version__,
+        eqx.__version__,
+        __version__,
         source_digest(),
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
@@ -84,6 +98,7 @@ def _store(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # as a file the user writes (mkstemp makes it private)
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -91,9 +106,13 @@ def _store(path: Path, data: bytes) -> None:
     kept = sorted(path.parent.glob("*.jaxexport"), key=lambda p: p.stat().st_mtime)
     for old in kept[: max(0, len(kept) - MAX_ARTIFACTS)]:
         old.unlink(missing_ok=True)
+    hour_ago = time.time() - 3600
+    for stale in path.parent.glob(".*.tmp"):  # left by a process killed while writing
+        if stale.stat().st_mtime < hour_ago:
+            stale.unlink(missing_ok=True)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=128)
 def _jitted(fn):
     import equinox as eqx
 
@@ -129,16 +148,23 @@ def call(name: str, fn: Callable[..., Any], *args: Any) -> Any:
     def program(*arrays):
         return fn(*eqx.combine(jax.tree.unflatten(tree, arrays), static))
 
-    path = where / f"{name}-{_digest(name, f'{tree}{static!r}', leaves)}.jaxexport"
+    path = where / f"{name}-{_digest(fn, name, f'{tree}{static!r}', leaves)}.jaxexport"
     try:
         exported = jax.export.deserialize(bytearray(path.read_bytes()))
-        os.utime(path)  # recently used
     except Exception:  # absent, unreadable, corrupt or of another format: built below
         exported = None
+    else:
+        try:
+            os.utime(path)  # recently used (a read-only cache is still read)
+        except OSError:
+            pass
     if exported is None:
-        exported = jax.export.export(jax.jit(program))(*leaves)
+        try:
+            exported = jax.export.export(jax.jit(program))(*leaves)
+        except Exception:  # a program JAX cannot export: run it as the library does
+            return _jitted(fn)(*args)
         try:
             _store(path, bytes(exported.serialize()))
-        except OSError:  # a full or read-only cache: answer anyway
+        except Exception:  # a full or read-only cache, an output it cannot serialize
             pass
     return exported.call(*leaves)

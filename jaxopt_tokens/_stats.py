@@ -39,7 +39,8 @@ def student_t_quantile(p: ArrayLike, df: ArrayLike) -> Array:
 
 
 @functools.lru_cache(maxsize=64)
-def _t_quantile(p: float, df: int) -> float:
+def _t_quantile(p: float, df: int, dtype: str) -> float:
+    del dtype  # part of the key: float32 without x64, float64 with it
     # once per (level, replications), a program kept ahead of time where programs are kept
     return float(call("t-quantile", student_t_quantile, np.asarray(p), np.asarray(df)))
 
@@ -53,6 +54,6 @@ def replication_interval(x, level: float = 0.95):
     if r < 2:
         nan = np.full_like(mean, np.nan)
         return mean, nan, nan
-    q = _t_quantile(0.5 + level / 2, r - 1)
+    q = _t_quantile(0.5 + level / 2, r - 1, str(jax.dtypes.canonicalize_dtype(float)))
     half = q * x.std(axis=-1, ddof=1) / math.sqrt(r)
     return mean, mean - half, mean + half

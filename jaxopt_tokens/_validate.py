@@ -294,15 +294,33 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)  # pyright: ignore[reportAttributeAccessIssue]
 
 
+def _host_data(x) -> bool:
+    """Whether `x` is plain host data (NumPy arrays and scalars, and lists or tuples of them
+    and of Python numbers): what can be converted on the host without tracing anything."""
+    if isinstance(x, np.ndarray | np.generic):
+        return True
+    if isinstance(x, list | tuple):
+        return all(isinstance(v, int | float | complex) or _host_data(v) for v in x)
+    return False
+
+
 def as_float_array(name: str, x) -> Array:
-    """`x` as a floating JAX array; `InputError` naming `name` when it is not numeric."""
+    """`x` as a floating JAX array; `InputError` naming `name` when it is not numeric.
+
+    Plain host data (`_host_data`) is converted by NumPy and put on the device, which compiles
+    no program (a fresh process would otherwise compile one per field); a Python number keeps
+    JAX's weak type; anything else (JAX arrays, tracers, lists holding them) goes through
+    `jnp.asarray`."""
     try:
-        if isinstance(x, jax.Array | jax.core.Tracer | int | float | complex):  # pyright: ignore[reportAttributeAccessIssue]
-            arr = jnp.asarray(x)  # a Python number stays weakly typed
-        else:  # converted on the host and put on the device: no program compiled
+        if not _host_data(x):
+            arr = jnp.asarray(x)
+        else:
             host = np.asarray(x)
-            if host.dtype.kind not in "biufc":
-                raise TypeError(f"dtype {host.dtype}")
+            if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
+                if not jnp.issubdtype(host.dtype, jnp.floating):  # bfloat16, float8: kind "V"
+                    raise TypeError(f"dtype {host.dtype}")
+            if np.issubdtype(host.dtype, np.integer) or host.dtype == np.bool_:
+                host = host.astype(np.float64)  # never wrapped to int32 on the way
             arr = jax.device_put(host)
     except (TypeError, ValueError, OverflowError) as e:
         raise InputError(f"{name}: not a numeric array ({e})") from None

@@ -11,11 +11,13 @@ import inspect
 import pytest
 
 import jaxopt_tokens as jt
-from jaxopt_tokens import clear, gateway, strategy
 
 griffe = pytest.importorskip("griffe", reason="the docs extra is not installed")
 
-NAMESPACES = {"": jt, "clear.": clear, "strategy.": strategy, "gateway.": gateway}
+# the top level and every public namespace in it (`jt.traffic`, `jt.clear`, ...)
+NAMESPACES = {"": jt} | {
+    f"{n}.": getattr(jt, n) for n in jt.__all__ if inspect.ismodule(getattr(jt, n))
+}
 
 
 def _public_callables():

@@ -277,7 +277,7 @@ def test_simulate_validates_once_and_its_kernels_validate_nothing(server, monkey
     monkeypatch.setattr(Replay, "__check_init__", counting("replay", Replay.__check_init__))
     tokens = np.full(w.num_tasks, 50.0)
     jt.simulate(w, tokens, None if arrivals else 400, 2, model=model, arrivals=arrivals)
-    assert calls == {"workload": 1, "tokens": 1, "replay": 0}, calls
+    assert calls == {"workload": 1, "tokens": 1, "replay": int(arrivals is not None)}, calls
 
 
 def test_the_gateways_request_path_is_in_named_steps():

@@ -194,18 +194,26 @@ def _w():
 #: every public function that reads a file: how to call it on one
 FILE_FUNCTIONS = {
     "load_workload": lambda p: jt.load_workload(p),
-    "read_text": lambda p: jt.deploy.read_text(p, "fuzz"),
-    "read_measurements": lambda p: jt.deploy.read_measurements(p),
-    "read_request_log": lambda p: jt.deploy.read_request_log(p, _w().task_names),
-    "read_step_times": lambda p: jt.deploy.read_step_times(p),
-    "fit_step_time": lambda p: jt.deploy.fit_step_time(p),
-    "load_tokens": lambda p: jt.deploy.load_tokens(p, _w()),
-    "read_sweep": lambda p: jt.sweeps.read_sweep(p),
-    "read_sweep_metadata": lambda p: jt.sweeps.read_sweep_metadata(p),
+    "deploy.read_text": lambda p: jt.deploy.read_text(p, "fuzz"),
+    "deploy.read_measurements": lambda p: jt.deploy.read_measurements(p),
+    "deploy.read_request_log": lambda p: jt.deploy.read_request_log(p, _w().task_names),
+    "deploy.read_step_times": lambda p: jt.deploy.read_step_times(p),
+    "deploy.fit_step_time": lambda p: jt.deploy.fit_step_time(p),
+    "deploy.load_tokens": lambda p: jt.deploy.load_tokens(p, _w()),
+    "sweeps.read_sweep": lambda p: jt.sweeps.read_sweep(p),
+    "sweeps.read_sweep_metadata": lambda p: jt.sweeps.read_sweep_metadata(p),
     "clear.load_pool": lambda p: clear.load_pool(p),
-    "read_trace": lambda p: jt.traffic.read_trace(p),
-    "read_request_log.bands": lambda p: jt.deploy.read_request_log(
+    "traffic.read_trace": lambda p: jt.traffic.read_trace(p),
+    "deploy.read_request_log.bands": lambda p: jt.deploy.read_request_log(
         p, ("a", "b"), bands={"a": 9, "b": 1e9}
+    ),
+    "gateway.load_config": lambda p: jt.gateway.load_config(p),
+    "gateway.load_learned": lambda p: jt.gateway.load_learned(
+        p, _w().task_names, np.full(_w().num_tasks, 32768.0)
+    ),
+    # a secret is given as text (or env:NAME): the file's text stands for it
+    "gateway.read_secret": lambda p: jt.gateway.read_secret(
+        "api_key", p.read_text(errors="replace")
     ),
 }
 
@@ -249,49 +257,49 @@ SIZE_FUNCTIONS = {
     "simulate.slots": lambda n: jt.simulate(
         _w(), np.zeros(6), 200, 2, model=jt.ContinuousBatching(), slots=n
     ),
-    "plan_replicas": lambda n: jt.deploy.plan_replicas(
+    "deploy.plan_replicas": lambda n: jt.deploy.plan_replicas(
         _w(), jt.ContinuousBatching(), 20.0, max_replicas=n, num_queries=200, num_replications=2
     ),
-    "plan_replicas.num_queries": lambda n: jt.deploy.plan_replicas(
+    "deploy.plan_replicas.num_queries": lambda n: jt.deploy.plan_replicas(
         _w(), jt.ContinuousBatching(), 20.0, target_p95=40.0, num_queries=n, num_replications=2
     ),
-    "plan_replicas.num_replications": lambda n: jt.deploy.plan_replicas(
+    "deploy.plan_replicas.num_replications": lambda n: jt.deploy.plan_replicas(
         _w(), jt.ContinuousBatching(), 20.0, target_p95=40.0, num_queries=200, num_replications=n
     ),
-    "sample_query_stream": lambda n: jt.theory.sample_query_stream(jax.random.key(0), _w(), n),
-    "sweep": lambda n: jt.sweeps.sweep(_w(), alpha=[1.0, 2.0], chunk_size=n, quiet=True),
-    "frontier_by_alpha": lambda n: jt.sweeps.frontier_by_alpha(_w(), n),
-    "frontier_by_arrival_rate": lambda n: jt.sweeps.frontier_by_arrival_rate(_w(), n),
-    "with_simulated_tail": lambda n: jt.sweeps.with_simulated_tail(
+    "theory.sample_query_stream": lambda n: jt.theory.sample_query_stream(jax.random.key(0), _w(), n),
+    "sweeps.sweep": lambda n: jt.sweeps.sweep(_w(), alpha=[1.0, 2.0], chunk_size=n, quiet=True),
+    "sweeps.frontier_by_alpha": lambda n: jt.sweeps.frontier_by_alpha(_w(), n),
+    "sweeps.frontier_by_arrival_rate": lambda n: jt.sweeps.frontier_by_arrival_rate(_w(), n),
+    "sweeps.with_simulated_tail": lambda n: jt.sweeps.with_simulated_tail(
         jt.sweeps.frontier_by_alpha(_w(), 2), _w(), num_queries=n, num_replications=2
     ),
-    "with_simulated_tail.num_replications": lambda n: jt.sweeps.with_simulated_tail(
+    "sweeps.with_simulated_tail.num_replications": lambda n: jt.sweeps.with_simulated_tail(
         jt.sweeps.frontier_by_alpha(_w(), 2), _w(), num_queries=200, num_replications=n
     ),
-    "figure_frontier": lambda n: jt.sweeps.figure_frontier(_w(), n),
-    "replay_draws.num_replications": lambda n: jt.learn.replay_draws(
+    "sweeps.figure_frontier": lambda n: jt.sweeps.figure_frontier(_w(), n),
+    "learn.replay_draws.num_replications": lambda n: jt.learn.replay_draws(
         _w(), jt.traffic.read_trace(TRACE_EXCERPT), num_replications=n
     ),
-    "learn_budgets.num_replications": lambda n: jt.learn.learn_budgets(
+    "learn.learn_budgets.num_replications": lambda n: jt.learn.learn_budgets(
         _w(), jt.traffic.read_trace(TRACE_EXCERPT), num_replications=n, steps=1
     ),
-    "learn_budgets.steps": lambda n: jt.learn.learn_budgets(
+    "learn.learn_budgets.steps": lambda n: jt.learn.learn_budgets(
         _w(), jt.traffic.read_trace(TRACE_EXCERPT), num_replications=1, steps=n
     ),
-    "replay_draws.slots": lambda n: jt.learn.replay_draws(
+    "learn.replay_draws.slots": lambda n: jt.learn.replay_draws(
         _w(),
         jt.traffic.read_trace(TRACE_EXCERPT),
         num_replications=1,
         slots=n,
         model=jt.ContinuousBatching(step_time=(0.02, 0.0005)),
     ),
-    "learn_budgets.slots": lambda n: jt.learn.learn_budgets(
+    "learn.learn_budgets.slots": lambda n: jt.learn.learn_budgets(
         _w(), jt.traffic.read_trace(TRACE_EXCERPT), num_replications=1, steps=1, slots=n
     ),
-    "learn_budgets.states": lambda n: jt.learn.learn_budgets(
+    "learn.learn_budgets.states": lambda n: jt.learn.learn_budgets(
         _w(), jt.traffic.read_trace(TRACE_EXCERPT), num_replications=1, steps=1, states=n
     ),
-    "synthetic_task_pool": lambda n: jt.router.synthetic_task_pool(jax.random.key(0), n),
+    "router.synthetic_task_pool": lambda n: jt.router.synthetic_task_pool(jax.random.key(0), n),
     "clear.sample_stream": lambda n: clear.sample_stream(clear.default_pool(), "Balanced", n),
     "strategy.synthetic_queries": lambda n: strategy.synthetic_queries(
         jax.random.key(0), n, strategy.default_table()
@@ -348,12 +356,12 @@ def _trace():
 
 #: every public function that takes a window length or a rate: how to call it with one
 TIME_FUNCTIONS = {
-    "arrival_stats": lambda x: jt.traffic.arrival_stats(_trace(), x),
-    "arrival_stats.windows": lambda x: jt.traffic.arrival_stats(_trace(), 60.0, windows=[x]),
-    "arrival_scv": lambda x: jt.traffic.arrival_scv(_trace(), x),
-    "plot_arrivals": lambda x: jt.traffic.plot_arrivals(_trace(), window=x),
-    "plan_windows": lambda x: jt.traffic.plan_windows(_w(), _trace(), x),
-    "read_request_log": lambda x: jt.deploy.read_request_log(TRACE_EXCERPT, ("a",), window=x),
+    "traffic.arrival_stats": lambda x: jt.traffic.arrival_stats(_trace(), x),
+    "traffic.arrival_stats.windows": lambda x: jt.traffic.arrival_stats(_trace(), 60.0, windows=[x]),
+    "traffic.arrival_scv": lambda x: jt.traffic.arrival_scv(_trace(), x),
+    "traffic.plot_arrivals": lambda x: jt.traffic.plot_arrivals(_trace(), window=x),
+    "traffic.plan_windows": lambda x: jt.traffic.plan_windows(_w(), _trace(), x),
+    "deploy.read_request_log": lambda x: jt.deploy.read_request_log(TRACE_EXCERPT, ("a",), window=x),
     "Trace.window_rates": lambda x: _trace().window_rates(x),
     "Trace.window_counts": lambda x: _trace().window_counts(x),
     "Trace.window_index": lambda x: _trace().window_index(x),
@@ -377,16 +385,16 @@ TIME_FUNCTIONS = {
     ),
     "Trace.rescaled": lambda x: _trace().rescaled(x),
     "TimeVarying.from_trace": lambda x: jt.TimeVarying.from_trace(_trace(), x),
-    "replay_draws.rate": lambda x: jt.learn.replay_draws(
+    "learn.replay_draws.rate": lambda x: jt.learn.replay_draws(
         _w(), _trace(), num_replications=1, rate=x
     ),
-    "replay_draws.utilization": lambda x: jt.learn.replay_draws(
+    "learn.replay_draws.utilization": lambda x: jt.learn.replay_draws(
         _w(), _trace(), num_replications=1, utilization=x
     ),
-    "learn_budgets.rate": lambda x: jt.learn.learn_budgets(
+    "learn.learn_budgets.rate": lambda x: jt.learn.learn_budgets(
         _w(), _trace(), rate=x, steps=1, num_replications=1
     ),
-    "learn_budgets.utilization": lambda x: jt.learn.learn_budgets(
+    "learn.learn_budgets.utilization": lambda x: jt.learn.learn_budgets(
         _w(), _trace(), utilization=x, steps=1, num_replications=1
     ),
     "simulate.rate": lambda x: jt.simulate(
@@ -434,8 +442,16 @@ SIZE_PARAMETERS = {
 }
 
 
+def _namespaces():
+    """The top level and every public namespace in it (`jt.traffic`, `jt.clear`, ...)."""
+    yield "", jt
+    for name in jt.__all__:
+        if inspect.ismodule(getattr(jt, name)):
+            yield f"{name}.", getattr(jt, name)
+
+
 def _public_functions():
-    for prefix, module in (("", jt), ("clear.", clear), ("strategy.", strategy)):
+    for prefix, module in _namespaces():
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isfunction(obj):

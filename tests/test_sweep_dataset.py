@@ -406,3 +406,11 @@ def test_figures_from_a_three_task_sweep_draw_its_own_workload(table1, tmp_path)
     assert rc == 0, err
     assert (tmp_path / "figs" / "heatmaps.png").is_file()
     assert (tmp_path / "figs" / "fig4_budget_sensitivity.png").is_file()
+
+
+def test_the_datasets_format_name_never_changes():
+    """Every dataset on disk carries the format name in its manifest and a reader refuses any
+    other: renaming it (a namespace move once did) would orphan every sweep already written."""
+    from jaxopt_tokens._sweeps.dataset import FORMAT
+
+    assert FORMAT == "jaxopt_tokens.sweep/1"

@@ -484,13 +484,15 @@ def check(
     w: Workload,
     model: ContinuousBatching,
     replay: PreparedReplay | None,
-    num_policies: int,
+    tokens: np.ndarray,
     num_queries: int,
     num_replications: int,
     slots: int | None,
-) -> None:
-    """`InputError` when the batching server cannot simulate these validated inputs: random
-    routing of a replayed trace, a step time the clock cannot resolve, or too little memory."""
+) -> int:
+    """`InputError` when the batching server cannot simulate these validated inputs (random
+    routing of a replayed trace, a step time the clock cannot resolve, too little memory);
+    else the running-set size to simulate with (`slots`, or its default, sized per window at
+    the window's own rate when the budgets change by window)."""
     if replay is not None and model.replicas > 1 and not model.pooled:
         raise InputError(
             "arrivals: a trace is replayed whole; random routing over replicas would thin "
@@ -498,8 +500,23 @@ def check(
         )
     horizon = None if replay is None else float(np.sum(np.asarray(replay.gaps)))
     _check_time_resolution(w, model, num_queries, horizon)
-    cap = model.max_batch or slots or 1 << 10  # the default slots are sized in `run`
+    num_windows = 1 if replay is None else replay.num_windows
+    flat = tokens.reshape(-1, num_windows, w.num_tasks)
+    if slots is None:
+        if model.max_batch is not None:
+            slots = model.max_batch
+        elif replay is None or replay.window is None:
+            slots = _default_slots(model, flat[:, 0], w)
+        else:
+            rates = np.asarray(replay.window_rates)
+            slots = max(
+                _default_slots(model, flat[:, k], w.replace(arrival_rate=float(rates[k])))
+                for k in range(num_windows)
+                if rates[k] > 0
+            )
+    cap = slots if model.max_batch is None else model.max_batch
     queues = model.replicas if model.pooled else 0  # routed_trajectory's per-replica queues
+    num_policies = flat.shape[0]
     check_memory(
         8.0 * num_policies * num_queries * (6 + queues)
         + 8.0 * num_policies * cap * 4 * max(queues, 1)
@@ -509,6 +526,7 @@ def check(
         "replications",
         "simulate fewer policies, queries or replications at once",
     )
+    return slots
 
 
 def _default_slots(model: ContinuousBatching, flat, w: Workload) -> int:
@@ -526,21 +544,18 @@ def _default_slots(model: ContinuousBatching, flat, w: Workload) -> int:
 
 def _window_stats(model: ContinuousBatching, flat, w: Workload, replay: PreparedReplay | None):
     """The model's statistics and E[T_k] for policies `flat` (shape (P, K, N)); with budgets by
-    window, the arrival-weighted mean over windows, each window at its own rate."""
+    window, the arrival-weighted mean over windows, each window at its own rate (all windows
+    in one vectorised evaluation)."""
     if replay is None or replay.window is None:
         return model.stats(flat[:, 0], w), model.system_times(flat[:, 0], w)
-    q = np.asarray(replay.window_weights)
-    rates = np.asarray(replay.window_rates)
-    per = [
-        (model.stats(flat[:, k], wk), model.system_times(flat[:, k], wk))
-        for k, wk in enumerate(w.replace(arrival_rate=r) for r in rates)
-    ]
+    q = jnp.asarray(replay.window_weights, w.dtype)
+    wk = w.replace(arrival_rate=jnp.asarray(replay.window_rates, w.dtype))  # (K,) over (P, K, N)
+    per = model.stats(flat, wk)
     stats = {
-        name: sum(q[k] * np.asarray(per[k][0][name]) for k in range(len(per)))
+        name: jnp.asarray(per[name]) @ q
         for name in ("system_time", "queue_wait", "running", "load")
     }
-    by_task = sum(q[k] * np.asarray(per[k][1]) for k in range(len(per)))
-    return stats, by_task
+    return stats, jnp.einsum("k,pkn->pn", q, model.system_times(flat, wk))
 
 
 def run(
@@ -552,7 +567,7 @@ def run(
     num_replications: int,
     warmup: int,
     key,
-    slots: int | None,
+    slots: int,
 ) -> BatchingSimulation:
     """Simulate validated policies `tokens` (`(*P, N)`, or `(*P, K, N)` by window) on the
     batching server `model` (`simulate` checks every input; nothing is checked here)."""
@@ -562,12 +577,6 @@ def run(
     dtype = np.dtype(w.dtype)
     flat = jax.device_put(tokens.reshape(-1, num_windows, w.num_tasks).astype(dtype))
     pred, by_task = _window_stats(model, flat, w, replay)
-    if slots is None:
-        slots = (
-            model.max_batch
-            if model.max_batch is not None
-            else _default_slots(model, flat.reshape(-1, w.num_tasks), w)
-        )
     load = np.asarray(pred["load"])
     if np.any(~(load < 1)):
         warnings.warn(

@@ -134,7 +134,7 @@ def simulate(
         return server_sim.run(
             w, tok, model, prepared, num_queries, num_replications, warmup, key, noise, capacity
         )
-    batching_sim.check(w, model, prepared, num_policies, num_queries, num_replications, slots)
+    slots = batching_sim.check(w, model, prepared, tok, num_queries, num_replications, slots)
     return batching_sim.run(
         w, tok, model, prepared, num_queries, num_replications, warmup, key, slots
     )

@@ -53,7 +53,7 @@ __all__ = [
 
 MANIFEST = "_manifest.json"
 LOCK = ".lock"
-FORMAT = "jaxopt_tokens.sweeps.sweep/1"
+FORMAT = "jaxopt_tokens.sweep/1"  # a format name written in every dataset: never renamed
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 # the package's own temporaries: of a part or of the manifest (`_write_atomically`)
 _TEMPORARY = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json)\.[0-9a-f]+\.tmp$")

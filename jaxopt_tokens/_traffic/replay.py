@@ -101,8 +101,15 @@ class Replay(eqx.Module):
         Returns:
             The `Replay`.
         """
-        if isinstance(arrivals, Replay):
-            return arrivals
+        if isinstance(arrivals, Replay):  # checked again: a tree map skips the checks
+            return cls(
+                arrivals.trace,
+                rate=arrivals.rate,
+                utilization=arrivals.utilization,
+                service=arrivals.service,
+                task_types=arrivals.task_types,
+                window=arrivals.window,
+            )
         if isinstance(arrivals, Trace):
             return cls(arrivals)
         raise InputError(
