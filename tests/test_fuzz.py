@@ -266,7 +266,9 @@ SIZE_FUNCTIONS = {
     "deploy.plan_replicas.num_replications": lambda n: jt.deploy.plan_replicas(
         _w(), jt.ContinuousBatching(), 20.0, target_p95=40.0, num_queries=200, num_replications=n
     ),
-    "theory.sample_query_stream": lambda n: jt.theory.sample_query_stream(jax.random.key(0), _w(), n),
+    "theory.sample_query_stream": lambda n: jt.theory.sample_query_stream(
+        jax.random.key(0), _w(), n
+    ),
     "sweeps.sweep": lambda n: jt.sweeps.sweep(_w(), alpha=[1.0, 2.0], chunk_size=n, quiet=True),
     "sweeps.frontier_by_alpha": lambda n: jt.sweeps.frontier_by_alpha(_w(), n),
     "sweeps.frontier_by_arrival_rate": lambda n: jt.sweeps.frontier_by_arrival_rate(_w(), n),
@@ -357,11 +359,15 @@ def _trace():
 #: every public function that takes a window length or a rate: how to call it with one
 TIME_FUNCTIONS = {
     "traffic.arrival_stats": lambda x: jt.traffic.arrival_stats(_trace(), x),
-    "traffic.arrival_stats.windows": lambda x: jt.traffic.arrival_stats(_trace(), 60.0, windows=[x]),
+    "traffic.arrival_stats.windows": lambda x: jt.traffic.arrival_stats(
+        _trace(), 60.0, windows=[x]
+    ),
     "traffic.arrival_scv": lambda x: jt.traffic.arrival_scv(_trace(), x),
     "traffic.plot_arrivals": lambda x: jt.traffic.plot_arrivals(_trace(), window=x),
     "traffic.plan_windows": lambda x: jt.traffic.plan_windows(_w(), _trace(), x),
-    "deploy.read_request_log": lambda x: jt.deploy.read_request_log(TRACE_EXCERPT, ("a",), window=x),
+    "deploy.read_request_log": lambda x: jt.deploy.read_request_log(
+        TRACE_EXCERPT, ("a",), window=x
+    ),
     "Trace.window_rates": lambda x: _trace().window_rates(x),
     "Trace.window_counts": lambda x: _trace().window_counts(x),
     "Trace.window_index": lambda x: _trace().window_index(x),
