@@ -376,7 +376,7 @@ TIME_FUNCTIONS = {
     "simulate_batching.rate": lambda x: jt.simulate(
         _w(),
         np.zeros(6),
-        200,
+        None,  # a replay takes the whole trace
         2,
         model=jt.ContinuousBatching(),
         arrivals=jt.traffic.Replay(_trace(), rate=x),
@@ -384,7 +384,7 @@ TIME_FUNCTIONS = {
     "simulate_batching.utilization": lambda x: jt.simulate(
         _w(),
         np.zeros(6),
-        200,
+        None,  # a replay takes the whole trace
         2,
         model=jt.ContinuousBatching(),
         arrivals=jt.traffic.Replay(_trace(), utilization=x),
@@ -404,13 +404,17 @@ TIME_FUNCTIONS = {
         _w(), _trace(), utilization=x, steps=1, num_replications=1
     ),
     "simulate.rate": lambda x: jt.simulate(
-        _w(), np.zeros(6), 200, 2, arrivals=jt.traffic.Replay(_trace(), rate=x)
+        _w(), np.zeros(6), None, 2, arrivals=jt.traffic.Replay(_trace(), rate=x)
     ),
     "simulate.utilization": lambda x: jt.simulate(
-        _w(), np.zeros(6), 200, 2, arrivals=jt.traffic.Replay(_trace(), utilization=x)
+        _w(), np.zeros(6), None, 2, arrivals=jt.traffic.Replay(_trace(), utilization=x)
     ),
     "simulate.window": lambda x: jt.simulate(
-        _w(), np.zeros((1, 6)), 200, 2, arrivals=jt.traffic.Replay(_trace(), window=x)
+        _w(),
+        np.zeros((_trace().num_windows(x), 6)),
+        None,
+        2,
+        arrivals=jt.traffic.Replay(_trace(), window=x),
     ),
 }
 
