@@ -316,9 +316,13 @@ def as_float_array(name: str, x) -> Array:
             arr = jnp.asarray(x)
         else:
             host = np.asarray(x)
-            if not (np.issubdtype(host.dtype, np.number) or host.dtype == np.bool_):
-                if not jnp.issubdtype(host.dtype, jnp.floating):  # bfloat16, float8: kind "V"
-                    raise TypeError(f"dtype {host.dtype}")
+            numeric = (
+                np.issubdtype(host.dtype, np.number)
+                or host.dtype == np.bool_
+                or jnp.issubdtype(host.dtype, jnp.floating)  # bfloat16, float8 (kind "V")
+            )
+            if not numeric:
+                raise TypeError(f"dtype {host.dtype}")
             if np.issubdtype(host.dtype, np.integer) or host.dtype == np.bool_:
                 host = host.astype(np.float64)  # never wrapped to int32 on the way
             arr = jax.device_put(host)

@@ -149,11 +149,39 @@ def _predict(w: Workload, tokens, model: LatencyModel):
     return T, wait, rho, acc, w.alpha * acc - T, by_task
 
 
-def _simulate_and_predict(*args):
-    """`_simulate_flat(*args[:-1])` and the predictions of the model `args[-1]`, one program."""
-    *settings, model = args
-    w, tokens, replay = settings[0], settings[1], settings[-1]
-    return _simulate_flat(*settings), _predictions(w, tokens, model, replay)
+def _simulate_and_predict(
+    w,
+    tokens,
+    key,
+    num_queries: int,
+    num_replications: int,
+    warmup: int,
+    service_cv,
+    noise: NoiseKind,
+    discipline: str,
+    rank,
+    capacity: int,
+    policy_batch: int,
+    replay: PreparedReplay | None,
+    model: LatencyModel,
+):
+    """`_simulate_flat`'s statistics and the model's `_predictions`, as one program."""
+    stats = _simulate_flat(
+        w,
+        tokens,
+        key,
+        num_queries,
+        num_replications,
+        warmup,
+        service_cv,
+        noise,
+        discipline,
+        rank,
+        capacity,
+        policy_batch,
+        replay,
+    )
+    return stats, _predictions(w, tokens, model, replay)
 
 
 def _simulate_flat(

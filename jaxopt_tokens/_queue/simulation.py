@@ -11,6 +11,7 @@ Both return a `Simulation`. Docs: *Simulation*.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from jaxtyping import ArrayLike, PRNGKeyArray
 
@@ -125,8 +126,6 @@ def simulate(
     if not warmup < num_queries - 1:
         raise InputError(f"warmup: must be in [0, num_queries - 1), got {warmup}")
     model.check(w)
-    import jax
-
     key = jax.random.PRNGKey(0) if key is None else key
     num_policies = max(1, int(np.prod(tok.shape[: -1 if windows is None else -2])))
     if single:

@@ -34,10 +34,11 @@ def _record(sol: jt.Solution, w: jt.Workload) -> dict[str, Any]:
 
 def allocation_report(w: jt.Workload, sol: jt.Solution, method: str) -> dict[str, Any]:
     """JSON-ready summary of one solved (unbatched) workload, with integer budgets (39)."""
-    import equinox as eqx
     import jax
 
-    return _report(w, jax.device_get(eqx.filter_jit(_record)(sol, w)), method)
+    from ..internal import call_program
+
+    return _report(w, jax.device_get(call_program("report", _record, sol, w)), method)
 
 
 def solved_report(w: jt.Workload, method: str) -> dict[str, Any]:
